@@ -1,0 +1,201 @@
+//! Writing one batch, exactly once, across three stores that share no transaction.
+//!
+//! Usage events, per batch:
+//!
+//! 1. Ask Redis which event ids were already counted (`{p}seen:{day}` sets). An event is *new*
+//!    when Redis has not seen it and no earlier record in this batch carries its id.
+//! 2. Ask ClickHouse for its watermark: the highest offset per partition it already holds.
+//!    New events above the watermark are inserted; those at or below it were inserted by an
+//!    attempt that crashed before Redis was written, and are not inserted again.
+//! 3. Apply the fold of the new events and their "seen" marks to Redis in one transaction.
+//! 4. Only then does the caller commit the offsets.
+//!
+//! Why this is exact: records of one account (so every copy of one event, which carries the
+//! same account id) live in one partition and are processed in offset order by one consumer.
+//! Redis is written after ClickHouse, atomically, so after a crash Redis either has the whole
+//! batch or none of it, and ClickHouse either has a prefix-closed range of offsets (it is one
+//! INSERT, and the watermark is filled by the same INSERT) or none. Replaying from the last
+//! commit makes the same "new" decisions (Redis has not changed) and skips what ClickHouse
+//! already holds. The horizon is the life of a seen set: 36 days after the event's day, longer
+//! than the oldest event ingest accepts.
+//!
+//! Account events follow the same pattern with PostgreSQL in Redis's role: the `account_events`
+//! table is the seen-set and the accounts update shares its transaction.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use meterline_schemas::{AccountEvent, UsageEvent};
+
+use crate::accounts_sink::AccountsSink;
+use crate::clickhouse_sink::ClickHouseSink;
+use crate::decode::{Decoded, DecodedBatch};
+use crate::fold::{fold_event, mark_seen, occurred_at, RedisDelta};
+use crate::metrics::AggregatorMetrics;
+use crate::redis_sink::RedisSink;
+use crate::SinkError;
+
+/// The sinks a batch is written to.
+#[derive(Clone)]
+pub struct Sinks {
+    pub clickhouse: ClickHouseSink,
+    pub redis: RedisSink,
+    pub accounts: AccountsSink,
+}
+
+/// What happened to a batch's events.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub usage_counted: usize,
+    pub usage_duplicates: usize,
+    pub account_applied: usize,
+    pub account_duplicates: usize,
+    pub redis_commands: usize,
+}
+
+/// Keeps the first record of each id that `already` does not hold, in batch order.
+fn first_unseen<'a, T>(
+    records: &'a [Decoded<T>],
+    id: impl Fn(&T) -> &str,
+    already: &HashSet<String>,
+) -> Vec<&'a Decoded<T>> {
+    let mut in_batch = HashSet::new();
+    records
+        .iter()
+        .filter(|d| {
+            let id = id(&d.event);
+            !already.contains(id) && in_batch.insert(id.to_owned())
+        })
+        .collect()
+}
+
+impl Sinks {
+    pub async fn write_usage(
+        &self,
+        usage: &[Decoded<UsageEvent>],
+        now: DateTime<Utc>,
+    ) -> Result<(usize, usize), SinkError> {
+        if usage.is_empty() {
+            return Ok((0, 0));
+        }
+        let ids: Vec<(&str, DateTime<Utc>)> = usage
+            .iter()
+            .map(|d| (d.event.event_id.as_str(), occurred_at(&d.event)))
+            .collect();
+        let seen = self.redis.already_seen(&ids).await?;
+        let new = first_unseen(usage, |e| &e.event_id, &seen);
+
+        let watermarks = self.clickhouse.watermarks("usage").await?;
+        let to_insert: Vec<_> = new
+            .iter()
+            .copied()
+            .filter(|d| watermarks.get(&d.partition).is_none_or(|w| d.offset > *w))
+            .collect();
+        self.clickhouse.insert_usage(&to_insert).await?;
+
+        let mut delta = RedisDelta::default();
+        for d in &new {
+            fold_event(&mut delta, self.redis.keys(), &d.event, now);
+            mark_seen(&mut delta, self.redis.keys(), &d.event);
+        }
+        let commands = self.redis.apply(&delta).await? + 1;
+        Ok((new.len(), commands))
+    }
+
+    pub async fn write_accounts(
+        &self,
+        account: &[Decoded<AccountEvent>],
+    ) -> Result<usize, SinkError> {
+        if account.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = account.iter().map(|d| d.event.event_id.clone()).collect();
+        let applied = self.accounts.already_applied(&ids).await?;
+        let new = first_unseen(account, |e| &e.event_id, &applied);
+        let watermarks = self.clickhouse.watermarks("account").await?;
+        let to_insert: Vec<_> = new
+            .iter()
+            .copied()
+            .filter(|d| watermarks.get(&d.partition).is_none_or(|w| d.offset > *w))
+            .collect();
+        self.clickhouse.insert_accounts(&to_insert).await?;
+        self.accounts.apply(&new).await?;
+        Ok(new.len())
+    }
+
+    /// Writes the decoded part of a batch. `done` remembers which streams an earlier attempt
+    /// already finished, so a retry after a failure does not redo (or double-count) them.
+    pub async fn write(
+        &self,
+        batch: &DecodedBatch,
+        done: &mut WriteProgress,
+        metrics: &AggregatorMetrics,
+    ) -> Result<BatchOutcome, SinkError> {
+        let now = Utc::now();
+        if done.usage.is_none() {
+            let span = tracing::debug_span!("write_usage", events = batch.usage.len());
+            let _g = span.enter();
+            done.usage = Some(self.write_usage(&batch.usage, now).await?);
+        }
+        if done.account.is_none() {
+            done.account = Some(self.write_accounts(&batch.account).await?);
+        }
+        let (usage_counted, redis_commands) = done.usage.unwrap_or_default();
+        let account_applied = done.account.unwrap_or_default();
+        let outcome = BatchOutcome {
+            usage_counted,
+            usage_duplicates: batch.usage.len() - usage_counted,
+            account_applied,
+            account_duplicates: batch.account.len() - account_applied,
+            redis_commands,
+        };
+        metrics
+            .events
+            .with_label_values(&["counted"])
+            .inc_by((usage_counted + account_applied) as u64);
+        metrics
+            .events
+            .with_label_values(&["duplicate"])
+            .inc_by((outcome.usage_duplicates + outcome.account_duplicates) as u64);
+        metrics.redis_commands.inc_by(redis_commands as u64);
+        Ok(outcome)
+    }
+}
+
+/// Which parts of a batch are written, kept across retries of that batch.
+#[derive(Debug, Default)]
+pub struct WriteProgress {
+    pub dead_letters: bool,
+    pub usage: Option<(usize, usize)>,
+    pub account: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(offset: i64, id: &str) -> Decoded<String> {
+        Decoded {
+            partition: 0,
+            offset,
+            event: id.to_owned(),
+        }
+    }
+
+    #[test]
+    fn first_unseen_keeps_the_first_copy_of_each_new_id() {
+        let records = vec![
+            rec(1, "a"),
+            rec(2, "b"),
+            rec(3, "a"),
+            rec(4, "c"),
+            rec(5, "b"),
+        ];
+        let already: HashSet<String> = ["c".to_owned()].into();
+        let kept: Vec<i64> = first_unseen(&records, |s| s.as_str(), &already)
+            .iter()
+            .map(|d| d.offset)
+            .collect();
+        assert_eq!(kept, vec![1, 2]);
+    }
+}

@@ -1,0 +1,180 @@
+//! Raw events into ClickHouse. Each batch is one INSERT per table, and the rollups and the
+//! offset watermarks are filled by materialized views inside that same INSERT.
+
+use std::collections::HashMap;
+
+use clickhouse::{Client, Row};
+use meterline_schemas::{AccountEvent, UsageEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::decode::Decoded;
+use crate::SinkError;
+
+/// A row of `usage_events`, fields in column order (validation is off for ClickHouse 18.16).
+#[derive(Debug, Row, Serialize)]
+pub struct UsageRow<'a> {
+    pub event_id: &'a str,
+    pub occurred_at: u32,
+    pub received_at: u32,
+    pub account_id: &'a str,
+    pub api_key_id: &'a str,
+    pub gateway_id: &'a str,
+    pub region: &'a str,
+    pub cloud: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micros: u64,
+    pub latency_ms: Option<u32>,
+    pub status: Option<u16>,
+    pub session_id: &'a str,
+    pub user_id: &'a str,
+    pub plugins: &'a [String],
+    pub pii_detected: u8,
+    pub client_ip_hash: &'a str,
+    pub device_id: &'a str,
+    pub prompt_hash: &'a str,
+    pub kafka_partition: u32,
+    pub kafka_offset: u64,
+}
+
+fn secs(micros: i64) -> u32 {
+    u32::try_from(micros.div_euclid(1_000_000)).unwrap_or(0)
+}
+
+impl<'a> UsageRow<'a> {
+    pub fn new(d: &'a Decoded<UsageEvent>) -> Self {
+        let e = &d.event;
+        Self {
+            event_id: &e.event_id,
+            occurred_at: secs(e.occurred_at),
+            received_at: secs(e.received_at),
+            account_id: e.account_id.as_str(),
+            api_key_id: &e.api_key_id,
+            gateway_id: &e.gateway_id,
+            region: &e.region,
+            cloud: &e.cloud,
+            provider: &e.provider,
+            model: &e.model,
+            input_tokens: e.input_tokens as u64,
+            output_tokens: e.output_tokens as u64,
+            cost_micros: e.cost_micros.unwrap_or(0) as u64,
+            latency_ms: e.latency_ms.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+            status: e.status.map(|s| s as u16),
+            session_id: e.session_id.as_deref().unwrap_or(""),
+            user_id: e.user_id.as_deref().unwrap_or(""),
+            plugins: &e.plugins,
+            pii_detected: u8::from(e.pii_detected),
+            client_ip_hash: e.client_ip_hash.as_deref().unwrap_or(""),
+            device_id: e.device_id.as_deref().unwrap_or(""),
+            prompt_hash: e.prompt_hash.as_deref().unwrap_or(""),
+            kafka_partition: d.partition as u32,
+            kafka_offset: d.offset as u64,
+        }
+    }
+}
+
+/// A row of the ClickHouse `account_events` table.
+#[derive(Debug, Row, Serialize)]
+pub struct AccountRow<'a> {
+    pub event_id: &'a str,
+    pub occurred_at: u32,
+    pub received_at: u32,
+    pub account_id: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub plan: &'a str,
+    pub seats: Option<i64>,
+    pub email_domain: &'a str,
+    pub company_size: Option<i64>,
+    pub signup_ip_hash: &'a str,
+    pub device_id: &'a str,
+    pub browser_signature: &'a str,
+    pub kafka_partition: u32,
+    pub kafka_offset: u64,
+}
+
+impl<'a> AccountRow<'a> {
+    pub fn new(d: &'a Decoded<AccountEvent>) -> Self {
+        let e = &d.event;
+        Self {
+            event_id: &e.event_id,
+            occurred_at: secs(e.occurred_at),
+            received_at: secs(e.received_at),
+            account_id: e.account_id.as_str(),
+            kind: e.kind.as_str(),
+            plan: e.plan.map(|p| p.as_str()).unwrap_or(""),
+            seats: e.seats,
+            email_domain: e.email_domain.as_deref().unwrap_or(""),
+            company_size: e.company_size,
+            signup_ip_hash: e.signup_ip_hash.as_deref().unwrap_or(""),
+            device_id: e.device_id.as_deref().unwrap_or(""),
+            browser_signature: e.browser_signature.as_deref().unwrap_or(""),
+            kafka_partition: d.partition as u32,
+            kafka_offset: d.offset as u64,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClickHouseSink {
+    client: Client,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct Watermark {
+    kafka_partition: u32,
+    max_offset: u64,
+}
+
+impl ClickHouseSink {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// The highest offset per partition that ClickHouse already holds for `source`
+    /// (`usage` or `account`).
+    pub async fn watermarks(&self, source: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        let rows: Vec<Watermark> = self
+            .client
+            .query("SELECT kafka_partition, maxMerge(max_offset) AS max_offset FROM ingest_watermarks WHERE source = ? GROUP BY kafka_partition")
+            .bind(source)
+            .fetch_all()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|w| (w.kafka_partition as i32, w.max_offset as i64))
+            .collect())
+    }
+
+    pub async fn insert_usage(&self, events: &[&Decoded<UsageEvent>]) -> Result<(), SinkError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self.client.insert::<UsageRow<'_>>("usage_events").await?;
+        for e in events {
+            insert.write(&UsageRow::new(e)).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
+    pub async fn insert_accounts(
+        &self,
+        events: &[&Decoded<AccountEvent>],
+    ) -> Result<(), SinkError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<AccountRow<'_>>("account_events")
+            .await?;
+        for e in events {
+            insert.write(&AccountRow::new(e)).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! The source: a Kafka consumer group over both event topics, cut into batches, with offsets
+//! committed only after a batch is fully written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Sinks, WriteProgress};
+use crate::config::AggregatorConfig;
+use crate::dead_letter::DeadLetters;
+use crate::decode::{Decoder, RawRecord, Stream};
+use crate::metrics::AggregatorMetrics;
+use crate::SinkError;
+
+/// The topics the aggregator reads and writes.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub usage: String,
+    pub account: String,
+    pub dead_letter: String,
+}
+
+pub struct Aggregator {
+    consumer: Arc<StreamConsumer>,
+    decoder: Decoder,
+    sinks: Sinks,
+    dead_letters: DeadLetters,
+    config: AggregatorConfig,
+    topics: Topics,
+    metrics: AggregatorMetrics,
+}
+
+impl Aggregator {
+    /// `base` carries the broker list and any security settings.
+    pub fn new(
+        base: &ClientConfig,
+        topics: Topics,
+        config: AggregatorConfig,
+        decoder: Decoder,
+        sinks: Sinks,
+        metrics: AggregatorMetrics,
+    ) -> Result<Self, SinkError> {
+        let mut cc = base.clone();
+        cc.set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("max.poll.interval.ms", "600000");
+        if !config.instance_id.is_empty() {
+            cc.set("group.instance.id", &config.instance_id);
+        }
+        let consumer: StreamConsumer = cc.create()?;
+        consumer.subscribe(&[topics.usage.as_str(), topics.account.as_str()])?;
+        let mut pc = base.clone();
+        pc.set("enable.idempotence", "true").set("acks", "all");
+        let producer: FutureProducer = pc.create()?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            decoder,
+            sinks,
+            dead_letters: DeadLetters::new(producer, topics.dead_letter.clone()),
+            config,
+            topics,
+            metrics,
+        })
+    }
+
+    pub fn metrics(&self) -> &AggregatorMetrics {
+        &self.metrics
+    }
+
+    fn stream_of(&self, topic: &str) -> Option<Stream> {
+        if topic == self.topics.usage {
+            Some(Stream::Usage)
+        } else if topic == self.topics.account {
+            Some(Stream::Account)
+        } else {
+            None
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled. A batch being collected when that happens is
+    /// written and committed first; a batch that cannot be written is left uncommitted, to be
+    /// read again by whoever owns its partitions next.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
+        tracing::info!(group = %self.config.group_id, usage = %self.topics.usage, account = %self.topics.account, "aggregator started");
+        let max_wait = Duration::from_millis(self.config.batch_max_wait_ms);
+        loop {
+            let Some(records) = self.collect_batch(max_wait, &shutdown).await else {
+                break;
+            };
+            if records.is_empty() {
+                continue;
+            }
+            if !self.write_with_retry(&records, &shutdown).await {
+                break;
+            }
+            self.commit(&records).await;
+        }
+        tracing::info!("aggregator stopped");
+        Ok(())
+    }
+
+    /// Reads up to a batch. `None` once shutdown is requested and nothing is pending.
+    async fn collect_batch(
+        &self,
+        max_wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<RawRecord>> {
+        let mut records = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        while records.len() < self.config.batch_max_events {
+            let wait = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    return if records.is_empty() { None } else { Some(records) };
+                }
+                _ = wait => break,
+                msg = self.consumer.recv() => match msg {
+                    Ok(m) => {
+                        let topic = m.topic().to_owned();
+                        let stream = if topic == self.topics.usage { "usage" } else { "account" };
+                        self.metrics.records.with_label_values(&[stream]).inc();
+                        records.push(RawRecord {
+                            topic,
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            key: m.key().map(<[u8]>::to_vec),
+                            payload: m.payload().map(<[u8]>::to_vec),
+                        });
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+        Some(records)
+    }
+
+    /// Writes a batch, retrying with exponential backoff until it succeeds. Returns false
+    /// when shutdown interrupted the retries (nothing is committed then).
+    async fn write_with_retry(&self, records: &[RawRecord], shutdown: &CancellationToken) -> bool {
+        let mut progress = WriteProgress::default();
+        let mut backoff = Duration::from_millis(100);
+        let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
+        loop {
+            let started = Instant::now();
+            match self.write_once(records, &mut progress).await {
+                Ok(()) => {
+                    self.metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    return true;
+                }
+                Err(e) => {
+                    self.metrics.batch_failures.inc();
+                    tracing::warn!(error = %e, records = records.len(), retry_in_ms = backoff.as_millis() as u64, "batch not written; retrying, offsets not committed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn write_once(
+        &self,
+        records: &[RawRecord],
+        progress: &mut WriteProgress,
+    ) -> Result<(), SinkError> {
+        let decoded = self.decoder.decode(records, |t| self.stream_of(t)).await?;
+        if !progress.dead_letters {
+            self.dead_letters.send(&decoded.poison).await?;
+            self.metrics
+                .events
+                .with_label_values(&["dead_lettered"])
+                .inc_by(decoded.poison.len() as u64);
+            progress.dead_letters = true;
+        }
+        let outcome = self.sinks.write(&decoded, progress, &self.metrics).await?;
+        tracing::debug!(?outcome, "batch written");
+        Ok(())
+    }
+
+    async fn commit(&self, records: &[RawRecord]) {
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        for r in records {
+            let e = next
+                .entry((r.topic.clone(), r.partition))
+                .or_insert(r.offset + 1);
+            *e = (*e).max(r.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset)) {
+                tracing::error!(error = %e, "building the commit list");
+                return;
+            }
+        }
+        let consumer = self.consumer.clone();
+        let result =
+            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await;
+        match result {
+            Ok(Ok(())) => self
+                .metrics
+                .last_commit_unix
+                .set(chrono::Utc::now().timestamp()),
+            // After a rebalance the partitions may belong to another member, which will read
+            // these records again; deduplication makes that harmless.
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "offset commit failed; the records will be read again")
+            }
+            Err(e) => tracing::error!(error = %e, "commit task failed"),
+        }
+    }
+}

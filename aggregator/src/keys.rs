@@ -1,0 +1,198 @@
+//! Redis key names and lifetimes. `ARCHITECTURE.md` lists these for gateway authors; change
+//! both together.
+//!
+//! | key | type | holds | expires |
+//! |---|---|---|---|
+//! | `{p}u:{account}:m:{YYYYMMDDHHMM}` | hash | one minute's counters | 2 h after the minute starts |
+//! | `{p}u:{account}:h:{YYYYMMDDHH}` | hash | one hour's counters | 48 h after the hour starts |
+//! | `{p}u:{account}:d:{YYYYMMDD}` | hash | one UTC day's counters | 40 days after the day starts |
+//! | `{p}u:{account}:M:{YYYYMM}` | hash | one calendar month's counters | 100 days after the month ends |
+//! | `{p}u:{account}:M:{YYYYMM}:{dim}` | set | this month's distinct models, providers, regions, clouds, users, api_keys, ip_hashes | as the month hash |
+//! | `{p}u:{account}:d:{YYYYMMDD}:sessions` | set | that day's distinct session ids | as the day hash |
+//! | `{p}u:{account}:s:{session_id}` | hash | one session's counters | 24 h after its latest event |
+//! | `{p}seen:{YYYYMMDD}` | set | ids of usage events already counted, by their `occurred_at` day | 36 days after the day ends |
+//!
+//! Counter hashes have the fields `req`, `err`, `in`, `out`, `cost` and, per model,
+//! `m:{model}:req`, `m:{model}:in`, `m:{model}:out`.
+
+use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
+
+pub const MINUTE_RETENTION_SECS: i64 = 2 * 3600;
+pub const HOUR_RETENTION_SECS: i64 = 48 * 3600;
+pub const DAY_RETENTION_SECS: i64 = 40 * 86_400;
+pub const MONTH_RETENTION_AFTER_END_SECS: i64 = 100 * 86_400;
+pub const SESSION_RETENTION_SECS: i64 = 24 * 3600;
+/// Longer than the oldest event ingest accepts (35 days) plus clock skew, so a duplicate of any
+/// acceptable event is still recognised.
+pub const SEEN_RETENTION_AFTER_DAY_SECS: i64 = 36 * 86_400;
+
+/// The window grains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Grain {
+    Minute,
+    Hour,
+    Day,
+    Month,
+}
+
+impl Grain {
+    pub const ALL: [Grain; 4] = [Grain::Minute, Grain::Hour, Grain::Day, Grain::Month];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Grain::Minute => "m",
+            Grain::Hour => "h",
+            Grain::Day => "d",
+            Grain::Month => "M",
+        }
+    }
+
+    /// The start of the window holding `t`, in UTC.
+    pub fn window_start(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let t = t
+            .with_nanosecond(0)
+            .expect("valid")
+            .with_second(0)
+            .expect("valid");
+        match self {
+            Grain::Minute => t,
+            Grain::Hour => t.with_minute(0).expect("valid"),
+            Grain::Day => t
+                .with_minute(0)
+                .and_then(|t| t.with_hour(0))
+                .expect("valid"),
+            Grain::Month => Utc
+                .with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
+                .single()
+                .expect("valid"),
+        }
+    }
+
+    /// The start of the window after the one starting at `start`.
+    pub fn next_window(self, start: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Grain::Minute => start + chrono::Duration::minutes(1),
+            Grain::Hour => start + chrono::Duration::hours(1),
+            Grain::Day => start + chrono::Duration::days(1),
+            Grain::Month => {
+                let (y, m) = if start.month() == 12 {
+                    (start.year() + 1, 1)
+                } else {
+                    (start.year(), start.month() + 1)
+                };
+                Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+                    .single()
+                    .expect("valid")
+            }
+        }
+    }
+
+    pub fn stamp(self, start: DateTime<Utc>) -> String {
+        match self {
+            Grain::Minute => start.format("%Y%m%d%H%M").to_string(),
+            Grain::Hour => start.format("%Y%m%d%H").to_string(),
+            Grain::Day => start.format("%Y%m%d").to_string(),
+            Grain::Month => start.format("%Y%m").to_string(),
+        }
+    }
+
+    /// When the key for the window starting at `start` expires (Unix seconds).
+    pub fn expires_at(self, start: DateTime<Utc>) -> i64 {
+        match self {
+            Grain::Minute => start.timestamp() + MINUTE_RETENTION_SECS,
+            Grain::Hour => start.timestamp() + HOUR_RETENTION_SECS,
+            Grain::Day => start.timestamp() + DAY_RETENTION_SECS,
+            Grain::Month => self.next_window(start).timestamp() + MONTH_RETENTION_AFTER_END_SECS,
+        }
+    }
+}
+
+/// Builds key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn window(&self, account: &str, grain: Grain, start: DateTime<Utc>) -> String {
+        format!(
+            "{}u:{}:{}:{}",
+            self.prefix,
+            account,
+            grain.code(),
+            grain.stamp(start)
+        )
+    }
+
+    pub fn month_set(&self, account: &str, month_start: DateTime<Utc>, dim: &str) -> String {
+        format!(
+            "{}u:{}:M:{}:{}",
+            self.prefix,
+            account,
+            Grain::Month.stamp(month_start),
+            dim
+        )
+    }
+
+    pub fn day_sessions(&self, account: &str, day_start: DateTime<Utc>) -> String {
+        format!(
+            "{}u:{}:d:{}:sessions",
+            self.prefix,
+            account,
+            Grain::Day.stamp(day_start)
+        )
+    }
+
+    pub fn session(&self, account: &str, session_id: &str) -> String {
+        format!("{}u:{}:s:{}", self.prefix, account, session_id)
+    }
+
+    pub fn seen(&self, day_start: DateTime<Utc>) -> String {
+        format!("{}seen:{}", self.prefix, Grain::Day.stamp(day_start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_and_stamps() {
+        let t = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap();
+        assert_eq!(
+            Grain::Minute.stamp(Grain::Minute.window_start(t)),
+            "202612312359"
+        );
+        assert_eq!(Grain::Hour.stamp(Grain::Hour.window_start(t)), "2026123123");
+        assert_eq!(Grain::Day.stamp(Grain::Day.window_start(t)), "20261231");
+        let m = Grain::Month.window_start(t);
+        assert_eq!(Grain::Month.stamp(m), "202612");
+        assert_eq!(
+            Grain::Month.next_window(m),
+            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            Grain::Month.expires_at(m),
+            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0)
+                .unwrap()
+                .timestamp()
+                + MONTH_RETENTION_AFTER_END_SECS
+        );
+        let k = Keys::new("ml:");
+        assert_eq!(
+            k.window("a", Grain::Day, Grain::Day.window_start(t)),
+            "ml:u:a:d:20261231"
+        );
+        assert_eq!(k.seen(Grain::Day.window_start(t)), "ml:seen:20261231");
+    }
+}

@@ -1,0 +1,45 @@
+//! The aggregator: Kafka in, ClickHouse + Redis + PostgreSQL out, exactly once per event.
+//!
+//! It is built like a small vector pipeline:
+//!
+//! * source, [`consumer`]: reads `usage-events` and `account-events` in a consumer group,
+//!   cuts batches by size or time, and commits offsets only after every sink has written the
+//!   batch;
+//! * transforms, [`decode`] (Confluent-framed Avro to events, or a reason for the
+//!   dead-letter topic) and [`fold`] (events to per-account window deltas, aggregated in
+//!   process so Redis sees one script call per batch, not a command per event);
+//! * sinks, [`clickhouse_sink`], [`redis_sink`], [`accounts_sink`] and [`dead_letter`].
+//!
+//! How a batch stays exactly-once across crashes is in [`batch`]; `ARCHITECTURE.md` has the
+//! long version.
+
+pub mod accounts_sink;
+pub mod batch;
+pub mod clickhouse_sink;
+pub mod config;
+pub mod consumer;
+pub mod dead_letter;
+pub mod decode;
+pub mod fold;
+pub mod keys;
+pub mod metrics;
+pub mod redis_sink;
+
+pub use config::{AggregatorConfig, ClickHouseConfig, RedisConfig};
+pub use consumer::Aggregator;
+
+/// Anything that stops a batch from being written. Every variant is transient from the
+/// aggregator's point of view: the batch is retried with backoff and no offset is committed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("schema registry: {0}")]
+    Registry(String),
+}

@@ -1,0 +1,164 @@
+//! Writes a [`RedisDelta`] in one MULTI/EXEC transaction of Lua calls, so a batch's counters,
+//! set members, expiries and "seen" marks land together or not at all.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+
+use crate::fold::{occurred_at, RedisDelta};
+use crate::keys::{Grain, Keys};
+use crate::SinkError;
+
+/// Applies a flat list of operations. `H key n f1 d1 … fn dn` increments hash fields,
+/// `S key n m1 … mn` adds set members, `E key at` moves the expiry later (never earlier, so
+/// a late event cannot shorten the life of a key that a newer one extended).
+const APPLY_SCRIPT: &str = r#"
+local i = 1
+local n = #ARGV
+while i <= n do
+  local op = ARGV[i]
+  local key = ARGV[i + 1]
+  if op == 'H' then
+    local cnt = tonumber(ARGV[i + 2])
+    local j = i + 3
+    for _ = 1, cnt do
+      redis.call('HINCRBY', key, ARGV[j], ARGV[j + 1])
+      j = j + 2
+    end
+    i = j
+  elseif op == 'S' then
+    local cnt = tonumber(ARGV[i + 2])
+    local first = i + 3
+    local last = first + cnt - 1
+    local s = first
+    while s <= last do
+      local e = math.min(s + 499, last)
+      redis.call('SADD', key, unpack(ARGV, s, e))
+      s = e + 1
+    end
+    i = last + 1
+  elseif op == 'E' then
+    local at = tonumber(ARGV[i + 2])
+    local cur = redis.call('EXPIRETIME', key)
+    if cur == -1 or (cur >= 0 and cur < at) then
+      redis.call('EXPIREAT', key, at)
+    end
+    i = i + 3
+  else
+    return redis.error_reply('unknown op ' .. tostring(op))
+  end
+end
+return 1
+"#;
+
+/// Largest number of arguments per script call: keeps each call small enough not to block
+/// Redis for long.
+const MAX_ARGS_PER_CALL: usize = 20_000;
+
+#[derive(Clone)]
+pub struct RedisSink {
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+impl RedisSink {
+    pub async fn connect(url: &str, keys: Keys) -> Result<Self, SinkError> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(Self { conn, keys })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Which of `events` (id, occurred_at) were already counted.
+    pub async fn already_seen(
+        &self,
+        events: &[(&str, DateTime<Utc>)],
+    ) -> Result<HashSet<String>, SinkError> {
+        let mut by_day: HashMap<String, Vec<&str>> = HashMap::new();
+        for (id, at) in events {
+            by_day
+                .entry(self.keys.seen(Grain::Day.window_start(*at)))
+                .or_default()
+                .push(id);
+        }
+        let mut pipe = redis::pipe();
+        let days: Vec<(String, Vec<&str>)> = by_day.into_iter().collect();
+        for (key, ids) in &days {
+            pipe.cmd("SMISMEMBER").arg(key).arg(ids);
+        }
+        let mut conn = self.conn.clone();
+        let answers: Vec<Vec<bool>> = pipe.query_async(&mut conn).await?;
+        let mut seen = HashSet::new();
+        for ((_, ids), flags) in days.iter().zip(answers) {
+            for (id, flag) in ids.iter().zip(flags) {
+                if flag {
+                    seen.insert((*id).to_owned());
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Applies `delta` atomically. Returns the number of Redis commands sent (for the
+    /// commands-per-event figure).
+    pub async fn apply(&self, delta: &RedisDelta) -> Result<usize, SinkError> {
+        if delta.is_empty() {
+            return Ok(0);
+        }
+        let mut calls: Vec<Vec<String>> = vec![Vec::new()];
+        let mut push = |op: Vec<String>| {
+            let cur = calls.last_mut().expect("non-empty");
+            if !cur.is_empty() && cur.len() + op.len() > MAX_ARGS_PER_CALL {
+                calls.push(Vec::new());
+            }
+            calls.last_mut().expect("non-empty").extend(op);
+        };
+        for (key, fields) in &delta.counters {
+            // Very wide hashes are split so that one op never exceeds a call.
+            let fields: Vec<_> = fields.iter().collect();
+            for chunk in fields.chunks(MAX_ARGS_PER_CALL / 4) {
+                let mut op = vec!["H".to_owned(), key.clone(), chunk.len().to_string()];
+                for (f, v) in chunk {
+                    op.push((*f).clone());
+                    op.push(v.to_string());
+                }
+                push(op);
+            }
+        }
+        for (key, members) in &delta.sets {
+            let members: Vec<&String> = members
+                .iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            for chunk in members.chunks(MAX_ARGS_PER_CALL / 2) {
+                let mut op = vec!["S".to_owned(), key.clone(), chunk.len().to_string()];
+                op.extend(chunk.iter().map(|m| (*m).clone()));
+                push(op);
+            }
+        }
+        for (key, at) in &delta.expiries {
+            push(vec!["E".to_owned(), key.clone(), at.to_string()]);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for args in &calls {
+            pipe.cmd("EVAL").arg(APPLY_SCRIPT).arg(0).arg(args).ignore();
+        }
+        let mut conn = self.conn.clone();
+        let () = pipe.query_async(&mut conn).await?;
+        Ok(calls.len() + 2)
+    }
+}
+
+/// Convenience for callers that hold events.
+pub fn seen_query(events: &[meterline_schemas::UsageEvent]) -> Vec<(&str, DateTime<Utc>)> {
+    events
+        .iter()
+        .map(|e| (e.event_id.as_str(), occurred_at(e)))
+        .collect()
+}

@@ -1,0 +1,82 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use meterline_schemas::avro::Schema;
+use meterline_schemas::IpHasher;
+
+use crate::auth::TokenStore;
+use crate::config::{IngestConfig, KafkaConfig};
+use crate::metrics::IngestMetrics;
+use crate::producer::EventProducer;
+use crate::routes;
+
+/// A topic with the schema its records are written with.
+#[derive(Clone)]
+pub struct TopicSchema {
+    pub topic: String,
+    pub schema_id: i32,
+    pub schema: Arc<Schema>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<IngestConfig>,
+    pub tokens: TokenStore,
+    pub producer: EventProducer,
+    pub ip_hasher: IpHasher,
+    pub usage: TopicSchema,
+    pub account: TopicSchema,
+    pub metrics: IngestMetrics,
+    /// Other components' metrics, served from the same /metrics when they share the process.
+    pub extra_registries: Vec<prometheus::Registry>,
+}
+
+impl AppState {
+    pub fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.produce_timeout_ms)
+    }
+}
+
+/// Everything needed to build the state, so the binary and the tests assemble it the same way.
+pub struct AppParts {
+    pub config: IngestConfig,
+    pub kafka: KafkaConfig,
+    pub tokens: TokenStore,
+    pub ip_hasher: IpHasher,
+    pub usage: TopicSchema,
+    pub account: TopicSchema,
+}
+
+impl AppParts {
+    pub fn build(self) -> Result<AppState, crate::producer::ProduceError> {
+        let producer = EventProducer::new(
+            &self.kafka,
+            Duration::from_millis(self.config.produce_timeout_ms),
+        )?;
+        Ok(AppState {
+            config: Arc::new(self.config),
+            tokens: self.tokens,
+            producer,
+            ip_hasher: self.ip_hasher,
+            usage: self.usage,
+            account: self.account,
+            metrics: IngestMetrics::new(),
+            extra_registries: Vec::new(),
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(routes::events::post_usage_events))
+        .route(
+            "/v1/account-events",
+            post(routes::events::post_account_events),
+        )
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(routes::health::metrics))
+        .with_state(state)
+}

@@ -1,0 +1,58 @@
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How to reach Kafka. `properties` are passed to librdkafka as they are, which is how SASL and
+/// TLS are switched on (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub usage_topic: String,
+    pub account_topic: String,
+    pub dead_letter_topic: String,
+    /// Partitions given to topics that `meterline migrate` creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            usage_topic: "usage-events".into(),
+            account_topic: "account-events".into(),
+            dead_letter_topic: "dead-letters".into(),
+            partitions: 6,
+            replication_factor: 1,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most events in one request.
+    pub max_events: usize,
+    /// How long Kafka gets to acknowledge a batch before the request fails with 503.
+    pub produce_timeout_ms: u64,
+    /// How long a verified token stays cached; a revocation takes effect within this time.
+    pub auth_cache_ttl_ms: u64,
+    /// The `Retry-After` seconds sent with a 503.
+    pub retry_after_secs: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_events: 10_000,
+            produce_timeout_ms: 5_000,
+            auth_cache_ttl_ms: 5_000,
+            retry_after_secs: 1,
+        }
+    }
+}

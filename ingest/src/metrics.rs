@@ -1,0 +1,70 @@
+//! Prometheus metrics for ingest. Labels are bounded sets (endpoint, outcome): never an
+//! account id, which goes in spans instead.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct IngestMetrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub events: IntCounterVec,
+    pub request_seconds: HistogramVec,
+}
+
+impl IngestMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "meterline_ingest_requests_total",
+                "HTTP requests to the event endpoints, by endpoint and status",
+            ),
+            &["endpoint", "status"],
+        )
+        .expect("valid metric");
+        let events = IntCounterVec::new(
+            Opts::new(
+                "meterline_ingest_events_total",
+                "Events by kind and outcome (accepted, rejected, unavailable)",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "meterline_ingest_request_seconds",
+                "Time from request to answer, including the Kafka acknowledgement",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique");
+        registry.register(Box::new(events.clone())).expect("unique");
+        registry
+            .register(Box::new(request_seconds.clone()))
+            .expect("unique");
+        Self {
+            registry,
+            requests,
+            events,
+            request_seconds,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for IngestMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

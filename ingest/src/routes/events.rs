@@ -1,0 +1,204 @@
+//! `POST /v1/events` and `POST /v1/account-events`.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use meterline_schemas::usage::from_json_naming_field;
+use meterline_schemas::{avro, AccountEventInput, FieldError, IpHasher, UsageEventInput};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::app::TopicSchema;
+use crate::auth::Scope;
+use crate::body::{self, Item};
+use crate::error::ApiError;
+use crate::producer::OutgoingRecord;
+use crate::AppState;
+
+#[derive(Debug, Serialize)]
+pub struct Rejection {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+/// One kind of event the endpoint takes: how to validate it and what its Kafka key is.
+trait EventKind {
+    const NAME: &'static str;
+    type Input: DeserializeOwned;
+    type Event: Serialize;
+    fn validate(
+        input: Self::Input,
+        now: DateTime<Utc>,
+        hasher: &IpHasher,
+    ) -> Result<Self::Event, FieldError>;
+    fn key(event: &Self::Event) -> &str;
+    fn topic(state: &AppState) -> &TopicSchema;
+}
+
+struct Usage;
+impl EventKind for Usage {
+    const NAME: &'static str = "usage";
+    type Input = UsageEventInput;
+    type Event = meterline_schemas::UsageEvent;
+    fn validate(
+        i: Self::Input,
+        now: DateTime<Utc>,
+        h: &IpHasher,
+    ) -> Result<Self::Event, FieldError> {
+        i.validate(now, h)
+    }
+    fn key(e: &Self::Event) -> &str {
+        e.account_id.as_str()
+    }
+    fn topic(state: &AppState) -> &TopicSchema {
+        &state.usage
+    }
+}
+
+struct Account;
+impl EventKind for Account {
+    const NAME: &'static str = "account";
+    type Input = AccountEventInput;
+    type Event = meterline_schemas::AccountEvent;
+    fn validate(
+        i: Self::Input,
+        now: DateTime<Utc>,
+        h: &IpHasher,
+    ) -> Result<Self::Event, FieldError> {
+        i.validate(now, h)
+    }
+    fn key(e: &Self::Event) -> &str {
+        e.account_id.as_str()
+    }
+    fn topic(state: &AppState) -> &TopicSchema {
+        &state.account
+    }
+}
+
+pub async fn post_usage_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle::<Usage>(&state, &headers, body, "/v1/events").await
+}
+
+pub async fn post_account_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle::<Account>(&state, &headers, body, "/v1/account-events").await
+}
+
+async fn handle<K: EventKind>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    endpoint: &'static str,
+) -> Response {
+    let started = Instant::now();
+    let response = match ingest::<K>(state, headers, body).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        Err(e) => e.into_response(),
+    };
+    let m = &state.metrics;
+    m.requests
+        .with_label_values(&[endpoint, response.status().as_str()])
+        .inc();
+    m.request_seconds
+        .with_label_values(&[endpoint])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+#[tracing::instrument(name = "ingest_batch", skip_all, fields(kind = K::NAME, gateway, events, accepted))]
+async fn ingest<K: EventKind>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Accepted, ApiError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = state.tokens.authenticate(auth).await?;
+    principal.require(Scope::Ingest)?;
+    tracing::Span::current().record("gateway", principal.name.as_str());
+
+    let framing = body::framing(headers)?;
+    let bytes = body::read_limited(headers, body, state.config.max_body_bytes).await?;
+    let items = body::split(framing, &bytes, state.config.max_events)?;
+    tracing::Span::current().record("events", items.len());
+
+    let now = Utc::now();
+    let topic = K::topic(state);
+    let mut records = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let json = match item {
+            Item::Json(j) => *j,
+            Item::Unparseable(reason) => {
+                rejected.push(Rejection {
+                    index,
+                    event_id: None,
+                    error: reason.clone(),
+                });
+                continue;
+            }
+        };
+        let outcome = from_json_naming_field::<K::Input>(json)
+            .and_then(|input| K::validate(input, now, &state.ip_hasher));
+        match outcome {
+            Ok(event) => {
+                let payload = avro::encode(topic.schema_id, &topic.schema, &event)
+                    .map_err(|e| ApiError::Internal(format!("avro encoding: {e}")))?;
+                records.push(OutgoingRecord {
+                    key: K::key(&event).to_owned(),
+                    payload,
+                });
+            }
+            Err(e) => rejected.push(Rejection {
+                index,
+                event_id: body::event_id_of(json),
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    let m = &state.metrics;
+    m.events
+        .with_label_values(&[K::NAME, "rejected"])
+        .inc_by(rejected.len() as u64);
+    if !records.is_empty() {
+        if let Err(e) = state.producer.produce_all(&topic.topic, &records).await {
+            m.events
+                .with_label_values(&[K::NAME, "unavailable"])
+                .inc_by(records.len() as u64);
+            tracing::warn!(error = %e, "kafka did not take the batch; answering 503");
+            return Err(ApiError::Unavailable {
+                reason: format!("kafka: {e}; nothing from this request was acknowledged, retry it"),
+                retry_after_secs: state.config.retry_after_secs,
+            });
+        }
+    }
+    m.events
+        .with_label_values(&[K::NAME, "accepted"])
+        .inc_by(records.len() as u64);
+    tracing::Span::current().record("accepted", records.len());
+    Ok(Accepted {
+        accepted: records.len(),
+        rejected,
+    })
+}

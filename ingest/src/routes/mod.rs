@@ -1,0 +1,4 @@
+//! One file per endpoint group.
+
+pub mod events;
+pub mod health;

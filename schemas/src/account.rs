@@ -1,0 +1,190 @@
+//! Account lifecycle events: signups, plan and seat changes, notice interactions, churn.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{optional_label, AccountEventType, AccountId, Plan};
+use crate::usage::{envelope, MAX_LABEL_LEN};
+use crate::{FieldError, IpHasher};
+
+/// An account event as posted, every field optional so a missing one is named.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+pub struct AccountEventInput {
+    pub event_id: Option<String>,
+    pub occurred_at: Option<String>,
+    pub account_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub plan: Option<String>,
+    pub seats: Option<u64>,
+    pub email_domain: Option<String>,
+    pub company_size: Option<u64>,
+    pub signup_ip: Option<String>,
+    pub device_id: Option<String>,
+    pub browser_signature: Option<String>,
+}
+
+/// A validated account event: the Avro record `io.meterline.v1.AccountEvent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountEvent {
+    pub event_id: String,
+    pub occurred_at: i64,
+    pub received_at: i64,
+    pub account_id: AccountId,
+    #[serde(rename = "type")]
+    pub kind: AccountEventType,
+    pub plan: Option<Plan>,
+    pub seats: Option<i64>,
+    pub email_domain: Option<String>,
+    pub company_size: Option<i64>,
+    pub signup_ip_hash: Option<String>,
+    pub device_id: Option<String>,
+    pub browser_signature: Option<String>,
+}
+
+const MAX_COUNT: u64 = 100_000_000;
+
+fn count(field: &str, v: Option<u64>) -> Result<Option<i64>, FieldError> {
+    match v {
+        Some(n) if n > MAX_COUNT => Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_COUNT}"),
+        )),
+        other => Ok(other.map(|n| n as i64)),
+    }
+}
+
+fn email_domain(v: Option<String>) -> Result<Option<String>, FieldError> {
+    let Some(d) = optional_label("email_domain", v, 253)? else {
+        return Ok(None);
+    };
+    let d = d.to_ascii_lowercase();
+    let ok = d.contains('.')
+        && !d.starts_with('.')
+        && !d.ends_with('.')
+        && d.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !ok {
+        return Err(FieldError::new(
+            "email_domain",
+            format!("{d:?} is not a domain name (give the part after @)"),
+        ));
+    }
+    Ok(Some(d))
+}
+
+impl AccountEventInput {
+    pub fn validate(
+        self,
+        now: DateTime<Utc>,
+        ip_hasher: &IpHasher,
+    ) -> Result<AccountEvent, FieldError> {
+        let (event_id, occurred_at, account_id) =
+            envelope(self.event_id, self.occurred_at, self.account_id, now)?;
+        let kind = AccountEventType::parse(
+            self.kind
+                .as_deref()
+                .ok_or_else(|| FieldError::required("type"))?,
+        )?;
+        let plan = self
+            .plan
+            .as_deref()
+            .map(|p| Plan::parse("plan", p))
+            .transpose()?;
+        let seats = count("seats", self.seats)?;
+        match kind {
+            AccountEventType::PlanChanged if plan.is_none() => {
+                return Err(FieldError::new("plan", "required for type plan_changed"))
+            }
+            AccountEventType::SeatsChanged if seats.is_none() => {
+                return Err(FieldError::new("seats", "required for type seats_changed"))
+            }
+            _ => {}
+        }
+        // A signup with no plan is a free signup: that is what the free tier is.
+        let plan = match (kind, plan) {
+            (AccountEventType::Signup, None) => Some(Plan::Free),
+            (_, p) => p,
+        };
+        Ok(AccountEvent {
+            event_id: event_id.to_string(),
+            occurred_at,
+            received_at: now.timestamp_micros(),
+            account_id,
+            kind,
+            plan,
+            seats,
+            email_domain: email_domain(self.email_domain)?,
+            company_size: count("company_size", self.company_size)?,
+            signup_ip_hash: self
+                .signup_ip
+                .map(|ip| ip_hasher.hash_ip("signup_ip", &ip))
+                .transpose()?,
+            device_id: optional_label("device_id", self.device_id, MAX_LABEL_LEN)?,
+            browser_signature: optional_label(
+                "browser_signature",
+                self.browser_signature,
+                MAX_LABEL_LEN,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::from_json_naming_field;
+
+    fn check(v: serde_json::Value) -> Result<AccountEvent, FieldError> {
+        let input: AccountEventInput = from_json_naming_field(&v.to_string())?;
+        input.validate(Utc::now(), &IpHasher::new("k"))
+    }
+
+    fn base(kind: &str) -> serde_json::Value {
+        serde_json::json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "occurred_at": Utc::now().to_rfc3339(),
+            "account_id": "acct-9",
+            "type": kind,
+        })
+    }
+
+    #[test]
+    fn signup_defaults_to_free_and_hashes_the_ip() {
+        let mut v = base("signup");
+        v["signup_ip"] = "192.0.2.1".into();
+        v["email_domain"] = "Example.COM".into();
+        let e = check(v).unwrap();
+        assert_eq!(e.plan, Some(Plan::Free));
+        assert_eq!(e.email_domain.as_deref(), Some("example.com"));
+        assert_eq!(e.signup_ip_hash.unwrap().len(), 32);
+    }
+
+    #[test]
+    fn type_specific_fields_are_required() {
+        assert_eq!(
+            check(base("plan_changed")).unwrap_err().to_string(),
+            "plan: required for type plan_changed"
+        );
+        assert_eq!(
+            check(base("seats_changed")).unwrap_err().to_string(),
+            "seats: required for type seats_changed"
+        );
+        let mut v = base("plan_changed");
+        v["plan"] = "gold".into();
+        assert_eq!(
+            check(v).unwrap_err().to_string(),
+            "plan: \"gold\" is not one of free, pro, enterprise"
+        );
+        assert!(check(base("exploded"))
+            .unwrap_err()
+            .to_string()
+            .starts_with("type: "));
+        let mut v = base("signup");
+        v["email_domain"] = "someone@example.com".into();
+        assert!(check(v)
+            .unwrap_err()
+            .to_string()
+            .starts_with("email_domain: "));
+    }
+}

@@ -1,0 +1,33 @@
+//! The event contract between gateways, ingest and the aggregator.
+//!
+//! Everything that crosses a process boundary is defined here, once:
+//!
+//! * [`domain`]: newtypes that parse input once ([`AccountId`], [`Plan`], …), so code past
+//!   ingest can never hold an invalid value.
+//! * [`usage`] and [`account`]: the JSON a gateway posts (`*Input`, every field optional so a
+//!   missing field is reported by name) and the validated event that is written to Kafka.
+//! * [`avro`]: the Avro schemas (the `.avsc` files next to this crate) and the Confluent wire
+//!   format: magic byte `0`, a big-endian 4-byte schema id, then the Avro body.
+//! * [`registry`]: where schema ids come from: a Confluent-compatible Schema Registry when one is
+//!   configured, otherwise our own PostgreSQL table `avro_schemas`.
+//! * [`privacy`]: keyed hashing of client IPs, which are never stored in clear text.
+
+pub mod account;
+pub mod avro;
+pub mod domain;
+pub mod error;
+pub mod privacy;
+pub mod registry;
+pub mod usage;
+
+pub use account::{AccountEvent, AccountEventInput};
+pub use domain::{AccountEventType, AccountId, EventId, Plan};
+pub use error::{FieldError, SchemaError};
+pub use privacy::IpHasher;
+pub use usage::{UsageEvent, UsageEventInput};
+
+/// How far in the future an event's `occurred_at` may be: clock skew between gateways.
+pub const MAX_FUTURE_SKEW_SECS: i64 = 5 * 60;
+/// How old an event may be and still be accepted. Deduplication keeps event ids for longer
+/// than this, so no accepted event can be counted twice.
+pub const MAX_EVENT_AGE_SECS: i64 = 35 * 24 * 3600;

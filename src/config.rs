@@ -1,0 +1,356 @@
+//! Configuration: a TOML file, then `METERLINE_…` environment variables on top.
+//!
+//! Every key can be overridden from the environment: the variable is `METERLINE_` followed by
+//! the key path in upper case with `__` between levels, so `kafka.brokers` is
+//! `METERLINE_KAFKA__BROKERS` and `ingest.max_events` is `METERLINE_INGEST__MAX_EVENTS`. The
+//! value is parsed as the type the key has. Anything wrong, in the file or the environment,
+//! stops start-up with a message that names the key.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use meterline_aggregator::{AggregatorConfig, ClickHouseConfig, RedisConfig};
+use meterline_ingest::{IngestConfig, KafkaConfig};
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "METERLINE_";
+/// The variable that names the configuration file (the `--config` flag wins over it).
+pub const CONFIG_PATH_ENV: &str = "METERLINE_CONFIG";
+/// `METERLINE_` variables that are not configuration keys.
+pub const NON_KEY_VARS: [&str; 2] = [CONFIG_PATH_ENV, "METERLINE_LOG_FORMAT"];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where ingest listens.
+    pub listen: String,
+    /// Where `meterline aggregate` serves its own /metrics and /healthz when run alone.
+    pub aggregator_listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            aggregator_listen: "127.0.0.1:8081".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Add `?sslmode=require` (or `verify-full`) for encrypted connections.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/meterline".into(),
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// The HMAC key for client and signup IP hashes. Set it in production and keep it: a new
+    /// key makes every IP hash new.
+    pub ip_hash_key: String,
+}
+
+/// The development key; start-up warns when it is still in use.
+pub const DEV_IP_HASH_KEY: &str = "meterline-development-key-change-me";
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            ip_hash_key: DEV_IP_HASH_KEY.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// A Confluent-compatible Schema Registry. Empty: schemas are kept in PostgreSQL.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub kafka: KafkaConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub redis: RedisConfig,
+    pub postgres: PostgresConfig,
+    pub schema_registry: SchemaRegistryConfig,
+    pub privacy: PrivacyConfig,
+    pub ingest: IngestConfig,
+    pub aggregator: AggregatorConfig,
+}
+
+impl Config {
+    /// Loads `path` (if any) and applies the `METERLINE_…` variables from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading configuration file {}", p.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("parsing configuration file {}", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = toml::Table::try_from(Config::default()).context("serialising defaults")?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !NON_KEY_VARS.contains(&k.as_str()))
+            .collect();
+        overrides.sort();
+        for (var, value) in overrides {
+            let path: Vec<String> = var[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
+            apply_override(&mut table, &defaults, &path, &var, &value)?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                anyhow!("configuration key `{key}`: {}", e.inner().message())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rules that types alone do not express.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("kafka.partitions", self.kafka.partitions as i64),
+            (
+                "kafka.replication_factor",
+                self.kafka.replication_factor as i64,
+            ),
+            ("ingest.max_events", self.ingest.max_events as i64),
+            ("ingest.max_body_bytes", self.ingest.max_body_bytes as i64),
+            (
+                "ingest.produce_timeout_ms",
+                self.ingest.produce_timeout_ms as i64,
+            ),
+            (
+                "aggregator.batch_max_events",
+                self.aggregator.batch_max_events as i64,
+            ),
+            (
+                "aggregator.batch_max_wait_ms",
+                self.aggregator.batch_max_wait_ms as i64,
+            ),
+            (
+                "postgres.max_connections",
+                self.postgres.max_connections as i64,
+            ),
+        ];
+        for (key, v) in positive {
+            if v < 1 {
+                bail!("configuration key `{key}`: must be at least 1, got {v}");
+            }
+        }
+        let nonempty = [
+            ("kafka.brokers", &self.kafka.brokers),
+            ("kafka.usage_topic", &self.kafka.usage_topic),
+            ("kafka.account_topic", &self.kafka.account_topic),
+            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+            ("clickhouse.database", &self.clickhouse.database),
+            ("aggregator.group_id", &self.aggregator.group_id),
+            ("privacy.ip_hash_key", &self.privacy.ip_hash_key),
+        ];
+        for (key, v) in nonempty {
+            if v.trim().is_empty() {
+                bail!("configuration key `{key}`: must not be empty");
+            }
+        }
+        if !self
+            .clickhouse
+            .database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            bail!("configuration key `clickhouse.database`: use only letters, digits and _");
+        }
+        for (key, addr) in [
+            ("http.listen", &self.http.listen),
+            ("http.aggregator_listen", &self.http.aggregator_listen),
+        ] {
+            addr.parse::<std::net::SocketAddr>().map_err(|e| {
+                anyhow!("configuration key `{key}`: {addr:?} is not an address:port ({e})")
+            })?;
+        }
+        for (key, url) in [
+            ("clickhouse.url", &self.clickhouse.url),
+            ("redis.url", &self.redis.url),
+            ("postgres.url", &self.postgres.url),
+        ] {
+            if !url.contains("://") {
+                bail!("configuration key `{key}`: {url:?} is not a URL");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets `path` in `table` to `raw`, parsed as the type the same key has in `defaults`.
+fn apply_override(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    path: &[String],
+    var: &str,
+    raw: &str,
+) -> Result<()> {
+    let key = path.join(".");
+    let (last, parents) = path
+        .split_last()
+        .ok_or_else(|| anyhow!("{var}: empty key"))?;
+    let mut default_node = Some(defaults);
+    let mut node = table;
+    for p in parents {
+        let d = default_node.and_then(|d| d.get(p));
+        match d {
+            Some(toml::Value::Table(t)) => default_node = Some(t),
+            // Free-form maps such as kafka.properties have no defaults below them.
+            Some(_) => bail!("configuration key `{key}` (from {var}): `{p}` is not a section"),
+            None if default_node.is_some_and(|d| d.is_empty()) => default_node = None,
+            None => bail!("configuration key `{key}` (from {var}): unknown key"),
+        }
+        node = node
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| {
+                anyhow!("configuration key `{key}` (from {var}): `{p}` is not a section")
+            })?;
+    }
+    let bad = |what: &str| anyhow!("configuration key `{key}` (from {var}): {raw:?} is not {what}");
+    let value = match default_node.and_then(|d| d.get(last)) {
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?)
+        }
+        Some(toml::Value::Float(_)) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?)
+        }
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("true or false"))?)
+        }
+        Some(toml::Value::Table(_)) | Some(toml::Value::Array(_)) => {
+            bail!("configuration key `{key}` (from {var}): is a section; set its keys one by one")
+        }
+        Some(_) => toml::Value::String(raw.to_owned()),
+        None if default_node.is_some_and(|d| !d.is_empty())
+            || default_node.is_none() && parents.is_empty() =>
+        {
+            bail!("configuration key `{key}` (from {var}): unknown key")
+        }
+        None => toml::Value::String(raw.to_owned()),
+    };
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_local_services() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:8080");
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.clickhouse.url, "http://127.0.0.1:8123");
+        assert_eq!(c.clickhouse.database, "meterline");
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
+        assert!(c.postgres.url.ends_with("127.0.0.1:5432/meterline"));
+    }
+
+    #[test]
+    fn the_example_file_lists_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("meterline.example.toml");
+        let loaded = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(
+            toml::to_string(&loaded).unwrap(),
+            toml::to_string(&Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn env_overrides_the_file_with_typed_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[kafka]\nbrokers = \"file:1\"\npartitions = 3\n").unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("METERLINE_KAFKA__PARTITIONS", "12"),
+                ("METERLINE_CLICKHOUSE__PASSWORD", "123"),
+                ("METERLINE_KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SASL_SSL"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "file:1");
+        assert_eq!(c.kafka.partitions, 12);
+        assert_eq!(c.clickhouse.password, "123");
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::load(None, env(&[("METERLINE_INGEST__MAX_EVENTS", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`ingest.max_events`") && err.contains("not an integer"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("METERLINE_KAFKA__BROKER", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`kafka.broker`") && err.contains("unknown key"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("METERLINE_KAFKA__PARTITIONS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`kafka.partitions`: must be at least 1"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("METERLINE_HTTP__LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`http.listen`"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[redis]\nkey_prefx = \"a\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("redis") && err.contains("key_prefx"), "{err}");
+        std::fs::write(&path, "[aggregator]\nbatch_max_events = \"many\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("`aggregator.batch_max_events`"), "{err}");
+    }
+}

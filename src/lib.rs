@@ -1,0 +1,10 @@
+//! The `meterline` binary's library half: configuration, migrations and the wiring that turns
+//! the component crates into running services. `main.rs` is only the command line on top, and
+//! the integration tests under `tests/` drive the same functions.
+
+pub mod config;
+pub mod migrate;
+pub mod services;
+pub mod telemetry;
+
+pub use config::Config;

@@ -1,0 +1,133 @@
+//! The `meterline` command line. See `meterline --help`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use meterline::config::{Config, CONFIG_PATH_ENV};
+use meterline::services::{self, Components};
+use meterline::{migrate, telemetry};
+use meterline_ingest::Scope;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "meterline",
+    version,
+    about = "Metering and analytics for an AI gateway's free tier"
+)]
+struct Cli {
+    /// Configuration file (TOML). Defaults to ./meterline.toml when it exists. Every key can
+    /// also be set with a METERLINE_<SECTION>__<KEY> environment variable.
+    #[arg(long, global = true, env = CONFIG_PATH_ENV)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every component in one process.
+    Run,
+    /// Run the HTTP ingest service.
+    Ingest,
+    /// Run the aggregator (Kafka to ClickHouse, Redis and PostgreSQL).
+    Aggregate,
+    /// Apply PostgreSQL and ClickHouse migrations and create the Kafka topics. Safe to repeat.
+    Migrate,
+    /// Manage gateway (ingest) tokens.
+    Gateways {
+        #[command(subcommand)]
+        action: GatewayAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayAction {
+    /// Create a token for a gateway and print it. It is shown only this once.
+    Add { name: String },
+    /// Revoke a gateway's token.
+    Revoke { name: String },
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    telemetry::init();
+    let cli = Cli::parse();
+    let path = cli.config.or_else(|| {
+        let default = PathBuf::from("meterline.toml");
+        default.exists().then_some(default)
+    });
+    let config = Config::load(path.as_deref(), std::env::vars())?;
+
+    match cli.command {
+        Command::Migrate => {
+            migrate::run(&config).await?;
+            println!("migrations applied; topics ready");
+        }
+        Command::Run | Command::Ingest | Command::Aggregate => {
+            let which = match cli.command {
+                Command::Run => Components {
+                    ingest: true,
+                    aggregator: true,
+                },
+                Command::Ingest => Components {
+                    ingest: true,
+                    aggregator: false,
+                },
+                _ => Components {
+                    ingest: false,
+                    aggregator: true,
+                },
+            };
+            let running = services::start(&config, which, None, shutdown_on_signal()).await?;
+            running.wait().await?;
+        }
+        Command::Gateways { action } => {
+            let pool = migrate::connect_postgres(&config).await?;
+            let store = services::token_store(&config, &pool);
+            match action {
+                GatewayAction::Add { name } => {
+                    let token = store
+                        .create(&name, &[Scope::Ingest], None)
+                        .await
+                        .context("creating the token")?;
+                    eprintln!(
+                        "gateway {name:?} added; store this token now, it is not shown again:"
+                    );
+                    println!("{token}");
+                }
+                GatewayAction::Revoke { name } => {
+                    store.revoke(&name).await.context("revoking the token")?;
+                    println!("gateway {name:?} revoked");
+                }
+            }
+        }
+    }
+    Ok(())
+}

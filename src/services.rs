@@ -1,0 +1,240 @@
+//! Turning configuration into running components. `meterline ingest`, `meterline aggregate`
+//! and `meterline run` all come through here, and so do the integration tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::routing::get;
+use axum::Router;
+use meterline_aggregator::batch::Sinks;
+use meterline_aggregator::consumer::Topics;
+use meterline_aggregator::decode::Decoder;
+use meterline_aggregator::keys::Keys;
+use meterline_aggregator::metrics::AggregatorMetrics;
+use meterline_aggregator::{
+    accounts_sink::AccountsSink, clickhouse_sink::ClickHouseSink, redis_sink::RedisSink, Aggregator,
+};
+use meterline_ingest::app::{AppParts, TopicSchema};
+use meterline_ingest::{AppState, TokenStore};
+use meterline_schemas::registry::SchemaRegistry;
+use meterline_schemas::{avro, IpHasher};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DEV_IP_HASH_KEY;
+use crate::migrate::connect_postgres;
+use crate::Config;
+
+pub fn registry(config: &Config, pool: &PgPool) -> SchemaRegistry {
+    if config.schema_registry.url.is_empty() {
+        SchemaRegistry::postgres(pool.clone())
+    } else {
+        SchemaRegistry::confluent(&config.schema_registry.url)
+    }
+}
+
+pub fn token_store(config: &Config, pool: &PgPool) -> TokenStore {
+    TokenStore::new(
+        pool.clone(),
+        Duration::from_millis(config.ingest.auth_cache_ttl_ms),
+    )
+}
+
+/// Registers our schemas and builds ingest's state.
+pub async fn ingest_state(config: &Config, pool: &PgPool) -> Result<AppState> {
+    if config.privacy.ip_hash_key == DEV_IP_HASH_KEY {
+        tracing::warn!("privacy.ip_hash_key is the development default; set METERLINE_PRIVACY__IP_HASH_KEY in production");
+    }
+    let registry = registry(config, pool);
+    let topic_schema = |topic: String, text: &'static str| {
+        let registry = registry.clone();
+        async move {
+            let id = registry
+                .register(&format!("{topic}-value"), text)
+                .await
+                .with_context(|| format!("registering the schema for {topic}"))?;
+            anyhow::Ok(TopicSchema {
+                topic,
+                schema_id: id,
+                schema: Arc::new(avro::parse_schema(text)?),
+            })
+        }
+    };
+    let usage = topic_schema(config.kafka.usage_topic.clone(), avro::USAGE_EVENT_SCHEMA).await?;
+    let account = topic_schema(
+        config.kafka.account_topic.clone(),
+        avro::ACCOUNT_EVENT_SCHEMA,
+    )
+    .await?;
+    let state = AppParts {
+        config: config.ingest.clone(),
+        kafka: config.kafka.clone(),
+        tokens: token_store(config, pool),
+        ip_hasher: IpHasher::new(&config.privacy.ip_hash_key),
+        usage,
+        account,
+    }
+    .build()
+    .context("creating the Kafka producer")?;
+    Ok(state)
+}
+
+pub async fn aggregator(
+    config: &Config,
+    pool: &PgPool,
+    metrics: AggregatorMetrics,
+) -> Result<Aggregator> {
+    let redis = RedisSink::connect(
+        &config.redis.url,
+        Keys::new(config.redis.key_prefix.clone()),
+    )
+    .await
+    .context("connecting to Redis")?;
+    let sinks = Sinks {
+        clickhouse: ClickHouseSink::new(config.clickhouse.client()),
+        redis,
+        accounts: AccountsSink::new(pool.clone()),
+    };
+    let topics = Topics {
+        usage: config.kafka.usage_topic.clone(),
+        account: config.kafka.account_topic.clone(),
+        dead_letter: config.kafka.dead_letter_topic.clone(),
+    };
+    let base = meterline_ingest::producer::client_config(&config.kafka);
+    Aggregator::new(
+        &base,
+        topics,
+        config.aggregator.clone(),
+        Decoder::new(registry(config, pool)),
+        sinks,
+        metrics,
+    )
+    .context("creating the Kafka consumer")
+}
+
+/// A running component set.
+pub struct Running {
+    pub ingest_addr: Option<SocketAddr>,
+    pub shutdown: CancellationToken,
+    pub tasks: Vec<JoinHandle<Result<()>>>,
+}
+
+impl Running {
+    /// Asks every component to stop and waits for them.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            t.await.context("component task panicked")??;
+        }
+        Ok(())
+    }
+
+    /// Waits until any component ends (which, before shutdown, is a failure), then stops the
+    /// rest.
+    pub async fn wait(mut self) -> Result<()> {
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
+        let (first, _, rest) = futures::future::select_all(std::mem::take(&mut self.tasks)).await;
+        self.shutdown.cancel();
+        for t in rest {
+            let _ = t.await;
+        }
+        first.context("component task panicked")?
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone, Copy)]
+pub struct Components {
+    pub ingest: bool,
+    pub aggregator: bool,
+}
+
+/// Starts the chosen components. Ingest listens on `listener` when given (tests pass one bound
+/// to port 0), otherwise on `http.listen`.
+pub async fn start(
+    config: &Config,
+    which: Components,
+    listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<Running> {
+    let pool = connect_postgres(config).await?;
+    let mut tasks: Vec<JoinHandle<Result<()>>> = Vec::new();
+    let aggregator_metrics = AggregatorMetrics::new();
+    let mut ingest_addr = None;
+
+    if which.aggregator {
+        let agg = aggregator(config, &pool, aggregator_metrics.clone()).await?;
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            agg.run(token).await.map_err(anyhow::Error::from)
+        }));
+    }
+    if which.ingest {
+        let mut state = ingest_state(config, &pool).await?;
+        if which.aggregator {
+            state
+                .extra_registries
+                .push(aggregator_metrics.registry.clone());
+        }
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(&config.http.listen)
+                .await
+                .with_context(|| format!("binding http.listen {}", config.http.listen))?,
+        };
+        ingest_addr = Some(listener.local_addr()?);
+        tracing::info!(addr = %listener.local_addr()?, "ingest listening");
+        let producer = state.producer.clone();
+        let app = meterline_ingest::router(state);
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .context("ingest server")?;
+            producer.flush(Duration::from_secs(5));
+            Ok(())
+        }));
+    } else if which.aggregator {
+        // Alone, the aggregator serves its own health and metrics.
+        let listener = TcpListener::bind(&config.http.aggregator_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding http.aggregator_listen {}",
+                    config.http.aggregator_listen
+                )
+            })?;
+        let metrics = aggregator_metrics.clone();
+        let app = Router::new()
+            .route(
+                "/healthz",
+                get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            )
+            .route(
+                "/metrics",
+                get(move || {
+                    let m = metrics.clone();
+                    async move { m.render() }
+                }),
+            );
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .context("aggregator metrics server")
+        }));
+    }
+    Ok(Running {
+        ingest_addr,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,157 @@
+//! With the broker down, ingest answers 503 with Retry-After and acknowledges nothing; once the
+//! broker is back the gateway's retry is counted exactly once. The test runs its own tansu
+//! (SQLite storage, so data and offsets survive the restart) on a free port.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::*;
+use meterline::services::Components;
+
+fn start_tansu(dir: &Path, port: u16) -> Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new("tansu")
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("tansu.log")).unwrap())
+        .spawn()
+        .expect("tansu on PATH (scripts/services.sh up installs it)");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "tansu did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_gives_503_and_the_retry_counts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut broker = start_tansu(dir.path(), port);
+    let mut config = isolated_config(&unique_suffix());
+    config.kafka.brokers = format!("127.0.0.1:{port}");
+    config.ingest.produce_timeout_ms = 2_000;
+    let mut app = spawn_with(
+        config,
+        Components {
+            ingest: true,
+            aggregator: true,
+        },
+    )
+    .await;
+
+    let now = Utc::now();
+    let first: Vec<_> = (0..20)
+        .map(|i| usage_event("acct-o", now, "gpt-4o", 100 + i, 1))
+        .collect();
+    let (status, body) = app.post_events(&first).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        app.wait_for_raw_count(20, Duration::from_secs(60)).await,
+        20
+    );
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    let retry_batch: Vec<_> = (0..30)
+        .map(|i| usage_event("acct-o", now, "gpt-4o", 1000 + i, 1))
+        .collect();
+    let resp = app
+        .http
+        .post(app.url("/v1/events"))
+        .bearer_auth(&app.token)
+        .header("content-type", "application/json")
+        .body(serde_json::Value::Array(retry_batch.clone()).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().starts_with("kafka:"),
+        "{body}"
+    );
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready without a broker");
+
+    broker = start_tansu(dir.path(), port);
+    // The gateway retries, honouring Retry-After, until it gets its 202.
+    let started = Instant::now();
+    loop {
+        let (status, body) = app.post_events(&retry_batch).await;
+        if status == 202 {
+            assert_eq!(body["accepted"], 30);
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "broker never came back: {body}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        app.wait_for_raw_count(50, Duration::from_secs(90)).await,
+        50
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ch = app.clickhouse();
+    let (count, input): (u64, u64) = ch
+        .query("SELECT count(), sum(input_tokens) FROM usage_events")
+        .fetch_one()
+        .await
+        .unwrap();
+    let expected_input: u64 = first
+        .iter()
+        .chain(&retry_batch)
+        .map(|e| e["input_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!((count, input), (50, expected_input));
+    let mut redis = app.redis().await;
+    let key = format!(
+        "{}u:acct-o:M:{}",
+        app.config.redis.key_prefix,
+        now.format("%Y%m")
+    );
+    // Redis is written just after ClickHouse; give the last batch a moment to land there.
+    let started = std::time::Instant::now();
+    loop {
+        let (req, tokens): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("req")
+            .arg("in")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if (req, tokens) == (Some(50), Some(expected_input)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{key}: got {req:?}/{tokens:?}, want 50/{expected_input}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    app.stop().await;
+    broker.kill().ok();
+    broker.wait().ok();
+}

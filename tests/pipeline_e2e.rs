@@ -1,0 +1,415 @@
+//! Acceptance for the foundation: 20,000 usage events for 50 accounts over 3 hours of event
+//! time, 10 % repeated ids and 1 % invalid, through HTTP ingest, Kafka, the aggregator, and into
+//! ClickHouse and Redis, with sums checked against ones the test computes itself.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Timelike, Utc};
+use clickhouse::Row;
+use common::*;
+use meterline::services::Components;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use serde_json::Value;
+
+const EVENTS: usize = 20_000;
+const ACCOUNTS: usize = 50;
+const BATCH: usize = 500;
+const MODELS: [&str; 4] = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "llama-3-70b"];
+
+/// The generated traffic and what it must add up to.
+struct Traffic {
+    batches: Vec<Vec<Value>>,
+    /// Per batch, the indices that must be rejected.
+    invalid: Vec<BTreeSet<usize>>,
+    unique_valid: Vec<Value>,
+}
+
+fn generate(seed: u64, prefix: &str) -> Traffic {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let now = Utc::now();
+    let start = now - ChronoDuration::hours(3);
+    let mut unique: Vec<Value> = Vec::new();
+    let mut all = Vec::with_capacity(EVENTS);
+    let mut invalid_flags = Vec::with_capacity(EVENTS);
+    for i in 0..EVENTS {
+        if i % 100 == 57 {
+            // 1 %: invalid, in rotating ways.
+            let mut e = usage_event(&format!("{prefix}-acct-0"), now, "gpt-4o", 1, 1);
+            match (i / 100) % 5 {
+                0 => {
+                    e["occurred_at"] = Value::from((now + ChronoDuration::minutes(10)).to_rfc3339())
+                }
+                1 => e["input_tokens"] = Value::from("many"),
+                2 => {
+                    e.as_object_mut().unwrap().remove("model");
+                }
+                3 => e["account_id"] = Value::from("has spaces"),
+                _ => e["event_id"] = Value::from("not-a-uuid"),
+            }
+            all.push(e);
+            invalid_flags.push(true);
+        } else if i % 10 == 3 && !unique.is_empty() {
+            // 10 %: an exact repeat of an earlier event (a gateway retry).
+            let j = rng.random_range(0..unique.len());
+            all.push(unique[j].clone());
+            invalid_flags.push(false);
+        } else {
+            let account = format!("{prefix}-acct-{}", rng.random_range(0..ACCOUNTS));
+            let offset_ms = rng.random_range(0..3 * 3600 * 1000 - 1000);
+            let at = start + ChronoDuration::milliseconds(offset_ms);
+            let model = MODELS[rng.random_range(0..MODELS.len())];
+            let e = usage_event(
+                &account,
+                at,
+                model,
+                rng.random_range(1..5000),
+                rng.random_range(1..2000),
+            );
+            unique.push(e.clone());
+            all.push(e);
+            invalid_flags.push(false);
+        }
+    }
+    let mut batches = Vec::new();
+    let mut invalid = Vec::new();
+    for (chunk, flags) in all.chunks(BATCH).zip(invalid_flags.chunks(BATCH)) {
+        batches.push(chunk.to_vec());
+        invalid.push(
+            flags
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| **f)
+                .map(|(i, _)| i)
+                .collect(),
+        );
+    }
+    Traffic {
+        batches,
+        invalid,
+        unique_valid: unique,
+    }
+}
+
+fn window_start(at: DateTime<Utc>, grain: &str) -> DateTime<Utc> {
+    let t = at.with_nanosecond(0).unwrap().with_second(0).unwrap();
+    match grain {
+        "minute" => t,
+        "hour" => t.with_minute(0).unwrap(),
+        "day" => t.with_minute(0).unwrap().with_hour(0).unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+fn expected(events: &[Value], grain: &str) -> WindowSums {
+    let mut out: WindowSums = HashMap::new();
+    for e in events {
+        let at = DateTime::parse_from_rfc3339(e["occurred_at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc);
+        let key = (
+            e["account_id"].as_str().unwrap().to_owned(),
+            window_start(at, grain).timestamp(),
+        );
+        let s = out.entry(key).or_default();
+        s.requests += 1;
+        s.input += e["input_tokens"].as_u64().unwrap();
+        s.output += e["output_tokens"].as_u64().unwrap();
+        s.models.insert(e["model"].as_str().unwrap().to_owned());
+    }
+    out
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct RollupRow {
+    account_id: String,
+    window_start: u32,
+    requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    models: u64,
+}
+
+async fn post_all(app: &TestApp, traffic: &Traffic, batches: std::ops::Range<usize>) {
+    for b in batches {
+        let (status, body) = app.post_events(&traffic.batches[b]).await;
+        assert_eq!(status, 202, "batch {b}: {body}");
+        let expected_rejects = &traffic.invalid[b];
+        assert_eq!(
+            body["accepted"].as_u64().unwrap() as usize,
+            traffic.batches[b].len() - expected_rejects.len(),
+            "batch {b}: {body}"
+        );
+        let got: BTreeSet<usize> = body["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["index"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(&got, expected_rejects, "batch {b}");
+        for r in body["rejected"].as_array().unwrap() {
+            let err = r["error"].as_str().unwrap();
+            let field = err.split(':').next().unwrap();
+            assert!(
+                [
+                    "occurred_at",
+                    "input_tokens",
+                    "model",
+                    "account_id",
+                    "event_id"
+                ]
+                .contains(&field),
+                "rejection names its field: {err}"
+            );
+        }
+    }
+}
+
+async fn assert_totals(app: &TestApp, traffic: &Traffic) {
+    let unique = traffic.unique_valid.len() as u64;
+    let got = app
+        .wait_for_raw_count(unique, Duration::from_secs(120))
+        .await;
+    assert_eq!(
+        got, unique,
+        "ClickHouse raw count equals the unique valid events"
+    );
+    // Give a duplicate insert, if there were one, the chance to show up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ch = app.clickhouse();
+    let raw: u64 = ch
+        .query("SELECT count() FROM usage_events")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(raw, unique);
+    let distinct: u64 = ch
+        .query("SELECT uniqExact(event_id) FROM usage_events")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(distinct, unique);
+
+    for grain in ["minute", "hour", "day"] {
+        let want = expected(&traffic.unique_valid, grain);
+        let rows: Vec<RollupRow> = ch
+            .query(&format!(
+                "SELECT account_id, toUInt32(window_start) AS window_start, requests, input_tokens, output_tokens, models FROM usage_{grain}_totals"
+            ))
+            .fetch_all()
+            .await
+            .unwrap();
+        // (requests, input tokens, output tokens, distinct models) per (account, window).
+        let got: HashMap<(String, i64), (u64, u64, u64, u64)> = rows
+            .into_iter()
+            .map(|r| {
+                (
+                    (r.account_id, r.window_start as i64),
+                    (r.requests, r.input_tokens, r.output_tokens, r.models),
+                )
+            })
+            .collect();
+        let want_counts: HashMap<(String, i64), (u64, u64, u64, u64)> = want
+            .into_iter()
+            .map(|(k, s)| (k, (s.requests, s.input, s.output, s.models.len() as u64)))
+            .collect();
+        assert_eq!(
+            got.len(),
+            want_counts.len(),
+            "{grain}: number of (account, window) rollups"
+        );
+        for (k, w) in &want_counts {
+            assert_eq!(got.get(k), Some(w), "{grain} rollup for {k:?}");
+        }
+    }
+
+    // Redis is written after ClickHouse (see aggregator/src/batch.rs), so the last batch can
+    // still be on its way there: wait for it, then require every key to be exact.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mismatches = redis_mismatches(app, traffic).await;
+        if mismatches.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} Redis keys differ after 60 s, e.g. {:?}",
+            mismatches.len(),
+            &mismatches[..mismatches.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every Redis key whose counters differ from what the traffic adds up to, described.
+async fn redis_mismatches(app: &TestApp, traffic: &Traffic) -> Vec<String> {
+    let mut out = Vec::new();
+    // Redis: every hour and day window, the month, and the minute buckets of the last 100
+    // minutes (older minute buckets are allowed to have expired).
+    let mut redis = app.redis().await;
+    let prefix = &app.config.redis.key_prefix;
+    let now = Utc::now();
+    for (grain, code, fmt) in [
+        ("hour", "h", "%Y%m%d%H"),
+        ("day", "d", "%Y%m%d"),
+        ("minute", "m", "%Y%m%d%H%M"),
+    ] {
+        for ((account, start), w) in expected(&traffic.unique_valid, grain) {
+            let start_t = Utc.timestamp_opt(start, 0).unwrap();
+            if grain == "minute" && now - start_t > ChronoDuration::minutes(100) {
+                continue;
+            }
+            let key = format!("{prefix}u:{account}:{code}:{}", start_t.format(fmt));
+            let (req, input, output): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
+                .arg(&key)
+                .arg("req")
+                .arg("in")
+                .arg("out")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            if (req, input, output) != (Some(w.requests), Some(w.input), Some(w.output)) {
+                out.push(format!(
+                    "{key}: got {req:?}/{input:?}/{output:?}, want {w:?}"
+                ));
+                continue;
+            }
+            let ttl: i64 = redis::cmd("TTL")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            if ttl <= 0 {
+                out.push(format!("{key} has no expiry (TTL {ttl})"));
+            }
+        }
+    }
+    // The month: totals and the distinct-model set.
+    let mut months: HashMap<(String, String), Sums> = HashMap::new();
+    for e in &traffic.unique_valid {
+        let at = DateTime::parse_from_rfc3339(e["occurred_at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc);
+        let s = months
+            .entry((
+                e["account_id"].as_str().unwrap().to_owned(),
+                at.format("%Y%m").to_string(),
+            ))
+            .or_default();
+        s.requests += 1;
+        s.input += e["input_tokens"].as_u64().unwrap();
+        s.output += e["output_tokens"].as_u64().unwrap();
+        s.models.insert(e["model"].as_str().unwrap().to_owned());
+    }
+    for ((account, month), w) in months {
+        let key = format!("{prefix}u:{account}:M:{month}");
+        let (req, input, output): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("req")
+            .arg("in")
+            .arg("out")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if (req, input, output) != (Some(w.requests), Some(w.input), Some(w.output)) {
+            out.push(format!(
+                "{key}: got {req:?}/{input:?}/{output:?}, want {w:?}"
+            ));
+            continue;
+        }
+        let models: BTreeSet<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{key}:models"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if models != w.models {
+            out.push(format!("{key}:models: got {models:?}, want {:?}", w.models));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_events_add_up_exactly_in_clickhouse_and_redis() {
+    let mut app = spawn_app().await;
+    let traffic = generate(7, &unique_suffix());
+    post_all(&app, &traffic, 0..traffic.batches.len()).await;
+    assert_totals(&app, &traffic).await;
+
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meterline_ingest_events_total{kind=\"usage\",outcome=\"accepted\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("meterline_aggregator_events_total{outcome=\"duplicate\"}"));
+    assert!(
+        !metrics.contains("-acct-"),
+        "no account id in metric labels"
+    );
+    app.stop().await;
+}
+
+/// The aggregator runs as its own process and is killed with SIGKILL while events stream in;
+/// a fresh one picks up from the committed offsets and the totals are still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twice() {
+    let mut config = isolated_config(&unique_suffix());
+    config.http.aggregator_listen = format!("127.0.0.1:{}", free_port());
+    // Small batches so the kill lands between many writes.
+    config.aggregator.batch_max_events = 700;
+    config.aggregator.batch_max_wait_ms = 20;
+    let mut app = spawn_with(
+        config,
+        Components {
+            ingest: true,
+            aggregator: false,
+        },
+    )
+    .await;
+    let spawn_aggregator = |cfg: &meterline::Config| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+            .arg("aggregate")
+            .envs(config_env(cfg))
+            // CHILD_LOG=info (say) shows the child's logs when this test needs debugging.
+            .env(
+                "RUST_LOG",
+                std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn meterline aggregate")
+    };
+    let traffic = generate(11, &unique_suffix());
+    let n = traffic.batches.len();
+    let mut first = spawn_aggregator(&app.config);
+    post_all(&app, &traffic, 0..n / 2).await;
+    // Wait until the first aggregator is visibly mid-way, then kill it hard.
+    let _ = app.wait_for_raw_count(2_000, Duration::from_secs(60)).await;
+    let post_rest = {
+        let traffic_batches = n / 2..n;
+        post_all(&app, &traffic, traffic_batches)
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        first.kill().expect("SIGKILL");
+        first.wait().unwrap();
+    };
+    tokio::join!(post_rest, killer);
+    let mut second = spawn_aggregator(&app.config);
+    assert_totals(&app, &traffic).await;
+    second.kill().ok();
+    second.wait().ok();
+    app.stop().await;
+}
