@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use meterline_aggregator::{AggregatorConfig, ClickHouseConfig, RedisConfig};
 use meterline_ingest::{IngestConfig, KafkaConfig};
+use meterline_schemas::limits::{QuotaConfig, TiersConfig};
 use serde::{Deserialize, Serialize};
 
 pub const ENV_PREFIX: &str = "METERLINE_";
@@ -92,6 +93,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub ingest: IngestConfig,
     pub aggregator: AggregatorConfig,
+    pub quota: QuotaConfig,
+    pub tiers: TiersConfig,
 }
 
 impl Config {
@@ -100,16 +103,17 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self> {
-        let mut table = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading configuration file {}", p.display()))?;
-                toml::from_str::<toml::Table>(&text)
-                    .with_context(|| format!("parsing configuration file {}", p.display()))?
-            }
-            None => toml::Table::new(),
-        };
         let defaults = toml::Table::try_from(Config::default()).context("serialising defaults")?;
+        // The file is laid over the defaults key by key, so a file (or a variable) can change
+        // one key of a tier without restating the whole tier.
+        let mut table = defaults.clone();
+        if let Some(p) = path {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading configuration file {}", p.display()))?;
+            let file = toml::from_str::<toml::Table>(&text)
+                .with_context(|| format!("parsing configuration file {}", p.display()))?;
+            merge(&mut table, file);
+        }
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !NON_KEY_VARS.contains(&k.as_str()))
@@ -193,6 +197,7 @@ impl Config {
                 anyhow!("configuration key `{key}`: {addr:?} is not an address:port ({e})")
             })?;
         }
+        self.tiers.validate(&self.quota)?;
         for (key, url) in [
             ("clickhouse.url", &self.clickhouse.url),
             ("redis.url", &self.redis.url),
@@ -203,6 +208,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Lays `over` onto `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
     }
 }
 
@@ -317,6 +334,22 @@ mod tests {
     }
 
     #[test]
+    fn one_tier_key_changes_without_restating_the_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[tiers.free.limits]\nmonth_weighted_tokens = 9000\n").unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[("METERLINE_TIERS__FREE__REQUESTS_PER_MINUTE", "250")]),
+        )
+        .unwrap();
+        assert_eq!(c.tiers.free.limits["month_weighted_tokens"], 9000.0);
+        assert_eq!(c.tiers.free.limits["day_requests"], 5000.0);
+        assert_eq!(c.tiers.free.requests_per_minute, 250.0);
+        assert_eq!(c.tiers.free.fallback_model, "gpt-4o-mini");
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let err = Config::load(None, env(&[("METERLINE_INGEST__MAX_EVENTS", "lots")]))
             .unwrap_err()
@@ -349,6 +382,27 @@ mod tests {
         std::fs::write(&path, "[redis]\nkey_prefx = \"a\"\n").unwrap();
         let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
         assert!(err.contains("redis") && err.contains("key_prefx"), "{err}");
+        std::fs::write(&path, "[tiers.free.limits]\nday_requests = -3\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("`tiers.free.limits.day_requests`") && err.contains("negative"),
+            "{err}"
+        );
+        std::fs::write(&path, "[tiers.pro.limits]\nweek_requests = 3\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("`tiers.pro.limits.week_requests`"), "{err}");
+        std::fs::write(&path, "[quota]\nstages = [85, 70, 95, 100]\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("`quota.stages`"), "{err}");
+        std::fs::write(&path, "[tiers.free]\nfallback_model = \"gpt-4o\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("`tiers.free.fallback_model`") && err.contains("allowed_models"),
+            "{err}"
+        );
+        std::fs::write(&path, "[tiers.free]\nrequests_per_mnute = 5\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("requests_per_mnute"), "{err}");
         std::fs::write(&path, "[aggregator]\nbatch_max_events = \"many\"\n").unwrap();
         let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
         assert!(err.contains("`aggregator.batch_max_events`"), "{err}");

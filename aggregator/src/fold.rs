@@ -108,6 +108,8 @@ pub fn fold_event(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent, now: Date
             dim("users", e.user_id.as_deref());
             dim("api_keys", Some(&e.api_key_id));
             dim("ip_hashes", e.client_ip_hash.as_deref());
+            // Per-month session counts are a limit (`month_sessions`).
+            dim("sessions", e.session_id.as_deref());
         }
         if grain == Grain::Day {
             if let Some(s) = e.session_id.as_deref() {

@@ -16,6 +16,8 @@ pub mod account;
 pub mod avro;
 pub mod domain;
 pub mod error;
+pub mod keys;
+pub mod limits;
 pub mod privacy;
 pub mod registry;
 pub mod usage;

@@ -1,5 +1,6 @@
-//! Redis key names and lifetimes. `ARCHITECTURE.md` lists these for gateway authors; change
-//! both together.
+//! Redis key names and lifetimes: the hot state's contract. The aggregator writes these keys;
+//! the read path (`ingest`) and the scorer read them. `ARCHITECTURE.md` lists them for gateway
+//! authors; change both together.
 //!
 //! | key | type | holds | expires |
 //! |---|---|---|---|
@@ -7,10 +8,11 @@
 //! | `{p}u:{account}:h:{YYYYMMDDHH}` | hash | one hour's counters | 48 h after the hour starts |
 //! | `{p}u:{account}:d:{YYYYMMDD}` | hash | one UTC day's counters | 40 days after the day starts |
 //! | `{p}u:{account}:M:{YYYYMM}` | hash | one calendar month's counters | 100 days after the month ends |
-//! | `{p}u:{account}:M:{YYYYMM}:{dim}` | set | this month's distinct models, providers, regions, clouds, users, api_keys, ip_hashes | as the month hash |
+//! | `{p}u:{account}:M:{YYYYMM}:{dim}` | set | this month's distinct models, providers, regions, clouds, users, api_keys, ip_hashes, sessions | as the month hash |
 //! | `{p}u:{account}:d:{YYYYMMDD}:sessions` | set | that day's distinct session ids | as the day hash |
 //! | `{p}u:{account}:s:{session_id}` | hash | one session's counters | 24 h after its latest event |
 //! | `{p}seen:{YYYYMMDD}` | set | ids of usage events already counted, by their `occurred_at` day | 36 days after the day ends |
+//! | `{p}q:{account}:{decision}:{limit}:{stage}:{window}` | string | a quota decision already recorded in ClickHouse (written by ingest's read path, after the insert) | when the window resets |
 //!
 //! Counter hashes have the fields `req`, `err`, `in`, `out`, `cost` and, per model,
 //! `m:{model}:req`, `m:{model}:in`, `m:{model}:out`.
@@ -155,6 +157,11 @@ impl Keys {
 
     pub fn session(&self, account: &str, session_id: &str) -> String {
         format!("{}u:{}:s:{}", self.prefix, account, session_id)
+    }
+
+    /// Marks one recorded quota decision (see `meterline_ingest::read::recorder`).
+    pub fn quota_marker(&self, dedup_key: &str) -> String {
+        format!("{}q:{}", self.prefix, dedup_key)
     }
 
     pub fn seen(&self, day_start: DateTime<Utc>) -> String {
