@@ -8,9 +8,10 @@ scripts/services.sh up
 cargo build --release --locked --bin meterline
 BIN=target/release/meterline
 $BIN migrate
-# A fresh token for the local gateway each run; only its hash is stored.
-$BIN gateways revoke local-gateway >/dev/null 2>&1 || true
-TOKEN=$($BIN gateways add local-gateway 2>/dev/null)
+# A fresh token for the local gateway each run; only its hash is stored. It may post events
+# and read usage and quota decisions, as a gateway does.
+$BIN tokens revoke local-gateway >/dev/null 2>&1 || true
+TOKEN=$($BIN tokens add local-gateway --scope ingest --scope read 2>/dev/null)
 mkdir -p .local
 echo "$TOKEN" > .local/gateway-token
 cat <<MSG

@@ -2,6 +2,7 @@
 //! the component crates into running services. `main.rs` is only the command line on top, and
 //! the integration tests under `tests/` drive the same functions.
 
+pub mod bench;
 pub mod config;
 pub mod migrate;
 pub mod services;

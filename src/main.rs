@@ -40,6 +40,54 @@ enum Command {
         #[command(subcommand)]
         action: GatewayAction,
     },
+    /// Benchmarks against the real services (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        which: BenchKind,
+    },
+    /// Manage API tokens of any scope (read tokens for dashboards and gateways' quota checks).
+    Tokens {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// /v1/quota/check latency at a fixed rate while ingest takes events.
+    Quota {
+        /// Quota checks per second (open loop).
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        #[arg(long, default_value_t = 5000)]
+        accounts: usize,
+        /// Usage events per second posted meanwhile (batches of 500); 0 for none.
+        #[arg(long, default_value_t = 10000)]
+        ingest_rate: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token and print it. It is shown only this once.
+    Add {
+        name: String,
+        /// ingest, read or admin; repeat for several.
+        #[arg(long = "scope", required = true, value_parser = parse_scope)]
+        scopes: Vec<Scope>,
+        /// Limit the token to this account: it can never read another.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Revoke a token.
+    Revoke { name: String },
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    Scope::parse(s).ok_or_else(|| format!("{s:?} is not a scope; use ingest, read or admin"))
 }
 
 #[derive(Subcommand)]
@@ -125,6 +173,51 @@ async fn main() -> Result<()> {
                 GatewayAction::Revoke { name } => {
                     store.revoke(&name).await.context("revoking the token")?;
                     println!("gateway {name:?} revoked");
+                }
+            }
+        }
+        Command::Bench { which } => match which {
+            BenchKind::Quota {
+                rate,
+                duration,
+                accounts,
+                ingest_rate,
+            } => {
+                meterline::bench::quota(
+                    &config,
+                    meterline::bench::QuotaBench {
+                        rate,
+                        duration: std::time::Duration::from_secs(duration),
+                        accounts,
+                        ingest_rate,
+                    },
+                )
+                .await?;
+            }
+        },
+        Command::Tokens { action } => {
+            let pool = migrate::connect_postgres(&config).await?;
+            let store = services::token_store(&config, &pool);
+            match action {
+                TokenAction::Add {
+                    name,
+                    scopes,
+                    account,
+                } => {
+                    if let Some(a) = &account {
+                        meterline_schemas::AccountId::parse(a)
+                            .map_err(|e| anyhow::anyhow!("--account: {e}"))?;
+                    }
+                    let token = store
+                        .create(&name, &scopes, account.as_deref())
+                        .await
+                        .context("creating the token")?;
+                    eprintln!("token {name:?} added; store it now, it is not shown again:");
+                    println!("{token}");
+                }
+                TokenAction::Revoke { name } => {
+                    store.revoke(&name).await.context("revoking the token")?;
+                    println!("token {name:?} revoked");
                 }
             }
         }

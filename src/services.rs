@@ -17,6 +17,10 @@ use meterline_aggregator::{
     accounts_sink::AccountsSink, clickhouse_sink::ClickHouseSink, redis_sink::RedisSink, Aggregator,
 };
 use meterline_ingest::app::{AppParts, TopicSchema};
+use meterline_ingest::metrics::IngestMetrics;
+use meterline_ingest::read::{
+    AccountDirectory, DecisionRecorder, HotState, ReadPath, RecorderMetrics,
+};
 use meterline_ingest::{AppState, TokenStore};
 use meterline_schemas::registry::SchemaRegistry;
 use meterline_schemas::{avro, IpHasher};
@@ -44,8 +48,54 @@ pub fn token_store(config: &Config, pool: &PgPool) -> TokenStore {
     )
 }
 
-/// Registers our schemas and builds ingest's state.
-pub async fn ingest_state(config: &Config, pool: &PgPool) -> Result<AppState> {
+/// Builds the read path: the account directory (listening for profile changes), the hot-state
+/// reader and the decision recorder. Its background tasks stop on `shutdown`.
+pub async fn read_path(
+    config: &Config,
+    pool: &PgPool,
+    metrics: &IngestMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(ReadPath, Vec<JoinHandle<()>>)> {
+    let directory = AccountDirectory::new(
+        pool.clone(),
+        Duration::from_millis(config.ingest.profile_cache_ttl_ms),
+    );
+    let listener = directory
+        .listen(shutdown.clone())
+        .await
+        .context("listening for account changes in PostgreSQL")?;
+    let redis = redis::Client::open(config.redis.url.as_str())
+        .context("redis.url")?
+        .get_connection_manager()
+        .await
+        .context("connecting to Redis")?;
+    let keys = Keys::new(config.redis.key_prefix.clone());
+    let (recorder, writer) = DecisionRecorder::start(
+        config.clickhouse.client(),
+        redis.clone(),
+        keys.clone(),
+        RecorderMetrics {
+            recorded: metrics.quota_events_recorded.clone(),
+            dropped: metrics.quota_events_dropped.clone(),
+        },
+        shutdown.clone(),
+    );
+    let read = ReadPath {
+        quota: Arc::new(config.quota.clone()),
+        tiers: Arc::new(config.tiers.clone()),
+        directory,
+        hot: HotState::new(redis, keys),
+        recorder,
+    };
+    Ok((read, vec![listener, writer]))
+}
+
+/// Registers our schemas and builds ingest's state, with the read path.
+pub async fn ingest_state(
+    config: &Config,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> Result<(AppState, Vec<JoinHandle<()>>)> {
     if config.privacy.ip_hash_key == DEV_IP_HASH_KEY {
         tracing::warn!("privacy.ip_hash_key is the development default; set METERLINE_PRIVACY__IP_HASH_KEY in production");
     }
@@ -70,6 +120,8 @@ pub async fn ingest_state(config: &Config, pool: &PgPool) -> Result<AppState> {
         avro::ACCOUNT_EVENT_SCHEMA,
     )
     .await?;
+    let metrics = IngestMetrics::new();
+    let (read, tasks) = read_path(config, pool, &metrics, shutdown).await?;
     let state = AppParts {
         config: config.ingest.clone(),
         kafka: config.kafka.clone(),
@@ -77,10 +129,12 @@ pub async fn ingest_state(config: &Config, pool: &PgPool) -> Result<AppState> {
         ip_hasher: IpHasher::new(&config.privacy.ip_hash_key),
         usage,
         account,
+        read: Some(read),
+        metrics,
     }
     .build()
     .context("creating the Kafka producer")?;
-    Ok(state)
+    Ok((state, tasks))
 }
 
 pub async fn aggregator(
@@ -176,7 +230,12 @@ pub async fn start(
         }));
     }
     if which.ingest {
-        let mut state = ingest_state(config, &pool).await?;
+        let (mut state, background) = ingest_state(config, &pool, &shutdown).await?;
+        for task in background {
+            tasks.push(tokio::spawn(async move {
+                task.await.context("read path task panicked")
+            }));
+        }
         if which.aggregator {
             state
                 .extra_registries

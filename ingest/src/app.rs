@@ -31,6 +31,8 @@ pub struct AppState {
     pub metrics: IngestMetrics,
     /// Other components' metrics, served from the same /metrics when they share the process.
     pub extra_registries: Vec<prometheus::Registry>,
+    /// The read endpoints' state; `None` serves ingest alone (they answer 500).
+    pub read: Option<crate::read::ReadPath>,
 }
 
 impl AppState {
@@ -47,6 +49,9 @@ pub struct AppParts {
     pub ip_hasher: IpHasher,
     pub usage: TopicSchema,
     pub account: TopicSchema,
+    pub read: Option<crate::read::ReadPath>,
+    /// Built before the parts, so the read path's recorder can share its counters.
+    pub metrics: IngestMetrics,
 }
 
 impl AppParts {
@@ -62,14 +67,31 @@ impl AppParts {
             ip_hasher: self.ip_hasher,
             usage: self.usage,
             account: self.account,
-            metrics: IngestMetrics::new(),
+            metrics: self.metrics,
             extra_registries: Vec::new(),
+            read: self.read,
         })
     }
 }
 
+/// Every public endpoint, as `(method, path)`; `openapi.json` documents exactly these (a test
+/// holds the two together).
+pub const PUBLIC_ROUTES: [(&str, &str); 8] = [
+    ("post", "/v1/events"),
+    ("post", "/v1/account-events"),
+    ("get", "/v1/accounts/{id}/usage"),
+    ("post", "/v1/quota/check"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/v1/accounts/{id}/usage", get(routes::read::usage))
+        .route("/v1/quota/check", post(routes::read::quota_check))
+        .route("/openapi.json", get(routes::openapi::openapi))
         .route("/v1/events", post(routes::events::post_usage_events))
         .route(
             "/v1/account-events",

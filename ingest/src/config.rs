@@ -43,6 +43,10 @@ pub struct IngestConfig {
     pub auth_cache_ttl_ms: u64,
     /// The `Retry-After` seconds sent with a 503.
     pub retry_after_secs: u64,
+    /// How long an account profile (plan, overrides, abuse flag) stays cached for the read
+    /// path. Changes invalidate it at once through PostgreSQL notifications; this bounds the
+    /// staleness should one be missed.
+    pub profile_cache_ttl_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -53,6 +57,7 @@ impl Default for IngestConfig {
             produce_timeout_ms: 5_000,
             auth_cache_ttl_ms: 5_000,
             retry_after_secs: 1,
+            profile_cache_ttl_ms: 60_000,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Ingest: the HTTP front door for gateways.
+//! Ingest: the HTTP front door for gateways. It also serves the read path ([`read`]): usage
+//! and quota decisions from the hot state.
 //!
 //! A request goes through these steps, in this order:
 //!
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod producer;
+pub mod read;
 pub mod routes;
 
 pub use app::{router, AppState};

@@ -1,7 +1,9 @@
 //! Prometheus metrics for ingest. Labels are bounded sets (endpoint, outcome): never an
 //! account id, which goes in spans instead.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -9,6 +11,10 @@ pub struct IngestMetrics {
     pub requests: IntCounterVec,
     pub events: IntCounterVec,
     pub request_seconds: HistogramVec,
+    /// Quota decisions by kind (allow, degrade, limit_reached, deny).
+    pub decisions: IntCounterVec,
+    pub quota_events_recorded: IntCounter,
+    pub quota_events_dropped: IntCounter,
 }
 
 impl IngestMetrics {
@@ -41,6 +47,31 @@ impl IngestMetrics {
             &["endpoint"],
         )
         .expect("valid metric");
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "meterline_quota_decisions_total",
+                "Quota decisions by kind (allow, degrade, limit_reached, deny)",
+            ),
+            &["decision"],
+        )
+        .expect("valid metric");
+        let quota_events_recorded = IntCounter::new(
+            "meterline_quota_events_recorded_total",
+            "Quota decisions written to ClickHouse's quota_events",
+        )
+        .expect("valid metric");
+        let quota_events_dropped = IntCounter::new(
+            "meterline_quota_events_dropped_total",
+            "Quota decisions not recorded (queue full or write failed); a later call retries",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(quota_events_recorded.clone()),
+            Box::new(quota_events_dropped.clone()),
+        ] {
+            registry.register(c).expect("unique");
+        }
         registry
             .register(Box::new(requests.clone()))
             .expect("unique");
@@ -53,6 +84,9 @@ impl IngestMetrics {
             requests,
             events,
             request_seconds,
+            decisions,
+            quota_events_recorded,
+            quota_events_dropped,
         }
     }
 

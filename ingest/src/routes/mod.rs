@@ -2,3 +2,5 @@
 
 pub mod events;
 pub mod health;
+pub mod openapi;
+pub mod read;

@@ -1,0 +1,176 @@
+//! Account profiles (plan, limit overrides, abuse flag), kept in process.
+//!
+//! The decision path must not query PostgreSQL per request, so a profile is loaded once and
+//! then served from memory. It stays right because PostgreSQL announces every change: triggers
+//! on `accounts` and `account_limit_overrides` send the account id on the `meterline_accounts`
+//! channel when a transaction commits (migration `0002_read_path.sql`), and [`listen`] drops
+//! that account's entry. If the listening connection drops, notifications may have been
+//! missed, so the whole cache is dropped. A time-to-live bounds the damage of anything else.
+//!
+//! A load that races an invalidation must not put the stale profile back: every invalidation
+//! bumps a generation, and a load only caches what it read if no invalidation happened while
+//! it was reading.
+//!
+//! [`listen`]: AccountDirectory::listen
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use meterline_schemas::limits::AccountProfile;
+use meterline_schemas::{AccountId, Plan};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// The channel the PostgreSQL triggers notify on.
+pub const ACCOUNTS_CHANNEL: &str = "meterline_accounts";
+
+struct Cached {
+    profile: Arc<AccountProfile>,
+    loaded: Instant,
+}
+
+#[derive(Clone)]
+pub struct AccountDirectory {
+    pool: PgPool,
+    ttl: Duration,
+    cache: Arc<RwLock<HashMap<String, Cached>>>,
+    generation: Arc<AtomicU64>,
+}
+
+impl AccountDirectory {
+    pub fn new(pool: PgPool, ttl: Duration) -> Self {
+        Self {
+            pool,
+            ttl,
+            cache: Arc::default(),
+            generation: Arc::default(),
+        }
+    }
+
+    /// The account's profile. An account PostgreSQL does not know yet (its signup may still be
+    /// on its way) is on the free plan with no overrides; when its row appears, the trigger
+    /// invalidates this answer.
+    pub async fn profile(&self, account: &AccountId) -> Result<Arc<AccountProfile>, sqlx::Error> {
+        if let Some(c) = self.cache.read().expect("poisoned").get(account.as_str()) {
+            if c.loaded.elapsed() < self.ttl {
+                return Ok(c.profile.clone());
+            }
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let profile = Arc::new(load(&self.pool, account.as_str()).await?);
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.cache.write().expect("poisoned").insert(
+                account.as_str().to_owned(),
+                Cached {
+                    profile: profile.clone(),
+                    loaded: Instant::now(),
+                },
+            );
+        }
+        Ok(profile)
+    }
+
+    pub fn invalidate(&self, account: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.write().expect("poisoned").remove(account);
+    }
+
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.write().expect("poisoned").clear();
+    }
+
+    /// Subscribes to profile changes. Returns once listening, so no change made after it
+    /// returns can be missed; the subscription runs until `shutdown`.
+    pub async fn listen(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(ACCOUNTS_CHANNEL).await?;
+        let directory = self.clone();
+        Ok(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    received = listener.try_recv() => match received {
+                        Ok(Some(n)) => directory.invalidate(n.payload()),
+                        Ok(None) => {
+                            tracing::warn!("account listener reconnecting; dropping cached profiles");
+                            directory.clear();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "account listener failed; dropping cached profiles");
+                            directory.clear();
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        }))
+    }
+}
+
+async fn load(pool: &PgPool, account: &str) -> Result<AccountProfile, sqlx::Error> {
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT plan, abuse_flagged_at IS NOT NULL FROM accounts WHERE account_id = $1",
+    )
+    .bind(account)
+    .fetch_optional(pool)
+    .await?;
+    let overrides: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT limit_name, value FROM account_limit_overrides WHERE account_id = $1",
+    )
+    .bind(account)
+    .fetch_all(pool)
+    .await?;
+    let (plan, abuse_flagged) = row.unwrap_or_else(|| ("free".into(), false));
+    Ok(AccountProfile {
+        // The column's CHECK constraint admits only known plans.
+        plan: Plan::parse("plan", &plan).unwrap_or(Plan::Free),
+        overrides: overrides.into_iter().collect::<BTreeMap<_, _>>(),
+        abuse_flagged,
+    })
+}
+
+/// Sets or clears an account's abuse flag (the scorer's job; here so that every writer of the
+/// flag goes through one statement).
+pub async fn set_abuse_flag(
+    pool: &PgPool,
+    account: &str,
+    flagged: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO accounts (account_id, abuse_flagged_at) VALUES ($1, CASE WHEN $2 THEN now() END) \
+         ON CONFLICT (account_id) DO UPDATE SET abuse_flagged_at = CASE WHEN $2 THEN COALESCE(accounts.abuse_flagged_at, now()) END, updated_at = now()",
+    )
+    .bind(account)
+    .bind(flagged)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Sets one limit override for an account.
+pub async fn set_limit_override(
+    pool: &PgPool,
+    account: &str,
+    limit_name: &str,
+    value: f64,
+    source: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO account_limit_overrides (account_id, limit_name, value, source) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (account_id, limit_name) DO UPDATE SET value = EXCLUDED.value, source = EXCLUDED.source, updated_at = now()",
+    )
+    .bind(account)
+    .bind(limit_name)
+    .bind(value)
+    .bind(source)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
