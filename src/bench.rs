@@ -96,6 +96,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         Components {
             ingest: true,
             aggregator: true,
+            scorer: false,
         },
         Some(listener),
         shutdown.clone(),

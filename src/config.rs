@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use meterline_aggregator::{AggregatorConfig, ClickHouseConfig, RedisConfig};
 use meterline_ingest::{IngestConfig, KafkaConfig};
 use meterline_schemas::limits::{QuotaConfig, TiersConfig};
+use meterline_scorer::ScorerConfig;
 use serde::{Deserialize, Serialize};
 
 pub const ENV_PREFIX: &str = "METERLINE_";
@@ -27,6 +28,8 @@ pub struct HttpConfig {
     pub listen: String,
     /// Where `meterline aggregate` serves its own /metrics and /healthz when run alone.
     pub aggregator_listen: String,
+    /// Where `meterline score` serves its own /metrics and /healthz when run alone.
+    pub scorer_listen: String,
 }
 
 impl Default for HttpConfig {
@@ -34,6 +37,7 @@ impl Default for HttpConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             aggregator_listen: "127.0.0.1:8081".into(),
+            scorer_listen: "127.0.0.1:8082".into(),
         }
     }
 }
@@ -95,6 +99,7 @@ pub struct Config {
     pub aggregator: AggregatorConfig,
     pub quota: QuotaConfig,
     pub tiers: TiersConfig,
+    pub scorer: ScorerConfig,
 }
 
 impl Config {
@@ -161,6 +166,12 @@ impl Config {
                 "postgres.max_connections",
                 self.postgres.max_connections as i64,
             ),
+            ("scorer.interval_ms", self.scorer.interval_ms as i64),
+            ("scorer.batch_size", self.scorer.batch_size as i64),
+            (
+                "scorer.sustained_minutes",
+                self.scorer.sustained_minutes as i64,
+            ),
         ];
         for (key, v) in positive {
             if v < 1 {
@@ -172,6 +183,7 @@ impl Config {
             ("kafka.usage_topic", &self.kafka.usage_topic),
             ("kafka.account_topic", &self.kafka.account_topic),
             ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+            ("kafka.signal_topic", &self.kafka.signal_topic),
             ("clickhouse.database", &self.clickhouse.database),
             ("aggregator.group_id", &self.aggregator.group_id),
             ("privacy.ip_hash_key", &self.privacy.ip_hash_key),
@@ -192,12 +204,16 @@ impl Config {
         for (key, addr) in [
             ("http.listen", &self.http.listen),
             ("http.aggregator_listen", &self.http.aggregator_listen),
+            ("http.scorer_listen", &self.http.scorer_listen),
         ] {
             addr.parse::<std::net::SocketAddr>().map_err(|e| {
                 anyhow!("configuration key `{key}`: {addr:?} is not an address:port ({e})")
             })?;
         }
         self.tiers.validate(&self.quota)?;
+        if self.scorer.full_pass_hour > 23 {
+            bail!("configuration key `scorer.full_pass_hour`: must be an hour, 0 to 23");
+        }
         for (key, url) in [
             ("clickhouse.url", &self.clickhouse.url),
             ("redis.url", &self.redis.url),
@@ -302,14 +318,63 @@ mod tests {
         assert!(c.postgres.url.ends_with("127.0.0.1:5432/meterline"));
     }
 
+    /// Every key path in a table, with its value; free-form maps count as their entries.
+    fn flatten(
+        prefix: &str,
+        t: &toml::Table,
+        out: &mut std::collections::BTreeMap<String, toml::Value>,
+    ) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(inner) => flatten(&key, inner, out),
+                v => {
+                    out.insert(key, v.clone());
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_example_file_lists_exactly_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("meterline.example.toml");
-        let loaded = Config::load(Some(&path), env(&[])).unwrap();
-        assert_eq!(
-            toml::to_string(&loaded).unwrap(),
-            toml::to_string(&Config::default()).unwrap()
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut example = std::collections::BTreeMap::new();
+        flatten("", &toml::from_str(&text).unwrap(), &mut example);
+        let mut defaults = std::collections::BTreeMap::new();
+        flatten(
+            "",
+            &toml::Table::try_from(Config::default()).unwrap(),
+            &mut defaults,
         );
+        let missing: Vec<_> = defaults
+            .keys()
+            .filter(|k| !example.contains_key(*k))
+            .collect();
+        let extra: Vec<_> = example
+            .keys()
+            .filter(|k| !defaults.contains_key(*k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from the example: {missing:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "keys in the example that are not defaults: {extra:?}"
+        );
+        for (k, v) in &defaults {
+            // Integers written for float keys are the same number.
+            let same = match (v, &example[k]) {
+                (toml::Value::Float(a), toml::Value::Integer(b)) => *a == *b as f64,
+                (a, b) => a == b,
+            };
+            assert!(same, "{k}: example has {}, default is {v}", example[k]);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod config;
 pub mod migrate;
+pub mod report;
 pub mod services;
 pub mod telemetry;
 

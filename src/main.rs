@@ -33,6 +33,15 @@ enum Command {
     Ingest,
     /// Run the aggregator (Kafka to ClickHouse, Redis and PostgreSQL).
     Aggregate,
+    /// Run the scorer (scores and signals).
+    Score,
+    /// Score one account now and print its scores with their reasons (nothing is stored).
+    Scores {
+        account: String,
+        /// Print the full JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply PostgreSQL and ClickHouse migrations and create the Kafka topics. Safe to repeat.
     Migrate,
     /// Manage gateway (ingest) tokens.
@@ -138,19 +147,40 @@ async fn main() -> Result<()> {
             migrate::run(&config).await?;
             println!("migrations applied; topics ready");
         }
-        Command::Run | Command::Ingest | Command::Aggregate => {
+        Command::Scores { account, json } => {
+            let account = meterline_schemas::AccountId::parse(&account)
+                .map_err(|e| anyhow::anyhow!("ACCOUNT: {e}"))?;
+            let pool = migrate::connect_postgres(&config).await?;
+            let scorer = services::scorer(&config, &pool, Default::default()).await?;
+            let scores = scorer.compute(std::slice::from_ref(&account)).await?;
+            let s = scores.first().context("no scores computed")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(s)?);
+            } else {
+                print!("{}", meterline::report::scores_text(s));
+            }
+        }
+        Command::Run | Command::Ingest | Command::Aggregate | Command::Score => {
             let which = match cli.command {
                 Command::Run => Components {
                     ingest: true,
                     aggregator: true,
+                    scorer: true,
                 },
                 Command::Ingest => Components {
                     ingest: true,
                     aggregator: false,
+                    scorer: false,
+                },
+                Command::Score => Components {
+                    ingest: false,
+                    aggregator: false,
+                    scorer: true,
                 },
                 _ => Components {
                     ingest: false,
                     aggregator: true,
+                    scorer: false,
                 },
             };
             let running = services::start(&config, which, None, shutdown_on_signal()).await?;

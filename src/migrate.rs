@@ -172,16 +172,21 @@ pub async fn kafka_topics(config: &Config) -> Result<()> {
             .create()
             .context("creating the Kafka admin client")?;
     let k = &config.kafka;
-    let topics: Vec<NewTopic<'_>> = [&k.usage_topic, &k.account_topic, &k.dead_letter_topic]
-        .into_iter()
-        .map(|t| {
-            NewTopic::new(
-                t,
-                k.partitions,
-                TopicReplication::Fixed(k.replication_factor),
-            )
-        })
-        .collect();
+    let topics: Vec<NewTopic<'_>> = [
+        &k.usage_topic,
+        &k.account_topic,
+        &k.dead_letter_topic,
+        &k.signal_topic,
+    ]
+    .into_iter()
+    .map(|t| {
+        NewTopic::new(
+            t,
+            k.partitions,
+            TopicReplication::Fixed(k.replication_factor),
+        )
+    })
+    .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&topics, &opts)

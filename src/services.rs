@@ -24,6 +24,10 @@ use meterline_ingest::read::{
 use meterline_ingest::{AppState, TokenStore};
 use meterline_schemas::registry::SchemaRegistry;
 use meterline_schemas::{avro, IpHasher};
+use meterline_scorer::load::Stores;
+use meterline_scorer::metrics::ScorerMetrics;
+use meterline_scorer::store::{ScoreStore, SignalTopic};
+use meterline_scorer::Scorer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -170,6 +174,53 @@ pub async fn aggregator(
     .context("creating the Kafka consumer")
 }
 
+/// Builds the scorer: its stores, its own idempotent producer for `account-signals`, and the
+/// signal schema registered.
+pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> Result<Scorer> {
+    let redis = redis::Client::open(config.redis.url.as_str())
+        .context("redis.url")?
+        .get_connection_manager()
+        .await
+        .context("connecting to Redis")?;
+    let text = avro::ACCOUNT_SIGNAL_SCHEMA;
+    let schema_id = registry(config, pool)
+        .register(&format!("{}-value", config.kafka.signal_topic), text)
+        .await
+        .context("registering the account-signal schema")?;
+    let producer: rdkafka::producer::FutureProducer =
+        meterline_ingest::producer::client_config(&config.kafka)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .context("creating the scorer's Kafka producer")?;
+    let keys = Keys::new(config.redis.key_prefix.clone());
+    Ok(Scorer {
+        stores: Stores {
+            clickhouse: config.clickhouse.client(),
+            redis,
+            keys,
+            pg: pool.clone(),
+        },
+        store: ScoreStore {
+            pg: pool.clone(),
+            clickhouse: config.clickhouse.client(),
+            producer,
+            signals: SignalTopic {
+                topic: config.kafka.signal_topic.clone(),
+                schema_id,
+                schema: Arc::new(avro::parse_schema(text)?),
+            },
+            episode_quiet: chrono::Duration::minutes(i64::from(
+                config.scorer.episode_quiet_minutes,
+            )),
+        },
+        quota: Arc::new(config.quota.clone()),
+        tiers: Arc::new(config.tiers.clone()),
+        config: Arc::new(config.scorer.clone()),
+        metrics,
+    })
+}
+
 /// A running component set.
 pub struct Running {
     pub ingest_addr: Option<SocketAddr>,
@@ -207,6 +258,7 @@ impl Running {
 pub struct Components {
     pub ingest: bool,
     pub aggregator: bool,
+    pub scorer: bool,
 }
 
 /// Starts the chosen components. Ingest listens on `listener` when given (tests pass one bound
@@ -222,6 +274,14 @@ pub async fn start(
     let aggregator_metrics = AggregatorMetrics::new();
     let mut ingest_addr = None;
 
+    let scorer_metrics = ScorerMetrics::new();
+    if which.scorer {
+        let sc = scorer(config, &pool, scorer_metrics.clone()).await?;
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            sc.run(token).await.map_err(anyhow::Error::from)
+        }));
+    }
     if which.aggregator {
         let agg = aggregator(config, &pool, aggregator_metrics.clone()).await?;
         let token = shutdown.clone();
@@ -240,6 +300,9 @@ pub async fn start(
             state
                 .extra_registries
                 .push(aggregator_metrics.registry.clone());
+        }
+        if which.scorer {
+            state.extra_registries.push(scorer_metrics.registry.clone());
         }
         let listener = match listener {
             Some(l) => l,
@@ -260,17 +323,17 @@ pub async fn start(
             producer.flush(Duration::from_secs(5));
             Ok(())
         }));
-    } else if which.aggregator {
-        // Alone, the aggregator serves its own health and metrics.
-        let listener = TcpListener::bind(&config.http.aggregator_listen)
+    } else if which.aggregator || which.scorer {
+        // Without ingest, the aggregator and scorer serve their own health and metrics.
+        let (key, addr) = if which.aggregator {
+            ("http.aggregator_listen", &config.http.aggregator_listen)
+        } else {
+            ("http.scorer_listen", &config.http.scorer_listen)
+        };
+        let listener = TcpListener::bind(addr)
             .await
-            .with_context(|| {
-                format!(
-                    "binding http.aggregator_listen {}",
-                    config.http.aggregator_listen
-                )
-            })?;
-        let metrics = aggregator_metrics.clone();
+            .with_context(|| format!("binding {key} {addr}"))?;
+        let (agg_metrics, sc_metrics) = (aggregator_metrics.clone(), scorer_metrics.clone());
         let app = Router::new()
             .route(
                 "/healthz",
@@ -279,8 +342,8 @@ pub async fn start(
             .route(
                 "/metrics",
                 get(move || {
-                    let m = metrics.clone();
-                    async move { m.render() }
+                    let text = agg_metrics.render() + &sc_metrics.render();
+                    async move { text }
                 }),
             );
         let token = shutdown.clone();
@@ -288,7 +351,7 @@ pub async fn start(
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { token.cancelled().await })
                 .await
-                .context("aggregator metrics server")
+                .context("metrics server")
         }));
     }
     Ok(Running {

@@ -53,6 +53,7 @@ async fn broker_down_gives_503_and_the_retry_counts_once() {
         Components {
             ingest: true,
             aggregator: true,
+            scorer: false,
         },
     )
     .await;

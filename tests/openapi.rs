@@ -16,6 +16,7 @@ async fn the_openapi_document_matches_the_routes() {
         Components {
             ingest: true,
             aggregator: false,
+            scorer: false,
         },
     )
     .await;

@@ -375,6 +375,7 @@ async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twic
         Components {
             ingest: true,
             aggregator: false,
+            scorer: false,
         },
     )
     .await;

@@ -15,7 +15,8 @@ use meterline::Config;
 use meterline_aggregator::fold::{fold_event, RedisDelta};
 use meterline_aggregator::keys::{Grain, Keys};
 use meterline_aggregator::redis_sink::RedisSink;
-use meterline_ingest::read::directory::{set_abuse_flag, set_limit_override};
+use meterline_ingest::read::directory::set_limit_override;
+use meterline_scorer::store::set_abuse_flag;
 use meterline_ingest::Scope;
 use meterline_schemas::limits::{QuotaConfig, TierConfig};
 use meterline_schemas::{AccountId, UsageEvent};
@@ -98,6 +99,7 @@ async fn spawn_read_app() -> ReadApp {
         Components {
             ingest: true,
             aggregator: false,
+            scorer: false,
         },
     )
     .await;
@@ -669,6 +671,7 @@ async fn posted_events_move_an_account_through_every_stage() {
         Components {
             ingest: true,
             aggregator: true,
+            scorer: false,
         },
     )
     .await;

@@ -120,6 +120,9 @@ impl Sinks {
             .collect();
         self.clickhouse.insert_accounts(&to_insert).await?;
         self.accounts.apply(&new).await?;
+        // A plan, seat or signup change changes scores too.
+        let changed: Vec<&str> = new.iter().map(|d| d.event.account_id.as_str()).collect();
+        self.redis.mark_dirty(&changed).await?;
         Ok(new.len())
     }
 

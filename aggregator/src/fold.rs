@@ -75,6 +75,8 @@ pub fn fold_event(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent, now: Date
         ("out", e.output_tokens),
         ("cost", e.cost_micros.unwrap_or(0)),
     ];
+    // The scorer re-scores accounts whose hot state changed.
+    delta.add(&keys.dirty(), account);
     let model_req = format!("m:{}:req", e.model);
     let model_in = format!("m:{}:in", e.model);
     let model_out = format!("m:{}:out", e.model);

@@ -105,6 +105,19 @@ impl RedisSink {
 
     /// Applies `delta` atomically. Returns the number of Redis commands sent (for the
     /// commands-per-event figure).
+    /// Adds accounts to the scorer's dirty set.
+    pub async fn mark_dirty(&self, accounts: &[&str]) -> Result<(), SinkError> {
+        if accounts.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("SADD")
+            .arg(self.keys.dirty())
+            .arg(accounts)
+            .query_async::<()>(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
     pub async fn apply(&self, delta: &RedisDelta) -> Result<usize, SinkError> {
         if delta.is_empty() {
             return Ok(0);

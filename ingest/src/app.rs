@@ -76,10 +76,11 @@ impl AppParts {
 
 /// Every public endpoint, as `(method, path)`; `openapi.json` documents exactly these (a test
 /// holds the two together).
-pub const PUBLIC_ROUTES: [(&str, &str); 8] = [
+pub const PUBLIC_ROUTES: [(&str, &str); 9] = [
     ("post", "/v1/events"),
     ("post", "/v1/account-events"),
     ("get", "/v1/accounts/{id}/usage"),
+    ("get", "/v1/accounts/{id}/scores"),
     ("post", "/v1/quota/check"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -90,6 +91,7 @@ pub const PUBLIC_ROUTES: [(&str, &str); 8] = [
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/accounts/{id}/usage", get(routes::read::usage))
+        .route("/v1/accounts/{id}/scores", get(routes::read::scores))
         .route("/v1/quota/check", post(routes::read::quota_check))
         .route("/openapi.json", get(routes::openapi::openapi))
         .route("/v1/events", post(routes::events::post_usage_events))

@@ -10,6 +10,8 @@ pub struct KafkaConfig {
     pub usage_topic: String,
     pub account_topic: String,
     pub dead_letter_topic: String,
+    /// Where the scorer raises signals for the notifier.
+    pub signal_topic: String,
     /// Partitions given to topics that `meterline migrate` creates.
     pub partitions: i32,
     pub replication_factor: i32,
@@ -23,6 +25,7 @@ impl Default for KafkaConfig {
             usage_topic: "usage-events".into(),
             account_topic: "account-events".into(),
             dead_letter_topic: "dead-letters".into(),
+            signal_topic: "account-signals".into(),
             partitions: 6,
             replication_factor: 1,
             properties: BTreeMap::new(),

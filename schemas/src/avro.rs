@@ -15,6 +15,7 @@ use crate::SchemaError;
 
 pub const USAGE_EVENT_SCHEMA: &str = include_str!("../usage_event.avsc");
 pub const ACCOUNT_EVENT_SCHEMA: &str = include_str!("../account_event.avsc");
+pub const ACCOUNT_SIGNAL_SCHEMA: &str = include_str!("../account_signal.avsc");
 
 pub const MAGIC: u8 = 0;
 pub const HEADER_LEN: usize = 5;

@@ -12,6 +12,7 @@
 //! | `{p}u:{account}:d:{YYYYMMDD}:sessions` | set | that day's distinct session ids | as the day hash |
 //! | `{p}u:{account}:s:{session_id}` | hash | one session's counters | 24 h after its latest event |
 //! | `{p}seen:{YYYYMMDD}` | set | ids of usage events already counted, by their `occurred_at` day | 36 days after the day ends |
+//! | `{p}dirty` | set | accounts the aggregator changed and the scorer has not scored since (written by the aggregator, drained by the scorer with SPOP) | never |
 //! | `{p}q:{account}:{decision}:{limit}:{stage}:{window}` | string | a quota decision already recorded in ClickHouse (written by ingest's read path, after the insert) | when the window resets |
 //!
 //! Counter hashes have the fields `req`, `err`, `in`, `out`, `cost` and, per model,
@@ -157,6 +158,11 @@ impl Keys {
 
     pub fn session(&self, account: &str, session_id: &str) -> String {
         format!("{}u:{}:s:{}", self.prefix, account, session_id)
+    }
+
+    /// Accounts whose hot state changed since the scorer last looked (a set).
+    pub fn dirty(&self) -> String {
+        format!("{}dirty", self.prefix)
     }
 
     /// Marks one recorded quota decision (see `meterline_ingest::read::recorder`).

@@ -30,6 +30,7 @@ pub fn isolated_config(id: &str) -> Config {
     c.kafka.usage_topic = format!("mlt-{id}-usage");
     c.kafka.account_topic = format!("mlt-{id}-account");
     c.kafka.dead_letter_topic = format!("mlt-{id}-dlq");
+    c.kafka.signal_topic = format!("mlt-{id}-signals");
     c.kafka.partitions = 3;
     c.redis.key_prefix = format!("mlt:{id}:");
     c.aggregator.group_id = format!("mlt-{id}");
@@ -61,6 +62,10 @@ pub fn config_env(c: &Config) -> Vec<(String, String)> {
         (
             "METERLINE_KAFKA__DEAD_LETTER_TOPIC".into(),
             c.kafka.dead_letter_topic.clone(),
+        ),
+        (
+            "METERLINE_KAFKA__SIGNAL_TOPIC".into(),
+            c.kafka.signal_topic.clone(),
         ),
         (
             "METERLINE_REDIS__KEY_PREFIX".into(),
@@ -198,6 +203,7 @@ pub async fn spawn_app() -> TestApp {
         Components {
             ingest: true,
             aggregator: true,
+            scorer: false,
         },
     )
     .await

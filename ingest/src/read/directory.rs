@@ -73,6 +73,10 @@ impl AccountDirectory {
         Ok(profile)
     }
 
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub fn invalidate(&self, account: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.write().expect("poisoned").remove(account);
@@ -134,24 +138,6 @@ async fn load(pool: &PgPool, account: &str) -> Result<AccountProfile, sqlx::Erro
         overrides: overrides.into_iter().collect::<BTreeMap<_, _>>(),
         abuse_flagged,
     })
-}
-
-/// Sets or clears an account's abuse flag (the scorer's job; here so that every writer of the
-/// flag goes through one statement).
-pub async fn set_abuse_flag(
-    pool: &PgPool,
-    account: &str,
-    flagged: bool,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO accounts (account_id, abuse_flagged_at) VALUES ($1, CASE WHEN $2 THEN now() END) \
-         ON CONFLICT (account_id) DO UPDATE SET abuse_flagged_at = CASE WHEN $2 THEN COALESCE(accounts.abuse_flagged_at, now()) END, updated_at = now()",
-    )
-    .bind(account)
-    .bind(flagged)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Sets one limit override for an account.

@@ -234,3 +234,26 @@ pub async fn quota_check(
     body["account_id"] = Value::from(account.as_str());
     Ok(Json(body))
 }
+
+/// `GET /v1/accounts/{id}/scores`: the scorer's latest scores, each with its inputs and reasons.
+pub async fn scores(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let account = AccountId::parse(&id).map_err(field)?;
+    authorize(&state, &headers, &account).await?;
+    let read = read_path(&state)?;
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT scores FROM account_scores WHERE account_id = $1")
+            .bind(account.as_str())
+            .fetch_optional(read.directory.pool())
+            .await
+            .map_err(postgres_down)?;
+    row.map(|(v,)| Json(v)).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "account_id: {:?} has not been scored yet",
+            account.as_str()
+        ))
+    })
+}

@@ -1,0 +1,40 @@
+//! The scorer: reads the hot state (Redis), the history (ClickHouse) and the accounts
+//! (PostgreSQL), and turns them into scores people act on and signals the notifier delivers.
+//!
+//! * [`facts`]: everything the rules know about an account, as plain data;
+//! * [`rules`]: one file per score family, pure functions with their boundaries tested;
+//! * [`score`]: facts to [`score::Scores`] (every score with its reasons) and to
+//!   [`score::Signal`]s;
+//! * [`load`]: gathers facts for a batch of accounts, one query per fact kind;
+//! * [`store`]: current scores, score history and signals (exactly one per episode);
+//! * [`worker`]: the loop. The aggregator marks accounts whose hot state changed in the Redis
+//!   set `{p}dirty`; the worker drains it every second, so a change is scored within seconds
+//!   without scanning every account, and a daily full pass catches what time alone changes.
+
+pub mod config;
+pub mod facts;
+pub mod load;
+pub mod metrics;
+pub mod rules;
+pub mod score;
+pub mod store;
+pub mod worker;
+
+pub use config::ScorerConfig;
+pub use worker::Scorer;
+
+/// Anything that stops a batch from being scored; the batch's accounts are marked dirty again
+/// and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error("encoding: {0}")]
+    Encode(String),
+}

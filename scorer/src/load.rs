@@ -1,0 +1,527 @@
+//! Gathers [`AccountFacts`] for a batch of accounts: one query per kind of fact for the whole
+//! batch (ClickHouse, PostgreSQL), one pipelined round trip per account (Redis).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use clickhouse::Row;
+use meterline_schemas::keys::{Grain, Keys};
+use meterline_schemas::limits::{QuotaConfig, RawUsage, TiersConfig, WindowCounters};
+use meterline_schemas::{AccountId, Plan};
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+use sqlx::PgPool;
+
+use crate::config::ScorerConfig;
+use crate::facts::{AccountFacts, DayUsage, FingerprintMatch, KeyMinute, SessionSpan};
+use crate::ScoreError;
+
+#[derive(Clone)]
+pub struct Stores {
+    pub clickhouse: clickhouse::Client,
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+    pub pg: PgPool,
+}
+
+/// `('a','b')`: account ids are validated against `[A-Za-z0-9._:-]`, so they quote safely.
+fn in_list(accounts: &[AccountId]) -> String {
+    let quoted: Vec<String> = accounts
+        .iter()
+        .map(|a| format!("'{}'", a.as_str()))
+        .collect();
+    format!("({})", quoted.join(","))
+}
+
+fn at(secs: u32) -> DateTime<Utc> {
+    Utc.timestamp_opt(i64::from(secs), 0)
+        .single()
+        .unwrap_or_default()
+}
+
+#[derive(Row, Deserialize)]
+struct ModelWindow {
+    account_id: String,
+    window_start: u32,
+    model: String,
+    requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct Dims7 {
+    account_id: String,
+    providers: u64,
+    clouds: u64,
+    pii: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct AccountCount {
+    account_id: String,
+    n: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct Session {
+    account_id: String,
+    session_id: String,
+    start: u32,
+    end: u32,
+}
+
+#[derive(Row, Deserialize)]
+struct Prompts {
+    account_id: String,
+    total: u64,
+    uniq_prompts: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct KeyRow {
+    account_id: String,
+    api_key_id: String,
+    minute: u32,
+    ips: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct MinuteRow {
+    account_id: String,
+    minute: u32,
+    requests: u64,
+}
+
+type AccountRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+impl Stores {
+    /// The population's median session length today (seconds), for the power-user rule.
+    pub async fn median_session_secs(&self, now: DateTime<Utc>) -> Result<Option<f64>, ScoreError> {
+        let day = Grain::Day.window_start(now).timestamp();
+        let v: f64 = self
+            .clickhouse
+            .query(&format!(
+                "SELECT toFloat64(median(len)) FROM (SELECT toFloat64(max(occurred_at)) - toFloat64(min(occurred_at)) AS len \
+                 FROM usage_events WHERE occurred_at >= toDateTime({day}) AND session_id != '' GROUP BY account_id, session_id)"
+            ))
+            .fetch_one()
+            .await?;
+        Ok(v.is_finite().then_some(v).filter(|v| *v > 0.0))
+    }
+
+    /// Accounts with usage this month or a row in PostgreSQL: the daily full pass.
+    pub async fn all_accounts(&self, now: DateTime<Utc>) -> Result<Vec<String>, ScoreError> {
+        let month = Grain::Month.window_start(now).timestamp();
+        let mut ids: BTreeSet<String> = self
+            .clickhouse
+            .query(&format!(
+                "SELECT DISTINCT account_id FROM usage_month WHERE window_start >= toDateTime({month})"
+            ))
+            .fetch_all::<String>()
+            .await?
+            .into_iter()
+            .collect();
+        let pg: Vec<(String,)> = sqlx::query_as("SELECT account_id FROM accounts")
+            .fetch_all(&self.pg)
+            .await?;
+        ids.extend(pg.into_iter().map(|(a,)| a));
+        Ok(ids.into_iter().collect())
+    }
+
+    pub async fn facts(
+        &self,
+        accounts: &[AccountId],
+        now: DateTime<Utc>,
+        quota: &QuotaConfig,
+        tiers: &TiersConfig,
+        config: &ScorerConfig,
+    ) -> Result<Vec<AccountFacts>, ScoreError> {
+        if accounts.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut facts: BTreeMap<String, AccountFacts> = accounts
+            .iter()
+            .map(|a| (a.as_str().to_owned(), AccountFacts::empty(a.as_str(), now)))
+            .collect();
+        self.load_postgres(&mut facts).await?;
+        for f in facts.values_mut() {
+            self.load_hot_state(f).await?;
+        }
+        self.load_history(accounts, &mut facts, now, quota, tiers, config)
+            .await?;
+        let median = self.median_session_secs(now).await?;
+        for f in facts.values_mut() {
+            f.median_session_secs = median;
+        }
+        Ok(facts.into_values().collect())
+    }
+
+    async fn load_postgres(
+        &self,
+        facts: &mut BTreeMap<String, AccountFacts>,
+    ) -> Result<(), ScoreError> {
+        let ids: Vec<String> = facts.keys().cloned().collect();
+        let rows: Vec<AccountRow> = sqlx::query_as(
+            "SELECT account_id, plan, seats, company_size, email_domain, signed_up_at, signup_ip_hash, device_id, browser_signature \
+             FROM accounts WHERE account_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pg)
+        .await?;
+        let mut fingerprints = Vec::new();
+        for (id, plan, seats, company, domain, signed_up, ip, device, browser) in rows {
+            let Some(f) = facts.get_mut(&id) else {
+                continue;
+            };
+            f.plan = Plan::parse("plan", &plan).unwrap_or(Plan::Free);
+            f.seats = seats.map(|s| s.max(0) as u64);
+            f.company_size = company.map(|s| s.max(0) as u64);
+            f.email_domain = domain;
+            f.signed_up_at = signed_up;
+            fingerprints.push((id, ip, device, browser));
+        }
+        let overrides: Vec<(String, String, f64)> = sqlx::query_as(
+            "SELECT account_id, limit_name, value FROM account_limit_overrides WHERE account_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pg)
+        .await?;
+        for (id, name, v) in overrides {
+            if let Some(f) = facts.get_mut(&id) {
+                f.overrides.insert(name, v);
+            }
+        }
+        let domains: Vec<String> = facts
+            .values()
+            .filter_map(|f| f.email_domain.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT email_domain, count(*) FROM accounts WHERE email_domain = ANY($1) GROUP BY email_domain",
+        )
+        .bind(&domains)
+        .fetch_all(&self.pg)
+        .await?;
+        let counts: HashMap<String, i64> = counts.into_iter().collect();
+        for f in facts.values_mut() {
+            if let Some(n) = f.email_domain.as_ref().and_then(|d| counts.get(d)) {
+                f.domain_accounts = (*n).max(1) as u64;
+            }
+        }
+        for (id, ip, device, browser) in fingerprints {
+            if ip.is_none() && device.is_none() && browser.is_none() {
+                continue;
+            }
+            let matches: Vec<(String, bool, bool, bool)> = sqlx::query_as(
+                "SELECT account_id, COALESCE(signup_ip_hash = $2, false), COALESCE(device_id = $3, false), COALESCE(browser_signature = $4, false) \
+                 FROM accounts WHERE account_id <> $1 AND (signup_ip_hash = $2 OR device_id = $3 OR browser_signature = $4)",
+            )
+            .bind(&id)
+            .bind(&ip)
+            .bind(&device)
+            .bind(&browser)
+            .fetch_all(&self.pg)
+            .await?;
+            if let Some(f) = facts.get_mut(&id) {
+                f.fingerprint_matches = matches
+                    .into_iter()
+                    .map(|(other, ip, dev, br)| FingerprintMatch {
+                        other_account: other,
+                        signals: [
+                            (ip, "signup_ip_hash"),
+                            (dev, "device_id"),
+                            (br, "browser_signature"),
+                        ]
+                        .into_iter()
+                        .filter(|(m, _)| *m)
+                        .map(|(_, n)| n.to_owned())
+                        .collect(),
+                    })
+                    .collect();
+            }
+        }
+        let desired: Vec<(String, String)> = sqlx::query_as(
+            "SELECT account_id, episode FROM account_signals WHERE kind = 'plugin_gate' AND account_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pg)
+        .await?;
+        for (id, plugin) in desired {
+            if let Some(f) = facts.get_mut(&id) {
+                f.plugins_desired_before.insert(plugin);
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_hot_state(&self, f: &mut AccountFacts) -> Result<(), ScoreError> {
+        let k = &self.keys;
+        let a = f.account_id.as_str();
+        let month = Grain::Month.window_start(f.now);
+        let day = Grain::Day.window_start(f.now);
+        let (m, d, ds, ms, regions): (WindowCounters, WindowCounters, u64, u64, Vec<String>) =
+            redis::pipe()
+                .hgetall(k.window(a, Grain::Month, month))
+                .hgetall(k.window(a, Grain::Day, day))
+                .scard(k.day_sessions(a, day))
+                .scard(k.month_set(a, month, "sessions"))
+                .smembers(k.month_set(a, month, "regions"))
+                .query_async(&mut self.redis.clone())
+                .await?;
+        f.month_raw_tokens =
+            (m.get("in").copied().unwrap_or(0) + m.get("out").copied().unwrap_or(0)).max(0) as u64;
+        f.month_regions = regions.into_iter().collect();
+        f.raw = RawUsage {
+            month: m,
+            day: d,
+            day_sessions: ds,
+            month_sessions: ms,
+            ..RawUsage::default()
+        };
+        Ok(())
+    }
+
+    async fn load_history(
+        &self,
+        accounts: &[AccountId],
+        facts: &mut BTreeMap<String, AccountFacts>,
+        now: DateTime<Utc>,
+        quota: &QuotaConfig,
+        tiers: &TiersConfig,
+        config: &ScorerConfig,
+    ) -> Result<(), ScoreError> {
+        let ids = in_list(accounts);
+        let ch = &self.clickhouse;
+        let today = Grain::Day.window_start(now);
+        let from30 = (today - Duration::days(29)).timestamp();
+        let from7 = (today - Duration::days(6)).timestamp();
+        let month = Grain::Month.window_start(now);
+
+        // Days: the last 30, per model, weighted by each account's tier.
+        let rows: Vec<ModelWindow> = ch
+            .query(&format!(
+                "SELECT account_id, toUInt32(window_start) AS window_start, model, sum(requests) AS requests, \
+                 sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens FROM usage_day \
+                 WHERE account_id IN {ids} AND window_start >= toDateTime({from30}) \
+                 GROUP BY account_id, window_start, model"
+            ))
+            .fetch_all()
+            .await?;
+        for f in facts.values_mut() {
+            f.daily = (0..30)
+                .map(|i| DayUsage {
+                    day: today - Duration::days(29 - i),
+                    ..DayUsage::default()
+                })
+                .collect();
+        }
+        for r in rows {
+            let Some(f) = facts.get_mut(&r.account_id) else {
+                continue;
+            };
+            let mult = tiers.get(f.plan).weight_multiplier;
+            let idx = (at(r.window_start) - (today - Duration::days(29))).num_days();
+            if let Some(d) = usize::try_from(idx).ok().and_then(|i| f.daily.get_mut(i)) {
+                d.requests += r.requests;
+                d.raw_tokens += r.input_tokens + r.output_tokens;
+                d.weighted_tokens +=
+                    quota.model_tokens(&r.model, r.input_tokens as f64, r.output_tokens as f64)
+                        * mult;
+            }
+        }
+
+        // Previous calendar months, for power users.
+        let months = config.power_limit_months as u32;
+        let mut first = month;
+        for _ in 0..months {
+            first = Grain::Month.window_start(first - Duration::days(1));
+        }
+        let rows: Vec<ModelWindow> = ch
+            .query(&format!(
+                "SELECT account_id, toUInt32(window_start) AS window_start, model, sum(requests) AS requests, \
+                 sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens FROM usage_month \
+                 WHERE account_id IN {ids} AND window_start >= toDateTime({}) AND window_start < toDateTime({}) \
+                 GROUP BY account_id, window_start, model",
+                first.timestamp(),
+                month.timestamp()
+            ))
+            .fetch_all()
+            .await?;
+        let mut per_month: HashMap<(String, u32), f64> = HashMap::new();
+        for r in rows {
+            let Some(f) = facts.get(&r.account_id) else {
+                continue;
+            };
+            let mult = tiers.get(f.plan).weight_multiplier;
+            *per_month
+                .entry((r.account_id.clone(), r.window_start))
+                .or_default() +=
+                quota.model_tokens(&r.model, r.input_tokens as f64, r.output_tokens as f64) * mult;
+        }
+        for f in facts.values_mut() {
+            let mut m = month;
+            f.previous_months_weighted = (0..months)
+                .map(|_| {
+                    m = Grain::Month.window_start(m - Duration::days(1));
+                    per_month
+                        .get(&(f.account_id.clone(), m.timestamp() as u32))
+                        .copied()
+                        .unwrap_or(0.0)
+                })
+                .collect();
+        }
+
+        // 7 days: providers, clouds, PII.
+        let rows: Vec<Dims7> = ch
+            .query(&format!(
+                "SELECT account_id, toUInt64(uniqExactMerge(providers)) AS providers, toUInt64(uniqExactMerge(clouds)) AS clouds, \
+                 sum(pii_requests) AS pii FROM usage_day WHERE account_id IN {ids} AND window_start >= toDateTime({from7}) \
+                 GROUP BY account_id"
+            ))
+            .fetch_all()
+            .await?;
+        for r in rows {
+            if let Some(f) = facts.get_mut(&r.account_id) {
+                f.providers_7d = r.providers;
+                f.clouds_7d = r.clouds;
+                f.pii_requests_7d = r.pii;
+            }
+        }
+
+        // 30 days: distinct users.
+        let rows: Vec<AccountCount> = ch
+            .query(&format!(
+                "SELECT account_id, toUInt64(uniqExactIfMerge(users)) AS n FROM usage_day \
+                 WHERE account_id IN {ids} AND window_start >= toDateTime({from30}) GROUP BY account_id"
+            ))
+            .fetch_all()
+            .await?;
+        for r in rows {
+            if let Some(f) = facts.get_mut(&r.account_id) {
+                f.users_30d = r.n;
+            }
+        }
+
+        // 30 days: requests naming a gated plugin.
+        let gated: Vec<String> = config
+            .gates
+            .gated_plugins
+            .iter()
+            .filter(|p| {
+                p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            })
+            .map(|p| format!("'{p}'"))
+            .collect();
+        if !gated.is_empty() {
+            let rows: Vec<AccountCount> = ch
+                .query(&format!(
+                    "SELECT account_id, countIf(arrayExists(p -> has([{}], p), plugins)) AS n FROM usage_events \
+                     WHERE account_id IN {ids} AND occurred_at >= toDateTime({from30}) GROUP BY account_id",
+                    gated.join(",")
+                ))
+                .fetch_all()
+                .await?;
+            for r in rows {
+                if let Some(f) = facts.get_mut(&r.account_id) {
+                    f.gate_hits_30d = r.n;
+                }
+            }
+        }
+
+        // Today: sessions and prompts.
+        let day = today.timestamp();
+        let rows: Vec<Session> = ch
+            .query(&format!(
+                "SELECT account_id, session_id, toUInt32(min(occurred_at)) AS start, toUInt32(max(occurred_at)) AS end \
+                 FROM usage_events WHERE account_id IN {ids} AND occurred_at >= toDateTime({day}) AND session_id != '' \
+                 GROUP BY account_id, session_id"
+            ))
+            .fetch_all()
+            .await?;
+        for r in rows {
+            if let Some(f) = facts.get_mut(&r.account_id) {
+                f.sessions_today.push(SessionSpan {
+                    session_id: r.session_id,
+                    start: at(r.start),
+                    end: at(r.end),
+                });
+            }
+        }
+        let rows: Vec<Prompts> = ch
+            .query(&format!(
+                "SELECT account_id, countIf(prompt_hash != '') AS total, toUInt64(uniqExactIf(prompt_hash, prompt_hash != '')) AS uniq_prompts \
+                 FROM usage_events WHERE account_id IN {ids} AND occurred_at >= toDateTime({day}) GROUP BY account_id"
+            ))
+            .fetch_all()
+            .await?;
+        for r in rows {
+            if let Some(f) = facts.get_mut(&r.account_id) {
+                f.prompts_today = r.total;
+                f.distinct_prompts_today = r.uniq_prompts;
+            }
+        }
+
+        // The last hour: keys used from many IPs within a minute.
+        let hour_ago = (now - Duration::hours(1)).timestamp();
+        let rows: Vec<KeyRow> = ch
+            .query(&format!(
+                "SELECT account_id, api_key_id, toUInt32(toStartOfMinute(occurred_at)) AS minute, \
+                 toUInt64(uniqExact(client_ip_hash)) AS ips FROM usage_events \
+                 WHERE account_id IN {ids} AND occurred_at >= toDateTime({hour_ago}) AND client_ip_hash != '' \
+                 GROUP BY account_id, api_key_id, minute HAVING ips >= {}",
+                config.abuse.key_sharing_ips_per_minute
+            ))
+            .fetch_all()
+            .await?;
+        for r in rows {
+            if let Some(f) = facts.get_mut(&r.account_id) {
+                f.shared_keys.push(KeyMinute {
+                    api_key_id: r.api_key_id,
+                    minute: at(r.minute),
+                    distinct_ips: r.ips,
+                });
+            }
+        }
+
+        // The last 30 minutes, per minute, zero-filled.
+        let start = Grain::Minute.window_start(now) - Duration::minutes(29);
+        let rows: Vec<MinuteRow> = ch
+            .query(&format!(
+                "SELECT account_id, toUInt32(window_start) AS minute, sum(requests) AS requests FROM usage_minute \
+                 WHERE account_id IN {ids} AND window_start >= toDateTime({}) GROUP BY account_id, window_start",
+                start.timestamp()
+            ))
+            .fetch_all()
+            .await?;
+        let mut per_minute: HashMap<(String, u32), u64> = HashMap::new();
+        for r in rows {
+            per_minute.insert((r.account_id, r.minute), r.requests);
+        }
+        for f in facts.values_mut() {
+            f.minutes = (0..30)
+                .map(|i| {
+                    let m = start + Duration::minutes(i);
+                    let n = per_minute
+                        .get(&(f.account_id.clone(), m.timestamp() as u32))
+                        .copied()
+                        .unwrap_or(0);
+                    (m, n)
+                })
+                .collect();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! Where scores and signals go.
+//!
+//! * Current scores: PostgreSQL `account_scores` (served at `GET /v1/accounts/{id}/scores`).
+//! * Score history: ClickHouse `account_scores`, one row each time a score or tag changes.
+//! * Signals: the `account-signals` topic, once per (account, kind, episode). The episode is
+//!   claimed in PostgreSQL `account_signals` and the record produced *inside* that transaction:
+//!   the claim commits only after Kafka acknowledged, so a failed produce leaves the episode
+//!   unclaimed (it is raised on the next pass) and a restart never raises a claimed one again.
+//!   (A crash between Kafka's ack and the commit can produce it twice; the dedup key travels
+//!   with the record so consumers can tell.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clickhouse::Row;
+use meterline_schemas::avro::{self, Schema};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::score::{Scores, Signal, SignalKind};
+use crate::ScoreError;
+
+#[derive(Clone)]
+pub struct SignalTopic {
+    pub topic: String,
+    pub schema_id: i32,
+    pub schema: Arc<Schema>,
+}
+
+#[derive(Clone)]
+pub struct ScoreStore {
+    pub pg: PgPool,
+    pub clickhouse: clickhouse::Client,
+    pub producer: FutureProducer,
+    pub signals: SignalTopic,
+    /// How long a rate-limit episode stays open after its last minute over the limit.
+    pub episode_quiet: chrono::Duration,
+}
+
+#[derive(Row, Serialize)]
+struct HistoryRow {
+    account_id: String,
+    scored_at: u32,
+    plan: String,
+    deal_readiness: u8,
+    pql: u8,
+    abuse: u8,
+    abuse_suspected: u8,
+    power_user: u8,
+    tags: Vec<String>,
+    reasons: String,
+}
+
+/// The Avro record of a signal (`schemas/account_signal.avsc`).
+#[derive(Serialize)]
+struct SignalRecord<'a> {
+    signal_id: String,
+    kind: &'a str,
+    account_id: &'a str,
+    episode: &'a str,
+    raised_at: i64,
+    plan: &'a str,
+    deal_readiness: i32,
+    pql: i32,
+    abuse: i32,
+    reasons: &'a [String],
+    evidence: String,
+}
+
+/// Sets or clears an account's abuse flag; the read path denies flagged accounts.
+pub async fn set_abuse_flag(
+    pool: &PgPool,
+    account: &str,
+    flagged: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO accounts (account_id, abuse_flagged_at) VALUES ($1, CASE WHEN $2 THEN now() END) \
+         ON CONFLICT (account_id) DO UPDATE SET abuse_flagged_at = CASE WHEN $2 THEN COALESCE(accounts.abuse_flagged_at, now()) END, \
+         updated_at = now() WHERE (accounts.abuse_flagged_at IS NOT NULL) <> $2",
+    )
+    .bind(account)
+    .bind(flagged)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+fn summary(s: &Scores) -> (u32, u32, u32, bool, bool, Vec<String>) {
+    (
+        s.deal_readiness.value,
+        s.pql.value,
+        s.abuse.value,
+        s.abuse_suspected,
+        s.power_user.is_some(),
+        s.tags.clone(),
+    )
+}
+
+impl ScoreStore {
+    /// Saves current scores; appends history when anything a person would notice changed.
+    pub async fn save(&self, s: &Scores) -> Result<(), ScoreError> {
+        let json = serde_json::to_value(s).map_err(|e| ScoreError::Encode(e.to_string()))?;
+        let previous: Option<(serde_json::Value,)> =
+            sqlx::query_as("SELECT scores FROM account_scores WHERE account_id = $1")
+                .bind(&s.account_id)
+                .fetch_optional(&self.pg)
+                .await?;
+        let changed = previous
+            .and_then(|(p,)| serde_json::from_value::<PreviousSummary>(p).ok())
+            .is_none_or(|p| p.summary() != summary(s));
+        if changed {
+            let mut insert = self
+                .clickhouse
+                .insert::<HistoryRow>("account_scores")
+                .await?;
+            insert
+                .write(&HistoryRow {
+                    account_id: s.account_id.clone(),
+                    scored_at: s.scored_at.timestamp().max(0) as u32,
+                    plan: s.plan.as_str().into(),
+                    deal_readiness: s.deal_readiness.value as u8,
+                    pql: s.pql.value as u8,
+                    abuse: s.abuse.value as u8,
+                    abuse_suspected: u8::from(s.abuse_suspected),
+                    power_user: u8::from(s.power_user.is_some()),
+                    tags: s.tags.clone(),
+                    reasons: serde_json::json!({
+                        "deal_readiness": s.deal_readiness.reasons,
+                        "pql": s.pql.reasons,
+                        "abuse": s.abuse.reasons,
+                    })
+                    .to_string(),
+                })
+                .await?;
+            insert.end().await?;
+        }
+        sqlx::query(
+            "INSERT INTO account_scores (account_id, deal_readiness, pql, abuse, scores, scored_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (account_id) DO UPDATE SET deal_readiness = EXCLUDED.deal_readiness, pql = EXCLUDED.pql, \
+             abuse = EXCLUDED.abuse, scores = EXCLUDED.scores, scored_at = EXCLUDED.scored_at",
+        )
+        .bind(&s.account_id)
+        .bind(s.deal_readiness.value as i32)
+        .bind(s.pql.value as i32)
+        .bind(s.abuse.value as i32)
+        .bind(&json)
+        .bind(s.scored_at)
+        .execute(&self.pg)
+        .await?;
+        set_abuse_flag(&self.pg, &s.account_id, s.abuse_suspected).await?;
+        Ok(())
+    }
+
+    /// Raises `sig` unless its episode was raised before. Returns whether it was raised now.
+    pub async fn raise(&self, sig: &Signal) -> Result<bool, ScoreError> {
+        let mut episode = sig.episode.clone();
+        if sig.kind == SignalKind::RateLimitSustained {
+            // An episode lasts until `episode_quiet` passes without a minute over the limit.
+            let latest: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT episode, last_seen_at FROM account_signals WHERE account_id = $1 AND kind = $2 \
+                 ORDER BY last_seen_at DESC LIMIT 1",
+            )
+            .bind(&sig.account_id)
+            .bind(sig.kind.as_str())
+            .fetch_optional(&self.pg)
+            .await?;
+            let run_start = parse_minute(&sig.episode);
+            if let (Some((open, last_seen)), Some(start)) = (latest, run_start) {
+                if start - last_seen <= self.episode_quiet {
+                    episode = open;
+                }
+            }
+        }
+        let dedup_key = format!("{}:{}:{}", sig.account_id, sig.kind.as_str(), episode);
+        let last_seen = sig.last_seen.unwrap_or(sig.raised_at);
+        let mut tx = self.pg.begin().await?;
+        let claimed: Option<(String,)> = sqlx::query_as(
+            "INSERT INTO account_signals (dedup_key, account_id, kind, episode, raised_at, last_seen_at, payload) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key",
+        )
+        .bind(&dedup_key)
+        .bind(&sig.account_id)
+        .bind(sig.kind.as_str())
+        .bind(&episode)
+        .bind(sig.raised_at)
+        .bind(last_seen)
+        .bind(serde_json::to_value(sig).map_err(|e| ScoreError::Encode(e.to_string()))?)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if claimed.is_none() {
+            sqlx::query(
+                "UPDATE account_signals SET last_seen_at = GREATEST(last_seen_at, $2) WHERE dedup_key = $1",
+            )
+            .bind(&dedup_key)
+            .bind(last_seen)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        let record = SignalRecord {
+            signal_id: dedup_key.clone(),
+            kind: sig.kind.as_str(),
+            account_id: &sig.account_id,
+            episode: &episode,
+            raised_at: sig.raised_at.timestamp_micros(),
+            plan: sig.plan.as_str(),
+            deal_readiness: sig.deal_readiness as i32,
+            pql: sig.pql as i32,
+            abuse: sig.abuse as i32,
+            reasons: &sig.reasons,
+            evidence: sig.evidence.to_string(),
+        };
+        let payload = avro::encode(self.signals.schema_id, &self.signals.schema, &record)
+            .map_err(|e| ScoreError::Encode(e.to_string()))?;
+        self.producer
+            .send(
+                FutureRecord::to(&self.signals.topic)
+                    .key(&sig.account_id)
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| ScoreError::Kafka(e.to_string()))?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+fn parse_minute(stamp: &str) -> Option<DateTime<Utc>> {
+    chrono::NaiveDateTime::parse_from_str(&format!("{stamp}00"), "%Y%m%d%H%M%S")
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+/// The fields of a saved score that decide whether history gets a row.
+#[derive(serde::Deserialize)]
+struct PreviousSummary {
+    deal_readiness: ValueOnly,
+    pql: ValueOnly,
+    abuse: ValueOnly,
+    abuse_suspected: bool,
+    power_user: Option<serde_json::Value>,
+    tags: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ValueOnly {
+    value: u32,
+}
+
+impl PreviousSummary {
+    fn summary(&self) -> (u32, u32, u32, bool, bool, Vec<String>) {
+        (
+            self.deal_readiness.value,
+            self.pql.value,
+            self.abuse.value,
+            self.abuse_suspected,
+            self.power_user.is_some(),
+            self.tags.clone(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn minute_stamps_parse() {
+        assert_eq!(
+            parse_minute("202611221205"),
+            Some(Utc.with_ymd_and_hms(2026, 11, 22, 12, 5, 0).unwrap())
+        );
+        assert_eq!(parse_minute("nonsense"), None);
+    }
+}

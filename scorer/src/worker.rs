@@ -1,0 +1,162 @@
+//! The scoring loop: drain the dirty set, score, store, raise; once a day, everyone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Timelike, Utc};
+use meterline_schemas::limits::{QuotaConfig, TiersConfig};
+use meterline_schemas::AccountId;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ScorerConfig;
+use crate::load::Stores;
+use crate::metrics::ScorerMetrics;
+use crate::score::{score, signals, Scores};
+use crate::store::ScoreStore;
+use crate::ScoreError;
+
+#[derive(Clone)]
+pub struct Scorer {
+    pub stores: Stores,
+    pub store: ScoreStore,
+    pub quota: Arc<QuotaConfig>,
+    pub tiers: Arc<TiersConfig>,
+    pub config: Arc<ScorerConfig>,
+    pub metrics: ScorerMetrics,
+}
+
+impl Scorer {
+    /// Scores accounts without storing anything (for `meterline scores`).
+    pub async fn compute(&self, accounts: &[AccountId]) -> Result<Vec<Scores>, ScoreError> {
+        let now = Utc::now();
+        let facts = self
+            .stores
+            .facts(accounts, now, &self.quota, &self.tiers, &self.config)
+            .await?;
+        Ok(facts
+            .iter()
+            .map(|f| score(f, &self.quota, &self.tiers, &self.config))
+            .collect())
+    }
+
+    /// Scores, stores and raises signals for a batch.
+    pub async fn score_batch(&self, accounts: &[AccountId]) -> Result<Vec<Scores>, ScoreError> {
+        let started = Instant::now();
+        let all = self.compute(accounts).await?;
+        for s in &all {
+            let span = tracing::debug_span!("score", account_id = %s.account_id);
+            let _g = span.enter();
+            self.store.save(s).await?;
+            for sig in signals(s, &self.config) {
+                if self.store.raise(&sig).await? {
+                    tracing::info!(kind = sig.kind.as_str(), episode = %sig.episode, "signal raised");
+                    self.metrics
+                        .signals
+                        .with_label_values(&[sig.kind.as_str()])
+                        .inc();
+                }
+            }
+        }
+        self.metrics.scored.inc_by(all.len() as u64);
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(all)
+    }
+
+    async fn take_dirty(&self) -> Result<Vec<String>, ScoreError> {
+        let ids: Vec<String> = redis::cmd("SPOP")
+            .arg(self.stores.keys.dirty())
+            .arg(self.config.batch_size)
+            .query_async(&mut self.stores.redis.clone())
+            .await?;
+        Ok(ids)
+    }
+
+    async fn put_back(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let r: redis::RedisResult<()> = redis::cmd("SADD")
+            .arg(self.stores.keys.dirty())
+            .arg(ids)
+            .query_async(&mut self.stores.redis.clone())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, accounts = ids.len(), "could not mark accounts dirty again; the daily pass will score them");
+        }
+    }
+
+    /// Scores `ids`; on failure they go back in the dirty set, to be retried.
+    async fn score_ids(&self, ids: Vec<String>) -> bool {
+        let accounts: Vec<AccountId> = ids
+            .iter()
+            .filter_map(|id| match AccountId::parse(id) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(account_id = %id, error = %e, "skipping an invalid account id");
+                    None
+                }
+            })
+            .collect();
+        match self.score_batch(&accounts).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, accounts = ids.len(), "scoring failed; will retry");
+                self.metrics.failures.inc();
+                self.put_back(&ids).await;
+                false
+            }
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ScoreError> {
+        let interval = Duration::from_millis(self.config.interval_ms);
+        let mut last_full_pass: Option<NaiveDate> = None;
+        let mut backoff = interval;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            let now = Utc::now();
+            if now.hour() == self.config.full_pass_hour && last_full_pass != Some(now.date_naive())
+            {
+                match self.stores.all_accounts(now).await {
+                    Ok(all) => {
+                        tracing::info!(accounts = all.len(), "daily full pass");
+                        self.put_back(&all).await;
+                        last_full_pass = Some(now.date_naive());
+                    }
+                    Err(e) => tracing::warn!(error = %e, "daily full pass could not list accounts"),
+                }
+            }
+            backoff = interval;
+            // Drain what is dirty now; new changes wait for the next tick.
+            loop {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                let ids = match self.take_dirty().await {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the dirty set failed");
+                        backoff = (interval * 5).min(Duration::from_secs(10));
+                        break;
+                    }
+                };
+                if ids.is_empty() {
+                    break;
+                }
+                let full = ids.len() >= self.config.batch_size;
+                if !self.score_ids(ids).await {
+                    backoff = (interval * 5).min(Duration::from_secs(10));
+                    break;
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Text for people: `meterline scores ACCOUNT`.
+
+use std::fmt::Write;
+
+use meterline_scorer::rules::Score;
+use meterline_scorer::score::Scores;
+
+fn section(out: &mut String, name: &str, s: &Score) {
+    let _ = writeln!(out, "{name}: {}/100", s.value);
+    if s.reasons.is_empty() {
+        let _ = writeln!(out, "  (no rule fired)");
+    }
+    for r in &s.reasons {
+        let _ = writeln!(out, "  +{:<3} {}: {}", r.points, r.rule, r.detail);
+    }
+}
+
+pub fn scores_text(s: &Scores) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "account {} ({} plan), scored {}",
+        s.account_id,
+        s.plan.as_str(),
+        s.scored_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    section(&mut out, "deal readiness", &s.deal_readiness);
+    section(&mut out, "PQL", &s.pql);
+    section(&mut out, "abuse", &s.abuse);
+    if s.abuse_suspected {
+        let _ = writeln!(out, "  => suspected abuse");
+    }
+    if let Some(p) = &s.power_user {
+        let _ = writeln!(out, "power user: {}", p.detail);
+    }
+    let _ = writeln!(out, "limits:");
+    for l in &s.limits {
+        let st = &l.status;
+        let _ = write!(
+            out,
+            "  {:<24} {:>14} of {:<14}",
+            st.name,
+            st.used.map_or("-".into(), |u| format!("{u:.0}")),
+            if st.limit < 0.0 {
+                "unlimited".into()
+            } else {
+                format!("{:.0}", st.limit)
+            }
+        );
+        if let Some(stage) = st.stage {
+            let _ = write!(out, " stage {stage} %");
+        }
+        if let Some(shape) = l.shape {
+            let _ = write!(out, " ({shape:?})");
+        }
+        if let Some(h) = l.hours_to_limit {
+            let _ = write!(out, " ~{h:.0} h to the limit");
+        }
+        let _ = writeln!(out);
+    }
+    for t in &s.plugin_triggers {
+        let _ = writeln!(
+            out,
+            "plugin desired: {} ({}): {}",
+            t.plugin, t.trigger, t.evidence
+        );
+    }
+    if let Some(r) = &s.rate_limit_sustained {
+        let _ = writeln!(
+            out,
+            "rate limit: over for {} minutes since {} (peak {}/min)",
+            r.minutes_over, r.start, r.peak_rpm
+        );
+    }
+    for k in &s.shared_keys {
+        let _ = writeln!(
+            out,
+            "shared key: {} from {} IPs at {}",
+            k.api_key_id, k.distinct_ips, k.minute
+        );
+    }
+    for m in &s.multi_accounts {
+        let _ = writeln!(
+            out,
+            "multi-account: matches {} on {}",
+            m.other_account,
+            m.signals.join(", ")
+        );
+    }
+    for t in &s.tags {
+        let _ = writeln!(out, "escalation: {t}");
+    }
+    out
+}

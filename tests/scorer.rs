@@ -1,0 +1,577 @@
+//! The scorer on the real servers: generated traffic for eight kinds of account goes through
+//! ingest and the aggregator; the scorer then raises exactly the signals each should get, on
+//! the account-signals topic, with the scores the rules say; and a restart raises none again.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use common::*;
+use meterline::services::{self, Components};
+use meterline::Config;
+use meterline_aggregator::keys::Grain;
+use meterline_ingest::Scope;
+use meterline_schemas::avro;
+use meterline_schemas::limits::{QuotaConfig, TierConfig};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+fn config() -> Config {
+    let mut c = isolated_config(&unique_suffix());
+    c.quota = QuotaConfig {
+        input_weight: 1.0,
+        output_weight: 1.0,
+        default_model_weight: 1.0,
+        model_weights: Default::default(),
+        ..QuotaConfig::default()
+    };
+    let limits = |v: &[(&str, f64)]| v.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+    c.tiers.free = TierConfig {
+        weight_multiplier: 1.0,
+        requests_per_minute: 1_000.0,
+        allowed_models: vec!["*".into()],
+        fallback_model: String::new(),
+        audit_retention_days: 7,
+        upgrade_to: "pro".into(),
+        limits: limits(&[("day_weighted_tokens", 100_000.0)]),
+    };
+    c.scorer.interval_ms = 200;
+    c
+}
+
+struct Gen {
+    events: Vec<Value>,
+    accounts: Vec<Value>,
+}
+
+impl Gen {
+    #[allow(clippy::too_many_arguments)]
+    fn usage(
+        &mut self,
+        account: &str,
+        at: DateTime<Utc>,
+        tokens: u64,
+        session: Option<&str>,
+        prompt: &str,
+        provider: &str,
+        region: &str,
+        user: Option<&str>,
+        key: &str,
+        ip: &str,
+    ) {
+        let mut e = usage_event(account, at, "m", tokens, 0);
+        e["session_id"] = json!(session);
+        e["prompt_hash"] = json!(prompt);
+        e["provider"] = json!(provider);
+        e["region"] = json!(region);
+        e["user_id"] = json!(user);
+        e["api_key_id"] = json!(key);
+        e["client_ip"] = json!(ip);
+        if session.is_none() {
+            e.as_object_mut().unwrap().remove("session_id");
+        }
+        if user.is_none() {
+            e.as_object_mut().unwrap().remove("user_id");
+        }
+        self.events.push(e);
+    }
+
+    fn signup(&mut self, account: &str, at: DateTime<Utc>, extra: Value) {
+        let mut e = json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "occurred_at": at.to_rfc3339(),
+            "account_id": account,
+            "type": "signup",
+            "email_domain": format!("{account}.example"),
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            e[k] = v.clone();
+        }
+        self.accounts.push(e);
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SignalRecord {
+    signal_id: String,
+    kind: String,
+    account_id: String,
+    episode: String,
+}
+
+async fn read_signals(config: &Config, group: &str, expect_at_least: usize) -> Vec<SignalRecord> {
+    let consumer: StreamConsumer = meterline_ingest::producer::client_config(&config.kafka)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&config.kafka.signal_topic]).unwrap();
+    let schema = avro::parse_schema(avro::ACCOUNT_SIGNAL_SCHEMA).unwrap();
+    let mut out = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        // Idle for 3 s once the expected count is in (or 60 s in all): nothing more is coming.
+        let idle = if out.len() >= expect_at_least { 3 } else { 60 };
+        match tokio::time::timeout(Duration::from_secs(idle), consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let (_, body) = avro::split_frame(m.payload().unwrap()).unwrap();
+                out.push(avro::decode_body::<SignalRecord>(&schema, &schema, body).unwrap());
+            }
+            Ok(Err(e)) => panic!("consuming signals: {e}"),
+            Err(_) => return out,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "signals kept coming"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_account_gets_exactly_its_signals_once() {
+    // "Today" needs ten minutes behind us for today's sessions.
+    let now = Utc::now();
+    let day_start = Grain::Day.window_start(now);
+    if now - day_start < ChronoDuration::minutes(11) {
+        tokio::time::sleep(
+            (day_start + ChronoDuration::minutes(11) - now)
+                .to_std()
+                .unwrap(),
+        )
+        .await;
+    }
+    let now = Utc::now();
+    let today = Grain::Day.window_start(now);
+    let id = unique_suffix();
+    let a = |name: &str| format!("{id}-{name}");
+    let t0 = now - ChronoDuration::minutes(9);
+    let mut g = Gen {
+        events: vec![],
+        accounts: vec![],
+    };
+    let old = now - ChronoDuration::days(20);
+    let prompt = |i: usize| format!("p-{i}");
+
+    // 1. Steady: 20 requests of 1,000 tokens a day for 7 days; two one-minute sessions today.
+    let steady = a("steady");
+    g.signup(&steady, old, json!({}));
+    for d in 0..7 {
+        for i in 0..20 {
+            let at = if d == 0 {
+                // Two sessions, starting two minutes apart (not machine-speed).
+                t0 + ChronoDuration::seconds((i / 10) * 120 + (i % 10) * 6)
+            } else {
+                today - ChronoDuration::days(d)
+                    + ChronoDuration::hours(2)
+                    + ChronoDuration::minutes(i)
+            };
+            let s = format!("s{}", i / 10);
+            let session = (d == 0).then_some(s.as_str());
+            g.usage(
+                &steady,
+                at,
+                1_000,
+                session,
+                &prompt(i as usize + 100 * d as usize),
+                "openai",
+                "us-east-1",
+                None,
+                "k",
+                "198.51.100.1",
+            );
+        }
+    }
+
+    // 2. Trajectory: 40k, 45k, … 70k over the 7 complete days, 75k today (75 % of the day).
+    let trajectory = a("trajectory");
+    g.signup(&trajectory, old, json!({}));
+    for d in 1..=7 {
+        let total = 40_000 + 5_000 * (7 - d) as u64;
+        for i in 0..10 {
+            let at = today - ChronoDuration::days(d)
+                + ChronoDuration::hours(3)
+                + ChronoDuration::minutes(i);
+            g.usage(
+                &trajectory,
+                at,
+                total / 10,
+                None,
+                &prompt(i as usize + 100 * d as usize),
+                "openai",
+                "us-east-1",
+                None,
+                "k",
+                "198.51.100.2",
+            );
+        }
+    }
+    for i in 0..10 {
+        let s = format!("s{}", i / 5);
+        g.usage(
+            &trajectory,
+            t0 + ChronoDuration::seconds((i / 5) * 120 + (i % 5) * 15),
+            7_500,
+            Some(&s),
+            &prompt(i as usize),
+            "openai",
+            "us-east-1",
+            None,
+            "k",
+            "198.51.100.2",
+        );
+    }
+
+    // 3. Collision: signed up 10 hours ago, 90 % of the day's budget already.
+    let collision = a("collision");
+    g.signup(&collision, now - ChronoDuration::hours(10), json!({}));
+    for i in 0..10 {
+        let s = format!("s{}", i / 5);
+        g.usage(
+            &collision,
+            t0 + ChronoDuration::seconds((i / 5) * 120 + (i % 5) * 15),
+            9_000,
+            Some(&s),
+            &prompt(i as usize),
+            "openai",
+            "us-east-1",
+            None,
+            "k",
+            "198.51.100.3",
+        );
+    }
+
+    // 4. Enterprise-ready: 60M tokens this month, 3 regions, 4 providers, 25 users, company of 500.
+    let enterprise = a("enterprise");
+    g.signup(&enterprise, old, json!({"company_size": 500, "seats": 5}));
+    let providers = ["openai", "anthropic", "google", "mistral"];
+    let regions = ["us-east-1", "eu-west-1", "ap-south-1"];
+    for i in 0..500usize {
+        let session = format!("s{}", i / 100);
+        let user = format!("u{}", i % 25);
+        let at = t0 + ChronoDuration::seconds((i / 100) as i64 * 90 + (i % 100) as i64 * 60 / 100);
+        g.usage(
+            &enterprise,
+            at,
+            120_000,
+            Some(&session),
+            &prompt(i),
+            providers[i % 4],
+            regions[i % 3],
+            Some(&user),
+            "k",
+            "198.51.100.4",
+        );
+    }
+
+    // 5. Machine-speed abuser: signed up 30 minutes ago, 8 sessions a second apart, one prompt.
+    let abuser = a("abuser");
+    g.signup(&abuser, now - ChronoDuration::minutes(30), json!({}));
+    for i in 0..16 {
+        let s = format!("s{}", i / 2);
+        g.usage(
+            &abuser,
+            t0 + ChronoDuration::seconds(i / 2),
+            500,
+            Some(&s),
+            "same-prompt",
+            "openai",
+            "us-east-1",
+            None,
+            "k",
+            "198.51.100.5",
+        );
+    }
+
+    // 6. A shared key: one API key from 6 client IPs within one minute.
+    let shared = a("shared");
+    g.signup(&shared, old, json!({}));
+    let minute = Grain::Minute.window_start(now - ChronoDuration::minutes(3));
+    for i in 0..6 {
+        g.usage(
+            &shared,
+            minute + ChronoDuration::seconds(i * 5),
+            100,
+            None,
+            &prompt(i as usize),
+            "openai",
+            "us-east-1",
+            None,
+            "k-shared",
+            &format!("203.0.113.{}", 10 + i),
+        );
+    }
+
+    // 7. Multi-accounts: A and B share signup IP and device; C shares only the IP.
+    let (multi_a, multi_b, multi_c) = (a("multi-a"), a("multi-b"), a("multi-c"));
+    let five_days = now - ChronoDuration::days(5);
+    g.signup(&multi_a, five_days, json!({"signup_ip": "203.0.113.50", "device_id": "dev-shared", "browser_signature": "br-a"}));
+    g.signup(&multi_b, five_days, json!({"signup_ip": "203.0.113.50", "device_id": "dev-shared", "browser_signature": "br-b"}));
+    g.signup(
+        &multi_c,
+        five_days,
+        json!({"signup_ip": "203.0.113.50", "device_id": "dev-c", "browser_signature": "br-c"}),
+    );
+
+    // 8. Power user: three 8-minute sessions today with diverse input (the others run a minute).
+    let power = a("power");
+    g.signup(&power, old, json!({}));
+    for s in 0..3 {
+        for i in 0..9 {
+            let session = format!("s{s}");
+            g.usage(
+                &power,
+                t0 + ChronoDuration::seconds(s * 30 + i * 60),
+                1_000,
+                Some(&session),
+                &prompt((s * 10 + i) as usize),
+                "openai",
+                "us-east-1",
+                None,
+                "k",
+                "198.51.100.8",
+            );
+        }
+    }
+
+    // Ingest and aggregate everything first, so the scorer sees each account whole.
+    let config = config();
+    let mut app = spawn_with(
+        config.clone(),
+        Components {
+            ingest: true,
+            aggregator: true,
+            scorer: false,
+        },
+    )
+    .await;
+    let (status, body) = app
+        .post_json("/v1/account-events", &Value::Array(g.accounts.clone()))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], g.accounts.len(), "{body}");
+    for chunk in g.events.chunks(500) {
+        let (status, body) = app.post_events(chunk).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["accepted"], chunk.len(), "{body}");
+    }
+    let n = g.events.len() as u64;
+    assert_eq!(app.wait_for_raw_count(n, Duration::from_secs(60)).await, n);
+    let pool = app.pg().await;
+    let started = std::time::Instant::now();
+    loop {
+        let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if accounts as usize == g.accounts.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "accounts not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The aggregator writes Redis after ClickHouse; give its last batch a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut config_scorer = config.clone();
+    config_scorer.http.scorer_listen = format!("127.0.0.1:{}", free_port());
+    let scorer = services::start(
+        &config_scorer,
+        Components {
+            ingest: false,
+            aggregator: false,
+            scorer: true,
+        },
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("scorer starts");
+
+    let month = Grain::Month.stamp(Grain::Month.window_start(now));
+    let day = Grain::Day.stamp(today);
+    let want: BTreeSet<(String, String, String)> = [
+        (
+            &trajectory,
+            "limit_stage",
+            format!("day_weighted_tokens:70:{day}"),
+        ),
+        (
+            &collision,
+            "limit_stage",
+            format!("day_weighted_tokens:85:{day}"),
+        ),
+        (&enterprise, "deal_ready", month.clone()),
+        (
+            &enterprise,
+            "limit_stage",
+            format!("day_weighted_tokens:100:{day}"),
+        ),
+        (&enterprise, "plugin_gate", "audit_logger".to_owned()),
+        (&abuser, "abuse_suspected", day.clone()),
+        (&shared, "key_sharing", format!("k-shared:{day}")),
+        (&multi_a, "multi_account", format!("{multi_a}+{multi_b}")),
+        (&multi_b, "multi_account", format!("{multi_a}+{multi_b}")),
+        (&power, "power_user", month.clone()),
+    ]
+    .into_iter()
+    .map(|(a, k, e)| (a.clone(), k.to_owned(), e))
+    .collect();
+    let got = read_signals(&config, &format!("t-{id}"), want.len()).await;
+    let got_set: BTreeSet<(String, String, String)> = got
+        .iter()
+        .map(|s| (s.account_id.clone(), s.kind.clone(), s.episode.clone()))
+        .collect();
+    assert_eq!(got_set, want, "signals");
+    assert_eq!(got.len(), want.len(), "each signal once: {got:?}");
+    for s in &got {
+        assert_eq!(
+            s.signal_id,
+            format!("{}:{}:{}", s.account_id, s.kind, s.episode)
+        );
+    }
+
+    // The scores each account gets: (deal readiness, PQL, abuse).
+    let reader = services::token_store(&config, &pool)
+        .create(&format!("r-{id}"), &[Scope::Read], None)
+        .await
+        .unwrap();
+    let expected: BTreeMap<&String, (u64, u64, u64)> = [
+        (&steady, (0, 0, 0)),
+        (&trajectory, (0, 20, 0)),
+        (&collision, (0, 40, 0)),
+        (&enterprise, (75, 40, 0)),
+        (&abuser, (0, 0, 75)),
+        (&shared, (0, 0, 0)),
+        (&multi_a, (0, 0, 0)),
+        (&multi_c, (0, 0, 0)),
+        (&power, (0, 0, 0)),
+    ]
+    .into();
+    for (account, (deal, pql, abuse)) in &expected {
+        let resp = app
+            .http
+            .get(app.url(&format!("/v1/accounts/{account}/scores")))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{account}");
+        let s: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (
+                s["deal_readiness"]["value"].as_u64().unwrap(),
+                s["pql"]["value"].as_u64().unwrap(),
+                s["abuse"]["value"].as_u64().unwrap()
+            ),
+            (*deal, *pql, *abuse),
+            "{account}: {s}"
+        );
+        // Every point is explained.
+        for score in ["deal_readiness", "pql", "abuse"] {
+            let sum: u64 = s[score]["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["points"].as_u64().unwrap())
+                .sum();
+            assert_eq!(
+                sum.min(100),
+                s[score]["value"].as_u64().unwrap(),
+                "{account} {score}"
+            );
+        }
+    }
+    let shape = |s: &Value| s["limits"][0]["shape"].clone();
+    let get = |account: &String| {
+        let (http, url, reader) = (
+            app.http.clone(),
+            app.url(&format!("/v1/accounts/{account}/scores")),
+            reader.clone(),
+        );
+        async move {
+            http.get(url)
+                .bearer_auth(reader)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(shape(&get(&trajectory).await), json!("trajectory"));
+    assert_eq!(shape(&get(&collision).await), json!("collision"));
+    assert_eq!(get(&abuser).await["abuse_suspected"], json!(true));
+    assert!(get(&power).await["power_user"].is_object());
+    let (flagged,): (bool,) =
+        sqlx::query_as("SELECT abuse_flagged_at IS NOT NULL FROM accounts WHERE account_id = $1")
+            .bind(&abuser)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(flagged, "the abuser is flagged for the read path");
+
+    // A restart re-scores everyone and raises nothing again.
+    scorer.stop().await.unwrap();
+    let mut redis = app.redis().await;
+    let all: Vec<&String> = expected.keys().copied().chain([&multi_b]).collect();
+    let _: () = redis::cmd("SADD")
+        .arg(format!("{}dirty", config.redis.key_prefix))
+        .arg(&all)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let scorer = services::start(
+        &config_scorer,
+        Components {
+            ingest: false,
+            aggregator: false,
+            scorer: true,
+        },
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("scorer restarts");
+    let started = std::time::Instant::now();
+    loop {
+        let left: u64 = redis::cmd("SCARD")
+            .arg(format!("{}dirty", config.redis.key_prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = read_signals(&config, &format!("t2-{id}"), want.len()).await;
+    assert_eq!(
+        again.len(),
+        want.len(),
+        "no signal raised twice after a restart: {again:?}"
+    );
+    let history: u64 = app
+        .clickhouse()
+        .query("SELECT count() FROM account_scores")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(
+        history >= expected.len() as u64,
+        "score history in ClickHouse"
+    );
+    scorer.stop().await.unwrap();
+    app.stop().await;
+}
