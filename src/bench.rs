@@ -247,6 +247,31 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         ingested.load(Ordering::Relaxed) as f64 / elapsed,
         rss_mib()
     );
+    // The server's own view: time from request to answer inside ingest, without the client.
+    let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with("meterline_ingest_request_seconds_bucket{endpoint=\"quota_check\""))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let n = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((le.parse::<f64>().unwrap_or(f64::INFINITY), n))
+        })
+        .collect();
+    if let Some(&(_, total)) = buckets.last() {
+        let share = |p: f64| {
+            buckets
+                .iter()
+                .find(|(_, n)| *n >= total * p)
+                .map_or(f64::NAN, |(le, _)| le * 1000.0)
+        };
+        println!(
+            "server side (histogram buckets, upper bounds) ms: p50 <= {}  p99 <= {}  p99.9 <= {}",
+            share(0.5),
+            share(0.99),
+            share(0.999)
+        );
+    }
     shutdown.cancel();
     running.stop().await?;
     services::token_store(config, &pool)

@@ -16,10 +16,10 @@ use meterline_aggregator::fold::{fold_event, RedisDelta};
 use meterline_aggregator::keys::{Grain, Keys};
 use meterline_aggregator::redis_sink::RedisSink;
 use meterline_ingest::read::directory::set_limit_override;
-use meterline_scorer::store::set_abuse_flag;
 use meterline_ingest::Scope;
 use meterline_schemas::limits::{QuotaConfig, TierConfig};
 use meterline_schemas::{AccountId, UsageEvent};
+use meterline_scorer::store::set_abuse_flag;
 use serde_json::{json, Value};
 
 /// Round-number tiers, so every boundary is an exact integer.

@@ -339,6 +339,29 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
         }
     }
 
+    // 9. Soft rate limiting: a per-minute limit of 5 (an override), 10 requests in each of 3
+    //    consecutive minutes.
+    let rate = a("rate");
+    g.signup(&rate, old, json!({}));
+    let rate_start = Grain::Minute.window_start(now - ChronoDuration::minutes(6));
+    for m in 0..3 {
+        for i in 0..10 {
+            let at = rate_start + ChronoDuration::minutes(m) + ChronoDuration::seconds(i * 5);
+            g.usage(
+                &rate,
+                at,
+                100,
+                None,
+                &prompt((m * 10 + i) as usize),
+                "openai",
+                "us-east-1",
+                None,
+                "k",
+                "198.51.100.9",
+            );
+        }
+    }
+
     // Ingest and aggregate everything first, so the scorer sees each account whole.
     let config = config();
     let mut app = spawn_with(
@@ -378,6 +401,15 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    meterline_ingest::read::directory::set_limit_override(
+        &pool,
+        &rate,
+        "requests_per_minute",
+        5.0,
+        "manual",
+    )
+    .await
+    .unwrap();
     // The aggregator writes Redis after ClickHouse; give its last batch a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -421,6 +453,11 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
         (&multi_a, "multi_account", format!("{multi_a}+{multi_b}")),
         (&multi_b, "multi_account", format!("{multi_a}+{multi_b}")),
         (&power, "power_user", month.clone()),
+        (
+            &rate,
+            "rate_limit_sustained",
+            Grain::Minute.stamp(rate_start),
+        ),
     ]
     .into_iter()
     .map(|(a, k, e)| (a.clone(), k.to_owned(), e))
@@ -454,6 +491,7 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
         (&multi_a, (0, 0, 0)),
         (&multi_c, (0, 0, 0)),
         (&power, (0, 0, 0)),
+        (&rate, (0, 0, 0)),
     ]
     .into();
     for (account, (deal, pql, abuse)) in &expected {
@@ -573,5 +611,24 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
         "score history in ClickHouse"
     );
     scorer.stop().await.unwrap();
+
+    // For a person: the scores with their reasons.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+        .args(["scores", enterprise.as_str()])
+        .envs(config_env(&config))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("deal readiness: 75/100"), "{text}");
+    assert!(
+        text.contains("+30  monthly_tokens: 60000000 tokens this month"),
+        "{text}"
+    );
+    assert!(text.contains("+10  company_size: company of 500"), "{text}");
     app.stop().await;
 }

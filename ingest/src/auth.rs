@@ -77,7 +77,14 @@ pub enum TokenError {
     Database(#[from] sqlx::Error),
 }
 
-type Cache = HashMap<[u8; 32], (Principal, Instant)>;
+/// A verified token: who it is, when that was read, and whether a re-read is under way.
+struct Cached {
+    principal: Principal,
+    fetched: Instant,
+    refreshing: bool,
+}
+
+type Cache = HashMap<[u8; 32], Cached>;
 
 #[derive(Clone)]
 pub struct TokenStore {
@@ -158,35 +165,85 @@ impl TokenStore {
                 ApiError::Unauthorized("authorization: expected a Bearer token".into())
             })?;
         let digest = hash_token(token);
-        if let Some((p, at)) = self.cache.lock().expect("poisoned").get(&digest) {
-            if at.elapsed() < self.ttl {
-                return Ok(p.clone());
+        {
+            // A fresh entry answers at once. A stale one (up to twice the TTL) still answers,
+            // while one background re-read refreshes it: a busy gateway never waits on
+            // PostgreSQL when its entry ages, and never sends a herd of identical queries.
+            let mut cache = self.cache.lock().expect("poisoned");
+            if let Some(c) = cache.get_mut(&digest) {
+                let age = c.fetched.elapsed();
+                if age < self.ttl {
+                    return Ok(c.principal.clone());
+                }
+                if age < self.ttl * 2 {
+                    if !c.refreshing {
+                        c.refreshing = true;
+                        let store = self.clone();
+                        tokio::spawn(async move {
+                            let fresh = store.lookup(&digest).await;
+                            let mut cache = store.cache.lock().expect("poisoned");
+                            match fresh {
+                                Ok(Some(p)) => {
+                                    cache.insert(
+                                        digest,
+                                        Cached {
+                                            principal: p,
+                                            fetched: Instant::now(),
+                                            refreshing: false,
+                                        },
+                                    );
+                                }
+                                // Revoked: the next request asks PostgreSQL and gets 401.
+                                Ok(None) => {
+                                    cache.remove(&digest);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "token refresh failed");
+                                    if let Some(c) = cache.get_mut(&digest) {
+                                        c.refreshing = false;
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    return Ok(c.principal.clone());
+                }
             }
         }
+        let principal = self
+            .lookup(&digest)
+            .await
+            .map_err(|e| ApiError::Unavailable {
+                reason: format!("token store unavailable: {e}"),
+                retry_after_secs: 1,
+            })?
+            .ok_or_else(|| {
+                ApiError::Unauthorized("authorization: token is unknown or revoked".into())
+            })?;
+        if !self.ttl.is_zero() {
+            self.cache.lock().expect("poisoned").insert(
+                digest,
+                Cached {
+                    principal: principal.clone(),
+                    fetched: Instant::now(),
+                    refreshing: false,
+                },
+            );
+        }
+        Ok(principal)
+    }
+
+    async fn lookup(&self, digest: &[u8; 32]) -> Result<Option<Principal>, sqlx::Error> {
         let row: Option<(String, Vec<String>, Option<String>)> = sqlx::query_as(
             "SELECT name, scopes, account_id FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
         )
         .bind(&digest[..])
         .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| ApiError::Unavailable {
-            reason: format!("token store unavailable: {e}"),
-            retry_after_secs: 1,
-        })?;
-        let (name, scopes, account_id) = row.ok_or_else(|| {
-            ApiError::Unauthorized("authorization: token is unknown or revoked".into())
-        })?;
-        let principal = Principal {
+        .await?;
+        Ok(row.map(|(name, scopes, account_id)| Principal {
             name,
             scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
             account_id,
-        };
-        if !self.ttl.is_zero() {
-            self.cache
-                .lock()
-                .expect("poisoned")
-                .insert(digest, (principal.clone(), Instant::now()));
-        }
-        Ok(principal)
+        }))
     }
 }

@@ -42,7 +42,9 @@ pub struct IngestConfig {
     pub max_events: usize,
     /// How long Kafka gets to acknowledge a batch before the request fails with 503.
     pub produce_timeout_ms: u64,
-    /// How long a verified token stays cached; a revocation takes effect within this time.
+    /// How long a verified token is trusted without asking PostgreSQL again. After it, the
+    /// token is re-read in the background while the cached answer still serves, so a
+    /// revocation takes effect within about twice this time.
     pub auth_cache_ttl_ms: u64,
     /// The `Retry-After` seconds sent with a 503.
     pub retry_after_secs: u64,

@@ -318,3 +318,64 @@ pub fn signals(s: &Scores, c: &ScorerConfig) -> Vec<Signal> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::SessionSpan;
+    use chrono::{Duration, TimeZone};
+
+    #[test]
+    fn a_power_user_is_never_suspected_of_abuse() {
+        let c = ScorerConfig::default();
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        let mut f = AccountFacts::empty("a", now);
+        // New (30) and bursty (25): 55, suspected...
+        f.signed_up_at = Some(now - Duration::minutes(30));
+        f.sessions_today = (0..21)
+            .map(|i| SessionSpan {
+                session_id: format!("s{i}"),
+                start: now - Duration::hours(2) + Duration::minutes(i),
+                end: now - Duration::hours(2) + Duration::minutes(i + 30),
+            })
+            .collect();
+        f.prompts_today = 100;
+        f.distinct_prompts_today = 90;
+        let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
+        assert_eq!(s.abuse.value, 55);
+        assert!(s.abuse_suspected);
+        assert!(signals(&s, &c).iter().any(|g| g.kind == SignalKind::AbuseSuspected));
+        // ...unless its long, diverse sessions make it a power user.
+        f.median_session_secs = Some(300.0);
+        let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
+        assert_eq!(s.abuse.value, 55);
+        assert!(s.power_user.is_some());
+        assert!(!s.abuse_suspected);
+        let kinds: Vec<_> = signals(&s, &c).iter().map(|g| g.kind).collect();
+        assert!(kinds.contains(&SignalKind::PowerUser));
+        assert!(!kinds.contains(&SignalKind::AbuseSuspected));
+    }
+
+    #[test]
+    fn deal_ready_only_above_70() {
+        let c = ScorerConfig::default();
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        let mut f = AccountFacts::empty("a", now);
+        // 30 + 20 + 15 = 65; then + 10 = 75.
+        f.month_raw_tokens = 60_000_000;
+        f.month_regions = ["a", "b", "c"].map(String::from).into();
+        f.seats = Some(21);
+        let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
+        assert_eq!(s.deal_readiness.value, 65);
+        assert!(!signals(&s, &c).iter().any(|g| g.kind == SignalKind::DealReady));
+        f.company_size = Some(101);
+        let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
+        assert_eq!(s.deal_readiness.value, 75);
+        let deal: Vec<_> = signals(&s, &c)
+            .into_iter()
+            .filter(|g| g.kind == SignalKind::DealReady)
+            .collect();
+        assert_eq!(deal.len(), 1);
+        assert_eq!(deal[0].dedup_key(), "a:deal_ready:202611");
+    }
+}

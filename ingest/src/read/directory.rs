@@ -30,6 +30,7 @@ pub const ACCOUNTS_CHANNEL: &str = "meterline_accounts";
 struct Cached {
     profile: Arc<AccountProfile>,
     loaded: Instant,
+    refreshing: bool,
 }
 
 #[derive(Clone)]
@@ -59,6 +60,30 @@ impl AccountDirectory {
                 return Ok(c.profile.clone());
             }
         }
+        // Past its time-to-live (changes arrive by notification; this is the backstop), an
+        // entry still answers while one background reload refreshes it, so no request waits.
+        {
+            let mut cache = self.cache.write().expect("poisoned");
+            if let Some(c) = cache.get_mut(account.as_str()) {
+                if c.loaded.elapsed() < self.ttl * 2 {
+                    if !c.refreshing {
+                        c.refreshing = true;
+                        let (directory, account) = (self.clone(), account.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = directory.reload(&account).await {
+                                tracing::warn!(error = %e, "profile reload failed");
+                                directory.invalidate(account.as_str());
+                            }
+                        });
+                    }
+                    return Ok(c.profile.clone());
+                }
+            }
+        }
+        self.reload(account).await
+    }
+
+    async fn reload(&self, account: &AccountId) -> Result<Arc<AccountProfile>, sqlx::Error> {
         let generation = self.generation.load(Ordering::Acquire);
         let profile = Arc::new(load(&self.pool, account.as_str()).await?);
         if self.generation.load(Ordering::Acquire) == generation {
@@ -67,6 +92,7 @@ impl AccountDirectory {
                 Cached {
                     profile: profile.clone(),
                     loaded: Instant::now(),
+                    refreshing: false,
                 },
             );
         }
