@@ -121,7 +121,29 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
             .await?;
         anyhow::ensure!(r.status() == 202, "seeding: {}", r.status());
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Measure a pipeline at rest: wait until the aggregator has consumed everything (this
+    // seed, and any backlog an earlier run left on the topics).
+    let counted = |text: String| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("meterline_aggregator_events_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut last = -1.0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = counted(
+            http.get(format!("{base}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?,
+        );
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     // Warm the profile cache and connections, as a running gateway fleet would have.
     for a in 0..bench.accounts {
         http.post(format!("{base}/v1/quota/check"))
@@ -248,10 +270,17 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         rss_mib()
     );
     // The server's own view: time from request to answer inside ingest, without the client.
-    let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     let buckets: Vec<(f64, f64)> = metrics
         .lines()
-        .filter(|l| l.starts_with("meterline_ingest_request_seconds_bucket{endpoint=\"quota_check\""))
+        .filter(|l| {
+            l.starts_with("meterline_ingest_request_seconds_bucket{endpoint=\"quota_check\"")
+        })
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let n = l.rsplit(' ').next()?.parse::<f64>().ok()?;

@@ -10,6 +10,9 @@ use meterline::{migrate, telemetry};
 use meterline_ingest::Scope;
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meterline",

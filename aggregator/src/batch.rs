@@ -7,13 +7,14 @@
 //! 2. Ask ClickHouse for its watermark: the highest offset per partition it already holds.
 //!    New events above the watermark are inserted; those at or below it were inserted by an
 //!    attempt that crashed before Redis was written, and are not inserted again.
-//! 3. Apply the fold of the new events and their "seen" marks to Redis in one transaction.
+//! 3. Apply the fold of the new events and their "seen" marks to Redis, in transactions of
+//!    whole accounts (each event's counters and seen mark in the same one).
 //! 4. Only then does the caller commit the offsets.
 //!
 //! Why this is exact: records of one account (so every copy of one event, which carries the
 //! same account id) live in one partition and are processed in offset order by one consumer.
-//! Redis is written after ClickHouse, atomically, so after a crash Redis either has the whole
-//! batch or none of it, and ClickHouse either has a prefix-closed range of offsets (it is one
+//! Redis is written after ClickHouse, an account at a time, atomically, so after a crash Redis
+//! has each event's counters exactly when it has its seen mark, and ClickHouse either has a prefix-closed range of offsets (it is one
 //! INSERT, and the watermark is filled by the same INSERT) or none. Replaying from the last
 //! commit makes the same "new" decisions (Redis has not changed) and skips what ClickHouse
 //! already holds. The horizon is the life of a seen set: 36 days after the event's day, longer
@@ -34,6 +35,10 @@ use crate::fold::{fold_event, mark_seen, occurred_at, RedisDelta};
 use crate::metrics::AggregatorMetrics;
 use crate::redis_sink::RedisSink;
 use crate::SinkError;
+
+/// Counter increments and set members per Redis transaction: a few milliseconds of Redis time,
+/// so a gateway's read never waits long behind a batch.
+pub const REDIS_CHANGES_PER_TRANSACTION: usize = 2_000;
 
 /// The sinks a batch is written to.
 #[derive(Clone)]
@@ -93,12 +98,28 @@ impl Sinks {
             .collect();
         self.clickhouse.insert_usage(&to_insert).await?;
 
+        // Redis runs a transaction without serving anyone else, and gateways read the hot
+        // state in the meantime. So the batch goes in as several small transactions, each
+        // holding whole accounts: an event's counters and its seen mark always travel
+        // together, which is all exactly-once needs (a replay skips what is marked seen).
+        let mut by_account = new.clone();
+        by_account.sort_by(|a, b| a.event.account_id.as_str().cmp(b.event.account_id.as_str()));
+        let mut commands = 1;
         let mut delta = RedisDelta::default();
-        for d in &new {
-            fold_event(&mut delta, self.redis.keys(), &d.event, now);
-            mark_seen(&mut delta, self.redis.keys(), &d.event);
+        let mut i = 0;
+        while i < by_account.len() {
+            let account = by_account[i].event.account_id.as_str();
+            while i < by_account.len() && by_account[i].event.account_id.as_str() == account {
+                let e = &by_account[i].event;
+                fold_event(&mut delta, self.redis.keys(), e, now);
+                mark_seen(&mut delta, self.redis.keys(), e);
+                i += 1;
+            }
+            if delta.len() >= REDIS_CHANGES_PER_TRANSACTION || i == by_account.len() {
+                commands += self.redis.apply(&delta).await?;
+                delta = RedisDelta::default();
+            }
         }
-        let commands = self.redis.apply(&delta).await? + 1;
         Ok((new.len(), commands))
     }
 

@@ -1,5 +1,6 @@
-//! Writes a [`RedisDelta`] in one MULTI/EXEC transaction of Lua calls, so a batch's counters,
-//! set members, expiries and "seen" marks land together or not at all.
+//! Writes a [`RedisDelta`] in one MULTI/EXEC transaction of Lua calls, so its counters, set
+//! members, expiries and "seen" marks land together or not at all. The caller keeps deltas
+//! small (see `batch::REDIS_CHANGES_PER_TRANSACTION`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

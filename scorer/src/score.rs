@@ -344,7 +344,9 @@ mod tests {
         let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
         assert_eq!(s.abuse.value, 55);
         assert!(s.abuse_suspected);
-        assert!(signals(&s, &c).iter().any(|g| g.kind == SignalKind::AbuseSuspected));
+        assert!(signals(&s, &c)
+            .iter()
+            .any(|g| g.kind == SignalKind::AbuseSuspected));
         // ...unless its long, diverse sessions make it a power user.
         f.median_session_secs = Some(300.0);
         let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
@@ -367,7 +369,9 @@ mod tests {
         f.seats = Some(21);
         let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
         assert_eq!(s.deal_readiness.value, 65);
-        assert!(!signals(&s, &c).iter().any(|g| g.kind == SignalKind::DealReady));
+        assert!(!signals(&s, &c)
+            .iter()
+            .any(|g| g.kind == SignalKind::DealReady));
         f.company_size = Some(101);
         let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
         assert_eq!(s.deal_readiness.value, 75);

@@ -29,7 +29,11 @@ pub const ACCOUNTS_CHANNEL: &str = "meterline_accounts";
 
 struct Cached {
     profile: Arc<AccountProfile>,
-    loaded: Instant,
+    /// When the entry is due for a background reload; spread over 50–100 % of the TTL so
+    /// profiles loaded together (a restart, a burst of new accounts) do not all reload at once.
+    stale_at: Instant,
+    /// When it may no longer answer at all.
+    expires_at: Instant,
     refreshing: bool,
 }
 
@@ -56,7 +60,7 @@ impl AccountDirectory {
     /// invalidates this answer.
     pub async fn profile(&self, account: &AccountId) -> Result<Arc<AccountProfile>, sqlx::Error> {
         if let Some(c) = self.cache.read().expect("poisoned").get(account.as_str()) {
-            if c.loaded.elapsed() < self.ttl {
+            if Instant::now() < c.stale_at {
                 return Ok(c.profile.clone());
             }
         }
@@ -65,7 +69,7 @@ impl AccountDirectory {
         {
             let mut cache = self.cache.write().expect("poisoned");
             if let Some(c) = cache.get_mut(account.as_str()) {
-                if c.loaded.elapsed() < self.ttl * 2 {
+                if Instant::now() < c.expires_at {
                     if !c.refreshing {
                         c.refreshing = true;
                         let (directory, account) = (self.clone(), account.clone());
@@ -87,11 +91,13 @@ impl AccountDirectory {
         let generation = self.generation.load(Ordering::Acquire);
         let profile = Arc::new(load(&self.pool, account.as_str()).await?);
         if self.generation.load(Ordering::Acquire) == generation {
+            let now = Instant::now();
             self.cache.write().expect("poisoned").insert(
                 account.as_str().to_owned(),
                 Cached {
                     profile: profile.clone(),
-                    loaded: Instant::now(),
+                    stale_at: now + self.ttl.mul_f64(rand::random_range(0.5..1.0)),
+                    expires_at: now + self.ttl * 2,
                     refreshing: false,
                 },
             );

@@ -183,6 +183,9 @@ fn validate(input: QuotaCheckInput) -> Result<(AccountId, QuotaRequest), FieldEr
     ))
 }
 
+/// A check slower than this is logged with where its time went.
+const SLOW_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub async fn quota_check(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -192,6 +195,7 @@ pub async fn quota_check(
     let input: QuotaCheckInput = from_json_naming_field(&body).map_err(field)?;
     let (account, request) = validate(input).map_err(field)?;
     authorize(&state, &headers, &account).await?;
+    let authorized = started.elapsed();
     let read = read_path(&state)?;
     let span = tracing::debug_span!("quota_check", account_id = %account.as_str());
     let _g = span.enter();
@@ -201,12 +205,22 @@ pub async fn quota_check(
         .profile(&account)
         .await
         .map_err(postgres_down)?;
+    let profiled = started.elapsed();
     let tier = read.tiers.get(profile.plan);
     let raw = read
         .hot
         .usage(account.as_str(), request.session_id.as_deref(), now)
         .await
         .map_err(redis_down)?;
+    let read_hot = started.elapsed();
+    if read_hot > SLOW_CHECK {
+        tracing::warn!(
+            auth_ms = authorized.as_secs_f64() * 1e3,
+            profile_ms = (profiled - authorized).as_secs_f64() * 1e3,
+            redis_ms = (read_hot - profiled).as_secs_f64() * 1e3,
+            "slow quota check"
+        );
+    }
     let snapshot = raw.snapshot(&read.quota, tier, now);
     let decision = decide(&read.quota, tier, &profile, &snapshot, &request, now);
     for rec in records_for(
