@@ -75,15 +75,16 @@ pub async fn set_abuse_flag(
     account: &str,
     flagged: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO accounts (account_id, abuse_flagged_at) VALUES ($1, CASE WHEN $2 THEN now() END) \
-         ON CONFLICT (account_id) DO UPDATE SET abuse_flagged_at = CASE WHEN $2 THEN COALESCE(accounts.abuse_flagged_at, now()) END, \
-         updated_at = now() WHERE (accounts.abuse_flagged_at IS NOT NULL) <> $2",
-    )
-    .bind(account)
-    .bind(flagged)
-    .execute(pool)
-    .await?;
+    // Only a change writes (and so notifies the read path); clearing never creates a row.
+    let sql = if flagged {
+        "INSERT INTO accounts (account_id, abuse_flagged_at) VALUES ($1, now()) \
+         ON CONFLICT (account_id) DO UPDATE SET abuse_flagged_at = now(), updated_at = now() \
+         WHERE accounts.abuse_flagged_at IS NULL"
+    } else {
+        "UPDATE accounts SET abuse_flagged_at = NULL, updated_at = now() \
+         WHERE account_id = $1 AND abuse_flagged_at IS NOT NULL"
+    };
+    sqlx::query(sql).bind(account).execute(pool).await?;
     Ok(())
 }
 
