@@ -19,6 +19,9 @@ use crate::decode::{Decoder, RawRecord, Stream};
 use crate::metrics::AggregatorMetrics;
 use crate::SinkError;
 
+/// How long an idle aggregator waits before checking that it has partitions.
+const ASSIGNMENT_CHECK: Duration = Duration::from_secs(30);
+
 /// The topics the aggregator reads and writes.
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -118,6 +121,12 @@ impl Aggregator {
     ) -> Option<Vec<RawRecord>> {
         let mut records = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
+        // While idle, check now and then that the group gave this aggregator partitions at all:
+        // an aggregator without any looks exactly like one without traffic.
+        let mut assignment_check = tokio::time::interval_at(
+            tokio::time::Instant::now() + ASSIGNMENT_CHECK,
+            ASSIGNMENT_CHECK,
+        );
         while records.len() < self.config.batch_max_events {
             let wait = async {
                 match deadline {
@@ -131,6 +140,7 @@ impl Aggregator {
                     return if records.is_empty() { None } else { Some(records) };
                 }
                 _ = wait => break,
+                _ = assignment_check.tick() => self.warn_if_unassigned(),
                 msg = self.consumer.recv() => match msg {
                     Ok(m) => {
                         let topic = m.topic().to_owned();
@@ -153,6 +163,19 @@ impl Aggregator {
             }
         }
         Some(records)
+    }
+
+    fn warn_if_unassigned(&self) {
+        if let Ok(assigned) = self.consumer.assignment() {
+            if assigned.count() == 0 {
+                tracing::warn!(
+                    group = %self.config.group_id,
+                    instance_id = %self.config.instance_id,
+                    "no partitions assigned after {} s; if another aggregator runs with the same aggregator.instance_id, give each its own",
+                    ASSIGNMENT_CHECK.as_secs()
+                );
+            }
+        }
     }
 
     /// Writes a batch, retrying with exponential backoff until it succeeds. Returns false
