@@ -27,6 +27,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use meterline_schemas::{AccountEvent, UsageEvent};
+use tracing::Instrument;
 
 use crate::accounts_sink::AccountsSink;
 use crate::clickhouse_sink::ClickHouseSink;
@@ -158,8 +159,7 @@ impl Sinks {
         let now = Utc::now();
         if done.usage.is_none() {
             let span = tracing::debug_span!("write_usage", events = batch.usage.len());
-            let _g = span.enter();
-            done.usage = Some(self.write_usage(&batch.usage, now).await?);
+            done.usage = Some(self.write_usage(&batch.usage, now).instrument(span).await?);
         }
         if done.account.is_none() {
             done.account = Some(self.write_accounts(&batch.account).await?);

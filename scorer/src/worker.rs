@@ -7,6 +7,7 @@ use chrono::{NaiveDate, Timelike, Utc};
 use meterline_schemas::limits::{QuotaConfig, TiersConfig};
 use meterline_schemas::AccountId;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::ScorerConfig;
 use crate::load::Stores;
@@ -44,18 +45,24 @@ impl Scorer {
         let started = Instant::now();
         let all = self.compute(accounts).await?;
         for s in &all {
+            // Instrumented, not entered: an entered span would stay current on this thread
+            // across the awaits, and other tasks' events would be logged under this account.
             let span = tracing::debug_span!("score", account_id = %s.account_id);
-            let _g = span.enter();
-            self.store.save(s).await?;
-            for sig in signals(s, &self.config) {
-                if self.store.raise(&sig).await? {
-                    tracing::info!(kind = sig.kind.as_str(), episode = %sig.episode, "signal raised");
-                    self.metrics
-                        .signals
-                        .with_label_values(&[sig.kind.as_str()])
-                        .inc();
+            async {
+                self.store.save(s).await?;
+                for sig in signals(s, &self.config) {
+                    if self.store.raise(&sig).await? {
+                        tracing::info!(kind = sig.kind.as_str(), episode = %sig.episode, "signal raised");
+                        self.metrics
+                            .signals
+                            .with_label_values(&[sig.kind.as_str()])
+                            .inc();
+                    }
                 }
+                Ok::<_, ScoreError>(())
             }
+            .instrument(span)
+            .await?;
         }
         self.metrics.scored.inc_by(all.len() as u64);
         self.metrics

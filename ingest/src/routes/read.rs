@@ -13,6 +13,7 @@ use meterline_schemas::usage::from_json_naming_field;
 use meterline_schemas::{AccountId, FieldError, Plan};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
@@ -102,45 +103,50 @@ pub async fn usage(
     authorize(&state, &headers, &account).await?;
     let read = read_path(&state)?;
     let span = tracing::debug_span!("usage", account_id = %account.as_str());
-    let _g = span.enter();
-    let now = Utc::now();
-    let profile = read
-        .directory
-        .profile(&account)
-        .await
-        .map_err(postgres_down)?;
-    let tier = read.tiers.get(profile.plan);
-    let session = q.session_id.as_deref().filter(|s| !s.is_empty());
-    let (raw, month) = tokio::try_join!(
-        read.hot.usage(account.as_str(), session, now),
-        read.hot.month_dimensions(account.as_str(), now),
-    )
-    .map_err(redis_down)?;
-    let snapshot = raw.snapshot(&read.quota, tier, now);
-    let report = UsageReport {
-        account_id: account.as_str().to_owned(),
-        plan: profile.plan,
-        as_of: now,
-        limits: limit_statuses(
-            &read.quota,
-            tier,
-            &profile,
-            &snapshot,
-            session.is_some(),
-            now,
-        ),
-        requests_per_minute: RateUsage {
-            rolling: (snapshot.rolling_rpm() * 1e6).round() / 1e6,
-            limit: profile.requests_per_minute(tier),
-        },
-        month,
-    };
-    state
-        .metrics
-        .request_seconds
-        .with_label_values(&["usage"])
-        .observe(started.elapsed().as_secs_f64());
-    Ok(Json(report))
+    // Instrumented, not entered: an entered span would stay current on this thread across
+    // the awaits and tag other requests' events with this account.
+    async {
+        let now = Utc::now();
+        let profile = read
+            .directory
+            .profile(&account)
+            .await
+            .map_err(postgres_down)?;
+        let tier = read.tiers.get(profile.plan);
+        let session = q.session_id.as_deref().filter(|s| !s.is_empty());
+        let (raw, month) = tokio::try_join!(
+            read.hot.usage(account.as_str(), session, now),
+            read.hot.month_dimensions(account.as_str(), now),
+        )
+        .map_err(redis_down)?;
+        let snapshot = raw.snapshot(&read.quota, tier, now);
+        let report = UsageReport {
+            account_id: account.as_str().to_owned(),
+            plan: profile.plan,
+            as_of: now,
+            limits: limit_statuses(
+                &read.quota,
+                tier,
+                &profile,
+                &snapshot,
+                session.is_some(),
+                now,
+            ),
+            requests_per_minute: RateUsage {
+                rolling: (snapshot.rolling_rpm() * 1e6).round() / 1e6,
+                limit: profile.requests_per_minute(tier),
+            },
+            month,
+        };
+        state
+            .metrics
+            .request_seconds
+            .with_label_values(&["usage"])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(Json(report))
+    }
+    .instrument(span)
+    .await
 }
 
 /// `POST /v1/quota/check`'s body, every field optional so a missing one is named.
@@ -198,55 +204,60 @@ pub async fn quota_check(
     let authorized = started.elapsed();
     let read = read_path(&state)?;
     let span = tracing::debug_span!("quota_check", account_id = %account.as_str());
-    let _g = span.enter();
-    let now = Utc::now();
-    let profile = read
-        .directory
-        .profile(&account)
-        .await
-        .map_err(postgres_down)?;
-    let profiled = started.elapsed();
-    let tier = read.tiers.get(profile.plan);
-    let raw = read
-        .hot
-        .usage(account.as_str(), request.session_id.as_deref(), now)
-        .await
-        .map_err(redis_down)?;
-    let read_hot = started.elapsed();
-    if read_hot > SLOW_CHECK {
-        tracing::warn!(
-            auth_ms = authorized.as_secs_f64() * 1e3,
-            profile_ms = (profiled - authorized).as_secs_f64() * 1e3,
-            redis_ms = (read_hot - profiled).as_secs_f64() * 1e3,
-            "slow quota check"
-        );
+    // Instrumented, not entered: an entered span would stay current on this thread across
+    // the awaits and tag other requests' events with this account.
+    async {
+        let now = Utc::now();
+        let profile = read
+            .directory
+            .profile(&account)
+            .await
+            .map_err(postgres_down)?;
+        let profiled = started.elapsed();
+        let tier = read.tiers.get(profile.plan);
+        let raw = read
+            .hot
+            .usage(account.as_str(), request.session_id.as_deref(), now)
+            .await
+            .map_err(redis_down)?;
+        let read_hot = started.elapsed();
+        if read_hot > SLOW_CHECK {
+            tracing::warn!(
+                auth_ms = authorized.as_secs_f64() * 1e3,
+                profile_ms = (profiled - authorized).as_secs_f64() * 1e3,
+                redis_ms = (read_hot - profiled).as_secs_f64() * 1e3,
+                "slow quota check"
+            );
+        }
+        let snapshot = raw.snapshot(&read.quota, tier, now);
+        let decision = decide(&read.quota, tier, &profile, &snapshot, &request, now);
+        for rec in records_for(
+            account.as_str(),
+            &request.model,
+            request.session_id.as_deref(),
+            &decision,
+            now,
+        ) {
+            read.recorder.record(rec, now.timestamp());
+        }
+        let kind = serde_json::to_value(decision.decision).unwrap_or_default();
+        state
+            .metrics
+            .decisions
+            .with_label_values(&[kind.as_str().unwrap_or("unknown")])
+            .inc();
+        state
+            .metrics
+            .request_seconds
+            .with_label_values(&["quota_check"])
+            .observe(started.elapsed().as_secs_f64());
+        let mut body = serde_json::to_value(&decision)
+            .map_err(|e| ApiError::Internal(format!("encoding decision: {e}")))?;
+        body["account_id"] = Value::from(account.as_str());
+        Ok(Json(body))
     }
-    let snapshot = raw.snapshot(&read.quota, tier, now);
-    let decision = decide(&read.quota, tier, &profile, &snapshot, &request, now);
-    for rec in records_for(
-        account.as_str(),
-        &request.model,
-        request.session_id.as_deref(),
-        &decision,
-        now,
-    ) {
-        read.recorder.record(rec, now.timestamp());
-    }
-    let kind = serde_json::to_value(decision.decision).unwrap_or_default();
-    state
-        .metrics
-        .decisions
-        .with_label_values(&[kind.as_str().unwrap_or("unknown")])
-        .inc();
-    state
-        .metrics
-        .request_seconds
-        .with_label_values(&["quota_check"])
-        .observe(started.elapsed().as_secs_f64());
-    let mut body = serde_json::to_value(&decision)
-        .map_err(|e| ApiError::Internal(format!("encoding decision: {e}")))?;
-    body["account_id"] = Value::from(account.as_str());
-    Ok(Json(body))
+    .instrument(span)
+    .await
 }
 
 /// `GET /v1/accounts/{id}/scores`: the scorer's latest scores, each with its inputs and reasons.
