@@ -64,51 +64,39 @@ impl HotState {
                 .sismember(&month_sessions, s);
         }
         let mut redis = self.redis.clone();
-        if session_id.is_some() {
-            #[allow(clippy::type_complexity)]
-            let (m, d, ds, ms, this, last, s, in_day, in_month): (
-                WindowCounters,
-                WindowCounters,
-                u64,
-                u64,
-                Option<i64>,
-                Option<i64>,
-                WindowCounters,
-                bool,
-                bool,
-            ) = p.query_async(&mut redis).await?;
-            Ok(RawUsage {
-                month: m,
-                day: d,
-                session: Some(s),
-                day_sessions: ds,
-                month_sessions: ms,
-                session_known_today: in_day,
-                session_known_this_month: in_month,
-                requests_this_minute: this.unwrap_or(0),
-                requests_last_minute: last.unwrap_or(0),
-            })
+        type Windows = (
+            WindowCounters,
+            WindowCounters,
+            u64,
+            u64,
+            Option<i64>,
+            Option<i64>,
+        );
+        // The session's hash and whether the day and month already count it.
+        type Session = (WindowCounters, bool, bool);
+        let ((month, day, day_sessions, month_sessions, this, last), session): (
+            Windows,
+            Option<Session>,
+        ) = if session_id.is_some() {
+            let (m, d, ds, ms, this, last, s, in_day, in_month) = p.query_async(&mut redis).await?;
+            ((m, d, ds, ms, this, last), Some((s, in_day, in_month)))
         } else {
-            let (m, d, ds, ms, this, last): (
-                WindowCounters,
-                WindowCounters,
-                u64,
-                u64,
-                Option<i64>,
-                Option<i64>,
-            ) = p.query_async(&mut redis).await?;
-            Ok(RawUsage {
-                month: m,
-                day: d,
-                session: None,
-                day_sessions: ds,
-                month_sessions: ms,
-                session_known_today: false,
-                session_known_this_month: false,
-                requests_this_minute: this.unwrap_or(0),
-                requests_last_minute: last.unwrap_or(0),
-            })
-        }
+            (p.query_async(&mut redis).await?, None)
+        };
+        let (known_today, known_this_month) = session
+            .as_ref()
+            .map_or((false, false), |(_, d, m)| (*d, *m));
+        Ok(RawUsage {
+            month,
+            day,
+            session: session.map(|(s, _, _)| s),
+            day_sessions,
+            month_sessions,
+            session_known_today: known_today,
+            session_known_this_month: known_this_month,
+            requests_this_minute: this.unwrap_or(0),
+            requests_last_minute: last.unwrap_or(0),
+        })
     }
 
     pub async fn month_dimensions(
