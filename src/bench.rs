@@ -97,6 +97,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
             ingest: true,
             aggregator: true,
             scorer: false,
+            notifier: false,
         },
         Some(listener),
         shutdown.clone(),

@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use meterline_aggregator::{AggregatorConfig, ClickHouseConfig, RedisConfig};
 use meterline_ingest::{IngestConfig, KafkaConfig};
+use meterline_notifier::NotifierConfig;
 use meterline_schemas::limits::{QuotaConfig, TiersConfig};
 use meterline_scorer::ScorerConfig;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,8 @@ pub struct HttpConfig {
     pub aggregator_listen: String,
     /// Where `meterline score` serves its own /metrics and /healthz when run alone.
     pub scorer_listen: String,
+    /// Where `meterline notify` serves its own /metrics and /healthz when run alone.
+    pub notifier_listen: String,
 }
 
 impl Default for HttpConfig {
@@ -38,6 +41,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             aggregator_listen: "127.0.0.1:8081".into(),
             scorer_listen: "127.0.0.1:8082".into(),
+            notifier_listen: "127.0.0.1:8083".into(),
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct Config {
     pub quota: QuotaConfig,
     pub tiers: TiersConfig,
     pub scorer: ScorerConfig,
+    pub notifier: NotifierConfig,
 }
 
 impl Config {
@@ -186,6 +191,8 @@ impl Config {
             ("kafka.signal_topic", &self.kafka.signal_topic),
             ("clickhouse.database", &self.clickhouse.database),
             ("aggregator.group_id", &self.aggregator.group_id),
+            ("notifier.group_id", &self.notifier.group_id),
+            ("notifier.data_dir", &self.notifier.data_dir),
             ("privacy.ip_hash_key", &self.privacy.ip_hash_key),
         ];
         for (key, v) in nonempty {
@@ -205,12 +212,16 @@ impl Config {
             ("http.listen", &self.http.listen),
             ("http.aggregator_listen", &self.http.aggregator_listen),
             ("http.scorer_listen", &self.http.scorer_listen),
+            ("http.notifier_listen", &self.http.notifier_listen),
         ] {
             addr.parse::<std::net::SocketAddr>().map_err(|e| {
                 anyhow!("configuration key `{key}`: {addr:?} is not an address:port ({e})")
             })?;
         }
         self.tiers.validate(&self.quota)?;
+        self.notifier
+            .validate()
+            .map_err(|e| anyhow!("configuration key `{}", e.replacen(':', "`:", 1)))?;
         if self.scorer.full_pass_hour > 23 {
             bail!("configuration key `scorer.full_pass_hour`: must be an hour, 0 to 23");
         }

@@ -38,6 +38,13 @@ enum Command {
     Aggregate,
     /// Run the scorer (scores and signals).
     Score,
+    /// Run the notifier (Slack alerts, HubSpot deals, dashboard notices).
+    Notify,
+    /// Inspect the notifier's outbox and send dead-lettered notifications again.
+    Notifications {
+        #[command(subcommand)]
+        action: NotificationAction,
+    },
     /// Score one account now and print its scores with their reasons (nothing is stored).
     Scores {
         account: String,
@@ -61,6 +68,31 @@ enum Command {
     Tokens {
         #[command(subcommand)]
         action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum NotificationAction {
+    /// List notifications, newest first.
+    List {
+        /// Only this status: pending, sending, sent, dead or unconfirmed.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue dead (or unconfirmed) notifications again with fresh attempts: the ids given, or
+    /// every dead one with --all-dead.
+    Retry {
+        ids: Vec<i64>,
+        #[arg(long, conflicts_with = "ids")]
+        all_dead: bool,
     },
 }
 
@@ -163,31 +195,73 @@ async fn main() -> Result<()> {
                 print!("{}", meterline::report::scores_text(s));
             }
         }
-        Command::Run | Command::Ingest | Command::Aggregate | Command::Score => {
+        Command::Run | Command::Ingest | Command::Aggregate | Command::Score | Command::Notify => {
             let which = match cli.command {
-                Command::Run => Components {
-                    ingest: true,
-                    aggregator: true,
-                    scorer: true,
-                },
+                Command::Run => Components::ALL,
                 Command::Ingest => Components {
                     ingest: true,
-                    aggregator: false,
-                    scorer: false,
+                    ..Components::NONE
                 },
                 Command::Score => Components {
-                    ingest: false,
-                    aggregator: false,
                     scorer: true,
+                    ..Components::NONE
+                },
+                Command::Notify => Components {
+                    notifier: true,
+                    ..Components::NONE
                 },
                 _ => Components {
-                    ingest: false,
                     aggregator: true,
-                    scorer: false,
+                    ..Components::NONE
                 },
             };
             let running = services::start(&config, which, None, shutdown_on_signal()).await?;
             running.wait().await?;
+        }
+        Command::Notifications { action } => {
+            let pool = migrate::connect_postgres(&config).await?;
+            match action {
+                NotificationAction::List {
+                    status,
+                    account,
+                    limit,
+                    json,
+                } => {
+                    const STATUSES: [&str; 5] =
+                        ["pending", "sending", "sent", "dead", "unconfirmed"];
+                    if let Some(s) = &status {
+                        if !STATUSES.contains(&s.as_str()) {
+                            anyhow::bail!("--status: {s:?} is not one of {}", STATUSES.join(", "));
+                        }
+                    }
+                    let rows = meterline_notifier::outbox::list(
+                        &pool,
+                        status.as_deref(),
+                        account.as_deref(),
+                        limit,
+                    )
+                    .await
+                    .context("reading the outbox")?;
+                    if json {
+                        for r in &rows {
+                            println!("{}", serde_json::to_string(r)?);
+                        }
+                    } else {
+                        print!("{}", meterline::report::notifications_table(&rows));
+                    }
+                }
+                NotificationAction::Retry { ids, all_dead } => {
+                    if ids.is_empty() && !all_dead {
+                        anyhow::bail!("name the notifications to retry (ids from `meterline notifications list --status dead`), or pass --all-dead");
+                    }
+                    let requeued = meterline_notifier::outbox::retry(&pool, &ids).await?;
+                    println!(
+                        "{} notification(s) queued again: {:?}",
+                        requeued.len(),
+                        requeued
+                    );
+                }
+            }
         }
         Command::Gateways { action } => {
             let pool = migrate::connect_postgres(&config).await?;

@@ -1,4 +1,4 @@
-//! Text for people: `meterline scores ACCOUNT`.
+//! Text for people: `meterline scores ACCOUNT` and `meterline notifications list`.
 
 use std::fmt::Write;
 
@@ -89,6 +89,40 @@ pub fn scores_text(s: &Scores) -> String {
     }
     for t in &s.tags {
         let _ = writeln!(out, "escalation: {t}");
+    }
+    out
+}
+
+/// The outbox as a table: one line per notification, its last error under it.
+pub fn notifications_table(rows: &[meterline_notifier::outbox::Listed]) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        out.push_str("no notifications\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:>6}  {:<11} {:<28} {:<22} {:<24} {:>3}  created",
+        "id", "status", "destination", "kind", "account", "try"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<11} {:<28} {:<22} {:<24} {:>3}  {}",
+            r.id,
+            r.status,
+            r.destination,
+            r.kind,
+            r.account_id,
+            r.attempts,
+            r.created_at.format("%Y-%m-%d %H:%M:%S")
+        );
+        if let Some(e) = &r.last_error {
+            let _ = writeln!(out, "        last error: {e}");
+        }
+        if let Some(to) = &r.delivered_to {
+            let _ = writeln!(out, "        delivered to: {to}");
+        }
     }
     out
 }

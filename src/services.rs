@@ -22,6 +22,7 @@ use meterline_ingest::read::{
     AccountDirectory, DecisionRecorder, HotState, ReadPath, RecorderMetrics,
 };
 use meterline_ingest::{AppState, TokenStore};
+use meterline_notifier::{Notifier, NotifierMetrics};
 use meterline_schemas::registry::SchemaRegistry;
 use meterline_schemas::{avro, IpHasher};
 use meterline_scorer::load::Stores;
@@ -221,6 +222,18 @@ pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> R
     })
 }
 
+/// Builds the notifier: its outbox, the HTTP clients for Slack and HubSpot, the local sink.
+pub fn notifier(config: &Config, pool: &PgPool, metrics: NotifierMetrics) -> Result<Notifier> {
+    Notifier::new(
+        pool.clone(),
+        config.clickhouse.client(),
+        registry(config, pool),
+        config.notifier.clone(),
+        metrics,
+    )
+    .context("building the notifier")
+}
+
 /// A running component set.
 pub struct Running {
     pub ingest_addr: Option<SocketAddr>,
@@ -259,6 +272,22 @@ pub struct Components {
     pub ingest: bool,
     pub aggregator: bool,
     pub scorer: bool,
+    pub notifier: bool,
+}
+
+impl Components {
+    pub const ALL: Components = Components {
+        ingest: true,
+        aggregator: true,
+        scorer: true,
+        notifier: true,
+    };
+    pub const NONE: Components = Components {
+        ingest: false,
+        aggregator: false,
+        scorer: false,
+        notifier: false,
+    };
 }
 
 /// Starts the chosen components. Ingest listens on `listener` when given (tests pass one bound
@@ -280,6 +309,18 @@ pub async fn start(
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             sc.run(token).await.map_err(anyhow::Error::from)
+        }));
+    }
+    let notifier_metrics = NotifierMetrics::new();
+    if which.notifier {
+        let n = notifier(config, &pool, notifier_metrics.clone())?;
+        let base = meterline_ingest::producer::client_config(&config.kafka);
+        let topic = config.kafka.signal_topic.clone();
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            n.run(&base, &topic, token)
+                .await
+                .map_err(anyhow::Error::from)
         }));
     }
     if which.aggregator {
@@ -304,6 +345,11 @@ pub async fn start(
         if which.scorer {
             state.extra_registries.push(scorer_metrics.registry.clone());
         }
+        if which.notifier {
+            state
+                .extra_registries
+                .push(notifier_metrics.registry.clone());
+        }
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(&config.http.listen)
@@ -323,17 +369,23 @@ pub async fn start(
             producer.flush(Duration::from_secs(5));
             Ok(())
         }));
-    } else if which.aggregator || which.scorer {
-        // Without ingest, the aggregator and scorer serve their own health and metrics.
+    } else if which.aggregator || which.scorer || which.notifier {
+        // Without ingest, the aggregator, scorer and notifier serve their own health and metrics.
         let (key, addr) = if which.aggregator {
             ("http.aggregator_listen", &config.http.aggregator_listen)
-        } else {
+        } else if which.scorer {
             ("http.scorer_listen", &config.http.scorer_listen)
+        } else {
+            ("http.notifier_listen", &config.http.notifier_listen)
         };
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {key} {addr}"))?;
-        let (agg_metrics, sc_metrics) = (aggregator_metrics.clone(), scorer_metrics.clone());
+        let (agg_metrics, sc_metrics, n_metrics) = (
+            aggregator_metrics.clone(),
+            scorer_metrics.clone(),
+            notifier_metrics.clone(),
+        );
         let app = Router::new()
             .route(
                 "/healthz",
@@ -342,7 +394,7 @@ pub async fn start(
             .route(
                 "/metrics",
                 get(move || {
-                    let text = agg_metrics.render() + &sc_metrics.render();
+                    let text = agg_metrics.render() + &sc_metrics.render() + &n_metrics.render();
                     async move { text }
                 }),
             );

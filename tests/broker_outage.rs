@@ -54,6 +54,7 @@ async fn broker_down_gives_503_and_the_retry_counts_once() {
             ingest: true,
             aggregator: true,
             scorer: false,
+            notifier: false,
         },
     )
     .await;

@@ -16,6 +16,7 @@ async fn bad_requests_get_clear_errors() {
             ingest: true,
             aggregator: false,
             scorer: false,
+            notifier: false,
         },
     )
     .await;

@@ -17,6 +17,7 @@ async fn the_openapi_document_matches_the_routes() {
             ingest: true,
             aggregator: false,
             scorer: false,
+            notifier: false,
         },
     )
     .await;

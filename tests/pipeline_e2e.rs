@@ -376,6 +376,7 @@ async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twic
             ingest: true,
             aggregator: false,
             scorer: false,
+            notifier: false,
         },
     )
     .await;

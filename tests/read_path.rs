@@ -100,6 +100,7 @@ async fn spawn_read_app() -> ReadApp {
             ingest: true,
             aggregator: false,
             scorer: false,
+            notifier: false,
         },
     )
     .await;
@@ -672,6 +673,7 @@ async fn posted_events_move_an_account_through_every_stage() {
             ingest: true,
             aggregator: true,
             scorer: false,
+            notifier: false,
         },
     )
     .await;

@@ -370,6 +370,7 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
             ingest: true,
             aggregator: true,
             scorer: false,
+            notifier: false,
         },
     )
     .await;
@@ -421,6 +422,7 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
             ingest: false,
             aggregator: false,
             scorer: true,
+            notifier: false,
         },
         None,
         CancellationToken::new(),
@@ -441,7 +443,7 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
             "limit_stage",
             format!("day_weighted_tokens:85:{day}"),
         ),
-        (&enterprise, "deal_ready", month.clone()),
+        (&enterprise, "deal_ready", format!("{month}:75")),
         (
             &enterprise,
             "limit_stage",
@@ -574,6 +576,7 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
             ingest: false,
             aggregator: false,
             scorer: true,
+            notifier: false,
         },
         None,
         CancellationToken::new(),

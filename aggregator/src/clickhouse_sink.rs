@@ -91,6 +91,7 @@ pub struct AccountRow<'a> {
     pub signup_ip_hash: &'a str,
     pub device_id: &'a str,
     pub browser_signature: &'a str,
+    pub notice_id: &'a str,
     pub kafka_partition: u32,
     pub kafka_offset: u64,
 }
@@ -111,6 +112,7 @@ impl<'a> AccountRow<'a> {
             signup_ip_hash: e.signup_ip_hash.as_deref().unwrap_or(""),
             device_id: e.device_id.as_deref().unwrap_or(""),
             browser_signature: e.browser_signature.as_deref().unwrap_or(""),
+            notice_id: e.notice_id.as_deref().unwrap_or(""),
             kafka_partition: d.partition as u32,
             kafka_offset: d.offset as u64,
         }

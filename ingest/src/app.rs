@@ -76,11 +76,14 @@ impl AppParts {
 
 /// Every public endpoint, as `(method, path)`; `openapi.json` documents exactly these (a test
 /// holds the two together).
-pub const PUBLIC_ROUTES: [(&str, &str); 9] = [
+pub const PUBLIC_ROUTES: [(&str, &str); 12] = [
     ("post", "/v1/events"),
     ("post", "/v1/account-events"),
     ("get", "/v1/accounts/{id}/usage"),
     ("get", "/v1/accounts/{id}/scores"),
+    ("get", "/v1/accounts/{id}/notice"),
+    ("post", "/v1/accounts/{id}/notices/{notice_id}/shown"),
+    ("post", "/v1/accounts/{id}/notices/{notice_id}/clicked"),
     ("post", "/v1/quota/check"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -92,6 +95,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/accounts/{id}/usage", get(routes::read::usage))
         .route("/v1/accounts/{id}/scores", get(routes::read::scores))
+        .route("/v1/accounts/{id}/notice", get(routes::notices::current))
+        .route(
+            "/v1/accounts/{id}/notices/{notice_id}/shown",
+            post(routes::notices::shown),
+        )
+        .route(
+            "/v1/accounts/{id}/notices/{notice_id}/clicked",
+            post(routes::notices::clicked),
+        )
         .route("/v1/quota/check", post(routes::read::quota_check))
         .route("/openapi.json", get(routes::openapi::openapi))
         .route("/v1/events", post(routes::events::post_usage_events))

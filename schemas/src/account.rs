@@ -22,6 +22,8 @@ pub struct AccountEventInput {
     pub signup_ip: Option<String>,
     pub device_id: Option<String>,
     pub browser_signature: Option<String>,
+    /// The dashboard notice a `notice_shown` or `notice_clicked` event is about.
+    pub notice_id: Option<String>,
 }
 
 /// A validated account event: the Avro record `io.meterline.v1.AccountEvent`.
@@ -40,6 +42,9 @@ pub struct AccountEvent {
     pub signup_ip_hash: Option<String>,
     pub device_id: Option<String>,
     pub browser_signature: Option<String>,
+    /// Added in version 2 of the schema; version-1 records read as `None`.
+    #[serde(default)]
+    pub notice_id: Option<String>,
 }
 
 const MAX_COUNT: u64 = 100_000_000;
@@ -126,6 +131,14 @@ impl AccountEventInput {
                 self.browser_signature,
                 MAX_LABEL_LEN,
             )?,
+            notice_id: self
+                .notice_id
+                .map(|id| {
+                    uuid::Uuid::parse_str(&id)
+                        .map(|u| u.to_string())
+                        .map_err(|_| FieldError::new("notice_id", format!("{id:?} is not a UUID")))
+                })
+                .transpose()?,
         })
     }
 }
@@ -180,6 +193,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("type: "));
+        let mut v = base("notice_clicked");
+        v["notice_id"] = "n-1".into();
+        assert_eq!(
+            check(v).unwrap_err().to_string(),
+            "notice_id: \"n-1\" is not a UUID"
+        );
         let mut v = base("signup");
         v["email_domain"] = "someone@example.com".into();
         assert!(check(v)

@@ -289,10 +289,47 @@ mod tests {
             signup_ip_hash: None,
             device_id: None,
             browser_signature: Some("sig".into()),
+            notice_id: Some("5f0c8a1e-3b1d-4c2a-9f3e-2a7d9c1b0e44".into()),
         };
         let bytes = encode(1, &schema, &e).unwrap();
         let back: AccountEvent = decode_body(&schema, &schema, &bytes[5..]).unwrap();
         assert_eq!(back, e);
+    }
+
+    /// Version 1 of the account schema had no `notice_id`; its records still read.
+    #[test]
+    fn version_1_account_events_read_with_no_notice() {
+        let v2 = parse_schema(ACCOUNT_EVENT_SCHEMA).unwrap();
+        let mut doc: serde_json::Value = serde_json::from_str(ACCOUNT_EVENT_SCHEMA).unwrap();
+        doc["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| f["name"] != "notice_id");
+        let v1 = parse_schema(&doc.to_string()).unwrap();
+        let mut value = apache_avro::types::Record::new(&v1).unwrap();
+        value.put("event_id", "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a12");
+        value.put("occurred_at", 1i64);
+        value.put("received_at", 2i64);
+        value.put("account_id", "a");
+        value.put("type", apache_avro::types::Value::Enum(0, "signup".into()));
+        for f in [
+            "plan",
+            "seats",
+            "email_domain",
+            "company_size",
+            "signup_ip_hash",
+            "device_id",
+            "browser_signature",
+        ] {
+            value.put(
+                f,
+                apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+            );
+        }
+        let body = apache_avro::to_avro_datum(&v1, value).unwrap();
+        let e: AccountEvent = decode_body(&v1, &v2, &body).unwrap();
+        assert_eq!(e.kind, AccountEventType::Signup);
+        assert_eq!(e.notice_id, None);
     }
 
     #[test]

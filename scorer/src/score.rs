@@ -212,9 +212,11 @@ pub fn signals(s: &Scores, c: &ScorerConfig) -> Vec<Signal> {
     if s.deal_readiness.value > c.deal.ready_above {
         let mut r = reasons(&s.deal_readiness);
         r.extend(s.tags.iter().map(|t| format!("escalation: {t}")));
+        // One episode per month and score: a score that changes raises again, and the notifier
+        // decides whether that is worth a second alert (it is when the score rose by 15).
         raise(
             SignalKind::DealReady,
-            month.clone(),
+            format!("{month}:{}", s.deal_readiness.value),
             r,
             json!({"inputs": s.inputs, "tags": s.tags}),
             None,
@@ -380,6 +382,6 @@ mod tests {
             .filter(|g| g.kind == SignalKind::DealReady)
             .collect();
         assert_eq!(deal.len(), 1);
-        assert_eq!(deal[0].dedup_key(), "a:deal_ready:202611");
+        assert_eq!(deal[0].dedup_key(), "a:deal_ready:202611:75");
     }
 }

@@ -204,6 +204,7 @@ pub async fn spawn_app() -> TestApp {
             ingest: true,
             aggregator: true,
             scorer: false,
+            notifier: false,
         },
     )
     .await

@@ -2,5 +2,6 @@
 
 pub mod events;
 pub mod health;
+pub mod notices;
 pub mod openapi;
 pub mod read;

@@ -21,7 +21,7 @@ use crate::read::{records_for, ReadPath};
 use crate::AppState;
 
 /// Authenticates and checks the caller may read `account`.
-async fn authorize(
+pub(crate) async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     account: &AccountId,
@@ -42,14 +42,14 @@ async fn authorize(
     Ok(principal)
 }
 
-fn read_path(state: &AppState) -> Result<&ReadPath, ApiError> {
+pub(crate) fn read_path(state: &AppState) -> Result<&ReadPath, ApiError> {
     state
         .read
         .as_ref()
         .ok_or_else(|| ApiError::Internal("read path not configured".into()))
 }
 
-fn field(e: FieldError) -> ApiError {
+pub(crate) fn field(e: FieldError) -> ApiError {
     ApiError::BadRequest(e.to_string())
 }
 
@@ -61,7 +61,7 @@ fn redis_down(e: redis::RedisError) -> ApiError {
     }
 }
 
-fn postgres_down(e: sqlx::Error) -> ApiError {
+pub(crate) fn postgres_down(e: sqlx::Error) -> ApiError {
     tracing::warn!(error = %e, "account directory unavailable");
     ApiError::Unavailable {
         reason: "account directory (PostgreSQL) unavailable; retry shortly".into(),

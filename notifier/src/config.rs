@@ -1,0 +1,388 @@
+//! `[notifier]`: routing, cooldowns, retry policy and the outside services. The defaults route
+//! as the domain brief does and send nothing outside: with no Slack webhook and no HubSpot token
+//! configured, every message goes to the local sink (one file per message).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A credential: a Slack webhook path or a HubSpot token. Its `Debug` and `Display` never show
+/// the value, so it cannot reach a log line by accident.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("\"<redacted>\"")
+        }
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlackConfig {
+    /// Incoming webhooks are `base_url` + a channel's webhook path.
+    pub base_url: String,
+    /// Channel name → incoming-webhook path (`/services/T…/B…/…`), one webhook per channel.
+    /// An empty path sends that channel's messages to the local sink.
+    pub webhooks: BTreeMap<String, Secret>,
+}
+
+impl Default for SlackConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://hooks.slack.com".into(),
+            webhooks: [ENTERPRISE_INBOUND, SALES_ASSIST, TRUST_AND_SAFETY]
+                .into_iter()
+                .map(|c| (c.to_owned(), Secret::default()))
+                .collect(),
+        }
+    }
+}
+
+pub const ENTERPRISE_INBOUND: &str = "enterprise_inbound";
+pub const SALES_ASSIST: &str = "sales_assist";
+pub const TRUST_AND_SAFETY: &str = "trust_and_safety";
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubSpotConfig {
+    pub base_url: String,
+    /// A private app's access token (bearer). Empty: deals go to the local sink.
+    pub token: Secret,
+    /// Internal ids of the pipeline and stage new deals are created in.
+    pub pipeline: String,
+    pub deal_stage: String,
+    /// The deal amount for a new deal (HubSpot takes it as a string).
+    pub deal_amount: String,
+    /// The custom deal property holding our account id; it finds the account's deal again.
+    /// Create it in HubSpot as a single-line text property with unique values.
+    pub account_id_property: String,
+    /// The custom deal property holding the deal readiness score.
+    pub score_property: String,
+}
+
+impl Default for HubSpotConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.hubapi.com".into(),
+            token: Secret::default(),
+            pipeline: "default".into(),
+            deal_stage: "appointmentscheduled".into(),
+            deal_amount: "24000".into(),
+            account_id_property: "meterline_account_id".into(),
+            score_property: "meterline_deal_readiness".into(),
+        }
+    }
+}
+
+/// A plan we recommend, as the messages quote it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Offer {
+    pub name: String,
+    pub price: String,
+    pub upgrade_url: String,
+    /// What the plan lifts, for the notice: "1,000 requests/minute".
+    pub lifts: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Offers {
+    pub pro: Offer,
+    pub enterprise: Offer,
+}
+
+impl Default for Offers {
+    fn default() -> Self {
+        Self {
+            pro: Offer {
+                name: "Pro".into(),
+                price: "$49 per seat per month".into(),
+                upgrade_url: "https://app.example.com/billing/upgrade?plan=pro".into(),
+                lifts: "1,000 requests/minute and 15 models".into(),
+            },
+            enterprise: Offer {
+                name: "Enterprise".into(),
+                price: "from $2,000 per month (annual)".into(),
+                upgrade_url: "https://app.example.com/billing/upgrade?plan=enterprise".into(),
+                lifts: "unlimited requests, every model, multi-cloud routing and 7-year audit retention"
+                    .into(),
+            },
+        }
+    }
+}
+
+/// Dashboard notice messages by signal kind. `{plan}` and `{lifts}` are replaced by the
+/// recommended offer's name and what it lifts; `{detail}` by the trigger's own words.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NoticeMessages {
+    pub rate_limit_sustained: String,
+    pub plugin_gate: String,
+    pub power_user: String,
+}
+
+impl Default for NoticeMessages {
+    fn default() -> Self {
+        Self {
+            rate_limit_sustained: "You're growing fast! Your team has been over its request limit for minutes at a time. Upgrading to {plan} ({lifts}) gives you room to scale.".into(),
+            plugin_gate: "{detail} {plan} includes it, with {lifts}.".into(),
+            power_user: "You're one of our most active teams. {plan} gives you {lifts}.".into(),
+        }
+    }
+}
+
+/// When a `limit_stage` signal goes to sales_assist.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SalesAssistRule {
+    /// The lowest limit stage (percent) that is sent.
+    pub min_stage: u32,
+    /// Sent when the account has more seats than this...
+    pub seats_over: u64,
+    /// ...or is on one of these plans.
+    pub plans: Vec<String>,
+}
+
+impl Default for SalesAssistRule {
+    fn default() -> Self {
+        Self {
+            min_stage: 85,
+            seats_over: 20,
+            plans: vec!["pro".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifierConfig {
+    /// The consumer group reading `account-signals`.
+    pub group_id: String,
+    /// The local sink: one JSON file per message that had no outside service configured.
+    pub data_dir: String,
+    /// Signal kind → destinations: `slack:<channel>`, `hubspot` or `notice`.
+    pub routes: BTreeMap<String, Vec<String>>,
+    pub sales_assist: SalesAssistRule,
+    /// A deal alert (Slack and HubSpot) goes out at most once per account in this many days...
+    pub deal_cooldown_days: u32,
+    /// ...unless the deal readiness score rose by at least this much since the last one.
+    pub deal_rescore_points: u32,
+    /// At most one new dashboard notice per account in this many days.
+    pub notice_cooldown_days: u32,
+    /// Other Slack alerts: at most one per account and signal kind in this many hours.
+    pub alert_cooldown_hours: u32,
+    /// Sending attempts before a notification goes to the dead-letter state.
+    pub max_attempts: u32,
+    /// Exponential backoff between attempts: base × 2^(attempt-1), capped, with full jitter.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// One HTTP request's timeout.
+    pub request_timeout_ms: u64,
+    /// How long a claimed notification may stay mid-send before another worker decides its
+    /// sender died.
+    pub lease_ms: u64,
+    /// How often the outbox is polled when nothing wakes the worker.
+    pub poll_interval_ms: u64,
+    pub slack: SlackConfig,
+    pub hubspot: HubSpotConfig,
+    pub offers: Offers,
+    pub notices: NoticeMessages,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        let route = |kind: &str, to: &[&str]| {
+            (
+                kind.to_owned(),
+                to.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            )
+        };
+        Self {
+            group_id: "meterline-notifier".into(),
+            data_dir: ".local/notifications".into(),
+            routes: [
+                route("deal_ready", &["slack:enterprise_inbound", "hubspot"]),
+                route("limit_stage", &["slack:sales_assist"]),
+                route("rate_limit_sustained", &["notice"]),
+                route("plugin_gate", &["notice"]),
+                route("power_user", &["notice"]),
+                route("abuse_suspected", &["slack:trust_and_safety"]),
+                route("key_sharing", &["slack:trust_and_safety"]),
+                route("multi_account", &["slack:trust_and_safety"]),
+                route("pql", &[]),
+            ]
+            .into_iter()
+            .collect(),
+            sales_assist: SalesAssistRule::default(),
+            deal_cooldown_days: 30,
+            deal_rescore_points: 15,
+            notice_cooldown_days: 7,
+            alert_cooldown_hours: 24,
+            max_attempts: 8,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 600_000,
+            request_timeout_ms: 10_000,
+            lease_ms: 60_000,
+            poll_interval_ms: 1_000,
+            slack: SlackConfig::default(),
+            hubspot: HubSpotConfig::default(),
+            offers: Offers::default(),
+            notices: NoticeMessages::default(),
+        }
+    }
+}
+
+/// The signal kinds the scorer raises.
+pub const SIGNAL_KINDS: [&str; 9] = [
+    "deal_ready",
+    "pql",
+    "limit_stage",
+    "rate_limit_sustained",
+    "plugin_gate",
+    "power_user",
+    "abuse_suspected",
+    "key_sharing",
+    "multi_account",
+];
+
+/// Trust-and-safety signals: never a sales lead, never an upgrade suggestion.
+pub const TRUST_AND_SAFETY_KINDS: [&str; 3] = ["abuse_suspected", "key_sharing", "multi_account"];
+
+impl NotifierConfig {
+    /// Checks the routes. Each error names the key and says why.
+    pub fn validate(&self) -> Result<(), String> {
+        for (kind, destinations) in &self.routes {
+            let key = format!("notifier.routes.{kind}");
+            if !SIGNAL_KINDS.contains(&kind.as_str()) {
+                return Err(format!(
+                    "{key}: {kind:?} is not a signal kind (one of {})",
+                    SIGNAL_KINDS.join(", ")
+                ));
+            }
+            for d in destinations {
+                match d.as_str() {
+                    "hubspot" | "notice" if TRUST_AND_SAFETY_KINDS.contains(&kind.as_str()) => {
+                        return Err(format!(
+                            "{key}: {kind} is a trust-and-safety signal; it never goes to {d}"
+                        ))
+                    }
+                    "hubspot" | "notice" => {}
+                    other => match other.strip_prefix("slack:") {
+                        Some(channel) if self.slack.webhooks.contains_key(channel) => {}
+                        Some(channel) => {
+                            return Err(format!(
+                                "{key}: Slack channel {channel:?} has no entry in notifier.slack.webhooks (add one; an empty path uses the local sink)"
+                            ))
+                        }
+                        None => {
+                            return Err(format!(
+                                "{key}: {other:?} is not a destination (slack:<channel>, hubspot or notice)"
+                            ))
+                        }
+                    },
+                }
+            }
+        }
+        if self.max_attempts == 0 {
+            return Err("notifier.max_attempts: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The offer a kind of signal recommends for an account on `plan`.
+    pub fn offer_for(&self, kind: &str, plan: &str) -> &Offer {
+        if kind == "deal_ready" || plan != "free" {
+            &self.offers.enterprise
+        } else {
+            &self.offers.pro
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_route_as_the_brief_does() {
+        let c = NotifierConfig::default();
+        c.validate().unwrap();
+        assert_eq!(
+            c.routes["deal_ready"],
+            vec!["slack:enterprise_inbound", "hubspot"]
+        );
+        for kind in TRUST_AND_SAFETY_KINDS {
+            assert_eq!(c.routes[kind], vec!["slack:trust_and_safety"]);
+        }
+    }
+
+    #[test]
+    fn trust_and_safety_never_goes_to_hubspot_or_notices() {
+        let mut c = NotifierConfig::default();
+        c.routes
+            .insert("key_sharing".into(), vec!["hubspot".into()]);
+        let e = c.validate().unwrap_err();
+        assert!(e.starts_with("notifier.routes.key_sharing:"), "{e}");
+        assert!(e.contains("never goes to hubspot"), "{e}");
+        c.routes.insert("key_sharing".into(), vec!["notice".into()]);
+        assert!(c.validate().unwrap_err().contains("never goes to notice"));
+    }
+
+    #[test]
+    fn unknown_kinds_channels_and_destinations_are_named() {
+        let mut c = NotifierConfig::default();
+        c.routes.insert("deal".into(), vec![]);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("\"deal\" is not a signal kind"));
+        let mut c = NotifierConfig::default();
+        c.routes.insert("pql".into(), vec!["slack:growth".into()]);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("\"growth\" has no entry"));
+        let mut c = NotifierConfig::default();
+        c.routes.insert("pql".into(), vec!["email".into()]);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("\"email\" is not a destination"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("/services/T1/B2/very-secret");
+        assert_eq!(format!("{s:?}"), "\"<redacted>\"");
+        assert_eq!(format!("{s}"), "\"<redacted>\"");
+        let mut c = NotifierConfig::default();
+        c.hubspot.token = Secret::new("pat-na1-secret");
+        assert!(!format!("{c:?}").contains("pat-na1-secret"));
+    }
+}

@@ -1,0 +1,263 @@
+//! From `account-signals` to the outbox. An offset is committed only after the signal's
+//! notifications are in PostgreSQL; a record that cannot be decoded is kept in
+//! `notifier_rejected_signals` with the reason, never dropped silently.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use meterline_schemas::avro::{self, Schema};
+use meterline_schemas::SchemaError;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::message;
+use crate::outbox::{self, NewNotification, Queued};
+use crate::route::{self, AccountInfo, Destination};
+use crate::signal::AccountSignal;
+use crate::{Notifier, NotifyError};
+
+/// What became of one signal record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Per destination: queued, duplicate or held.
+    Routed(Vec<(String, Queued)>),
+    /// No route for this kind (or the sales_assist rule said no).
+    Unrouted,
+    Rejected(String),
+}
+
+pub struct Intake {
+    notifier: Notifier,
+    consumer: StreamConsumer,
+    reader: Schema,
+}
+
+impl Intake {
+    pub fn new(notifier: Notifier, base: &ClientConfig, topic: &str) -> Result<Self, NotifyError> {
+        let mut cc = base.clone();
+        cc.set("group.id", &notifier.config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        let consumer: StreamConsumer = cc.create()?;
+        consumer.subscribe(&[topic])?;
+        Ok(Self {
+            notifier,
+            consumer,
+            reader: avro::parse_schema(avro::ACCOUNT_SIGNAL_SCHEMA).expect("bundled schema parses"),
+        })
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), NotifyError> {
+        tracing::info!(group = %self.notifier.config.group_id, "notifier intake started");
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                m = self.consumer.recv() => m,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading account-signals failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match self.handle(&msg).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        // Nothing is committed: the record is handled again until it lands.
+                        tracing::warn!(error = %e, partition = msg.partition(), offset = msg.offset(), "could not queue a signal's notifications; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            if let Err(e) = self.consumer.commit_message(&msg, CommitMode::Async) {
+                // The notifications are stored; a replay after a crash finds them and does nothing.
+                tracing::warn!(error = %e, "committing the signal offset failed");
+            }
+        }
+    }
+
+    async fn handle(&self, msg: &BorrowedMessage<'_>) -> Result<Outcome, NotifyError> {
+        let payload = msg.payload().unwrap_or_default();
+        match self.decode(payload).await? {
+            Ok(signal) => {
+                let span = tracing::info_span!("signal", account_id = %signal.account_id, kind = %signal.kind, signal_id = %signal.signal_id);
+                accept(&self.notifier, &signal).instrument(span).await
+            }
+            Err(reason) => {
+                sqlx::query(
+                    "INSERT INTO notifier_rejected_signals (topic, partition, kafka_offset, reason, payload) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(msg.topic())
+                .bind(msg.partition())
+                .bind(msg.offset())
+                .bind(&reason)
+                .bind(payload)
+                .execute(&self.notifier.pg)
+                .await?;
+                self.notifier
+                    .metrics
+                    .signals
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::error!(partition = msg.partition(), offset = msg.offset(), %reason, "undecodable signal kept in notifier_rejected_signals");
+                Ok(Outcome::Rejected(reason))
+            }
+        }
+    }
+
+    /// `Ok(Err(reason))` for a record that will never decode; `Err` when the registry could not
+    /// be asked (retry).
+    async fn decode(&self, payload: &[u8]) -> Result<Result<AccountSignal, String>, NotifyError> {
+        let (id, body) = match avro::split_frame(payload) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let writer = match self.notifier.registry.fetch(id).await {
+            Ok(w) => w,
+            Err(SchemaError::UnknownSchemaId(id)) => {
+                return Ok(Err(format!("unknown schema id {id}")))
+            }
+            Err(e) => return Err(NotifyError::Registry(e.to_string())),
+        };
+        Ok(
+            avro::decode_body::<AccountSignal>(&writer, &self.reader, body)
+                .map_err(|e| e.to_string()),
+        )
+    }
+}
+
+async fn account_info(n: &Notifier, account: &str) -> Result<AccountInfo, NotifyError> {
+    let row: Option<(Option<i64>, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT seats, email_domain, company_size FROM accounts WHERE account_id = $1",
+    )
+    .bind(account)
+    .fetch_optional(&n.pg)
+    .await?;
+    Ok(row
+        .map(|(seats, email_domain, company_size)| AccountInfo {
+            seats,
+            email_domain,
+            company_size,
+        })
+        .unwrap_or_default())
+}
+
+/// Routes one signal and queues its notifications, all in one transaction.
+pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, NotifyError> {
+    let c = &n.config;
+    let account = account_info(n, &signal.account_id).await?;
+    let destinations = route::destinations(c, signal, &account);
+    if destinations.is_empty() {
+        n.metrics.signals.with_label_values(&["unrouted"]).inc();
+        tracing::debug!("no route for this signal");
+        return Ok(Outcome::Unrouted);
+    }
+    let needs_usage = destinations
+        .iter()
+        .any(|d| !matches!(d, Destination::Notice));
+    let usage = if needs_usage {
+        crate::usage::summary(&n.clickhouse, &signal.account_id, Utc::now()).await?
+    } else {
+        Default::default()
+    };
+    let at = signal.raised_at();
+    let score = match signal.kind.as_str() {
+        k if crate::config::TRUST_AND_SAFETY_KINDS.contains(&k) => signal.abuse,
+        "pql" => signal.pql,
+        _ => signal.deal_readiness,
+    };
+    let mut tx = n.pg.begin().await?;
+    outbox::lock_account(&mut tx, &signal.account_id).await?;
+    let mut results = Vec::new();
+    let mut queued_any = false;
+    for d in destinations {
+        let cooldown = route::cooldown(c, &signal.kind, &d);
+        let notice_id = uuid::Uuid::new_v4();
+        let notice = message::notice(c, signal);
+        let payload = match &d {
+            Destination::Slack(_) => message::slack_message(c, signal, &account, &usage),
+            Destination::HubSpot => {
+                serde_json::to_value(message::deal_request(c, signal, &account, &usage))
+                    .expect("serialisable")
+            }
+            Destination::Notice => {
+                json!({"notice_id": notice_id, "kind": signal.kind, "message": notice.message, "upgrade_url": notice.upgrade_url, "plan": notice.plan})
+            }
+        };
+        let new = NewNotification {
+            account_id: signal.account_id.clone(),
+            destination: d.clone(),
+            kind: signal.kind.clone(),
+            signal_id: signal.signal_id.clone(),
+            cooldown: cooldown.clone(),
+            at,
+            score,
+            payload,
+        };
+        let result = if d == Destination::Notice {
+            let delivered = format!("notice:{notice_id}");
+            let r = outbox::enqueue(&mut tx, &new, "sent", Some(&delivered)).await?;
+            if matches!(r, Queued::Queued(_)) {
+                sqlx::query(
+                    "INSERT INTO dashboard_notices \
+                       (notice_id, account_id, kind, message, upgrade_url, plan, signal_id, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(notice_id)
+                .bind(&signal.account_id)
+                .bind(&signal.kind)
+                .bind(&notice.message)
+                .bind(&notice.upgrade_url)
+                .bind(&notice.plan)
+                .bind(&signal.signal_id)
+                .bind(at)
+                .bind(at + cooldown.period)
+                .execute(&mut *tx)
+                .await?;
+            }
+            r
+        } else {
+            let r = outbox::enqueue(&mut tx, &new, "pending", None).await?;
+            queued_any |= matches!(r, Queued::Queued(_));
+            r
+        };
+        let outcome = match &result {
+            Queued::Queued(_) => "queued",
+            Queued::Duplicate => "duplicate",
+            Queued::Held(_) => "held",
+        };
+        n.metrics.signals.with_label_values(&[outcome]).inc();
+        match &result {
+            Queued::Held(why) => {
+                tracing::info!(destination = %d.as_string(), %why, "notification held by its cooldown")
+            }
+            Queued::Duplicate => {
+                tracing::info!(destination = %d.as_string(), "signal already notified; replay ignored")
+            }
+            Queued::Queued(id) => {
+                tracing::info!(destination = %d.as_string(), notification = id, "notification queued")
+            }
+        }
+        results.push((d.as_string(), result));
+    }
+    tx.commit().await?;
+    if queued_any {
+        n.wake.notify_one();
+    }
+    Ok(Outcome::Routed(results))
+}

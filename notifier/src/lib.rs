@@ -1,0 +1,126 @@
+//! The notifier: turns the scorer's signals into Slack alerts, HubSpot deals and dashboard
+//! notices, each delivered once and within its cooldown.
+//!
+//! Two loops share a PostgreSQL outbox:
+//!
+//! * the **intake** ([`intake`]) reads `account-signals`, routes each signal
+//!   ([`route`]), renders its messages ([`message`]) and queues them in the outbox
+//!   ([`outbox`]) inside one transaction that also applies the cooldowns. Only then is the
+//!   Kafka offset committed, so a crash replays signals and the outbox's unique keys turn the
+//!   replay into nothing.
+//! * the **worker** ([`worker`]) claims due notifications with `FOR UPDATE SKIP LOCKED` and
+//!   sends them ([`deliver`]): Slack incoming webhooks, the HubSpot CRM API, or the local sink
+//!   when neither is configured. Failures retry with exponential backoff and jitter, honour
+//!   `Retry-After`, and end in a dead-letter state that `meterline notifications retry` revives.
+//!
+//! Dashboard notices need no sending: the intake writes them to `dashboard_notices` in the
+//! same transaction, and ingest serves them.
+
+pub mod config;
+pub mod deliver;
+pub mod intake;
+pub mod message;
+pub mod metrics;
+pub mod outbox;
+pub mod route;
+pub mod signal;
+pub mod usage;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meterline_schemas::registry::SchemaRegistry;
+use rdkafka::config::ClientConfig;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::NotifierConfig;
+pub use metrics::NotifierMetrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("schema registry: {0}")]
+    Registry(String),
+    #[error("http client: {0}")]
+    Http(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything the notifier talks to.
+#[derive(Clone)]
+pub struct Notifier {
+    pub pg: PgPool,
+    pub clickhouse: clickhouse::Client,
+    pub registry: SchemaRegistry,
+    pub config: Arc<NotifierConfig>,
+    pub metrics: NotifierMetrics,
+    pub slack: deliver::Slack,
+    pub hubspot: deliver::HubSpot,
+    pub sink: deliver::LocalSink,
+    /// The intake wakes the worker when it queued something.
+    pub wake: Arc<Notify>,
+}
+
+impl Notifier {
+    pub fn new(
+        pg: PgPool,
+        clickhouse: clickhouse::Client,
+        registry: SchemaRegistry,
+        config: NotifierConfig,
+        metrics: NotifierMetrics,
+    ) -> Result<Self, NotifyError> {
+        config.validate().map_err(NotifyError::Invalid)?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.request_timeout_ms))
+            .user_agent(concat!("meterline-notifier/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| NotifyError::Http(e.to_string()))?;
+        Ok(Self {
+            pg,
+            clickhouse,
+            registry,
+            slack: deliver::Slack::new(http.clone(), config.slack.clone()),
+            hubspot: deliver::HubSpot::new(http, config.hubspot.clone()),
+            sink: deliver::LocalSink::new(&config),
+            config: Arc::new(config),
+            metrics,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Runs the intake (reading `topic` with `base`'s brokers) and the worker until `shutdown`.
+    pub async fn run(
+        self,
+        base: &ClientConfig,
+        topic: &str,
+        shutdown: CancellationToken,
+    ) -> Result<(), NotifyError> {
+        let intake = intake::Intake::new(self.clone(), base, topic)?;
+        let worker = tokio::spawn(worker::run(self.clone(), shutdown.clone()));
+        let result = intake.run(shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = worker.await;
+        result
+    }
+}
+
+/// Test hook: when `METERLINE_FAILPOINT` names this point, the process aborts here, as a crash
+/// or `kill -9` would. The reliability tests use it to stop the notifier between a send and
+/// its bookkeeping.
+pub fn failpoint(name: &str) {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var("METERLINE_FAILPOINT").ok());
+    if armed.as_deref() == Some(name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}

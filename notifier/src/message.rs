@@ -1,0 +1,473 @@
+//! What a notification says: Slack Block Kit messages, talking points built from the trigger,
+//! dashboard notice text and HubSpot deal fields. Pure functions of the signal, the account,
+//! the 30-day usage summary and the configuration, rendered once when the notification is
+//! queued, so every retry sends the same message.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::{NotifierConfig, Offer};
+use crate::route::AccountInfo;
+use crate::signal::AccountSignal;
+
+/// An account's last 30 days from ClickHouse (`usage_day`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageSummary {
+    pub requests: u64,
+    pub tokens: u64,
+    pub models: u64,
+    pub regions: u64,
+    /// Tokens in the last 7 days and in the 7 before them.
+    pub tokens_last_7d: u64,
+    pub tokens_prior_7d: u64,
+}
+
+impl UsageSummary {
+    /// Week-over-week change of tokens, as a fraction (0.35 = +35 %).
+    pub fn trend(&self) -> Option<f64> {
+        (self.tokens_prior_7d > 0)
+            .then(|| self.tokens_last_7d as f64 / self.tokens_prior_7d as f64 - 1.0)
+    }
+
+    pub fn trend_text(&self) -> String {
+        match self.trend() {
+            Some(t) => format!("{:+.0} % week over week", t * 100.0),
+            None if self.tokens_last_7d > 0 => "new this week".into(),
+            None => "no usage in the last two weeks".into(),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{} requests · {} tokens · {} models · {} regions · {}",
+            count(self.requests),
+            count(self.tokens),
+            self.models,
+            self.regions,
+            self.trend_text()
+        )
+    }
+}
+
+/// 61234567 → "61.2M"; 12345 → "12.3k"; 999 → "999".
+pub fn count(n: u64) -> String {
+    let f = n as f64;
+    if n >= 1_000_000_000 {
+        format!("{:.1}B", f / 1e9)
+    } else if n >= 1_000_000 {
+        format!("{:.1}M", f / 1e6)
+    } else if n >= 1_000 {
+        format!("{:.1}k", f / 1e3)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Slack mrkdwn treats `&`, `<` and `>` as control characters; text from events is escaped.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn title(kind: &str) -> &'static str {
+    match kind {
+        "deal_ready" => "Deal ready",
+        "limit_stage" => "Approaching a limit",
+        "abuse_suspected" => "Abuse suspected",
+        "key_sharing" => "API key shared",
+        "multi_account" => "Multiple accounts",
+        "rate_limit_sustained" => "Rate limited",
+        "plugin_gate" => "Gated plugin wanted",
+        "power_user" => "Power user",
+        "pql" => "Product-qualified lead",
+        _ => "Signal",
+    }
+}
+
+fn is_trust_and_safety(kind: &str) -> bool {
+    crate::config::TRUST_AND_SAFETY_KINDS.contains(&kind)
+}
+
+/// Two or three talking points from what triggered the signal, strongest first.
+pub fn talking_points(
+    signal: &AccountSignal,
+    account: &AccountInfo,
+    usage: &UsageSummary,
+    offer: &Offer,
+) -> Vec<String> {
+    let e = signal.evidence();
+    let inputs = e.get("inputs").cloned().unwrap_or(Value::Null);
+    let monthly_tokens = inputs
+        .get("monthly_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let regions: Vec<String> = inputs
+        .get("regions")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let team = inputs.get("team_size").and_then(Value::as_u64).unwrap_or(0);
+    let company = account
+        .company_size
+        .map(|c| c as u64)
+        .or_else(|| inputs.get("company_size").and_then(Value::as_u64))
+        .unwrap_or(0);
+    let mut points = Vec::new();
+    match signal.kind.as_str() {
+        "limit_stage" => {
+            if let Some(limit) = e.get("limit") {
+                let name = limit
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("a limit");
+                let used = limit.get("used").and_then(Value::as_f64).unwrap_or(0.0);
+                let max = limit.get("limit").and_then(Value::as_f64).unwrap_or(0.0);
+                let stage = signal.limit_stage().unwrap_or(0);
+                let mut p = format!(
+                    "At {stage} % of {name} ({} of {})",
+                    count(used as u64),
+                    count(max as u64)
+                );
+                if let Some(r) = limit.get("resets_at").and_then(Value::as_str) {
+                    p.push_str(&format!(", which resets {r}"));
+                }
+                p.push_str(&format!(": {} lifts it to {}.", offer.name, offer.lifts));
+                points.push(p);
+            }
+            if let Some(seats) = account.seats.filter(|s| *s > 0) {
+                points.push(format!(
+                    "{seats} seats on the {} plan: a team this size usually needs headroom before the limit stops it.",
+                    signal.plan
+                ));
+            }
+        }
+        _ => {
+            if regions.len() >= 3 && monthly_tokens > 50_000_000 {
+                points.push(format!(
+                    "Running across {} regions with {}+ monthly tokens: {} includes multi-cloud routing.",
+                    regions.len(),
+                    count(monthly_tokens),
+                    offer.name
+                ));
+            } else if regions.len() >= 3 {
+                points.push(format!(
+                    "Deployed in {} regions ({}): {} includes multi-cloud routing.",
+                    regions.len(),
+                    regions.join(", "),
+                    offer.name
+                ));
+            } else if monthly_tokens > 50_000_000 {
+                points.push(format!(
+                    "{} tokens this month: committed {} pricing costs less than pay-as-you-go at this volume.",
+                    count(monthly_tokens),
+                    offer.name
+                ));
+            }
+            if let Some(r) = signal.reasons.iter().find(|r| r.starts_with("plugins")) {
+                let detail = r.split_once(": ").map(|(_, d)| d).unwrap_or(r);
+                points.push(format!(
+                    "They have hit gated plugins ({detail}): {} includes them.",
+                    offer.name
+                ));
+            }
+            if team > 20 {
+                points.push(format!(
+                    "{team} people use the account: SSO, roles and audit logs come with {}.",
+                    offer.name
+                ));
+            } else if company > 100 {
+                points.push(format!(
+                    "A {company}-person company: a 15-minute architecture review is a natural next step."
+                ));
+            }
+        }
+    }
+    if let Some(t) = usage.trend().filter(|t| *t >= 0.2) {
+        points.push(format!("Usage is up {:.0} % week over week.", t * 100.0));
+    }
+    points.truncate(3);
+    points
+}
+
+/// The Block Kit message for a Slack alert: `text` (the notification fallback) and `blocks`.
+pub fn slack_message(
+    c: &NotifierConfig,
+    signal: &AccountSignal,
+    account: &AccountInfo,
+    usage: &UsageSummary,
+) -> Value {
+    let kind = signal.kind.as_str();
+    let account_id = escape(&signal.account_id);
+    let (score_name, score) = match kind {
+        k if is_trust_and_safety(k) => ("Abuse score", signal.abuse),
+        "pql" => ("PQL score", signal.pql),
+        _ => ("Deal readiness", signal.deal_readiness),
+    };
+    let header = format!("{}: {}", title(kind), signal.account_id);
+    let mut fields = vec![
+        json!({"type": "mrkdwn", "text": format!("*Account*\n{account_id}")}),
+        json!({"type": "mrkdwn", "text": format!("*Plan*\n{}", escape(&signal.plan))}),
+        json!({"type": "mrkdwn", "text": format!("*{score_name}*\n{score}/100")}),
+    ];
+    if let Some(d) = &account.email_domain {
+        fields.push(json!({"type": "mrkdwn", "text": format!("*Domain*\n{}", escape(d))}));
+    }
+    if let Some(s) = account.seats {
+        fields.push(json!({"type": "mrkdwn", "text": format!("*Seats*\n{s}")}));
+    }
+    let offer = c.offer_for(kind, &signal.plan);
+    if !is_trust_and_safety(kind) {
+        fields.push(json!({"type": "mrkdwn", "text": format!("*Recommended*\n{}: {}", escape(&offer.name), escape(&offer.price))}));
+    }
+    let reasons: Vec<String> = signal
+        .reasons
+        .iter()
+        .take(8)
+        .map(|r| format!("• {}", escape(r)))
+        .collect();
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&header, 150)}}),
+        json!({"type": "section", "fields": fields}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Why*\n{}", if reasons.is_empty() { "• (no reasons given)".to_owned() } else { reasons.join("\n") }), 3000)}}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*Last 30 days*\n{}", usage.line())}}),
+    ];
+    if !is_trust_and_safety(kind) {
+        let points = talking_points(signal, account, usage, offer);
+        if !points.is_empty() {
+            let text: Vec<String> = points.iter().map(|p| format!("• {}", escape(p))).collect();
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Talking points*\n{}", text.join("\n")), 3000)}}));
+        }
+    }
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("signal `{}` · raised {}", escape(&signal.signal_id), signal.raised_at().format("%Y-%m-%d %H:%M UTC"))}]}));
+    json!({
+        "text": format!("{} — {} ({}), {score_name} {score}", title(kind), signal.account_id, signal.plan),
+        "blocks": blocks,
+    })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+/// A dashboard notice, as `GET /v1/accounts/{id}/notice` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoticeText {
+    pub message: String,
+    pub upgrade_url: String,
+    /// The plan that lifts the limit.
+    pub plan: String,
+}
+
+pub fn notice(c: &NotifierConfig, signal: &AccountSignal) -> NoticeText {
+    let offer = c.offer_for(&signal.kind, &signal.plan);
+    let template = match signal.kind.as_str() {
+        "plugin_gate" => &c.notices.plugin_gate,
+        "power_user" => &c.notices.power_user,
+        _ => &c.notices.rate_limit_sustained,
+    };
+    let e = signal.evidence();
+    let detail = e
+        .get("message")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .or_else(|| signal.reasons.first().cloned())
+        .unwrap_or_default();
+    NoticeText {
+        message: template
+            .replace("{plan}", &offer.name)
+            .replace("{lifts}", &offer.lifts)
+            .replace("{detail}", &detail)
+            .trim()
+            .to_owned(),
+        upgrade_url: offer.upgrade_url.clone(),
+        plan: offer.name.to_ascii_lowercase(),
+    }
+}
+
+/// What the HubSpot sync needs, rendered when the notification is queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DealRequest {
+    pub account_id: String,
+    pub email_domain: Option<String>,
+    pub deal_name: String,
+    pub score: i32,
+    pub description: String,
+}
+
+pub fn deal_request(
+    c: &NotifierConfig,
+    signal: &AccountSignal,
+    account: &AccountInfo,
+    usage: &UsageSummary,
+) -> DealRequest {
+    let offer = c.offer_for(&signal.kind, &signal.plan);
+    let who = account
+        .email_domain
+        .clone()
+        .unwrap_or_else(|| signal.account_id.clone());
+    let points = talking_points(signal, account, usage, offer);
+    let mut description = format!(
+        "Deal readiness {}/100 on the {} plan. Recommended: {} ({}).\nLast 30 days: {}.\n",
+        signal.deal_readiness,
+        signal.plan,
+        offer.name,
+        offer.price,
+        usage.line()
+    );
+    for r in &signal.reasons {
+        description.push_str(&format!("- {r}\n"));
+    }
+    for p in points {
+        description.push_str(&format!("> {p}\n"));
+    }
+    DealRequest {
+        account_id: signal.account_id.clone(),
+        email_domain: account.email_domain.clone(),
+        deal_name: format!("{who} — {} ({})", offer.name, signal.account_id),
+        score: signal.deal_readiness,
+        description,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deal_signal() -> AccountSignal {
+        AccountSignal {
+            signal_id: "acme-1:deal_ready:202611:75".into(),
+            kind: "deal_ready".into(),
+            account_id: "acme-1".into(),
+            episode: "202611:75".into(),
+            raised_at: 1_795_000_000_000_000,
+            plan: "free".into(),
+            deal_readiness: 75,
+            pql: 40,
+            abuse: 0,
+            reasons: vec![
+                "monthly_tokens (+30): 61234567 tokens this month (over 50000000)".into(),
+                "regions (+20): 3 regions (over 2)".into(),
+                "plugins_desired (+25): audit_logger, guardrails".into(),
+            ],
+            evidence: json!({"inputs": {"monthly_tokens": 61_234_567u64, "regions": ["eu-west-1", "us-east-1", "ap-south-1"], "team_size": 4}}).to_string(),
+        }
+    }
+
+    #[test]
+    fn the_brief_talking_point_comes_first() {
+        let c = NotifierConfig::default();
+        let usage = UsageSummary {
+            tokens_last_7d: 150,
+            tokens_prior_7d: 100,
+            ..Default::default()
+        };
+        let points = talking_points(
+            &deal_signal(),
+            &AccountInfo::default(),
+            &usage,
+            &c.offers.enterprise,
+        );
+        assert_eq!(points.len(), 3);
+        assert_eq!(points[0], "Running across 3 regions with 61.2M+ monthly tokens: Enterprise includes multi-cloud routing.");
+        assert!(points[1].contains("audit_logger, guardrails"), "{points:?}");
+        assert_eq!(points[2], "Usage is up 50 % week over week.");
+    }
+
+    #[test]
+    fn a_deal_alert_carries_account_plan_score_reasons_usage_offer_and_points() {
+        let c = NotifierConfig::default();
+        let usage = UsageSummary {
+            requests: 12_345,
+            tokens: 61_234_567,
+            models: 4,
+            regions: 3,
+            tokens_last_7d: 120,
+            tokens_prior_7d: 100,
+        };
+        let account = AccountInfo {
+            seats: Some(4),
+            email_domain: Some("acme.com".into()),
+            company_size: None,
+        };
+        let m = slack_message(&c, &deal_signal(), &account, &usage);
+        let text = m.to_string();
+        assert_eq!(m["blocks"][0]["type"], "header");
+        assert_eq!(m["blocks"][0]["text"]["text"], "Deal ready: acme-1");
+        for needle in [
+            "*Account*\\nacme-1",
+            "*Plan*\\nfree",
+            "*Deal readiness*\\n75/100",
+            "Enterprise: from $2,000",
+            "monthly_tokens (+30)",
+            "12.3k requests · 61.2M tokens · 4 models · 3 regions · +20 % week over week",
+            "*Talking points*",
+            "acme.com",
+        ] {
+            assert!(text.contains(needle), "{needle} not in {text}");
+        }
+        assert!(m["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Deal ready — acme-1"));
+    }
+
+    #[test]
+    fn trust_and_safety_alerts_recommend_nothing() {
+        let c = NotifierConfig::default();
+        let mut s = deal_signal();
+        s.kind = "key_sharing".into();
+        s.abuse = 60;
+        let m =
+            slack_message(&c, &s, &AccountInfo::default(), &UsageSummary::default()).to_string();
+        assert!(m.contains("*Abuse score*\\n60/100"));
+        assert!(!m.contains("Recommended"));
+        assert!(!m.contains("Talking points"));
+    }
+
+    #[test]
+    fn event_text_is_escaped_for_mrkdwn() {
+        assert_eq!(escape("<!channel> & co"), "&lt;!channel&gt; &amp; co");
+    }
+
+    #[test]
+    fn notices_name_the_plan_that_lifts_the_limit() {
+        let c = NotifierConfig::default();
+        let mut s = deal_signal();
+        s.kind = "rate_limit_sustained".into();
+        let n = notice(&c, &s);
+        assert_eq!(n.plan, "pro");
+        assert!(
+            n.message
+                .contains("Upgrading to Pro (1,000 requests/minute"),
+            "{}",
+            n.message
+        );
+        assert!(n.upgrade_url.ends_with("plan=pro"));
+        s.plan = "pro".into();
+        assert_eq!(notice(&c, &s).plan, "enterprise");
+        s.kind = "plugin_gate".into();
+        s.plan = "free".into();
+        s.evidence = json!({"plugin": "guardrails", "message": "Guardrails blocks PII before it reaches a model."}).to_string();
+        assert!(notice(&c, &s)
+            .message
+            .starts_with("Guardrails blocks PII before it reaches a model. Pro includes it"));
+    }
+
+    #[test]
+    fn counts_read_like_people_write_them() {
+        assert_eq!(count(999), "999");
+        assert_eq!(count(12_345), "12.3k");
+        assert_eq!(count(61_234_567), "61.2M");
+        assert_eq!(count(2_500_000_000), "2.5B");
+    }
+}

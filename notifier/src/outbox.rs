@@ -1,0 +1,311 @@
+//! The PostgreSQL outbox (`notifications`), in the shape of zero-to-production's
+//! `issue_delivery_worker`: a notification is queued in the same transaction that checks its
+//! cooldown, and workers claim due rows with `FOR UPDATE SKIP LOCKED`, so any number of
+//! workers share the queue without sending anything twice.
+//!
+//! A claim is a lease: the row is `sending` until `lease_until`. A worker that dies mid-send
+//! leaves it there; when the lease runs out, HubSpot and local-sink rows go back to `pending`
+//! (their sends are idempotent: the deal is found again by account id) and Slack rows become
+//! `unconfirmed` for a person, because a Slack webhook cannot be asked whether a message
+//! arrived and a second alert is worse than a late one.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::route::{Cooldown, Destination, Previous, Verdict};
+use crate::NotifyError;
+
+/// A notification to queue.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub account_id: String,
+    pub destination: Destination,
+    pub kind: String,
+    pub signal_id: String,
+    pub cooldown: Cooldown,
+    pub at: DateTime<Utc>,
+    pub score: i32,
+    pub payload: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Queued {
+    /// Queued with this id.
+    Queued(i64),
+    /// This signal already has a notification for this destination (a replay).
+    Duplicate,
+    /// Held back by a cooldown.
+    Held(String),
+}
+
+/// Serialises decisions about one account across workers and instances for the transaction.
+pub async fn lock_account(
+    tx: &mut Transaction<'_, Postgres>,
+    account: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('meterline-notifier:' || $1))")
+        .bind(account)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Queues `n` unless it is a replay or a cooldown holds it. `status` is `pending` for rows a
+/// worker sends, `sent` for notices (written in this same transaction).
+pub async fn enqueue(
+    tx: &mut Transaction<'_, Postgres>,
+    n: &NewNotification,
+    status: &str,
+    delivered_to: Option<&str>,
+) -> Result<Queued, sqlx::Error> {
+    let destination = n.destination.as_string();
+    let seen: Option<(i64,)> =
+        sqlx::query_as("SELECT id FROM notifications WHERE destination = $1 AND signal_id = $2")
+            .bind(&destination)
+            .bind(&n.signal_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if seen.is_some() {
+        return Ok(Queued::Duplicate);
+    }
+    // The latest notification of the class at or before this one's event time decides.
+    let previous: Option<(DateTime<Utc>, i32)> = sqlx::query_as(
+        "SELECT cooldown_at, score FROM notifications \
+         WHERE account_id = $1 AND destination = $2 AND cooldown_class = $3 AND cooldown_at <= $4 \
+         ORDER BY cooldown_at DESC LIMIT 1",
+    )
+    .bind(&n.account_id)
+    .bind(&destination)
+    .bind(&n.cooldown.class)
+    .bind(n.at)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let previous = previous.map(|(at, score)| Previous { at, score });
+    if let Verdict::Hold(why) = crate::route::verdict(&n.cooldown, previous, n.at, n.score) {
+        return Ok(Queued::Held(why));
+    }
+    // A later one already sent (signals arriving out of order) holds this one too.
+    let later: Option<(DateTime<Utc>,)> = sqlx::query_as(
+        "SELECT cooldown_at FROM notifications \
+         WHERE account_id = $1 AND destination = $2 AND cooldown_class = $3 \
+           AND cooldown_at > $4 AND cooldown_at < $5 LIMIT 1",
+    )
+    .bind(&n.account_id)
+    .bind(&destination)
+    .bind(&n.cooldown.class)
+    .bind(n.at)
+    .bind(n.at + n.cooldown.period)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some((at,)) = later {
+        return Ok(Queued::Held(format!(
+            "cooldown {}: a later one at {} is within the period",
+            n.cooldown.class,
+            at.to_rfc3339()
+        )));
+    }
+    let id: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO notifications \
+           (account_id, destination, kind, signal_id, cooldown_class, cooldown_at, score, payload, \
+            status, delivered_to, sent_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $9 = 'sent' THEN now() END) \
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(&n.account_id)
+    .bind(&destination)
+    .bind(&n.kind)
+    .bind(&n.signal_id)
+    .bind(&n.cooldown.class)
+    .bind(n.at)
+    .bind(n.score)
+    .bind(&n.payload)
+    .bind(status)
+    .bind(delivered_to)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(match id {
+        Some((id,)) => Queued::Queued(id),
+        // Same class and event time as one already queued (two plugin triggers of one pass).
+        None => Queued::Held(format!(
+            "cooldown {}: another at the same time",
+            n.cooldown.class
+        )),
+    })
+}
+
+/// A claimed notification.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: i64,
+    pub account_id: String,
+    pub destination: String,
+    pub kind: String,
+    pub signal_id: String,
+    pub payload: Value,
+    pub attempts: i32,
+}
+
+/// Claims up to `limit` due notifications for `lease`.
+pub async fn claim(
+    pool: &PgPool,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE notifications SET status = 'sending', attempts = attempts + 1, \
+             lease_until = now() + make_interval(secs => $2) \
+         WHERE id IN (SELECT id FROM notifications \
+                      WHERE status = 'pending' AND next_attempt_at <= now() \
+                      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, account_id, destination, kind, signal_id, payload, attempts",
+    )
+    .bind(limit)
+    .bind(lease.num_milliseconds() as f64 / 1000.0)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn mark_sent(pool: &PgPool, id: i64, delivered_to: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'sent', sent_at = now(), lease_until = NULL, \
+             last_error = NULL, delivered_to = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(delivered_to)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Schedules another attempt at `next`. `counts` is false for rate limiting, which is the
+/// service pacing us, not the notification failing.
+pub async fn mark_retry(
+    pool: &PgPool,
+    id: i64,
+    next: DateTime<Utc>,
+    error: &str,
+    counts: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'pending', next_attempt_at = $2, lease_until = NULL, \
+             last_error = $3, attempts = CASE WHEN $4 THEN attempts ELSE attempts - 1 END \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(next)
+    .bind(error)
+    .bind(counts)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_dead(pool: &PgPool, id: i64, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'dead', lease_until = NULL, last_error = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Settles rows whose sender died mid-send (lease run out). Returns (requeued, unconfirmed).
+pub async fn recover_expired(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
+    let requeued = sqlx::query(
+        "UPDATE notifications SET status = 'pending', next_attempt_at = now(), lease_until = NULL, \
+             last_error = 'the sender stopped mid-send; sending again (idempotent destination)' \
+         WHERE status = 'sending' AND lease_until < now() AND destination NOT LIKE 'slack:%'",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let unconfirmed = sqlx::query(
+        "UPDATE notifications SET status = 'unconfirmed', lease_until = NULL, \
+             last_error = 'the sender stopped mid-send; Slack may or may not have the message. \
+check the channel, then `meterline notifications retry` if it is missing' \
+         WHERE status = 'sending' AND lease_until < now() AND destination LIKE 'slack:%'",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok((requeued, unconfirmed))
+}
+
+/// A notification as `meterline notifications list` shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Listed {
+    pub id: i64,
+    pub account_id: String,
+    pub destination: String,
+    pub kind: String,
+    pub signal_id: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub delivered_to: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+pub async fn list(
+    pool: &PgPool,
+    status: Option<&str>,
+    account: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Listed>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, account_id, destination, kind, signal_id, status, attempts, last_error, \
+                delivered_to, created_at, next_attempt_at, sent_at \
+         FROM notifications \
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR account_id = $2) \
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(status)
+    .bind(account)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Puts dead or unconfirmed notifications back in the queue with fresh attempts: the ones named,
+/// or every dead one when `ids` is empty. Returns the ids requeued.
+pub async fn retry(pool: &PgPool, ids: &[i64]) -> Result<Vec<i64>, NotifyError> {
+    let rows: Vec<(i64,)> = if ids.is_empty() {
+        sqlx::query_as(
+            "UPDATE notifications SET status = 'pending', attempts = 0, next_attempt_at = now() \
+             WHERE status = 'dead' RETURNING id",
+        )
+        .fetch_all(pool)
+        .await?
+    } else {
+        let found: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, status FROM notifications WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(pool)
+                .await?;
+        for id in ids {
+            match found.iter().find(|(f, _)| f == id) {
+                None => return Err(NotifyError::Invalid(format!("notification {id}: no such notification"))),
+                Some((_, s)) if s != "dead" && s != "unconfirmed" => {
+                    return Err(NotifyError::Invalid(format!(
+                        "notification {id}: is {s}; only dead or unconfirmed notifications are retried"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        sqlx::query_as(
+            "UPDATE notifications SET status = 'pending', attempts = 0, next_attempt_at = now() \
+             WHERE id = ANY($1) AND status IN ('dead', 'unconfirmed') RETURNING id",
+        )
+        .bind(ids)
+        .fetch_all(pool)
+        .await?
+    };
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}

@@ -1,0 +1,200 @@
+//! The outbox worker: claims due notifications, sends them, and records what happened.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::deliver::{HubSpotIds, SendError};
+use crate::message::DealRequest;
+use crate::metrics::destination_label;
+use crate::outbox::{self, Claimed};
+use crate::route::Destination;
+use crate::{failpoint, Notifier, NotifyError};
+
+/// How many notifications one poll claims.
+const CLAIM_BATCH: i64 = 16;
+
+/// The delay before attempt `attempt + 1`: base × 2^(attempt-1), capped, then "equal jitter"
+/// (half fixed, half random) so that many failures do not retry in lockstep.
+pub fn backoff(base: Duration, cap: Duration, attempt: u32, unit_random: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let d = exp.min(cap);
+    d / 2 + d.mul_f64(unit_random.clamp(0.0, 1.0) / 2.0)
+}
+
+pub async fn run(n: Notifier, shutdown: CancellationToken) {
+    let poll = Duration::from_millis(n.config.poll_interval_ms);
+    tracing::info!("notifier worker started");
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let claimed = match poll_once(&n).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox poll failed; retrying");
+                0
+            }
+        };
+        if claimed == 0 {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = n.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}
+
+/// Settles expired leases, then claims and sends one batch. Returns how many were claimed.
+pub async fn poll_once(n: &Notifier) -> Result<usize, NotifyError> {
+    let (requeued, unconfirmed) = outbox::recover_expired(&n.pg).await?;
+    if requeued + unconfirmed > 0 {
+        tracing::warn!(
+            requeued,
+            unconfirmed,
+            "found notifications whose sender stopped mid-send"
+        );
+    }
+    let lease = chrono::Duration::milliseconds(n.config.lease_ms as i64);
+    let claimed = outbox::claim(&n.pg, CLAIM_BATCH, lease).await?;
+    n.metrics.backlog.set(claimed.len() as i64);
+    let count = claimed.len();
+    for c in claimed {
+        let span = tracing::info_span!("deliver", notification = c.id, account_id = %c.account_id, destination = %c.destination, kind = %c.kind, attempt = c.attempts);
+        settle(n, &c).instrument(span).await?;
+    }
+    Ok(count)
+}
+
+async fn settle(n: &Notifier, c: &Claimed) -> Result<(), NotifyError> {
+    let (label, result) = send(n, c).await;
+    if result.is_ok() {
+        failpoint("notifier-after-send");
+    }
+    let outcome = match &result {
+        Ok(_) => "sent",
+        Err(SendError::RateLimited { .. }) => "rate_limited",
+        Err(SendError::Transient(_)) => "failed",
+        Err(SendError::Permanent(_)) => "rejected",
+    };
+    n.metrics.sends.with_label_values(&[label, outcome]).inc();
+    match result {
+        Ok(to) => {
+            outbox::mark_sent(&n.pg, c.id, &to).await?;
+            tracing::info!(delivered_to = %to, "notification sent");
+        }
+        Err(SendError::RateLimited { after, detail }) => {
+            let next = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+            outbox::mark_retry(&n.pg, c.id, next, &detail, false).await?;
+            tracing::warn!(retry_in_ms = after.as_millis() as u64, %detail, "rate limited; waiting as asked");
+        }
+        Err(SendError::Transient(e)) if (c.attempts as u32) < n.config.max_attempts => {
+            let delay = backoff(
+                Duration::from_millis(n.config.backoff_base_ms),
+                Duration::from_millis(n.config.backoff_max_ms),
+                c.attempts as u32,
+                rand::rng().random::<f64>(),
+            );
+            let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            outbox::mark_retry(&n.pg, c.id, next, &e, true).await?;
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "send failed; will retry");
+        }
+        Err(SendError::Transient(e) | SendError::Permanent(e)) => {
+            outbox::mark_dead(&n.pg, c.id, &e).await?;
+            n.metrics
+                .dead
+                .with_label_values(&[destination_label(&c.destination)])
+                .inc();
+            tracing::error!(error = %e, "notification moved to dead-letter; `meterline notifications retry` sends it again");
+        }
+    }
+    Ok(())
+}
+
+async fn send(n: &Notifier, c: &Claimed) -> (&'static str, Result<String, SendError>) {
+    match Destination::parse(&c.destination) {
+        Some(Destination::Slack(channel)) if n.slack.configured(&channel) => {
+            ("slack", n.slack.post(&channel, &c.payload).await)
+        }
+        Some(Destination::HubSpot) if n.hubspot.configured() => ("hubspot", sync_deal(n, c).await),
+        Some(Destination::Notice) => ("notice", Ok(c.destination.clone())),
+        Some(_) => (
+            "local",
+            n.sink
+                .write(c.id, &c.destination, &c.account_id, &c.kind, &c.payload)
+                .await,
+        ),
+        None => (
+            "other",
+            Err(SendError::Permanent(format!(
+                "unknown destination {:?}",
+                c.destination
+            ))),
+        ),
+    }
+}
+
+async fn sync_deal(n: &Notifier, c: &Claimed) -> Result<String, SendError> {
+    let request: DealRequest = serde_json::from_value(c.payload.clone()).map_err(|e| {
+        SendError::Permanent(format!("deal request in the outbox is unreadable: {e}"))
+    })?;
+    let known: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT deal_id, company_id FROM hubspot_deals WHERE account_id = $1")
+            .bind(&c.account_id)
+            .fetch_optional(&n.pg)
+            .await
+            .map_err(|e| SendError::Transient(format!("postgres: {e}")))?;
+    let known = known
+        .map(|(deal, company)| HubSpotIds {
+            deal_id: Some(deal),
+            company_id: company,
+        })
+        .unwrap_or_default();
+    let pg = n.pg.clone();
+    let account = c.account_id.clone();
+    n.hubspot
+        .sync_deal(&request, known, move |ids| {
+            let pg = pg.clone();
+            let account = account.clone();
+            async move {
+                let result = match &ids.deal_id {
+                    Some(deal) => sqlx::query(
+                        "INSERT INTO hubspot_deals (account_id, deal_id, company_id) VALUES ($1, $2, $3) \
+                         ON CONFLICT (account_id) DO UPDATE SET deal_id = $2, company_id = COALESCE($3, hubspot_deals.company_id), updated_at = now()",
+                    )
+                    .bind(&account)
+                    .bind(deal)
+                    .bind(&ids.company_id)
+                    .execute(&pg)
+                    .await,
+                    None => sqlx::query("DELETE FROM hubspot_deals WHERE account_id = $1").bind(&account).execute(&pg).await,
+                };
+                if let Err(e) = result {
+                    // The deal is still found by its account-id property next time.
+                    tracing::warn!(error = %e, "could not save the HubSpot ids");
+                }
+            }
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered_within_half() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff(base, cap, 1, 0.0), Duration::from_millis(500));
+        assert_eq!(backoff(base, cap, 1, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(base, cap, 3, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff(base, cap, 3, 0.5), Duration::from_secs(3));
+        assert_eq!(backoff(base, cap, 30, 1.0), cap);
+        assert_eq!(backoff(base, cap, 30, 0.0), cap / 2);
+    }
+}
