@@ -20,7 +20,11 @@ pub const ENV_PREFIX: &str = "METERLINE_";
 /// The variable that names the configuration file (the `--config` flag wins over it).
 pub const CONFIG_PATH_ENV: &str = "METERLINE_CONFIG";
 /// `METERLINE_` variables that are not configuration keys.
-pub const NON_KEY_VARS: [&str; 2] = [CONFIG_PATH_ENV, "METERLINE_LOG_FORMAT"];
+pub const NON_KEY_VARS: [&str; 3] = [
+    CONFIG_PATH_ENV,
+    "METERLINE_LOG_FORMAT",
+    "METERLINE_FAILPOINT",
+];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]

@@ -4,6 +4,8 @@
 //! random port.
 #![allow(dead_code)]
 
+pub mod standin;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,0 +1,1037 @@
+//! The notifier on the real servers (Kafka, PostgreSQL, ClickHouse), with local HTTP servers
+//! standing in for Slack and HubSpot that check the exact requests their public APIs document.
+//! Signals are put on the account-signals topic as the scorer writes them (Avro, Confluent
+//! framing), except in the end-to-end test, where real traffic makes the scorer raise them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use common::standin::{StandIn, HUBSPOT_TOKEN};
+use common::*;
+use meterline::services::{self, Components, Running};
+use meterline::Config;
+use meterline_ingest::Scope;
+use meterline_notifier::signal::AccountSignal;
+use meterline_schemas::avro;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const SLACK_DEALS: &str = "/services/T0001/B0001/enterprise0000000000";
+const SLACK_SALES: &str = "/services/T0001/B0002/sales00000000000000";
+const SLACK_TNS: &str = "/services/T0001/B0003/trust000000000000000";
+
+fn config(standin: &StandIn, data_dir: &std::path::Path) -> Config {
+    let id = unique_suffix();
+    let mut c = isolated_config(&id);
+    let n = &mut c.notifier;
+    n.group_id = format!("mlt-{id}-notifier");
+    n.data_dir = data_dir.display().to_string();
+    n.poll_interval_ms = 100;
+    n.lease_ms = 1_500;
+    n.backoff_base_ms = 50;
+    n.backoff_max_ms = 200;
+    n.max_attempts = 3;
+    n.request_timeout_ms = 2_000;
+    n.slack.base_url = standin.url();
+    for (channel, path) in [
+        ("enterprise_inbound", SLACK_DEALS),
+        ("sales_assist", SLACK_SALES),
+        ("trust_and_safety", SLACK_TNS),
+    ] {
+        n.slack.webhooks.insert(
+            channel.into(),
+            meterline_notifier::config::Secret::new(path),
+        );
+    }
+    n.hubspot.base_url = standin.url();
+    n.hubspot.token = meterline_notifier::config::Secret::new(HUBSPOT_TOKEN);
+    c.http.notifier_listen = format!("127.0.0.1:{}", free_port());
+    c
+}
+
+/// The variables that give a child `meterline notify` the same configuration.
+fn notifier_env(c: &Config) -> Vec<(String, String)> {
+    let n = &c.notifier;
+    let mut env = config_env(c);
+    env.extend(
+        [
+            ("NOTIFIER__GROUP_ID", n.group_id.clone()),
+            ("NOTIFIER__DATA_DIR", n.data_dir.clone()),
+            ("NOTIFIER__POLL_INTERVAL_MS", n.poll_interval_ms.to_string()),
+            ("NOTIFIER__LEASE_MS", n.lease_ms.to_string()),
+            ("NOTIFIER__BACKOFF_BASE_MS", n.backoff_base_ms.to_string()),
+            ("NOTIFIER__BACKOFF_MAX_MS", n.backoff_max_ms.to_string()),
+            ("NOTIFIER__MAX_ATTEMPTS", n.max_attempts.to_string()),
+            ("NOTIFIER__SLACK__BASE_URL", n.slack.base_url.clone()),
+            (
+                "NOTIFIER__SLACK__WEBHOOKS__ENTERPRISE_INBOUND",
+                SLACK_DEALS.into(),
+            ),
+            (
+                "NOTIFIER__SLACK__WEBHOOKS__SALES_ASSIST",
+                SLACK_SALES.into(),
+            ),
+            (
+                "NOTIFIER__SLACK__WEBHOOKS__TRUST_AND_SAFETY",
+                SLACK_TNS.into(),
+            ),
+            ("NOTIFIER__HUBSPOT__BASE_URL", n.hubspot.base_url.clone()),
+            ("NOTIFIER__HUBSPOT__TOKEN", HUBSPOT_TOKEN.into()),
+            ("HTTP__NOTIFIER_LISTEN", c.http.notifier_listen.clone()),
+        ]
+        .map(|(k, v)| (format!("METERLINE_{k}"), v)),
+    );
+    env
+}
+
+fn notifier_only() -> Components {
+    Components {
+        notifier: true,
+        ..Components::NONE
+    }
+}
+
+async fn start(c: &Config, which: Components) -> Running {
+    services::start(c, which, None, CancellationToken::new())
+        .await
+        .expect("components start")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn signal(
+    account: &str,
+    kind: &str,
+    episode: &str,
+    at: DateTime<Utc>,
+    plan: &str,
+    deal: i32,
+    abuse: i32,
+    reasons: &[&str],
+    evidence: Value,
+) -> AccountSignal {
+    AccountSignal {
+        signal_id: format!("{account}:{kind}:{episode}"),
+        kind: kind.into(),
+        account_id: account.into(),
+        episode: episode.into(),
+        raised_at: at.timestamp_micros(),
+        plan: plan.into(),
+        deal_readiness: deal,
+        pql: 0,
+        abuse,
+        reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+        evidence: evidence.to_string(),
+    }
+}
+
+fn deal_signal(account: &str, score: i32, at: DateTime<Utc>) -> AccountSignal {
+    signal(
+        account,
+        "deal_ready",
+        &format!("{}:{score}", at.format("%Y%m")),
+        at,
+        "free",
+        score,
+        0,
+        &[
+            "monthly_tokens (+30): 61234567 tokens this month (over 50000000)",
+            "regions (+20): 3 regions (over 2)",
+            "team_size (+15): 25 people (over 20)",
+            "company_size (+10): 500 employees (over 100)",
+        ],
+        json!({"inputs": {"monthly_tokens": 61_234_567u64, "regions": ["ap-south-1", "eu-west-1", "us-east-1"], "team_size": 25, "company_size": 500}}),
+    )
+}
+
+/// Produces records onto the signal topic as the scorer does (the schema registered first).
+async fn publish(c: &Config, records: &[Vec<u8>], key: &str) {
+    let producer: FutureProducer = meterline_ingest::producer::client_config(&c.kafka)
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    for r in records {
+        producer
+            .send(
+                FutureRecord::to(&c.kafka.signal_topic).key(key).payload(r),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("signal produced");
+    }
+}
+
+async fn encode(c: &Config, signals: &[AccountSignal]) -> Vec<Vec<u8>> {
+    let pool = meterline::migrate::connect_postgres(c).await.unwrap();
+    let id = services::registry(c, &pool)
+        .register(
+            &format!("{}-value", c.kafka.signal_topic),
+            avro::ACCOUNT_SIGNAL_SCHEMA,
+        )
+        .await
+        .unwrap();
+    let schema = avro::parse_schema(avro::ACCOUNT_SIGNAL_SCHEMA).unwrap();
+    signals
+        .iter()
+        .map(|s| avro::encode(id, &schema, s).unwrap())
+        .collect()
+}
+
+async fn add_account(pool: &sqlx::PgPool, account: &str, plan: &str, seats: i64, domain: &str) {
+    sqlx::query(
+        "INSERT INTO accounts (account_id, plan, seats, email_domain, company_size) VALUES ($1, $2, $3, $4, 500)",
+    )
+    .bind(account)
+    .bind(plan)
+    .bind(seats)
+    .bind(domain)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn statuses(pool: &sqlx::PgPool, account: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT destination, status FROM notifications WHERE account_id = $1 ORDER BY id",
+    )
+    .bind(account)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&standin, dir.path());
+    prepare(&c).await;
+    let pool = meterline::migrate::connect_postgres(&c).await.unwrap();
+    let acct = format!("acme-{}", unique_suffix());
+    add_account(&pool, &acct, "free", 5, "acme.example").await;
+    let tns = format!("sharer-{}", unique_suffix());
+    add_account(&pool, &tns, "free", 1, "sharer.example").await;
+
+    let t0 = Utc::now() - ChronoDuration::minutes(30);
+    let first = deal_signal(&acct, 75, t0);
+    let key_sharing = signal(
+        &tns,
+        "key_sharing",
+        "k1:20261122",
+        t0,
+        "free",
+        0,
+        60,
+        &["API key k1 used from 7 client IPs within the minute of 2026-11-22T10:00:00Z"],
+        json!({"key": {"api_key_id": "k1", "distinct_ips": 7}}),
+    );
+    let mut records = encode(&c, &[first.clone(), key_sharing]).await;
+    // The same signal three times (a replay), and a record that is not Avro at all.
+    records.push(records[0].clone());
+    records.push(records[0].clone());
+    records.push(b"not an avro record".to_vec());
+    publish(&c, &records, &acct).await;
+
+    let running = start(&c, notifier_only()).await;
+    standin
+        .wait_until(
+            Duration::from_secs(20),
+            "the deal alert, the deal and the T&S alert",
+            |s| {
+                s.slack_posts().len() == 2
+                    && s.hubspot_requests()
+                        .iter()
+                        .any(|r| r.path.contains("/associations/"))
+            },
+        )
+        .await;
+
+    // Slack: one Block Kit message per channel, to the channel's webhook, as JSON.
+    let posts = standin.slack_posts();
+    let deal_post = posts
+        .iter()
+        .find(|p| p.path == SLACK_DEALS)
+        .expect("deal alert");
+    assert_eq!(deal_post.method, "POST");
+    assert_eq!(deal_post.content_type.as_deref(), Some("application/json"));
+    let body = &deal_post.body;
+    let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["blocks", "text"]);
+    let types: Vec<&str> = body["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["header", "section", "section", "section", "section", "context"]
+    );
+    assert_eq!(body["blocks"][0]["text"]["type"], "plain_text");
+    assert_eq!(
+        body["blocks"][0]["text"]["text"],
+        format!("Deal ready: {acct}")
+    );
+    let text = body.to_string();
+    for needle in [
+        "*Plan*\\nfree",
+        "*Deal readiness*\\n75/100",
+        "*Recommended*\\nEnterprise: from $2,000",
+        "monthly_tokens (+30)",
+        "*Last 30 days*",
+        "Running across 3 regions with 61.2M+ monthly tokens: Enterprise includes multi-cloud routing.",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+    let tns_post = posts
+        .iter()
+        .find(|p| p.path == SLACK_TNS)
+        .expect("T&S alert");
+    assert!(tns_post.body.to_string().contains("*Abuse score*\\n60/100"));
+    assert!(!tns_post.body.to_string().contains("Recommended"));
+
+    // HubSpot: company search, company create, deal search, deal create, association; each
+    // with the private-app bearer token and a JSON body.
+    let hs = standin.hubspot_requests();
+    let calls: Vec<(String, String)> = hs
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    let deal_id = standin.deals()[0].0.clone();
+    let company_id = standin.state.lock().unwrap().companies[0].0.clone();
+    assert_eq!(
+        calls,
+        [
+            ("POST", "/crm/v3/objects/companies/search".to_owned()),
+            ("POST", "/crm/v3/objects/companies".to_owned()),
+            ("POST", "/crm/v3/objects/deals/search".to_owned()),
+            ("POST", "/crm/v3/objects/deals".to_owned()),
+            (
+                "PUT",
+                format!(
+                    "/crm/v4/objects/deals/{deal_id}/associations/default/companies/{company_id}"
+                )
+            ),
+        ]
+        .map(|(m, p)| (m.to_owned(), p))
+    );
+    for r in &hs {
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some(&*format!("Bearer {HUBSPOT_TOKEN}"))
+        );
+    }
+    assert_eq!(hs[0].content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        hs[0].body,
+        json!({"filterGroups": [{"filters": [{"propertyName": "domain", "operator": "EQ", "value": "acme.example"}]}], "properties": ["domain", "name"], "limit": 1})
+    );
+    assert_eq!(
+        hs[1].body,
+        json!({"properties": {"domain": "acme.example", "name": "acme.example"}})
+    );
+    assert_eq!(
+        hs[2].body,
+        json!({"filterGroups": [{"filters": [
+            {"propertyName": "meterline_account_id", "operator": "EQ", "value": acct},
+            {"propertyName": "hs_is_closed", "operator": "EQ", "value": "false"}
+        ]}], "properties": ["dealname", "dealstage", "meterline_account_id"], "limit": 1})
+    );
+    let created = hs[3].body["properties"].as_object().unwrap();
+    assert_eq!(
+        created["dealname"],
+        format!("acme.example — Enterprise ({acct})")
+    );
+    assert_eq!(created["pipeline"], "default");
+    assert_eq!(created["dealstage"], "appointmentscheduled");
+    assert_eq!(created["amount"], "24000");
+    assert_eq!(created["meterline_account_id"], acct.as_str());
+    assert_eq!(created["meterline_deal_readiness"], "75");
+    assert!(created["description"]
+        .as_str()
+        .unwrap()
+        .starts_with("Deal readiness 75/100"));
+    assert_eq!(
+        hs[4].body,
+        Value::Null,
+        "the default association takes no body"
+    );
+
+    // The undecodable record is kept with its reason, not dropped.
+    let rejected: Vec<(String,)> = sqlx::query_as("SELECT reason FROM notifier_rejected_signals")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(rejected[0].0.contains("magic"), "{rejected:?}");
+
+    // A rise of 10 inside the cooldown is held; a rise of 20 sends again and updates the deal.
+    let held = deal_signal(&acct, 85, t0 + ChronoDuration::minutes(5));
+    let risen = deal_signal(&acct, 95, t0 + ChronoDuration::minutes(10));
+    publish(&c, &encode(&c, &[held, risen]).await, &acct).await;
+    standin
+        .wait_until(Duration::from_secs(20), "the deal update", |s| {
+            s.hubspot_requests().iter().any(|r| r.method == "PATCH")
+        })
+        .await;
+    standin
+        .wait_until(Duration::from_secs(10), "the second deal alert", |s| {
+            s.slack_posts()
+                .iter()
+                .filter(|p| p.path == SLACK_DEALS)
+                .count()
+                == 2
+        })
+        .await;
+    let patch = standin
+        .hubspot_requests()
+        .into_iter()
+        .find(|r| r.method == "PATCH")
+        .unwrap();
+    assert_eq!(patch.path, format!("/crm/v3/objects/deals/{deal_id}"));
+    assert_eq!(patch.body["properties"]["meterline_deal_readiness"], "95");
+    assert_eq!(patch.body["properties"].as_object().unwrap().len(), 2);
+    let second = standin
+        .slack_posts()
+        .into_iter()
+        .filter(|p| p.path == SLACK_DEALS)
+        .nth(1)
+        .unwrap();
+    assert!(second
+        .body
+        .to_string()
+        .contains("*Deal readiness*\\n95/100"));
+
+    // Settle, then: one deal, two deal alerts (75 and 95), one T&S alert, nothing else.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(standin.deal_creates().len(), 1);
+    assert_eq!(standin.deals().len(), 1);
+    assert_eq!(standin.slack_posts().len(), 3);
+    assert_eq!(
+        statuses(&pool, &acct).await,
+        [
+            ("slack:enterprise_inbound", "sent"),
+            ("hubspot", "sent"),
+            ("slack:enterprise_inbound", "sent"),
+            ("hubspot", "sent"),
+        ]
+        .map(|(d, s)| (d.to_owned(), s.to_owned()))
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_rate_limit_is_waited_out_then_one_deal_is_made() {
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&standin, dir.path());
+    prepare(&c).await;
+    let pool = meterline::migrate::connect_postgres(&c).await.unwrap();
+    let acct = format!("busy-{}", unique_suffix());
+    add_account(&pool, &acct, "free", 5, "busy.example").await;
+    standin.set(|s| s.hubspot_faults.push_back((429, Some(2))));
+    publish(
+        &c,
+        &encode(&c, &[deal_signal(&acct, 75, Utc::now())]).await,
+        &acct,
+    )
+    .await;
+    let running = start(&c, notifier_only()).await;
+    standin
+        .wait_until(Duration::from_secs(20), "the deal", |s| {
+            s.deal_creates().len() == 1
+        })
+        .await;
+    let hs = standin.hubspot_requests();
+    assert_eq!(hs[0].status, 429);
+    assert!(
+        hs[1].at.duration_since(hs[0].at) >= Duration::from_secs(2),
+        "retried {:?} after the 429 that asked for 2 s",
+        hs[1].at.duration_since(hs[0].at)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(standin.deals().len(), 1);
+    let (attempts,): (i32,) = sqlx::query_as(
+        "SELECT attempts FROM notifications WHERE account_id = $1 AND destination = 'hubspot' AND status = 'sent'",
+    )
+    .bind(&acct)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, 1, "a 429 is pacing, not a failed attempt");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_failing_until_attempts_run_out_is_dead_lettered_then_retried() {
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&standin, dir.path());
+    prepare(&c).await;
+    let pool = meterline::migrate::connect_postgres(&c).await.unwrap();
+    let acct = format!("down-{}", unique_suffix());
+    add_account(&pool, &acct, "free", 5, "down.example").await;
+    standin.set(|s| s.hubspot_down = Some(500));
+    publish(
+        &c,
+        &encode(&c, &[deal_signal(&acct, 75, Utc::now())]).await,
+        &acct,
+    )
+    .await;
+    let running = start(&c, notifier_only()).await;
+
+    let started = Instant::now();
+    loop {
+        let dead: Vec<(i64, i32, Option<String>)> = sqlx::query_as(
+            "SELECT id, attempts, last_error FROM notifications WHERE account_id = $1 AND status = 'dead'",
+        )
+        .bind(&acct)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if let Some((_, attempts, error)) = dead.first() {
+            assert_eq!(*attempts, 3);
+            assert!(error.as_deref().unwrap().contains("HTTP 500"), "{error:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tries = standin.hubspot_requests().len();
+    assert_eq!(tries, 3, "one request per attempt (the first call fails)");
+
+    // A person lists it and retries it with the CLI once HubSpot is back.
+    let bin = env!("CARGO_BIN_EXE_meterline");
+    let list = Command::new(bin)
+        .args(["notifications", "list", "--status", "dead"])
+        .envs(notifier_env(&c))
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let table = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        table.contains(&acct) && table.contains("hubspot") && table.contains("HTTP 500"),
+        "{table}"
+    );
+    assert!(!table.contains(HUBSPOT_TOKEN), "credentials never printed");
+    standin.set(|s| s.hubspot_down = None);
+    let retry = Command::new(bin)
+        .args(["notifications", "retry", "--all-dead"])
+        .envs(notifier_env(&c))
+        .output()
+        .unwrap();
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    assert!(String::from_utf8_lossy(&retry.stdout).starts_with("1 notification(s) queued again"));
+    standin
+        .wait_until(Duration::from_secs(20), "the deal after the retry", |s| {
+            s.deal_creates().len() == 1
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(standin.deals().len(), 1);
+    running.stop().await.unwrap();
+}
+
+struct Notifier {
+    child: Child,
+}
+
+impl Notifier {
+    fn spawn(c: &Config, failpoint: bool) -> Notifier {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meterline"));
+        cmd.arg("notify")
+            .envs(notifier_env(c))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if failpoint {
+            cmd.env("METERLINE_FAILPOINT", "notifier-after-send");
+        }
+        Notifier {
+            child: cmd.spawn().unwrap(),
+        }
+    }
+
+    /// Waits for the process to abort at the failpoint; anything else is a failure, with the
+    /// process's own words.
+    fn wait_abort(&mut self, timeout: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.child.try_wait().unwrap().is_some() {
+                let mut err = String::new();
+                use std::io::Read;
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                assert!(
+                    err.contains("failpoint notifier-after-send: aborting"),
+                    "the notifier ended otherwise: {err}"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the notifier did not reach the failpoint in {timeout:?}");
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_send_and_bookkeeping_still_one_deal_and_one_message() {
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&standin, dir.path());
+    prepare(&c).await;
+    let pool = meterline::migrate::connect_postgres(&c).await.unwrap();
+    let acct = format!("crash-{}", unique_suffix());
+    add_account(&pool, &acct, "free", 5, "crash.example").await;
+    publish(
+        &c,
+        &encode(&c, &[deal_signal(&acct, 75, Utc::now())]).await,
+        &acct,
+    )
+    .await;
+
+    // Each run dies right after its first successful send, before recording it; then a clean
+    // run finishes the work.
+    for run in 1..=2 {
+        let mut n = Notifier::spawn(&c, true);
+        n.wait_abort(Duration::from_secs(30));
+        let sent = standin.slack_posts().len() + standin.deal_creates().len();
+        assert!(sent >= 1, "run {run} died without sending");
+    }
+    let _clean = Notifier::spawn(&c, false);
+    let started = Instant::now();
+    loop {
+        let s = statuses(&pool, &acct).await;
+        let settled = s.len() == 2 && s.iter().all(|(_, st)| st == "sent" || st == "unconfirmed");
+        if settled {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not settled: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(standin.slack_posts().len(), 1, "exactly one Slack message");
+    assert_eq!(standin.deal_creates().len(), 1, "exactly one deal created");
+    assert_eq!(standin.deals().len(), 1);
+    // The HubSpot side is idempotent and finished; the Slack side, if its sender died, waits for
+    // a person rather than risk a second message.
+    let s = statuses(&pool, &acct).await;
+    assert!(
+        s.contains(&("hubspot".to_owned(), "sent".to_owned())),
+        "{s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_notice_per_seven_days_and_its_clicks_are_recorded() {
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&standin, dir.path());
+    let app = spawn_with(
+        c.clone(),
+        Components {
+            ingest: true,
+            aggregator: true,
+            notifier: true,
+            ..Components::NONE
+        },
+    )
+    .await;
+    let pool = app.pg().await;
+    let read_token = services::token_store(&c, &pool)
+        .create(&format!("dash-{}", unique_suffix()), &[Scope::Read], None)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let suggestion = |account: &str, kind: &str, at: DateTime<Utc>| {
+        signal(
+            account,
+            kind,
+            &at.format("%Y%m%d%H%M").to_string(),
+            at,
+            "free",
+            10,
+            0,
+            &["over the per-minute limit for 3 minutes"],
+            json!({}),
+        )
+    };
+    let close = format!("close-{}", unique_suffix());
+    let apart = format!("apart-{}", unique_suffix());
+    let base = now - ChronoDuration::days(8) - ChronoDuration::hours(1);
+    let signals = [
+        suggestion(
+            &close,
+            "rate_limit_sustained",
+            now - ChronoDuration::days(1) - ChronoDuration::hours(1),
+        ),
+        suggestion(&close, "power_user", now - ChronoDuration::hours(1)),
+        suggestion(&apart, "rate_limit_sustained", base),
+        suggestion(&apart, "power_user", base + ChronoDuration::days(8)),
+    ];
+    publish(&c, &encode(&c, &signals).await, "k").await;
+
+    let started = Instant::now();
+    let count = |account: String| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM dashboard_notices WHERE account_id = $1")
+                    .bind(account)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            n
+        }
+    };
+    while count(apart.clone()).await < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "notices not written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        count(close.clone()).await,
+        1,
+        "two suggestions a day apart: one notice"
+    );
+    assert_eq!(
+        count(apart.clone()).await,
+        2,
+        "eight days apart: two notices"
+    );
+
+    // The dashboard reads the current notice, records it shown, then clicked.
+    let http = reqwest::Client::new();
+    let get = |account: &str| {
+        http.get(app.url(&format!("/v1/accounts/{account}/notice")))
+            .bearer_auth(&read_token)
+            .send()
+    };
+    let notice: Value = get(&apart).await.unwrap().json().await.unwrap();
+    assert_eq!(notice["kind"], "power_user");
+    assert_eq!(notice["plan"], "pro");
+    assert_eq!(notice["upgrade_url"], c.notifier.offers.pro.upgrade_url);
+    assert!(
+        notice["message"]
+            .as_str()
+            .unwrap()
+            .contains("Pro gives you"),
+        "{notice}"
+    );
+    let notice_id = notice["notice_id"].as_str().unwrap().to_owned();
+    let close_notice: Value = get(&close).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        close_notice["kind"], "rate_limit_sustained",
+        "the first one stands"
+    );
+    let nobody: Value = get("nobody").await.unwrap().json().await.unwrap();
+    assert_eq!(nobody, Value::Null);
+
+    for what in ["shown", "clicked"] {
+        let resp = http
+            .post(app.url(&format!("/v1/accounts/{apart}/notices/{notice_id}/{what}")))
+            .bearer_auth(&read_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["type"], format!("notice_{what}"));
+    }
+    let resp = http
+        .post(app.url(&format!("/v1/accounts/{close}/notices/{notice_id}/clicked")))
+        .bearer_auth(&read_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "a notice of another account");
+    let resp = http
+        .post(app.url(&format!("/v1/accounts/{apart}/notices/not-a-uuid/clicked")))
+        .bearer_auth(&read_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("notice_id"));
+    // Clicked: no longer current.
+    assert_eq!(
+        get(&apart).await.unwrap().json::<Value>().await.unwrap(),
+        Value::Null
+    );
+
+    // Both events went through Kafka and the aggregator, naming the notice.
+    let started = Instant::now();
+    loop {
+        let rows: Vec<(String, Value)> = sqlx::query_as(
+            "SELECT type, payload FROM account_events WHERE account_id = $1 ORDER BY occurred_at",
+        )
+        .bind(&apart)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if rows.len() == 2 {
+            assert_eq!(rows[0].0, "notice_shown");
+            assert_eq!(rows[1].0, "notice_clicked");
+            assert_eq!(rows[1].1["notice_id"], notice_id.as_str());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "notice events not applied: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ch_ids: Vec<String> = app
+        .clickhouse()
+        .query("SELECT notice_id FROM account_events WHERE account_id = ? ORDER BY occurred_at")
+        .bind(&apart)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(ch_ids, [notice_id.clone(), notice_id]);
+    // Notices are not sent anywhere: nothing reached Slack or HubSpot.
+    assert!(standin.requests().is_empty());
+}
+
+/// The local default: no Slack webhook and no HubSpot token. Every message becomes a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nothing_configured_messages_go_to_the_local_sink() {
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&standin, dir.path());
+    c.notifier
+        .slack
+        .webhooks
+        .values_mut()
+        .for_each(|w| *w = Default::default());
+    c.notifier.hubspot.token = Default::default();
+    prepare(&c).await;
+    let pool = meterline::migrate::connect_postgres(&c).await.unwrap();
+    let acct = format!("local-{}", unique_suffix());
+    add_account(&pool, &acct, "free", 5, "local.example").await;
+    publish(
+        &c,
+        &encode(&c, &[deal_signal(&acct, 75, Utc::now())]).await,
+        &acct,
+    )
+    .await;
+    let running = start(&c, notifier_only()).await;
+    let started = Instant::now();
+    let files = loop {
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        if files.len() == 2 {
+            break files;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "files: {files:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let docs: Vec<Value> = files
+        .iter()
+        .map(|f| serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap())
+        .collect();
+    let slack = docs
+        .iter()
+        .find(|d| d["destination"] == "slack:enterprise_inbound")
+        .unwrap();
+    assert_eq!(
+        slack["request"]["blocks"][0]["text"]["text"],
+        format!("Deal ready: {acct}")
+    );
+    let deal = docs.iter().find(|d| d["destination"] == "hubspot").unwrap();
+    assert_eq!(deal["request"]["account_id"], acct.as_str());
+    assert_eq!(deal["request"]["score"], 75);
+    assert!(standin.requests().is_empty(), "nothing left the machine");
+    running.stop().await.unwrap();
+}
+
+async fn deal_score(pool: &sqlx::PgPool, account: &str) -> Option<i32> {
+    sqlx::query_as::<_, (i32,)>("SELECT deal_readiness FROM account_scores WHERE account_id = $1")
+        .bind(account)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .map(|(s,)| s)
+}
+
+async fn wait_for_score(pool: &sqlx::PgPool, account: &str, want: i32) {
+    let started = Instant::now();
+    loop {
+        let got = deal_score(pool, account).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "deal readiness of {account} is {got:?}, waiting for {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Real traffic through ingest, the aggregator and the scorer: the event that takes an account
+/// over the deal-ready threshold reaches Slack and HubSpot within 10 seconds, once; crossing
+/// again inside the cooldown sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deal_ready_crossing_reaches_slack_and_hubspot_within_ten_seconds_once() {
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&standin, dir.path());
+    c.scorer.interval_ms = 200;
+    let mut app = spawn_with(c.clone(), Components::ALL).await;
+    let pool = app.pg().await;
+    let acct = format!("bigco-{}", unique_suffix());
+    let now = Utc::now();
+    let account_event = |kind: &str, extra: Value| {
+        let mut e = json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "occurred_at": Utc::now().to_rfc3339(),
+            "account_id": acct,
+            "type": kind,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            e[k] = v.clone();
+        }
+        e
+    };
+    let (status, body) = app
+        .post_json(
+            "/v1/account-events",
+            &json!([account_event(
+                "signup",
+                json!({"email_domain": "bigco.example", "company_size": 500, "seats": 5})
+            )]),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    // 60M tokens this month from 25 people in two regions: 30 + 15 + 10 = 55, not deal-ready.
+    let event = |i: usize, region: &str| {
+        let mut e = usage_event(
+            &acct,
+            now - ChronoDuration::seconds(400 - (i as i64 % 400)),
+            "gpt-4o",
+            120_240,
+            0,
+        );
+        e["region"] = json!(region);
+        e["user_id"] = json!(format!("u{}", i % 25));
+        e
+    };
+    let regions = ["us-east-1", "eu-west-1"];
+    let events: Vec<Value> = (0..499).map(|i| event(i, regions[i % 2])).collect();
+    for chunk in events.chunks(250) {
+        let (status, body) = app.post_events(chunk).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    wait_for_score(&pool, &acct, 55).await;
+    assert!(standin.requests().is_empty());
+
+    // The crossing event: a third region (+20 = 75).
+    let crossed = Instant::now();
+    let (status, body) = app.post_events(&[event(499, "ap-south-1")]).await;
+    assert_eq!(status, 202, "{body}");
+    standin
+        .wait_until(
+            Duration::from_secs(10),
+            "the Slack deal alert and the HubSpot deal",
+            |s| {
+                s.slack_posts().iter().any(|p| p.path == SLACK_DEALS) && s.deal_creates().len() == 1
+            },
+        )
+        .await;
+    let latency = crossed.elapsed();
+    assert!(latency <= Duration::from_secs(10), "took {latency:?}");
+    let alert = standin
+        .slack_posts()
+        .into_iter()
+        .find(|p| p.path == SLACK_DEALS)
+        .unwrap();
+    let text = alert.body.to_string();
+    assert!(text.contains("*Deal readiness*\\n75/100"), "{text}");
+    assert!(text.contains("3 regions"), "{text}");
+    assert!(
+        text.contains("60.1M tokens"),
+        "the 30-day summary from ClickHouse: {text}"
+    );
+
+    // Down (company of 50: 65) and back over (75) within the cooldown: nothing more is sent.
+    let (status, _) = app
+        .post_json(
+            "/v1/account-events",
+            &json!([account_event(
+                "seats_changed",
+                json!({"seats": 5, "company_size": 50})
+            )]),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_for_score(&pool, &acct, 65).await;
+    let (status, _) = app
+        .post_json(
+            "/v1/account-events",
+            &json!([account_event(
+                "seats_changed",
+                json!({"seats": 5, "company_size": 500})
+            )]),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_for_score(&pool, &acct, 75).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        standin
+            .slack_posts()
+            .iter()
+            .filter(|p| p.path == SLACK_DEALS)
+            .count(),
+        1,
+        "one Slack deal alert"
+    );
+    assert_eq!(standin.deal_creates().len(), 1, "one HubSpot deal");
+    assert!(
+        !standin
+            .hubspot_requests()
+            .iter()
+            .any(|r| r.method == "PATCH"),
+        "and no update either"
+    );
+    app.stop().await;
+}
