@@ -9,7 +9,8 @@ RUN cargo build --release --locked --bin meterline
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 libsasl2-2 libcurl4 zlib1g libzstd1 \
-    && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 meterline
+    && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 meterline \
+    && mkdir -p /var/lib/meterline/notifications && chown -R meterline /var/lib/meterline
 COPY --from=build /src/target/release/meterline /usr/local/bin/meterline
 USER meterline
 ENTRYPOINT ["/usr/local/bin/meterline"]

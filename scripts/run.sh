@@ -20,6 +20,7 @@ cat <<MSG
   Gateway token (also in .local/gateway-token): $TOKEN
 
   Post an event:     see "Try it" in README.md
+  Notifications:     .local/notifications/ (no Slack webhook or HubSpot token configured)
   Stop:              Ctrl-C
 
 MSG
