@@ -7,6 +7,7 @@ pub mod config;
 pub mod migrate;
 pub mod report;
 pub mod services;
+pub mod simulate;
 pub mod telemetry;
 
 pub use config::Config;

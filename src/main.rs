@@ -40,6 +40,39 @@ enum Command {
     Score,
     /// Run the notifier (Slack alerts, HubSpot deals, dashboard notices).
     Notify,
+    /// Send a month of simulated gateway traffic through ingest (with the gateway client) and
+    /// write the ground truth; with --check, compare the pipeline's signals with it.
+    Simulate {
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 2_000)]
+        accounts: usize,
+        /// Days of event time, ending now (at most 30).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Ingest's base URL (default: http://<http.listen>).
+        #[arg(long)]
+        url: Option<String>,
+        /// An ingest token (default: a temporary one, revoked at the end).
+        #[arg(long, env = "METERLINE_SIMULATOR_TOKEN")]
+        token: Option<String>,
+        /// The ground-truth file (JSONL).
+        #[arg(long, default_value = ".local/simulation/truth.jsonl")]
+        truth: std::path::PathBuf,
+        /// Compare signals with the ground truth; exit non-zero below the thresholds.
+        #[arg(long)]
+        check: bool,
+        #[arg(long, default_value_t = 0.95)]
+        min_precision: f64,
+        #[arg(long, default_value_t = 0.95)]
+        min_recall: f64,
+        /// Print the demo summary at the end.
+        #[arg(long)]
+        summary: bool,
+        /// Seconds to wait for the pipeline to finish with the traffic.
+        #[arg(long, default_value_t = 300)]
+        settle_timeout: u64,
+    },
     /// Inspect the notifier's outbox and send dead-lettered notifications again.
     Notifications {
         #[command(subcommand)]
@@ -217,6 +250,67 @@ async fn main() -> Result<()> {
             };
             let running = services::start(&config, which, None, shutdown_on_signal()).await?;
             running.wait().await?;
+        }
+        Command::Simulate {
+            seed,
+            accounts,
+            days,
+            url,
+            token,
+            truth,
+            check,
+            min_precision,
+            min_recall,
+            summary,
+            settle_timeout,
+        } => {
+            let options = meterline::simulate::Options {
+                seed,
+                accounts,
+                days,
+                url: url.unwrap_or_else(|| format!("http://{}", config.http.listen)),
+                token,
+                truth,
+                check,
+                min_precision,
+                min_recall,
+                summary,
+                settle_timeout: std::time::Duration::from_secs(settle_timeout),
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let outcome = meterline::simulate::run(&config, &options).await?;
+            if outcome.interrupted {
+                eprintln!(
+                    "interrupted: {} events sent, ground truth in {}",
+                    outcome.sent,
+                    options.truth.display()
+                );
+                return Ok(());
+            }
+            if let Some(text) = &outcome.summary {
+                println!("{text}");
+            } else {
+                println!(
+                    "run {}: {} accounts, {} usage and {} account events ({} accepted, {} rejected, {} dropped) in {:.1} s; ground truth in {}",
+                    outcome.tag,
+                    outcome.accounts,
+                    outcome.usage_events,
+                    outcome.account_events,
+                    outcome.sent,
+                    outcome.rejected,
+                    outcome.dropped,
+                    outcome.elapsed.as_secs_f64(),
+                    options.truth.display()
+                );
+                if let Some(c) = &outcome.check {
+                    print!("{}", c.table(min_precision, min_recall));
+                }
+            }
+            if let Some(c) = &outcome.check {
+                if !c.passed {
+                    anyhow::bail!("the pipeline's signals are below the --check thresholds");
+                }
+            }
         }
         Command::Notifications { action } => {
             let pool = migrate::connect_postgres(&config).await?;

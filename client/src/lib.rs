@@ -13,7 +13,8 @@
 //!   When the buffer is full the *oldest* event is dropped and counted (`dropped`): the buffer
 //!   never grows without limit, and fresh usage matters more than stale.
 //! * A background task sends batches of up to `batch_size` events every `flush_interval`, or
-//!   as soon as a batch is full, to `POST /v1/events`.
+//!   as soon as a batch is full, to `POST /v1/events` ([`GatewayClient::record_account`]'s
+//!   account events to `POST /v1/account-events`, before the usage of the same batch).
 //! * On `503`, `429` or a network error it retries the same batch (so the same `event_id`s,
 //!   which ingest counts once) with exponential backoff and jitter, waiting at least what
 //!   `Retry-After` asks. It gives a batch up only when ingest says the events themselves are
@@ -109,6 +110,59 @@ impl UsageEvent {
     }
 }
 
+/// One account event (signup, plan or seat change, notice interaction, churn), as the event
+/// contract in Meterline's README defines it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountEvent {
+    pub event_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub account_id: String,
+    /// `signup`, `plan_changed`, `seats_changed`, `upgrade_page_viewed`, `notice_shown`,
+    /// `notice_clicked` or `churned`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seats: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_domain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub company_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signup_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub browser_signature: Option<String>,
+}
+
+impl AccountEvent {
+    /// An event of `kind` happening now, with a fresh id.
+    pub fn new(account_id: &str, kind: &str) -> Self {
+        Self {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            occurred_at: Utc::now(),
+            account_id: account_id.into(),
+            kind: kind.into(),
+            plan: None,
+            seats: None,
+            email_domain: None,
+            company_size: None,
+            signup_ip: None,
+            device_id: None,
+            browser_signature: None,
+        }
+    }
+}
+
+/// What the buffer holds: either kind of event, sent to its own endpoint.
+#[derive(Debug, Clone)]
+enum Outgoing {
+    Usage(UsageEvent),
+    Account(AccountEvent),
+}
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Ingest's base URL, e.g. `http://127.0.0.1:8080`.
@@ -154,7 +208,7 @@ pub struct Counters {
 
 #[derive(Default)]
 struct Shared {
-    buffer: Mutex<VecDeque<UsageEvent>>,
+    buffer: Mutex<VecDeque<Outgoing>>,
     wake: Notify,
     closing: AtomicBool,
     /// Force a send of whatever is buffered, full batch or not.
@@ -218,6 +272,16 @@ impl GatewayClient {
 
     /// Buffers `event` for sending. Never waits on the network.
     pub fn record(&self, event: UsageEvent) {
+        self.push(Outgoing::Usage(event));
+    }
+
+    /// Buffers an account event for `POST /v1/account-events`, with the same batching, retries
+    /// and counters as usage events. Never waits on the network.
+    pub fn record_account(&self, event: AccountEvent) {
+        self.push(Outgoing::Account(event));
+    }
+
+    fn push(&self, event: Outgoing) {
         let len = {
             let mut b = self.shared.buffer.lock().expect("poisoned");
             if b.len() >= self.capacity {
@@ -322,7 +386,7 @@ impl Sender {
                 self.shared.flush_now.store(false, Ordering::Release);
             }
             loop {
-                let batch: Vec<UsageEvent> = {
+                let batch: Vec<Outgoing> = {
                     let mut b = self.shared.buffer.lock().expect("poisoned");
                     let n = b.len().min(self.config.batch_size);
                     b.drain(..n).collect()
@@ -331,7 +395,20 @@ impl Sender {
                     break;
                 }
                 let full = batch.len() == self.config.batch_size;
-                self.deliver(batch).await;
+                let (mut usage, mut accounts) = (Vec::new(), Vec::new());
+                for e in batch {
+                    match e {
+                        Outgoing::Usage(u) => usage.push(u),
+                        Outgoing::Account(a) => accounts.push(a),
+                    }
+                }
+                // Account events first: a signup then lands before its account's usage.
+                if !accounts.is_empty() {
+                    self.deliver("/v1/account-events", &accounts).await;
+                }
+                if !usage.is_empty() {
+                    self.deliver("/v1/events", &usage).await;
+                }
                 if !full || self.shared.closing.load(Ordering::Acquire) {
                     break;
                 }
@@ -340,8 +417,8 @@ impl Sender {
     }
 
     /// Sends one batch until ingest takes it or says it is invalid.
-    async fn deliver(&self, batch: Vec<UsageEvent>) {
-        let body = match serde_json::to_vec(&batch) {
+    async fn deliver<T: Serialize>(&self, path: &str, batch: &[T]) {
+        let body = match serde_json::to_vec(batch) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, events = batch.len(), "could not encode a batch; dropping it");
@@ -353,7 +430,7 @@ impl Sender {
         };
         let mut backoff = self.config.initial_backoff;
         loop {
-            match self.send(&body).await {
+            match self.send(path, &body).await {
                 Ok((accepted, rejected)) => {
                     *self.shared.last_error.lock().expect("poisoned") = None;
                     self.shared.sent.fetch_add(accepted, Ordering::AcqRel);
@@ -387,10 +464,10 @@ impl Sender {
     }
 
     /// Returns (accepted, rejected).
-    async fn send(&self, body: &[u8]) -> Result<(u64, u64), SendError> {
+    async fn send(&self, path: &str, body: &[u8]) -> Result<(u64, u64), SendError> {
         let resp = self
             .http
-            .post(format!("{}/v1/events", self.config.endpoint))
+            .post(format!("{}{path}", self.config.endpoint))
             .bearer_auth(&self.config.token)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_vec())
