@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# The main job: services up, migrations, a local gateway token, then every Meterline component
-# in one process until Ctrl-C.
+# The main job, and the demo: services up, migrations, every Meterline component, then a
+# simulated month of gateway traffic (`meterline simulate`), a summary of what the pipeline made
+# of it, and the pipeline left running until Ctrl-C.
+#
+#   scripts/run.sh                      # 2,000 accounts, 30 days of event time
+#   scripts/run.sh --accounts 300 --days 7 --seed 1     # any `meterline simulate` option
+#   METERLINE_DEMO=0 scripts/run.sh     # the pipeline alone, no simulation
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -12,16 +17,36 @@ $BIN migrate
 # and read usage and quota decisions, as a gateway does.
 $BIN tokens revoke local-gateway >/dev/null 2>&1 || true
 TOKEN=$($BIN tokens add local-gateway --scope ingest --scope read 2>/dev/null)
-mkdir -p .local
+mkdir -p .local/log
 echo "$TOKEN" > .local/gateway-token
+
+LOG=.local/log/meterline.log
+$BIN run >>"$LOG" 2>&1 &
+RUN_PID=$!
+trap 'kill "$RUN_PID" 2>/dev/null; wait "$RUN_PID" 2>/dev/null; exit 0' INT TERM
+for _ in $(seq 1 120); do
+  curl -fsS http://127.0.0.1:8080/readyz >/dev/null 2>&1 && break
+  if ! kill -0 "$RUN_PID" 2>/dev/null; then
+    echo "meterline run stopped; the end of $LOG:" >&2; tail -20 "$LOG" >&2; exit 1
+  fi
+  sleep 0.5
+done
+
+if [ "${METERLINE_DEMO:-1}" != 0 ]; then
+  # Each run simulates fresh accounts (a new run tag in their ids and fingerprints), so a
+  # second run on the same machine neither collides with nor is judged on the first one's data.
+  $BIN simulate --check --summary --token "$TOKEN" "$@" \
+    || echo "(the simulation's check did not pass: see the table above)"
+fi
+
 cat <<MSG
 
-  Meterline is starting on http://127.0.0.1:8080
+  Meterline is running on http://127.0.0.1:8080 (logs: $LOG)
   Gateway token (also in .local/gateway-token): $TOKEN
+  Notifications (no Slack webhook or HubSpot token configured): .local/notifications/
 
   Post an event:     see "Try it" in README.md
-  Notifications:     .local/notifications/ (no Slack webhook or HubSpot token configured)
   Stop:              Ctrl-C
 
 MSG
-exec $BIN run
+wait "$RUN_PID"
