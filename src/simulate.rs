@@ -461,7 +461,10 @@ pub fn day_events(a: &SimAccount, tag: &str, c: &Clock, days: u32, days_ago: u32
             } else {
                 // One key from six client IPs within one clock minute (the scorer groups by
                 // minute, so the burst must not straddle a minute boundary).
-                let minute = c.recent(5).duration_trunc(ChronoDuration::minutes(1)).unwrap_or(c.today);
+                let minute = c
+                    .recent(5)
+                    .duration_trunc(ChronoDuration::minutes(1))
+                    .unwrap_or(c.today);
                 for i in 0..6i64 {
                     let e = g.usage(minute + ChronoDuration::seconds(i * 5), 300, 50);
                     e.client_ip = Some(format!("203.0.113.{}", 10 + i));
@@ -948,11 +951,22 @@ mod tests {
     #[test]
     fn a_shared_key_burst_fits_in_one_clock_minute() {
         let people = population(3, 100, "t");
-        let a = people.iter().find(|a| a.behaviour == Behaviour::SharedKey).unwrap();
+        let a = people
+            .iter()
+            .find(|a| a.behaviour == Behaviour::SharedKey)
+            .unwrap();
         for second in [0, 37, 55, 59] {
             let clock = Clock::at(Utc.with_ymd_and_hms(2026, 11, 22, 15, 3, second).unwrap());
             let today = day_events(a, "t", &clock, 30, 0);
-            let minutes: BTreeSet<_> = today.usage.iter().map(|e| e.occurred_at.duration_trunc(ChronoDuration::minutes(1)).unwrap()).collect();
+            let minutes: BTreeSet<_> = today
+                .usage
+                .iter()
+                .map(|e| {
+                    e.occurred_at
+                        .duration_trunc(ChronoDuration::minutes(1))
+                        .unwrap()
+                })
+                .collect();
             let ips: BTreeSet<_> = today.usage.iter().map(|e| e.client_ip.clone()).collect();
             assert_eq!((minutes.len(), ips.len()), (1, 6), "at second {second}");
         }

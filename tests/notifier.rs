@@ -205,6 +205,42 @@ async fn statuses(pool: &sqlx::PgPool, account: &str) -> Vec<(String, String)> {
     .unwrap()
 }
 
+/// A stand-in, an isolated configuration (adjusted by `tweak`), migrated, and one free account
+/// with 5 seats and the email domain `<prefix>.example`.
+struct Fixture {
+    standin: StandIn,
+    _dir: tempfile::TempDir,
+    c: Config,
+    pool: sqlx::PgPool,
+    acct: String,
+}
+
+async fn fixture(prefix: &str, tweak: impl FnOnce(&mut Config)) -> Fixture {
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&standin, dir.path());
+    tweak(&mut c);
+    prepare(&c).await;
+    let pool = meterline::migrate::connect_postgres(&c).await.unwrap();
+    let acct = format!("{prefix}-{}", unique_suffix());
+    add_account(&pool, &acct, "free", 5, &format!("{prefix}.example")).await;
+    Fixture {
+        standin,
+        _dir: dir,
+        c,
+        pool,
+        acct,
+    }
+}
+
+impl Fixture {
+    /// Puts a deal-ready signal for the fixture's account on the topic.
+    async fn publish_deal(&self, score: i32) {
+        let records = encode(&self.c, &[deal_signal(&self.acct, score, Utc::now())]).await;
+        publish(&self.c, &records, &self.acct).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
     let standin = StandIn::start().await;
@@ -427,21 +463,11 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_rate_limit_is_waited_out_then_one_deal_is_made() {
-    let standin = StandIn::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let c = config(&standin, dir.path());
-    prepare(&c).await;
-    let pool = meterline::migrate::connect_postgres(&c).await.unwrap();
-    let acct = format!("busy-{}", unique_suffix());
-    add_account(&pool, &acct, "free", 5, "busy.example").await;
+    let f = fixture("busy", |_| {}).await;
+    let (standin, c, pool, acct) = (&f.standin, &f.c, f.pool.clone(), &f.acct);
     standin.set(|s| s.hubspot_faults.push_back((429, Some(2))));
-    publish(
-        &c,
-        &encode(&c, &[deal_signal(&acct, 75, Utc::now())]).await,
-        &acct,
-    )
-    .await;
-    let running = start(&c, notifier_only()).await;
+    f.publish_deal(75).await;
+    let running = start(c, notifier_only()).await;
     standin
         .wait_until(Duration::from_secs(20), "the deal", |s| {
             s.deal_creates().len() == 1
@@ -459,7 +485,7 @@ async fn hubspot_rate_limit_is_waited_out_then_one_deal_is_made() {
     let (attempts,): (i32,) = sqlx::query_as(
         "SELECT attempts FROM notifications WHERE account_id = $1 AND destination = 'hubspot' AND status = 'sent'",
     )
-    .bind(&acct)
+    .bind(acct)
     .fetch_one(&pool)
     .await
     .unwrap();
@@ -469,28 +495,18 @@ async fn hubspot_rate_limit_is_waited_out_then_one_deal_is_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_failing_until_attempts_run_out_is_dead_lettered_then_retried() {
-    let standin = StandIn::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let c = config(&standin, dir.path());
-    prepare(&c).await;
-    let pool = meterline::migrate::connect_postgres(&c).await.unwrap();
-    let acct = format!("down-{}", unique_suffix());
-    add_account(&pool, &acct, "free", 5, "down.example").await;
+    let f = fixture("down", |_| {}).await;
+    let (standin, c, pool, acct) = (&f.standin, &f.c, f.pool.clone(), &f.acct);
     standin.set(|s| s.hubspot_down = Some(500));
-    publish(
-        &c,
-        &encode(&c, &[deal_signal(&acct, 75, Utc::now())]).await,
-        &acct,
-    )
-    .await;
-    let running = start(&c, notifier_only()).await;
+    f.publish_deal(75).await;
+    let running = start(c, notifier_only()).await;
 
     let started = Instant::now();
     loop {
         let dead: Vec<(i64, i32, Option<String>)> = sqlx::query_as(
             "SELECT id, attempts, last_error FROM notifications WHERE account_id = $1 AND status = 'dead'",
         )
-        .bind(&acct)
+        .bind(acct)
         .fetch_all(&pool)
         .await
         .unwrap();
@@ -512,7 +528,7 @@ async fn hubspot_failing_until_attempts_run_out_is_dead_lettered_then_retried() 
     let bin = env!("CARGO_BIN_EXE_meterline");
     let list = Command::new(bin)
         .args(["notifications", "list", "--status", "dead"])
-        .envs(notifier_env(&c))
+        .envs(notifier_env(c))
         .output()
         .unwrap();
     assert!(
@@ -522,14 +538,14 @@ async fn hubspot_failing_until_attempts_run_out_is_dead_lettered_then_retried() 
     );
     let table = String::from_utf8_lossy(&list.stdout);
     assert!(
-        table.contains(&acct) && table.contains("hubspot") && table.contains("HTTP 500"),
+        table.contains(acct.as_str()) && table.contains("hubspot") && table.contains("HTTP 500"),
         "{table}"
     );
     assert!(!table.contains(HUBSPOT_TOKEN), "credentials never printed");
     standin.set(|s| s.hubspot_down = None);
     let retry = Command::new(bin)
         .args(["notifications", "retry", "--all-dead"])
-        .envs(notifier_env(&c))
+        .envs(notifier_env(c))
         .output()
         .unwrap();
     assert!(
@@ -603,32 +619,22 @@ impl Drop for Notifier {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_send_and_bookkeeping_still_one_deal_and_one_message() {
-    let standin = StandIn::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let c = config(&standin, dir.path());
-    prepare(&c).await;
-    let pool = meterline::migrate::connect_postgres(&c).await.unwrap();
-    let acct = format!("crash-{}", unique_suffix());
-    add_account(&pool, &acct, "free", 5, "crash.example").await;
-    publish(
-        &c,
-        &encode(&c, &[deal_signal(&acct, 75, Utc::now())]).await,
-        &acct,
-    )
-    .await;
+    let f = fixture("crash", |_| {}).await;
+    let (standin, c, pool, acct) = (&f.standin, &f.c, f.pool.clone(), &f.acct);
+    f.publish_deal(75).await;
 
     // Each run dies right after its first successful send, before recording it; then a clean
     // run finishes the work.
     for run in 1..=2 {
-        let mut n = Notifier::spawn(&c, true);
+        let mut n = Notifier::spawn(c, true);
         n.wait_abort(Duration::from_secs(30));
         let sent = standin.slack_posts().len() + standin.deal_creates().len();
         assert!(sent >= 1, "run {run} died without sending");
     }
-    let _clean = Notifier::spawn(&c, false);
+    let _clean = Notifier::spawn(c, false);
     let started = Instant::now();
     loop {
-        let s = statuses(&pool, &acct).await;
+        let s = statuses(&pool, acct).await;
         let settled = s.len() == 2 && s.iter().all(|(_, st)| st == "sent" || st == "unconfirmed");
         if settled {
             break;
@@ -645,7 +651,7 @@ async fn killed_between_send_and_bookkeeping_still_one_deal_and_one_message() {
     assert_eq!(standin.deals().len(), 1);
     // The HubSpot side is idempotent and finished; the Slack side, if its sender died, waits for
     // a person rather than risk a second message.
-    let s = statuses(&pool, &acct).await;
+    let s = statuses(&pool, acct).await;
     assert!(
         s.contains(&("hubspot".to_owned(), "sent".to_owned())),
         "{s:?}"
@@ -829,29 +835,22 @@ async fn one_notice_per_seven_days_and_its_clicks_are_recorded() {
 /// The local default: no Slack webhook and no HubSpot token. Every message becomes a file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_nothing_configured_messages_go_to_the_local_sink() {
-    let standin = StandIn::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&standin, dir.path());
-    c.notifier
-        .slack
-        .webhooks
-        .values_mut()
-        .for_each(|w| *w = Default::default());
-    c.notifier.hubspot.token = Default::default();
-    prepare(&c).await;
-    let pool = meterline::migrate::connect_postgres(&c).await.unwrap();
-    let acct = format!("local-{}", unique_suffix());
-    add_account(&pool, &acct, "free", 5, "local.example").await;
-    publish(
-        &c,
-        &encode(&c, &[deal_signal(&acct, 75, Utc::now())]).await,
-        &acct,
-    )
+    let f = fixture("local", |c| {
+        c.notifier
+            .slack
+            .webhooks
+            .values_mut()
+            .for_each(|w| *w = Default::default());
+        c.notifier.hubspot.token = Default::default();
+    })
     .await;
-    let running = start(&c, notifier_only()).await;
+    let (standin, c, acct) = (&f.standin, &f.c, &f.acct);
+    let dir = std::path::PathBuf::from(&c.notifier.data_dir);
+    f.publish_deal(75).await;
+    let running = start(c, notifier_only()).await;
     let started = Instant::now();
     let files = loop {
-        let files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         if files.len() == 2 {
