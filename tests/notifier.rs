@@ -656,6 +656,16 @@ async fn killed_between_send_and_bookkeeping_still_one_deal_and_one_message() {
         s.contains(&("hubspot".to_owned(), "sent".to_owned())),
         "{s:?}"
     );
+
+    // The restarted notifier still reads the topic: a risen score is delivered.
+    f.publish_deal(95).await;
+    standin
+        .wait_until(
+            Duration::from_secs(30),
+            "the alert after the restart",
+            |s| s.slack_posts().len() == 2,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

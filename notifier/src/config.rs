@@ -184,6 +184,11 @@ impl Default for SalesAssistRule {
 pub struct NotifierConfig {
     /// The consumer group reading `account-signals`.
     pub group_id: String,
+    /// Static group membership (`group.instance.id`): a restarted notifier with the same id
+    /// takes its partitions back at once, instead of waiting for the broker to expire the dead
+    /// member (tansu never does). Each notifier running at the same time needs its own id;
+    /// empty turns static membership off.
+    pub instance_id: String,
     /// The local sink: one JSON file per message that had no outside service configured.
     pub data_dir: String,
     /// Signal kind → destinations: `slack:<channel>`, `hubspot` or `notice`.
@@ -225,6 +230,7 @@ impl Default for NotifierConfig {
         };
         Self {
             group_id: "meterline-notifier".into(),
+            instance_id: "notifier-0".into(),
             data_dir: ".local/notifications".into(),
             routes: [
                 route("deal_ready", &["slack:enterprise_inbound", "hubspot"]),

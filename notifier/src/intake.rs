@@ -44,6 +44,9 @@ impl Intake {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
+        if !notifier.config.instance_id.is_empty() {
+            cc.set("group.instance.id", &notifier.config.instance_id);
+        }
         let consumer: StreamConsumer = cc.create()?;
         consumer.subscribe(&[topic])?;
         Ok(Self {
