@@ -1,0 +1,57 @@
+//! Micro-benchmark of the window fold: a batch of 20,000 usage events over 10,000 accounts
+//! into one Redis delta. `cargo bench -p meterline-aggregator`.
+
+use chrono::Utc;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use meterline_aggregator::fold::{fold_event, RedisDelta};
+use meterline_aggregator::keys::Keys;
+use meterline_schemas::usage::from_json_naming_field;
+use meterline_schemas::{IpHasher, UsageEvent, UsageEventInput};
+
+fn events(n: usize, accounts: usize) -> Vec<UsageEvent> {
+    let now = Utc::now();
+    let hasher = IpHasher::new("bench-key");
+    let models = ["gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet"];
+    (0..n)
+        .map(|i| {
+            let model = models[i % 3];
+            let json = serde_json::json!({
+                "event_id": uuid::Uuid::new_v4().to_string(),
+                "occurred_at": (now - chrono::Duration::seconds((i % 600) as i64)).to_rfc3339(),
+                "account_id": format!("acct-{:06}", i % accounts),
+                "api_key_id": "key-1", "gateway_id": "gw-1", "region": "eu-west-1", "cloud": "aws",
+                "provider": "openai", "model": model,
+                "input_tokens": 1200, "output_tokens": 300, "cost_micros": 4500, "status": 200,
+                "session_id": format!("s-{}", i % 7), "user_id": format!("u-{}", i % 5),
+                "client_ip": "203.0.113.7"
+            })
+            .to_string();
+            from_json_naming_field::<UsageEventInput>(&json)
+                .unwrap()
+                .validate(now, &hasher)
+                .unwrap()
+        })
+        .collect()
+}
+
+fn benches(c: &mut Criterion) {
+    let batch = events(20_000, 10_000);
+    let keys = Keys::new("ml:");
+    let now = Utc::now();
+    let mut g = c.benchmark_group("fold");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.sample_size(20);
+    g.bench_function("20,000 events over 10,000 accounts", |b| {
+        b.iter(|| {
+            let mut delta = RedisDelta::default();
+            for e in black_box(&batch) {
+                fold_event(&mut delta, &keys, e, now);
+            }
+            delta.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(fold, benches);
+criterion_main!(fold);
