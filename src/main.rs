@@ -131,6 +131,24 @@ enum NotificationAction {
 
 #[derive(Subcommand)]
 enum BenchKind {
+    /// HTTP batches of 500 through ingest to Kafka, next to rdkafka's raw produce rate.
+    Ingest {
+        #[arg(long, default_value_t = 10_000)]
+        accounts: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
+    /// A pre-filled topic through the aggregator, next to rdkafka's raw consume rate.
+    Aggregate {
+        #[arg(long, default_value_t = 10_000)]
+        accounts: usize,
+        #[arg(long, default_value_t = 500_000)]
+        events: usize,
+    },
     /// /v1/quota/check latency at a fixed rate while ingest takes events.
     Quota {
         /// Quota checks per second (open loop).
@@ -378,6 +396,28 @@ async fn main() -> Result<()> {
             }
         }
         Command::Bench { which } => match which {
+            BenchKind::Ingest {
+                accounts,
+                duration,
+                connections,
+            } => {
+                meterline::bench_pipeline::ingest(
+                    &config,
+                    meterline::bench_pipeline::IngestBench {
+                        accounts,
+                        duration: std::time::Duration::from_secs(duration),
+                        connections,
+                    },
+                )
+                .await?;
+            }
+            BenchKind::Aggregate { accounts, events } => {
+                meterline::bench_pipeline::aggregate(
+                    &config,
+                    meterline::bench_pipeline::AggregateBench { accounts, events },
+                )
+                .await?;
+            }
             BenchKind::Quota {
                 rate,
                 duration,

@@ -1,7 +1,11 @@
 //! Micro-benchmark of the window fold: a batch of 20,000 usage events over 10,000 accounts
-//! into one Redis delta. `cargo bench -p meterline-aggregator`.
+//! into one Redis delta, with the binary's allocator (mimalloc). `cargo bench -p meterline-aggregator`.
 
 use chrono::Utc;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use meterline_aggregator::fold::{fold_event, RedisDelta};
 use meterline_aggregator::keys::Keys;

@@ -21,28 +21,41 @@ pub struct RedisDelta {
 }
 
 impl RedisDelta {
+    // The lookups come first so that a key or field already in the delta (most of them, in a
+    // batch) costs no allocation.
     fn incr(&mut self, key: &str, field: &str, by: i64) {
         if by == 0 {
             return;
         }
-        *self
-            .counters
-            .entry(key.to_owned())
-            .or_default()
-            .entry(field.to_owned())
-            .or_default() += by;
+        let fields = match self.counters.get_mut(key) {
+            Some(f) => f,
+            None => self.counters.entry(key.to_owned()).or_default(),
+        };
+        match fields.get_mut(field) {
+            Some(v) => *v += by,
+            None => {
+                fields.insert(field.to_owned(), by);
+            }
+        }
     }
 
     fn add(&mut self, key: &str, member: &str) {
-        self.sets
-            .entry(key.to_owned())
-            .or_default()
-            .insert(member.to_owned());
+        let members = match self.sets.get_mut(key) {
+            Some(m) => m,
+            None => self.sets.entry(key.to_owned()).or_default(),
+        };
+        if !members.contains(member) {
+            members.insert(member.to_owned());
+        }
     }
 
     fn expire(&mut self, key: &str, at: i64) {
-        let e = self.expiries.entry(key.to_owned()).or_insert(at);
-        *e = (*e).max(at);
+        match self.expiries.get_mut(key) {
+            Some(e) => *e = (*e).max(at),
+            None => {
+                self.expiries.insert(key.to_owned(), at);
+            }
+        }
     }
 
     /// How many counter increments and set members this delta holds.

@@ -2,6 +2,10 @@
 //! (ingest) and decode (aggregator) of one usage event. `cargo bench -p meterline-schemas`.
 
 use chrono::Utc;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use meterline_schemas::usage::from_json_naming_field;
 use meterline_schemas::{avro, IpHasher, UsageEvent, UsageEventInput};

@@ -89,10 +89,8 @@ pub fn decode_body<T: DeserializeOwned>(
 /// Walks `body` as one datum of `schema`, failing on any read past the end and on leftover
 /// bytes.
 pub fn check_exact(schema: &Schema, body: &[u8]) -> Result<(), SchemaError> {
-    let resolved = apache_avro::schema::ResolvedSchema::try_from(schema)?;
-    let names = resolved.get_names();
     let mut cursor = body;
-    skip(schema, names, &None, &mut cursor)?;
+    skip(schema, schema, None, &mut cursor)?;
     if !cursor.is_empty() {
         return Err(SchemaError::Avro(format!(
             "{} trailing bytes after the record",
@@ -132,10 +130,13 @@ fn length(cursor: &mut &[u8]) -> Result<usize, SchemaError> {
     usize::try_from(n).map_err(|_| SchemaError::Avro(format!("negative length {n}")))
 }
 
+/// `root` is the whole schema, for resolving named references; those are rare in our schemas,
+/// so the name table is only built when one is met (building it per record cost more than the
+/// walk itself).
 fn skip(
     schema: &Schema,
-    names: &std::collections::HashMap<apache_avro::schema::Name, &Schema>,
-    ns: &apache_avro::schema::Namespace,
+    root: &Schema,
+    ns: Option<&str>,
     cursor: &mut &[u8],
 ) -> Result<(), SchemaError> {
     match schema {
@@ -185,7 +186,7 @@ fn skip(
                 .ok()
                 .and_then(|i| u.variants().get(i))
                 .ok_or_else(|| SchemaError::Avro(format!("union index {i} out of range")))?;
-            skip(variant, names, ns, cursor)
+            skip(variant, root, ns, cursor)
         }
         Schema::Array(a) => loop {
             let n = varint(cursor)?;
@@ -196,7 +197,7 @@ fn skip(
                 length(cursor)?;
             }
             for _ in 0..n.unsigned_abs() {
-                skip(&a.items, names, ns, cursor)?;
+                skip(&a.items, root, ns, cursor)?;
             }
         },
         Schema::Map(m) => loop {
@@ -208,23 +209,25 @@ fn skip(
                 length(cursor)?;
             }
             for _ in 0..n.unsigned_abs() {
-                skip(&Schema::String, names, ns, cursor)?;
-                skip(&m.types, names, ns, cursor)?;
+                skip(&Schema::String, root, ns, cursor)?;
+                skip(&m.types, root, ns, cursor)?;
             }
         },
         Schema::Record(r) => {
-            let inner_ns = r.name.namespace.clone().or_else(|| ns.clone());
+            let inner_ns = r.name.namespace.as_deref().or(ns);
             for f in &r.fields {
-                skip(&f.schema, names, &inner_ns, cursor)?;
+                skip(&f.schema, root, inner_ns, cursor)?;
             }
             Ok(())
         }
         Schema::Ref { name } => {
-            let full = name.fully_qualified_name(ns);
-            let target = names
+            let full = name.fully_qualified_name(&ns.map(String::from));
+            let resolved = apache_avro::schema::ResolvedSchema::try_from(root)?;
+            let target = resolved
+                .get_names()
                 .get(&full)
                 .ok_or_else(|| SchemaError::Avro(format!("unresolved schema reference {full}")))?;
-            skip(target, names, ns, cursor)
+            skip(target, root, ns, cursor)
         }
     }
 }

@@ -91,12 +91,27 @@ impl Grain {
     }
 
     pub fn stamp(self, start: DateTime<Utc>) -> String {
-        match self {
-            Grain::Minute => start.format("%Y%m%d%H%M").to_string(),
-            Grain::Hour => start.format("%Y%m%d%H").to_string(),
-            Grain::Day => start.format("%Y%m%d").to_string(),
-            Grain::Month => start.format("%Y%m").to_string(),
+        // Digits written by hand: chrono's `format` parses its pattern on every call, and the
+        // fold stamps several keys per event.
+        let mut out = String::with_capacity(12);
+        let mut two = |n: u32| {
+            out.push(char::from(b'0' + (n / 10) as u8));
+            out.push(char::from(b'0' + (n % 10) as u8));
+        };
+        let year = start.year().clamp(0, 9999) as u32;
+        two(year / 100);
+        two(year % 100);
+        two(start.month());
+        if self != Grain::Month {
+            two(start.day());
         }
+        if matches!(self, Grain::Minute | Grain::Hour) {
+            two(start.hour());
+        }
+        if self == Grain::Minute {
+            two(start.minute());
+        }
+        out
     }
 
     /// When the key for the window starting at `start` expires (Unix seconds).

@@ -1,0 +1,392 @@
+//! `meterline bench ingest` and `meterline bench aggregate`: throughput of the two halves of
+//! the pipeline, each next to the ceiling the broker allows measured in the same run, on the
+//! same broker and servers.
+//!
+//! * ingest: HTTP batches of 500 events posted by `--connections` concurrent clients to ingest
+//!   (in this process), against rdkafka producing the same events, already Avro-encoded,
+//!   straight to the broker with the same producer settings (idempotent, `acks=all`);
+//! * aggregate: a topic pre-filled with `--events` events, consumed and written to ClickHouse,
+//!   Redis and PostgreSQL by the aggregator, against rdkafka consuming the same topic and
+//!   discarding the records.
+//!
+//! Both use their own topics, ClickHouse database (`<database>_bench`) and Redis key prefix, so
+//! they never mix with real data; the topics are named after the run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use meterline_ingest::Scope;
+use meterline_schemas::usage::from_json_naming_field;
+use meterline_schemas::{avro, IpHasher, UsageEventInput};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::services::{self, Components};
+use crate::{migrate, Config};
+
+const MODELS: [&str; 4] = ["gpt-4o-mini", "gpt-4o", "claude-3-haiku", "llama-3-8b"];
+const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
+
+/// One realistic usage event (the fields a gateway fills in), for account `a`.
+fn event(rng: &mut StdRng, run: &str, a: usize) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "occurred_at": Utc::now().to_rfc3339(),
+        "account_id": format!("bench-{run}-{a}"),
+        "api_key_id": format!("key-{a}"),
+        "gateway_id": format!("gw-{}", a % 8),
+        "region": REGIONS[a % 3],
+        "cloud": "aws",
+        "provider": "openai",
+        "model": MODELS[rng.random_range(0..MODELS.len())],
+        "input_tokens": rng.random_range(10..4000),
+        "output_tokens": rng.random_range(10..1000),
+        "cost_micros": rng.random_range(10..5000),
+        "latency_ms": rng.random_range(50..3000),
+        "status": 200,
+        "session_id": format!("s-{a}-{}", rng.random_range(0..5)),
+        "user_id": format!("u-{}", rng.random_range(0..20)),
+        "client_ip": format!("198.51.100.{}", a % 250 + 1),
+        "prompt_hash": format!("{:016x}", rng.random::<u64>()),
+    })
+}
+
+fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A configuration whose topics, ClickHouse database, Redis prefix and consumer group belong
+/// to this benchmark run.
+async fn bench_config(config: &Config, run: &str) -> Result<Config> {
+    let mut c = config.clone();
+    c.kafka.usage_topic = format!("bench-{run}-usage");
+    c.kafka.account_topic = format!("bench-{run}-account");
+    c.kafka.dead_letter_topic = format!("bench-{run}-dlq");
+    c.kafka.signal_topic = format!("bench-{run}-signals");
+    c.clickhouse.database = format!("{}_bench", config.clickhouse.database);
+    c.redis.key_prefix = format!("mlb:{run}:");
+    c.aggregator.group_id = format!("bench-{run}");
+    c.aggregator.instance_id = String::new();
+    migrate::run(&c).await?;
+    Ok(c)
+}
+
+/// Pre-encoded Avro records of `n` events, as ingest would produce them.
+async fn encoded(
+    c: &Config,
+    run: &str,
+    accounts: usize,
+    n: usize,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let pool = migrate::connect_postgres(c).await?;
+    let id = services::registry(c, &pool)
+        .register(
+            &format!("{}-value", c.kafka.usage_topic),
+            avro::USAGE_EVENT_SCHEMA,
+        )
+        .await?;
+    let schema = avro::parse_schema(avro::USAGE_EVENT_SCHEMA)?;
+    let hasher = IpHasher::new(&c.privacy.ip_hash_key);
+    let mut rng = StdRng::seed_from_u64(5);
+    let now = Utc::now();
+    (0..n)
+        .map(|i| {
+            let a = if i < accounts {
+                i
+            } else {
+                rng.random_range(0..accounts)
+            };
+            let e = event(&mut rng, run, a);
+            let v = from_json_naming_field::<UsageEventInput>(&e.to_string())
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .validate(now, &hasher)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok((
+                v.account_id.as_str().to_owned(),
+                avro::encode(id, &schema, &v)?,
+            ))
+        })
+        .collect()
+}
+
+/// Produces `records` to `topic` as fast as the broker takes them with ingest's producer
+/// settings; returns events/s.
+async fn produce_all(c: &Config, topic: &str, records: &[(String, Vec<u8>)]) -> Result<f64> {
+    let producer: FutureProducer = meterline_ingest::producer::client_config(&c.kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let started = Instant::now();
+    for chunk in records.chunks(10_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (key, payload) in chunk {
+            loop {
+                match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
+                    Ok(d) => {
+                        pending.push(d);
+                        break;
+                    }
+                    Err((e, _)) => {
+                        // Local queue full: let deliveries drain.
+                        tracing::debug!(error = %e, "producer queue full");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }
+        for d in futures::future::join_all(pending).await {
+            match d {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => bail!("the broker refused a record: {e}"),
+                Err(_) => bail!("a delivery was cancelled"),
+            }
+        }
+    }
+    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestBench {
+    pub accounts: usize,
+    pub duration: Duration,
+    pub connections: usize,
+}
+
+/// `bench ingest`: HTTP batches of 500 through ingest to Kafka, then the raw produce ceiling.
+pub async fn ingest(config: &Config, b: IngestBench) -> Result<()> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let c = bench_config(config, &run).await?;
+    let pool = migrate::connect_postgres(&c).await?;
+    let name = format!("bench-{run}");
+    let token = services::token_store(&c, &pool)
+        .create(&name, &[Scope::Ingest], None)
+        .await?;
+    // 200 distinct batches of 500, posted round-robin (ingest does not deduplicate; the
+    // aggregator is not running here).
+    let mut rng = StdRng::seed_from_u64(3);
+    let batches: Arc<Vec<String>> = Arc::new(
+        (0..200)
+            .map(|_| {
+                Value::Array(
+                    (0..500)
+                        .map(|_| {
+                            let a = rng.random_range(0..b.accounts);
+                            event(&mut rng, &run, a)
+                        })
+                        .collect(),
+                )
+                .to_string()
+            })
+            .collect(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let shutdown = CancellationToken::new();
+    let running = services::start(
+        &c,
+        Components {
+            ingest: true,
+            ..Components::NONE
+        },
+        Some(listener),
+        shutdown.clone(),
+    )
+    .await?;
+    let url = format!(
+        "http://{}/v1/events",
+        running.ingest_addr.context("ingest runs")?
+    );
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + b.duration;
+    let mut tasks = Vec::new();
+    for k in 0..b.connections {
+        let (batches, url, token, accepted) = (
+            batches.clone(),
+            url.clone(),
+            token.clone(),
+            accepted.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut latencies = Vec::new();
+            let mut i = k;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(batches[i % batches.len()].clone())
+                    .send()
+                    .await;
+                if let Ok(r) = r {
+                    if r.status() == 202 {
+                        accepted.fetch_add(500, Ordering::Relaxed);
+                        latencies.push(t.elapsed().as_micros() as u64);
+                    }
+                }
+                i += b.connections.max(1);
+            }
+            latencies
+        }));
+    }
+    let mut rss_peak = 0f64;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_peak = rss_peak.max(rss_mib());
+    }
+    let mut latencies: Vec<u64> = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let ours = accepted.load(Ordering::Relaxed) as f64 / elapsed;
+    shutdown.cancel();
+    running.stop().await?;
+    services::token_store(&c, &pool).revoke(&name).await.ok();
+
+    // The ceiling: the same kind of events, already encoded, straight to the broker.
+    let n = ((ours * b.duration.as_secs_f64()) as usize).clamp(50_000, 2_000_000);
+    let records = encoded(&c, &run, b.accounts, n).await?;
+    let ceiling = produce_all(&c, &c.kafka.usage_topic, &records).await?;
+    println!(
+        "ingest: {ours:.0} events/s accepted (HTTP batches of 500, {} connections, {:.0} s)",
+        b.connections, elapsed
+    );
+    println!(
+        "batch latency ms: p50 {:.1}  p99 {:.1}  max {:.1}",
+        percentile_ms(&latencies, 0.5),
+        percentile_ms(&latencies, 0.99),
+        percentile_ms(&latencies, 1.0)
+    );
+    println!("ceiling: rdkafka producing the same Avro records (idempotent, acks=all): {ceiling:.0} events/s ({n} records)");
+    println!("ratio: {:.2} of the ceiling", ours / ceiling);
+    println!("process RSS while ingesting (ingest and the load generator): peak {rss_peak:.0} MiB");
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct AggregateBench {
+    pub accounts: usize,
+    pub events: usize,
+}
+
+/// Sum of the group's committed offsets on `topic`.
+async fn committed(c: &Config, group: &str, topic: &str) -> Result<i64> {
+    let consumer: StreamConsumer = meterline_ingest::producer::client_config(&c.kafka)
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..c.kafka.partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
+    Ok(got
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum())
+}
+
+/// `bench aggregate`: a pre-filled topic through the aggregator, then the raw consume ceiling.
+pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let c = bench_config(config, &run).await?;
+    println!("encoding {} events over {} accounts…", b.events, b.accounts);
+    let records = encoded(&c, &run, b.accounts, b.events).await?;
+    let produced = produce_all(&c, &c.kafka.usage_topic, &records).await?;
+    drop(records);
+    println!(
+        "pre-filled {} at {produced:.0} events/s",
+        c.kafka.usage_topic
+    );
+
+    // The ceiling: consume everything and discard it.
+    let consumer: StreamConsumer = meterline_ingest::producer::client_config(&c.kafka)
+        .set("group.id", format!("bench-{run}-raw"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[&c.kafka.usage_topic])?;
+    let started = Instant::now();
+    let mut seen = 0usize;
+    let mut bytes = 0usize;
+    while seen < b.events {
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .context("the raw consumer stalled")??;
+        bytes += m.payload().map_or(0, |p| p.len());
+        seen += 1;
+    }
+    let ceiling = seen as f64 / started.elapsed().as_secs_f64();
+    drop(consumer);
+
+    // Ours: the aggregator from the start of the topic to its last committed offset.
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let running = services::start(
+        &c,
+        Components {
+            aggregator: true,
+            ..Components::NONE
+        },
+        None,
+        shutdown.clone(),
+    )
+    .await?;
+    let mut rss_peak = 0f64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss_peak = rss_peak.max(rss_mib());
+        let done = committed(&c, &c.aggregator.group_id, &c.kafka.usage_topic).await?;
+        if done as usize >= b.events {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1_800) {
+            bail!(
+                "the aggregator committed {done} of {} in 30 minutes",
+                b.events
+            );
+        }
+    }
+    let ours = b.events as f64 / started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    running.stop().await?;
+    println!(
+        "aggregate: {ours:.0} events/s from Kafka to ClickHouse + Redis, offsets committed ({} events, {} accounts)",
+        b.events, b.accounts
+    );
+    println!("ceiling: rdkafka consuming the same topic and discarding: {ceiling:.0} events/s ({:.0} bytes/event)", bytes as f64 / seen as f64);
+    println!("ratio: {:.2} of the ceiling", ours / ceiling);
+    println!("aggregator process RSS: peak {rss_peak:.0} MiB");
+    Ok(())
+}
