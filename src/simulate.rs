@@ -404,17 +404,20 @@ pub fn day_events(a: &SimAccount, tag: &str, c: &Clock, days: u32, days_ago: u32
                 e.seats = Some(5);
             }
             if days_ago == 0 {
-                // This month: 60M tokens from 25 people, three regions, three providers.
+                // This month: 60M tokens from 25 people, three regions on three clouds, three
+                // providers.
                 let start = c.month.max(c.now - ChronoDuration::days(20));
                 let span = (c.now - ChronoDuration::minutes(2) - start)
                     .num_seconds()
                     .max(1);
-                let regions = ["us-east-1", "eu-west-1", "ap-south-1"];
+                let regions = ["us-east-1", "europe-west1", "eastasia"];
+                let clouds = ["aws", "gcp", "azure"];
                 let providers = ["openai", "anthropic", "google"];
                 for i in 0..500i64 {
                     let at = start + ChronoDuration::seconds(span * i / 500);
                     let e = g.usage(at, 120_000, 0);
                     e.region = regions[i as usize % 3].into();
+                    e.cloud = clouds[i as usize % 3].into();
                     e.provider = providers[i as usize % 3].into();
                     e.user_id = Some(format!("u{}", i % 25));
                 }
@@ -990,6 +993,8 @@ mod tests {
         assert!(month_tokens > 50_000_000);
         let regions: BTreeSet<&str> = today.usage.iter().map(|e| e.region.as_str()).collect();
         assert_eq!(regions.len(), 3);
+        let clouds: BTreeSet<&str> = today.usage.iter().map(|e| e.cloud.as_str()).collect();
+        assert_eq!(clouds.len(), 3);
         let users: BTreeSet<_> = today.usage.iter().map(|e| e.user_id.clone()).collect();
         assert!(users.len() > 20);
         let signup = day_events(a, "t", &clock, 30, 30);

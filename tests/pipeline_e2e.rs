@@ -415,3 +415,66 @@ async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twic
     second.wait().ok();
     app.stop().await;
 }
+
+/// Scale-out: two aggregator processes in one consumer group split the partitions between
+/// them, and the totals are still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_aggregators_split_the_partitions_and_the_totals_are_exact() {
+    let config = isolated_config(&unique_suffix());
+    let mut app = spawn_with(
+        config,
+        Components {
+            ingest: true,
+            ..Components::NONE
+        },
+    )
+    .await;
+    let mut children = Vec::new();
+    let mut metric_urls = Vec::new();
+    for i in 0..2 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        metric_urls.push(format!("http://{addr}/metrics"));
+        let mut env = config_env(&app.config);
+        env.retain(|(k, _)| k != "METERLINE_HTTP__AGGREGATOR_LISTEN");
+        children.push(
+            std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+                .arg("aggregate")
+                .envs(env)
+                .env("METERLINE_HTTP__AGGREGATOR_LISTEN", &addr)
+                .env(
+                    "METERLINE_AGGREGATOR__INSTANCE_ID",
+                    format!("aggregator-{i}"),
+                )
+                .env("RUST_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn meterline aggregate"),
+        );
+    }
+    let traffic = generate(13, &unique_suffix());
+    post_all(&app, &traffic, 0..traffic.batches.len()).await;
+    assert_totals(&app, &traffic).await;
+    // Each process wrote a share: both hold partitions.
+    for url in &metric_urls {
+        let text = app
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let written: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("meterline_aggregator_events_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(written > 0.0, "{url} aggregated nothing:\n{text}");
+    }
+    for mut c in children {
+        c.kill().ok();
+        c.wait().ok();
+    }
+    app.stop().await;
+}
