@@ -73,6 +73,9 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         settle_timeout: u64,
     },
+    /// Rebuild the Redis hot state from ClickHouse's raw events (after Redis lost it). Stop the
+    /// aggregators first; running it twice adds nothing.
+    RebuildHotState,
     /// Inspect the notifier's outbox and send dead-lettered notifications again.
     Notifications {
         #[command(subcommand)]
@@ -329,6 +332,30 @@ async fn main() -> Result<()> {
                     anyhow::bail!("the pipeline's signals are below the --check thresholds");
                 }
             }
+        }
+        Command::RebuildHotState => {
+            let redis = meterline_aggregator::redis_sink::RedisSink::connect(
+                &config.redis.url,
+                meterline_aggregator::keys::Keys::new(config.redis.key_prefix.clone()),
+            )
+            .await
+            .context("connecting to Redis")?;
+            let started = std::time::Instant::now();
+            let done = meterline_aggregator::rebuild::rebuild_hot_state(
+                &config.clickhouse.client(),
+                &redis,
+                chrono::Utc::now(),
+                |n| eprintln!("{n} events read"),
+            )
+            .await
+            .context("rebuilding the hot state")?;
+            println!(
+                "hot state rebuilt in {:.1} s: {} events over {} accounts read from ClickHouse, {} of them already counted in Redis",
+                started.elapsed().as_secs_f64(),
+                done.events,
+                done.accounts,
+                done.already_counted
+            );
         }
         Command::Notifications { action } => {
             let pool = migrate::connect_postgres(&config).await?;

@@ -21,6 +21,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod decode;
 pub mod fold;
+pub mod rebuild;
 pub use meterline_schemas::keys;
 pub mod metrics;
 pub mod redis_sink;

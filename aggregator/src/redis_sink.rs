@@ -104,8 +104,6 @@ impl RedisSink {
         Ok(seen)
     }
 
-    /// Applies `delta` atomically. Returns the number of Redis commands sent (for the
-    /// commands-per-event figure).
     /// Adds accounts to the scorer's dirty set.
     pub async fn mark_dirty(&self, accounts: &[&str]) -> Result<(), SinkError> {
         if accounts.is_empty() {
@@ -119,6 +117,8 @@ impl RedisSink {
         Ok(())
     }
 
+    /// Applies `delta` atomically. Returns the number of Redis commands sent (for the
+    /// commands-per-event figure).
     pub async fn apply(&self, delta: &RedisDelta) -> Result<usize, SinkError> {
         if delta.is_empty() {
             return Ok(0);
