@@ -1044,3 +1044,61 @@ async fn a_deal_ready_crossing_reaches_slack_and_hubspot_within_ten_seconds_once
     );
     app.stop().await;
 }
+
+/// PostgreSQL goes away while notifications wait in the outbox (Slack is failing, so they are
+/// pending with retries): once both are back, each is delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_with_pending_notifications_delivers_each_once() {
+    let proxy = common::proxy::FaultProxy::start("127.0.0.1:5432").await;
+    let through = proxy.addr.to_string();
+    let f = fixture("pgdown", |c| {
+        c.postgres.url = c.postgres.url.replace("127.0.0.1:5432", &through);
+        c.notifier.max_attempts = 1_000;
+    })
+    .await;
+    let (standin, c) = (&f.standin, &f.c);
+    let others: Vec<String> = (0..2).map(|i| format!("{}-{i}", f.acct)).collect();
+    for a in &others {
+        add_account(&f.pool, a, "free", 5, &format!("{a}.example")).await;
+    }
+    standin.set(|s| s.slack_down = Some(503));
+    let mut signals = vec![deal_signal(&f.acct, 75, Utc::now())];
+    signals.extend(others.iter().map(|a| deal_signal(a, 75, Utc::now())));
+    publish(c, &encode(c, &signals).await, &f.acct).await;
+    let running = start(c, notifier_only()).await;
+    standin
+        .wait_until(
+            Duration::from_secs(30),
+            "three deals and failing Slack posts",
+            |s| {
+                s.deal_creates().len() == 3
+                    && s.requests()
+                        .iter()
+                        .filter(|r| r.path.starts_with("/services/"))
+                        .count()
+                        >= 3
+            },
+        )
+        .await;
+
+    proxy.take_down();
+    standin.set(|s| s.slack_down = None);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.bring_up();
+    standin
+        .wait_until(Duration::from_secs(30), "the three Slack alerts", |s| {
+            s.slack_posts().len() == 3
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(standin.slack_posts().len(), 3, "one alert per account");
+    assert_eq!(standin.deal_creates().len(), 3, "one deal per account");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT destination, status FROM notifications ORDER BY id")
+            .fetch_all(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|(_, s)| s == "sent"), "{rows:?}");
+    running.stop().await.unwrap();
+}

@@ -70,6 +70,27 @@ pub async fn poll_once(n: &Notifier) -> Result<usize, NotifyError> {
     Ok(count)
 }
 
+/// Records the outcome of a send, retrying while PostgreSQL is unreachable: the outcome is
+/// known only here, and a row left `sending` would be settled by its lease as "unknown"
+/// (a Slack alert then waits for a person, though this process knows what happened).
+async fn until_recorded<F, Fut>(record: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match record().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "could not record a send's outcome; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 async fn settle(n: &Notifier, c: &Claimed) -> Result<(), NotifyError> {
     let (label, result) = send(n, c).await;
     if result.is_ok() {
@@ -84,12 +105,12 @@ async fn settle(n: &Notifier, c: &Claimed) -> Result<(), NotifyError> {
     n.metrics.sends.with_label_values(&[label, outcome]).inc();
     match result {
         Ok(to) => {
-            outbox::mark_sent(&n.pg, c.id, &to).await?;
+            until_recorded(|| outbox::mark_sent(&n.pg, c.id, &to)).await;
             tracing::info!(delivered_to = %to, "notification sent");
         }
         Err(SendError::RateLimited { after, detail }) => {
             let next = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
-            outbox::mark_retry(&n.pg, c.id, next, &detail, false).await?;
+            until_recorded(|| outbox::mark_retry(&n.pg, c.id, next, &detail, false)).await;
             tracing::warn!(retry_in_ms = after.as_millis() as u64, %detail, "rate limited; waiting as asked");
         }
         Err(SendError::Transient(e)) if (c.attempts as u32) < n.config.max_attempts => {
@@ -100,11 +121,11 @@ async fn settle(n: &Notifier, c: &Claimed) -> Result<(), NotifyError> {
                 rand::rng().random::<f64>(),
             );
             let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-            outbox::mark_retry(&n.pg, c.id, next, &e, true).await?;
+            until_recorded(|| outbox::mark_retry(&n.pg, c.id, next, &e, true)).await;
             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "send failed; will retry");
         }
         Err(SendError::Transient(e) | SendError::Permanent(e)) => {
-            outbox::mark_dead(&n.pg, c.id, &e).await?;
+            until_recorded(|| outbox::mark_dead(&n.pg, c.id, &e)).await;
             n.metrics
                 .dead
                 .with_label_values(&[destination_label(&c.destination)])

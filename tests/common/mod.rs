@@ -4,6 +4,7 @@
 //! random port.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod standin;
 
 use std::collections::HashMap;
