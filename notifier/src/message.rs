@@ -245,7 +245,7 @@ pub fn slack_message(
     }
     blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("signal `{}` · raised {}", escape(&signal.signal_id), signal.raised_at().format("%Y-%m-%d %H:%M UTC"))}]}));
     json!({
-        "text": format!("{} — {} ({}), {score_name} {score}", title(kind), signal.account_id, signal.plan),
+        "text": format!("{} — {} ({}), {score_name} {score}", title(kind), account_id, escape(&signal.plan)),
         "blocks": blocks,
     })
 }
