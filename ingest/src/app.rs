@@ -33,6 +33,8 @@ pub struct AppState {
     pub extra_registries: Vec<prometheus::Registry>,
     /// The read endpoints' state; `None` serves ingest alone (they answer 500).
     pub read: Option<crate::read::ReadPath>,
+    /// Per-token event budget for the ingest endpoints.
+    pub rate_limit: Arc<crate::rate_limit::EventRateLimiter>,
 }
 
 impl AppState {
@@ -60,7 +62,12 @@ impl AppParts {
             &self.kafka,
             Duration::from_millis(self.config.produce_timeout_ms),
         )?;
+        let rate_limit = Arc::new(crate::rate_limit::EventRateLimiter::new(
+            self.config.rate_limit_events_per_sec,
+            self.config.rate_limit_burst_events,
+        ));
         Ok(AppState {
+            rate_limit,
             config: Arc::new(self.config),
             tokens: self.tokens,
             producer,

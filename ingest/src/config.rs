@@ -52,6 +52,11 @@ pub struct IngestConfig {
     /// path. Changes invalidate it at once through PostgreSQL notifications; this bounds the
     /// staleness should one be missed.
     pub profile_cache_ttl_ms: u64,
+    /// Events per second one token may post (a token bucket); past it, `429` with
+    /// `Retry-After`. 0 turns the limit off.
+    pub rate_limit_events_per_sec: u64,
+    /// Events one token may post at once before the rate applies.
+    pub rate_limit_burst_events: u64,
 }
 
 impl Default for IngestConfig {
@@ -63,6 +68,8 @@ impl Default for IngestConfig {
             auth_cache_ttl_ms: 5_000,
             retry_after_secs: 1,
             profile_cache_ttl_ms: 60_000,
+            rate_limit_events_per_sec: 100_000,
+            rate_limit_burst_events: 200_000,
         }
     }
 }

@@ -22,6 +22,11 @@ pub enum ApiError {
         reason: String,
         retry_after_secs: u64,
     },
+    #[error("{reason}")]
+    RateLimited {
+        reason: String,
+        retry_after_secs: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -36,6 +41,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -54,6 +60,9 @@ impl IntoResponse for ApiError {
             .into_response();
         match &self {
             ApiError::Unavailable {
+                retry_after_secs, ..
+            }
+            | ApiError::RateLimited {
                 retry_after_secs, ..
             } => {
                 resp.headers_mut()

@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod producer;
+pub mod rate_limit;
 pub mod read;
 pub mod routes;
 

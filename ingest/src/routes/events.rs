@@ -141,6 +141,21 @@ async fn ingest<K: EventKind>(
     let bytes = body::read_limited(headers, body, state.config.max_body_bytes).await?;
     let items = body::split(framing, &bytes, state.config.max_events)?;
     tracing::Span::current().record("events", items.len());
+    if let Err(wait) = state.rate_limit.take(
+        &principal.name,
+        items.len() as u64,
+        std::time::Instant::now(),
+    ) {
+        return Err(ApiError::RateLimited {
+            reason: format!(
+                "token {:?} is over its rate limit of {} events/s; nothing from this request was accepted, retry after {:.1} s",
+                principal.name,
+                state.config.rate_limit_events_per_sec,
+                wait.as_secs_f64()
+            ),
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        });
+    }
 
     let now = Utc::now();
     let topic = K::topic(state);
