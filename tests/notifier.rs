@@ -1102,3 +1102,94 @@ async fn a_postgres_outage_with_pending_notifications_delivers_each_once() {
     assert!(rows.iter().all(|(_, s)| s == "sent"), "{rows:?}");
     running.stop().await.unwrap();
 }
+
+/// The logs of a whole run, at debug level, never contain a credential or a client IP: the
+/// ingest token, the Slack webhook path, the HubSpot token, the IP an event came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_run_logs_no_secret_and_no_client_ip() {
+    let f = fixture("logscan", |_| {}).await;
+    let (standin, c) = (&f.standin, &f.c);
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("run.log");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meterline"))
+        .arg("run")
+        .envs(notifier_env(c))
+        .env("METERLINE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "METERLINE_HTTP__AGGREGATOR_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let token = services::token_store(c, &f.pool)
+        .create(
+            &format!("gw-{}", unique_suffix()),
+            &[Scope::Ingest, Scope::Read],
+            None,
+        )
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while http.get(format!("{url}/readyz")).send().await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "meterline run did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client_ip = "203.0.113.77";
+    let mut e = usage_event(&f.acct, Utc::now(), "gpt-4o", 100, 10);
+    e["client_ip"] = client_ip.into();
+    let resp = http
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(&token)
+        .json(&vec![e])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    // A bad token too: its refusal is logged without the token.
+    let bad = "mlt_0000000000000000000000000000000000000000000000000000000000000000";
+    let resp = http
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(bad)
+        .json(&Vec::<Value>::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    f.publish_deal(75).await;
+    standin
+        .wait_until(
+            Duration::from_secs(30),
+            "the Slack alert and the deal",
+            |s| s.slack_posts().len() == 1 && s.deal_creates().len() == 1,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    child.kill().ok();
+    child.wait().ok();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.len() > 1_000, "the run logged: {log}");
+    let webhook_secret = SLACK_DEALS.rsplit('/').next().unwrap();
+    for (what, secret) in [
+        ("the ingest token", token.as_str()),
+        ("a refused token", bad),
+        ("the Slack webhook", webhook_secret),
+        ("the HubSpot token", HUBSPOT_TOKEN),
+        ("a client IP", client_ip),
+    ] {
+        let at = log.find(secret);
+        assert!(
+            at.is_none(),
+            "{what} is in the log: …{}…",
+            &log[at.unwrap().saturating_sub(200)..(at.unwrap() + 100).min(log.len())]
+        );
+    }
+}
