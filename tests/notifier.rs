@@ -362,7 +362,15 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
             Some(&*format!("Bearer {HUBSPOT_TOKEN}"))
         );
     }
-    assert_eq!(hs[0].content_type.as_deref(), Some("application/json"));
+    for r in hs.iter().filter(|r| r.method != "PUT") {
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/json"),
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
     assert_eq!(
         hs[0].body,
         json!({"filterGroups": [{"filters": [{"propertyName": "domain", "operator": "EQ", "value": "acme.example"}]}], "properties": ["domain", "name"], "limit": 1})
@@ -431,6 +439,11 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
         .unwrap();
     assert_eq!(patch.path, format!("/crm/v3/objects/deals/{deal_id}"));
     assert_eq!(patch.body["properties"]["meterline_deal_readiness"], "95");
+    assert!(patch.body["properties"]["description"]
+        .as_str()
+        .unwrap()
+        .starts_with("Deal readiness 95/100"));
+    assert_eq!(patch.content_type.as_deref(), Some("application/json"));
     assert_eq!(patch.body["properties"].as_object().unwrap().len(), 2);
     let second = standin
         .slack_posts()
