@@ -175,6 +175,14 @@ impl Config {
                 "postgres.max_connections",
                 self.postgres.max_connections as i64,
             ),
+            (
+                "ingest.header_read_timeout_ms",
+                self.ingest.header_read_timeout_ms as i64,
+            ),
+            (
+                "ingest.body_read_timeout_ms",
+                self.ingest.body_read_timeout_ms as i64,
+            ),
             ("scorer.interval_ms", self.scorer.interval_ms as i64),
             ("scorer.batch_size", self.scorer.batch_size as i64),
             (

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_pipeline;
 pub mod config;
+pub mod http_server;
 pub mod migrate;
 pub mod report;
 pub mod services;

@@ -361,9 +361,9 @@ pub async fn start(
         let producer = state.producer.clone();
         let app = meterline_ingest::router(state);
         let token = shutdown.clone();
+        let header_timeout = Duration::from_millis(config.ingest.header_read_timeout_ms);
         tasks.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { token.cancelled().await })
+            crate::http_server::serve(listener, app, header_timeout, token)
                 .await
                 .context("ingest server")?;
             producer.flush(Duration::from_secs(5));
@@ -399,9 +399,9 @@ pub async fn start(
                 }),
             );
         let token = shutdown.clone();
+        let header_timeout = Duration::from_millis(config.ingest.header_read_timeout_ms);
         tasks.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { token.cancelled().await })
+            crate::http_server::serve(listener, app, header_timeout, token)
                 .await
                 .context("metrics server")
         }));

@@ -45,6 +45,7 @@ pub async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     max_bytes: usize,
+    timeout: std::time::Duration,
 ) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || ApiError::PayloadTooLarge(format!("body: larger than {max_bytes} bytes"));
     if let Some(len) = headers
@@ -56,7 +57,17 @@ pub async fn read_limited(
             return Err(too_large());
         }
     }
-    axum::body::to_bytes(body, max_bytes).await.map_err(|e| {
+    // A client that trickles its body in would otherwise hold the request (and its memory)
+    // for as long as it likes.
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, max_bytes))
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "body: not received within {:.0} s",
+                timeout.as_secs_f64()
+            ))
+        })?;
+    read.map_err(|e| {
         // to_bytes reports the limit as a "length limit exceeded" error; anything else is a
         // broken connection.
         let is_limit = std::error::Error::source(&e)

@@ -57,6 +57,11 @@ pub struct IngestConfig {
     pub rate_limit_events_per_sec: u64,
     /// Events one token may post at once before the rate applies.
     pub rate_limit_burst_events: u64,
+    /// A connection must send a request's headers within this time, or it is closed (a
+    /// slowloris client cannot hold connections open).
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this time, or the answer is `408`.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -70,6 +75,8 @@ impl Default for IngestConfig {
             profile_cache_ttl_ms: 60_000,
             rate_limit_events_per_sec: 100_000,
             rate_limit_burst_events: 200_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
         }
     }
 }

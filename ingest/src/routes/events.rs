@@ -138,7 +138,13 @@ async fn ingest<K: EventKind>(
     tracing::Span::current().record("gateway", principal.name.as_str());
 
     let framing = body::framing(headers)?;
-    let bytes = body::read_limited(headers, body, state.config.max_body_bytes).await?;
+    let bytes = body::read_limited(
+        headers,
+        body,
+        state.config.max_body_bytes,
+        std::time::Duration::from_millis(state.config.body_read_timeout_ms),
+    )
+    .await?;
     let items = body::split(framing, &bytes, state.config.max_events)?;
     tracing::Span::current().record("events", items.len());
     if let Err(wait) = state.rate_limit.take(
