@@ -500,15 +500,26 @@ async fn hubspot_rate_limit_is_waited_out_then_one_deal_is_made() {
         "retried {:?} after the 429 that asked for 2 s",
         hs[1].at.duration_since(hs[0].at)
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The outcome is recorded just after the send: wait for it.
+    let started = Instant::now();
+    let attempts = loop {
+        let row: Option<(i32,)> = sqlx::query_as(
+            "SELECT attempts FROM notifications WHERE account_id = $1 AND destination = 'hubspot' AND status = 'sent'",
+        )
+        .bind(acct)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some((a,)) = row {
+            break a;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never recorded as sent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(standin.deals().len(), 1);
-    let (attempts,): (i32,) = sqlx::query_as(
-        "SELECT attempts FROM notifications WHERE account_id = $1 AND destination = 'hubspot' AND status = 'sent'",
-    )
-    .bind(acct)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
     assert_eq!(attempts, 1, "a 429 is pacing, not a failed attempt");
     running.stop().await.unwrap();
 }
@@ -1110,16 +1121,24 @@ async fn a_postgres_outage_with_pending_notifications_delivers_each_once() {
             s.slack_posts().len() == 3
         })
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(standin.slack_posts().len(), 3, "one alert per account");
-    assert_eq!(standin.deal_creates().len(), 3, "one deal per account");
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT destination, status FROM notifications ORDER BY id")
-            .fetch_all(&f.pool)
-            .await
-            .unwrap();
+    let started = Instant::now();
+    let rows = loop {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT destination, status FROM notifications ORDER BY id")
+                .fetch_all(&f.pool)
+                .await
+                .unwrap();
+        if rows.iter().all(|(_, s)| s == "sent") || started.elapsed() > Duration::from_secs(20) {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(rows.len(), 6);
     assert!(rows.iter().all(|(_, s)| s == "sent"), "{rows:?}");
+    // Nothing more arrives afterwards.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(standin.slack_posts().len(), 3, "one alert per account");
+    assert_eq!(standin.deal_creates().len(), 3, "one deal per account");
     running.stop().await.unwrap();
 }
 
