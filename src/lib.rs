@@ -4,12 +4,16 @@
 
 pub mod bench;
 pub mod bench_pipeline;
+pub mod chart;
+pub mod cohort_report;
 pub mod config;
+pub mod experiments;
 pub mod http_server;
 pub mod migrate;
 pub mod report;
 pub mod services;
 pub mod simulate;
+pub mod stats;
 pub mod telemetry;
 
 pub use config::Config;

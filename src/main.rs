@@ -105,6 +105,11 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Limit A/B experiments on new signups, and their reports.
+    Experiments {
+        #[command(subcommand)]
+        action: meterline::experiments::ExperimentAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -463,6 +468,9 @@ async fn main() -> Result<()> {
                 .await?;
             }
         },
+        Command::Experiments { action } => {
+            meterline::experiments::run(&config, action).await?;
+        }
         Command::Tokens { action } => {
             let pool = migrate::connect_postgres(&config).await?;
             let store = services::token_store(&config, &pool);

@@ -108,8 +108,32 @@ impl AccountsSink {
             .bind(occurred)
             .execute(&mut *tx)
             .await?;
+            if e.kind == AccountEventType::Signup {
+                // In the signup's transaction: an account is assigned exactly when its signup
+                // is applied, and a replay finds it assigned already.
+                for (experiment, variant) in
+                    crate::experiments::store::assign_at_signup(&mut tx, e.account_id.as_str())
+                        .await?
+                {
+                    tracing::info!(account_id = %e.account_id, %experiment, %variant, "assigned to experiment");
+                }
+            }
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    pub async fn pending_assignments(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<crate::experiments::store::PendingAssignment>, SinkError> {
+        Ok(crate::experiments::store::pending_assignments(&self.pool, limit).await?)
+    }
+
+    pub async fn mark_recorded(
+        &self,
+        done: &[crate::experiments::store::PendingAssignment],
+    ) -> Result<(), SinkError> {
+        Ok(crate::experiments::store::mark_recorded(&self.pool, done).await?)
     }
 }

@@ -142,10 +142,27 @@ impl Sinks {
             .collect();
         self.clickhouse.insert_accounts(&to_insert).await?;
         self.accounts.apply(&new).await?;
+        self.record_assignments().await?;
         // A plan, seat or signup change changes scores too.
         let changed: Vec<&str> = new.iter().map(|d| d.event.account_id.as_str()).collect();
         self.redis.mark_dirty(&changed).await?;
         Ok(new.len())
+    }
+
+    /// Writes the `experiment_assigned` events of assignments the signups made (and any an
+    /// earlier attempt left unrecorded) to ClickHouse, then marks them recorded: recorded only
+    /// after the write lands.
+    pub async fn record_assignments(&self) -> Result<usize, SinkError> {
+        let mut total = 0;
+        loop {
+            let pending = self.accounts.pending_assignments(5_000).await?;
+            if pending.is_empty() {
+                return Ok(total);
+            }
+            self.clickhouse.insert_assignments(&pending).await?;
+            self.accounts.mark_recorded(&pending).await?;
+            total += pending.len();
+        }
     }
 
     /// Writes the decoded part of a batch. `done` remembers which streams an earlier attempt

@@ -179,4 +179,52 @@ impl ClickHouseSink {
         insert.end().await?;
         Ok(())
     }
+
+    /// `experiment_assigned` events. The event id is the experiment and account, so writing
+    /// the same assignment twice (a crash before it was marked recorded) leaves one row in
+    /// `experiment_assignments_final`.
+    pub async fn insert_assignments(
+        &self,
+        assignments: &[crate::experiments::store::PendingAssignment],
+    ) -> Result<(), SinkError> {
+        if assignments.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<AssignmentRow<'_>>("experiment_assignments")
+            .await?;
+        for a in assignments {
+            let event_id = format!("experiment_assigned:{}:{}", a.experiment, a.account_id);
+            insert
+                .write(&AssignmentRow {
+                    event_id: &event_id,
+                    assigned_at: a.assigned_at.timestamp().max(0) as u32,
+                    experiment: &a.experiment,
+                    variant: &a.variant,
+                    is_control: u8::from(a.is_control),
+                    account_id: &a.account_id,
+                    signed_up_at: a.signed_up_at.timestamp().max(0) as u32,
+                    plan: &a.plan,
+                    overrides: &a.limits,
+                })
+                .await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+}
+
+/// A row of the ClickHouse `experiment_assignments` table.
+#[derive(Debug, Row, Serialize)]
+pub struct AssignmentRow<'a> {
+    pub event_id: &'a str,
+    pub assigned_at: u32,
+    pub experiment: &'a str,
+    pub variant: &'a str,
+    pub is_control: u8,
+    pub account_id: &'a str,
+    pub signed_up_at: u32,
+    pub plan: &'a str,
+    pub overrides: &'a str,
 }

@@ -97,6 +97,10 @@ impl Aggregator {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
         tracing::info!(group = %self.config.group_id, usage = %self.topics.usage, account = %self.topics.account, "aggregator started");
         let max_wait = Duration::from_millis(self.config.batch_max_wait_ms);
+        // Assignments a crash left unrecorded would otherwise wait for the next account event.
+        if let Err(e) = self.sinks.record_assignments().await {
+            tracing::warn!(error = %e, "experiment assignments not recorded yet; the next account batch retries");
+        }
         loop {
             let Some(records) = self.collect_batch(max_wait, &shutdown).await else {
                 break;

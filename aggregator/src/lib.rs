@@ -20,6 +20,7 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod decode;
+pub mod experiments;
 pub mod fold;
 pub mod rebuild;
 pub use meterline_schemas::keys;

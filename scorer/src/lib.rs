@@ -7,11 +7,14 @@
 //!   [`score::Signal`]s;
 //! * [`load`]: gathers facts for a batch of accounts, one query per fact kind;
 //! * [`store`]: current scores, score history and signals (exactly one per episode);
+//! * [`crossings`]: each limit stage an account reaches, by event time, for the growth team's
+//!   `limit_events`;
 //! * [`worker`]: the loop. The aggregator marks accounts whose hot state changed in the Redis
 //!   set `{p}dirty`; the worker drains it every second, so a change is scored within seconds
 //!   without scanning every account, and a daily full pass catches what time alone changes.
 
 pub mod config;
+pub mod crossings;
 pub mod facts;
 pub mod load;
 pub mod metrics;

@@ -192,7 +192,9 @@ impl Stores {
             fingerprints.push((id, ip, device, browser));
         }
         let overrides: Vec<(String, String, f64)> = sqlx::query_as(
-            "SELECT account_id, limit_name, value FROM account_limit_overrides WHERE account_id = ANY($1)",
+            // An override scoped to a plan (an experiment's) applies only while the account is on it.
+            "SELECT o.account_id, o.limit_name, o.value FROM account_limit_overrides o LEFT JOIN accounts a USING (account_id) \
+             WHERE o.account_id = ANY($1) AND (o.plan IS NULL OR o.plan = COALESCE(a.plan, 'free'))",
         )
         .bind(&ids)
         .fetch_all(&self.pg)

@@ -50,6 +50,9 @@ impl Scorer {
             let span = tracing::debug_span!("score", account_id = %s.account_id);
             async {
                 self.store.save(s).await?;
+                self.store
+                    .record_crossings(s, &self.quota, self.tiers.get(s.plan))
+                    .await?;
                 for sig in signals(s, &self.config) {
                     if self.store.raise(&sig).await? {
                         tracing::info!(kind = sig.kind.as_str(), episode = %sig.episode, "signal raised");

@@ -158,7 +158,9 @@ async fn load(pool: &PgPool, account: &str) -> Result<AccountProfile, sqlx::Erro
     .fetch_optional(pool)
     .await?;
     let overrides: Vec<(String, f64)> = sqlx::query_as(
-        "SELECT limit_name, value FROM account_limit_overrides WHERE account_id = $1",
+        // An override scoped to a plan (an experiment's) applies only while the account is on it.
+        "SELECT o.limit_name, o.value FROM account_limit_overrides o LEFT JOIN accounts a USING (account_id) \
+         WHERE o.account_id = $1 AND (o.plan IS NULL OR o.plan = COALESCE(a.plan, 'free'))",
     )
     .bind(account)
     .fetch_all(pool)
