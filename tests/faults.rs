@@ -177,3 +177,343 @@ async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
     );
     app.stop().await;
 }
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A stream of `n` events over `accounts` accounts, generated a batch at a time (the long
+/// run's million events never sit in memory at once); every 10th event repeats one from
+/// earlier in its batch, as a gateway retry would.
+struct Stream {
+    prefix: String,
+    accounts: u64,
+    n: u64,
+    next: u64,
+}
+
+impl Stream {
+    fn new(n: u64, accounts: u64) -> Self {
+        Stream {
+            prefix: unique_suffix(),
+            accounts,
+            n,
+            next: 0,
+        }
+    }
+
+    /// The next batch of up to 500, and how many unique events it holds.
+    fn batch(&mut self) -> Option<(Vec<Value>, u64)> {
+        if self.next >= self.n {
+            return None;
+        }
+        let now = Utc::now();
+        let mut events: Vec<Value> = Vec::with_capacity(500);
+        let mut unique = 0;
+        while events.len() < 500 && self.next < self.n {
+            let i = self.next;
+            self.next += 1;
+            if i % 10 == 9 && events.len() >= 5 {
+                events.push(events[events.len() - 5].clone());
+                continue;
+            }
+            unique += 1;
+            events.push(usage_event(
+                &format!("{}-a{}", self.prefix, i % self.accounts),
+                now - ChronoDuration::seconds((i % 120) as i64),
+                "gpt-4o",
+                10,
+                5,
+            ));
+        }
+        Some((events, unique))
+    }
+}
+
+/// Posts a batch the way a gateway does: again, with the same event ids, until it gets a
+/// 202. Returns the unique events it holds once acknowledged.
+async fn post_until_acknowledged(app: &TestApp, batch: &[Value]) {
+    let started = Instant::now();
+    loop {
+        let resp = app
+            .http
+            .post(app.url("/v1/events"))
+            .bearer_auth(&app.token)
+            .header("content-type", "application/json")
+            .body(Value::Array(batch.to_vec()).to_string())
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status() == 202 => return,
+            Ok(r) if r.status() == 503 || r.status() == 429 => {}
+            Ok(r) => panic!(
+                "unexpected {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ),
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no 202 for two minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// ClickHouse's raw count and the Redis month counters of the stream's accounts, once they
+/// reach `acked` (failing past `timeout`, or at once on a double count).
+async fn wait_for_exact_totals(app: &TestApp, stream: &Stream, acked: u64, timeout: Duration) {
+    let ch = app.clickhouse();
+    let mut redis = app.redis().await;
+    let month = Utc::now().format("%Y%m");
+    let started = Instant::now();
+    loop {
+        let stored: u64 = ch
+            .query("SELECT count() FROM usage_events")
+            .fetch_one()
+            .await
+            .unwrap();
+        let mut pipe = redis::pipe();
+        for a in 0..stream.accounts {
+            pipe.hget(
+                format!(
+                    "{}u:{}-a{a}:M:{month}",
+                    app.config.redis.key_prefix, stream.prefix
+                ),
+                "req",
+            );
+        }
+        let counts: Vec<Option<u64>> = pipe.query_async(&mut redis).await.unwrap();
+        let in_redis: u64 = counts.into_iter().flatten().sum();
+        assert!(
+            stored <= acked && in_redis <= acked,
+            "counted twice: ClickHouse {stored}, Redis {in_redis}, acknowledged {acked}"
+        );
+        if stored == acked && in_redis == acked {
+            let distinct: u64 = ch
+                .query("SELECT uniqExact(event_id) FROM usage_events")
+                .fetch_one()
+                .await
+                .unwrap();
+            assert_eq!(distinct, acked);
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "ClickHouse {stored}, Redis {in_redis}, acknowledged {acked}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn spawn_aggregator(config: &meterline::Config, instance: &str) -> std::process::Child {
+    let mut env = config_env(config);
+    env.retain(|(k, _)| k != "METERLINE_HTTP__AGGREGATOR_LISTEN");
+    std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+        .arg("aggregate")
+        .envs(env)
+        .env(
+            "METERLINE_HTTP__AGGREGATOR_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("METERLINE_AGGREGATOR__INSTANCE_ID", instance)
+        .env("METERLINE_AGGREGATOR__BATCH_MAX_EVENTS", "2000")
+        .env(
+            "RUST_LOG",
+            std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn meterline aggregate")
+}
+
+/// The aggregator is killed with SIGKILL at random moments while events stream in; each time a
+/// new one starts. Short in CI (40,000 events, 2 kills); `scripts/faults-long.sh` runs
+/// 1,000,000 events and 5 kills (`FAULT_EVENTS`, `FAULT_KILLS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregator_killed_at_random_moments_loses_nothing_and_counts_nothing_twice() {
+    use rand::{Rng, SeedableRng};
+    let events = env_or("FAULT_EVENTS", 40_000);
+    let kills = env_or("FAULT_KILLS", 2);
+    let config = isolated_config(&unique_suffix());
+    let mut app = spawn_with(
+        config,
+        Components {
+            ingest: true,
+            ..Components::NONE
+        },
+    )
+    .await;
+    let mut stream = Stream::new(events, 1_000);
+    let mut acked = 0;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(events ^ kills);
+    // Kill points spread over the stream, each at a random batch.
+    let batches = events.div_ceil(500);
+    let mut kill_at: Vec<u64> = (0..kills)
+        .map(|k| {
+            let span = batches / (kills + 1);
+            span * (k + 1) - rng.random_range(0..span.max(1)) / 2
+        })
+        .collect();
+    kill_at.dedup();
+    let mut aggregator = spawn_aggregator(&app.config, "aggregator-0");
+    let mut batch_no = 0;
+    let mut killed = 0;
+    while let Some((batch, unique)) = stream.batch() {
+        post_until_acknowledged(&app, &batch).await;
+        acked += unique;
+        batch_no += 1;
+        if kill_at.contains(&batch_no) {
+            // Somewhere inside a batch's writes, most likely.
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+            aggregator.kill().expect("SIGKILL");
+            aggregator.wait().unwrap();
+            killed += 1;
+            aggregator = spawn_aggregator(&app.config, "aggregator-0");
+        }
+    }
+    assert_eq!(killed, kill_at.len() as u64);
+    let timeout = Duration::from_secs(60 + events / 2_000);
+    wait_for_exact_totals(&app, &stream, acked, timeout).await;
+    aggregator.kill().ok();
+    aggregator.wait().ok();
+    app.stop().await;
+}
+
+/// The tansu binary `scripts/services.sh` installs.
+fn tansu_binary() -> std::path::PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = std::path::Path::new(&home).join(".cargo/bin/tansu");
+    if p.exists() {
+        p
+    } else {
+        "tansu".into()
+    }
+}
+
+fn start_tansu(dir: &std::path::Path, port: u16) -> std::process::Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    std::process::Command::new(tansu_binary())
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tansu")
+}
+
+async fn wait_for_port(port: u16) {
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "tansu did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The broker is restarted while gateways post. Its own tansu runs on SQLite storage, so data
+/// and offsets survive; every event that got a 202 is counted exactly once, and batches
+/// refused while it was down (503) are posted again and counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_no_acknowledged_event_and_counts_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut broker = start_tansu(dir.path(), port);
+    wait_for_port(port).await;
+    let mut config = isolated_config(&unique_suffix());
+    config.kafka.brokers = format!("127.0.0.1:{port}");
+    let mut app = spawn_with(
+        config,
+        Components {
+            ingest: true,
+            aggregator: true,
+            ..Components::NONE
+        },
+    )
+    .await;
+    let events = env_or("FAULT_BROKER_EVENTS", 20_000);
+    let mut stream = Stream::new(events, 200);
+    let mut acked = 0;
+    let restart_at = events.div_ceil(500) / 2;
+    let mut batch_no = 0;
+    while let Some((batch, unique)) = stream.batch() {
+        post_until_acknowledged(&app, &batch).await;
+        acked += unique;
+        batch_no += 1;
+        if batch_no == restart_at {
+            // SIGTERM, as a rolling restart would; then a fresh process on the same files.
+            std::process::Command::new("kill")
+                .arg(broker.id().to_string())
+                .status()
+                .unwrap();
+            broker.wait().unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            broker = start_tansu(dir.path(), port);
+            wait_for_port(port).await;
+        }
+    }
+    wait_for_exact_totals(&app, &stream, acked, Duration::from_secs(120)).await;
+    app.stop().await;
+    broker.kill().ok();
+    broker.wait().ok();
+}
+
+/// One of two aggregators in the group is killed for good; the other takes over its
+/// partitions once the broker expires the dead member's session, and the totals are exact.
+///
+/// Ignored on tansu: it never expires a dead member (static or dynamic), so the dead one's
+/// partitions wait for it to come back, and the survivor never gets them. Apache Kafka expires
+/// it after `session.timeout.ms` (10 s); run this against one with
+/// `METERLINE_TEST_KAFKA_BROKERS=host:9092 cargo test --test faults one_of_two -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu does not expire dead group members; needs Apache Kafka"]
+async fn one_of_two_aggregators_killed_the_other_takes_over() {
+    let config = isolated_config(&unique_suffix());
+    let mut app = spawn_with(
+        config,
+        Components {
+            ingest: true,
+            ..Components::NONE
+        },
+    )
+    .await;
+    let mut survivor = spawn_aggregator(&app.config, "aggregator-0");
+    let mut victim = spawn_aggregator(&app.config, "aggregator-1");
+    let events = env_or("FAULT_EVENTS", 40_000) / 2;
+    let mut stream = Stream::new(events, 500);
+    let mut acked = 0;
+    let kill_at = events.div_ceil(500) / 3;
+    let mut batch_no = 0;
+    while let Some((batch, unique)) = stream.batch() {
+        post_until_acknowledged(&app, &batch).await;
+        acked += unique;
+        batch_no += 1;
+        if batch_no == kill_at {
+            victim.kill().expect("SIGKILL");
+            victim.wait().unwrap();
+        }
+    }
+    wait_for_exact_totals(&app, &stream, acked, Duration::from_secs(120)).await;
+    for child in [&mut survivor, &mut victim] {
+        child.kill().ok();
+        child.wait().ok();
+    }
+    app.stop().await;
+}

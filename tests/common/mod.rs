@@ -29,6 +29,10 @@ pub fn isolated_config(id: &str) -> Config {
     let mut c = _Config::default();
     c.postgres.url = format!("postgres://postgres@127.0.0.1:5432/mlt_{id}");
     c.postgres.max_connections = 5;
+    // Another Kafka-protocol broker than the local tansu (say an Apache Kafka), if given.
+    if let Ok(brokers) = std::env::var("METERLINE_TEST_KAFKA_BROKERS") {
+        c.kafka.brokers = brokers;
+    }
     c.clickhouse.database = format!("mlt_{id}");
     c.kafka.usage_topic = format!("mlt-{id}-usage");
     c.kafka.account_topic = format!("mlt-{id}-account");
