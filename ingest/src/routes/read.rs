@@ -20,17 +20,31 @@ use crate::error::ApiError;
 use crate::read::{records_for, ReadPath};
 use crate::AppState;
 
-/// Authenticates and checks the caller may read `account`.
-pub(crate) async fn authorize(
+/// Authenticates a caller with the `read` scope (401 / 403 before any input is looked at).
+pub(crate) async fn authenticate_read(
     state: &AppState,
     headers: &HeaderMap,
-    account: &AccountId,
 ) -> Result<Principal, ApiError> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let principal = state.tokens.authenticate(auth).await?;
     principal.require(Scope::Read)?;
+    Ok(principal)
+}
+
+/// Authenticates and checks the caller may read `account`.
+pub(crate) async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    account: &AccountId,
+) -> Result<Principal, ApiError> {
+    let principal = authenticate_read(state, headers).await?;
+    may_read(principal, account)
+}
+
+/// A token limited to one account reads only that one.
+pub(crate) fn may_read(principal: Principal, account: &AccountId) -> Result<Principal, ApiError> {
     if let Some(own) = &principal.account_id {
         if own != account.as_str() {
             return Err(ApiError::Forbidden(format!(
@@ -155,9 +169,31 @@ pub async fn usage(
 pub struct QuotaCheckInput {
     pub account_id: Option<String>,
     pub model: Option<String>,
+    #[serde(default, deserialize_with = "token_count")]
     pub estimated_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "token_count")]
     pub estimated_output_tokens: Option<u64>,
     pub session_id: Option<String>,
+}
+
+/// A token estimate: a whole number, which JSON may also spell `1200.0`.
+fn token_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(u) = n.as_u64() {
+        return Ok(Some(u));
+    }
+    match n.as_f64() {
+        // Exactly representable whole numbers only (below 2^53).
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => {
+            Ok(Some(f as u64))
+        }
+        _ => Err(D::Error::custom(format!(
+            "{n} is not a whole number of tokens"
+        ))),
+    }
 }
 
 fn validate(input: QuotaCheckInput) -> Result<(AccountId, QuotaRequest), FieldError> {
@@ -171,12 +207,24 @@ fn validate(input: QuotaCheckInput) -> Result<(AccountId, QuotaRequest), FieldEr
         .model
         .filter(|m| !m.trim().is_empty())
         .ok_or_else(|| FieldError::new("model", "required"))?;
-    if model.len() > 128 {
+    // Characters, not bytes, as the OpenAPI document's maxLength counts them.
+    if model.chars().count() > 128 {
         return Err(FieldError::new("model", "longer than 128 characters"));
     }
     let session_id = input.session_id.filter(|s| !s.is_empty());
-    if session_id.as_ref().is_some_and(|s| s.len() > 256) {
+    if session_id.as_ref().is_some_and(|s| s.chars().count() > 256) {
         return Err(FieldError::new("session_id", "longer than 256 characters"));
+    }
+    for (field, v) in [
+        ("estimated_input_tokens", input.estimated_input_tokens),
+        ("estimated_output_tokens", input.estimated_output_tokens),
+    ] {
+        if v.is_some_and(|t| t > meterline_schemas::usage::MAX_TOKENS) {
+            return Err(FieldError::new(
+                field,
+                format!("more than {}", meterline_schemas::usage::MAX_TOKENS),
+            ));
+        }
     }
     Ok((
         account,
@@ -195,12 +243,16 @@ const SLOW_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 pub async fn quota_check(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: String,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let input: QuotaCheckInput = from_json_naming_field(&body).map_err(field)?;
+    // Who is asking comes first: no token is a 401 whatever the body holds.
+    let principal = authenticate_read(&state, &headers).await?;
+    let body = std::str::from_utf8(&body)
+        .map_err(|e| ApiError::BadRequest(format!("body: not UTF-8 ({e})")))?;
+    let input: QuotaCheckInput = from_json_naming_field(body).map_err(field)?;
     let (account, request) = validate(input).map_err(field)?;
-    authorize(&state, &headers, &account).await?;
+    may_read(principal, &account)?;
     let authorized = started.elapsed();
     let read = read_path(&state)?;
     let span = tracing::debug_span!("quota_check", account_id = %account.as_str());
@@ -281,4 +333,40 @@ pub async fn scores(
             account.as_str()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<QuotaCheckInput, FieldError> {
+        from_json_naming_field(body)
+    }
+
+    #[test]
+    fn token_estimates_are_whole_numbers_however_json_spells_them() {
+        let i = parse(r#"{"account_id":"a","model":"m","estimated_input_tokens":1200.0,"estimated_output_tokens":null}"#).unwrap();
+        assert_eq!(i.estimated_input_tokens, Some(1200));
+        assert_eq!(i.estimated_output_tokens, None);
+        for bad in ["1.5", "-3", "1e300"] {
+            let err = parse(&format!(
+                r#"{{"account_id":"a","model":"m","estimated_input_tokens":{bad}}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(err.field, "estimated_input_tokens", "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn lengths_are_counted_in_characters_and_token_estimates_are_bounded() {
+        let model = "é".repeat(128);
+        let ok = parse(&format!(r#"{{"account_id":"a","model":"{model}"}}"#)).unwrap();
+        assert!(validate(ok).is_ok());
+        let long = parse(&format!(r#"{{"account_id":"a","model":"{model}é"}}"#)).unwrap();
+        assert_eq!(validate(long).unwrap_err().field, "model");
+        let huge =
+            parse(r#"{"account_id":"a","model":"m","estimated_output_tokens":1099511627777}"#)
+                .unwrap();
+        assert_eq!(validate(huge).unwrap_err().field, "estimated_output_tokens");
+    }
 }
