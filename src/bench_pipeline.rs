@@ -9,7 +9,9 @@
 //!   Redis and PostgreSQL by the aggregator, against rdkafka consuming the same topic and
 //!   discarding the records.
 //!
-//! Both use their own topics, ClickHouse database (`<database>_bench`) and Redis key prefix, so
+//! * e2e: both at once at a fixed rate, with freshness probes (see [`e2e`]).
+//!
+//! All use their own topics, ClickHouse database (`<database>_bench`) and Redis key prefix, so
 //! they never mix with real data; the topics are named after the run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -365,6 +367,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         shutdown.clone(),
     )
     .await?;
+    let dedup_before = redis_calls(&c, "smismember").await?;
     let mut rss_peak = 0f64;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -381,6 +384,8 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         }
     }
     let ours = b.events as f64 / started.elapsed().as_secs_f64();
+    let fold_commands = running.aggregator_metrics.redis_commands.get();
+    let dedup_commands = redis_calls(&c, "smismember").await? - dedup_before;
     shutdown.cancel();
     running.stop().await?;
     println!(
@@ -390,5 +395,227 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     println!("ceiling: rdkafka consuming the same topic and discarding: {ceiling:.0} events/s ({:.0} bytes/event)", bytes as f64 / seen as f64);
     println!("ratio: {:.2} of the ceiling", ours / ceiling);
     println!("aggregator process RSS: peak {rss_peak:.0} MiB");
+    println!(
+        "Redis commands per event: window fold {:.4} ({fold_commands} EVAL/MULTI/EXEC for {} events); deduplication {:.4} ({dedup_commands} SMISMEMBER)",
+        fold_commands as f64 / b.events as f64,
+        b.events,
+        dedup_commands as f64 / b.events as f64
+    );
+    Ok(())
+}
+
+/// How many times clients called `command` on the Redis server so far (`INFO commandstats`).
+async fn redis_calls(c: &Config, command: &str) -> Result<u64> {
+    let client = redis::Client::open(c.redis.url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    let prefix = format!("cmdstat_{command}:calls=");
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
+#[derive(Debug, Clone)]
+pub struct E2eBench {
+    pub accounts: usize,
+    pub rate: u64,
+    pub duration: Duration,
+    pub connections: usize,
+}
+
+/// `bench e2e`: gateways post at `rate` events/s through ingest while the aggregator folds
+/// them; probe events (one every 200 ms, each for an account of its own) measure freshness:
+/// from the 202 of the batch that carried it to the counter visible in Redis, and to the
+/// rollup row visible in ClickHouse. Ingest and the aggregator run in this process, so the
+/// RSS printed is theirs together, with the load generator.
+pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let c = bench_config(config, &run).await?;
+    let pool = migrate::connect_postgres(&c).await?;
+    let name = format!("bench-{run}");
+    let token = services::token_store(&c, &pool)
+        .create(&name, &[Scope::Ingest], None)
+        .await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let shutdown = CancellationToken::new();
+    let running = services::start(
+        &c,
+        Components {
+            ingest: true,
+            aggregator: true,
+            ..Components::NONE
+        },
+        Some(listener),
+        shutdown.clone(),
+    )
+    .await?;
+    let url = format!(
+        "http://{}/v1/events",
+        running.ingest_addr.context("ingest runs")?
+    );
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + b.duration;
+    // Open loop: each connection posts a batch of 500 every `interval`, fresh events each time
+    // (the aggregator deduplicates, so repeats would not be counted).
+    let interval = Duration::from_secs_f64(500.0 * b.connections as f64 / b.rate.max(1) as f64);
+    let mut tasks = Vec::new();
+    for k in 0..b.connections {
+        let (url, token, accepted, run) =
+            (url.clone(), token.clone(), accepted.clone(), run.clone());
+        let accounts = b.accounts;
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut rng = StdRng::seed_from_u64(100 + k as u64);
+            let mut next = Instant::now() + interval.mul_f64(k as f64 / b.connections as f64);
+            while Instant::now() < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                next += interval;
+                let body = Value::Array(
+                    (0..500)
+                        .map(|_| {
+                            let a = rng.random_range(0..accounts);
+                            event(&mut rng, &run, a)
+                        })
+                        .collect(),
+                )
+                .to_string();
+                if let Ok(r) = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    if r.status() == 202 {
+                        accepted.fetch_add(500, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // The probes.
+    let redis_client = redis::Client::open(c.redis.url.as_str())?;
+    let ch = c.clickhouse.client();
+    let month = Utc::now().format("%Y%m").to_string();
+    let mut probes = Vec::new();
+    let mut p = 0u64;
+    let mut rss_peak = 0f64;
+    while Instant::now() < deadline {
+        let account = format!("bench-{run}-probe-{p}");
+        p += 1;
+        let mut rng = StdRng::seed_from_u64(p);
+        let mut e = event(&mut rng, &run, 0);
+        e["account_id"] = Value::from(account.clone());
+        let (url, token) = (url.clone(), token.clone());
+        let (redis_client, ch, key) = (
+            redis_client.clone(),
+            ch.clone(),
+            format!("{}u:{account}:M:{month}", c.redis.key_prefix),
+        );
+        probes.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let r = http
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(Value::Array(vec![e]).to_string())
+                .send()
+                .await
+                .ok()?;
+            if r.status() != 202 {
+                return None;
+            }
+            let acked = Instant::now();
+            let mut conn = redis_client.get_multiplexed_async_connection().await.ok()?;
+            let limit = Duration::from_secs(120);
+            let to_redis = loop {
+                let v: Option<u64> = redis::cmd("HGET")
+                    .arg(&key)
+                    .arg("req")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                if v.unwrap_or(0) >= 1 {
+                    break acked.elapsed();
+                }
+                if acked.elapsed() > limit {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            let to_clickhouse = loop {
+                let n: u64 = ch
+                    .query("SELECT count() FROM usage_minute WHERE account_id = ?")
+                    .bind(&account)
+                    .fetch_one()
+                    .await
+                    .unwrap_or(0);
+                if n >= 1 {
+                    break acked.elapsed();
+                }
+                if acked.elapsed() > limit {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            Some((to_redis, to_clickhouse))
+        }));
+        rss_peak = rss_peak.max(rss_mib());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut to_redis = Vec::new();
+    let mut to_clickhouse = Vec::new();
+    let mut lost = 0;
+    for probe in probes {
+        match probe.await? {
+            Some((r, c)) => {
+                to_redis.push(r.as_micros() as u64);
+                to_clickhouse.push(c.as_micros() as u64);
+            }
+            None => lost += 1,
+        }
+    }
+    to_redis.sort_unstable();
+    to_clickhouse.sort_unstable();
+    let ours = accepted.load(Ordering::Relaxed) as f64 / elapsed;
+    let counted = running
+        .aggregator_metrics
+        .events
+        .with_label_values(&["counted"])
+        .get();
+    shutdown.cancel();
+    running.stop().await?;
+    services::token_store(&c, &pool).revoke(&name).await.ok();
+    println!(
+        "e2e: {ours:.0} events/s accepted of {} asked ({} connections, {elapsed:.0} s, {} accounts); the aggregator counted {counted} of them",
+        b.rate, b.connections, b.accounts
+    );
+    let line = |what: &str, v: &[u64]| {
+        println!(
+            "freshness, ingest 202 → {what}: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} probes)",
+            percentile_ms(v, 0.5),
+            percentile_ms(v, 0.99),
+            percentile_ms(v, 1.0),
+            v.len()
+        )
+    };
+    line("counter in Redis", &to_redis);
+    line("rollup in ClickHouse", &to_clickhouse);
+    if lost > 0 {
+        println!("{lost} probes were not visible within 120 s (or not acknowledged)");
+    }
+    println!("process RSS (ingest + aggregator + load generator): peak {rss_peak:.0} MiB");
     Ok(())
 }

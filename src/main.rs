@@ -157,6 +157,20 @@ enum BenchKind {
         #[arg(long, default_value_t = 500_000)]
         events: usize,
     },
+    /// Ingest and aggregation together at a fixed rate, with freshness probes: the 202, then
+    /// the counter in Redis, then the rollup in ClickHouse.
+    E2e {
+        #[arg(long, default_value_t = 10_000)]
+        accounts: usize,
+        /// Events per second asked of the load generator (open loop, batches of 500).
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+    },
     /// /v1/quota/check latency at a fixed rate while ingest takes events.
     Quota {
         /// Quota checks per second (open loop).
@@ -447,6 +461,23 @@ async fn main() -> Result<()> {
                 meterline::bench_pipeline::aggregate(
                     &config,
                     meterline::bench_pipeline::AggregateBench { accounts, events },
+                )
+                .await?;
+            }
+            BenchKind::E2e {
+                accounts,
+                rate,
+                duration,
+                connections,
+            } => {
+                meterline::bench_pipeline::e2e(
+                    &config,
+                    meterline::bench_pipeline::E2eBench {
+                        accounts,
+                        rate,
+                        duration: std::time::Duration::from_secs(duration),
+                        connections,
+                    },
                 )
                 .await?;
             }

@@ -237,6 +237,8 @@ pub fn notifier(config: &Config, pool: &PgPool, metrics: NotifierMetrics) -> Res
 /// A running component set.
 pub struct Running {
     pub ingest_addr: Option<SocketAddr>,
+    /// The aggregator's counters (events, Redis commands), for benchmarks.
+    pub aggregator_metrics: AggregatorMetrics,
     pub shutdown: CancellationToken,
     pub tasks: Vec<JoinHandle<Result<()>>>,
 }
@@ -408,6 +410,7 @@ pub async fn start(
     }
     Ok(Running {
         ingest_addr,
+        aggregator_metrics,
         shutdown,
         tasks,
     })
