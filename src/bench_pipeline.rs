@@ -522,31 +522,51 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         );
         probes.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
-            let r = http
+            let r = match http
                 .post(&url)
                 .bearer_auth(&token)
                 .header("content-type", "application/json")
                 .body(Value::Array(vec![e]).to_string())
                 .send()
                 .await
-                .ok()?;
+            {
+                Ok(r) => r,
+                Err(err) => {
+                    tracing::warn!(error = %err, "probe not sent");
+                    return None;
+                }
+            };
             if r.status() != 202 {
+                tracing::warn!(status = %r.status(), "probe not acknowledged");
                 return None;
             }
             let acked = Instant::now();
-            let mut conn = redis_client.get_multiplexed_async_connection().await.ok()?;
+            let mut conn = match redis_client.get_multiplexed_async_connection().await {
+                Ok(c) => c,
+                Err(err) => {
+                    tracing::warn!(error = %err, "probe: no Redis connection");
+                    return None;
+                }
+            };
             let limit = Duration::from_secs(120);
             let to_redis = loop {
-                let v: Option<u64> = redis::cmd("HGET")
+                let v: Option<u64> = match redis::cmd("HGET")
                     .arg(&key)
                     .arg("req")
                     .query_async(&mut conn)
                     .await
-                    .ok()?;
+                {
+                    Ok(v) => v,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "probe: HGET failed");
+                        return None;
+                    }
+                };
                 if v.unwrap_or(0) >= 1 {
                     break acked.elapsed();
                 }
                 if acked.elapsed() > limit {
+                    tracing::warn!(%key, "probe not in Redis after 120 s");
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;

@@ -154,7 +154,11 @@ pub async fn aggregator(
     .await
     .context("connecting to Redis")?;
     let sinks = Sinks {
-        clickhouse: ClickHouseSink::new(config.clickhouse.client()),
+        clickhouse: ClickHouseSink::new(
+            config.clickhouse.client(),
+            &config.kafka.usage_topic,
+            &config.kafka.account_topic,
+        ),
         redis,
         accounts: AccountsSink::new(pool.clone()),
     };

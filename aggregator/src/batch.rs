@@ -4,7 +4,8 @@
 //!
 //! 1. Ask Redis which event ids were already counted (`{p}seen:{day}` sets). An event is *new*
 //!    when Redis has not seen it and no earlier record in this batch carries its id.
-//! 2. Ask ClickHouse for its watermark: the highest offset per partition it already holds.
+//! 2. Ask ClickHouse for its watermark: the highest offset per partition of this topic it
+//!    already holds.
 //!    New events above the watermark are inserted; those at or below it were inserted by an
 //!    attempt that crashed before Redis was written, and are not inserted again.
 //! 3. Apply the fold of the new events and their "seen" marks to Redis, in transactions of
@@ -30,7 +31,7 @@ use meterline_schemas::{AccountEvent, UsageEvent};
 use tracing::Instrument;
 
 use crate::accounts_sink::AccountsSink;
-use crate::clickhouse_sink::ClickHouseSink;
+use crate::clickhouse_sink::{ClickHouseSink, Stream};
 use crate::decode::{Decoded, DecodedBatch};
 use crate::fold::{fold_event, mark_seen, occurred_at, RedisDelta};
 use crate::metrics::AggregatorMetrics;
@@ -91,7 +92,7 @@ impl Sinks {
         let seen = self.redis.already_seen(&ids).await?;
         let new = first_unseen(usage, |e| &e.event_id, &seen);
 
-        let watermarks = self.clickhouse.watermarks("usage").await?;
+        let watermarks = self.clickhouse.watermarks(Stream::Usage).await?;
         let to_insert: Vec<_> = new
             .iter()
             .copied()
@@ -134,7 +135,7 @@ impl Sinks {
         let ids: Vec<String> = account.iter().map(|d| d.event.event_id.clone()).collect();
         let applied = self.accounts.already_applied(&ids).await?;
         let new = first_unseen(account, |e| &e.event_id, &applied);
-        let watermarks = self.clickhouse.watermarks("account").await?;
+        let watermarks = self.clickhouse.watermarks(Stream::Account).await?;
         let to_insert: Vec<_> = new
             .iter()
             .copied()

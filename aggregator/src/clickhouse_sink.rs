@@ -37,6 +37,7 @@ pub struct UsageRow<'a> {
     pub prompt_hash: &'a str,
     pub kafka_partition: u32,
     pub kafka_offset: u64,
+    pub kafka_topic: &'a str,
 }
 
 fn secs(micros: i64) -> u32 {
@@ -44,7 +45,7 @@ fn secs(micros: i64) -> u32 {
 }
 
 impl<'a> UsageRow<'a> {
-    pub fn new(d: &'a Decoded<UsageEvent>) -> Self {
+    pub fn new(d: &'a Decoded<UsageEvent>, topic: &'a str) -> Self {
         let e = &d.event;
         Self {
             event_id: &e.event_id,
@@ -71,6 +72,7 @@ impl<'a> UsageRow<'a> {
             prompt_hash: e.prompt_hash.as_deref().unwrap_or(""),
             kafka_partition: d.partition as u32,
             kafka_offset: d.offset as u64,
+            kafka_topic: topic,
         }
     }
 }
@@ -94,10 +96,11 @@ pub struct AccountRow<'a> {
     pub notice_id: &'a str,
     pub kafka_partition: u32,
     pub kafka_offset: u64,
+    pub kafka_topic: &'a str,
 }
 
 impl<'a> AccountRow<'a> {
-    pub fn new(d: &'a Decoded<AccountEvent>) -> Self {
+    pub fn new(d: &'a Decoded<AccountEvent>, topic: &'a str) -> Self {
         let e = &d.event;
         Self {
             event_id: &e.event_id,
@@ -115,6 +118,7 @@ impl<'a> AccountRow<'a> {
             notice_id: e.notice_id.as_deref().unwrap_or(""),
             kafka_partition: d.partition as u32,
             kafka_offset: d.offset as u64,
+            kafka_topic: topic,
         }
     }
 }
@@ -122,6 +126,18 @@ impl<'a> AccountRow<'a> {
 #[derive(Clone)]
 pub struct ClickHouseSink {
     client: Client,
+    /// The topics the rows come from: each row records its topic, and the watermark is per
+    /// topic, so a renamed or recreated topic (offsets from 0 again) is not mistaken for
+    /// records already inserted.
+    usage_topic: String,
+    account_topic: String,
+}
+
+/// Which stream a watermark is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Usage,
+    Account,
 }
 
 #[derive(Debug, Row, Deserialize)]
@@ -131,17 +147,27 @@ struct Watermark {
 }
 
 impl ClickHouseSink {
-    pub fn new(client: Client) -> Self {
-        Self { client }
+    pub fn new(client: Client, usage_topic: &str, account_topic: &str) -> Self {
+        Self {
+            client,
+            usage_topic: usage_topic.to_owned(),
+            account_topic: account_topic.to_owned(),
+        }
     }
 
-    /// The highest offset per partition that ClickHouse already holds for `source`
-    /// (`usage` or `account`).
-    pub async fn watermarks(&self, source: &str) -> Result<HashMap<i32, i64>, SinkError> {
+    fn topic(&self, stream: Stream) -> &str {
+        match stream {
+            Stream::Usage => &self.usage_topic,
+            Stream::Account => &self.account_topic,
+        }
+    }
+
+    /// The highest offset per partition of `stream`'s topic that ClickHouse already holds.
+    pub async fn watermarks(&self, stream: Stream) -> Result<HashMap<i32, i64>, SinkError> {
         let rows: Vec<Watermark> = self
             .client
-            .query("SELECT kafka_partition, maxMerge(max_offset) AS max_offset FROM ingest_watermarks WHERE source = ? GROUP BY kafka_partition")
-            .bind(source)
+            .query("SELECT kafka_partition, maxMerge(max_offset) AS max_offset FROM topic_watermarks WHERE kafka_topic = ? GROUP BY kafka_partition")
+            .bind(self.topic(stream))
             .fetch_all()
             .await?;
         Ok(rows
@@ -156,7 +182,7 @@ impl ClickHouseSink {
         }
         let mut insert = self.client.insert::<UsageRow<'_>>("usage_events").await?;
         for e in events {
-            insert.write(&UsageRow::new(e)).await?;
+            insert.write(&UsageRow::new(e, &self.usage_topic)).await?;
         }
         insert.end().await?;
         Ok(())
@@ -174,7 +200,9 @@ impl ClickHouseSink {
             .insert::<AccountRow<'_>>("account_events")
             .await?;
         for e in events {
-            insert.write(&AccountRow::new(e)).await?;
+            insert
+                .write(&AccountRow::new(e, &self.account_topic))
+                .await?;
         }
         insert.end().await?;
         Ok(())
