@@ -368,6 +368,8 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     )
     .await?;
     let dedup_before = redis_calls(&c, "smismember").await?;
+    let inner_before = script_inner_calls(&c).await?;
+    let redis_cpu_before = redis_cpu_seconds(&c).await?;
     let mut rss_peak = 0f64;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -383,9 +385,23 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
             );
         }
     }
-    let ours = b.events as f64 / started.elapsed().as_secs_f64();
+    let wall = started.elapsed().as_secs_f64();
+    let ours = b.events as f64 / wall;
     let fold_commands = running.aggregator_metrics.redis_commands.get();
     let dedup_commands = redis_calls(&c, "smismember").await? - dedup_before;
+    let inner_calls = script_inner_calls(&c).await? - inner_before;
+    let redis_cpu = redis_cpu_seconds(&c).await? - redis_cpu_before;
+    let stages: Vec<(&str, f64)> = meterline_aggregator::metrics::STAGES
+        .iter()
+        .map(|s| {
+            let secs = running
+                .aggregator_metrics
+                .stage_seconds
+                .with_label_values(&[s])
+                .get();
+            (*s, secs)
+        })
+        .collect();
     shutdown.cancel();
     running.stop().await?;
     println!(
@@ -401,7 +417,45 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         b.events,
         dedup_commands as f64 / b.events as f64
     );
+    println!(
+        "inside the fold's scripts: {inner_calls} HINCRBY/SADD/EXPIRETIME/EXPIREAT calls, {:.1} per event; Redis CPU {redis_cpu:.1} s of {wall:.1} s wall ({:.0} %)",
+        inner_calls as f64 / b.events as f64,
+        100.0 * redis_cpu / wall
+    );
+    let staged: f64 = stages.iter().map(|(_, s)| s).sum();
+    let breakdown: Vec<String> = stages
+        .iter()
+        .map(|(name, secs)| format!("{name} {:.0} %", 100.0 * secs / staged.max(1e-9)))
+        .collect();
+    println!(
+        "aggregator wall time by stage ({staged:.1} s): {}",
+        breakdown.join(", ")
+    );
     Ok(())
+}
+
+/// Calls the fold's script makes inside Redis, from `INFO commandstats`.
+async fn script_inner_calls(c: &Config) -> Result<u64> {
+    let mut total = 0;
+    for command in ["hincrby", "sadd", "expiretime", "expireat"] {
+        total += redis_calls(c, command).await?;
+    }
+    Ok(total)
+}
+
+/// Redis's CPU seconds so far (user + system), from `INFO cpu`.
+async fn redis_cpu_seconds(c: &Config) -> Result<f64> {
+    let client = redis::Client::open(c.redis.url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum())
 }
 
 /// How many times clients called `command` on the Redis server so far (`INFO commandstats`).

@@ -102,16 +102,20 @@ impl Aggregator {
             tracing::warn!(error = %e, "experiment assignments not recorded yet; the next account batch retries");
         }
         loop {
+            let mut clock = Instant::now();
             let Some(records) = self.collect_batch(max_wait, &shutdown).await else {
                 break;
             };
             if records.is_empty() {
                 continue;
             }
+            self.metrics.lap("collect", &mut clock);
             if !self.write_with_retry(&records, &shutdown).await {
                 break;
             }
+            let mut clock = Instant::now();
             self.commit(&records).await;
+            self.metrics.lap("commit", &mut clock);
         }
         tracing::info!("aggregator stopped");
         Ok(())
@@ -215,6 +219,7 @@ impl Aggregator {
         records: &[RawRecord],
         progress: &mut WriteProgress,
     ) -> Result<(), SinkError> {
+        let mut clock = Instant::now();
         let decoded = self.decoder.decode(records, |t| self.stream_of(t)).await?;
         if !progress.dead_letters {
             self.dead_letters.send(&decoded.poison).await?;
@@ -224,6 +229,7 @@ impl Aggregator {
                 .inc_by(decoded.poison.len() as u64);
             progress.dead_letters = true;
         }
+        self.metrics.lap("decode", &mut clock);
         let outcome = self.sinks.write(&decoded, progress, &self.metrics).await?;
         tracing::debug!(?outcome, "batch written");
         Ok(())

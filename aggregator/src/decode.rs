@@ -2,11 +2,12 @@
 //! dead-letter topic with the reason, never dropped silently and never allowed to stall the
 //! partition. A registry that cannot be reached is not poison: the batch is retried.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use meterline_schemas::avro::Schema;
 use meterline_schemas::registry::SchemaRegistry;
-use meterline_schemas::{avro, AccountEvent, SchemaError, UsageEvent};
+use meterline_schemas::{avro, usage_codec, AccountEvent, SchemaError, UsageEvent};
 use serde::de::DeserializeOwned;
 
 use crate::SinkError;
@@ -53,6 +54,9 @@ pub struct Decoder {
     registry: SchemaRegistry,
     usage_reader: Arc<Schema>,
     account_reader: Arc<Schema>,
+    /// Per usage writer-schema id: whether it is the v1 schema, which the hand-written codec
+    /// reads directly (no resolution needed). Ids never change meaning, so this never expires.
+    usage_fast_path: Arc<RwLock<HashMap<i32, bool>>>,
 }
 
 impl Decoder {
@@ -65,6 +69,42 @@ impl Decoder {
             account_reader: Arc::new(
                 avro::parse_schema(avro::ACCOUNT_EVENT_SCHEMA).expect("bundled schema parses"),
             ),
+            usage_fast_path: Default::default(),
+        }
+    }
+
+    /// A usage record: through the hand-written codec when it was written with the v1 schema,
+    /// through apache-avro's schema resolution otherwise.
+    async fn decode_usage(&self, bytes: &[u8]) -> Result<Result<UsageEvent, String>, SinkError> {
+        let Ok((id, body)) = avro::split_frame(bytes) else {
+            return self.decode_one(&self.usage_reader, bytes).await;
+        };
+        let fast = self
+            .usage_fast_path
+            .read()
+            .expect("poisoned")
+            .get(&id)
+            .copied();
+        let fast = match fast {
+            Some(f) => f,
+            None => {
+                let writer = match self.registry.fetch(id).await {
+                    Ok(w) => w,
+                    // The general path words the error.
+                    Err(_) => return self.decode_one(&self.usage_reader, bytes).await,
+                };
+                let f = usage_codec::is_v1_schema(&writer);
+                self.usage_fast_path
+                    .write()
+                    .expect("poisoned")
+                    .insert(id, f);
+                f
+            }
+        };
+        if fast {
+            Ok(usage_codec::decode_body(body).map_err(|e| e.to_string()))
+        } else {
+            self.decode_one(&self.usage_reader, bytes).await
         }
     }
 
@@ -104,10 +144,7 @@ impl Decoder {
                 continue;
             };
             match stream_of(&r.topic) {
-                Some(Stream::Usage) => match self
-                    .decode_one::<UsageEvent>(&self.usage_reader, payload)
-                    .await?
-                {
+                Some(Stream::Usage) => match self.decode_usage(payload).await? {
                     Ok(event) => out.usage.push(Decoded {
                         partition: r.partition,
                         offset: r.offset,

@@ -148,6 +148,37 @@ pub fn fold_event(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent, now: Date
     }
 }
 
+/// Folds `events`, which must be grouped by account, into deltas of whole accounts holding
+/// about `changes_per_delta` changes each (more when one account alone has more). Each event's
+/// counters and its seen mark are in the same delta, so applying each delta atomically keeps
+/// "counted" and "marked seen" together.
+pub fn account_deltas<'a>(
+    events: impl IntoIterator<Item = &'a UsageEvent>,
+    keys: &Keys,
+    now: DateTime<Utc>,
+    changes_per_delta: usize,
+) -> Vec<RedisDelta> {
+    let mut deltas = Vec::new();
+    let mut delta = RedisDelta::default();
+    let mut current: Option<&str> = None;
+    for e in events {
+        let account = e.account_id.as_str();
+        if current != Some(account) {
+            // An account boundary: the only place a delta may be cut.
+            if delta.len() >= changes_per_delta {
+                deltas.push(std::mem::take(&mut delta));
+            }
+            current = Some(account);
+        }
+        fold_event(&mut delta, keys, e, now);
+        mark_seen(&mut delta, keys, e);
+    }
+    if !delta.is_empty() {
+        deltas.push(delta);
+    }
+    deltas
+}
+
 /// Records `event_id` as counted, in the set for its `occurred_at` day.
 pub fn mark_seen(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent) {
     let day = Grain::Day.window_start(occurred_at(e));
@@ -251,6 +282,37 @@ mod tests {
             !d.counters["u:a:d:20261122"].contains_key("err"),
             "no status is not an error"
         );
+    }
+
+    #[test]
+    fn deltas_hold_whole_accounts() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 30, 0).unwrap();
+        let keys = Keys::new("");
+        let events: Vec<UsageEvent> = ["a", "a", "a", "b", "c", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, acct)| event(&i.to_string(), acct, now, "gpt", 1, None))
+            .collect();
+        // A limit of 1 change cuts at every account boundary, never inside an account.
+        let deltas = account_deltas(&events, &keys, now, 1);
+        assert_eq!(deltas.len(), 3);
+        for (delta, (account, ids)) in deltas.iter().zip([
+            ("a", vec!["0", "1", "2"]),
+            ("b", vec!["3"]),
+            ("c", vec!["4", "5"]),
+        ]) {
+            assert_eq!(
+                delta.sets["seen:20261122"].iter().collect::<Vec<_>>(),
+                ids,
+                "{account}"
+            );
+            assert_eq!(
+                delta.counters[&format!("u:{account}:d:20261122")]["req"],
+                ids.len() as i64
+            );
+        }
+        // A large limit keeps everything in one delta.
+        assert_eq!(account_deltas(&events, &keys, now, 10_000).len(), 1);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Prometheus metrics for the aggregator. No account ids in labels.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct AggregatorMetrics {
@@ -13,7 +15,21 @@ pub struct AggregatorMetrics {
     pub batch_seconds: Histogram,
     pub redis_commands: IntCounter,
     pub last_commit_unix: IntGauge,
+    /// Wall time spent in each stage of the batch loop: where a slow aggregator waits.
+    pub stage_seconds: CounterVec,
 }
+
+/// The stages of the batch loop, in order, as `stage` label values.
+pub const STAGES: [&str; 8] = [
+    "collect",
+    "decode",
+    "redis_seen",
+    "clickhouse",
+    "fold",
+    "redis_apply",
+    "accounts",
+    "commit",
+];
 
 impl AggregatorMetrics {
     pub fn new() -> Self {
@@ -56,6 +72,14 @@ impl AggregatorMetrics {
             "When offsets were last committed",
         )
         .expect("metric");
+        let stage_seconds = CounterVec::new(
+            Opts::new(
+                "meterline_aggregator_stage_seconds_total",
+                "Wall time spent per stage of the batch loop: collect, decode, redis_seen, clickhouse, fold, redis_apply, accounts, commit",
+            ),
+            &["stage"],
+        )
+        .expect("metric");
         for m in [
             Box::new(records.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events.clone()),
@@ -63,6 +87,7 @@ impl AggregatorMetrics {
             Box::new(batch_seconds.clone()),
             Box::new(redis_commands.clone()),
             Box::new(last_commit_unix.clone()),
+            Box::new(stage_seconds.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -74,7 +99,17 @@ impl AggregatorMetrics {
             batch_seconds,
             redis_commands,
             last_commit_unix,
+            stage_seconds,
         }
+    }
+
+    /// Adds the time since `started` to `stage`, and restarts the clock.
+    pub fn lap(&self, stage: &'static str, started: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        self.stage_seconds
+            .with_label_values(&[stage])
+            .inc_by((now - *started).as_secs_f64());
+        *started = now;
     }
 
     pub fn render(&self) -> String {

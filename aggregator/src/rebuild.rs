@@ -15,8 +15,8 @@ use clickhouse::Row;
 use meterline_schemas::{AccountId, UsageEvent};
 use serde::Deserialize;
 
-use crate::batch::REDIS_CHANGES_PER_TRANSACTION;
-use crate::fold::{fold_event, mark_seen, RedisDelta};
+use crate::batch::REDIS_CHANGES_PER_CALL;
+use crate::fold::account_deltas;
 use crate::redis_sink::{seen_query, RedisSink};
 use crate::SinkError;
 
@@ -149,23 +149,14 @@ async fn apply(
     }
     let seen: HashSet<String> = redis.already_seen(&seen_query(chunk)).await?;
     out.already_counted += seen.len() as u64;
-    let mut delta = RedisDelta::default();
-    let mut i = 0;
-    while i < chunk.len() {
-        let account = chunk[i].account_id.clone();
-        while i < chunk.len() && chunk[i].account_id == account {
-            let e = &chunk[i];
-            if !seen.contains(&e.event_id) {
-                fold_event(&mut delta, redis.keys(), e, now);
-                mark_seen(&mut delta, redis.keys(), e);
-            }
-            i += 1;
-        }
-        if delta.len() >= REDIS_CHANGES_PER_TRANSACTION || i == chunk.len() {
-            redis.apply(&delta).await?;
-            delta = RedisDelta::default();
-        }
-    }
+    // Rows come ordered by account, so the chunk is grouped as `account_deltas` needs.
+    let deltas = account_deltas(
+        chunk.iter().filter(|e| !seen.contains(&e.event_id)),
+        redis.keys(),
+        now,
+        REDIS_CHANGES_PER_CALL,
+    );
+    redis.apply_all(&deltas).await?;
     chunk.clear();
     Ok(())
 }

@@ -8,7 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use meterline_schemas::usage::from_json_naming_field;
-use meterline_schemas::{avro, IpHasher, UsageEvent, UsageEventInput};
+use meterline_schemas::{avro, usage_codec, IpHasher, UsageEvent, UsageEventInput};
 
 fn event_json() -> String {
     serde_json::json!({
@@ -66,6 +66,19 @@ fn benches(c: &mut Criterion) {
             let bytes = avro::encode(7, &schema, black_box(&event)).unwrap();
             let (_, body) = avro::split_frame(&bytes).unwrap();
             avro::decode_body::<UsageEvent>(&schema, &schema, body).unwrap()
+        })
+    });
+    // What ingest and the aggregator run: the hand-written codec for the v1 schema.
+    c.bench_function("usage_codec encode (one usage event)", |b| {
+        b.iter(|| usage_codec::encode(7, black_box(&event)))
+    });
+    c.bench_function("usage_codec decode (one usage event)", |b| {
+        b.iter(|| usage_codec::decode_body(black_box(&bytes[avro::HEADER_LEN..])).unwrap())
+    });
+    c.bench_function("usage_codec encode + decode (one usage event)", |b| {
+        b.iter(|| {
+            let bytes = usage_codec::encode(7, black_box(&event));
+            usage_codec::decode_body(&bytes[avro::HEADER_LEN..]).unwrap()
         })
     });
 }

@@ -233,7 +233,7 @@ fn skip(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{AccountEvent, AccountEventType, AccountId, Plan, UsageEvent};
 

@@ -8,6 +8,8 @@
 //!   missing field is reported by name) and the validated event that is written to Kafka.
 //! * [`avro`]: the Avro schemas (the `.avsc` files next to this crate) and the Confluent wire
 //!   format: magic byte `0`, a big-endian 4-byte schema id, then the Avro body.
+//! * [`usage_codec`]: the same Avro bytes for usage events, written and read field by field
+//!   on the hot path, without apache-avro's generic value tree.
 //! * [`registry`]: where schema ids come from: a Confluent-compatible Schema Registry when one is
 //!   configured, otherwise our own PostgreSQL table `avro_schemas`.
 //! * [`privacy`]: keyed hashing of client IPs, which are never stored in clear text.
@@ -21,6 +23,7 @@ pub mod limits;
 pub mod privacy;
 pub mod registry;
 pub mod usage;
+pub mod usage_codec;
 
 pub use account::{AccountEvent, AccountEventInput};
 pub use domain::{AccountEventType, AccountId, EventId, Plan};
