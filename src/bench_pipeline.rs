@@ -299,6 +299,8 @@ pub async fn ingest(config: &Config, b: IngestBench) -> Result<()> {
 pub struct AggregateBench {
     pub accounts: usize,
     pub events: usize,
+    /// Aggregators in one consumer group; more than one shows the partitions being split.
+    pub aggregators: usize,
 }
 
 /// Sum of the group's committed offsets on `topic`.
@@ -354,19 +356,21 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     let ceiling = seen as f64 / started.elapsed().as_secs_f64();
     drop(consumer);
 
-    // Ours: the aggregator from the start of the topic to its last committed offset.
+    // Ours: the aggregators from the start of the topic to their last committed offset. Each
+    // is a member of the same group with an instance id of its own.
     let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let running = services::start(
-        &c,
-        Components {
+    let mut members = Vec::new();
+    for i in 0..b.aggregators.max(1) {
+        let mut member = c.clone();
+        member.aggregator.instance_id = format!("bench-{run}-{i}");
+        member.http.aggregator_listen = "127.0.0.1:0".into();
+        let components = Components {
             aggregator: true,
             ..Components::NONE
-        },
-        None,
-        shutdown.clone(),
-    )
-    .await?;
+        };
+        members.push(services::start(&member, components, None, shutdown.clone()).await?);
+    }
     let dedup_before = redis_calls(&c, "smismember").await?;
     let inner_before = script_inner_calls(&c).await?;
     let redis_cpu_before = redis_cpu_seconds(&c).await?;
@@ -387,27 +391,37 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     }
     let wall = started.elapsed().as_secs_f64();
     let ours = b.events as f64 / wall;
-    let fold_commands = running.aggregator_metrics.redis_commands.get();
+    let metrics: Vec<&meterline_aggregator::metrics::AggregatorMetrics> =
+        members.iter().map(|m| &m.aggregator_metrics).collect();
+    let fold_commands: u64 = metrics.iter().map(|m| m.redis_commands.get()).sum();
     let dedup_commands = redis_calls(&c, "smismember").await? - dedup_before;
     let inner_calls = script_inner_calls(&c).await? - inner_before;
     let redis_cpu = redis_cpu_seconds(&c).await? - redis_cpu_before;
     let stages: Vec<(&str, f64)> = meterline_aggregator::metrics::STAGES
         .iter()
         .map(|s| {
-            let secs = running
-                .aggregator_metrics
-                .stage_seconds
-                .with_label_values(&[s])
-                .get();
+            let secs = metrics
+                .iter()
+                .map(|m| m.stage_seconds.with_label_values(&[s]).get())
+                .sum();
             (*s, secs)
         })
         .collect();
+    let split: Vec<String> = metrics
+        .iter()
+        .map(|m| m.records.with_label_values(&["usage"]).get().to_string())
+        .collect();
     shutdown.cancel();
-    running.stop().await?;
+    for m in members {
+        m.stop().await?;
+    }
     println!(
-        "aggregate: {ours:.0} events/s from Kafka to ClickHouse + Redis, offsets committed ({} events, {} accounts)",
-        b.events, b.accounts
+        "aggregate: {ours:.0} events/s from Kafka to ClickHouse + Redis, offsets committed ({} events, {} accounts, {} aggregator(s))",
+        b.events, b.accounts, b.aggregators
     );
+    if b.aggregators > 1 {
+        println!("records read per aggregator: {}", split.join(" + "));
+    }
     println!("ceiling: rdkafka consuming the same topic and discarding: {ceiling:.0} events/s ({:.0} bytes/event)", bytes as f64 / seen as f64);
     println!("ratio: {:.2} of the ceiling", ours / ceiling);
     println!("aggregator process RSS: peak {rss_peak:.0} MiB");

@@ -156,6 +156,9 @@ enum BenchKind {
         accounts: usize,
         #[arg(long, default_value_t = 500_000)]
         events: usize,
+        /// Aggregators in the consumer group, splitting the partitions (scale-out).
+        #[arg(long, default_value_t = 1)]
+        aggregators: usize,
     },
     /// Ingest and aggregation together at a fixed rate, with freshness probes: the 202, then
     /// the counter in Redis, then the rollup in ClickHouse.
@@ -457,10 +460,18 @@ async fn main() -> Result<()> {
                 )
                 .await?;
             }
-            BenchKind::Aggregate { accounts, events } => {
+            BenchKind::Aggregate {
+                accounts,
+                events,
+                aggregators,
+            } => {
                 meterline::bench_pipeline::aggregate(
                     &config,
-                    meterline::bench_pipeline::AggregateBench { accounts, events },
+                    meterline::bench_pipeline::AggregateBench {
+                        accounts,
+                        events,
+                        aggregators,
+                    },
                 )
                 .await?;
             }

@@ -34,9 +34,9 @@ use tracing::Instrument;
 use crate::accounts_sink::AccountsSink;
 use crate::clickhouse_sink::{ClickHouseSink, Stream};
 use crate::decode::{Decoded, DecodedBatch};
-use crate::fold::{account_deltas, occurred_at};
+use crate::fold::{account_deltas, occurred_at, RedisDelta};
 use crate::metrics::AggregatorMetrics;
-use crate::redis_sink::RedisSink;
+use crate::redis_sink::{RedisSink, DELTAS_PER_ROUND_TRIP};
 use crate::SinkError;
 
 /// Counter increments and set members per Redis script call. Redis serves nobody else while a
@@ -45,6 +45,18 @@ use crate::SinkError;
 /// cost no round trips. (At 2,000 changes per call the quota check's p99 sat at the length of
 /// one call, 2 ms and more.)
 pub const REDIS_CHANGES_PER_CALL: usize = 500;
+
+/// Runs CPU-bound work (the fold of a 20,000-event batch takes a good part of a second) without
+/// holding up the runtime's other tasks: in `meterline run` the aggregator shares the runtime
+/// with ingest and the read path, whose quota checks would otherwise wait behind it. On a
+/// multi-threaded runtime the worker hands its queue to another thread first; a
+/// current-thread runtime (unit and integration tests) just runs it.
+fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
 
 /// The sinks a batch is written to.
 #[derive(Clone)]
@@ -114,15 +126,27 @@ impl Sinks {
         // all exactly-once needs (a replay skips what is marked seen).
         let mut by_account = new.clone();
         by_account.sort_by(|a, b| a.event.account_id.as_str().cmp(b.event.account_id.as_str()));
-        let deltas = account_deltas(
-            by_account.iter().map(|d| &d.event),
-            self.redis.keys(),
-            now,
-            REDIS_CHANGES_PER_CALL,
-        );
-        metrics.lap("fold", &mut clock);
-        let commands = 1 + self.redis.apply_all(&deltas).await?;
-        metrics.lap("redis_apply", &mut clock);
+        // Folded a round trip's worth at a time and applied as they come, so a batch over many
+        // accounts never holds all its deltas at once.
+        let events: Vec<&UsageEvent> = by_account.iter().map(|d| &d.event).collect();
+        let mut folded = 0;
+        let mut commands = 1;
+        while folded < events.len() {
+            let group: Vec<RedisDelta> = off_the_async_workers(|| {
+                let mut deltas = account_deltas(
+                    events[folded..].iter().copied(),
+                    self.redis.keys(),
+                    now,
+                    REDIS_CHANGES_PER_CALL,
+                );
+                let group = deltas.by_ref().take(DELTAS_PER_ROUND_TRIP).collect();
+                folded += deltas.consumed();
+                group
+            });
+            metrics.lap("fold", &mut clock);
+            commands += self.redis.apply_all(&group).await?;
+            metrics.lap("redis_apply", &mut clock);
+        }
         Ok((new.len(), commands))
     }
 

@@ -19,8 +19,10 @@ use crate::decode::{Decoder, RawRecord, Stream};
 use crate::metrics::AggregatorMetrics;
 use crate::SinkError;
 
-/// How long an idle aggregator waits before checking that it has partitions.
-const ASSIGNMENT_CHECK: Duration = Duration::from_secs(30);
+/// How often a waiting aggregator looks at its partition assignment (for the gauge).
+const ASSIGNMENT_CHECK: Duration = Duration::from_secs(1);
+/// How long an aggregator may go without any partition before it warns.
+const UNASSIGNED_WARNING: Duration = Duration::from_secs(30);
 
 /// The topics the aggregator reads and writes.
 #[derive(Debug, Clone)]
@@ -38,6 +40,7 @@ pub struct Aggregator {
     config: AggregatorConfig,
     topics: Topics,
     metrics: AggregatorMetrics,
+    unassigned_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Aggregator {
@@ -74,6 +77,7 @@ impl Aggregator {
             config,
             topics,
             metrics,
+            unassigned_since: Default::default(),
         })
     }
 
@@ -131,10 +135,8 @@ impl Aggregator {
         let mut deadline: Option<tokio::time::Instant> = None;
         // While idle, check now and then that the group gave this aggregator partitions at all:
         // an aggregator without any looks exactly like one without traffic.
-        let mut assignment_check = tokio::time::interval_at(
-            tokio::time::Instant::now() + ASSIGNMENT_CHECK,
-            ASSIGNMENT_CHECK,
-        );
+        let mut assignment_check = tokio::time::interval(ASSIGNMENT_CHECK);
+        assignment_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while records.len() < self.config.batch_max_events {
             let wait = async {
                 match deadline {
@@ -148,7 +150,7 @@ impl Aggregator {
                     return if records.is_empty() { None } else { Some(records) };
                 }
                 _ = wait => break,
-                _ = assignment_check.tick() => self.warn_if_unassigned(),
+                _ = assignment_check.tick() => self.check_assignment(),
                 msg = self.consumer.recv() => match msg {
                     Ok(m) => {
                         let topic = m.topic().to_owned();
@@ -173,16 +175,28 @@ impl Aggregator {
         Some(records)
     }
 
-    fn warn_if_unassigned(&self) {
-        if let Ok(assigned) = self.consumer.assignment() {
-            if assigned.count() == 0 {
-                tracing::warn!(
-                    group = %self.config.group_id,
-                    instance_id = %self.config.instance_id,
-                    "no partitions assigned after {} s; if another aggregator runs with the same aggregator.instance_id, give each its own",
-                    ASSIGNMENT_CHECK.as_secs()
-                );
-            }
+    /// Updates the assigned-partitions gauge, and warns when there have been none for a while:
+    /// an aggregator without partitions looks exactly like one without traffic.
+    fn check_assignment(&self) {
+        let Ok(assigned) = self.consumer.assignment() else {
+            return;
+        };
+        let count = assigned.count();
+        self.metrics.assigned_partitions.set(count as i64);
+        let mut since = self.unassigned_since.lock().expect("poisoned");
+        if count > 0 {
+            *since = None;
+            return;
+        }
+        let started = *since.get_or_insert_with(Instant::now);
+        if started.elapsed() >= UNASSIGNED_WARNING {
+            tracing::warn!(
+                group = %self.config.group_id,
+                instance_id = %self.config.instance_id,
+                "no partitions assigned for {} s; if another aggregator runs with the same aggregator.instance_id, give each its own",
+                started.elapsed().as_secs()
+            );
+            *since = Some(Instant::now());
         }
     }
 

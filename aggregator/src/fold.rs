@@ -149,34 +149,66 @@ pub fn fold_event(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent, now: Date
 }
 
 /// Folds `events`, which must be grouped by account, into deltas of whole accounts holding
-/// about `changes_per_delta` changes each (more when one account alone has more). Each event's
+/// about `changes_per_delta` changes each (more when one account alone has more), one delta at a
+/// time so that a caller applying them as they come holds only a few in memory. Each event's
 /// counters and its seen mark are in the same delta, so applying each delta atomically keeps
 /// "counted" and "marked seen" together.
-pub fn account_deltas<'a>(
-    events: impl IntoIterator<Item = &'a UsageEvent>,
+pub fn account_deltas<'a, I>(
+    events: I,
     keys: &Keys,
     now: DateTime<Utc>,
     changes_per_delta: usize,
-) -> Vec<RedisDelta> {
-    let mut deltas = Vec::new();
-    let mut delta = RedisDelta::default();
-    let mut current: Option<&str> = None;
-    for e in events {
-        let account = e.account_id.as_str();
-        if current != Some(account) {
-            // An account boundary: the only place a delta may be cut.
-            if delta.len() >= changes_per_delta {
-                deltas.push(std::mem::take(&mut delta));
+) -> AccountDeltas<'_, I::IntoIter>
+where
+    I: IntoIterator<Item = &'a UsageEvent>,
+{
+    AccountDeltas {
+        events: events.into_iter().peekable(),
+        keys,
+        now,
+        changes_per_delta,
+        consumed: 0,
+    }
+}
+
+/// The iterator [`account_deltas`] returns.
+pub struct AccountDeltas<'k, I: Iterator> {
+    events: std::iter::Peekable<I>,
+    keys: &'k Keys,
+    now: DateTime<Utc>,
+    changes_per_delta: usize,
+    consumed: usize,
+}
+
+impl<I: Iterator> AccountDeltas<'_, I> {
+    /// How many events the deltas returned so far hold.
+    pub fn consumed(&self) -> usize {
+        self.consumed
+    }
+}
+
+impl<'a, I: Iterator<Item = &'a UsageEvent>> Iterator for AccountDeltas<'_, I> {
+    type Item = RedisDelta;
+
+    fn next(&mut self) -> Option<RedisDelta> {
+        let mut delta = RedisDelta::default();
+        let mut current: Option<&str> = None;
+        while let Some(e) = self.events.peek() {
+            let account = e.account_id.as_str();
+            // An account boundary is the only place a delta may be cut.
+            if current != Some(account) {
+                if current.is_some() && delta.len() >= self.changes_per_delta {
+                    break;
+                }
+                current = Some(account);
             }
-            current = Some(account);
+            let e = self.events.next().expect("peeked");
+            self.consumed += 1;
+            fold_event(&mut delta, self.keys, e, self.now);
+            mark_seen(&mut delta, self.keys, e);
         }
-        fold_event(&mut delta, keys, e, now);
-        mark_seen(&mut delta, keys, e);
+        (!delta.is_empty()).then_some(delta)
     }
-    if !delta.is_empty() {
-        deltas.push(delta);
-    }
-    deltas
 }
 
 /// Records `event_id` as counted, in the set for its `occurred_at` day.
@@ -294,7 +326,7 @@ mod tests {
             .map(|(i, acct)| event(&i.to_string(), acct, now, "gpt", 1, None))
             .collect();
         // A limit of 1 change cuts at every account boundary, never inside an account.
-        let deltas = account_deltas(&events, &keys, now, 1);
+        let deltas: Vec<RedisDelta> = account_deltas(&events, &keys, now, 1).collect();
         assert_eq!(deltas.len(), 3);
         for (delta, (account, ids)) in deltas.iter().zip([
             ("a", vec!["0", "1", "2"]),
@@ -312,7 +344,7 @@ mod tests {
             );
         }
         // A large limit keeps everything in one delta.
-        assert_eq!(account_deltas(&events, &keys, now, 10_000).len(), 1);
+        assert_eq!(account_deltas(&events, &keys, now, 10_000).count(), 1);
     }
 
     #[test]

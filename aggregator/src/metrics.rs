@@ -15,6 +15,9 @@ pub struct AggregatorMetrics {
     pub batch_seconds: Histogram,
     pub redis_commands: IntCounter,
     pub last_commit_unix: IntGauge,
+    /// Partitions the consumer group gave this aggregator, as of its last look (every second
+    /// while it waits for records).
+    pub assigned_partitions: IntGauge,
     /// Wall time spent in each stage of the batch loop: where a slow aggregator waits.
     pub stage_seconds: CounterVec,
 }
@@ -72,6 +75,11 @@ impl AggregatorMetrics {
             "When offsets were last committed",
         )
         .expect("metric");
+        let assigned_partitions = IntGauge::new(
+            "meterline_aggregator_assigned_partitions",
+            "Partitions of the event topics assigned to this aggregator by the consumer group",
+        )
+        .expect("metric");
         let stage_seconds = CounterVec::new(
             Opts::new(
                 "meterline_aggregator_stage_seconds_total",
@@ -88,6 +96,7 @@ impl AggregatorMetrics {
             Box::new(redis_commands.clone()),
             Box::new(last_commit_unix.clone()),
             Box::new(stage_seconds.clone()),
+            Box::new(assigned_partitions.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -99,6 +108,7 @@ impl AggregatorMetrics {
             batch_seconds,
             redis_commands,
             last_commit_unix,
+            assigned_partitions,
             stage_seconds,
         }
     }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::batch::REDIS_CHANGES_PER_CALL;
 use crate::fold::account_deltas;
-use crate::redis_sink::{seen_query, RedisSink};
+use crate::redis_sink::{seen_query, RedisSink, DELTAS_PER_ROUND_TRIP};
 use crate::SinkError;
 
 /// How far back events can still have a live key: a month's keys live until 100 days after
@@ -150,13 +150,25 @@ async fn apply(
     let seen: HashSet<String> = redis.already_seen(&seen_query(chunk)).await?;
     out.already_counted += seen.len() as u64;
     // Rows come ordered by account, so the chunk is grouped as `account_deltas` needs.
-    let deltas = account_deltas(
-        chunk.iter().filter(|e| !seen.contains(&e.event_id)),
-        redis.keys(),
-        now,
-        REDIS_CHANGES_PER_CALL,
-    );
-    redis.apply_all(&deltas).await?;
+    let unseen: Vec<&UsageEvent> = chunk
+        .iter()
+        .filter(|e| !seen.contains(&e.event_id))
+        .collect();
+    let mut folded = 0;
+    while folded < unseen.len() {
+        let group: Vec<_> = {
+            let mut deltas = account_deltas(
+                unseen[folded..].iter().copied(),
+                redis.keys(),
+                now,
+                REDIS_CHANGES_PER_CALL,
+            );
+            let group = deltas.by_ref().take(DELTAS_PER_ROUND_TRIP).collect();
+            folded += deltas.consumed();
+            group
+        };
+        redis.apply_all(&group).await?;
+    }
     chunk.clear();
     Ok(())
 }

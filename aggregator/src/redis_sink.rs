@@ -58,7 +58,7 @@ return 1
 const MAX_ARGS_PER_CALL: usize = 20_000;
 
 /// Script calls per pipelined round trip.
-const DELTAS_PER_ROUND_TRIP: usize = 32;
+pub const DELTAS_PER_ROUND_TRIP: usize = 32;
 
 /// Event ids per SMISMEMBER: about 0.4 ms of Redis time each.
 const SEEN_IDS_PER_CALL: usize = 1_000;
