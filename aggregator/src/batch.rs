@@ -46,7 +46,7 @@ use crate::SinkError;
 /// one call, 2 ms and more.)
 pub const REDIS_CHANGES_PER_CALL: usize = 500;
 
-/// Runs CPU-bound work (the fold of a 20,000-event batch takes a good part of a second) without
+/// Runs CPU-bound work (folding a 20,000-event batch takes about a quarter of a second) without
 /// holding up the runtime's other tasks: in `meterline run` the aggregator shares the runtime
 /// with ingest and the read path, whose quota checks would otherwise wait behind it. On a
 /// multi-threaded runtime the worker hands its queue to another thread first; a
