@@ -415,6 +415,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     for m in members {
         m.stop().await?;
     }
+    let removed = remove_run_keys(&c).await?;
     println!(
         "aggregate: {ours:.0} events/s from Kafka to ClickHouse + Redis, offsets committed ({} events, {} accounts, {} aggregator(s))",
         b.events, b.accounts, b.aggregators
@@ -425,6 +426,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     println!("ceiling: rdkafka consuming the same topic and discarding: {ceiling:.0} events/s ({:.0} bytes/event)", bytes as f64 / seen as f64);
     println!("ratio: {:.2} of the ceiling", ours / ceiling);
     println!("aggregator process RSS: peak {rss_peak:.0} MiB");
+    println!("removed this run's {removed} Redis keys");
     println!(
         "Redis commands per event: window fold {:.4} ({fold_commands} EVAL/MULTI/EXEC for {} events); deduplication {:.4} ({dedup_commands} SMISMEMBER)",
         fold_commands as f64 / b.events as f64,
@@ -446,6 +448,37 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         breakdown.join(", ")
     );
     Ok(())
+}
+
+/// Deletes this run's Redis keys (its own prefix): left to expire, a day of runs filled Redis
+/// with millions of keys and slowed every later run (see BENCHMARKS.md).
+async fn remove_run_keys(c: &Config) -> Result<u64> {
+    let client = redis::Client::open(c.redis.url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let pattern = format!("{}*", c.redis.key_prefix);
+    let mut cursor: u64 = 0;
+    let mut removed = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            removed += keys.len() as u64;
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
 }
 
 /// Calls the fold's script makes inside Redis, from `INFO commandstats`.
@@ -685,6 +718,7 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         .get();
     shutdown.cancel();
     running.stop().await?;
+    remove_run_keys(&c).await?;
     services::token_store(&c, &pool).revoke(&name).await.ok();
     println!(
         "e2e: {ours:.0} events/s accepted of {} asked ({} connections, {elapsed:.0} s, {} accounts); the aggregator counted {counted} of them",
