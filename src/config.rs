@@ -160,6 +160,10 @@ impl Config {
             ("ingest.max_events", self.ingest.max_events as i64),
             ("ingest.max_body_bytes", self.ingest.max_body_bytes as i64),
             (
+                "ingest.max_inflight_body_bytes",
+                self.ingest.max_inflight_body_bytes as i64,
+            ),
+            (
                 "ingest.produce_timeout_ms",
                 self.ingest.produce_timeout_ms as i64,
             ),
@@ -194,6 +198,13 @@ impl Config {
             if v < 1 {
                 bail!("configuration key `{key}`: must be at least 1, got {v}");
             }
+        }
+        if self.ingest.max_inflight_body_bytes < self.ingest.max_body_bytes {
+            bail!(
+                "configuration key `ingest.max_inflight_body_bytes`: must be at least ingest.max_body_bytes ({}), got {}; no full-size body could be read",
+                self.ingest.max_body_bytes,
+                self.ingest.max_inflight_body_bytes
+            );
         }
         let nonempty = [
             ("kafka.brokers", &self.kafka.brokers),

@@ -137,3 +137,66 @@ async fn slow_and_hostile_clients_are_answered_quickly() {
     assert_eq!(resp.status(), 200);
     app.stop().await;
 }
+
+/// Many large bodies at once cannot take ingest's memory: each body's bytes are reserved
+/// before it is read, within `ingest.max_inflight_body_bytes`; past it a request gets `503` with
+/// `Retry-After` (which the gateway client honours) without its body being read, and the budget
+/// comes back as soon as the requests holding it end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_flight_are_bounded_and_the_rest_are_told_to_retry() {
+    let mut config = isolated_config(&unique_suffix());
+    config.ingest.max_body_bytes = 1 << 20;
+    config.ingest.max_inflight_body_bytes = 2 << 20;
+    config.ingest.body_read_timeout_ms = 2_000;
+    let mut app = spawn_with(
+        config,
+        Components {
+            ingest: true,
+            ..Components::NONE
+        },
+    )
+    .await;
+
+    // Two clients announce full-size bodies and send one byte of each: together they hold the
+    // whole budget.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n[",
+            app.token,
+            1 << 20
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        holders.push(s);
+    }
+    let event = || usage_event("acct-budget", chrono::Utc::now(), "gpt-4o", 10, 1);
+
+    // A third, small request is told to come back, naming the limit.
+    let started = Instant::now();
+    let mut refused = None;
+    while started.elapsed() < Duration::from_secs(2) {
+        let (status, body) = app.post_events(&[event()]).await;
+        if status == 503 {
+            refused = Some(body);
+            break;
+        }
+        // The holders' requests may not have reached the reservation yet.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = refused.expect("a request past the in-flight budget is refused with 503");
+    assert!(
+        body.to_string().contains("ingest.max_inflight_body_bytes"),
+        "{body}"
+    );
+
+    // The holders time out with 408 and give their share back; then the same request is taken.
+    for mut s in holders {
+        let answer = until_closed(&mut s, Duration::from_secs(6)).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let (status, body) = app.post_events(&[event()]).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], 1);
+    app.stop().await;
+}

@@ -35,6 +35,9 @@ pub struct AppState {
     pub read: Option<crate::read::ReadPath>,
     /// Per-token event budget for the ingest endpoints.
     pub rate_limit: Arc<crate::rate_limit::EventRateLimiter>,
+    /// Request-body bytes the ingest endpoints may hold at once, in KiB permits
+    /// (`ingest.max_inflight_body_bytes`).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -66,8 +69,15 @@ impl AppParts {
             self.config.rate_limit_events_per_sec,
             self.config.rate_limit_burst_events,
         ));
+        let body_budget = Arc::new(tokio::sync::Semaphore::new(
+            self.config
+                .max_inflight_body_bytes
+                .div_ceil(1024)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Ok(AppState {
             rate_limit,
+            body_budget,
             config: Arc::new(self.config),
             tokens: self.tokens,
             producer,

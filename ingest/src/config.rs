@@ -38,6 +38,10 @@ impl Default for KafkaConfig {
 pub struct IngestConfig {
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Most request-body bytes the ingest endpoints hold at once, over all requests: what
+    /// bounds ingest's memory when many clients send large bodies together. A request that
+    /// would go over it gets `503` with `Retry-After` before its body is read.
+    pub max_inflight_body_bytes: usize,
     /// Most events in one request.
     pub max_events: usize,
     /// How long Kafka gets to acknowledge a batch before the request fails with 503.
@@ -68,6 +72,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 10 * 1024 * 1024,
+            max_inflight_body_bytes: 256 * 1024 * 1024,
             max_events: 10_000,
             produce_timeout_ms: 5_000,
             auth_cache_ttl_ms: 5_000,

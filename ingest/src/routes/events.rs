@@ -149,6 +149,26 @@ async fn ingest<K: EventKind>(
     tracing::Span::current().record("gateway", principal.name.as_str());
 
     let framing = body::framing(headers)?;
+    // Reserve the body's bytes (as declared, or the most a body may be) before reading it:
+    // many large bodies at once would otherwise take as much memory as clients care to send.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(state.config.max_body_bytes)
+        .min(state.config.max_body_bytes);
+    let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let _body_permit = state
+        .body_budget
+        .clone()
+        .try_acquire_many_owned(kib)
+        .map_err(|_| ApiError::Unavailable {
+            reason: format!(
+                "request bodies in flight already hold ingest.max_inflight_body_bytes ({} bytes); nothing from this request was read, retry it",
+                state.config.max_inflight_body_bytes
+            ),
+            retry_after_secs: state.config.retry_after_secs,
+        })?;
     let bytes = body::read_limited(
         headers,
         body,
