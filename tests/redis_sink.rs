@@ -1,0 +1,86 @@
+//! The aggregator's Redis writer against a real Redis: small deltas go as single pipelined
+//! script calls, a delta too big for one call goes in a MULTI/EXEC of several, and both land
+//! whole in one `apply_all`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::unique_suffix;
+use meterline_aggregator::fold::RedisDelta;
+use meterline_aggregator::keys::Keys;
+use meterline_aggregator::redis_sink::RedisSink;
+use redis::AsyncCommands;
+
+#[tokio::test]
+async fn small_and_oversized_deltas_land_whole_in_one_apply() {
+    let prefix = format!("mlt:{}:", unique_suffix());
+    let url = "redis://127.0.0.1:6379";
+    let sink = RedisSink::connect(url, Keys::new(prefix.clone()))
+        .await
+        .unwrap();
+    let expires_at = chrono::Utc::now().timestamp() + 3_600;
+
+    let small_key = format!("{prefix}small");
+    let small = RedisDelta {
+        counters: BTreeMap::from([(
+            small_key.clone(),
+            BTreeMap::from([("req".to_owned(), 3), ("in".to_owned(), 40)]),
+        )]),
+        sets: BTreeMap::new(),
+        expiries: BTreeMap::from([(small_key.clone(), expires_at)]),
+    };
+    // 25,000 set members and 12,000 hash fields: far more arguments than one script call
+    // takes (20,000), so this delta is split over several calls inside one transaction.
+    let set_key = format!("{prefix}members");
+    let hash_key = format!("{prefix}wide");
+    let big = RedisDelta {
+        counters: BTreeMap::from([(
+            hash_key.clone(),
+            (0..12_000)
+                .map(|i| (format!("f{i}"), i as i64 + 1))
+                .collect(),
+        )]),
+        sets: BTreeMap::from([(
+            set_key.clone(),
+            (0..25_000)
+                .map(|i| format!("m{i}"))
+                .collect::<BTreeSet<_>>(),
+        )]),
+        expiries: BTreeMap::from([(set_key.clone(), expires_at)]),
+    };
+
+    let commands = sink.apply_all(&[small.clone(), big]).await.unwrap();
+    // One pipelined call for the small delta; MULTI, several calls and EXEC for the big one.
+    assert!(commands >= 1 + 2 + 2, "{commands}");
+
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let req: i64 = conn.hget(&small_key, "req").await.unwrap();
+    assert_eq!(req, 3);
+    let members: i64 = conn.scard(&set_key).await.unwrap();
+    assert_eq!(members, 25_000);
+    let fields: i64 = conn.hlen(&hash_key).await.unwrap();
+    assert_eq!(fields, 12_000);
+    let last: i64 = conn.hget(&hash_key, "f11999").await.unwrap();
+    assert_eq!(last, 12_000);
+    for key in [&small_key, &set_key] {
+        let at: i64 = redis::cmd("EXPIRETIME")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(at, expires_at, "{key}");
+    }
+
+    // Applying the small delta again adds to it: counters are increments, not values.
+    sink.apply(&small).await.unwrap();
+    let req: i64 = conn.hget(&small_key, "req").await.unwrap();
+    assert_eq!(req, 6);
+
+    let _: () = redis::cmd("DEL")
+        .arg(&[&small_key, &set_key, &hash_key])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
