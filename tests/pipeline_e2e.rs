@@ -451,6 +451,37 @@ async fn two_aggregators_split_the_partitions_and_the_totals_are_exact() {
                 .expect("spawn meterline aggregate"),
         );
     }
+    // Both must hold partitions before the traffic comes, or the first could read it all; and
+    // every partition of both topics has exactly one owner.
+    let started = std::time::Instant::now();
+    loop {
+        let mut assigned = Vec::new();
+        for url in &metric_urls {
+            let text = match app.http.get(url).send().await {
+                Ok(resp) => resp.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let partitions: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("meterline_aggregator_assigned_partitions "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0);
+            assigned.push(partitions);
+        }
+        if assigned.iter().all(|a| *a > 0.0) {
+            assert_eq!(
+                assigned.iter().sum::<f64>() as i64,
+                2 * i64::from(app.config.kafka.partitions),
+                "every partition of both topics has exactly one owner: {assigned:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the group never gave both aggregators partitions: {assigned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let traffic = generate(13, &unique_suffix());
     post_all(&app, &traffic, 0..traffic.batches.len()).await;
     assert_totals(&app, &traffic).await;
