@@ -40,6 +40,14 @@ pub fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
     }
 }
 
+/// The body length the client declared in `Content-Length`, if it did.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Reads at most `max_bytes` of body. A declared or actual larger body is `413`.
 pub async fn read_limited(
     headers: &HeaderMap,
@@ -48,11 +56,7 @@ pub async fn read_limited(
     timeout: std::time::Duration,
 ) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || ApiError::PayloadTooLarge(format!("body: larger than {max_bytes} bytes"));
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Some(len) = declared_length(headers) {
         if len > max_bytes as u64 {
             return Err(too_large());
         }

@@ -151,12 +151,8 @@ async fn ingest<K: EventKind>(
     let framing = body::framing(headers)?;
     // Reserve the body's bytes (as declared, or the most a body may be) before reading it:
     // many large bodies at once would otherwise take as much memory as clients care to send.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(state.config.max_body_bytes)
-        .min(state.config.max_body_bytes);
+    let max = state.config.max_body_bytes as u64;
+    let declared = body::declared_length(headers).unwrap_or(max).min(max);
     let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
     let _body_permit = state
         .body_budget
