@@ -147,7 +147,9 @@ async fn bodies_in_flight_are_bounded_and_the_rest_are_told_to_retry() {
     let mut config = isolated_config(&unique_suffix());
     config.ingest.max_body_bytes = 1 << 20;
     config.ingest.max_inflight_body_bytes = 2 << 20;
-    config.ingest.body_read_timeout_ms = 2_000;
+    // Long enough that the holders still hold the budget after the first probe, whose produce
+    // can take a second or more while the producer learns the topic.
+    config.ingest.body_read_timeout_ms = 6_000;
     let mut app = spawn_with(
         config,
         Components {
@@ -159,8 +161,7 @@ async fn bodies_in_flight_are_bounded_and_the_rest_are_told_to_retry() {
 
     // Two clients announce full-size bodies and send one byte of each: together they hold the
     // whole budget.
-    let mut holders = Vec::new();
-    for _ in 0..2 {
+    let hold = || async {
         let mut s = TcpStream::connect(app.addr).await.unwrap();
         let head = format!(
             "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n[",
@@ -168,21 +169,35 @@ async fn bodies_in_flight_are_bounded_and_the_rest_are_told_to_retry() {
             1 << 20
         );
         s.write_all(head.as_bytes()).await.unwrap();
-        holders.push(s);
-    }
+        s
+    };
+    let mut holders = vec![hold().await, hold().await];
     let event = || usage_event("acct-budget", chrono::Utc::now(), "gpt-4o", 10, 1);
 
     // A third, small request is told to come back, naming the limit.
     let started = Instant::now();
     let mut refused = None;
-    while started.elapsed() < Duration::from_secs(2) {
+    while started.elapsed() < Duration::from_secs(5) {
         let (status, body) = app.post_events(&[event()]).await;
         if status == 503 {
             refused = Some(body);
             break;
         }
-        // The holders' requests may not have reached the reservation yet.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A holder whose reservation met a probe's is refused at once (the probe held a
+        // share): it is answered while a holding one stays silent. Open such a one again.
+        for h in holders.iter_mut() {
+            let mut buf = [0u8; 512];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(50), h.read(&mut buf)).await
+            {
+                assert!(
+                    n == 0 || buf.starts_with(b"HTTP/1.1 503"),
+                    "{}",
+                    String::from_utf8_lossy(&buf[..n])
+                );
+                *h = hold().await;
+            }
+        }
     }
     let body = refused.expect("a request past the in-flight budget is refused with 503");
     assert!(
@@ -192,7 +207,7 @@ async fn bodies_in_flight_are_bounded_and_the_rest_are_told_to_retry() {
 
     // The holders time out with 408 and give their share back; then the same request is taken.
     for mut s in holders {
-        let answer = until_closed(&mut s, Duration::from_secs(6)).await;
+        let answer = until_closed(&mut s, Duration::from_secs(10)).await;
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
     let (status, body) = app.post_events(&[event()]).await;
