@@ -77,7 +77,21 @@ XML
   wait_for clickhouse 60 clickhouse_ready
 }
 
+# Our own tansu, still listening, whose storage task panicked: it accepts connections and
+# answers every request with an error, so it counts as down (seen with tansu 0.6.0's SQLite
+# storage: "more or less than one row" in a consumer group update).
+tansu_wedged() {
+  [ -f "$LOCAL/tansu/pid" ] && kill -0 "$(cat "$LOCAL/tansu/pid")" 2>/dev/null \
+    && grep -q 'panicked at' "$LOG/tansu.log" 2>/dev/null
+}
+
 tansu_up() {
+  if tansu_wedged; then
+    say "tansu's storage task panicked (kept in $LOG/tansu.panicked.log); restarting it"
+    cp "$LOG/tansu.log" "$LOG/tansu.panicked.log"
+    kill "$(cat "$LOCAL/tansu/pid")"
+    for _ in $(seq 1 40); do port_open 9092 || break; sleep 0.25; done
+  fi
   if port_open 9092; then say "a broker already listens on 9092"; return 0; fi
   if ! command -v tansu >/dev/null; then
     build_deps

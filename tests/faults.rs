@@ -310,7 +310,28 @@ async fn wait_for_exact_totals(app: &TestApp, stream: &Stream, acked: u64, timeo
     }
 }
 
-fn spawn_aggregator(config: &meterline::Config, instance: &str) -> std::process::Child {
+/// A `meterline aggregate` child process, killed when dropped: a failed assertion must not
+/// leave it consuming (and holding the test's output open) after the test.
+struct AggregatorProcess(std::process::Child);
+
+impl AggregatorProcess {
+    /// SIGKILL: no chance to commit, flush or leave the group.
+    fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL");
+        self.0.wait().expect("reaped");
+    }
+}
+
+impl Drop for AggregatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts an aggregator in its own process; `instance` is its static group member id, or empty
+/// for a dynamic member.
+fn spawn_aggregator(config: &meterline::Config, instance: &str) -> AggregatorProcess {
     let mut env = config_env(config);
     env.retain(|(k, _)| k != "METERLINE_HTTP__AGGREGATOR_LISTEN");
     std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
@@ -328,6 +349,7 @@ fn spawn_aggregator(config: &meterline::Config, instance: &str) -> std::process:
         )
         .stdin(std::process::Stdio::null())
         .spawn()
+        .map(AggregatorProcess)
         .expect("spawn meterline aggregate")
 }
 
@@ -370,8 +392,7 @@ async fn aggregator_killed_at_random_moments_loses_nothing_and_counts_nothing_tw
         if kill_at.contains(&batch_no) {
             // Somewhere inside a batch's writes, most likely.
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
-            aggregator.kill().expect("SIGKILL");
-            aggregator.wait().unwrap();
+            aggregator.kill();
             killed += 1;
             aggregator = spawn_aggregator(&app.config, "aggregator-0");
         }
@@ -379,8 +400,7 @@ async fn aggregator_killed_at_random_moments_loses_nothing_and_counts_nothing_tw
     assert_eq!(killed, kill_at.len() as u64);
     let timeout = Duration::from_secs(60 + events / 2_000);
     wait_for_exact_totals(&app, &stream, acked, timeout).await;
-    aggregator.kill().ok();
-    aggregator.wait().ok();
+    drop(aggregator);
     app.stop().await;
 }
 
@@ -479,7 +499,10 @@ async fn a_broker_restart_loses_no_acknowledged_event_and_counts_none_twice() {
 /// partitions once the broker expires the dead member's session, and the totals are exact.
 ///
 /// Ignored on tansu: it never expires a dead member (static or dynamic), so the dead one's
-/// partitions wait for it to come back, and the survivor never gets them. Apache Kafka expires
+/// partitions wait for it to come back, and the survivor never gets them. Tried again with
+/// tansu 0.6.0 on 2026-11-23: with static members the survivor held no partition for the next
+/// 15 minutes; with dynamic members (empty instance ids) consumption stopped at the kill the
+/// same way (5,960 of 18,000 events counted after 120 s). Apache Kafka expires
 /// it after `session.timeout.ms` (10 s); run this against one with
 /// `METERLINE_TEST_KAFKA_BROKERS=host:9092 cargo test --test faults one_of_two -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,7 +517,7 @@ async fn one_of_two_aggregators_killed_the_other_takes_over() {
         },
     )
     .await;
-    let mut survivor = spawn_aggregator(&app.config, "aggregator-0");
+    let _survivor = spawn_aggregator(&app.config, "aggregator-0");
     let mut victim = spawn_aggregator(&app.config, "aggregator-1");
     let events = env_or("FAULT_EVENTS", 40_000) / 2;
     let mut stream = Stream::new(events, 500);
@@ -506,14 +529,9 @@ async fn one_of_two_aggregators_killed_the_other_takes_over() {
         acked += unique;
         batch_no += 1;
         if batch_no == kill_at {
-            victim.kill().expect("SIGKILL");
-            victim.wait().unwrap();
+            victim.kill();
         }
     }
     wait_for_exact_totals(&app, &stream, acked, Duration::from_secs(120)).await;
-    for child in [&mut survivor, &mut victim] {
-        child.kill().ok();
-        child.wait().ok();
-    }
     app.stop().await;
 }
