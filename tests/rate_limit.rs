@@ -64,6 +64,30 @@ async fn a_token_over_its_rate_gets_429_with_retry_after() {
         "{body}"
     );
 
+    // While the bucket is empty, the next request is refused before its body is read: one that
+    // announces a megabyte and sends none of it is answered at once, not after the body
+    // timeout.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n",
+            app.token
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        assert!(
+            answer.contains("nothing from this request was read"),
+            "{answer}"
+        );
+    }
+
     // Another gateway's token has its own budget.
     let pool = app.pg().await;
     let other = services::token_store(&app.config, &pool)

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Events in this token's last batch: what its next one will probably need.
+    last_batch: f64,
 }
 
 pub struct EventRateLimiter {
@@ -30,6 +32,22 @@ impl EventRateLimiter {
     }
 
     /// Takes `n` events from `token`'s budget, or says how long until they would fit.
+    /// If `token`'s bucket cannot hold a batch the size of the token's last one now, how long
+    /// until it can. Checked before a body is read: a runaway gateway is refused without ingest
+    /// reading, parsing and then discarding each batch. (A smaller batch than the last would
+    /// have fitted is refused too; it is told to come back when the usual size fits.)
+    pub fn exhausted(&self, token: &str, now: Instant) -> Option<Duration> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let buckets = self.buckets.lock().expect("poisoned");
+        let b = buckets.get(token)?;
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        let tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        let need = b.last_batch.clamp(1.0, self.burst);
+        (tokens < need).then(|| Duration::from_secs_f64((need - tokens) / self.rate))
+    }
+
     pub fn take(&self, token: &str, n: u64, now: Instant) -> Result<(), Duration> {
         if self.rate <= 0.0 || n == 0 {
             return Ok(());
@@ -38,10 +56,12 @@ impl EventRateLimiter {
         let b = buckets.entry(token.to_owned()).or_insert(Bucket {
             tokens: self.burst,
             at: now,
+            last_batch: 0.0,
         });
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.at = now;
+        b.last_batch = n as f64;
         let need = (n as f64).min(self.burst);
         if b.tokens >= need {
             b.tokens -= n as f64;
@@ -77,6 +97,24 @@ mod tests {
         assert!(l.take("a", 5_000, t0).is_ok());
         let wait = l.take("a", 1, t0).unwrap_err();
         assert_eq!(wait, Duration::from_millis(4_001));
+    }
+
+    #[test]
+    fn an_empty_bucket_is_seen_before_the_batch_is_counted() {
+        let l = EventRateLimiter::new(1_000, 1_000);
+        let t0 = Instant::now();
+        assert_eq!(l.exhausted("a", t0), None, "an unseen token has its burst");
+        assert!(l.take("a", 400, t0).is_ok());
+        assert_eq!(
+            l.exhausted("a", t0),
+            None,
+            "600 events left, the last batch was 400"
+        );
+        assert!(l.take("a", 400, t0).is_ok());
+        // 200 left: the wait is until a batch like the last one fits (200 more at 1,000/s).
+        assert_eq!(l.exhausted("a", t0), Some(Duration::from_millis(200)));
+        assert_eq!(l.exhausted("a", t0 + Duration::from_millis(200)), None);
+        assert_eq!(l.exhausted("b", t0), None, "buckets are per token");
     }
 
     #[test]

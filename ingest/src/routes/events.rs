@@ -135,6 +135,19 @@ async fn handle<K: EventKind>(
     response
 }
 
+/// `429` for a token over its event budget; `what` says how far the request got ("was read",
+/// "was accepted").
+fn rate_limited(state: &AppState, token: &str, wait: std::time::Duration, what: &str) -> ApiError {
+    ApiError::RateLimited {
+        reason: format!(
+            "token {token:?} is over its rate limit of {} events/s; nothing from this request {what}, retry after {:.1} s",
+            state.config.rate_limit_events_per_sec,
+            wait.as_secs_f64()
+        ),
+        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+    }
+}
+
 #[tracing::instrument(name = "ingest_batch", skip_all, fields(kind = K::NAME, gateway, events, accepted))]
 async fn ingest<K: EventKind>(
     state: &AppState,
@@ -147,6 +160,12 @@ async fn ingest<K: EventKind>(
     let principal = state.tokens.authenticate(auth).await?;
     principal.require(Scope::Ingest)?;
     tracing::Span::current().record("gateway", principal.name.as_str());
+    if let Some(wait) = state
+        .rate_limit
+        .exhausted(&principal.name, std::time::Instant::now())
+    {
+        return Err(rate_limited(state, &principal.name, wait, "was read"));
+    }
 
     let framing = body::framing(headers)?;
     // Reserve the body's bytes (as declared, or the most a body may be) before reading it:
@@ -179,15 +198,7 @@ async fn ingest<K: EventKind>(
         items.len() as u64,
         std::time::Instant::now(),
     ) {
-        return Err(ApiError::RateLimited {
-            reason: format!(
-                "token {:?} is over its rate limit of {} events/s; nothing from this request was accepted, retry after {:.1} s",
-                principal.name,
-                state.config.rate_limit_events_per_sec,
-                wait.as_secs_f64()
-            ),
-            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-        });
+        return Err(rate_limited(state, &principal.name, wait, "was accepted"));
     }
 
     let now = Utc::now();
