@@ -2,6 +2,14 @@
 //! the aggregator take a stream of usage events at the same time, all in this process and on
 //! the real services.
 //!
+//! `--layout split` runs the read path as a gateway deployment would: a `meterline ingest`
+//! process that only answers checks, and the write path (`meterline ingest` taking the events,
+//! `meterline aggregate`) in processes of its own, optionally at a lower CPU priority
+//! (`--write-path-nice`), so the two compete for the machine the way separate services do
+//! rather than for one Tokio runtime. `--read-path-realtime` puts the read process, a local
+//! Redis and the load generator under `SCHED_FIFO` for the run: on two shared cores a woken
+//! check otherwise waits for whatever write-path task holds the CPU.
+//!
 //! The quota load is *open loop*: request `i` is due at `start + i / rate`, and its latency is
 //! counted from when it was due, not from when it was sent, so a stall shows up in the
 //! percentiles instead of quietly lowering the rate (no coordinated omission).
@@ -30,11 +38,261 @@ pub struct QuotaBench {
     pub accounts: usize,
     /// Usage events per second posted through ingest meanwhile (batches of 500); 0 for none.
     pub ingest_rate: u64,
+    pub layout: Layout,
+    /// The configuration file the child processes of the split layout load.
+    pub config_path: Option<std::path::PathBuf>,
+}
+
+/// Where the services under test run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Ingest and the aggregator inside the benchmark's own process, sharing its runtime.
+    Shared,
+    /// A read-only `meterline ingest` for the checks, and the write path (`meterline ingest`,
+    /// `meterline aggregate`) as separate processes at `write_path_nice`. With
+    /// `read_path_realtime`, the read path (that process, Redis when it runs on this machine,
+    /// and the load generator) runs under the `SCHED_FIFO` real-time policy for the run, as a
+    /// gateway host that reserves the CPU for quota decisions would.
+    Split {
+        write_path_nice: i32,
+        read_path_realtime: bool,
+    },
+}
+
+/// Processes moved to `SCHED_FIFO` for the run, returned to `SCHED_OTHER` when dropped.
+struct RealtimeProcesses(Vec<u32>);
+
+impl RealtimeProcesses {
+    /// `priority` is low in the policy's range (1–99): above every normal task, below the
+    /// kernel's own real-time threads.
+    fn promote(&mut self, pid: u32, priority: u8) -> Result<()> {
+        let status = std::process::Command::new("chrt")
+            .args([
+                "--all-tasks",
+                "--fifo",
+                "--pid",
+                &priority.to_string(),
+                &pid.to_string(),
+            ])
+            .status()
+            .context("running chrt (util-linux)")?;
+        anyhow::ensure!(
+            status.success(),
+            "chrt --fifo on pid {pid} failed (needs CAP_SYS_NICE)"
+        );
+        self.0.push(pid);
+        Ok(())
+    }
+}
+
+impl Drop for RealtimeProcesses {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("chrt")
+                .args(["--all-tasks", "--other", "--pid", "0", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// The pid of the Redis server at `url`, if it runs on this machine (loopback).
+async fn local_redis_pid(url: &str) -> Result<Option<u32>> {
+    let client = redis::Client::open(url)?;
+    let host = client.get_connection_info().addr.to_string();
+    if !(host.contains("127.0.0.1") || host.contains("localhost") || host.contains("[::1]")) {
+        return Ok(None);
+    }
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
+/// The URLs the benchmark talks to.
+struct Endpoints {
+    /// Takes the usage events.
+    write: String,
+    /// Answers the quota checks.
+    read: String,
+    /// Serves `meterline_aggregator_events_total`.
+    aggregator_metrics: String,
+}
+
+/// What runs the services, so they are stopped however the benchmark ends.
+enum Deployment {
+    InProcess {
+        shutdown: CancellationToken,
+        running: services::Running,
+    },
+    Children(ChildProcesses),
+}
+
+/// Child processes, stopped when dropped (an early error must not leave them running).
+pub(crate) struct ChildProcesses(pub(crate) Vec<(String, std::process::Child)>);
+
+impl Drop for ChildProcesses {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            // SIGTERM first: the aggregator commits what it has written and leaves the group.
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        for (role, child) in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                tracing::warn!(%role, "did not stop on SIGTERM; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub(crate) fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `meterline <command>` with `env` on top of ours, at CPU niceness `nice`, logging to
+/// `.local/log/bench-<role>.log`.
+pub(crate) fn spawn_child(
+    role: &str,
+    command: &str,
+    env: &[(&str, String)],
+    nice: i32,
+    config_path: Option<&std::path::Path>,
+) -> Result<std::process::Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = if nice == 0 {
+        std::process::Command::new(exe)
+    } else {
+        let mut cmd = std::process::Command::new("nice");
+        cmd.arg("-n").arg(nice.to_string()).arg(exe);
+        cmd
+    };
+    std::fs::create_dir_all(".local/log")?;
+    let log = std::fs::File::create(format!(".local/log/bench-{role}.log"))?;
+    cmd.arg(command)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if let Some(path) = config_path {
+        cmd.env(crate::config::CONFIG_PATH_ENV, path);
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting `meterline {command}` ({role})"))
+}
+
+pub(crate) async fn wait_healthy(http: &reqwest::Client, base: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{base} not healthy after 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn deploy(
+    config: &Config,
+    bench: &QuotaBench,
+    http: &reqwest::Client,
+) -> Result<(Endpoints, Deployment)> {
+    match bench.layout {
+        Layout::Shared => {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let shutdown = CancellationToken::new();
+            let running = services::start(
+                config,
+                Components {
+                    ingest: true,
+                    aggregator: true,
+                    scorer: false,
+                    notifier: false,
+                },
+                Some(listener),
+                shutdown.clone(),
+            )
+            .await?;
+            let base = format!("http://{}", running.ingest_addr.context("ingest runs")?);
+            let endpoints = Endpoints {
+                write: base.clone(),
+                read: base.clone(),
+                aggregator_metrics: format!("{base}/metrics"),
+            };
+            Ok((endpoints, Deployment::InProcess { shutdown, running }))
+        }
+        Layout::Split {
+            write_path_nice, ..
+        } => {
+            let (read, write, aggregator) = (free_port()?, free_port()?, free_port()?);
+            let path = bench.config_path.as_deref();
+            let listen = |port: u16| format!("127.0.0.1:{port}");
+            let mut children = ChildProcesses(Vec::new());
+            let reader = spawn_child(
+                "quota-read",
+                "ingest",
+                &[("METERLINE_HTTP__LISTEN", listen(read))],
+                0,
+                path,
+            )?;
+            children.0.push(("read".into(), reader));
+            let writer = spawn_child(
+                "quota-write",
+                "ingest",
+                &[("METERLINE_HTTP__LISTEN", listen(write))],
+                write_path_nice,
+                path,
+            )?;
+            children.0.push(("write".into(), writer));
+            let aggregator_child = spawn_child(
+                "quota-aggregator",
+                "aggregate",
+                &[
+                    ("METERLINE_HTTP__AGGREGATOR_LISTEN", listen(aggregator)),
+                    // A dynamic member: a static one rejoining right after the previous run's
+                    // left is slow on tansu, and once made its SQLite storage panic.
+                    ("METERLINE_AGGREGATOR__INSTANCE_ID", String::new()),
+                ],
+                write_path_nice,
+                path,
+            )?;
+            children.0.push(("aggregator".into(), aggregator_child));
+            let endpoints = Endpoints {
+                write: format!("http://{}", listen(write)),
+                read: format!("http://{}", listen(read)),
+                aggregator_metrics: format!("http://{}/metrics", listen(aggregator)),
+            };
+            for base in [
+                &endpoints.read,
+                &endpoints.write,
+                &format!("http://{}", listen(aggregator)),
+            ] {
+                wait_healthy(http, base).await?;
+            }
+            Ok((endpoints, Deployment::Children(children)))
+        }
+    }
 }
 
 const MODELS: [&str; 4] = ["gpt-4o-mini", "gpt-4o", "claude-3-haiku", "llama-3-8b"];
 
-fn usage_batch(rng: &mut StdRng, accounts: usize, n: usize) -> String {
+pub(crate) fn usage_batch(rng: &mut StdRng, accounts: usize, n: usize) -> String {
     let now = Utc::now().to_rfc3339();
     let events: Vec<_> = (0..n)
         .map(|_| {
@@ -61,7 +319,8 @@ fn usage_batch(rng: &mut StdRng, accounts: usize, n: usize) -> String {
     serde_json::Value::Array(events).to_string()
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+/// The `p` quantile of sorted microseconds, in milliseconds.
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -70,11 +329,16 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_status_mib("self", "VmRSS:")
+}
+
+/// A memory line of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`) in MiB; NaN if unreadable.
+pub(crate) fn proc_status_mib(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -89,24 +353,30 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         .create(&name, &[Scope::Ingest, Scope::Read], None)
         .await
         .context("creating the bench token")?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let shutdown = CancellationToken::new();
-    let running = services::start(
-        config,
-        Components {
-            ingest: true,
-            aggregator: true,
-            scorer: false,
-            notifier: false,
-        },
-        Some(listener),
-        shutdown.clone(),
-    )
-    .await?;
-    let base = format!("http://{}", running.ingest_addr.context("ingest runs")?);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
+    let (endpoints, deployment) = deploy(config, &bench, &http).await?;
+    let mut realtime = RealtimeProcesses(Vec::new());
+    if let (
+        Layout::Split {
+            read_path_realtime: true,
+            ..
+        },
+        Deployment::Children(children),
+    ) = (bench.layout, &deployment)
+    {
+        let reader = children.0.iter().find(|(role, _)| role == "read");
+        // Redis above the read process above the load generator: a FIFO task runs until it
+        // blocks, so the one every check waits on goes first.
+        realtime.promote(reader.context("the read process runs")?.1.id(), 3)?;
+        realtime.promote(std::process::id(), 2)?;
+        match local_redis_pid(&config.redis.url).await? {
+            Some(pid) => realtime.promote(pid, 4)?,
+            None => tracing::warn!("Redis is not on this machine; it keeps its own priority"),
+        }
+    }
+    let base = endpoints.write.clone();
 
     // Seed: every account gets usage, so checks read real windows.
     let mut rng = StdRng::seed_from_u64(7);
@@ -134,7 +404,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let now = counted(
-            http.get(format!("{base}/metrics"))
+            http.get(&endpoints.aggregator_metrics)
                 .send()
                 .await?
                 .text()
@@ -146,6 +416,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         last = now;
     }
     // Warm the profile cache and connections, as a running gateway fleet would have.
+    let base = endpoints.read.clone();
     for a in 0..bench.accounts {
         http.post(format!("{base}/v1/quota/check"))
             .bearer_auth(&token)
@@ -159,34 +430,51 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     let ingest_task = if bench.ingest_rate > 0 {
         let (http, base, token, stop, ingested) = (
             http.clone(),
-            base.clone(),
+            endpoints.write.clone(),
             token.clone(),
             stop.clone(),
             ingested.clone(),
         );
-        let accounts = bench.accounts;
         let per_sec = bench.ingest_rate;
+        // Built before the clock starts: making 500 events' JSON takes a millisecond or two,
+        // which must not land on a worker that is answering checks.
+        let mut rng = StdRng::seed_from_u64(11);
+        let batches = (per_sec * bench.duration.as_secs()).div_ceil(500) + 1;
+        let bodies: Vec<String> = (0..batches)
+            .map(|_| usage_batch(&mut rng, bench.accounts, 500))
+            .collect();
         Some(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(11);
+            // Open loop: a batch is posted when due, whether or not the previous one has been
+            // answered, so a slow write path shows as a lower accepted rate, not a lower ask.
             let period = Duration::from_secs_f64(500.0 / per_sec as f64);
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while !stop.is_cancelled() {
-                tick.tick().await;
-                let body = usage_batch(&mut rng, accounts, 500);
-                if let Ok(r) = http
-                    .post(format!("{base}/v1/events"))
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    if r.status() == 202 {
-                        ingested.fetch_add(500, Ordering::Relaxed);
-                    }
+            let mut posts = tokio::task::JoinSet::new();
+            for body in bodies {
+                if stop.is_cancelled() {
+                    break;
                 }
+                tick.tick().await;
+                let (http, base, token, ingested) =
+                    (http.clone(), base.clone(), token.clone(), ingested.clone());
+                posts.spawn(async move {
+                    let answer = http
+                        .post(format!("{base}/v1/events"))
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    match answer {
+                        Ok(r) if r.status() == 202 => {
+                            ingested.fetch_add(500, Ordering::Relaxed);
+                        }
+                        Ok(r) => tracing::warn!(status = %r.status(), "ingest refused a batch"),
+                        Err(e) => tracing::warn!(error = %e, "posting a batch failed"),
+                    }
+                });
             }
+            posts.abort_all();
         }))
     } else {
         None
@@ -259,6 +547,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         let _ = t.await;
     }
     latencies.sort_unstable();
+    println!("layout: {:?}", bench.layout);
     println!(
         "quota checks: {} in {elapsed:.1} s ({:.0}/s), errors {errors}",
         latencies.len(),
@@ -273,7 +562,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         percentile(&latencies, 1.0),
     );
     println!(
-        "ingest meanwhile: {:.0} events/s accepted; process RSS {:.0} MiB",
+        "ingest meanwhile: {:.0} events/s accepted; benchmark process RSS {:.0} MiB",
         ingested.load(Ordering::Relaxed) as f64 / elapsed,
         rss_mib()
     );
@@ -309,8 +598,14 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
             share(0.999)
         );
     }
-    shutdown.cancel();
-    running.stop().await?;
+    drop(realtime);
+    match deployment {
+        Deployment::InProcess { shutdown, running } => {
+            shutdown.cancel();
+            running.stop().await?;
+        }
+        Deployment::Children(children) => drop(children),
+    }
     services::token_store(config, &pool)
         .revoke(&name)
         .await

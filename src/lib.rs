@@ -3,6 +3,7 @@
 //! the integration tests under `tests/` drive the same functions.
 
 pub mod bench;
+pub mod bench_hostile;
 pub mod bench_pipeline;
 pub mod chart;
 pub mod cohort_report;

@@ -187,6 +187,30 @@ enum BenchKind {
         /// Usage events per second posted meanwhile (batches of 500); 0 for none.
         #[arg(long, default_value_t = 10000)]
         ingest_rate: u64,
+        /// `shared`: ingest and the aggregator in this process; `split`: a read-only ingest
+        /// process answers the checks while the write path runs in processes of its own.
+        #[arg(long, default_value = "shared", value_parser = ["shared", "split"])]
+        layout: String,
+        /// With `--layout split`: the write path's CPU niceness (`nice -n`), e.g. 10 to give
+        /// the read path the cores first, as a gateway host would.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        write_path_nice: i32,
+        /// With `--layout split`: run the read path (its process, a local Redis and the load
+        /// generator) under SCHED_FIFO for the run (needs root or CAP_SYS_NICE).
+        #[arg(long)]
+        read_path_realtime: bool,
+    },
+    /// Ingest's memory and a gateway's service while slow and hostile clients attack.
+    Hostile {
+        /// Seconds to run.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Connections sending full-size bodies back to back.
+        #[arg(long, default_value_t = 64)]
+        large_senders: usize,
+        /// Slowloris connections held open at once.
+        #[arg(long, default_value_t = 200)]
+        slowloris: usize,
     },
 }
 
@@ -445,6 +469,22 @@ async fn main() -> Result<()> {
             }
         }
         Command::Bench { which } => match which {
+            BenchKind::Hostile {
+                duration,
+                large_senders,
+                slowloris,
+            } => {
+                meterline::bench_hostile::hostile(
+                    &config,
+                    meterline::bench_hostile::HostileBench {
+                        duration: std::time::Duration::from_secs(duration),
+                        large_senders,
+                        slowloris,
+                        config_path: path.clone(),
+                    },
+                )
+                .await?;
+            }
             BenchKind::Ingest {
                 accounts,
                 duration,
@@ -497,7 +537,22 @@ async fn main() -> Result<()> {
                 duration,
                 accounts,
                 ingest_rate,
+                layout,
+                write_path_nice,
+                read_path_realtime,
             } => {
+                let layout = if layout == "split" {
+                    meterline::bench::Layout::Split {
+                        write_path_nice,
+                        read_path_realtime,
+                    }
+                } else {
+                    anyhow::ensure!(
+                        write_path_nice == 0 && !read_path_realtime,
+                        "--write-path-nice and --read-path-realtime need --layout split"
+                    );
+                    meterline::bench::Layout::Shared
+                };
                 meterline::bench::quota(
                     &config,
                     meterline::bench::QuotaBench {
@@ -505,6 +560,8 @@ async fn main() -> Result<()> {
                         duration: std::time::Duration::from_secs(duration),
                         accounts,
                         ingest_rate,
+                        layout,
+                        config_path: path.clone(),
                     },
                 )
                 .await?;
