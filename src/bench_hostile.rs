@@ -81,6 +81,53 @@ fn large_body(max_bytes: usize, max_events: usize) -> Bytes {
     Bytes::from(body)
 }
 
+const LARGE_BODY: &str = "full-size body of invalid events";
+
+/// What every posting attacker shares.
+struct Attackers {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    stop: CancellationToken,
+    tally: Tally,
+}
+
+impl Attackers {
+    /// `connections` tasks posting `body` back to back until the stop, each answer tallied
+    /// under `attack`; `Retry-After` is not honoured (that is what makes them hostile).
+    fn post_back_to_back(
+        &self,
+        connections: usize,
+        attack: &'static str,
+        body: Bytes,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..connections)
+            .map(|_| {
+                let (http, url, token, body, stop, tally) = (
+                    self.http.clone(),
+                    self.url.clone(),
+                    self.token.clone(),
+                    body.clone(),
+                    self.stop.clone(),
+                    self.tally.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.is_cancelled() {
+                        let r = http
+                            .post(&url)
+                            .bearer_auth(&token)
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        tally.add(attack, status_of(r));
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
 fn status_of(r: reqwest::Result<reqwest::Response>) -> String {
     match r {
         Ok(r) => r.status().as_u16().to_string(),
@@ -176,31 +223,14 @@ pub async fn hostile(config: &Config, bench: HostileBench) -> Result<()> {
     }
     let url = format!("{base}/v1/events");
     let body = large_body(config.ingest.max_body_bytes, config.ingest.max_events);
-    let large_sent = Arc::new(AtomicU64::new(0));
-    for _ in 0..bench.large_senders {
-        let (http, url, token, body, stop, tally, sent) = (
-            http.clone(),
-            url.clone(),
-            token.clone(),
-            body.clone(),
-            stop.clone(),
-            tally.clone(),
-            large_sent.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let r = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                tally.add("full-size body of invalid events", status_of(r));
-            }
-        }));
-    }
+    let attackers = Attackers {
+        http: http.clone(),
+        url: url.clone(),
+        token: token.clone(),
+        stop: stop.clone(),
+        tally: tally.clone(),
+    };
+    tasks.extend(attackers.post_back_to_back(bench.large_senders, LARGE_BODY, body.clone()));
     for i in 0..bench.slowloris {
         let (stop, tally) = (stop.clone(), tally.clone());
         tasks.push(tokio::spawn(async move {
@@ -265,33 +295,8 @@ pub async fn hostile(config: &Config, bench: HostileBench) -> Result<()> {
         )
         .expect("garbage serialises"),
     );
-    for (attack, body) in [
-        ("100,000 levels of nested JSON", nested),
-        ("10,000 garbage events", garbage),
-    ] {
-        for _ in 0..2 {
-            let (http, url, token, body, stop, tally) = (
-                http.clone(),
-                url.clone(),
-                token.clone(),
-                body.clone(),
-                stop.clone(),
-                tally.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                while !stop.is_cancelled() {
-                    let r = http
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    tally.add(attack, status_of(r));
-                }
-            }));
-        }
-    }
+    tasks.extend(attackers.post_back_to_back(2, "100,000 levels of nested JSON", nested));
+    tasks.extend(attackers.post_back_to_back(2, "10,000 garbage events", garbage));
     // The well-behaved gateway: 100 valid events every 100 ms, latency from when each was due.
     let gateway = {
         // Its own client and connections, as a gateway on another host would have.
@@ -358,9 +363,16 @@ pub async fn hostile(config: &Config, bench: HostileBench) -> Result<()> {
         hwm - baseline,
         (hwm - baseline) / budget
     );
+    let large_sent: u64 = tally
+        .0
+        .lock()
+        .expect("tally lock")
+        .iter()
+        .filter(|((attack, _), _)| *attack == LARGE_BODY)
+        .map(|(_, n)| n)
+        .sum();
     println!(
-        "full-size body requests: {}, each announcing {:.1} MiB (refused ones are not read)",
-        large_sent.load(Ordering::Relaxed),
+        "full-size body requests: {large_sent}, each announcing {:.1} MiB (refused ones are not read)",
         body.len() as f64 / (1 << 20) as f64
     );
     println!("attack outcomes:");
