@@ -31,7 +31,6 @@ impl EventRateLimiter {
         }
     }
 
-    /// Takes `n` events from `token`'s budget, or says how long until they would fit.
     /// If `token`'s bucket cannot hold a batch the size of the token's last one now, how long
     /// until it can. Checked before a body is read: a runaway gateway is refused without ingest
     /// reading, parsing and then discarding each batch. (A smaller batch than the last would
@@ -48,6 +47,7 @@ impl EventRateLimiter {
         (tokens < need).then(|| Duration::from_secs_f64((need - tokens) / self.rate))
     }
 
+    /// Takes `n` events from `token`'s budget, or says how long until they would fit.
     pub fn take(&self, token: &str, n: u64, now: Instant) -> Result<(), Duration> {
         if self.rate <= 0.0 || n == 0 {
             return Ok(());
@@ -100,7 +100,7 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_bucket_is_seen_before_the_batch_is_counted() {
+    fn a_bucket_short_of_the_last_batch_size_is_refused_before_reading() {
         let l = EventRateLimiter::new(1_000, 1_000);
         let t0 = Instant::now();
         assert_eq!(l.exhausted("a", t0), None, "an unseen token has its burst");
