@@ -58,6 +58,37 @@ fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Folds `events`, grouped by account, into deltas and applies them to Redis a round trip's
+/// worth at a time, so a batch over many accounts never holds all its deltas at once. The fold
+/// runs off the async workers. `lap` is told after each fold ("fold") and each round trip
+/// ("redis_apply"). Returns the Redis commands sent.
+pub(crate) async fn fold_and_apply(
+    redis: &RedisSink,
+    events: &[&UsageEvent],
+    now: DateTime<Utc>,
+    mut lap: impl FnMut(&'static str),
+) -> Result<usize, SinkError> {
+    let mut folded = 0;
+    let mut commands = 0;
+    while folded < events.len() {
+        let group: Vec<RedisDelta> = off_the_async_workers(|| {
+            let mut deltas = account_deltas(
+                events[folded..].iter().copied(),
+                redis.keys(),
+                now,
+                REDIS_CHANGES_PER_CALL,
+            );
+            let group = deltas.by_ref().take(DELTAS_PER_ROUND_TRIP).collect();
+            folded += deltas.consumed();
+            group
+        });
+        lap("fold");
+        commands += redis.apply_all(&group).await?;
+        lap("redis_apply");
+    }
+    Ok(commands)
+}
+
 /// The sinks a batch is written to.
 #[derive(Clone)]
 pub struct Sinks {
@@ -126,27 +157,11 @@ impl Sinks {
         // all exactly-once needs (a replay skips what is marked seen).
         let mut by_account = new.clone();
         by_account.sort_by(|a, b| a.event.account_id.as_str().cmp(b.event.account_id.as_str()));
-        // Folded a round trip's worth at a time and applied as they come, so a batch over many
-        // accounts never holds all its deltas at once.
         let events: Vec<&UsageEvent> = by_account.iter().map(|d| &d.event).collect();
-        let mut folded = 0;
-        let mut commands = 1;
-        while folded < events.len() {
-            let group: Vec<RedisDelta> = off_the_async_workers(|| {
-                let mut deltas = account_deltas(
-                    events[folded..].iter().copied(),
-                    self.redis.keys(),
-                    now,
-                    REDIS_CHANGES_PER_CALL,
-                );
-                let group = deltas.by_ref().take(DELTAS_PER_ROUND_TRIP).collect();
-                folded += deltas.consumed();
-                group
-            });
-            metrics.lap("fold", &mut clock);
-            commands += self.redis.apply_all(&group).await?;
-            metrics.lap("redis_apply", &mut clock);
-        }
+        let commands = 1 + fold_and_apply(&self.redis, &events, now, |stage| {
+            metrics.lap(stage, &mut clock)
+        })
+        .await?;
         Ok((new.len(), commands))
     }
 

@@ -15,9 +15,8 @@ use clickhouse::Row;
 use meterline_schemas::{AccountId, UsageEvent};
 use serde::Deserialize;
 
-use crate::batch::REDIS_CHANGES_PER_CALL;
-use crate::fold::account_deltas;
-use crate::redis_sink::{seen_query, RedisSink, DELTAS_PER_ROUND_TRIP};
+use crate::batch::fold_and_apply;
+use crate::redis_sink::{seen_query, RedisSink};
 use crate::SinkError;
 
 /// How far back events can still have a live key: a month's keys live until 100 days after
@@ -154,21 +153,7 @@ async fn apply(
         .iter()
         .filter(|e| !seen.contains(&e.event_id))
         .collect();
-    let mut folded = 0;
-    while folded < unseen.len() {
-        let group: Vec<_> = {
-            let mut deltas = account_deltas(
-                unseen[folded..].iter().copied(),
-                redis.keys(),
-                now,
-                REDIS_CHANGES_PER_CALL,
-            );
-            let group = deltas.by_ref().take(DELTAS_PER_ROUND_TRIP).collect();
-            folded += deltas.consumed();
-            group
-        };
-        redis.apply_all(&group).await?;
-    }
+    fold_and_apply(redis, &unseen, now, |_| {}).await?;
     chunk.clear();
     Ok(())
 }
