@@ -328,7 +328,8 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn rss_mib() -> f64 {
+/// This process's resident memory in MiB.
+pub(crate) fn rss_mib() -> f64 {
     proc_status_mib("self", "VmRSS:")
 }
 

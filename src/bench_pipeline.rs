@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::bench::{percentile, rss_mib};
 use crate::services::{self, Components};
 use crate::{migrate, Config};
 
@@ -60,25 +61,6 @@ fn event(rng: &mut StdRng, run: &str, a: usize) -> Value {
         "client_ip": format!("198.51.100.{}", a % 250 + 1),
         "prompt_hash": format!("{:016x}", rng.random::<u64>()),
     })
-}
-
-fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
-}
-
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// A configuration whose topics, ClickHouse database, Redis prefix and consumer group belong
@@ -285,9 +267,9 @@ pub async fn ingest(config: &Config, b: IngestBench) -> Result<()> {
     );
     println!(
         "batch latency ms: p50 {:.1}  p99 {:.1}  max {:.1}",
-        percentile_ms(&latencies, 0.5),
-        percentile_ms(&latencies, 0.99),
-        percentile_ms(&latencies, 1.0)
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
     );
     println!("ceiling: rdkafka producing the same Avro records (idempotent, acks=all): {ceiling:.0} events/s ({n} records)");
     println!("ratio: {:.2} of the ceiling", ours / ceiling);
@@ -727,9 +709,9 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
     let line = |what: &str, v: &[u64]| {
         println!(
             "freshness, ingest 202 → {what}: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} probes)",
-            percentile_ms(v, 0.5),
-            percentile_ms(v, 0.99),
-            percentile_ms(v, 1.0),
+            percentile(v, 0.5),
+            percentile(v, 0.99),
+            percentile(v, 1.0),
             v.len()
         )
     };
