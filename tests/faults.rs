@@ -310,47 +310,16 @@ async fn wait_for_exact_totals(app: &TestApp, stream: &Stream, acked: u64, timeo
     }
 }
 
-/// A `meterline aggregate` child process, killed when dropped: a failed assertion must not
-/// leave it consuming (and holding the test's output open) after the test.
-struct AggregatorProcess(std::process::Child);
-
-impl AggregatorProcess {
-    /// SIGKILL: no chance to commit, flush or leave the group.
-    fn kill(&mut self) {
-        self.0.kill().expect("SIGKILL");
-        self.0.wait().expect("reaped");
-    }
-}
-
-impl Drop for AggregatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts an aggregator in its own process; `instance` is its static group member id, or empty
-/// for a dynamic member.
+/// An aggregator in its own process, in batches of 2,000 events; `instance` is its static group
+/// member id.
 fn spawn_aggregator(config: &meterline::Config, instance: &str) -> AggregatorProcess {
-    let mut env = config_env(config);
-    env.retain(|(k, _)| k != "METERLINE_HTTP__AGGREGATOR_LISTEN");
-    std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
-        .arg("aggregate")
-        .envs(env)
-        .env(
-            "METERLINE_HTTP__AGGREGATOR_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .env("METERLINE_AGGREGATOR__INSTANCE_ID", instance)
-        .env("METERLINE_AGGREGATOR__BATCH_MAX_EVENTS", "2000")
-        .env(
-            "RUST_LOG",
-            std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map(AggregatorProcess)
-        .expect("spawn meterline aggregate")
+    AggregatorProcess::spawn(
+        config,
+        &[
+            ("METERLINE_AGGREGATOR__INSTANCE_ID", instance),
+            ("METERLINE_AGGREGATOR__BATCH_MAX_EVENTS", "2000"),
+        ],
+    )
 }
 
 /// The aggregator is killed with SIGKILL at random moments while events stream in; each time a

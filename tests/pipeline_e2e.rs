@@ -380,22 +380,9 @@ async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twic
         },
     )
     .await;
-    let spawn_aggregator = |cfg: &meterline::Config| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
-            .arg("aggregate")
-            .envs(config_env(cfg))
-            // CHILD_LOG=info (say) shows the child's logs when this test needs debugging.
-            .env(
-                "RUST_LOG",
-                std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn meterline aggregate")
-    };
     let traffic = generate(11, &unique_suffix());
     let n = traffic.batches.len();
-    let mut first = spawn_aggregator(&app.config);
+    let mut first = AggregatorProcess::spawn(&app.config, &[]);
     post_all(&app, &traffic, 0..n / 2).await;
     // Wait until the first aggregator is visibly mid-way, then kill it hard.
     let _ = app.wait_for_raw_count(2_000, Duration::from_secs(60)).await;
@@ -405,14 +392,12 @@ async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twic
     };
     let killer = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        first.kill().expect("SIGKILL");
-        first.wait().unwrap();
+        first.kill();
     };
     tokio::join!(post_rest, killer);
-    let mut second = spawn_aggregator(&app.config);
+    let second = AggregatorProcess::spawn(&app.config, &[]);
     assert_totals(&app, &traffic).await;
-    second.kill().ok();
-    second.wait().ok();
+    drop(second);
     app.stop().await;
 }
 
@@ -429,28 +414,16 @@ async fn two_aggregators_split_the_partitions_and_the_totals_are_exact() {
         },
     )
     .await;
-    let mut children = Vec::new();
-    let mut metric_urls = Vec::new();
-    for i in 0..2 {
-        let addr = format!("127.0.0.1:{}", free_port());
-        metric_urls.push(format!("http://{addr}/metrics"));
-        let mut env = config_env(&app.config);
-        env.retain(|(k, _)| k != "METERLINE_HTTP__AGGREGATOR_LISTEN");
-        children.push(
-            std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
-                .arg("aggregate")
-                .envs(env)
-                .env("METERLINE_HTTP__AGGREGATOR_LISTEN", &addr)
-                .env(
-                    "METERLINE_AGGREGATOR__INSTANCE_ID",
-                    format!("aggregator-{i}"),
-                )
-                .env("RUST_LOG", "warn")
-                .stdin(std::process::Stdio::null())
-                .spawn()
-                .expect("spawn meterline aggregate"),
-        );
-    }
+    let children: Vec<AggregatorProcess> = (0..2)
+        .map(|i| {
+            let instance = format!("aggregator-{i}");
+            AggregatorProcess::spawn(
+                &app.config,
+                &[("METERLINE_AGGREGATOR__INSTANCE_ID", &instance)],
+            )
+        })
+        .collect();
+    let metric_urls: Vec<String> = children.iter().map(|c| c.metrics_url.clone()).collect();
     // Both must hold partitions before the traffic comes, or the first could read it all; and
     // every partition of both topics has exactly one owner.
     let started = std::time::Instant::now();
@@ -503,9 +476,6 @@ async fn two_aggregators_split_the_partitions_and_the_totals_are_exact() {
             .sum();
         assert!(written > 0.0, "{url} aggregated nothing:\n{text}");
     }
-    for mut c in children {
-        c.kill().ok();
-        c.wait().ok();
-    }
+    drop(children);
     app.stop().await;
 }

@@ -101,6 +101,52 @@ pub fn config_env(c: &Config) -> Vec<(String, String)> {
     ]
 }
 
+/// A `meterline aggregate` child process with a `/metrics` port of its own, killed when
+/// dropped: a failed assertion must not leave it consuming (and holding the test's output open)
+/// after the test. `CHILD_LOG=info` (say) shows its logs.
+pub struct AggregatorProcess {
+    child: std::process::Child,
+    pub metrics_url: String,
+}
+
+impl AggregatorProcess {
+    /// Starts one for `config`, with `env` on top (an instance id, a batch size).
+    pub fn spawn(config: &Config, env: &[(&str, &str)]) -> Self {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut vars = config_env(config);
+        vars.retain(|(k, _)| k != "METERLINE_HTTP__AGGREGATOR_LISTEN");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+            .arg("aggregate")
+            .envs(vars)
+            .env("METERLINE_HTTP__AGGREGATOR_LISTEN", &listen)
+            .envs(env.iter().copied())
+            .env(
+                "RUST_LOG",
+                std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn meterline aggregate");
+        Self {
+            child,
+            metrics_url: format!("http://{listen}/metrics"),
+        }
+    }
+
+    /// SIGKILL: no chance to commit, flush or leave the group.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for AggregatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct TestApp {
     pub config: Config,
     pub addr: SocketAddr,
