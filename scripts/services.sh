@@ -73,7 +73,9 @@ clickhouse_up() {
 </yandex>
 XML
   say "starting clickhouse"
-  (cd "$dir" && nohup clickhouse-server --config-file="$dir/config.xml" >"$LOG/clickhouse.out" 2>&1 & echo $! >"$dir/pid")
+  # `cd || exit` rather than `cd &&`: with `&&`, `&` would background the whole list and $!
+  # would be a subshell's pid, not the server's.
+  (cd "$dir" || exit 1; nohup clickhouse-server --config-file="$dir/config.xml" >"$LOG/clickhouse.out" 2>&1 & echo $! >"$dir/pid")
   wait_for clickhouse 60 clickhouse_ready
 }
 
@@ -91,6 +93,7 @@ tansu_up() {
     cp "$LOG/tansu.log" "$LOG/tansu.panicked.log"
     kill "$(cat "$LOCAL/tansu/pid")"
     for _ in $(seq 1 40); do port_open 9092 || break; sleep 0.25; done
+    if port_open 9092; then kill -9 "$(cat "$LOCAL/tansu/pid")" 2>/dev/null; sleep 1; fi
   fi
   if port_open 9092; then say "a broker already listens on 9092"; return 0; fi
   if ! command -v tansu >/dev/null; then
@@ -102,7 +105,7 @@ tansu_up() {
   fi
   mkdir -p "$LOCAL/tansu"
   say "starting tansu ($TANSU_STORAGE)"
-  (cd "$ROOT" && nohup tansu broker \
+  (cd "$ROOT" || exit 1; nohup tansu broker \
       --listener-url tcp://127.0.0.1:9092 \
       --advertised-listener-url tcp://127.0.0.1:9092 \
       --storage-engine "$TANSU_STORAGE" >"$LOG/tansu.log" 2>&1 & echo $! >"$LOCAL/tansu/pid")
