@@ -11,6 +11,9 @@ pub struct IngestMetrics {
     pub requests: IntCounterVec,
     pub events: IntCounterVec,
     pub request_seconds: HistogramVec,
+    /// The read path's one Redis round trip per request, so a slow answer can be told apart
+    /// from a slow hot state.
+    pub hot_state_seconds: HistogramVec,
     /// Quota decisions by kind (allow, degrade, limit_reached, deny).
     pub decisions: IntCounterVec,
     pub quota_events_recorded: IntCounter,
@@ -49,6 +52,18 @@ impl IngestMetrics {
             &["endpoint"],
         )
         .expect("valid metric");
+        let hot_state_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "meterline_read_hot_state_seconds",
+                "The read path's Redis round trip per request (part of meterline_ingest_request_seconds)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025,
+                0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
         let decisions = IntCounterVec::new(
             Opts::new(
                 "meterline_quota_decisions_total",
@@ -81,11 +96,15 @@ impl IngestMetrics {
         registry
             .register(Box::new(request_seconds.clone()))
             .expect("unique");
+        registry
+            .register(Box::new(hot_state_seconds.clone()))
+            .expect("unique");
         Self {
             registry,
             requests,
             events,
             request_seconds,
+            hot_state_seconds,
             decisions,
             quota_events_recorded,
             quota_events_dropped,

@@ -128,11 +128,17 @@ pub async fn usage(
             .map_err(postgres_down)?;
         let tier = read.tiers.get(profile.plan);
         let session = q.session_id.as_deref().filter(|s| !s.is_empty());
+        let hot_started = Instant::now();
         let (raw, month) = tokio::try_join!(
             read.hot.usage(account.as_str(), session, now),
             read.hot.month_dimensions(account.as_str(), now),
         )
         .map_err(redis_down)?;
+        state
+            .metrics
+            .hot_state_seconds
+            .with_label_values(&["usage"])
+            .observe(hot_started.elapsed().as_secs_f64());
         let snapshot = raw.snapshot(&read.quota, tier, now);
         let report = UsageReport {
             account_id: account.as_str().to_owned(),
@@ -273,6 +279,11 @@ pub async fn quota_check(
             .await
             .map_err(redis_down)?;
         let read_hot = started.elapsed();
+        state
+            .metrics
+            .hot_state_seconds
+            .with_label_values(&["quota_check"])
+            .observe((read_hot - profiled).as_secs_f64());
         if read_hot > SLOW_CHECK {
             tracing::warn!(
                 auth_ms = authorized.as_secs_f64() * 1e3,
