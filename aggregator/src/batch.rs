@@ -8,13 +8,13 @@
 //!    already holds.
 //!    New events above the watermark are inserted; those at or below it were inserted by an
 //!    attempt that crashed before Redis was written, and are not inserted again.
-//! 3. Apply the fold of the new events and their "seen" marks to Redis, in transactions of
-//!    whole accounts (each event's counters and seen mark in the same one).
+//! 3. Apply the fold of the new events and their "seen" marks to Redis, in small atomic script
+//!    calls (each event's counters and seen mark in the same one).
 //! 4. Only then does the caller commit the offsets.
 //!
 //! Why this is exact: records of one account (so every copy of one event, which carries the
 //! same account id) live in one partition and are processed in offset order by one consumer.
-//! Redis is written after ClickHouse, an account at a time, atomically, so after a crash Redis
+//! Redis is written after ClickHouse, a few events at a time, atomically, so after a crash Redis
 //! has each event's counters exactly when it has its seen mark, and ClickHouse either has a prefix-closed range of offsets (it is one
 //! INSERT, and the watermark is filled by the same INSERT) or none. Replaying from the last
 //! commit makes the same "new" decisions (Redis has not changed) and skips what ClickHouse
@@ -36,15 +36,22 @@ use crate::clickhouse_sink::{ClickHouseSink, Stream};
 use crate::decode::{Decoded, DecodedBatch};
 use crate::fold::{account_deltas, occurred_at, RedisDelta};
 use crate::metrics::AggregatorMetrics;
-use crate::redis_sink::{RedisSink, DELTAS_PER_ROUND_TRIP};
+use crate::redis_sink::RedisSink;
 use crate::SinkError;
 
-/// Counter increments and set members per Redis script call. Redis serves nobody else while a
-/// script runs, at about a microsecond per change here, so a gateway's quota check waits at most
-/// about half a millisecond behind the aggregator. The calls are pipelined, so smaller calls
-/// cost no round trips. (At 2,000 changes per call the quota check's p99 sat at the length of
-/// one call, 2 ms and more.)
-pub const REDIS_CHANGES_PER_CALL: usize = 500;
+/// Redis calls per script call ([`RedisDelta::redis_calls`]): about 0.3 ms of Redis time
+/// here when most keys are new (a minute window, a session), less when they exist. Redis
+/// serves nobody else while a script runs, so this is how long a gateway's quota check can
+/// wait behind the aggregator (one script is in flight at a time, see
+/// `redis_sink::SCRIPTS_IN_FLIGHT`). At 2,000 checks/s with 5,000 events/s ingested, the
+/// checks' p99 was 0.85–1.4 ms at 120 calls, 1.2–1.9 ms at 150 and 1.2–3.8 ms at 250. Smaller
+/// calls cost aggregation throughput (about 11 % from 250 to 120) and mean more calls per
+/// event (0.07 over 10,000 accounts); see BENCHMARKS.md.
+pub const REDIS_CALLS_PER_SCRIPT: usize = 120;
+
+/// Deltas folded at a time before they are applied: a round of folding off the async workers
+/// for every few dozen script calls, so a batch over many accounts never holds all its deltas.
+const DELTAS_PER_FOLD: usize = 32;
 
 /// Runs CPU-bound work (folding a 20,000-event batch takes about a quarter of a second) without
 /// holding up the runtime's other tasks: in `meterline run` the aggregator shares the runtime
@@ -58,10 +65,10 @@ fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Folds `events`, grouped by account, into deltas and applies them to Redis a round trip's
-/// worth at a time, so a batch over many accounts never holds all its deltas at once. The fold
-/// runs off the async workers. `lap` is told after each fold ("fold") and each round trip
-/// ("redis_apply"). Returns the Redis commands sent.
+/// Folds `events`, grouped by account, into deltas and applies them to Redis
+/// [`DELTAS_PER_FOLD`] at a time, so a batch over many accounts never holds all its deltas at
+/// once. The fold runs off the async workers. `lap` is told after each fold ("fold") and each
+/// application ("redis_apply"). Returns the Redis commands sent.
 pub(crate) async fn fold_and_apply(
     redis: &RedisSink,
     events: &[&UsageEvent],
@@ -76,9 +83,9 @@ pub(crate) async fn fold_and_apply(
                 events[folded..].iter().copied(),
                 redis.keys(),
                 now,
-                REDIS_CHANGES_PER_CALL,
+                REDIS_CALLS_PER_SCRIPT,
             );
-            let group = deltas.by_ref().take(DELTAS_PER_ROUND_TRIP).collect();
+            let group = deltas.by_ref().take(DELTAS_PER_FOLD).collect();
             folded += deltas.consumed();
             group
         });
@@ -152,9 +159,10 @@ impl Sinks {
         metrics.lap("clickhouse", &mut clock);
 
         // Redis runs a script without serving anyone else, and gateways read the hot state in
-        // the meantime. So the batch goes in as many small atomic deltas, each holding whole
-        // accounts: an event's counters and its seen mark always travel together, which is
-        // all exactly-once needs (a replay skips what is marked seen).
+        // the meantime. So the batch goes in as many small atomic deltas, grouped by account
+        // so that an account's events fold together: an event's counters and its seen mark
+        // always travel together, which is all exactly-once needs (a replay skips what is
+        // marked seen).
         let mut by_account = new.clone();
         by_account.sort_by(|a, b| a.event.account_id.as_str().cmp(b.event.account_id.as_str()));
         let events: Vec<&UsageEvent> = by_account.iter().map(|d| &d.event).collect();

@@ -16,9 +16,18 @@ pub struct RedisDelta {
     pub counters: BTreeMap<String, BTreeMap<String, i64>>,
     /// key → members to add.
     pub sets: BTreeMap<String, BTreeSet<String>>,
-    /// key → expiry (Unix seconds). Only ever moved later, never earlier.
+    /// key → expiry (Unix seconds), moved on every write but only ever later, never earlier:
+    /// for keys that live a while after their latest write (sessions).
     pub expiries: BTreeMap<String, i64>,
+    /// key → expiry (Unix seconds) that follows from the key's name (a window, a day's or a
+    /// month's set), so it is set once, by the write that creates the key, and never looked at
+    /// again: one Redis call per key and write saved.
+    pub fixed_expiries: BTreeMap<String, i64>,
 }
+
+/// What a set member costs inside a script, as a share of one Redis call: members go to one
+/// `SADD` in hundreds, but each is still converted and inserted.
+const CALLS_PER_SET_MEMBER: f64 = 1.0 / 3.0;
 
 impl RedisDelta {
     // The lookups come first so that a key or field already in the delta (most of them, in a
@@ -58,6 +67,12 @@ impl RedisDelta {
         }
     }
 
+    fn expire_fixed(&mut self, key: &str, at: i64) {
+        if !self.fixed_expiries.contains_key(key) {
+            self.fixed_expiries.insert(key.to_owned(), at);
+        }
+    }
+
     /// How many counter increments and set members this delta holds.
     pub fn len(&self) -> usize {
         self.counters.values().map(|f| f.len()).sum::<usize>()
@@ -66,6 +81,19 @@ impl RedisDelta {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// About how many Redis calls the script applying this delta makes: the measure of how
+    /// long it holds Redis (1.2–2.5 µs a call here, the more the more keys are new), during
+    /// which nobody else is served.
+    /// One per counter field and per set, a third per set member, two per moving expiry (read
+    /// it, then move it); fixed expiries cost a call only when a key is created.
+    pub fn redis_calls(&self) -> usize {
+        let members: usize = self.sets.values().map(|s| s.len()).sum();
+        self.counters.values().map(|f| f.len()).sum::<usize>()
+            + self.sets.len()
+            + (members as f64 * CALLS_PER_SET_MEMBER).ceil() as usize
+            + 2 * self.expiries.len()
     }
 }
 
@@ -103,17 +131,19 @@ pub fn fold_event(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent, now: Date
         for (f, v) in fields {
             delta.incr(&key, f, v);
         }
-        delta.incr(&key, &model_req, 1);
-        delta.incr(&key, &model_in, e.input_tokens);
-        delta.incr(&key, &model_out, e.output_tokens);
-        delta.expire(&key, expires);
+        if grain.has_model_fields() {
+            delta.incr(&key, &model_req, 1);
+            delta.incr(&key, &model_in, e.input_tokens);
+            delta.incr(&key, &model_out, e.output_tokens);
+        }
+        delta.expire_fixed(&key, expires);
 
         if grain == Grain::Month {
             let mut dim = |name: &str, member: Option<&str>| {
                 if let Some(m) = member.filter(|m| !m.is_empty()) {
                     let k = keys.month_set(account, start, name);
                     delta.add(&k, m);
-                    delta.expire(&k, expires);
+                    delta.expire_fixed(&k, expires);
                 }
             };
             dim("models", Some(&e.model));
@@ -130,7 +160,7 @@ pub fn fold_event(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent, now: Date
             if let Some(s) = e.session_id.as_deref() {
                 let k = keys.day_sessions(account, start);
                 delta.add(&k, s);
-                delta.expire(&k, expires);
+                delta.expire_fixed(&k, expires);
             }
         }
     }
@@ -148,16 +178,20 @@ pub fn fold_event(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent, now: Date
     }
 }
 
-/// Folds `events`, which must be grouped by account, into deltas of whole accounts holding
-/// about `changes_per_delta` changes each (more when one account alone has more), one delta at a
-/// time so that a caller applying them as they come holds only a few in memory. Each event's
-/// counters and its seen mark are in the same delta, so applying each delta atomically keeps
-/// "counted" and "marked seen" together.
+/// Folds `events`, which must be grouped by account, into deltas of about `calls_per_delta`
+/// Redis calls each ([`RedisDelta::redis_calls`]), one delta at a time so that a caller
+/// applying them as they come holds only a few in memory.
+///
+/// A delta is cut between accounts once it reaches `calls_per_delta`, and inside an account's
+/// events only once it reaches twice that: an account's events folded together share their
+/// window fields, so cutting a busy account costs repeated fields, but one account alone must
+/// not hold Redis for long either. Each event's counters and its seen mark are always in the
+/// same delta, so applying each delta atomically keeps "counted" and "marked seen" together.
 pub fn account_deltas<'a, I>(
     events: I,
     keys: &Keys,
     now: DateTime<Utc>,
-    changes_per_delta: usize,
+    calls_per_delta: usize,
 ) -> AccountDeltas<'_, I::IntoIter>
 where
     I: IntoIterator<Item = &'a UsageEvent>,
@@ -166,7 +200,7 @@ where
         events: events.into_iter().peekable(),
         keys,
         now,
-        changes_per_delta,
+        calls_per_delta,
         consumed: 0,
     }
 }
@@ -176,7 +210,7 @@ pub struct AccountDeltas<'k, I: Iterator> {
     events: std::iter::Peekable<I>,
     keys: &'k Keys,
     now: DateTime<Utc>,
-    changes_per_delta: usize,
+    calls_per_delta: usize,
     consumed: usize,
 }
 
@@ -195,13 +229,17 @@ impl<'a, I: Iterator<Item = &'a UsageEvent>> Iterator for AccountDeltas<'_, I> {
         let mut current: Option<&str> = None;
         while let Some(e) = self.events.peek() {
             let account = e.account_id.as_str();
-            // An account boundary is the only place a delta may be cut.
-            if current != Some(account) {
-                if current.is_some() && delta.len() >= self.changes_per_delta {
+            if current.is_some() {
+                let limit = if current == Some(account) {
+                    2 * self.calls_per_delta
+                } else {
+                    self.calls_per_delta
+                };
+                if delta.redis_calls() >= limit {
                     break;
                 }
-                current = Some(account);
             }
+            current = Some(account);
             let e = self.events.next().expect("peeked");
             self.consumed += 1;
             fold_event(&mut delta, self.keys, e, self.now);
@@ -216,7 +254,7 @@ pub fn mark_seen(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent) {
     let day = Grain::Day.window_start(occurred_at(e));
     let key = keys.seen(day);
     delta.add(&key, &e.event_id);
-    delta.expire(
+    delta.expire_fixed(
         &key,
         Grain::Day.next_window(day).timestamp() + SEEN_RETENTION_AFTER_DAY_SECS,
     );
@@ -262,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn events_fold_into_every_window_with_per_model_fields() {
+    fn events_fold_into_every_window_with_per_model_fields_in_days_and_months() {
         let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 30, 0).unwrap();
         let keys = Keys::new("p:");
         let mut d = RedisDelta::default();
@@ -284,16 +322,40 @@ mod tests {
         assert_eq!(minute["in"], 17);
         assert_eq!(minute["out"], 4);
         assert_eq!(minute["cost"], 10);
-        assert_eq!(minute["m:gpt:in"], 10);
-        assert_eq!(minute["m:claude:req"], 1);
-        assert_eq!(d.counters["p:u:a:M:202611"]["req"], 2);
+        for short in ["p:u:a:m:202611221230", "p:u:a:h:2026112212"] {
+            assert!(
+                !d.counters[short].keys().any(|f| f.starts_with("m:")),
+                "{short} has no per-model fields"
+            );
+        }
+        for long in ["p:u:a:d:20261122", "p:u:a:M:202611"] {
+            let w = &d.counters[long];
+            assert_eq!(w["req"], 2, "{long}");
+            assert_eq!(w["m:gpt:in"], 10, "{long}");
+            assert_eq!(w["m:gpt:out"], 2, "{long}");
+            assert_eq!(w["m:claude:req"], 1, "{long}");
+        }
         assert_eq!(d.sets["p:u:a:M:202611:models"].len(), 2);
         assert!(
             !d.sets.contains_key("p:u:a:M:202611:users"),
             "absent users are not members"
         );
-        assert_eq!(d.counters["p:u:a:s:s1"]["in"], 17);
-        assert_eq!(d.expiries["p:u:a:m:202611221230"], now.timestamp() + 7200);
+        let session = &d.counters["p:u:a:s:s1"];
+        assert_eq!(session["in"], 17);
+        assert_eq!(session["m:claude:in"], 7);
+        // A window's expiry follows from its name: set once, when the key is created. A
+        // session's moves with its latest event.
+        assert_eq!(
+            d.fixed_expiries["p:u:a:m:202611221230"],
+            now.timestamp() + 7200
+        );
+        assert_eq!(
+            d.fixed_expiries["p:u:a:M:202611:models"],
+            d.fixed_expiries["p:u:a:M:202611"]
+        );
+        assert!(!d.expiries.contains_key("p:u:a:m:202611221230"));
+        assert_eq!(d.expiries["p:u:a:s:s1"], now.timestamp() + 86_400);
+        assert!(!d.fixed_expiries.contains_key("p:u:a:s:s1"));
     }
 
     #[test]
@@ -317,6 +379,43 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_counts_its_redis_calls() {
+        let mut d = RedisDelta::default();
+        d.incr("h", "req", 1);
+        d.incr("h", "in", 5);
+        d.incr("h", "req", 1);
+        for m in ["a", "b", "c", "d"] {
+            d.add("s", m);
+        }
+        d.expire("h", 10);
+        d.expire_fixed("s", 10);
+        // Two fields, one set of four members (a third of a call each, rounded up), one
+        // moving expiry (read, then move); the fixed expiry costs nothing up front.
+        assert_eq!(d.redis_calls(), 2 + 1 + 2 + 2);
+    }
+
+    #[test]
+    fn a_busy_account_is_cut_between_its_events_at_twice_the_budget() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 30, 0).unwrap();
+        let keys = Keys::new("");
+        let events: Vec<UsageEvent> = (0..200)
+            .map(|i| event(&format!("e{i}"), "busy", now, "gpt", 1, None))
+            .collect();
+        let budget = 30;
+        let deltas: Vec<RedisDelta> = account_deltas(&events, &keys, now, budget).collect();
+        assert!(deltas.len() > 1, "one account's 200 events are cut");
+        let mut ids = 0;
+        for d in &deltas {
+            // An event's worth over the limit at most: the cut falls between events.
+            assert!(d.redis_calls() < 2 * budget + 40, "{}", d.redis_calls());
+            let seen = d.sets["seen:20261122"].len();
+            assert_eq!(d.counters["u:busy:d:20261122"]["req"], seen as i64);
+            ids += seen;
+        }
+        assert_eq!(ids, 200, "every event in exactly one delta");
+    }
+
+    #[test]
     fn deltas_hold_whole_accounts() {
         let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 30, 0).unwrap();
         let keys = Keys::new("");
@@ -325,8 +424,9 @@ mod tests {
             .enumerate()
             .map(|(i, acct)| event(&i.to_string(), acct, now, "gpt", 1, None))
             .collect();
-        // A limit of 1 change cuts at every account boundary, never inside an account.
-        let deltas: Vec<RedisDelta> = account_deltas(&events, &keys, now, 1).collect();
+        // A budget of 30 calls cuts at every account boundary (one event is more than that),
+        // and not inside these small accounts (three events stay under twice that).
+        let deltas: Vec<RedisDelta> = account_deltas(&events, &keys, now, 30).collect();
         assert_eq!(deltas.len(), 3);
         for (delta, (account, ids)) in deltas.iter().zip([
             ("a", vec!["0", "1", "2"]),
@@ -358,7 +458,7 @@ mod tests {
         );
         assert!(d.sets["x:seen:20261122"].contains("e1"));
         assert_eq!(
-            d.expiries["x:seen:20261122"],
+            d.fixed_expiries["x:seen:20261122"],
             Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0)
                 .unwrap()
                 .timestamp()

@@ -1,42 +1,81 @@
 //! Writes [`RedisDelta`]s through a Lua script, so that each delta's counters, set members,
-//! expiries and "seen" marks land together or not at all. The caller keeps deltas small (see
-//! `batch::REDIS_CHANGES_PER_CALL`): Redis serves no one else while a script runs.
+//! expiries and "seen" marks land together or not at all.
+//!
+//! Redis serves one command at a time, and a script is one command: while it runs, every
+//! gateway's quota check waits. Two things keep that wait short. The caller keeps each delta to
+//! a few hundred Redis calls (see `batch::REDIS_CALLS_PER_SCRIPT`). And this writer keeps at
+//! most [`SCRIPTS_IN_FLIGHT`] script calls outstanding: Redis runs the commands a client has
+//! already sent back to back before it turns to the next client, so 32 pipelined scripts held
+//! the checks for all 32 (a probe's p99 went from about 1 ms at one script in flight to 10 ms
+//! at 32; see BENCHMARKS.md).
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use futures::stream::{FuturesOrdered, StreamExt};
 use redis::aio::ConnectionManager;
 
 use crate::fold::{occurred_at, RedisDelta};
 use crate::keys::{Grain, Keys};
 use crate::SinkError;
 
-/// Applies a flat list of operations. `H key n f1 d1 … fn dn` increments hash fields,
-/// `S key n m1 … mn` adds set members, `E key at` moves the expiry later (never earlier, so
-/// a late event cannot shorten the life of a key that a newer one extended).
+/// Applies a flat list of operations:
+///
+/// * `H key n f1 d1 … fn dn` increments hash fields;
+/// * `HC key at n f1 d1 …` the same for a hash whose every write increments `req`, so the write
+///   that creates it is the one whose `req` comes back equal to its increment: that one sets the
+///   expiry `at`, and later writes need not look at it;
+/// * `S key n m1 … mn` adds set members;
+/// * `SC key at n m1 …` the same, and when any member was new the key may be too, so it gets the
+///   expiry `at` unless it has one (`NX`); a set that gained nothing already had its members,
+///   and its expiry with them;
+/// * `E key at` moves the expiry later (never earlier, so a late event cannot shorten the life
+///   of a key that a newer one extended).
 const APPLY_SCRIPT: &str = r#"
 local i = 1
 local n = #ARGV
 while i <= n do
   local op = ARGV[i]
   local key = ARGV[i + 1]
-  if op == 'H' then
-    local cnt = tonumber(ARGV[i + 2])
-    local j = i + 3
+  if op == 'H' or op == 'HC' then
+    local at = nil
+    local j = i + 2
+    if op == 'HC' then
+      at = ARGV[j]
+      j = j + 1
+    end
+    local cnt = tonumber(ARGV[j])
+    j = j + 1
+    local created = false
     for _ = 1, cnt do
-      redis.call('HINCRBY', key, ARGV[j], ARGV[j + 1])
+      local v = redis.call('HINCRBY', key, ARGV[j], ARGV[j + 1])
+      if at and ARGV[j] == 'req' and v == tonumber(ARGV[j + 1]) then
+        created = true
+      end
       j = j + 2
     end
+    if created then
+      redis.call('EXPIREAT', key, at)
+    end
     i = j
-  elseif op == 'S' then
-    local cnt = tonumber(ARGV[i + 2])
-    local first = i + 3
-    local last = first + cnt - 1
+  elseif op == 'S' or op == 'SC' then
+    local at = nil
+    local j = i + 2
+    if op == 'SC' then
+      at = ARGV[j]
+      j = j + 1
+    end
+    local first = j + 1
+    local last = first + tonumber(ARGV[j]) - 1
+    local added = 0
     local s = first
     while s <= last do
       local e = math.min(s + 499, last)
-      redis.call('SADD', key, unpack(ARGV, s, e))
+      added = added + redis.call('SADD', key, unpack(ARGV, s, e))
       s = e + 1
+    end
+    if at and added > 0 then
+      redis.call('EXPIREAT', key, at, 'NX')
     end
     i = last + 1
   elseif op == 'E' then
@@ -57,11 +96,14 @@ return 1
 /// Redis for long.
 const MAX_ARGS_PER_CALL: usize = 20_000;
 
-/// Script calls per pipelined round trip.
-pub const DELTAS_PER_ROUND_TRIP: usize = 32;
+/// Script calls sent and not yet answered, at most. One, so that a quota check arriving while
+/// a script runs waits for that script and not for a queue of them. (Two in flight raised the
+/// checks' p99 by about half a millisecond and did not raise aggregation throughput, which on
+/// this machine is bound by the CPU the broker, ClickHouse and Redis share.)
+pub const SCRIPTS_IN_FLIGHT: usize = 1;
 
-/// Event ids per SMISMEMBER: about 0.4 ms of Redis time each.
-const SEEN_IDS_PER_CALL: usize = 1_000;
+/// Event ids per SMISMEMBER (about 0.25 ms of Redis time), sent one at a time like the scripts.
+const SEEN_IDS_PER_CALL: usize = 200;
 
 #[derive(Clone)]
 pub struct RedisSink {
@@ -92,20 +134,25 @@ impl RedisSink {
                 .or_default()
                 .push(id);
         }
-        // One SMISMEMBER over a whole batch held Redis for 8 ms; in pieces, pipelined, other
-        // clients are served between them.
-        let mut pipe = redis::pipe();
-        let mut asked: Vec<&[&str]> = Vec::new();
+        // One SMISMEMBER over a whole batch held Redis for 8 ms, and pipelined pieces held it
+        // just as long; sent one at a time, other clients are served between them.
+        let mut asked: Vec<(&str, &[&str])> = Vec::new();
         for (key, ids) in &by_day {
             for piece in ids.chunks(SEEN_IDS_PER_CALL) {
-                pipe.cmd("SMISMEMBER").arg(key).arg(piece);
-                asked.push(piece);
+                asked.push((key, piece));
             }
         }
-        let mut conn = self.conn.clone();
-        let answers: Vec<Vec<bool>> = pipe.query_async(&mut conn).await?;
+        let calls = asked
+            .iter()
+            .map(|(key, piece)| {
+                let mut cmd = redis::cmd("SMISMEMBER");
+                cmd.arg(*key).arg(*piece);
+                cmd
+            })
+            .collect();
+        let answers: Vec<Vec<bool>> = query_in_order(&self.conn, calls).await?;
         let mut seen = HashSet::new();
-        for (ids, flags) in asked.iter().zip(answers) {
+        for ((_, ids), flags) in asked.iter().zip(answers) {
             for (id, flag) in ids.iter().zip(flags) {
                 if flag {
                     seen.insert((*id).to_owned());
@@ -128,52 +175,25 @@ impl RedisSink {
         Ok(())
     }
 
-    /// Applies every delta, each atomically, in one round trip. A delta that fits in one
-    /// script call needs no transaction: Redis runs a script whole, serving no one else
-    /// meanwhile and never half of it. Those calls are pipelined together, and Redis serves
-    /// other clients (the gateways' quota checks) between them, which is why the caller keeps
-    /// each delta small. A delta too big for one call goes in its own MULTI/EXEC. Returns the
-    /// number of Redis commands sent.
+    /// Applies every delta, each atomically. A delta that fits in one script call needs no
+    /// transaction: Redis runs a script whole, serving no one else meanwhile and never half of
+    /// it. Those calls go [`SCRIPTS_IN_FLIGHT`] at a time, and Redis serves other clients (the
+    /// gateways' quota checks) between them, which is why the caller keeps each delta small. A
+    /// delta too big for one call goes in its own MULTI/EXEC. Returns the number of Redis
+    /// commands sent.
     pub async fn apply_all(&self, deltas: &[RedisDelta]) -> Result<usize, SinkError> {
         let mut commands = 0;
-        // A few dozen calls per round trip: enough to hide the latency, few enough that the
-        // encoded pipeline stays a few megabytes.
-        for group in deltas.chunks(DELTAS_PER_ROUND_TRIP) {
-            let mut pipe = redis::pipe();
-            let mut pipelined = 0;
-            for delta in group {
-                if delta.is_empty() {
-                    continue;
-                }
-                if script_args(delta) <= MAX_ARGS_PER_CALL {
-                    let cmd = pipe.cmd("EVAL").arg(APPLY_SCRIPT).arg(0);
-                    for (key, fields) in &delta.counters {
-                        cmd.arg("H").arg(key).arg(fields.len());
-                        for (f, v) in fields {
-                            cmd.arg(f).arg(*v);
-                        }
-                    }
-                    for (key, members) in &delta.sets {
-                        cmd.arg("S").arg(key).arg(members.len());
-                        for m in members {
-                            cmd.arg(m);
-                        }
-                    }
-                    for (key, at) in &delta.expiries {
-                        cmd.arg("E").arg(key).arg(*at);
-                    }
-                    pipe.ignore();
-                    pipelined += 1;
-                } else {
-                    commands += self.apply_calls_atomically(&script_calls(delta)).await?;
-                }
-            }
-            if pipelined > 0 {
-                let mut conn = self.conn.clone();
-                let () = pipe.query_async(&mut conn).await?;
-                commands += pipelined;
+        let mut single_calls = Vec::with_capacity(deltas.len());
+        for delta in deltas {
+            let mut calls = script_calls(delta);
+            match calls.len() {
+                0 => {}
+                1 => single_calls.extend(calls.pop()),
+                _ => commands += self.apply_calls_atomically(&calls).await?,
             }
         }
+        commands += single_calls.len();
+        let _: Vec<()> = query_in_order(&self.conn, single_calls).await?;
         Ok(commands)
     }
 
@@ -183,11 +203,11 @@ impl RedisSink {
         self.apply_all(std::slice::from_ref(delta)).await
     }
 
-    async fn apply_calls_atomically(&self, calls: &[Vec<String>]) -> Result<usize, SinkError> {
+    async fn apply_calls_atomically(&self, calls: &[redis::Cmd]) -> Result<usize, SinkError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for args in calls {
-            pipe.cmd("EVAL").arg(APPLY_SCRIPT).arg(0).arg(args).ignore();
+        for call in calls {
+            pipe.add_command(call.clone()).ignore();
         }
         let mut conn = self.conn.clone();
         let () = pipe.query_async(&mut conn).await?;
@@ -195,58 +215,110 @@ impl RedisSink {
     }
 }
 
-/// The number of script arguments `delta` takes in one call.
-fn script_args(delta: &RedisDelta) -> usize {
-    delta
-        .counters
-        .values()
-        .map(|f| 3 + 2 * f.len())
-        .sum::<usize>()
-        + delta.sets.values().map(|m| 3 + m.len()).sum::<usize>()
-        + 3 * delta.expiries.len()
+/// Sends `calls` with at most [`SCRIPTS_IN_FLIGHT`] unanswered at a time; their answers in
+/// order. Stops at the first error (calls already answered stay applied; each is atomic).
+async fn query_in_order<T: redis::FromRedisValue + Send + 'static>(
+    conn: &ConnectionManager,
+    calls: Vec<redis::Cmd>,
+) -> redis::RedisResult<Vec<T>> {
+    let mut answers = Vec::with_capacity(calls.len());
+    let mut pending = FuturesOrdered::new();
+    for call in calls {
+        if pending.len() >= SCRIPTS_IN_FLIGHT {
+            answers.push(pending.next().await.expect("non-empty")?);
+        }
+        let mut conn = conn.clone();
+        pending.push_back(async move { call.query_async::<T>(&mut conn).await });
+    }
+    while let Some(answer) = pending.next().await {
+        answers.push(answer?);
+    }
+    Ok(answers)
+}
+
+/// Script calls under construction: a new call starts when the next operation would take the
+/// current one past [`MAX_ARGS_PER_CALL`].
+struct ScriptCalls {
+    calls: Vec<redis::Cmd>,
+    args: usize,
+}
+
+impl ScriptCalls {
+    fn new() -> Self {
+        Self {
+            calls: Vec::new(),
+            args: 0,
+        }
+    }
+
+    /// The call to write an operation of `args` arguments into.
+    fn room_for(&mut self, args: usize) -> &mut redis::Cmd {
+        if self.calls.is_empty() || (self.args > 0 && self.args + args > MAX_ARGS_PER_CALL) {
+            let mut call = redis::cmd("EVAL");
+            call.arg(APPLY_SCRIPT).arg(0);
+            self.calls.push(call);
+            self.args = 0;
+        }
+        self.args += args;
+        self.calls.last_mut().expect("just ensured")
+    }
 }
 
 /// The script calls that apply `delta`: one unless it holds more than [`MAX_ARGS_PER_CALL`]
-/// arguments.
-fn script_calls(delta: &RedisDelta) -> Vec<Vec<String>> {
+/// arguments, in which case very wide hashes and very large sets are split too, so that no
+/// operation exceeds a call. None for an empty delta.
+fn script_calls(delta: &RedisDelta) -> Vec<redis::Cmd> {
     if delta.is_empty() {
         return Vec::new();
     }
-    let mut calls: Vec<Vec<String>> = vec![Vec::new()];
-    let mut push = |op: Vec<String>| {
-        let cur = calls.last_mut().expect("non-empty");
-        if !cur.is_empty() && cur.len() + op.len() > MAX_ARGS_PER_CALL {
-            calls.push(Vec::new());
-        }
-        calls.last_mut().expect("non-empty").extend(op);
-    };
+    let mut calls = ScriptCalls::new();
+    // Fixed expiries ride on the write that creates their key; any other goes as a moving one,
+    // which is just as right for a fixed value (it only ever sets a later expiry).
+    let mut expiries: Vec<(&String, i64)> = delta.expiries.iter().map(|(k, at)| (k, *at)).collect();
     for (key, fields) in &delta.counters {
-        // Very wide hashes are split so that one op never exceeds a call.
+        let at = delta
+            .fixed_expiries
+            .get(key)
+            .filter(|_| fields.contains_key("req"));
         let fields: Vec<_> = fields.iter().collect();
         for chunk in fields.chunks(MAX_ARGS_PER_CALL / 4) {
-            let mut op = vec!["H".to_owned(), key.clone(), chunk.len().to_string()];
+            let call = calls.room_for(3 + usize::from(at.is_some()) + 2 * chunk.len());
+            match at {
+                Some(at) => call.arg("HC").arg(key).arg(*at),
+                None => call.arg("H").arg(key),
+            };
+            call.arg(chunk.len());
             for (f, v) in chunk {
-                op.push((*f).clone());
-                op.push(v.to_string());
+                call.arg(*f).arg(**v);
             }
-            push(op);
         }
     }
     for (key, members) in &delta.sets {
-        for chunk in members
-            .iter()
-            .collect::<Vec<_>>()
-            .chunks(MAX_ARGS_PER_CALL / 2)
-        {
-            let mut op = vec!["S".to_owned(), key.clone(), chunk.len().to_string()];
-            op.extend(chunk.iter().map(|m| (*m).clone()));
-            push(op);
+        let at = delta.fixed_expiries.get(key);
+        let members: Vec<_> = members.iter().collect();
+        for chunk in members.chunks(MAX_ARGS_PER_CALL / 2) {
+            let call = calls.room_for(3 + usize::from(at.is_some()) + chunk.len());
+            match at {
+                Some(at) => call.arg("SC").arg(key).arg(*at),
+                None => call.arg("S").arg(key),
+            };
+            call.arg(chunk.len()).arg(chunk);
         }
     }
-    for (key, at) in &delta.expiries {
-        push(vec!["E".to_owned(), key.clone(), at.to_string()]);
+    for (key, at) in &delta.fixed_expiries {
+        let on_create = delta
+            .counters
+            .get(key)
+            .is_some_and(|f| f.contains_key("req"))
+            || delta.sets.contains_key(key);
+        if !on_create {
+            expiries.push((key, *at));
+        }
     }
-    calls
+    for (key, at) in expiries {
+        calls.room_for(3).arg("E").arg(key).arg(at);
+    }
+    calls.calls
 }
 
 /// Convenience for callers that hold events.

@@ -15,8 +15,11 @@
 //! | `{p}dirty` | set | accounts the aggregator changed and the scorer has not scored since (written by the aggregator, drained by the scorer with SPOP) | never |
 //! | `{p}q:{account}:{decision}:{limit}:{stage}:{window}` | string | a quota decision already recorded in ClickHouse (written by ingest's read path, after the insert) | when the window resets |
 //!
-//! Counter hashes have the fields `req`, `err`, `in`, `out`, `cost` and, per model,
-//! `m:{model}:req`, `m:{model}:in`, `m:{model}:out`.
+//! Counter hashes have the fields `req`, `err`, `in`, `out`, `cost`. Day and month windows
+//! also have, per model, `m:{model}:req`, `m:{model}:in`, `m:{model}:out` (what weighted-token
+//! budgets need), and session hashes `m:{model}:in`, `m:{model}:out`; minute and hour windows
+//! carry no per-model fields (nothing reads them, and they were a fifth of the aggregator's
+//! Redis work: ClickHouse's `usage_minute` and `usage_hour` have them per model).
 
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 
@@ -40,6 +43,11 @@ pub enum Grain {
 
 impl Grain {
     pub const ALL: [Grain; 4] = [Grain::Minute, Grain::Hour, Grain::Day, Grain::Month];
+
+    /// Whether this grain's window hashes carry per-model fields (`m:{model}:…`).
+    pub fn has_model_fields(self) -> bool {
+        matches!(self, Grain::Day | Grain::Month)
+    }
 
     pub fn code(self) -> &'static str {
         match self {
