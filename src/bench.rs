@@ -1,18 +1,21 @@
 //! `meterline bench quota`: `/v1/quota/check` latency at a fixed request rate while ingest and
-//! the aggregator take a stream of usage events at the same time, all in this process and on
-//! the real services.
+//! the aggregator take a stream of usage events at the same time, on the real services.
 //!
 //! `--layout split` runs the read path as a gateway deployment would: a `meterline ingest`
 //! process that only answers checks, and the write path (`meterline ingest` taking the events,
 //! `meterline aggregate`) in processes of its own, optionally at a lower CPU priority
 //! (`--write-path-nice`), so the two compete for the machine the way separate services do
-//! rather than for one Tokio runtime. `--read-path-realtime` puts the read process, a local
-//! Redis and the load generator under `SCHED_FIFO` for the run: on two shared cores a woken
+//! rather than for one Tokio runtime. `--read-path-realtime` puts the load generator, a local
+//! Redis and the read process under `SCHED_FIFO` for the run: on two shared cores a woken
 //! check otherwise waits for whatever write-path task holds the CPU.
 //!
-//! The quota load is *open loop*: request `i` is due at `start + i / rate`, and its latency is
-//! counted from when it was due, not from when it was sent, so a stall shows up in the
-//! percentiles instead of quietly lowering the rate (no coordinated omission).
+//! The quota load is *open loop* ([`crate::http_load`]): request `i` is due at
+//! `start + i / rate`, and its latency is counted from when it was due, not from when it was
+//! sent, so a stall shows up in the percentiles instead of quietly lowering the rate (no
+//! coordinated omission). Alongside, a probe issues the check's own Redis reads straight from
+//! this process ([`RedisProbe`]): the floor the check's latency is compared with, measured in
+//! the same run. Each run keeps its hot state under a Redis prefix of its own and deletes it at
+//! the end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::http_load;
 use crate::services::{self, Components};
 use crate::{migrate, Config};
 
@@ -243,11 +247,15 @@ async fn deploy(
             let (read, write, aggregator) = (free_port()?, free_port()?, free_port()?);
             let path = bench.config_path.as_deref();
             let listen = |port: u16| format!("127.0.0.1:{port}");
+            let prefix = (
+                "METERLINE_REDIS__KEY_PREFIX",
+                config.redis.key_prefix.clone(),
+            );
             let mut children = ChildProcesses(Vec::new());
             let reader = spawn_child(
                 "quota-read",
                 "ingest",
-                &[("METERLINE_HTTP__LISTEN", listen(read))],
+                &[("METERLINE_HTTP__LISTEN", listen(read)), prefix.clone()],
                 0,
                 path,
             )?;
@@ -255,7 +263,7 @@ async fn deploy(
             let writer = spawn_child(
                 "quota-write",
                 "ingest",
-                &[("METERLINE_HTTP__LISTEN", listen(write))],
+                &[("METERLINE_HTTP__LISTEN", listen(write)), prefix.clone()],
                 write_path_nice,
                 path,
             )?;
@@ -265,6 +273,7 @@ async fn deploy(
                 "aggregate",
                 &[
                     ("METERLINE_HTTP__AGGREGATOR_LISTEN", listen(aggregator)),
+                    prefix.clone(),
                     // A dynamic member: a static one rejoining right after the previous run's
                     // left is slow on tansu, and once made its SQLite storage panic.
                     ("METERLINE_AGGREGATOR__INSTANCE_ID", String::new()),
@@ -328,6 +337,34 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+const QUOTA_CHECK_SECONDS: &str =
+    "meterline_ingest_request_seconds_bucket{endpoint=\"quota_check\"";
+const QUOTA_CHECK_REDIS_SECONDS: &str =
+    "meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\"";
+
+/// A Prometheus histogram's cumulative buckets (upper bound in seconds, count) from `/metrics`
+/// text, for the series whose lines start with `series`.
+fn histogram_buckets(metrics: &str, series: &str) -> Vec<(f64, f64)> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let n = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((le.parse::<f64>().unwrap_or(f64::INFINITY), n))
+        })
+        .collect()
+}
+
+/// The upper bound, in milliseconds, of the first bucket holding the `p` quantile.
+fn bucket_quantile(buckets: &[(f64, f64)], p: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |(_, n)| *n);
+    buckets
+        .iter()
+        .find(|(_, n)| total > 0.0 && *n >= total * p)
+        .map_or(f64::NAN, |(le, _)| le * 1000.0)
+}
+
 /// This process's resident memory in MiB.
 pub(crate) fn rss_mib() -> f64 {
     proc_status_mib("self", "VmRSS:")
@@ -346,7 +383,71 @@ pub(crate) fn proc_status_mib(pid: &str, field: &str) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// The floor under the check's latency, measured in the same run: the Redis round trip a
+/// quota check makes (`HotState::usage`, one pipeline), issued straight from a thread of this
+/// process, open loop at [`RedisProbe::RATE`] per second. A check's latency minus this is
+/// what HTTP and the read process add.
+struct RedisProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<Vec<u64>>>,
+}
+
+impl RedisProbe {
+    const RATE: u64 = 200;
+
+    async fn start(config: &Config, accounts: usize) -> Result<Self> {
+        let client = redis::Client::open(config.redis.url.as_str())?;
+        let keys = meterline_schemas::keys::Keys::new(config.redis.key_prefix.clone());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("redis-probe".into())
+            .spawn(move || -> Result<Vec<u64>> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let conn = redis::aio::ConnectionManager::new(client).await?;
+                    let hot = meterline_ingest::read::HotState::new(conn, keys);
+                    let mut pick = StdRng::seed_from_u64(17);
+                    let period = Duration::from_secs_f64(1.0 / Self::RATE as f64);
+                    let started = Instant::now();
+                    let mut out = Vec::new();
+                    for i in 0.. {
+                        if flag.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let due = started + period.mul_f64(i as f64);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let a = pick.random_range(0..accounts);
+                        let session = format!("s-{a}-1");
+                        hot.usage(&format!("bench-{a}"), Some(&session), Utc::now())
+                            .await?;
+                        out.push(due.elapsed().as_micros() as u64);
+                    }
+                    Ok(out)
+                })
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops probing; the latencies in microseconds.
+    fn finish(self) -> Result<Vec<u64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("probe thread")
+    }
+}
+
 pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
+    // The run's hot state under a prefix of its own, deleted at the end: left behind, runs
+    // filled Redis with their windows and seen sets, and every later run got slower.
+    let config = &{
+        let mut c = config.clone();
+        c.redis.key_prefix = format!("mlq:{}:", uuid::Uuid::new_v4().simple());
+        c
+    };
     migrate::run(config).await?;
     let pool = migrate::connect_postgres(config).await?;
     let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
@@ -368,10 +469,12 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     ) = (bench.layout, &deployment)
     {
         let reader = children.0.iter().find(|(role, _)| role == "read");
-        // Redis above the read process above the load generator: a FIFO task runs until it
-        // blocks, so the one every check waits on goes first.
+        // A FIFO task runs until it blocks. Redis goes above the read process, since every
+        // check waits on it. The load generator goes above both: it stands for gateways on
+        // other machines, and at the bottom its own waits for the CPU were counted as the read
+        // path's latency (it takes little CPU, so it starves nobody).
         realtime.promote(reader.context("the read process runs")?.1.id(), 3)?;
-        realtime.promote(std::process::id(), 2)?;
+        realtime.promote(std::process::id(), 5)?;
         match local_redis_pid(&config.redis.url).await? {
             Some(pid) => realtime.promote(pid, 4)?,
             None => tracing::warn!("Redis is not on this machine; it keeps its own priority"),
@@ -425,6 +528,13 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
             .send()
             .await?;
     }
+
+    let before = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
 
     let stop = CancellationToken::new();
     let ingested = Arc::new(AtomicU64::new(0));
@@ -482,75 +592,55 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     };
 
     let total = bench.rate * bench.duration.as_secs();
-    let period = Duration::from_secs_f64(1.0 / bench.rate as f64);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
-    let started = Instant::now();
-    let bodies: Arc<Vec<String>> = Arc::new(
-        (0..bench.accounts)
-            .map(|a| {
-                json!({
-                    "account_id": format!("bench-{a}"),
-                    "model": MODELS[a % MODELS.len()],
-                    "estimated_input_tokens": 800,
-                    "estimated_output_tokens": 200,
-                    "session_id": format!("s-{a}-1"),
-                })
-                .to_string()
+    let read_addr: std::net::SocketAddr = base
+        .strip_prefix("http://")
+        .context("the read endpoint is http://")?
+        .parse()
+        .context("the read endpoint is an address")?;
+    let requests: Vec<Vec<u8>> = (0..bench.accounts)
+        .map(|a| {
+            let body = json!({
+                "account_id": format!("bench-{a}"),
+                "model": MODELS[a % MODELS.len()],
+                "estimated_input_tokens": 800,
+                "estimated_output_tokens": 200,
+                "session_id": format!("s-{a}-1"),
             })
-            .collect(),
-    );
-    // Pace from a plain thread: Tokio's timer ticks in whole milliseconds, which would add up
-    // to a millisecond of lateness to every request at this rate.
-    let runtime = tokio::runtime::Handle::current();
-    let url = format!("{base}/v1/quota/check");
-    let (pacer_http, pacer_token) = (http.clone(), token.clone());
-    let pacer = std::thread::spawn(move || {
+            .to_string();
+            http_load::post_request(&read_addr.to_string(), "/v1/quota/check", &token, &body)
+        })
+        .collect();
+    let (rate, accounts) = (bench.rate, bench.accounts);
+    let probe = RedisProbe::start(config, accounts).await?;
+    tracing::info!(seconds = bench.duration.as_secs(), "measuring");
+    let started = Instant::now();
+    // The load generator has a thread of its own (see `http_load`), off this runtime, which
+    // keeps posting the ingest load meanwhile.
+    let load = tokio::task::spawn_blocking(move || {
         let mut pick = StdRng::seed_from_u64(13);
-        for i in 0..total {
-            let due = started + period.mul_f64(i as f64);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            let body = bodies[pick.random_range(0..bodies.len())].clone();
-            let (http, url, token, tx) = (
-                pacer_http.clone(),
-                url.clone(),
-                pacer_token.clone(),
-                tx.clone(),
-            );
-            runtime.spawn(async move {
-                let ok = http
-                    .post(url)
-                    .bearer_auth(token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .map(|r| r.status() == 200)
-                    .unwrap_or(false);
-                let _ = tx.send(ok.then(|| due.elapsed().as_micros() as u64));
-            });
-        }
-    });
-    let mut latencies = Vec::with_capacity(total as usize);
-    let mut errors = 0u64;
-    while let Some(l) = rx.recv().await {
-        match l {
-            Some(us) => latencies.push(us),
-            None => errors += 1,
-        }
-    }
-    pacer.join().expect("pacer thread");
+        http_load::run(read_addr, requests, rate, total, move |_| {
+            pick.random_range(0..accounts)
+        })
+    })
+    .await
+    .context("load generator")??;
     let elapsed = started.elapsed().as_secs_f64();
     stop.cancel();
     if let Some(t) = ingest_task {
         let _ = t.await;
     }
+    let mut probed = probe.finish()?;
+    probed.sort_unstable();
+    let http_load::LoadResult {
+        latencies_us: mut latencies,
+        errors,
+        error_kinds,
+        connections,
+    } = load;
     latencies.sort_unstable();
     println!("layout: {:?}", bench.layout);
     println!(
-        "quota checks: {} in {elapsed:.1} s ({:.0}/s), errors {errors}",
+        "quota checks: {} in {elapsed:.1} s ({:.0}/s), errors {errors} {error_kinds:?}, {connections} connections",
         latencies.len(),
         latencies.len() as f64 / elapsed
     );
@@ -563,40 +653,45 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         percentile(&latencies, 1.0),
     );
     println!(
+        "the same Redis reads issued directly ({} probes), ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}",
+        probed.len(),
+        percentile(&probed, 0.50),
+        percentile(&probed, 0.90),
+        percentile(&probed, 0.99),
+        percentile(&probed, 0.999),
+    );
+    println!(
         "ingest meanwhile: {:.0} events/s accepted; benchmark process RSS {:.0} MiB",
         ingested.load(Ordering::Relaxed) as f64 / elapsed,
         rss_mib()
     );
-    // The server's own view: time from request to answer inside ingest, without the client.
-    let metrics = http
+    // The server's own view, counted over the measured run only (the warm-up is subtracted):
+    // time from request to answer inside ingest, and within it the Redis round trip.
+    let after = http
         .get(format!("{base}/metrics"))
         .send()
         .await?
         .text()
         .await?;
-    let buckets: Vec<(f64, f64)> = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("meterline_ingest_request_seconds_bucket{endpoint=\"quota_check\"")
-        })
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let n = l.rsplit(' ').next()?.parse::<f64>().ok()?;
-            Some((le.parse::<f64>().unwrap_or(f64::INFINITY), n))
-        })
-        .collect();
-    if let Some(&(_, total)) = buckets.last() {
-        let share = |p: f64| {
-            buckets
-                .iter()
-                .find(|(_, n)| *n >= total * p)
-                .map_or(f64::NAN, |(le, _)| le * 1000.0)
-        };
+    for (what, series) in [
+        ("server side", QUOTA_CHECK_SECONDS),
+        ("of which Redis", QUOTA_CHECK_REDIS_SECONDS),
+    ] {
+        let run = histogram_buckets(&after, series)
+            .into_iter()
+            .zip(
+                histogram_buckets(&before, series)
+                    .into_iter()
+                    .chain(std::iter::repeat((0.0, 0.0))),
+            )
+            .map(|((le, n), (_, was))| (le, n - was))
+            .collect::<Vec<_>>();
         println!(
-            "server side (histogram buckets, upper bounds) ms: p50 <= {}  p99 <= {}  p99.9 <= {}",
-            share(0.5),
-            share(0.99),
-            share(0.999)
+            "{what} (histogram buckets, upper bounds) ms: p50 <= {}  p90 <= {}  p99 <= {}  p99.9 <= {}",
+            bucket_quantile(&run, 0.5),
+            bucket_quantile(&run, 0.9),
+            bucket_quantile(&run, 0.99),
+            bucket_quantile(&run, 0.999)
         );
     }
     drop(realtime);
@@ -611,5 +706,48 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         .revoke(&name)
         .await
         .ok();
+    let removed = crate::bench_pipeline::remove_run_keys(config).await?;
+    tracing::info!(removed, "deleted the run's Redis keys");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = "\
+# TYPE meterline_read_hot_state_seconds histogram
+meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\",le=\"0.0005\"} 80
+meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\",le=\"0.001\"} 95
+meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\",le=\"0.002\"} 99
+meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\",le=\"+Inf\"} 100
+meterline_read_hot_state_seconds_bucket{endpoint=\"usage\",le=\"0.0005\"} 3
+";
+
+    #[test]
+    fn buckets_are_read_for_one_series_only() {
+        let b = histogram_buckets(METRICS, QUOTA_CHECK_REDIS_SECONDS);
+        assert_eq!(
+            b,
+            vec![
+                (0.0005, 80.0),
+                (0.001, 95.0),
+                (0.002, 99.0),
+                (f64::INFINITY, 100.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quantile_is_the_first_bucket_holding_it() {
+        let b = histogram_buckets(METRICS, QUOTA_CHECK_REDIS_SECONDS);
+        assert_eq!(bucket_quantile(&b, 0.5), 0.5);
+        assert_eq!(bucket_quantile(&b, 0.9), 1.0);
+        assert_eq!(bucket_quantile(&b, 0.99), 2.0);
+        assert_eq!(bucket_quantile(&b, 0.999), f64::INFINITY);
+        assert!(
+            bucket_quantile(&[], 0.5).is_nan(),
+            "no observations, no quantile"
+        );
+    }
 }

@@ -9,6 +9,7 @@ pub mod chart;
 pub mod cohort_report;
 pub mod config;
 pub mod experiments;
+pub mod http_load;
 pub mod http_server;
 pub mod migrate;
 pub mod report;
