@@ -44,7 +44,7 @@ use crate::SinkError;
 /// serves nobody else while a script runs, so this is how long a gateway's quota check can
 /// wait behind the aggregator (one script is in flight at a time, see
 /// `redis_sink::SCRIPTS_IN_FLIGHT`). At 2,000 checks/s with 5,000 events/s ingested, the
-/// checks' p99 was 0.85–1.4 ms at 120 calls, 1.2–1.9 ms at 150 and 1.2–3.8 ms at 250. Smaller
+/// checks' p99 was 0.85–1.4 ms at 120 calls, 1.2–1.9 ms at 150 and 1.3–2.4 ms at 250. Smaller
 /// calls cost aggregation throughput (about 11 % from 250 to 120) and mean more calls per
 /// event (0.07 over 10,000 accounts); see BENCHMARKS.md.
 pub const REDIS_CALLS_PER_SCRIPT: usize = 120;

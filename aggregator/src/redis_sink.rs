@@ -3,11 +3,12 @@
 //!
 //! Redis serves one command at a time, and a script is one command: while it runs, every
 //! gateway's quota check waits. Two things keep that wait short. The caller keeps each delta to
-//! a few hundred Redis calls (see `batch::REDIS_CALLS_PER_SCRIPT`). And this writer keeps at
-//! most [`SCRIPTS_IN_FLIGHT`] script calls outstanding: Redis runs the commands a client has
-//! already sent back to back before it turns to the next client, so 32 pipelined scripts held
-//! the checks for all 32 (a probe's p99 went from about 1 ms at one script in flight to 10 ms
-//! at 32; see BENCHMARKS.md).
+//! about a hundred Redis calls (see `batch::REDIS_CALLS_PER_SCRIPT`). And this writer keeps at
+//! most [`SCRIPTS_IN_FLIGHT`] script calls outstanding: Redis reads a client's pipelined
+//! commands 16 KB at a time and runs every complete one before it turns to the next client, so
+//! with 32 scripts pipelined a check waited behind several of them on each turn. (At one script
+//! in flight the quota check's p99 fell from 2.1–2.9 ms to 1.1 ms with the same scripts; see
+//! BENCHMARKS.md and `scripts/redis-pipelining-probe.py`.)
 
 use std::collections::{HashMap, HashSet};
 
