@@ -247,15 +247,17 @@ async fn deploy(
             let (read, write, aggregator) = (free_port()?, free_port()?, free_port()?);
             let path = bench.config_path.as_deref();
             let listen = |port: u16| format!("127.0.0.1:{port}");
-            let prefix = (
-                "METERLINE_REDIS__KEY_PREFIX",
-                config.redis.key_prefix.clone(),
-            );
+            let run_env = crate::bench_pipeline::bench_env(config);
+            let with_run = |var: (&'static str, String)| {
+                let mut env = run_env.clone();
+                env.push(var);
+                env
+            };
             let mut children = ChildProcesses(Vec::new());
             let reader = spawn_child(
                 "quota-read",
                 "ingest",
-                &[("METERLINE_HTTP__LISTEN", listen(read)), prefix.clone()],
+                &with_run(("METERLINE_HTTP__LISTEN", listen(read))),
                 0,
                 path,
             )?;
@@ -263,7 +265,7 @@ async fn deploy(
             let writer = spawn_child(
                 "quota-write",
                 "ingest",
-                &[("METERLINE_HTTP__LISTEN", listen(write)), prefix.clone()],
+                &with_run(("METERLINE_HTTP__LISTEN", listen(write))),
                 write_path_nice,
                 path,
             )?;
@@ -271,13 +273,10 @@ async fn deploy(
             let aggregator_child = spawn_child(
                 "quota-aggregator",
                 "aggregate",
-                &[
-                    ("METERLINE_HTTP__AGGREGATOR_LISTEN", listen(aggregator)),
-                    prefix.clone(),
-                    // A dynamic member: a static one rejoining right after the previous run's
-                    // left is slow on tansu, and once made its SQLite storage panic.
-                    ("METERLINE_AGGREGATOR__INSTANCE_ID", String::new()),
-                ],
+                // A dynamic member of the run's own group (`bench_config`): a static one
+                // rejoining right after the previous run's left is slow on tansu, and once made
+                // its SQLite storage panic.
+                &with_run(("METERLINE_HTTP__AGGREGATOR_LISTEN", listen(aggregator))),
                 write_path_nice,
                 path,
             )?;
@@ -441,14 +440,12 @@ impl RedisProbe {
 }
 
 pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
-    // The run's hot state under a prefix of its own, deleted at the end: left behind, runs
-    // filled Redis with their windows and seen sets, and every later run got slower.
-    let config = &{
-        let mut c = config.clone();
-        c.redis.key_prefix = format!("mlq:{}:", uuid::Uuid::new_v4().simple());
-        c
-    };
-    migrate::run(config).await?;
+    // The run's own topics, ClickHouse database, Redis prefix and consumer group, as the other
+    // benchmarks have: in the main ones, its sessions (hours long over repeated runs) became
+    // most of the day's sessions, and the scorer's population median with them. Its Redis
+    // keys are deleted at the end: left behind, runs filled Redis and slowed later ones.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let config = &crate::bench_pipeline::bench_config(config, &run[..8]).await?;
     let pool = migrate::connect_postgres(config).await?;
     let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let token = services::token_store(config, &pool)
