@@ -173,7 +173,7 @@ pub(crate) fn free_port() -> Result<u16> {
 pub(crate) fn spawn_child(
     role: &str,
     command: &str,
-    env: &[(&str, String)],
+    env: &[(String, String)],
     nice: i32,
     config_path: Option<&std::path::Path>,
 ) -> Result<std::process::Child> {
@@ -188,7 +188,7 @@ pub(crate) fn spawn_child(
     std::fs::create_dir_all(".local/log")?;
     let log = std::fs::File::create(format!(".local/log/bench-{role}.log"))?;
     cmd.arg(command)
-        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .envs(env.iter().cloned())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -212,8 +212,11 @@ pub(crate) async fn wait_healthy(http: &reqwest::Client, base: &str) -> Result<(
     }
 }
 
+/// Starts the services `bench.layout` asks for; child processes get `run_env` (the run's
+/// changes to the configuration they would load).
 async fn deploy(
     config: &Config,
+    run_env: &[(String, String)],
     bench: &QuotaBench,
     http: &reqwest::Client,
 ) -> Result<(Endpoints, Deployment)> {
@@ -247,10 +250,9 @@ async fn deploy(
             let (read, write, aggregator) = (free_port()?, free_port()?, free_port()?);
             let path = bench.config_path.as_deref();
             let listen = |port: u16| format!("127.0.0.1:{port}");
-            let run_env = crate::bench_pipeline::bench_env(config);
-            let with_run = |var: (&'static str, String)| {
-                let mut env = run_env.clone();
-                env.push(var);
+            let with_run = |(var, value): (&str, String)| {
+                let mut env = run_env.to_vec();
+                env.push((var.to_owned(), value));
                 env
             };
             let mut children = ChildProcesses(Vec::new());
@@ -340,6 +342,11 @@ const QUOTA_CHECK_SECONDS: &str =
     "meterline_ingest_request_seconds_bucket{endpoint=\"quota_check\"";
 const QUOTA_CHECK_REDIS_SECONDS: &str =
     "meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\"";
+
+/// The Prometheus text a `/metrics` endpoint serves.
+async fn metrics_text(http: &reqwest::Client, url: &str) -> Result<String> {
+    Ok(http.get(url).send().await?.text().await?)
+}
 
 /// A Prometheus histogram's cumulative buckets (upper bound in seconds, count) from `/metrics`
 /// text, for the series whose lines start with `series`.
@@ -445,7 +452,11 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     // most of the day's sessions, and the scorer's population median with them. Its Redis
     // keys are deleted at the end: left behind, runs filled Redis and slowed later ones.
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let config = &crate::bench_pipeline::bench_config(config, &run[..8]).await?;
+    let (base, config) = (
+        config,
+        &crate::bench_pipeline::bench_config(config, &run[..8]).await?,
+    );
+    let run_env = config.env_changes(base)?;
     let pool = migrate::connect_postgres(config).await?;
     let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let token = services::token_store(config, &pool)
@@ -455,7 +466,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let (endpoints, deployment) = deploy(config, &bench, &http).await?;
+    let (endpoints, deployment) = deploy(config, &run_env, &bench, &http).await?;
     let mut realtime = RealtimeProcesses(Vec::new());
     if let (
         Layout::Split {
@@ -504,13 +515,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     let mut last = -1.0;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = counted(
-            http.get(&endpoints.aggregator_metrics)
-                .send()
-                .await?
-                .text()
-                .await?,
-        );
+        let now = counted(metrics_text(&http, &endpoints.aggregator_metrics).await?);
         if now == last {
             break;
         }
@@ -526,12 +531,8 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
             .await?;
     }
 
-    let before = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let read_metrics = format!("{base}/metrics");
+    let before = metrics_text(&http, &read_metrics).await?;
 
     let stop = CancellationToken::new();
     let ingested = Arc::new(AtomicU64::new(0));
@@ -664,12 +665,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     );
     // The server's own view, counted over the measured run only (the warm-up is subtracted):
     // time from request to answer inside ingest, and within it the Redis round trip.
-    let after = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let after = metrics_text(&http, &read_metrics).await?;
     for (what, series) in [
         ("server side", QUOTA_CHECK_SECONDS),
         ("of which Redis", QUOTA_CHECK_REDIS_SECONDS),

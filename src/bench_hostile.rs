@@ -180,7 +180,7 @@ pub async fn hostile(config: &Config, bench: HostileBench) -> Result<()> {
     let child = spawn_child(
         "hostile-ingest",
         "ingest",
-        &[("METERLINE_HTTP__LISTEN", format!("127.0.0.1:{port}"))],
+        &[("METERLINE_HTTP__LISTEN".into(), format!("127.0.0.1:{port}"))],
         0,
         bench.config_path.as_deref(),
     )?;

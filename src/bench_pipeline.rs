@@ -66,13 +66,6 @@ fn event(rng: &mut StdRng, run: &str, a: usize) -> Value {
 /// A configuration whose topics, ClickHouse database, Redis prefix and consumer group belong
 /// to this benchmark run, migrated.
 pub(crate) async fn bench_config(config: &Config, run: &str) -> Result<Config> {
-    let c = bench_overrides(config, run);
-    migrate::run(&c).await?;
-    Ok(c)
-}
-
-/// [`bench_config`]'s changes to `config`.
-fn bench_overrides(config: &Config, run: &str) -> Config {
     let mut c = config.clone();
     c.kafka.usage_topic = format!("bench-{run}-usage");
     c.kafka.account_topic = format!("bench-{run}-account");
@@ -84,45 +77,8 @@ fn bench_overrides(config: &Config, run: &str) -> Config {
     c.aggregator.instance_id = String::new();
     // One token carries the whole load here: its budget would cap the measurement.
     c.ingest.rate_limit_events_per_sec = 0;
-    c
-}
-
-/// The `METERLINE_…` variables that give a child process (a `meterline ingest` or
-/// `meterline aggregate` the benchmark starts) the run's own topics, database, prefix and group
-/// of [`bench_config`].
-pub(crate) fn bench_env(c: &Config) -> Vec<(&'static str, String)> {
-    vec![
-        ("METERLINE_KAFKA__USAGE_TOPIC", c.kafka.usage_topic.clone()),
-        (
-            "METERLINE_KAFKA__ACCOUNT_TOPIC",
-            c.kafka.account_topic.clone(),
-        ),
-        (
-            "METERLINE_KAFKA__DEAD_LETTER_TOPIC",
-            c.kafka.dead_letter_topic.clone(),
-        ),
-        (
-            "METERLINE_KAFKA__SIGNAL_TOPIC",
-            c.kafka.signal_topic.clone(),
-        ),
-        (
-            "METERLINE_CLICKHOUSE__DATABASE",
-            c.clickhouse.database.clone(),
-        ),
-        ("METERLINE_REDIS__KEY_PREFIX", c.redis.key_prefix.clone()),
-        (
-            "METERLINE_AGGREGATOR__GROUP_ID",
-            c.aggregator.group_id.clone(),
-        ),
-        (
-            "METERLINE_AGGREGATOR__INSTANCE_ID",
-            c.aggregator.instance_id.clone(),
-        ),
-        (
-            "METERLINE_INGEST__RATE_LIMIT_EVENTS_PER_SEC",
-            c.ingest.rate_limit_events_per_sec.to_string(),
-        ),
-    ]
+    migrate::run(&c).await?;
+    Ok(c)
 }
 
 /// Pre-encoded Avro records of `n` events, as ingest would produce them.
@@ -767,22 +723,4 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
     }
     println!("process RSS (ingest + aggregator + load generator): peak {rss_peak:.0} MiB");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A child process given `bench_env` loads the run's configuration: every change
-    /// `bench_config` makes reaches it.
-    #[test]
-    fn children_get_every_override_of_the_run() {
-        let base = Config::load(None, Vec::new()).unwrap();
-        let run = bench_overrides(&base, "r1");
-        let env = bench_env(&run).into_iter().map(|(k, v)| (k.to_owned(), v));
-        let child = Config::load(None, env).unwrap();
-        let as_toml = |c: &Config| toml::Table::try_from(c).unwrap();
-        assert_eq!(as_toml(&child), as_toml(&run));
-        assert_ne!(as_toml(&child), as_toml(&base), "the run changes something");
-    }
 }

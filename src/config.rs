@@ -259,6 +259,70 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The `METERLINE_…` variables that, laid over `base`, give this configuration: one for
+    /// each key whose value differs. A child process started with them, and with what gave
+    /// `base` (the same file and environment), loads exactly `self`. Fails, naming the key,
+    /// for a change no variable can make (a list, a key removed).
+    pub fn env_changes(&self, base: &Config) -> Result<Vec<(String, String)>> {
+        let to_table = |c: &Config| toml::Table::try_from(c).context("serialising a configuration");
+        let mut out = Vec::new();
+        env_changes_of(&to_table(self)?, &to_table(base)?, ENV_PREFIX, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// [`Config::env_changes`] below one section, whose variables start with `var_prefix`.
+fn env_changes_of(
+    table: &toml::Table,
+    base: &toml::Table,
+    var_prefix: &str,
+    out: &mut Vec<(String, String)>,
+) -> Result<()> {
+    let key_of = |k: &str| {
+        var_prefix[ENV_PREFIX.len()..]
+            .replace("__", ".")
+            .to_lowercase()
+            + k
+    };
+    if let Some(gone) = base.keys().find(|k| !table.contains_key(*k)) {
+        bail!(
+            "configuration key `{}`: a removed key cannot be set by a variable",
+            key_of(gone)
+        );
+    }
+    for (k, v) in table {
+        let was = base.get(k);
+        if was == Some(v) {
+            continue;
+        }
+        // Variables are read back in lower case, split at `__`.
+        if k.to_lowercase() != *k || k.contains("__") {
+            bail!("configuration key `{}`: no variable can name it", key_of(k));
+        }
+        let var = format!("{var_prefix}{}", k.to_uppercase());
+        let value = match v {
+            toml::Value::Table(t) => {
+                let empty = toml::Table::new();
+                let base = match was {
+                    Some(toml::Value::Table(b)) => b,
+                    _ => &empty,
+                };
+                env_changes_of(t, base, &format!("{var}__"), out)?;
+                continue;
+            }
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(_) | toml::Value::Datetime(_) => bail!(
+                "configuration key `{}`: a list or date cannot be set by a variable",
+                key_of(k)
+            ),
+        };
+        out.push((var, value));
+    }
+    Ok(())
 }
 
 /// Lays `over` onto `base`: tables merge key by key, anything else replaces.
@@ -446,6 +510,41 @@ mod tests {
         assert_eq!(c.tiers.free.limits["day_requests"], 5000.0);
         assert_eq!(c.tiers.free.requests_per_minute, 250.0);
         assert_eq!(c.tiers.free.fallback_model, "gpt-4o-mini");
+    }
+
+    /// What a parent process passes a child: the child, loading the same file with the
+    /// variables on top, has the parent's configuration, for every kind of value.
+    #[test]
+    fn env_changes_give_a_child_the_same_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[kafka]\npartitions = 3\n").unwrap();
+        let base = Config::load(Some(&path), env(&[])).unwrap();
+        let mut c = base.clone();
+        c.kafka.usage_topic = "run-usage".into();
+        c.kafka.partitions = 6;
+        c.kafka
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        c.tiers.free.weight_multiplier = 0.75;
+        c.tiers.free.limits.insert("day_requests".into(), 1234.5);
+        c.aggregator.instance_id = String::new();
+
+        let changes = c.env_changes(&base).unwrap();
+        assert_eq!(changes.len(), 6, "one per changed key: {changes:?}");
+        assert!(changes.contains(&(
+            "METERLINE_TIERS__FREE__WEIGHT_MULTIPLIER".into(),
+            "0.75".into()
+        )));
+        let child = Config::load(Some(&path), changes).unwrap();
+        let as_toml = |c: &Config| toml::Table::try_from(c).unwrap();
+        assert_eq!(as_toml(&child), as_toml(&c));
+        assert!(base.env_changes(&base).unwrap().is_empty());
+
+        let mut listed = base.clone();
+        listed.tiers.free.allowed_models.push("another".into());
+        let err = listed.env_changes(&base).unwrap_err().to_string();
+        assert!(err.contains("`tiers.free.allowed_models`"), "{err}");
     }
 
     #[test]
