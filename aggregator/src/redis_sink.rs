@@ -38,13 +38,14 @@ local n = #ARGV
 while i <= n do
   local op = ARGV[i]
   local key = ARGV[i + 1]
+  -- `HC`, `SC` and `E` carry an expiry right after the key.
+  local at = nil
+  local j = i + 2
+  if op == 'HC' or op == 'SC' or op == 'E' then
+    at = ARGV[j]
+    j = j + 1
+  end
   if op == 'H' or op == 'HC' then
-    local at = nil
-    local j = i + 2
-    if op == 'HC' then
-      at = ARGV[j]
-      j = j + 1
-    end
     local cnt = tonumber(ARGV[j])
     j = j + 1
     local created = false
@@ -60,12 +61,6 @@ while i <= n do
     end
     i = j
   elseif op == 'S' or op == 'SC' then
-    local at = nil
-    local j = i + 2
-    if op == 'SC' then
-      at = ARGV[j]
-      j = j + 1
-    end
     local first = j + 1
     local last = first + tonumber(ARGV[j]) - 1
     local added = 0
@@ -80,12 +75,12 @@ while i <= n do
     end
     i = last + 1
   elseif op == 'E' then
-    local at = tonumber(ARGV[i + 2])
+    local later = tonumber(at)
     local cur = redis.call('EXPIRETIME', key)
-    if cur == -1 or (cur >= 0 and cur < at) then
-      redis.call('EXPIREAT', key, at)
+    if cur == -1 or (cur >= 0 and cur < later) then
+      redis.call('EXPIREAT', key, later)
     end
-    i = i + 3
+    i = j
   else
     return redis.error_reply('unknown op ' .. tostring(op))
   end
