@@ -12,13 +12,20 @@ use meterline_aggregator::keys::Keys;
 use meterline_aggregator::redis_sink::RedisSink;
 use redis::AsyncCommands;
 
-#[tokio::test]
-async fn small_and_oversized_deltas_land_whole_in_one_apply() {
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// A writer whose keys no other test touches, and their prefix.
+async fn sink_under_a_new_prefix() -> (String, RedisSink) {
     let prefix = format!("mlt:{}:", unique_suffix());
-    let url = "redis://127.0.0.1:6379";
-    let sink = RedisSink::connect(url, Keys::new(prefix.clone()))
+    let sink = RedisSink::connect(REDIS_URL, Keys::new(prefix.clone()))
         .await
         .unwrap();
+    (prefix, sink)
+}
+
+#[tokio::test]
+async fn small_and_oversized_deltas_land_whole_in_one_apply() {
+    let (prefix, sink) = sink_under_a_new_prefix().await;
     let expires_at = chrono::Utc::now().timestamp() + 3_600;
 
     let small_key = format!("{prefix}small");
@@ -57,7 +64,7 @@ async fn small_and_oversized_deltas_land_whole_in_one_apply() {
     // One pipelined call for the small delta; MULTI, several calls and EXEC for the big one.
     assert!(commands >= 1 + 2 + 2, "{commands}");
 
-    let client = redis::Client::open(url).unwrap();
+    let client = redis::Client::open(REDIS_URL).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let req: i64 = conn.hget(&small_key, "req").await.unwrap();
     assert_eq!(req, 3);
@@ -92,12 +99,8 @@ async fn small_and_oversized_deltas_land_whole_in_one_apply() {
 /// writes leave it alone; a session's expiry moves later with each write, never earlier.
 #[tokio::test]
 async fn fixed_expiries_come_with_the_creating_write_and_moving_ones_only_move_later() {
-    let prefix = format!("mlt:{}:", unique_suffix());
-    let url = "redis://127.0.0.1:6379";
-    let sink = RedisSink::connect(url, Keys::new(prefix.clone()))
-        .await
-        .unwrap();
-    let client = redis::Client::open(url).unwrap();
+    let (prefix, sink) = sink_under_a_new_prefix().await;
+    let client = redis::Client::open(REDIS_URL).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let now = chrono::Utc::now().timestamp();
     let (window, set, session, bare) = (
