@@ -9,8 +9,9 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use meterline_aggregator::{AggregatorConfig, ClickHouseConfig, RedisConfig};
-use meterline_ingest::{IngestConfig, KafkaConfig};
+use meterline_aggregator::AggregatorConfig;
+use meterline_infra::{ClickHouseConfig, KafkaConfig, RedisConfig};
+use meterline_ingest::IngestConfig;
 use meterline_notifier::NotifierConfig;
 use meterline_schemas::limits::{QuotaConfig, TiersConfig};
 use meterline_scorer::ScorerConfig;

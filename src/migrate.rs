@@ -168,7 +168,7 @@ pub async fn clickhouse(config: &Config) -> Result<()> {
 /// Creates the topics with the configured partition count; existing topics are left alone.
 pub async fn kafka_topics(config: &Config) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> =
-        meterline_ingest::producer::client_config(&config.kafka)
+        meterline_infra::kafka::client_config(&config.kafka)
             .create()
             .context("creating the Kafka admin client")?;
     let k = &config.kafka;

@@ -6,24 +6,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::routing::get;
-use axum::Router;
 use meterline_aggregator::batch::Sinks;
 use meterline_aggregator::consumer::Topics;
 use meterline_aggregator::decode::Decoder;
-use meterline_aggregator::keys::Keys;
 use meterline_aggregator::metrics::AggregatorMetrics;
 use meterline_aggregator::{
     accounts_sink::AccountsSink, clickhouse_sink::ClickHouseSink, redis_sink::RedisSink, Aggregator,
 };
+use meterline_infra::http_server::MetricsServer;
+use meterline_infra::registry::SchemaRegistry;
+use meterline_infra::Component;
 use meterline_ingest::app::{AppParts, TopicSchema};
 use meterline_ingest::metrics::IngestMetrics;
 use meterline_ingest::read::{
     AccountDirectory, DecisionRecorder, HotState, ReadPath, RecorderMetrics,
 };
+use meterline_ingest::server::IngestServer;
 use meterline_ingest::{AppState, TokenStore};
-use meterline_notifier::{Notifier, NotifierMetrics};
-use meterline_schemas::registry::SchemaRegistry;
+use meterline_notifier::{Notifier, NotifierMetrics, NotifierService};
+use meterline_schemas::keys::Keys;
 use meterline_schemas::{avro, IpHasher};
 use meterline_scorer::load::Stores;
 use meterline_scorer::metrics::ScorerMetrics;
@@ -167,7 +168,7 @@ pub async fn aggregator(
         account: config.kafka.account_topic.clone(),
         dead_letter: config.kafka.dead_letter_topic.clone(),
     };
-    let base = meterline_ingest::producer::client_config(&config.kafka);
+    let base = meterline_infra::kafka::client_config(&config.kafka);
     Aggregator::new(
         &base,
         topics,
@@ -193,7 +194,7 @@ pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> R
         .await
         .context("registering the account-signal schema")?;
     let producer: rdkafka::producer::FutureProducer =
-        meterline_ingest::producer::client_config(&config.kafka)
+        meterline_infra::kafka::client_config(&config.kafka)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()
@@ -294,10 +295,30 @@ impl Components {
         scorer: false,
         notifier: false,
     };
+    pub const INGEST: Components = Components {
+        ingest: true,
+        ..Components::NONE
+    };
+    pub const AGGREGATOR: Components = Components {
+        aggregator: true,
+        ..Components::NONE
+    };
+    pub const SCORER: Components = Components {
+        scorer: true,
+        ..Components::NONE
+    };
+    pub const NOTIFIER: Components = Components {
+        notifier: true,
+        ..Components::NONE
+    };
 }
 
 /// Starts the chosen components. Ingest listens on `listener` when given (tests pass one bound
 /// to port 0), otherwise on `http.listen`.
+///
+/// Each component is built from configuration and then run through the one
+/// [`Component`] trait. The process serves one `/metrics` page for all of them: ingest's when
+/// ingest runs here, otherwise a [`MetricsServer`] on the first component's own address.
 pub async fn start(
     config: &Config,
     which: Components,
@@ -308,34 +329,25 @@ pub async fn start(
     let mut tasks: Vec<JoinHandle<Result<()>>> = Vec::new();
     let aggregator_metrics = AggregatorMetrics::new();
     let mut ingest_addr = None;
+    let header_read_timeout = Duration::from_millis(config.ingest.header_read_timeout_ms);
 
-    let scorer_metrics = ScorerMetrics::new();
+    let mut parts: Vec<Box<dyn Component>> = Vec::new();
     if which.scorer {
-        let sc = scorer(config, &pool, scorer_metrics.clone()).await?;
-        let token = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            sc.run(token).await.map_err(anyhow::Error::from)
-        }));
+        parts.push(Box::new(scorer(config, &pool, ScorerMetrics::new()).await?));
     }
-    let notifier_metrics = NotifierMetrics::new();
     if which.notifier {
-        let n = notifier(config, &pool, notifier_metrics.clone())?;
-        let base = meterline_ingest::producer::client_config(&config.kafka);
-        let topic = config.kafka.signal_topic.clone();
-        let token = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            n.run(&base, &topic, token)
-                .await
-                .map_err(anyhow::Error::from)
+        parts.push(Box::new(NotifierService {
+            notifier: notifier(config, &pool, NotifierMetrics::new())?,
+            base: meterline_infra::kafka::client_config(&config.kafka),
+            topic: config.kafka.signal_topic.clone(),
         }));
     }
     if which.aggregator {
-        let agg = aggregator(config, &pool, aggregator_metrics.clone()).await?;
-        let token = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            agg.run(token).await.map_err(anyhow::Error::from)
-        }));
+        parts.push(Box::new(
+            aggregator(config, &pool, aggregator_metrics.clone()).await?,
+        ));
     }
+    let registries: Vec<prometheus::Registry> = parts.iter().map(|c| c.metrics()).collect();
     if which.ingest {
         let (mut state, background) = ingest_state(config, &pool, &shutdown).await?;
         for task in background {
@@ -343,19 +355,7 @@ pub async fn start(
                 task.await.context("read path task panicked")
             }));
         }
-        if which.aggregator {
-            state
-                .extra_registries
-                .push(aggregator_metrics.registry.clone());
-        }
-        if which.scorer {
-            state.extra_registries.push(scorer_metrics.registry.clone());
-        }
-        if which.notifier {
-            state
-                .extra_registries
-                .push(notifier_metrics.registry.clone());
-        }
+        state.extra_registries = registries;
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(&config.http.listen)
@@ -364,18 +364,12 @@ pub async fn start(
         };
         ingest_addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "ingest listening");
-        let producer = state.producer.clone();
-        let app = meterline_ingest::router(state);
-        let token = shutdown.clone();
-        let header_timeout = Duration::from_millis(config.ingest.header_read_timeout_ms);
-        tasks.push(tokio::spawn(async move {
-            crate::http_server::serve(listener, app, header_timeout, token)
-                .await
-                .context("ingest server")?;
-            producer.flush(Duration::from_secs(5));
-            Ok(())
+        parts.push(Box::new(IngestServer {
+            state,
+            listener,
+            header_read_timeout,
         }));
-    } else if which.aggregator || which.scorer || which.notifier {
+    } else if !parts.is_empty() {
         // Without ingest, the aggregator, scorer and notifier serve their own health and metrics.
         let (key, addr) = if which.aggregator {
             ("http.aggregator_listen", &config.http.aggregator_listen)
@@ -387,29 +381,19 @@ pub async fn start(
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {key} {addr}"))?;
-        let (agg_metrics, sc_metrics, n_metrics) = (
-            aggregator_metrics.clone(),
-            scorer_metrics.clone(),
-            notifier_metrics.clone(),
-        );
-        let app = Router::new()
-            .route(
-                "/healthz",
-                get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-            )
-            .route(
-                "/metrics",
-                get(move || {
-                    let text = agg_metrics.render() + &sc_metrics.render() + &n_metrics.render();
-                    async move { text }
-                }),
-            );
+        parts.push(Box::new(MetricsServer {
+            listener,
+            registries,
+            header_read_timeout,
+        }));
+    }
+    for part in parts {
+        let name = part.name();
         let token = shutdown.clone();
-        let header_timeout = Duration::from_millis(config.ingest.header_read_timeout_ms);
         tasks.push(tokio::spawn(async move {
-            crate::http_server::serve(listener, app, header_timeout, token)
+            part.run(token)
                 .await
-                .context("metrics server")
+                .map_err(|e| anyhow::anyhow!(e).context(name))
         }));
     }
     Ok(Running {

@@ -8,9 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use meterline_infra::registry::SchemaRegistry;
+use meterline_infra::RegistryError;
 use meterline_schemas::avro;
-use meterline_schemas::registry::SchemaRegistry;
-use meterline_schemas::SchemaError;
 use serde_json::{json, Value};
 
 #[derive(Default)]
@@ -97,6 +97,6 @@ async fn ids_come_from_the_confluent_registry_when_configured() {
     );
     assert!(matches!(
         reader.fetch(99).await,
-        Err(SchemaError::UnknownSchemaId(99))
+        Err(RegistryError::UnknownSchemaId(99))
     ));
 }

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use common::*;
-use meterline::cohort_report;
 use meterline::services::{self, Components};
 use meterline_aggregator::experiments::store;
 use meterline_aggregator::experiments::{
     choose_variant, ExperimentError, ExperimentSpec, VariantSpec,
 };
+use meterline_growth::cohort_report;
 use meterline_ingest::Scope;
 use serde_json::{json, Value};
 
@@ -888,14 +888,17 @@ async fn the_report_gives_the_generated_rates_exactly_with_intervals_tests_and_a
     // The chart: a valid PNG with one line per variant, in its own colour.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("conversion.png");
-    meterline::chart::draw(&report, &path).unwrap();
+    meterline_growth::chart::draw(&report, &path).unwrap();
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).unwrap();
     assert_eq!(
         (info.width, info.height),
-        (meterline::chart::WIDTH, meterline::chart::HEIGHT)
+        (
+            meterline_growth::chart::WIDTH,
+            meterline_growth::chart::HEIGHT
+        )
     );
     let channels = info.color_type.samples();
     let pixels = &buf[..info.buffer_size()];
@@ -906,14 +909,14 @@ async fn the_report_gives_the_generated_rates_exactly_with_intervals_tests_and_a
             .count()
     };
     for (i, v) in report.conversion_curves.iter().enumerate() {
-        let n = count(meterline::chart::PALETTE[i]);
+        let n = count(meterline_growth::chart::PALETTE[i]);
         assert!(
             n > 300,
             "variant {} drew {n} pixels in its colour",
             v.variant
         );
     }
-    for colour in &meterline::chart::PALETTE[report.conversion_curves.len()..] {
+    for colour in &meterline_growth::chart::PALETTE[report.conversion_curves.len()..] {
         assert_eq!(count(*colour), 0, "a line nobody asked for");
     }
     app.stop().await;

@@ -27,7 +27,7 @@ fn outage() -> Duration {
 
 /// The group's committed offsets, per partition.
 fn committed(config: &meterline::Config) -> Vec<i64> {
-    let consumer: StreamConsumer = meterline_ingest::producer::client_config(&config.kafka)
+    let consumer: StreamConsumer = meterline_infra::kafka::client_config(&config.kafka)
         .set("group.id", &config.aggregator.group_id)
         .create()
         .unwrap();

@@ -150,7 +150,7 @@ fn deal_signal(account: &str, score: i32, at: DateTime<Utc>) -> AccountSignal {
 
 /// Produces records onto the signal topic as the scorer does (the schema registered first).
 async fn publish(c: &Config, records: &[Vec<u8>], key: &str) {
-    let producer: FutureProducer = meterline_ingest::producer::client_config(&c.kafka)
+    let producer: FutureProducer = meterline_infra::kafka::client_config(&c.kafka)
         .set("acks", "all")
         .create()
         .unwrap();

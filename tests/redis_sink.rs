@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::unique_suffix;
 use meterline_aggregator::fold::RedisDelta;
-use meterline_aggregator::keys::Keys;
 use meterline_aggregator::redis_sink::RedisSink;
+use meterline_schemas::keys::Keys;
 use redis::AsyncCommands;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";

@@ -11,9 +11,9 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use common::*;
 use meterline::services::{self, Components};
 use meterline::Config;
-use meterline_aggregator::keys::Grain;
 use meterline_ingest::Scope;
 use meterline_schemas::avro;
+use meterline_schemas::keys::Grain;
 use meterline_schemas::limits::{QuotaConfig, TierConfig};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
@@ -105,7 +105,7 @@ struct SignalRecord {
 }
 
 async fn read_signals(config: &Config, group: &str, expect_at_least: usize) -> Vec<SignalRecord> {
-    let consumer: StreamConsumer = meterline_ingest::producer::client_config(&config.kafka)
+    let consumer: StreamConsumer = meterline_infra::kafka::client_config(&config.kafka)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

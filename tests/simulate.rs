@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use meterline::services::Components;
-use meterline::simulate::{self, Behaviour, Options, CHECKED};
+use meterline_sim::{self as simulate, Behaviour, Options, CHECKED};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_population_meets_the_check_thresholds() {
@@ -33,7 +33,8 @@ async fn a_small_population_meets_the_check_thresholds() {
         settle_timeout: Duration::from_secs(180),
         progress: false,
     };
-    let outcome = simulate::run(&config, &options)
+    let env = meterline::cmd::simulate::env(&config).await.unwrap();
+    let outcome = simulate::run(&env, &options)
         .await
         .expect("simulation runs");
     assert!(!outcome.interrupted);

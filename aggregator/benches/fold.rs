@@ -8,7 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use meterline_aggregator::fold::{fold_event, RedisDelta};
-use meterline_aggregator::keys::Keys;
+use meterline_schemas::keys::Keys;
 use meterline_schemas::usage::from_json_naming_field;
 use meterline_schemas::{IpHasher, UsageEvent, UsageEventInput};
 

@@ -2,57 +2,6 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ClickHouseConfig {
-    pub url: String,
-    pub database: String,
-    pub user: String,
-    pub password: String,
-}
-
-impl Default for ClickHouseConfig {
-    fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:8123".into(),
-            database: "meterline".into(),
-            user: "default".into(),
-            password: String::new(),
-        }
-    }
-}
-
-impl ClickHouseConfig {
-    /// A client for our database. Validation is off because ClickHouse 18.16 lacks
-    /// RowBinaryWithNamesAndTypes; our row structs list columns in table order instead.
-    pub fn client(&self) -> clickhouse::Client {
-        clickhouse::Client::default()
-            .with_url(&self.url)
-            .with_database(&self.database)
-            .with_user(&self.user)
-            .with_password(&self.password)
-            .with_validation(false)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://` or, for TLS, `rediss://`.
-    pub url: String,
-    /// Prepended to every key we own, so several deployments (or tests) can share a server.
-    pub key_prefix: String,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".into(),
-            key_prefix: "ml:".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct AggregatorConfig {
     pub group_id: String,
     /// Static group membership (`group.instance.id`). A restarted aggregator that comes back

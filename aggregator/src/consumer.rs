@@ -287,3 +287,17 @@ impl Aggregator {
         }
     }
 }
+
+impl meterline_infra::Component for Aggregator {
+    fn name(&self) -> &'static str {
+        "aggregator"
+    }
+
+    fn metrics(&self) -> prometheus::Registry {
+        self.metrics.registry.clone()
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> meterline_infra::RunFuture {
+        Box::pin(async move { Ok(Aggregator::run(*self, shutdown).await?) })
+    }
+}

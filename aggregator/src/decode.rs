@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use meterline_infra::registry::SchemaRegistry;
+use meterline_infra::RegistryError;
 use meterline_schemas::avro::Schema;
-use meterline_schemas::registry::SchemaRegistry;
-use meterline_schemas::{avro, usage_codec, AccountEvent, SchemaError, UsageEvent};
+use meterline_schemas::{avro, usage_codec, AccountEvent, UsageEvent};
 use serde::de::DeserializeOwned;
 
 use crate::SinkError;
@@ -119,7 +120,7 @@ impl Decoder {
         };
         let writer = match self.registry.fetch(id).await {
             Ok(w) => w,
-            Err(SchemaError::UnknownSchemaId(id)) => {
+            Err(RegistryError::UnknownSchemaId(id)) => {
                 return Ok(Err(format!("unknown schema id {id}")))
             }
             Err(e) => return Err(SinkError::Registry(e.to_string())),

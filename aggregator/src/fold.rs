@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, TimeZone, Utc};
 use meterline_schemas::UsageEvent;
 
-use crate::keys::{Grain, Keys, SEEN_RETENTION_AFTER_DAY_SECS, SESSION_RETENTION_SECS};
+use meterline_schemas::keys::{
+    field, Dim, Grain, Keys, SEEN_RETENTION_AFTER_DAY_SECS, SESSION_RETENTION_SECS,
+};
 
 /// Changes to apply to Redis, atomically.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -110,17 +112,17 @@ pub fn fold_event(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent, now: Date
     let at = occurred_at(e);
     let account = e.account_id.as_str();
     let fields: [(&str, i64); 5] = [
-        ("req", 1),
-        ("err", i64::from(e.is_error())),
-        ("in", e.input_tokens),
-        ("out", e.output_tokens),
-        ("cost", e.cost_micros.unwrap_or(0)),
+        (field::REQUESTS, 1),
+        (field::ERRORS, i64::from(e.is_error())),
+        (field::INPUT_TOKENS, e.input_tokens),
+        (field::OUTPUT_TOKENS, e.output_tokens),
+        (field::COST_MICROS, e.cost_micros.unwrap_or(0)),
     ];
     // The scorer re-scores accounts whose hot state changed.
     delta.add(&keys.dirty(), account);
-    let model_req = format!("m:{}:req", e.model);
-    let model_in = format!("m:{}:in", e.model);
-    let model_out = format!("m:{}:out", e.model);
+    let model_req = field::model(&e.model, field::REQUESTS);
+    let model_in = field::model(&e.model, field::INPUT_TOKENS);
+    let model_out = field::model(&e.model, field::OUTPUT_TOKENS);
     for grain in Grain::ALL {
         let start = grain.window_start(at);
         let expires = grain.expires_at(start);
@@ -139,22 +141,22 @@ pub fn fold_event(delta: &mut RedisDelta, keys: &Keys, e: &UsageEvent, now: Date
         delta.expire_fixed(&key, expires);
 
         if grain == Grain::Month {
-            let mut dim = |name: &str, member: Option<&str>| {
+            let mut dim = |name: Dim, member: Option<&str>| {
                 if let Some(m) = member.filter(|m| !m.is_empty()) {
                     let k = keys.month_set(account, start, name);
                     delta.add(&k, m);
                     delta.expire_fixed(&k, expires);
                 }
             };
-            dim("models", Some(&e.model));
-            dim("providers", Some(&e.provider));
-            dim("regions", Some(&e.region));
-            dim("clouds", Some(&e.cloud));
-            dim("users", e.user_id.as_deref());
-            dim("api_keys", Some(&e.api_key_id));
-            dim("ip_hashes", e.client_ip_hash.as_deref());
+            dim(Dim::Models, Some(&e.model));
+            dim(Dim::Providers, Some(&e.provider));
+            dim(Dim::Regions, Some(&e.region));
+            dim(Dim::Clouds, Some(&e.cloud));
+            dim(Dim::Users, e.user_id.as_deref());
+            dim(Dim::ApiKeys, Some(&e.api_key_id));
+            dim(Dim::IpHashes, e.client_ip_hash.as_deref());
             // Per-month session counts are a limit (`month_sessions`).
-            dim("sessions", e.session_id.as_deref());
+            dim(Dim::Sessions, e.session_id.as_deref());
         }
         if grain == Grain::Day {
             if let Some(s) = e.session_id.as_deref() {

@@ -22,12 +22,11 @@ pub mod dead_letter;
 pub mod decode;
 pub mod experiments;
 pub mod fold;
-pub mod rebuild;
-pub use meterline_schemas::keys;
 pub mod metrics;
+pub mod rebuild;
 pub mod redis_sink;
 
-pub use config::{AggregatorConfig, ClickHouseConfig, RedisConfig};
+pub use config::AggregatorConfig;
 pub use consumer::Aggregator;
 
 /// Anything that stops a batch from being written. Every variant is transient from the

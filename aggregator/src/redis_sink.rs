@@ -17,8 +17,8 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use redis::aio::ConnectionManager;
 
 use crate::fold::{occurred_at, RedisDelta};
-use crate::keys::{Grain, Keys};
 use crate::SinkError;
+use meterline_schemas::keys::{field, Grain, Keys};
 
 /// Applies a flat list of operations:
 ///
@@ -275,7 +275,7 @@ fn script_calls(delta: &RedisDelta) -> Vec<redis::Cmd> {
         let at = delta
             .fixed_expiries
             .get(key)
-            .filter(|_| fields.contains_key("req"));
+            .filter(|_| fields.contains_key(field::REQUESTS));
         let fields: Vec<_> = fields.iter().collect();
         for chunk in fields.chunks(MAX_ARGS_PER_CALL / 4) {
             let call = calls.room_for(3 + usize::from(at.is_some()) + 2 * chunk.len());
@@ -305,7 +305,7 @@ fn script_calls(delta: &RedisDelta) -> Vec<redis::Cmd> {
         let on_create = delta
             .counters
             .get(key)
-            .is_some_and(|f| f.contains_key("req"))
+            .is_some_and(|f| f.contains_key(field::REQUESTS))
             || delta.sets.contains_key(key);
         if !on_create {
             expiries.push((key, *at));

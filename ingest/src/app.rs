@@ -7,10 +7,11 @@ use meterline_schemas::avro::Schema;
 use meterline_schemas::IpHasher;
 
 use crate::auth::TokenStore;
-use crate::config::{IngestConfig, KafkaConfig};
+use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
 use crate::producer::EventProducer;
 use crate::routes;
+use meterline_infra::KafkaConfig;
 
 /// A topic with the schema its records are written with.
 #[derive(Clone)]

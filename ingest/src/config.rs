@@ -1,37 +1,4 @@
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
-/// How to reach Kafka. `properties` are passed to librdkafka as they are, which is how SASL and
-/// TLS are switched on (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaConfig {
-    pub brokers: String,
-    pub usage_topic: String,
-    pub account_topic: String,
-    pub dead_letter_topic: String,
-    /// Where the scorer raises signals for the notifier.
-    pub signal_topic: String,
-    /// Partitions given to topics that `meterline migrate` creates.
-    pub partitions: i32,
-    pub replication_factor: i32,
-    pub properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            brokers: "127.0.0.1:9092".into(),
-            usage_topic: "usage-events".into(),
-            account_topic: "account-events".into(),
-            dead_letter_topic: "dead-letters".into(),
-            signal_topic: "account-signals".into(),
-            partitions: 6,
-            replication_factor: 1,
-            properties: BTreeMap::new(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]

@@ -24,8 +24,9 @@ pub mod producer;
 pub mod rate_limit;
 pub mod read;
 pub mod routes;
+pub mod server;
 
 pub use app::{router, AppState};
 pub use auth::{Principal, Scope, TokenStore};
-pub use config::{IngestConfig, KafkaConfig};
+pub use config::IngestConfig;
 pub use producer::EventProducer;

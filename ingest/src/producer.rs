@@ -9,7 +9,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
-use crate::config::KafkaConfig;
+use meterline_infra::kafka::{client_config, KafkaConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
@@ -33,17 +33,6 @@ pub struct EventProducer {
     producer: Arc<RwLock<FutureProducer>>,
     config: ClientConfig,
     replaced_at: Arc<Mutex<Option<Instant>>>,
-}
-
-/// Base librdkafka settings shared by every client we create, plus the user's `properties`
-/// (security settings) on top.
-pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &kafka.brokers);
-    for (k, v) in &kafka.properties {
-        cfg.set(k, v);
-    }
-    cfg
 }
 
 impl EventProducer {

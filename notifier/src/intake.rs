@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use meterline_infra::RegistryError;
 use meterline_schemas::avro::{self, Schema};
-use meterline_schemas::SchemaError;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -132,7 +132,7 @@ impl Intake {
         };
         let writer = match self.notifier.registry.fetch(id).await {
             Ok(w) => w,
-            Err(SchemaError::UnknownSchemaId(id)) => {
+            Err(RegistryError::UnknownSchemaId(id)) => {
                 return Ok(Err(format!("unknown schema id {id}")))
             }
             Err(e) => return Err(NotifyError::Registry(e.to_string())),

@@ -30,7 +30,7 @@ pub mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meterline_schemas::registry::SchemaRegistry;
+use meterline_infra::registry::SchemaRegistry;
 use rdkafka::config::ClientConfig;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -110,6 +110,35 @@ impl Notifier {
         shutdown.cancel();
         let _ = worker.await;
         result
+    }
+}
+
+/// The notifier as a running component: its intake reads `topic` from the brokers `base`
+/// names, and its worker sends what the intake queued.
+pub struct NotifierService {
+    pub notifier: Notifier,
+    pub base: ClientConfig,
+    pub topic: String,
+}
+
+impl meterline_infra::Component for NotifierService {
+    fn name(&self) -> &'static str {
+        "notifier"
+    }
+
+    fn metrics(&self) -> prometheus::Registry {
+        self.notifier.metrics.registry.clone()
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> meterline_infra::RunFuture {
+        Box::pin(async move {
+            let NotifierService {
+                notifier,
+                base,
+                topic,
+            } = *self;
+            Ok(notifier.run(&base, &topic, shutdown).await?)
+        })
     }
 }
 

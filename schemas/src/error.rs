@@ -33,21 +33,15 @@ impl fmt::Display for FieldError {
 
 impl std::error::Error for FieldError {}
 
-/// Failures of encoding, decoding or looking up schemas.
+/// Failures of encoding or decoding records.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("message is {0} bytes, shorter than the 5-byte Confluent header")]
     TooShort(usize),
     #[error("bad magic byte {0:#04x}, expected 0x00")]
     BadMagic(u8),
-    #[error("unknown schema id {0}")]
-    UnknownSchemaId(i32),
     #[error("avro: {0}")]
     Avro(String),
-    #[error("schema registry: {0}")]
-    Registry(String),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
 }
 
 impl From<apache_avro::Error> for SchemaError {

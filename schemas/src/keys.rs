@@ -32,6 +32,68 @@ pub const SESSION_RETENTION_SECS: i64 = 24 * 3600;
 /// acceptable event is still recognised.
 pub const SEEN_RETENTION_AFTER_DAY_SECS: i64 = 36 * 86_400;
 
+/// The fields of a counter hash (window and session hashes).
+pub mod field {
+    /// Requests.
+    pub const REQUESTS: &str = "req";
+    /// Requests answered with a status of 400 or more.
+    pub const ERRORS: &str = "err";
+    /// Input tokens.
+    pub const INPUT_TOKENS: &str = "in";
+    /// Output tokens.
+    pub const OUTPUT_TOKENS: &str = "out";
+    /// Cost in micro-dollars.
+    pub const COST_MICROS: &str = "cost";
+    /// What a per-model field starts with: `m:{model}:{counter}`.
+    pub const MODEL_PREFIX: &str = "m:";
+
+    /// The per-model field of `counter` (one of [`REQUESTS`], [`INPUT_TOKENS`],
+    /// [`OUTPUT_TOKENS`]) for `model`.
+    pub fn model(model: &str, counter: &str) -> String {
+        format!("{MODEL_PREFIX}{model}:{counter}")
+    }
+}
+
+/// The distinct-member sets of a month (`{p}u:{account}:M:{YYYYMM}:{dim}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dim {
+    Models,
+    Providers,
+    Regions,
+    Clouds,
+    Users,
+    ApiKeys,
+    IpHashes,
+    Sessions,
+}
+
+impl Dim {
+    pub const ALL: [Dim; 8] = [
+        Dim::Models,
+        Dim::Providers,
+        Dim::Regions,
+        Dim::Clouds,
+        Dim::Users,
+        Dim::ApiKeys,
+        Dim::IpHashes,
+        Dim::Sessions,
+    ];
+
+    /// The set's name, the last part of its key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dim::Models => "models",
+            Dim::Providers => "providers",
+            Dim::Regions => "regions",
+            Dim::Clouds => "clouds",
+            Dim::Users => "users",
+            Dim::ApiKeys => "api_keys",
+            Dim::IpHashes => "ip_hashes",
+            Dim::Sessions => "sessions",
+        }
+    }
+}
+
 /// The window grains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Grain {
@@ -160,13 +222,13 @@ impl Keys {
         )
     }
 
-    pub fn month_set(&self, account: &str, month_start: DateTime<Utc>, dim: &str) -> String {
+    pub fn month_set(&self, account: &str, month_start: DateTime<Utc>, dim: Dim) -> String {
         format!(
             "{}u:{}:M:{}:{}",
             self.prefix,
             account,
             Grain::Month.stamp(month_start),
-            dim
+            dim.as_str()
         )
     }
 

@@ -10,8 +10,6 @@
 //!   format: magic byte `0`, a big-endian 4-byte schema id, then the Avro body.
 //! * [`usage_codec`]: the same Avro bytes for usage events, written and read field by field
 //!   on the hot path, without apache-avro's generic value tree.
-//! * [`registry`]: where schema ids come from: a Confluent-compatible Schema Registry when one is
-//!   configured, otherwise our own PostgreSQL table `avro_schemas`.
 //! * [`privacy`]: keyed hashing of client IPs, which are never stored in clear text.
 
 pub mod account;
@@ -21,7 +19,6 @@ pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod privacy;
-pub mod registry;
 pub mod usage;
 pub mod usage_codec;
 

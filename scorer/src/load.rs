@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use clickhouse::Row;
-use meterline_schemas::keys::{Grain, Keys};
+use meterline_schemas::keys::{field, Dim, Grain, Keys};
 use meterline_schemas::limits::{QuotaConfig, RawUsage, TiersConfig, WindowCounters};
 use meterline_schemas::{AccountId, Plan};
 use redis::aio::ConnectionManager;
@@ -278,12 +278,13 @@ impl Stores {
                 .hgetall(k.window(a, Grain::Month, month))
                 .hgetall(k.window(a, Grain::Day, day))
                 .scard(k.day_sessions(a, day))
-                .scard(k.month_set(a, month, "sessions"))
-                .smembers(k.month_set(a, month, "regions"))
+                .scard(k.month_set(a, month, Dim::Sessions))
+                .smembers(k.month_set(a, month, Dim::Regions))
                 .query_async(&mut self.redis.clone())
                 .await?;
-        f.month_raw_tokens =
-            (m.get("in").copied().unwrap_or(0) + m.get("out").copied().unwrap_or(0)).max(0) as u64;
+        f.month_raw_tokens = (m.get(field::INPUT_TOKENS).copied().unwrap_or(0)
+            + m.get(field::OUTPUT_TOKENS).copied().unwrap_or(0))
+        .max(0) as u64;
         f.month_regions = regions.into_iter().collect();
         f.raw = RawUsage {
             month: m,

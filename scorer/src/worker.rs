@@ -170,3 +170,17 @@ impl Scorer {
         }
     }
 }
+
+impl meterline_infra::Component for Scorer {
+    fn name(&self) -> &'static str {
+        "scorer"
+    }
+
+    fn metrics(&self) -> prometheus::Registry {
+        self.metrics.registry.clone()
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> meterline_infra::RunFuture {
+        Box::pin(async move { Ok(Scorer::run(*self, shutdown).await?) })
+    }
+}

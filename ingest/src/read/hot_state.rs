@@ -3,7 +3,7 @@
 //! Key names come from [`meterline_schemas::keys`], the contract the aggregator writes by.
 
 use chrono::{DateTime, Duration, Utc};
-use meterline_schemas::keys::{Grain, Keys};
+use meterline_schemas::keys::{field, Dim, Grain, Keys};
 use meterline_schemas::limits::{RawUsage, WindowCounters};
 use redis::aio::ConnectionManager;
 
@@ -46,17 +46,17 @@ impl HotState {
         let month = Grain::Month.window_start(now);
         let day = Grain::Day.window_start(now);
         let minute = Grain::Minute.window_start(now);
-        let month_sessions = k.month_set(account, month, "sessions");
+        let month_sessions = k.month_set(account, month, Dim::Sessions);
         let day_sessions = k.day_sessions(account, day);
         let mut p = redis::pipe();
         p.hgetall(k.window(account, Grain::Month, month))
             .hgetall(k.window(account, Grain::Day, day))
             .scard(&day_sessions)
             .scard(&month_sessions)
-            .hget(k.window(account, Grain::Minute, minute), "req")
+            .hget(k.window(account, Grain::Minute, minute), field::REQUESTS)
             .hget(
                 k.window(account, Grain::Minute, minute - Duration::minutes(1)),
-                "req",
+                field::REQUESTS,
             );
         if let Some(s) = session_id {
             p.hgetall(k.session(account, s))
@@ -108,9 +108,9 @@ impl HotState {
         let k = &self.keys;
         let (mut models, mut providers, mut regions): (Vec<String>, Vec<String>, Vec<String>) =
             redis::pipe()
-                .smembers(k.month_set(account, month, "models"))
-                .smembers(k.month_set(account, month, "providers"))
-                .smembers(k.month_set(account, month, "regions"))
+                .smembers(k.month_set(account, month, Dim::Models))
+                .smembers(k.month_set(account, month, Dim::Providers))
+                .smembers(k.month_set(account, month, Dim::Regions))
                 .query_async(&mut self.redis.clone())
                 .await?;
         models.sort();

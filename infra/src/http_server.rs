@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -13,6 +14,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::component::{Component, RunFuture};
 
 pub async fn serve(
     listener: TcpListener,
@@ -57,4 +60,59 @@ pub async fn serve(
         tracing::warn!("connections still open after 10 s of shutdown; closing them");
     }
     Ok(())
+}
+
+/// `/healthz` and `/metrics` for a process that runs components but not ingest (whose router
+/// serves both itself).
+pub struct MetricsServer {
+    pub listener: TcpListener,
+    pub registries: Vec<prometheus::Registry>,
+    pub header_read_timeout: Duration,
+}
+
+impl MetricsServer {
+    fn router(registries: Vec<prometheus::Registry>) -> Router {
+        Router::new()
+            .route(
+                "/healthz",
+                get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            )
+            .route(
+                "/metrics",
+                get(move || {
+                    let text = render(&registries);
+                    async move { text }
+                }),
+            )
+    }
+}
+
+/// The text exposition of every metric in `registries`, one after the other.
+pub fn render(registries: &[prometheus::Registry]) -> String {
+    let encoder = prometheus::TextEncoder::new();
+    let mut out = String::new();
+    for r in registries {
+        if let Ok(text) = encoder.encode_to_string(&r.gather()) {
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+impl Component for MetricsServer {
+    fn name(&self) -> &'static str {
+        "metrics server"
+    }
+
+    fn metrics(&self) -> prometheus::Registry {
+        prometheus::Registry::new()
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> RunFuture {
+        Box::pin(async move {
+            let app = Self::router(self.registries);
+            serve(self.listener, app, self.header_read_timeout, shutdown).await?;
+            Ok(())
+        })
+    }
 }

@@ -29,10 +29,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::{
+use crate::common::{
     free_port, percentile, proc_status_mib, spawn_child, usage_batch, wait_healthy, ChildProcesses,
 };
-use crate::{migrate, services, Config};
+use meterline::{migrate, services, Config};
 
 #[derive(Debug, Clone)]
 pub struct HostileBench {

@@ -30,9 +30,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::common::*;
 use crate::http_load;
-use crate::services::{self, Components};
-use crate::{migrate, Config};
+use crate::scrape::*;
+use meterline::services::{self, Components};
+use meterline::{migrate, Config};
 
 #[derive(Debug, Clone)]
 pub struct QuotaBench {
@@ -135,83 +137,6 @@ enum Deployment {
     },
     Children(ChildProcesses),
 }
-
-/// Child processes, stopped when dropped (an early error must not leave them running).
-pub(crate) struct ChildProcesses(pub(crate) Vec<(String, std::process::Child)>);
-
-impl Drop for ChildProcesses {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            // SIGTERM first: the aggregator commits what it has written and leaves the group.
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-        }
-        for (role, child) in &mut self.0 {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                tracing::warn!(%role, "did not stop on SIGTERM; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Starts `meterline <command>` with `env` on top of ours, at CPU niceness `nice`, logging to
-/// `.local/log/bench-<role>.log`.
-pub(crate) fn spawn_child(
-    role: &str,
-    command: &str,
-    env: &[(String, String)],
-    nice: i32,
-    config_path: Option<&std::path::Path>,
-) -> Result<std::process::Child> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = if nice == 0 {
-        std::process::Command::new(exe)
-    } else {
-        let mut cmd = std::process::Command::new("nice");
-        cmd.arg("-n").arg(nice.to_string()).arg(exe);
-        cmd
-    };
-    std::fs::create_dir_all(".local/log")?;
-    let log = std::fs::File::create(format!(".local/log/bench-{role}.log"))?;
-    cmd.arg(command)
-        .envs(env.iter().cloned())
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    if let Some(path) = config_path {
-        cmd.env(crate::config::CONFIG_PATH_ENV, path);
-    }
-    cmd.spawn()
-        .with_context(|| format!("starting `meterline {command}` ({role})"))
-}
-
-pub(crate) async fn wait_healthy(http: &reqwest::Client, base: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{base} not healthy after 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Starts the services `bench.layout` asks for; child processes get `run_env` (the run's
 /// changes to the configuration they would load).
 async fn deploy(
@@ -300,95 +225,6 @@ async fn deploy(
     }
 }
 
-const MODELS: [&str; 4] = ["gpt-4o-mini", "gpt-4o", "claude-3-haiku", "llama-3-8b"];
-
-pub(crate) fn usage_batch(rng: &mut StdRng, accounts: usize, n: usize) -> String {
-    let now = Utc::now().to_rfc3339();
-    let events: Vec<_> = (0..n)
-        .map(|_| {
-            let a = rng.random_range(0..accounts);
-            let region = ["us-east-1", "eu-west-1", "ap-south-1"][a % 3];
-            json!({
-                "event_id": uuid::Uuid::new_v4().to_string(),
-                "occurred_at": now,
-                "account_id": format!("bench-{a}"),
-                "api_key_id": format!("key-{a}"),
-                "gateway_id": "gw-bench",
-                "region": region,
-                "cloud": "aws",
-                "provider": "openai",
-                "model": MODELS[rng.random_range(0..MODELS.len())],
-                "input_tokens": rng.random_range(10..4000),
-                "output_tokens": rng.random_range(10..1000),
-                "cost_micros": rng.random_range(10..5000),
-                "status": 200,
-                "session_id": format!("s-{a}-{}", rng.random_range(0..5)),
-            })
-        })
-        .collect();
-    serde_json::Value::Array(events).to_string()
-}
-
-/// The `p` quantile of sorted microseconds, in milliseconds.
-pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
-const QUOTA_CHECK_SECONDS: &str =
-    "meterline_ingest_request_seconds_bucket{endpoint=\"quota_check\"";
-const QUOTA_CHECK_REDIS_SECONDS: &str =
-    "meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\"";
-
-/// The Prometheus text a `/metrics` endpoint serves.
-async fn metrics_text(http: &reqwest::Client, url: &str) -> Result<String> {
-    Ok(http.get(url).send().await?.text().await?)
-}
-
-/// A Prometheus histogram's cumulative buckets (upper bound in seconds, count) from `/metrics`
-/// text, for the series whose lines start with `series`.
-fn histogram_buckets(metrics: &str, series: &str) -> Vec<(f64, f64)> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let n = l.rsplit(' ').next()?.parse::<f64>().ok()?;
-            Some((le.parse::<f64>().unwrap_or(f64::INFINITY), n))
-        })
-        .collect()
-}
-
-/// The upper bound, in milliseconds, of the first bucket holding the `p` quantile.
-fn bucket_quantile(buckets: &[(f64, f64)], p: f64) -> f64 {
-    let total = buckets.last().map_or(0.0, |(_, n)| *n);
-    buckets
-        .iter()
-        .find(|(_, n)| total > 0.0 && *n >= total * p)
-        .map_or(f64::NAN, |(le, _)| le * 1000.0)
-}
-
-/// This process's resident memory in MiB.
-pub(crate) fn rss_mib() -> f64 {
-    proc_status_mib("self", "VmRSS:")
-}
-
-/// A memory line of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`) in MiB; NaN if unreadable.
-pub(crate) fn proc_status_mib(pid: &str, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// The floor under the check's latency, measured in the same run: the Redis round trip a
 /// quota check makes (`HotState::usage`, one pipeline), issued straight from a thread of this
 /// process, open loop at [`RedisProbe::RATE`] per second. A check's latency minus this is
@@ -454,7 +290,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (base, config) = (
         config,
-        &crate::bench_pipeline::bench_config(config, &run[..8]).await?,
+        &crate::pipeline::bench_config(config, &run[..8]).await?,
     );
     let run_env = config.env_changes(base)?;
     let pool = migrate::connect_postgres(config).await?;
@@ -699,48 +535,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         .revoke(&name)
         .await
         .ok();
-    let removed = crate::bench_pipeline::remove_run_keys(config).await?;
+    let removed = crate::pipeline::remove_run_keys(config).await?;
     tracing::info!(removed, "deleted the run's Redis keys");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const METRICS: &str = "\
-# TYPE meterline_read_hot_state_seconds histogram
-meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\",le=\"0.0005\"} 80
-meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\",le=\"0.001\"} 95
-meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\",le=\"0.002\"} 99
-meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\",le=\"+Inf\"} 100
-meterline_read_hot_state_seconds_bucket{endpoint=\"usage\",le=\"0.0005\"} 3
-";
-
-    #[test]
-    fn buckets_are_read_for_one_series_only() {
-        let b = histogram_buckets(METRICS, QUOTA_CHECK_REDIS_SECONDS);
-        assert_eq!(
-            b,
-            vec![
-                (0.0005, 80.0),
-                (0.001, 95.0),
-                (0.002, 99.0),
-                (f64::INFINITY, 100.0)
-            ]
-        );
-    }
-
-    #[test]
-    fn a_quantile_is_the_first_bucket_holding_it() {
-        let b = histogram_buckets(METRICS, QUOTA_CHECK_REDIS_SECONDS);
-        assert_eq!(bucket_quantile(&b, 0.5), 0.5);
-        assert_eq!(bucket_quantile(&b, 0.9), 1.0);
-        assert_eq!(bucket_quantile(&b, 0.99), 2.0);
-        assert_eq!(bucket_quantile(&b, 0.999), f64::INFINITY);
-        assert!(
-            bucket_quantile(&[], 0.5).is_nan(),
-            "no observations, no quantile"
-        );
-    }
 }

@@ -13,7 +13,27 @@ use apache_avro::Schema;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::SchemaError;
+/// Failures of registering or looking up a schema.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No schema has this id: a record that names it will never decode (poison).
+    #[error("unknown schema id {0}")]
+    UnknownSchemaId(i32),
+    /// The registry could not be asked, or answered with an error: retry.
+    #[error("schema registry: {0}")]
+    Unavailable(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored schema that does not parse.
+    #[error("avro: {0}")]
+    Avro(String),
+}
+
+impl From<apache_avro::Error> for RegistryError {
+    fn from(e: apache_avro::Error) -> Self {
+        RegistryError::Avro(e.to_string())
+    }
+}
 
 #[derive(Clone)]
 enum Backend {
@@ -52,7 +72,7 @@ impl SchemaRegistry {
 
     /// Registers `schema_text` under `subject` (Confluent's TopicNameStrategy: `{topic}-value`)
     /// and returns its id.
-    pub async fn register(&self, subject: &str, schema_text: &str) -> Result<i32, SchemaError> {
+    pub async fn register(&self, subject: &str, schema_text: &str) -> Result<i32, RegistryError> {
         let schema = Schema::parse_str(schema_text)?;
         let canonical = schema.canonical_form();
         let id = match &self.backend {
@@ -82,17 +102,17 @@ impl SchemaRegistry {
                     .json(&serde_json::json!({ "schema": schema_text }))
                     .send()
                     .await
-                    .map_err(|e| SchemaError::Registry(e.to_string()))?;
+                    .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
                 let status = resp.status();
                 if !status.is_success() {
                     let body = resp.text().await.unwrap_or_default();
-                    return Err(SchemaError::Registry(format!(
+                    return Err(RegistryError::Unavailable(format!(
                         "register {subject}: {status} {body}"
                     )));
                 }
                 resp.json::<Registered>()
                     .await
-                    .map_err(|e| SchemaError::Registry(e.to_string()))?
+                    .map_err(|e| RegistryError::Unavailable(e.to_string()))?
                     .id
             }
         };
@@ -104,7 +124,7 @@ impl SchemaRegistry {
     }
 
     /// The writer schema for `id`.
-    pub async fn fetch(&self, id: i32) -> Result<Arc<Schema>, SchemaError> {
+    pub async fn fetch(&self, id: i32) -> Result<Arc<Schema>, RegistryError> {
         if let Some(s) = self.by_id.read().expect("poisoned").get(&id) {
             return Ok(s.clone());
         }
@@ -114,7 +134,7 @@ impl SchemaRegistry {
                     .bind(id)
                     .fetch_optional(pool)
                     .await?
-                    .ok_or(SchemaError::UnknownSchemaId(id))?
+                    .ok_or(RegistryError::UnknownSchemaId(id))?
             }
             Backend::Confluent { base_url, http } => {
                 #[derive(serde::Deserialize)]
@@ -125,19 +145,19 @@ impl SchemaRegistry {
                     .get(format!("{base_url}/schemas/ids/{id}"))
                     .send()
                     .await
-                    .map_err(|e| SchemaError::Registry(e.to_string()))?;
+                    .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
                 if resp.status() == reqwest::StatusCode::NOT_FOUND {
-                    return Err(SchemaError::UnknownSchemaId(id));
+                    return Err(RegistryError::UnknownSchemaId(id));
                 }
                 if !resp.status().is_success() {
-                    return Err(SchemaError::Registry(format!(
+                    return Err(RegistryError::Unavailable(format!(
                         "fetch {id}: {}",
                         resp.status()
                     )));
                 }
                 resp.json::<ById>()
                     .await
-                    .map_err(|e| SchemaError::Registry(e.to_string()))?
+                    .map_err(|e| RegistryError::Unavailable(e.to_string()))?
                     .schema
             }
         };

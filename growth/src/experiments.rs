@@ -11,7 +11,18 @@ use clap::{Subcommand, ValueEnum};
 use meterline_aggregator::experiments::store::{self, limits_text, Experiment};
 use meterline_aggregator::experiments::{ExperimentSpec, VariantSpec};
 
-use crate::{cohort_report, migrate, Config};
+use meterline_schemas::limits::TiersConfig;
+use sqlx::PgPool;
+
+use crate::cohort_report;
+
+/// What the experiments commands need: the experiment store, the history and the tiers (a
+/// variant's limits are checked against them).
+pub struct ExperimentsContext {
+    pub pool: PgPool,
+    pub clickhouse: clickhouse::Client,
+    pub tiers: TiersConfig,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -174,8 +185,8 @@ fn detail(e: &Experiment, now: DateTime<Utc>) -> String {
     out
 }
 
-pub async fn run(config: &Config, action: ExperimentAction) -> Result<()> {
-    let pool = migrate::connect_postgres(config).await?;
+pub async fn run(ctx: &ExperimentsContext, action: ExperimentAction) -> Result<()> {
+    let pool = &ctx.pool;
     let now = Utc::now();
     match action {
         ExperimentAction::Create {
@@ -216,17 +227,17 @@ pub async fn run(config: &Config, action: ExperimentAction) -> Result<()> {
                     }
                 }
             };
-            store::create(&pool, &spec).await?;
+            store::create(pool, &spec).await?;
             if spec.starts_at < now {
                 eprintln!(
                     "note: the start is in the past; accounts that already signed up are not assigned (new cohorts only)"
                 );
             }
-            let created = store::get(&pool, &spec.name).await?;
+            let created = store::get(pool, &spec.name).await?;
             print!("{}", detail(&created, now));
         }
         ExperimentAction::List { json } => {
-            let all = store::list(&pool).await?;
+            let all = store::list(pool).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
@@ -234,7 +245,7 @@ pub async fn run(config: &Config, action: ExperimentAction) -> Result<()> {
             }
         }
         ExperimentAction::Show { name, json } => {
-            let e = store::get(&pool, &name).await?;
+            let e = store::get(pool, &name).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&e)?);
             } else {
@@ -243,8 +254,7 @@ pub async fn run(config: &Config, action: ExperimentAction) -> Result<()> {
         }
         ExperimentAction::Edit { name, variant, set } => {
             let limits = store::parse_settings(&set)?;
-            let updated =
-                store::edit_variant(&pool, &name, &variant, &limits, &config.tiers).await?;
+            let updated = store::edit_variant(pool, &name, &variant, &limits, &ctx.tiers).await?;
             println!(
                 "variant {variant} of {name} now sets {}; {updated} assigned account(s) updated",
                 limits_text(&limits)
@@ -254,7 +264,7 @@ pub async fn run(config: &Config, action: ExperimentAction) -> Result<()> {
             name,
             revert_limits,
         } => {
-            let stopped = store::stop(&pool, &name, revert_limits, &config.tiers).await?;
+            let stopped = store::stop(pool, &name, revert_limits, &ctx.tiers).await?;
             if revert_limits {
                 println!(
                     "{name} stopped; {} limit override(s) of its {} account(s) removed, the plan's defaults apply again",
@@ -272,8 +282,8 @@ pub async fn run(config: &Config, action: ExperimentAction) -> Result<()> {
             format,
             chart,
         } => {
-            let e = store::get(&pool, &name).await?;
-            let report = cohort_report::build(&config.clickhouse.client(), &e, now)
+            let e = store::get(pool, &name).await?;
+            let report = cohort_report::build(&ctx.clickhouse, &e, now)
                 .await
                 .context("reading the experiment's metrics from ClickHouse")?;
             match format {

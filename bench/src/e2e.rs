@@ -1,0 +1,240 @@
+//! `meterline-bench e2e`: ingest and aggregation together at a fixed rate, with freshness
+//! probes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use meterline_ingest::Scope;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{percentile, rss_mib};
+use crate::pipeline::*;
+use meterline::services::{self, Components};
+use meterline::{migrate, Config};
+
+#[derive(Debug, Clone)]
+pub struct E2eBench {
+    pub accounts: usize,
+    pub rate: u64,
+    pub duration: Duration,
+    pub connections: usize,
+}
+
+/// `bench e2e`: gateways post at `rate` events/s through ingest while the aggregator folds
+/// them; probe events (one every 200 ms, each for an account of its own) measure freshness:
+/// from the 202 of the batch that carried it to the counter visible in Redis, and to the
+/// rollup row visible in ClickHouse. Ingest and the aggregator run in this process, so the
+/// RSS printed is theirs together, with the load generator.
+pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let c = bench_config(config, &run).await?;
+    let pool = migrate::connect_postgres(&c).await?;
+    let name = format!("bench-{run}");
+    let token = services::token_store(&c, &pool)
+        .create(&name, &[Scope::Ingest], None)
+        .await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let shutdown = CancellationToken::new();
+    let running = services::start(
+        &c,
+        Components {
+            ingest: true,
+            aggregator: true,
+            ..Components::NONE
+        },
+        Some(listener),
+        shutdown.clone(),
+    )
+    .await?;
+    let url = format!(
+        "http://{}/v1/events",
+        running.ingest_addr.context("ingest runs")?
+    );
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + b.duration;
+    // Open loop: each connection posts a batch of 500 every `interval`, fresh events each time
+    // (the aggregator deduplicates, so repeats would not be counted).
+    let interval = Duration::from_secs_f64(500.0 * b.connections as f64 / b.rate.max(1) as f64);
+    let mut tasks = Vec::new();
+    for k in 0..b.connections {
+        let (url, token, accepted, run) =
+            (url.clone(), token.clone(), accepted.clone(), run.clone());
+        let accounts = b.accounts;
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut rng = StdRng::seed_from_u64(100 + k as u64);
+            let mut next = Instant::now() + interval.mul_f64(k as f64 / b.connections as f64);
+            while Instant::now() < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                next += interval;
+                let body = Value::Array(
+                    (0..500)
+                        .map(|_| {
+                            let a = rng.random_range(0..accounts);
+                            event(&mut rng, &run, a)
+                        })
+                        .collect(),
+                )
+                .to_string();
+                if let Ok(r) = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    if r.status() == 202 {
+                        accepted.fetch_add(500, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // The probes.
+    let redis_client = redis::Client::open(c.redis.url.as_str())?;
+    let ch = c.clickhouse.client();
+    let month = Utc::now().format("%Y%m").to_string();
+    let mut probes = Vec::new();
+    let mut p = 0u64;
+    let mut rss_peak = 0f64;
+    while Instant::now() < deadline {
+        let account = format!("bench-{run}-probe-{p}");
+        p += 1;
+        let mut rng = StdRng::seed_from_u64(p);
+        let mut e = event(&mut rng, &run, 0);
+        e["account_id"] = Value::from(account.clone());
+        let (url, token) = (url.clone(), token.clone());
+        let (redis_client, ch, key) = (
+            redis_client.clone(),
+            ch.clone(),
+            format!("{}u:{account}:M:{month}", c.redis.key_prefix),
+        );
+        probes.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let r = match http
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(Value::Array(vec![e]).to_string())
+                .send()
+                .await
+            {
+                Ok(r) => r,
+                Err(err) => {
+                    tracing::warn!(error = %err, "probe not sent");
+                    return None;
+                }
+            };
+            if r.status() != 202 {
+                tracing::warn!(status = %r.status(), "probe not acknowledged");
+                return None;
+            }
+            let acked = Instant::now();
+            let mut conn = match redis_client.get_multiplexed_async_connection().await {
+                Ok(c) => c,
+                Err(err) => {
+                    tracing::warn!(error = %err, "probe: no Redis connection");
+                    return None;
+                }
+            };
+            let limit = Duration::from_secs(120);
+            let to_redis = loop {
+                let v: Option<u64> = match redis::cmd("HGET")
+                    .arg(&key)
+                    .arg("req")
+                    .query_async(&mut conn)
+                    .await
+                {
+                    Ok(v) => v,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "probe: HGET failed");
+                        return None;
+                    }
+                };
+                if v.unwrap_or(0) >= 1 {
+                    break acked.elapsed();
+                }
+                if acked.elapsed() > limit {
+                    tracing::warn!(%key, "probe not in Redis after 120 s");
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            let to_clickhouse = loop {
+                let n: u64 = ch
+                    .query("SELECT count() FROM usage_minute WHERE account_id = ?")
+                    .bind(&account)
+                    .fetch_one()
+                    .await
+                    .unwrap_or(0);
+                if n >= 1 {
+                    break acked.elapsed();
+                }
+                if acked.elapsed() > limit {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            Some((to_redis, to_clickhouse))
+        }));
+        rss_peak = rss_peak.max(rss_mib());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut to_redis = Vec::new();
+    let mut to_clickhouse = Vec::new();
+    let mut lost = 0;
+    for probe in probes {
+        match probe.await? {
+            Some((r, c)) => {
+                to_redis.push(r.as_micros() as u64);
+                to_clickhouse.push(c.as_micros() as u64);
+            }
+            None => lost += 1,
+        }
+    }
+    to_redis.sort_unstable();
+    to_clickhouse.sort_unstable();
+    let ours = accepted.load(Ordering::Relaxed) as f64 / elapsed;
+    let counted = running
+        .aggregator_metrics
+        .events
+        .with_label_values(&["counted"])
+        .get();
+    shutdown.cancel();
+    running.stop().await?;
+    remove_run_keys(&c).await?;
+    services::token_store(&c, &pool).revoke(&name).await.ok();
+    println!(
+        "e2e: {ours:.0} events/s accepted of {} asked ({} connections, {elapsed:.0} s, {} accounts); the aggregator counted {counted} of them",
+        b.rate, b.connections, b.accounts
+    );
+    let line = |what: &str, v: &[u64]| {
+        println!(
+            "freshness, ingest 202 → {what}: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} probes)",
+            percentile(v, 0.5),
+            percentile(v, 0.99),
+            percentile(v, 1.0),
+            v.len()
+        )
+    };
+    line("counter in Redis", &to_redis);
+    line("rollup in ClickHouse", &to_clickhouse);
+    if lost > 0 {
+        println!("{lost} probes were not visible within 120 s (or not acknowledged)");
+    }
+    println!("process RSS (ingest + aggregator + load generator): peak {rss_peak:.0} MiB");
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! `meterline bench ingest` and `meterline bench aggregate`: throughput of the two halves of
+//! the pipeline, each next to the ceiling the broker allows measured in the same run, on the
+//! same broker and servers.
+//!
+//! * ingest: HTTP batches of 500 events posted by `--connections` concurrent clients to ingest
+//!   (in this process), against rdkafka producing the same events, already Avro-encoded,
+//!   straight to the broker with the same producer settings (idempotent, `acks=all`);
+//! * aggregate: a topic pre-filled with `--events` events, consumed and written to ClickHouse,
+//!   Redis and PostgreSQL by the aggregator, against rdkafka consuming the same topic and
+//!   discarding the records.
+//!
+//! * e2e: both at once at a fixed rate, with freshness probes (see [`e2e`]).
+//!
+//! All use their own topics, ClickHouse database (`<database>_bench`) and Redis key prefix, so
+//! they never mix with real data; the topics are named after the run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use chrono::Utc;
+use meterline_schemas::usage::from_json_naming_field;
+use meterline_schemas::{avro, IpHasher, UsageEventInput};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+use meterline::services::{self};
+use meterline::{migrate, Config};
+
+pub(crate) const MODELS: [&str; 4] = ["gpt-4o-mini", "gpt-4o", "claude-3-haiku", "llama-3-8b"];
+pub(crate) const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
+
+/// One realistic usage event (the fields a gateway fills in), for account `a`.
+pub(crate) fn event(rng: &mut StdRng, run: &str, a: usize) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "occurred_at": Utc::now().to_rfc3339(),
+        "account_id": format!("bench-{run}-{a}"),
+        "api_key_id": format!("key-{a}"),
+        "gateway_id": format!("gw-{}", a % 8),
+        "region": REGIONS[a % 3],
+        "cloud": "aws",
+        "provider": "openai",
+        "model": MODELS[rng.random_range(0..MODELS.len())],
+        "input_tokens": rng.random_range(10..4000),
+        "output_tokens": rng.random_range(10..1000),
+        "cost_micros": rng.random_range(10..5000),
+        "latency_ms": rng.random_range(50..3000),
+        "status": 200,
+        "session_id": format!("s-{a}-{}", rng.random_range(0..5)),
+        "user_id": format!("u-{}", rng.random_range(0..20)),
+        "client_ip": format!("198.51.100.{}", a % 250 + 1),
+        "prompt_hash": format!("{:016x}", rng.random::<u64>()),
+    })
+}
+
+/// A configuration whose topics, ClickHouse database, Redis prefix and consumer group belong
+/// to this benchmark run, migrated.
+pub(crate) async fn bench_config(config: &Config, run: &str) -> Result<Config> {
+    let mut c = config.clone();
+    c.kafka.usage_topic = format!("bench-{run}-usage");
+    c.kafka.account_topic = format!("bench-{run}-account");
+    c.kafka.dead_letter_topic = format!("bench-{run}-dlq");
+    c.kafka.signal_topic = format!("bench-{run}-signals");
+    c.clickhouse.database = format!("{}_bench", config.clickhouse.database);
+    c.redis.key_prefix = format!("mlb:{run}:");
+    c.aggregator.group_id = format!("bench-{run}");
+    c.aggregator.instance_id = String::new();
+    // One token carries the whole load here: its budget would cap the measurement.
+    c.ingest.rate_limit_events_per_sec = 0;
+    migrate::run(&c).await?;
+    Ok(c)
+}
+
+/// Pre-encoded Avro records of `n` events, as ingest would produce them.
+pub(crate) async fn encoded(
+    c: &Config,
+    run: &str,
+    accounts: usize,
+    n: usize,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let pool = migrate::connect_postgres(c).await?;
+    let id = services::registry(c, &pool)
+        .register(
+            &format!("{}-value", c.kafka.usage_topic),
+            avro::USAGE_EVENT_SCHEMA,
+        )
+        .await?;
+    let schema = avro::parse_schema(avro::USAGE_EVENT_SCHEMA)?;
+    let hasher = IpHasher::new(&c.privacy.ip_hash_key);
+    let mut rng = StdRng::seed_from_u64(5);
+    let now = Utc::now();
+    (0..n)
+        .map(|i| {
+            let a = if i < accounts {
+                i
+            } else {
+                rng.random_range(0..accounts)
+            };
+            let e = event(&mut rng, run, a);
+            let v = from_json_naming_field::<UsageEventInput>(&e.to_string())
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .validate(now, &hasher)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok((
+                v.account_id.as_str().to_owned(),
+                avro::encode(id, &schema, &v)?,
+            ))
+        })
+        .collect()
+}
+
+/// Produces `records` to `topic` as fast as the broker takes them with ingest's producer
+/// settings; returns events/s.
+pub(crate) async fn produce_all(
+    c: &Config,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> Result<f64> {
+    let producer: FutureProducer = meterline_infra::kafka::client_config(&c.kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let started = Instant::now();
+    for chunk in records.chunks(10_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (key, payload) in chunk {
+            loop {
+                match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
+                    Ok(d) => {
+                        pending.push(d);
+                        break;
+                    }
+                    Err((e, _)) => {
+                        // Local queue full: let deliveries drain.
+                        tracing::debug!(error = %e, "producer queue full");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }
+        for d in futures::future::join_all(pending).await {
+            match d {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => bail!("the broker refused a record: {e}"),
+                Err(_) => bail!("a delivery was cancelled"),
+            }
+        }
+    }
+    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Sum of the group's committed offsets on `topic`.
+pub(crate) async fn committed(c: &Config, group: &str, topic: &str) -> Result<i64> {
+    let consumer: StreamConsumer = meterline_infra::kafka::client_config(&c.kafka)
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..c.kafka.partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
+    Ok(got
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum())
+}
+
+/// Deletes this run's Redis keys (its own prefix): left to expire, a day of runs filled Redis
+/// with millions of keys and slowed every later run (see BENCHMARKS.md).
+pub(crate) async fn remove_run_keys(c: &Config) -> Result<u64> {
+    let client = redis::Client::open(c.redis.url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let pattern = format!("{}*", c.redis.key_prefix);
+    let mut cursor: u64 = 0;
+    let mut removed = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            // A SCAN or UNLINK of 10,000 keys held Redis for 20 ms; other clients use it too.
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            removed += keys.len() as u64;
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
+/// Calls the fold's script makes inside Redis, from `INFO commandstats`.
+pub(crate) async fn script_inner_calls(c: &Config) -> Result<u64> {
+    let mut total = 0;
+    for command in ["hincrby", "sadd", "expiretime", "expireat"] {
+        total += redis_calls(c, command).await?;
+    }
+    Ok(total)
+}
+
+/// Redis's CPU seconds so far (user + system), from `INFO cpu`.
+pub(crate) async fn redis_cpu_seconds(c: &Config) -> Result<f64> {
+    let client = redis::Client::open(c.redis.url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum())
+}
+
+/// How many times clients called `command` on the Redis server so far (`INFO commandstats`).
+pub(crate) async fn redis_calls(c: &Config, command: &str) -> Result<u64> {
+    let client = redis::Client::open(c.redis.url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    let prefix = format!("cmdstat_{command}:calls=");
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}

@@ -1,0 +1,277 @@
+//! `meterline-bench ingest` and `meterline-bench aggregate`: each half of the pipeline next to
+//! the broker's ceiling, measured in the same run (see [`crate::pipeline`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use meterline_ingest::Scope;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{percentile, rss_mib};
+use crate::pipeline::*;
+use meterline::services::{self, Components};
+use meterline::{migrate, Config};
+
+#[derive(Debug, Clone)]
+pub struct IngestBench {
+    pub accounts: usize,
+    pub duration: Duration,
+    pub connections: usize,
+}
+
+/// `bench ingest`: HTTP batches of 500 through ingest to Kafka, then the raw produce ceiling.
+pub async fn ingest(config: &Config, b: IngestBench) -> Result<()> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let c = bench_config(config, &run).await?;
+    let pool = migrate::connect_postgres(&c).await?;
+    let name = format!("bench-{run}");
+    let token = services::token_store(&c, &pool)
+        .create(&name, &[Scope::Ingest], None)
+        .await?;
+    // 200 distinct batches of 500, posted round-robin (ingest does not deduplicate; the
+    // aggregator is not running here).
+    let mut rng = StdRng::seed_from_u64(3);
+    let batches: Arc<Vec<String>> = Arc::new(
+        (0..200)
+            .map(|_| {
+                Value::Array(
+                    (0..500)
+                        .map(|_| {
+                            let a = rng.random_range(0..b.accounts);
+                            event(&mut rng, &run, a)
+                        })
+                        .collect(),
+                )
+                .to_string()
+            })
+            .collect(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let shutdown = CancellationToken::new();
+    let running = services::start(
+        &c,
+        Components {
+            ingest: true,
+            ..Components::NONE
+        },
+        Some(listener),
+        shutdown.clone(),
+    )
+    .await?;
+    let url = format!(
+        "http://{}/v1/events",
+        running.ingest_addr.context("ingest runs")?
+    );
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + b.duration;
+    let mut tasks = Vec::new();
+    for k in 0..b.connections {
+        let (batches, url, token, accepted) = (
+            batches.clone(),
+            url.clone(),
+            token.clone(),
+            accepted.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut latencies = Vec::new();
+            let mut i = k;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(batches[i % batches.len()].clone())
+                    .send()
+                    .await;
+                if let Ok(r) = r {
+                    if r.status() == 202 {
+                        accepted.fetch_add(500, Ordering::Relaxed);
+                        latencies.push(t.elapsed().as_micros() as u64);
+                    }
+                }
+                i += b.connections.max(1);
+            }
+            latencies
+        }));
+    }
+    let mut rss_peak = 0f64;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_peak = rss_peak.max(rss_mib());
+    }
+    let mut latencies: Vec<u64> = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let ours = accepted.load(Ordering::Relaxed) as f64 / elapsed;
+    shutdown.cancel();
+    running.stop().await?;
+    services::token_store(&c, &pool).revoke(&name).await.ok();
+
+    // The ceiling: the same kind of events, already encoded, straight to the broker.
+    let n = ((ours * b.duration.as_secs_f64()) as usize).clamp(50_000, 2_000_000);
+    let records = encoded(&c, &run, b.accounts, n).await?;
+    let ceiling = produce_all(&c, &c.kafka.usage_topic, &records).await?;
+    println!(
+        "ingest: {ours:.0} events/s accepted (HTTP batches of 500, {} connections, {:.0} s)",
+        b.connections, elapsed
+    );
+    println!(
+        "batch latency ms: p50 {:.1}  p99 {:.1}  max {:.1}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+    println!("ceiling: rdkafka producing the same Avro records (idempotent, acks=all): {ceiling:.0} events/s ({n} records)");
+    println!("ratio: {:.2} of the ceiling", ours / ceiling);
+    println!("process RSS while ingesting (ingest and the load generator): peak {rss_peak:.0} MiB");
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct AggregateBench {
+    pub accounts: usize,
+    pub events: usize,
+    /// Aggregators in one consumer group; more than one shows the partitions being split.
+    pub aggregators: usize,
+}
+
+/// `bench aggregate`: a pre-filled topic through the aggregator, then the raw consume ceiling.
+pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let c = bench_config(config, &run).await?;
+    println!("encoding {} events over {} accounts…", b.events, b.accounts);
+    let records = encoded(&c, &run, b.accounts, b.events).await?;
+    let produced = produce_all(&c, &c.kafka.usage_topic, &records).await?;
+    drop(records);
+    println!(
+        "pre-filled {} at {produced:.0} events/s",
+        c.kafka.usage_topic
+    );
+
+    // The ceiling: consume everything and discard it.
+    let consumer: StreamConsumer = meterline_infra::kafka::client_config(&c.kafka)
+        .set("group.id", format!("bench-{run}-raw"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[&c.kafka.usage_topic])?;
+    let started = Instant::now();
+    let mut seen = 0usize;
+    let mut bytes = 0usize;
+    while seen < b.events {
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .context("the raw consumer stalled")??;
+        bytes += m.payload().map_or(0, |p| p.len());
+        seen += 1;
+    }
+    let ceiling = seen as f64 / started.elapsed().as_secs_f64();
+    drop(consumer);
+
+    // Ours: the aggregators from the start of the topic to their last committed offset, as
+    // dynamic members of one group (`bench_config` leaves the instance id empty: a static
+    // member's first join took seconds longer on tansu, which the figure would include).
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let mut members = Vec::new();
+    for _ in 0..b.aggregators.max(1) {
+        let mut member = c.clone();
+        member.http.aggregator_listen = "127.0.0.1:0".into();
+        let components = Components {
+            aggregator: true,
+            ..Components::NONE
+        };
+        members.push(services::start(&member, components, None, shutdown.clone()).await?);
+    }
+    let dedup_before = redis_calls(&c, "smismember").await?;
+    let inner_before = script_inner_calls(&c).await?;
+    let redis_cpu_before = redis_cpu_seconds(&c).await?;
+    let mut rss_peak = 0f64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss_peak = rss_peak.max(rss_mib());
+        let done = committed(&c, &c.aggregator.group_id, &c.kafka.usage_topic).await?;
+        if done as usize >= b.events {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1_800) {
+            bail!(
+                "the aggregator committed {done} of {} in 30 minutes",
+                b.events
+            );
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let ours = b.events as f64 / wall;
+    let metrics: Vec<&meterline_aggregator::metrics::AggregatorMetrics> =
+        members.iter().map(|m| &m.aggregator_metrics).collect();
+    let fold_commands: u64 = metrics.iter().map(|m| m.redis_commands.get()).sum();
+    let dedup_commands = redis_calls(&c, "smismember").await? - dedup_before;
+    let inner_calls = script_inner_calls(&c).await? - inner_before;
+    let redis_cpu = redis_cpu_seconds(&c).await? - redis_cpu_before;
+    let stages: Vec<(&str, f64)> = meterline_aggregator::metrics::STAGES
+        .iter()
+        .map(|s| {
+            let secs = metrics
+                .iter()
+                .map(|m| m.stage_seconds.with_label_values(&[s]).get())
+                .sum();
+            (*s, secs)
+        })
+        .collect();
+    let split: Vec<String> = metrics
+        .iter()
+        .map(|m| m.records.with_label_values(&["usage"]).get().to_string())
+        .collect();
+    shutdown.cancel();
+    for m in members {
+        m.stop().await?;
+    }
+    let removed = remove_run_keys(&c).await?;
+    println!(
+        "aggregate: {ours:.0} events/s from Kafka to ClickHouse + Redis, offsets committed ({} events, {} accounts, {} aggregator(s))",
+        b.events, b.accounts, b.aggregators
+    );
+    if b.aggregators > 1 {
+        println!("records read per aggregator: {}", split.join(" + "));
+    }
+    println!("ceiling: rdkafka consuming the same topic and discarding: {ceiling:.0} events/s ({:.0} bytes/event)", bytes as f64 / seen as f64);
+    println!("ratio: {:.2} of the ceiling", ours / ceiling);
+    println!("aggregator process RSS: peak {rss_peak:.0} MiB");
+    println!("removed this run's {removed} Redis keys");
+    println!(
+        "Redis commands per event: window fold {:.4} ({fold_commands} EVAL/MULTI/EXEC for {} events); deduplication {:.4} ({dedup_commands} SMISMEMBER)",
+        fold_commands as f64 / b.events as f64,
+        b.events,
+        dedup_commands as f64 / b.events as f64
+    );
+    println!(
+        "inside the fold's scripts: {inner_calls} HINCRBY/SADD/EXPIRETIME/EXPIREAT calls, {:.1} per event; Redis CPU {redis_cpu:.1} s of {wall:.1} s wall ({:.0} %)",
+        inner_calls as f64 / b.events as f64,
+        100.0 * redis_cpu / wall
+    );
+    let staged: f64 = stages.iter().map(|(_, s)| s).sum();
+    let breakdown: Vec<String> = stages
+        .iter()
+        .map(|(name, secs)| format!("{name} {:.0} %", 100.0 * secs / staged.max(1e-9)))
+        .collect();
+    println!(
+        "aggregator wall time by stage ({staged:.1} s): {}",
+        breakdown.join(", ")
+    );
+    Ok(())
+}

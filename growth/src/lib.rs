@@ -1,0 +1,17 @@
+//! Growth analytics: what the growth team reads off the pipeline's history.
+//!
+//! * [`experiments`]: `meterline experiments …`, the command line over limit A/B experiments
+//!   (their rules and store are the aggregator's `experiments` module, which assigns accounts
+//!   as they sign up).
+//! * [`cohort_report`]: an experiment's per-variant rates, read from ClickHouse's
+//!   `cohort_metrics` view, with [`stats`] (Wilson intervals and a two-proportion z-test) and
+//!   [`chart`] (a PNG that reads without the table).
+//!
+//! This crate is not a component: nothing in the running pipeline depends on it. The binary
+//! calls it for its `experiments` subcommand, and it reports errors with `anyhow` like the
+//! command line it serves.
+
+pub mod chart;
+pub mod cohort_report;
+pub mod experiments;
+pub mod stats;

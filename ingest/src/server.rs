@@ -1,0 +1,42 @@
+//! Ingest as a running component: its router served over HTTP (with the header-read limit of
+//! `meterline_infra::http_server`) until shutdown, then the producer flushed.
+
+use std::time::Duration;
+
+use meterline_infra::{Component, RunFuture};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+
+pub struct IngestServer {
+    pub state: AppState,
+    pub listener: TcpListener,
+    pub header_read_timeout: Duration,
+}
+
+impl Component for IngestServer {
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+
+    fn metrics(&self) -> prometheus::Registry {
+        self.state.metrics.registry.clone()
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> RunFuture {
+        Box::pin(async move {
+            let producer = self.state.producer.clone();
+            let app = crate::router(self.state);
+            meterline_infra::http_server::serve(
+                self.listener,
+                app,
+                self.header_read_timeout,
+                shutdown,
+            )
+            .await?;
+            producer.flush(Duration::from_secs(5));
+            Ok(())
+        })
+    }
+}
