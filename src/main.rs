@@ -92,11 +92,11 @@ async fn main() -> Result<()> {
             migrate::run(&config).await?;
             println!("migrations applied; topics ready");
         }
-        Command::Run => cmd::run::run(&config, Components::ALL).await?,
-        Command::Ingest => cmd::run::run(&config, Components::INGEST).await?,
-        Command::Aggregate => cmd::run::run(&config, Components::AGGREGATOR).await?,
-        Command::Score => cmd::run::run(&config, Components::SCORER).await?,
-        Command::Notify => cmd::run::run(&config, Components::NOTIFIER).await?,
+        Command::Run => cmd::run::run(&config, Components::all()).await?,
+        Command::Ingest => cmd::run::run(&config, Components::none().ingest()).await?,
+        Command::Aggregate => cmd::run::run(&config, Components::none().aggregator()).await?,
+        Command::Score => cmd::run::run(&config, Components::none().scorer()).await?,
+        Command::Notify => cmd::run::run(&config, Components::none().notifier()).await?,
         Command::Simulate(args) => cmd::simulate::run(&config, args).await?,
         Command::RebuildHotState => cmd::rebuild::run(&config).await?,
         Command::Notifications { action } => cmd::notifications::run(&config, action).await?,

@@ -295,22 +295,43 @@ impl Components {
         scorer: false,
         notifier: false,
     };
-    pub const INGEST: Components = Components {
-        ingest: true,
-        ..Components::NONE
-    };
-    pub const AGGREGATOR: Components = Components {
-        aggregator: true,
-        ..Components::NONE
-    };
-    pub const SCORER: Components = Components {
-        scorer: true,
-        ..Components::NONE
-    };
-    pub const NOTIFIER: Components = Components {
-        notifier: true,
-        ..Components::NONE
-    };
+
+    /// Nothing; add components with [`Components::ingest`] and its siblings.
+    pub const fn none() -> Components {
+        Components::NONE
+    }
+    /// Every component, as `meterline run` starts them.
+    pub const fn all() -> Components {
+        Components::ALL
+    }
+    /// These, and ingest.
+    pub const fn ingest(self) -> Components {
+        Components {
+            ingest: true,
+            ..self
+        }
+    }
+    /// These, and the aggregator.
+    pub const fn aggregator(self) -> Components {
+        Components {
+            aggregator: true,
+            ..self
+        }
+    }
+    /// These, and the scorer.
+    pub const fn scorer(self) -> Components {
+        Components {
+            scorer: true,
+            ..self
+        }
+    }
+    /// These, and the notifier.
+    pub const fn notifier(self) -> Components {
+        Components {
+            notifier: true,
+            ..self
+        }
+    }
 }
 
 /// Starts the chosen components. Ingest listens on `listener` when given (tests pass one bound

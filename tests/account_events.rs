@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use common::*;
@@ -39,23 +39,37 @@ async fn account_events_update_accounts_exactly_once() {
     assert_eq!(body["accepted"], 5);
     // The same events again, as a retrying gateway would send them.
     assert_eq!(app.post_json("/v1/account-events", &batch).await.0, 202);
+    // A sentinel behind them in the account's partition, which changes none of the fields
+    // checked below: once it is applied, so is every copy before it.
+    let sentinel = ev("upgrade_page_viewed", 1, json!({}));
+    let (status, body) = app
+        .post_json("/v1/account-events", &json!([sentinel]))
+        .await;
+    assert_eq!(status, 202, "{body}");
 
     let pool = app.pg().await;
-    let started = Instant::now();
-    let applied = loop {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM account_events WHERE account_id = 'acct-life'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if n >= 4 || started.elapsed() > Duration::from_secs(60) {
-            break n;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(applied, 4, "four distinct events");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sentinel_id = sentinel["event_id"].as_str().unwrap().to_owned();
+    wait_for(
+        "the sentinel account event",
+        Duration::from_secs(60),
+        || async {
+            let applied: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM account_events WHERE event_id = $1::uuid)",
+            )
+            .bind(&sentinel_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            check(applied, |a| *a)
+        },
+    )
+    .await;
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM account_events WHERE account_id = 'acct-life'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(applied, 5, "four distinct events and the sentinel");
     let row: (String, Option<i64>, Option<String>, Option<i64>, Option<String>, bool) = sqlx::query_as(
         "SELECT plan, seats, email_domain, company_size, device_id, signed_up_at IS NOT NULL FROM accounts WHERE account_id = 'acct-life'",
     )
@@ -83,19 +97,20 @@ async fn account_events_update_accounts_exactly_once() {
     assert!(!ip_hash.contains("203.0"));
 
     let ch = app.clickhouse();
-    let started = Instant::now();
-    loop {
-        let n: u64 = ch
-            .query("SELECT count() FROM account_events")
-            .fetch_one()
-            .await
-            .unwrap();
-        if n == 4 {
-            break;
-        }
-        assert!(n < 4, "ClickHouse history counts each event once, got {n}");
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let n = wait_for(
+        "five account events in ClickHouse",
+        Duration::from_secs(30),
+        || async {
+            let n: u64 = ch
+                .query("SELECT count() FROM account_events")
+                .fetch_one()
+                .await
+                .unwrap();
+            assert!(n <= 5, "ClickHouse history counts each event once, got {n}");
+            check(n, |n| *n == 5)
+        },
+    )
+    .await;
+    assert_eq!(n, 5);
     app.stop().await;
 }

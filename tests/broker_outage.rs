@@ -6,13 +6,13 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
 use meterline::services::Components;
 
-fn start_tansu(dir: &Path, port: u16) -> Child {
+async fn start_tansu(dir: &Path, port: u16) -> Child {
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new("tansu")
         .current_dir(dir)
@@ -29,14 +29,13 @@ fn start_tansu(dir: &Path, port: u16) -> Child {
         .stderr(std::fs::File::create(dir.join("tansu.log")).unwrap())
         .spawn()
         .expect("tansu on PATH (scripts/services.sh up installs it)");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "tansu did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("tansu to listen", Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
     child
 }
 
@@ -44,20 +43,11 @@ fn start_tansu(dir: &Path, port: u16) -> Child {
 async fn broker_down_gives_503_and_the_retry_counts_once() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut broker = start_tansu(dir.path(), port);
+    let mut broker = start_tansu(dir.path(), port).await;
     let mut config = isolated_config(&unique_suffix());
     config.kafka.brokers = format!("127.0.0.1:{port}");
     config.ingest.produce_timeout_ms = 2_000;
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            aggregator: true,
-            scorer: false,
-            notifier: false,
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest().aggregator()).await;
 
     let now = Utc::now();
     let first: Vec<_> = (0..20)
@@ -94,30 +84,47 @@ async fn broker_down_gives_503_and_the_retry_counts_once() {
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503, "not ready without a broker");
 
-    broker = start_tansu(dir.path(), port);
+    broker = start_tansu(dir.path(), port).await;
     // The gateway retries, honouring Retry-After, until it gets its 202.
-    let started = Instant::now();
-    loop {
-        let (status, body) = app.post_events(&retry_batch).await;
-        if status == 202 {
-            assert_eq!(body["accepted"], 30);
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "broker never came back: {body}"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    assert_eq!(
-        app.wait_for_raw_count(50, Duration::from_secs(90)).await,
-        50
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let body = wait_for(
+        "a 202 once the broker is back",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = app.post_events(&retry_batch).await;
+            if status == 202 {
+                return Ok(body);
+            }
+            assert_eq!(status, 503, "{body}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Err(body)
+        },
+    )
+    .await;
+    assert_eq!(body["accepted"], 30);
+    // A sentinel behind the retry in the account's partition: once it is in ClickHouse, so is
+    // anything the outage could have doubled.
+    let sentinel = usage_event("acct-o", now, "gpt-4o", 7, 1);
+    let (status, body) = app.post_events(std::slice::from_ref(&sentinel)).await;
+    assert_eq!(status, 202, "{body}");
     let ch = app.clickhouse();
+    let sentinel_id = sentinel["event_id"].as_str().unwrap().to_owned();
+    wait_for(
+        "the sentinel event in ClickHouse",
+        Duration::from_secs(90),
+        || async {
+            let n: u64 = ch
+                .query("SELECT count() FROM usage_events WHERE event_id = ?")
+                .bind(&sentinel_id)
+                .fetch_one()
+                .await
+                .unwrap();
+            check(n, |n| *n > 0)
+        },
+    )
+    .await;
     let (count, input): (u64, u64) = ch
-        .query("SELECT count(), sum(input_tokens) FROM usage_events")
+        .query("SELECT count(), sum(input_tokens) FROM usage_events WHERE event_id != ?")
+        .bind(&sentinel_id)
         .fetch_one()
         .await
         .unwrap();
@@ -127,31 +134,31 @@ async fn broker_down_gives_503_and_the_retry_counts_once() {
         .map(|e| e["input_tokens"].as_u64().unwrap())
         .sum();
     assert_eq!((count, input), (50, expected_input));
-    let mut redis = app.redis().await;
+    let redis = app.redis().await;
     let key = format!(
         "{}u:acct-o:M:{}",
         app.config.redis.key_prefix,
         now.format("%Y%m")
     );
-    // Redis is written just after ClickHouse; give the last batch a moment to land there.
-    let started = std::time::Instant::now();
-    loop {
-        let (req, tokens): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("req")
-            .arg("in")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        if (req, tokens) == (Some(50), Some(expected_input)) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{key}: got {req:?}/{tokens:?}, want 50/{expected_input}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Redis is written just after ClickHouse; give the last batch a moment to land there. The
+    // sentinel counts there too.
+    let want = (Some(51), Some(expected_input + 7));
+    wait_for(
+        &format!("{key} at {want:?}"),
+        Duration::from_secs(30),
+        || async {
+            let mut redis = redis.clone();
+            let got: (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+                .arg(&key)
+                .arg("req")
+                .arg("in")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            check(got, |g| *g == want)
+        },
+    )
+    .await;
 
     app.stop().await;
     broker.kill().ok();

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use common::*;
@@ -67,16 +67,33 @@ async fn post_usage(app: &TestApp, events: &[Value]) {
     }
 }
 
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !done().await {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Marks `accounts` for the scorer and waits until each is scored (and saved) again.
+async fn rescore(app: &TestApp, pool: &sqlx::PgPool, accounts: &[String]) {
+    let marked = Utc::now();
+    let mut redis = app.redis().await;
+    let _: () = redis::cmd("SADD")
+        .arg(format!("{}dirty", app.config.redis.key_prefix))
+        .arg(accounts)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    wait_for(
+        &format!("{} accounts scored again", accounts.len()),
+        Duration::from_secs(30),
+        || async {
+            let stale: Vec<String> = sqlx::query_scalar(
+                "SELECT a FROM unnest($1::text[]) AS a WHERE NOT EXISTS \
+                 (SELECT 1 FROM account_scores s WHERE s.account_id = a AND s.scored_at > $2)",
+            )
+            .bind(accounts)
+            .bind(marked)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            check(stale, |stale| stale.is_empty())
+        },
+    )
+    .await;
 }
 
 async fn pg_count(pool: &sqlx::PgPool, sql: &str) -> i64 {
@@ -91,16 +108,7 @@ async fn signups_after_the_start_are_assigned_deterministically_and_earlier_ones
         .free
         .limits
         .insert("month_requests".into(), 20.0);
-    let app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            aggregator: true,
-            scorer: false,
-            notifier: false,
-        },
-    )
-    .await;
+    let app = spawn_with(config, Components::none().ingest().aggregator()).await;
     let pool = app.pg().await;
     let now = Utc::now();
     let start = now - ChronoDuration::hours(1);
@@ -160,7 +168,8 @@ async fn signups_after_the_start_are_assigned_deterministically_and_earlier_ones
         "every account event applied",
         Duration::from_secs(30),
         || async {
-            pg_count(&pool, "SELECT count(*) FROM account_events").await == events.len() as i64
+            let n = pg_count(&pool, "SELECT count(*) FROM account_events").await;
+            check(n, |n| *n == events.len() as i64)
         },
     )
     .await;
@@ -206,11 +215,11 @@ async fn signups_after_the_start_are_assigned_deterministically_and_earlier_ones
     wait_for("experiment_assigned events in ClickHouse", Duration::from_secs(20), || {
         let ch = ch.clone();
         async move {
-            ch.query("SELECT count() FROM experiment_assignments_final WHERE experiment = 'signup-cohort'")
+            let n = ch.query("SELECT count() FROM experiment_assignments_final WHERE experiment = 'signup-cohort'")
                 .fetch_one::<u64>()
                 .await
-                .unwrap_or(0)
-                == 40
+                .unwrap_or(0);
+            check(n, |n| *n == 40)
         }
     })
     .await;
@@ -278,7 +287,7 @@ async fn signups_after_the_start_are_assigned_deterministically_and_earlier_ones
         Duration::from_secs(20),
         || {
             let u = usage(converted.clone());
-            async move { u.await["plan"] == "pro" }
+            async move { check(u.await, |u| u["plan"] == "pro") }
         },
     )
     .await;
@@ -301,7 +310,8 @@ async fn signups_after_the_start_are_assigned_deterministically_and_earlier_ones
         "the replayed signup applied",
         Duration::from_secs(20),
         || async {
-            pg_count(&pool, "SELECT count(*) FROM account_events").await == events.len() as i64 + 2
+            let n = pg_count(&pool, "SELECT count(*) FROM account_events").await;
+            check(n, |n| *n == events.len() as i64 + 2)
         },
     )
     .await;
@@ -589,16 +599,7 @@ async fn the_report_gives_the_generated_rates_exactly_with_intervals_tests_and_a
         .limits
         .insert("month_requests".into(), 20.0);
     config.scorer.interval_ms = 200;
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            aggregator: true,
-            scorer: true,
-            notifier: false,
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest().aggregator().scorer()).await;
     let pool = app.pg().await;
     let now = Utc::now();
     // Everything happens inside the last 45 minutes (the month's window), minute-aligned.
@@ -664,7 +665,8 @@ async fn the_report_gives_the_generated_rates_exactly_with_intervals_tests_and_a
         .collect();
     post_account_events(&app, &signups).await;
     wait_for("signups applied", Duration::from_secs(30), || async {
-        pg_count(&pool, "SELECT count(*) FROM experiment_assignments").await == 200
+        let n = pg_count(&pool, "SELECT count(*) FROM experiment_assignments").await;
+        check(n, |n| *n == 200)
     })
     .await;
     let mut usage = Vec::new();
@@ -691,11 +693,12 @@ async fn the_report_gives_the_generated_rates_exactly_with_intervals_tests_and_a
     wait_for("every hit recorded", Duration::from_secs(60), || {
         let ch = ch.clone();
         async move {
-            ch.query("SELECT count() FROM limit_events WHERE kind = 'hit'")
+            let n = ch
+                .query("SELECT count() FROM limit_events WHERE kind = 'hit'")
                 .fetch_one::<u64>()
                 .await
-                .unwrap_or(0)
-                >= expected_hits
+                .unwrap_or(0);
+            check(n, |n| *n >= expected_hits)
         }
     })
     .await;
@@ -748,13 +751,30 @@ async fn the_report_gives_the_generated_rates_exactly_with_intervals_tests_and_a
                     .fetch_one()
                     .await
                     .unwrap_or(0);
-                accounts == want && usage == total_usage
+                check((accounts, usage), |got| *got == (want, total_usage))
             }
         },
     )
     .await;
-    // Give the scorer a moment: it must not record hits for the converted accounts' pro usage.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The scorer must not record hits for the converted accounts' pro usage. Once everything
+    // is aggregated, they are scored again on their final state; then a sentinel account is
+    // scored after them. The scorer finishes a batch (its hits recorded) before the next, so
+    // by then every hit their usage could record is in.
+    let records = (signups.len() + usage.len() + later.len() + after_conversion.len()) as u64;
+    app.wait_for_aggregated(records, Duration::from_secs(60))
+        .await;
+    let converted: Vec<String> = plans
+        .iter()
+        .filter(|(_, p)| p.converts)
+        .map(|(a, _)| a.clone())
+        .collect();
+    rescore(&app, &pool, &converted).await;
+    let sentinel = plans
+        .iter()
+        .find(|(_, p)| !p.hits && !p.converts && !p.churns)
+        .map(|(a, _)| a.clone())
+        .unwrap();
+    rescore(&app, &pool, &[sentinel]).await;
 
     let experiment = store::get(&pool, "report-cohort").await.unwrap();
     let report = cohort_report::build(&ch, &experiment, Utc::now())

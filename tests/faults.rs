@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use common::proxy::FaultProxy;
@@ -94,15 +94,7 @@ async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
     let direct = config.clickhouse.clone();
     config.clickhouse.url = format!("http://{}", proxy.addr);
     config.aggregator.retry_max_backoff_ms = 500;
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            aggregator: true,
-            ..Components::NONE
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest().aggregator()).await;
     let ch = direct.client();
     let prefix = unique_suffix();
     let (batches, unique) = traffic(&prefix, 6_000, 20);
@@ -118,16 +110,31 @@ async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
             .await
             .unwrap()
     };
-    let started = Instant::now();
-    while count(ch.clone()).await == 0 {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the first events in ClickHouse",
+        Duration::from_secs(30),
+        || async { check(count(ch.clone()).await, |n| *n > 0) },
+    )
+    .await;
 
     proxy.take_down();
-    // Let the batch in flight fail, then hold the offsets and the count while it is down.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once a batch fails, the one before it is committed (commits are synchronous, before the
+    // next batch is read) and nothing is committed until ClickHouse is back.
+    let failures = || {
+        app.running
+            .as_ref()
+            .unwrap()
+            .aggregator_metrics
+            .batch_failures
+            .get()
+    };
+    let failures_before = failures();
+    wait_for("a batch that fails", Duration::from_secs(30), || async {
+        check(failures(), |n| *n > failures_before)
+    })
+    .await;
     let offsets_down = committed(&app.config);
+    let failures_down = failures();
     let stored_down = count(ch.clone()).await;
     for b in &batches[half..] {
         let (status, body) = app.post_events(b).await;
@@ -137,6 +144,13 @@ async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
         );
     }
     tokio::time::sleep(outage()).await;
+    // The aggregator is still at it, failing, when the offsets are read again.
+    wait_for(
+        "a failed retry after the offsets were read",
+        Duration::from_secs(30),
+        || async { check(failures(), |n| *n > failures_down) },
+    )
+    .await;
     assert_eq!(
         committed(&app.config),
         offsets_down,
@@ -145,28 +159,30 @@ async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
     assert_eq!(count(ch.clone()).await, stored_down);
 
     proxy.bring_up();
-    let started = Instant::now();
     let mut redis = app.redis().await;
     let redis_prefix = app.config.redis.key_prefix.clone();
-    loop {
-        let stored = count(ch.clone()).await;
-        let mut redis_total = 0;
-        for a in unique.keys() {
-            redis_total += day_requests(&mut redis, &redis_prefix, a).await;
-        }
-        if stored == total && redis_total == total {
-            break;
-        }
-        assert!(
-            stored <= total && redis_total <= total,
-            "counted twice: ClickHouse {stored}, Redis {redis_total}, unique {total}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "after the outage: ClickHouse {stored}, Redis {redis_total}, unique {total}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for(
+        &format!("{total} events in ClickHouse and Redis after the outage"),
+        Duration::from_secs(60),
+        || {
+            let (ch, mut redis) = (ch.clone(), redis.clone());
+            let (unique, redis_prefix) = (&unique, &redis_prefix);
+            async move {
+                let stored = count(ch).await;
+                let mut redis_total = 0;
+                for a in unique.keys() {
+                    redis_total += day_requests(&mut redis, redis_prefix, a).await;
+                }
+                assert!(
+                    stored <= total && redis_total <= total,
+                    "counted twice: ClickHouse {stored}, Redis {redis_total}, unique {total}"
+                );
+                let seen = (stored, redis_total);
+                check(seen, |s| *s == (total, total))
+            }
+        },
+    )
+    .await;
     for (a, n) in &unique {
         assert_eq!(day_requests(&mut redis, &redis_prefix, a).await, *n, "{a}");
     }
@@ -236,42 +252,39 @@ impl Stream {
 /// Posts a batch the way a gateway does: again, with the same event ids, until it gets a
 /// 202. Returns the unique events it holds once acknowledged.
 async fn post_until_acknowledged(app: &TestApp, batch: &[Value]) {
-    let started = Instant::now();
-    loop {
+    let body = Value::Array(batch.to_vec()).to_string();
+    wait_for("a 202 for the batch", Duration::from_secs(120), || async {
         let resp = app
             .http
             .post(app.url("/v1/events"))
             .bearer_auth(&app.token)
             .header("content-type", "application/json")
-            .body(Value::Array(batch.to_vec()).to_string())
+            .body(body.clone())
             .send()
             .await;
         match resp {
-            Ok(r) if r.status() == 202 => return,
-            Ok(r) if r.status() == 503 || r.status() == 429 => {}
+            Ok(r) if r.status() == 202 => Ok(()),
+            Ok(r) if r.status() == 503 || r.status() == 429 => Err(r.status().to_string()),
             Ok(r) => panic!(
                 "unexpected {}: {}",
                 r.status(),
                 r.text().await.unwrap_or_default()
             ),
-            Err(_) => {}
+            Err(e) => Err(e.to_string()),
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no 202 for two minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await
 }
 
 /// ClickHouse's raw count and the Redis month counters of the stream's accounts, once they
 /// reach `acked` (failing past `timeout`, or at once on a double count).
 async fn wait_for_exact_totals(app: &TestApp, stream: &Stream, acked: u64, timeout: Duration) {
     let ch = app.clickhouse();
-    let mut redis = app.redis().await;
+    let redis = app.redis().await;
     let month = Utc::now().format("%Y%m");
-    let started = Instant::now();
-    loop {
+    let what = format!("{acked} events in ClickHouse and Redis");
+    wait_for(&what, timeout, || async {
+        let mut redis = redis.clone();
         let stored: u64 = ch
             .query("SELECT count() FROM usage_events")
             .fetch_one()
@@ -293,33 +306,24 @@ async fn wait_for_exact_totals(app: &TestApp, stream: &Stream, acked: u64, timeo
             stored <= acked && in_redis <= acked,
             "counted twice: ClickHouse {stored}, Redis {in_redis}, acknowledged {acked}"
         );
-        if stored == acked && in_redis == acked {
-            let distinct: u64 = ch
-                .query("SELECT uniqExact(event_id) FROM usage_events")
-                .fetch_one()
-                .await
-                .unwrap();
-            assert_eq!(distinct, acked);
-            return;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "ClickHouse {stored}, Redis {in_redis}, acknowledged {acked}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        check((stored, in_redis), |s| *s == (acked, acked))
+    })
+    .await;
+    let distinct: u64 = ch
+        .query("SELECT uniqExact(event_id) FROM usage_events")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(distinct, acked);
 }
 
 /// An aggregator in its own process, in batches of 2,000 events; `instance` is its static group
 /// member id.
 fn spawn_aggregator(config: &meterline::Config, instance: &str) -> AggregatorProcess {
-    AggregatorProcess::spawn(
-        config,
-        &[
-            ("METERLINE_AGGREGATOR__INSTANCE_ID", instance),
-            ("METERLINE_AGGREGATOR__BATCH_MAX_EVENTS", "2000"),
-        ],
-    )
+    let mut config = config.clone();
+    config.aggregator.instance_id = instance.to_owned();
+    config.aggregator.batch_max_events = 2_000;
+    AggregatorProcess::spawn(&config)
 }
 
 /// The aggregator is killed with SIGKILL at random moments while events stream in; each time a
@@ -331,14 +335,7 @@ async fn aggregator_killed_at_random_moments_loses_nothing_and_counts_nothing_tw
     let events = env_or("FAULT_EVENTS", 40_000);
     let kills = env_or("FAULT_KILLS", 2);
     let config = isolated_config(&unique_suffix());
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            ..Components::NONE
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest()).await;
     let mut stream = Stream::new(events, 1_000);
     let mut acked = 0;
     let mut rng = rand::rngs::StdRng::seed_from_u64(events ^ kills);
@@ -404,17 +401,13 @@ fn start_tansu(dir: &std::path::Path, port: u16) -> std::process::Child {
 }
 
 async fn wait_for_port(port: u16) {
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "tansu did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("tansu to listen", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// The broker is restarted while gateways post. Its own tansu runs on SQLite storage, so data
@@ -428,15 +421,7 @@ async fn a_broker_restart_loses_no_acknowledged_event_and_counts_none_twice() {
     wait_for_port(port).await;
     let mut config = isolated_config(&unique_suffix());
     config.kafka.brokers = format!("127.0.0.1:{port}");
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            aggregator: true,
-            ..Components::NONE
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest().aggregator()).await;
     let events = env_or("FAULT_BROKER_EVENTS", 20_000);
     let mut stream = Stream::new(events, 200);
     let mut acked = 0;
@@ -478,14 +463,7 @@ async fn a_broker_restart_loses_no_acknowledged_event_and_counts_none_twice() {
 #[ignore = "tansu does not expire dead group members; needs Apache Kafka"]
 async fn one_of_two_aggregators_killed_the_other_takes_over() {
     let config = isolated_config(&unique_suffix());
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            ..Components::NONE
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest()).await;
     let _survivor = spawn_aggregator(&app.config, "aggregator-0");
     let mut victim = spawn_aggregator(&app.config, "aggregator-1");
     let events = env_or("FAULT_EVENTS", 40_000) / 2;

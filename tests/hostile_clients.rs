@@ -15,14 +15,7 @@ async fn app() -> TestApp {
     let mut config = isolated_config(&unique_suffix());
     config.ingest.header_read_timeout_ms = 1_000;
     config.ingest.body_read_timeout_ms = 1_000;
-    spawn_with(
-        config,
-        Components {
-            ingest: true,
-            ..Components::NONE
-        },
-    )
-    .await
+    spawn_with(config, Components::none().ingest()).await
 }
 
 /// Reads until the server closes the connection; returns what it said, or panics past `limit`.
@@ -150,14 +143,7 @@ async fn bodies_in_flight_are_bounded_and_the_rest_are_told_to_retry() {
     // Long enough that the holders still hold the budget after the first probe, whose produce
     // can take a second or more while the producer learns the topic.
     config.ingest.body_read_timeout_ms = 6_000;
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            ..Components::NONE
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest()).await;
 
     // Two clients announce full-size bodies and send one byte of each: together they hold the
     // whole budget.
@@ -171,35 +157,39 @@ async fn bodies_in_flight_are_bounded_and_the_rest_are_told_to_retry() {
         s.write_all(head.as_bytes()).await.unwrap();
         s
     };
-    let mut holders = vec![hold().await, hold().await];
+    let holders = vec![hold().await, hold().await];
     let event = || usage_event("acct-budget", chrono::Utc::now(), "gpt-4o", 10, 1);
 
     // A third, small request is told to come back, naming the limit.
-    let started = Instant::now();
-    let mut refused = None;
-    while started.elapsed() < Duration::from_secs(5) {
-        let (status, body) = app.post_events(&[event()]).await;
-        if status == 503 {
-            refused = Some(body);
-            break;
-        }
-        // A holder whose reservation met a probe's is refused at once (the probe held a
-        // share): it is answered while a holding one stays silent. Open such a one again.
-        for h in holders.iter_mut() {
-            let mut buf = [0u8; 512];
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(50), h.read(&mut buf)).await
-            {
-                assert!(
-                    n == 0 || buf.starts_with(b"HTTP/1.1 503"),
-                    "{}",
-                    String::from_utf8_lossy(&buf[..n])
-                );
-                *h = hold().await;
+    let holders = tokio::sync::Mutex::new(holders);
+    let body = wait_for(
+        "a request past the in-flight budget refused with 503",
+        Duration::from_secs(5),
+        || async {
+            let (status, body) = app.post_events(&[event()]).await;
+            if status == 503 {
+                return Ok(body);
             }
-        }
-    }
-    let body = refused.expect("a request past the in-flight budget is refused with 503");
+            // A holder whose reservation met a probe's is refused at once (the probe held a
+            // share): it is answered while a holding one stays silent. Open such a one again.
+            for h in holders.lock().await.iter_mut() {
+                let mut buf = [0u8; 512];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(50), h.read(&mut buf)).await
+                {
+                    assert!(
+                        n == 0 || buf.starts_with(b"HTTP/1.1 503"),
+                        "{}",
+                        String::from_utf8_lossy(&buf[..n])
+                    );
+                    *h = hold().await;
+                }
+            }
+            Err((status, body))
+        },
+    )
+    .await;
+    let holders = holders.into_inner();
     assert!(
         body.to_string().contains("ingest.max_inflight_body_bytes"),
         "{body}"

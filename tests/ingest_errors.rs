@@ -12,12 +12,7 @@ use serde_json::{json, Value};
 async fn bad_requests_get_clear_errors() {
     let mut app = spawn_with(
         isolated_config(&unique_suffix()),
-        Components {
-            ingest: true,
-            aggregator: false,
-            scorer: false,
-            notifier: false,
-        },
+        Components::none().ingest(),
     )
     .await;
     let now = Utc::now();

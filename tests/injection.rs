@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use meterline::services;
@@ -136,8 +136,7 @@ async fn injection_strings_are_stored_verbatim_or_refused() {
         assert_eq!((&r.model, &r.user_id), (&r.region, &r.region));
         assert_eq!(r.plugins, vec![r.region.clone()]);
     }
-    let started = Instant::now();
-    loop {
+    let (device, browser) = wait_for("the signup applied", Duration::from_secs(30), || async {
         let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
             "SELECT device_id, browser_signature FROM accounts WHERE account_id = $1",
         )
@@ -145,17 +144,11 @@ async fn injection_strings_are_stored_verbatim_or_refused() {
         .fetch_optional(&pool)
         .await
         .unwrap();
-        if let Some((device, browser)) = row {
-            assert_eq!(device.as_deref(), Some(NASTY[2]));
-            assert_eq!(browser.as_deref(), Some(NASTY[4]));
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "signup not applied"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        row.ok_or("no accounts row")
+    })
+    .await;
+    assert_eq!(device.as_deref(), Some(NASTY[2]));
+    assert_eq!(browser.as_deref(), Some(NASTY[4]));
     // Every table is still there.
     let (tokens,): (i64,) = sqlx::query_as("SELECT count(*) FROM api_tokens")
         .fetch_one(&pool)

@@ -6,11 +6,11 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use common::standin::{StandIn, HUBSPOT_TOKEN};
+use common::standin::{Recorded, StandIn, HUBSPOT_TOKEN};
 use common::*;
 use meterline::services::{self, Components, Running};
 use meterline::Config;
@@ -54,52 +54,70 @@ fn config(standin: &StandIn, data_dir: &std::path::Path) -> Config {
     c
 }
 
-/// The variables that give a child `meterline notify` the same configuration.
-fn notifier_env(c: &Config) -> Vec<(String, String)> {
-    let n = &c.notifier;
-    let mut env = config_env(c);
-    env.extend(
-        [
-            ("NOTIFIER__GROUP_ID", n.group_id.clone()),
-            ("NOTIFIER__DATA_DIR", n.data_dir.clone()),
-            ("NOTIFIER__POLL_INTERVAL_MS", n.poll_interval_ms.to_string()),
-            ("NOTIFIER__LEASE_MS", n.lease_ms.to_string()),
-            ("NOTIFIER__BACKOFF_BASE_MS", n.backoff_base_ms.to_string()),
-            ("NOTIFIER__BACKOFF_MAX_MS", n.backoff_max_ms.to_string()),
-            ("NOTIFIER__MAX_ATTEMPTS", n.max_attempts.to_string()),
-            ("NOTIFIER__SLACK__BASE_URL", n.slack.base_url.clone()),
-            (
-                "NOTIFIER__SLACK__WEBHOOKS__ENTERPRISE_INBOUND",
-                SLACK_DEALS.into(),
-            ),
-            (
-                "NOTIFIER__SLACK__WEBHOOKS__SALES_ASSIST",
-                SLACK_SALES.into(),
-            ),
-            (
-                "NOTIFIER__SLACK__WEBHOOKS__TRUST_AND_SAFETY",
-                SLACK_TNS.into(),
-            ),
-            ("NOTIFIER__HUBSPOT__BASE_URL", n.hubspot.base_url.clone()),
-            ("NOTIFIER__HUBSPOT__TOKEN", HUBSPOT_TOKEN.into()),
-            ("HTTP__NOTIFIER_LISTEN", c.http.notifier_listen.clone()),
-        ]
-        .map(|(k, v)| (format!("METERLINE_{k}"), v)),
-    );
-    env
-}
-
-fn notifier_only() -> Components {
-    Components {
-        notifier: true,
-        ..Components::NONE
-    }
-}
-
 async fn start(c: &Config, which: Components) -> Running {
     services::start(c, which, None, CancellationToken::new())
         .await
         .expect("components start")
+}
+
+/// A child process gets the test's configuration, every key of it (the credentials too, and
+/// keys no hand-kept list of variables named), and no `METERLINE_` variable of the test's own
+/// environment can change it: written, read back as the child reads it, it is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_process_gets_exactly_the_tests_configuration() {
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&standin, dir.path());
+    // Every section away from its default, with floats, maps and lists among the changes.
+    c.notifier.request_timeout_ms = 1_234;
+    c.kafka
+        .properties
+        .insert("client.id".into(), "round-trip".into());
+    c.schema_registry.url = "http://127.0.0.1:1".into();
+    c.quota.input_weight = 0.875;
+    c.quota.model_weights.insert("tiny-model".into(), 0.125);
+    c.tiers.free.weight_multiplier = 0.75;
+    c.tiers.free.allowed_models.push("tiny-model".into());
+    c.scorer.interval_ms = 321;
+    c.ingest.max_events = 77;
+    c.aggregator.instance_id = "aggregator-7".into();
+    let defaults = config_table(&Config::default());
+    let ours = config_table(&c);
+    let unchanged: Vec<&String> = defaults
+        .keys()
+        .filter(|k| defaults[*k] == ours[*k])
+        .collect();
+    assert!(
+        unchanged.is_empty(),
+        "sections left at their defaults: {unchanged:?}"
+    );
+
+    let file = ConfigFile::write(&c);
+    let text = std::fs::read_to_string(file.path()).unwrap();
+    assert!(
+        text.contains(HUBSPOT_TOKEN) && text.contains(SLACK_DEALS),
+        "the credentials themselves, not their redacted form: {text}"
+    );
+    let cmd = file.command();
+    let passed: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, _)| k.to_str())
+        .filter(|k| k.starts_with("METERLINE_") && *k != "METERLINE_LOG_FORMAT")
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        passed.is_empty(),
+        "variables that would override the file: {passed:?}"
+    );
+    let child = file.load_as_child(&cmd);
+    let (child, ours) = (config_table(&child), config_table(&c));
+    let differing: Vec<String> = ours
+        .keys()
+        .chain(child.keys())
+        .filter(|k| ours.get(*k) != child.get(*k))
+        .map(|k| format!("{k}: test {:?}, child {:?}", ours.get(k), child.get(k)))
+        .collect();
+    assert!(differing.is_empty(), "{differing:#?}");
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -205,6 +223,68 @@ async fn statuses(pool: &sqlx::PgPool, account: &str) -> Vec<(String, String)> {
     .unwrap()
 }
 
+/// A sentinel signal: a key-sharing alert about an account of its own, put on the topic
+/// behind the records under test, with their key (so in their partition, read after them).
+/// Once its alert is sent and nothing else is waiting in the outbox, the notifier has decided on
+/// every record before it and sent all it is going to: what has not happened by then will not.
+struct Sentinel {
+    account: String,
+}
+
+impl Sentinel {
+    async fn publish(c: &Config, pool: &sqlx::PgPool, key: &str) -> Sentinel {
+        let account = format!("sentinel-{}", unique_suffix());
+        add_account(pool, &account, "free", 1, "sentinel.example").await;
+        let s = signal(
+            &account,
+            "key_sharing",
+            "sentinel",
+            Utc::now(),
+            "free",
+            0,
+            60,
+            &["the sentinel"],
+            json!({}),
+        );
+        publish(c, &encode(c, &[s]).await, key).await;
+        Sentinel { account }
+    }
+
+    /// Waits until the sentinel's notification is sent and every notification is settled
+    /// (sent, dead or unconfirmed: none pending or being sent).
+    async fn wait_sent(&self, pool: &sqlx::PgPool) {
+        wait_for(
+            "the sentinel sent and the outbox settled",
+            Duration::from_secs(30),
+            || async {
+                let rows: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT account_id, destination, status FROM notifications ORDER BY id",
+                )
+                .fetch_all(pool)
+                .await
+                .unwrap();
+                check(rows, |rows| {
+                    rows.iter()
+                        .any(|(a, _, s)| *a == self.account && s == "sent")
+                        && rows
+                            .iter()
+                            .all(|(_, _, s)| ["sent", "dead", "unconfirmed"].contains(&s.as_str()))
+                })
+            },
+        )
+        .await;
+    }
+
+    /// The requests that are not the sentinel's alert.
+    fn others(&self, requests: &[Recorded]) -> Vec<Recorded> {
+        requests
+            .iter()
+            .filter(|r| !r.body.to_string().contains(&self.account))
+            .cloned()
+            .collect()
+    }
+}
+
 /// A stand-in, an isolated configuration (adjusted by `tweak`), migrated, and one free account
 /// with 5 seats and the email domain `<prefix>.example`.
 struct Fixture {
@@ -273,7 +353,7 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
     records.push(b"not an avro record".to_vec());
     publish(&c, &records, &acct).await;
 
-    let running = start(&c, notifier_only()).await;
+    let running = start(&c, Components::none().notifier()).await;
     standin
         .wait_until(
             Duration::from_secs(20),
@@ -407,17 +487,14 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
     );
 
     // The undecodable record (the last one on the topic) is kept with its reason, not dropped.
-    let started = Instant::now();
-    let rejected: Vec<(String,)> = loop {
+    let rejected = wait_for("the rejected record", Duration::from_secs(20), || async {
         let rows: Vec<(String,)> = sqlx::query_as("SELECT reason FROM notifier_rejected_signals")
             .fetch_all(&pool)
             .await
             .unwrap();
-        if !rows.is_empty() || started.elapsed() > Duration::from_secs(20) {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        check(rows, |r| !r.is_empty())
+    })
+    .await;
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(rejected[0].0.contains("magic"), "{rejected:?}");
 
@@ -463,11 +540,12 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
         .to_string()
         .contains("*Deal readiness*\\n95/100"));
 
-    // Settle, then: one deal, two deal alerts (75 and 95), one T&S alert, nothing else.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Then: one deal, two deal alerts (75 and 95), one T&S alert, nothing else.
+    let sentinel = Sentinel::publish(&c, &pool, &acct).await;
+    sentinel.wait_sent(&pool).await;
     assert_eq!(standin.deal_creates().len(), 1);
     assert_eq!(standin.deals().len(), 1);
-    assert_eq!(standin.slack_posts().len(), 3);
+    assert_eq!(sentinel.others(&standin.slack_posts()).len(), 3);
     assert_eq!(
         statuses(&pool, &acct).await,
         [
@@ -487,7 +565,7 @@ async fn hubspot_rate_limit_is_waited_out_then_one_deal_is_made() {
     let (standin, c, pool, acct) = (&f.standin, &f.c, f.pool.clone(), &f.acct);
     standin.set(|s| s.hubspot_faults.push_back((429, Some(2))));
     f.publish_deal(75).await;
-    let running = start(c, notifier_only()).await;
+    let running = start(c, Components::none().notifier()).await;
     standin
         .wait_until(Duration::from_secs(20), "the deal", |s| {
             s.deal_creates().len() == 1
@@ -501,8 +579,7 @@ async fn hubspot_rate_limit_is_waited_out_then_one_deal_is_made() {
         hs[1].at.duration_since(hs[0].at)
     );
     // The outcome is recorded just after the send: wait for it.
-    let started = Instant::now();
-    let attempts = loop {
+    let (attempts,) = wait_for("the deal recorded as sent", Duration::from_secs(20), || async {
         let row: Option<(i32,)> = sqlx::query_as(
             "SELECT attempts FROM notifications WHERE account_id = $1 AND destination = 'hubspot' AND status = 'sent'",
         )
@@ -510,15 +587,9 @@ async fn hubspot_rate_limit_is_waited_out_then_one_deal_is_made() {
         .fetch_optional(&pool)
         .await
         .unwrap();
-        if let Some((a,)) = row {
-            break a;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "never recorded as sent"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        row.ok_or(statuses(&pool, acct).await)
+    })
+    .await;
     assert_eq!(standin.deals().len(), 1);
     assert_eq!(attempts, 1, "a 429 is pacing, not a failed attempt");
     running.stop().await.unwrap();
@@ -530,36 +601,29 @@ async fn hubspot_failing_until_attempts_run_out_is_dead_lettered_then_retried() 
     let (standin, c, pool, acct) = (&f.standin, &f.c, f.pool.clone(), &f.acct);
     standin.set(|s| s.hubspot_down = Some(500));
     f.publish_deal(75).await;
-    let running = start(c, notifier_only()).await;
+    let running = start(c, Components::none().notifier()).await;
 
-    let started = Instant::now();
-    loop {
-        let dead: Vec<(i64, i32, Option<String>)> = sqlx::query_as(
+    let (_, attempts, error) = wait_for("the deal dead-lettered", Duration::from_secs(20), || async {
+        let dead: Option<(i64, i32, Option<String>)> = sqlx::query_as(
             "SELECT id, attempts, last_error FROM notifications WHERE account_id = $1 AND status = 'dead'",
         )
         .bind(acct)
-        .fetch_all(&pool)
+        .fetch_optional(&pool)
         .await
         .unwrap();
-        if let Some((_, attempts, error)) = dead.first() {
-            assert_eq!(*attempts, 3);
-            assert!(error.as_deref().unwrap().contains("HTTP 500"), "{error:?}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "never dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        dead.ok_or(statuses(&pool, acct).await)
+    })
+    .await;
+    assert_eq!(attempts, 3);
+    assert!(error.as_deref().unwrap().contains("HTTP 500"), "{error:?}");
     let tries = standin.hubspot_requests().len();
     assert_eq!(tries, 3, "one request per attempt (the first call fails)");
 
     // A person lists it and retries it with the CLI once HubSpot is back.
-    let bin = env!("CARGO_BIN_EXE_meterline");
-    let list = Command::new(bin)
+    let config_file = ConfigFile::write(c);
+    let list = config_file
+        .command()
         .args(["notifications", "list", "--status", "dead"])
-        .envs(notifier_env(c))
         .output()
         .unwrap();
     assert!(
@@ -574,9 +638,9 @@ async fn hubspot_failing_until_attempts_run_out_is_dead_lettered_then_retried() 
     );
     assert!(!table.contains(HUBSPOT_TOKEN), "credentials never printed");
     standin.set(|s| s.hubspot_down = None);
-    let retry = Command::new(bin)
+    let retry = config_file
+        .command()
         .args(["notifications", "retry", "--all-dead"])
-        .envs(notifier_env(c))
         .output()
         .unwrap();
     assert!(
@@ -590,20 +654,23 @@ async fn hubspot_failing_until_attempts_run_out_is_dead_lettered_then_retried() 
             s.deal_creates().len() == 1
         })
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sentinel = Sentinel::publish(c, &pool, acct).await;
+    sentinel.wait_sent(&pool).await;
     assert_eq!(standin.deals().len(), 1);
+    assert_eq!(standin.deal_creates().len(), 1);
     running.stop().await.unwrap();
 }
 
 struct Notifier {
     child: Child,
+    _config: ConfigFile,
 }
 
 impl Notifier {
     fn spawn(c: &Config, failpoint: bool) -> Notifier {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meterline"));
+        let file = ConfigFile::write(c);
+        let mut cmd = file.command();
         cmd.arg("notify")
-            .envs(notifier_env(c))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -612,32 +679,31 @@ impl Notifier {
         }
         Notifier {
             child: cmd.spawn().unwrap(),
+            _config: file,
         }
     }
 
     /// Waits for the process to abort at the failpoint; anything else is a failure, with the
     /// process's own words.
-    fn wait_abort(&mut self, timeout: Duration) {
-        let started = Instant::now();
-        while started.elapsed() < timeout {
-            if self.child.try_wait().unwrap().is_some() {
-                let mut err = String::new();
-                use std::io::Read;
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                assert!(
-                    err.contains("failpoint notifier-after-send: aborting"),
-                    "the notifier ended otherwise: {err}"
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the notifier did not reach the failpoint in {timeout:?}");
+    async fn wait_abort(&mut self, timeout: Duration) {
+        let child = &mut self.child;
+        wait_for("the notifier to reach the failpoint", timeout, || {
+            let ended = child.try_wait().unwrap().ok_or("still running");
+            async move { ended }
+        })
+        .await;
+        let mut err = String::new();
+        use std::io::Read;
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            err.contains("failpoint notifier-after-send: aborting"),
+            "the notifier ended otherwise: {err}"
+        );
     }
 }
 
@@ -658,26 +724,29 @@ async fn killed_between_send_and_bookkeeping_still_one_deal_and_one_message() {
     // run finishes the work.
     for run in 1..=2 {
         let mut n = Notifier::spawn(c, true);
-        n.wait_abort(Duration::from_secs(30));
+        n.wait_abort(Duration::from_secs(30)).await;
         let sent = standin.slack_posts().len() + standin.deal_creates().len();
         assert!(sent >= 1, "run {run} died without sending");
     }
     let _clean = Notifier::spawn(c, false);
-    let started = Instant::now();
-    loop {
-        let s = statuses(&pool, acct).await;
-        let settled = s.len() == 2 && s.iter().all(|(_, st)| st == "sent" || st == "unconfirmed");
-        if settled {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "not settled: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(standin.slack_posts().len(), 1, "exactly one Slack message");
+    wait_for(
+        "both notifications settled",
+        Duration::from_secs(30),
+        || async {
+            let s = statuses(&pool, acct).await;
+            check(s, |s| {
+                s.len() == 2 && s.iter().all(|(_, st)| st == "sent" || st == "unconfirmed")
+            })
+        },
+    )
+    .await;
+    let sentinel = Sentinel::publish(c, &pool, acct).await;
+    sentinel.wait_sent(&pool).await;
+    assert_eq!(
+        sentinel.others(&standin.slack_posts()).len(),
+        1,
+        "exactly one Slack message"
+    );
     assert_eq!(standin.deal_creates().len(), 1, "exactly one deal created");
     assert_eq!(standin.deals().len(), 1);
     // The HubSpot side is idempotent and finished; the Slack side, if its sender died, waits for
@@ -694,7 +763,7 @@ async fn killed_between_send_and_bookkeeping_still_one_deal_and_one_message() {
         .wait_until(
             Duration::from_secs(30),
             "the alert after the restart",
-            |s| s.slack_posts().len() == 2,
+            |s| sentinel.others(&s.slack_posts()).len() == 2,
         )
         .await;
 }
@@ -706,12 +775,7 @@ async fn one_notice_per_seven_days_and_its_clicks_are_recorded() {
     let c = config(&standin, dir.path());
     let app = spawn_with(
         c.clone(),
-        Components {
-            ingest: true,
-            aggregator: true,
-            notifier: true,
-            ..Components::NONE
-        },
+        Components::none().ingest().aggregator().notifier(),
     )
     .await;
     let pool = app.pg().await;
@@ -747,8 +811,12 @@ async fn one_notice_per_seven_days_and_its_clicks_are_recorded() {
         suggestion(&apart, "power_user", base + ChronoDuration::days(8)),
     ];
     publish(&c, &encode(&c, &signals).await, "k").await;
+    // A sentinel suggestion behind them in their partition: once its notice is written, the
+    // notifier has decided on all four.
+    let sentinel = format!("sentinel-{}", unique_suffix());
+    let after = [suggestion(&sentinel, "power_user", now)];
+    publish(&c, &encode(&c, &after).await, "k").await;
 
-    let started = Instant::now();
     let count = |account: String| {
         let pool = pool.clone();
         async move {
@@ -761,14 +829,10 @@ async fn one_notice_per_seven_days_and_its_clicks_are_recorded() {
             n
         }
     };
-    while count(apart.clone()).await < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "notices not written"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for("the sentinel's notice", Duration::from_secs(20), || async {
+        check(count(sentinel.clone()).await, |n| *n == 1)
+    })
+    .await;
     assert_eq!(
         count(close.clone()).await,
         1,
@@ -840,27 +904,24 @@ async fn one_notice_per_seven_days_and_its_clicks_are_recorded() {
     );
 
     // Both events went through Kafka and the aggregator, naming the notice.
-    let started = Instant::now();
-    loop {
-        let rows: Vec<(String, Value)> = sqlx::query_as(
+    let rows = wait_for(
+        "the notice events applied",
+        Duration::from_secs(20),
+        || async {
+            let rows: Vec<(String, Value)> = sqlx::query_as(
             "SELECT type, payload FROM account_events WHERE account_id = $1 ORDER BY occurred_at",
         )
         .bind(&apart)
         .fetch_all(&pool)
         .await
         .unwrap();
-        if rows.len() == 2 {
-            assert_eq!(rows[0].0, "notice_shown");
-            assert_eq!(rows[1].0, "notice_clicked");
-            assert_eq!(rows[1].1["notice_id"], notice_id.as_str());
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "notice events not applied: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            check(rows, |r| r.len() == 2)
+        },
+    )
+    .await;
+    assert_eq!(rows[0].0, "notice_shown");
+    assert_eq!(rows[1].0, "notice_clicked");
+    assert_eq!(rows[1].1["notice_id"], notice_id.as_str());
     let ch_ids: Vec<String> = app
         .clickhouse()
         .query("SELECT notice_id FROM account_events WHERE account_id = ? ORDER BY occurred_at")
@@ -888,21 +949,18 @@ async fn with_nothing_configured_messages_go_to_the_local_sink() {
     let (standin, c, acct) = (&f.standin, &f.c, &f.acct);
     let dir = std::path::PathBuf::from(&c.notifier.data_dir);
     f.publish_deal(75).await;
-    let running = start(c, notifier_only()).await;
-    let started = Instant::now();
-    let files = loop {
-        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        if files.len() == 2 {
-            break files;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "files: {files:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let running = start(c, Components::none().notifier()).await;
+    let files = wait_for(
+        "two files in the local sink",
+        Duration::from_secs(20),
+        || async {
+            let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            check(files, |f| f.len() == 2)
+        },
+    )
+    .await;
     let docs: Vec<Value> = files
         .iter()
         .map(|f| serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap())
@@ -932,18 +990,12 @@ async fn deal_score(pool: &sqlx::PgPool, account: &str) -> Option<i32> {
 }
 
 async fn wait_for_score(pool: &sqlx::PgPool, account: &str, want: i32) {
-    let started = Instant::now();
-    loop {
-        let got = deal_score(pool, account).await;
-        if got == Some(want) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "deal readiness of {account} is {got:?}, waiting for {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        &format!("deal readiness {want} for {account}"),
+        Duration::from_secs(60),
+        || async { check(deal_score(pool, account).await, |got| *got == Some(want)) },
+    )
+    .await;
 }
 
 /// Real traffic through ingest, the aggregator and the scorer: the event that takes an account
@@ -955,7 +1007,7 @@ async fn a_deal_ready_crossing_reaches_slack_and_hubspot_within_ten_seconds_once
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&standin, dir.path());
     c.scorer.interval_ms = 200;
-    let mut app = spawn_with(c.clone(), Components::ALL).await;
+    let mut app = spawn_with(c.clone(), Components::all()).await;
     let pool = app.pg().await;
     let acct = format!("bigco-{}", unique_suffix());
     let now = Utc::now();
@@ -1055,7 +1107,35 @@ async fn a_deal_ready_crossing_reaches_slack_and_hubspot_within_ten_seconds_once
         .await;
     assert_eq!(status, 202);
     wait_for_score(&pool, &acct, 75).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Whatever that scoring raised is on the topic once a later scoring of the account is saved
+    // (a pass raises its signals before the next pass starts): one more event that leaves
+    // every score as it is brings one. Then a sentinel signal behind it in its partition.
+    let (scored_at,): (DateTime<Utc>,) =
+        sqlx::query_as("SELECT scored_at FROM account_scores WHERE account_id = $1")
+            .bind(&acct)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let mut unchanged = usage_event(&acct, Utc::now(), "gpt-4o", 1, 0);
+    unchanged["region"] = json!("us-east-1");
+    unchanged["user_id"] = json!("u0");
+    let (status, body) = app.post_events(&[unchanged]).await;
+    assert_eq!(status, 202, "{body}");
+    wait_for("a later scoring", Duration::from_secs(30), || async {
+        let (later, score): (bool, i32) = sqlx::query_as(
+            "SELECT scored_at > $2, deal_readiness FROM account_scores WHERE account_id = $1",
+        )
+        .bind(&acct)
+        .bind(scored_at)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        check((later, score), |(later, _)| *later)
+    })
+    .await;
+    assert_eq!(deal_score(&pool, &acct).await, Some(75));
+    let sentinel = Sentinel::publish(&c, &pool, &acct).await;
+    sentinel.wait_sent(&pool).await;
     assert_eq!(
         standin
             .slack_posts()
@@ -1096,7 +1176,7 @@ async fn a_postgres_outage_with_pending_notifications_delivers_each_once() {
     let mut signals = vec![deal_signal(&f.acct, 75, Utc::now())];
     signals.extend(others.iter().map(|a| deal_signal(a, 75, Utc::now())));
     publish(c, &encode(c, &signals).await, &f.acct).await;
-    let running = start(c, notifier_only()).await;
+    let running = start(c, Components::none().notifier()).await;
     standin
         .wait_until(
             Duration::from_secs(30),
@@ -1121,23 +1201,24 @@ async fn a_postgres_outage_with_pending_notifications_delivers_each_once() {
             s.slack_posts().len() == 3
         })
         .await;
-    let started = Instant::now();
-    let rows = loop {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT destination, status FROM notifications ORDER BY id")
-                .fetch_all(&f.pool)
-                .await
-                .unwrap();
-        if rows.iter().all(|(_, s)| s == "sent") || started.elapsed() > Duration::from_secs(20) {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // Nothing more arrives afterwards: a sentinel behind the signals is sent, and nothing else
+    // is waiting.
+    let sentinel = Sentinel::publish(c, &f.pool, &f.acct).await;
+    sentinel.wait_sent(&f.pool).await;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT destination, status FROM notifications WHERE account_id <> $1 ORDER BY id",
+    )
+    .bind(&sentinel.account)
+    .fetch_all(&f.pool)
+    .await
+    .unwrap();
     assert_eq!(rows.len(), 6);
     assert!(rows.iter().all(|(_, s)| s == "sent"), "{rows:?}");
-    // Nothing more arrives afterwards.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(standin.slack_posts().len(), 3, "one alert per account");
+    assert_eq!(
+        sentinel.others(&standin.slack_posts()).len(),
+        3,
+        "one alert per account"
+    );
     assert_eq!(standin.deal_creates().len(), 3, "one deal per account");
     running.stop().await.unwrap();
 }
@@ -1151,14 +1232,13 @@ async fn a_full_run_logs_no_secret_and_no_client_ip() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("run.log");
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meterline"))
+    let mut run = c.clone();
+    run.http.listen = format!("127.0.0.1:{port}");
+    run.http.aggregator_listen = format!("127.0.0.1:{}", free_port());
+    let run_config = ConfigFile::write(&run);
+    let mut child = run_config
+        .command()
         .arg("run")
-        .envs(notifier_env(c))
-        .env("METERLINE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "METERLINE_HTTP__AGGREGATOR_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
@@ -1174,14 +1254,18 @@ async fn a_full_run_logs_no_secret_and_no_client_ip() {
         .unwrap();
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while http.get(format!("{url}/readyz")).send().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "meterline run did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(
+        "meterline run to answer",
+        Duration::from_secs(30),
+        || async {
+            http.get(format!("{url}/readyz"))
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
     let client_ip = "203.0.113.77";
     let mut e = usage_event(&f.acct, Utc::now(), "gpt-4o", 100, 10);
     e["client_ip"] = client_ip.into();
@@ -1211,7 +1295,12 @@ async fn a_full_run_logs_no_secret_and_no_client_ip() {
             |s| s.slack_posts().len() == 1 && s.deal_creates().len() == 1,
         )
         .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The sends' outcomes are logged after the stand-in answered: the last lines of the run.
+    wait_for("both sends logged", Duration::from_secs(30), || async {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        check(log.matches("notification sent").count(), |n| *n >= 2)
+    })
+    .await;
     child.kill().ok();
     child.wait().ok();
     let log = std::fs::read_to_string(&log_path).unwrap();

@@ -13,12 +13,7 @@ use serde_json::Value;
 async fn the_openapi_document_matches_the_routes() {
     let mut app = spawn_with(
         isolated_config(&unique_suffix()),
-        Components {
-            ingest: true,
-            aggregator: false,
-            scorer: false,
-            notifier: false,
-        },
+        Components::none().ingest(),
     )
     .await;
     let resp = app.http.get(app.url("/openapi.json")).send().await.unwrap();

@@ -169,24 +169,64 @@ async fn post_all(app: &TestApp, traffic: &Traffic, batches: std::ops::Range<usi
     }
 }
 
+/// The gateway id of the sentinel events [`assert_totals`] sends.
+const SENTINEL_GATEWAY: &str = "gw-sentinel";
+
 async fn assert_totals(app: &TestApp, traffic: &Traffic) {
-    let unique = traffic.unique_valid.len() as u64;
-    let got = app
-        .wait_for_raw_count(unique, Duration::from_secs(120))
-        .await;
-    assert_eq!(
-        got, unique,
-        "ClickHouse raw count equals the unique valid events"
-    );
-    // Give a duplicate insert, if there were one, the chance to show up.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A sentinel per account, behind all of its traffic in its partition: once every sentinel
+    // is in ClickHouse, so is every copy of the traffic the aggregator will ever write, and a
+    // duplicate insert would be there to count. The sentinels add up with the traffic.
+    let accounts: BTreeSet<&str> = traffic
+        .unique_valid
+        .iter()
+        .map(|e| e["account_id"].as_str().unwrap())
+        .collect();
+    let sentinels: Vec<Value> = accounts
+        .iter()
+        .map(|a| {
+            let mut e = usage_event(a, Utc::now(), "gpt-4o", 1, 1);
+            e["gateway_id"] = SENTINEL_GATEWAY.into();
+            e
+        })
+        .collect();
+    let (status, body) = app.post_events(&sentinels).await;
+    assert_eq!(status, 202, "{body}");
+    let traffic = &Traffic {
+        batches: Vec::new(),
+        invalid: Vec::new(),
+        unique_valid: traffic
+            .unique_valid
+            .iter()
+            .chain(&sentinels)
+            .cloned()
+            .collect(),
+    };
     let ch = app.clickhouse();
+    let n = sentinels.len() as u64;
+    wait_for(
+        &format!("the {n} sentinel events in ClickHouse"),
+        Duration::from_secs(120),
+        || async {
+            let got: u64 = ch
+                .query("SELECT count() FROM usage_events WHERE gateway_id = ?")
+                .bind(SENTINEL_GATEWAY)
+                .fetch_one()
+                .await
+                .unwrap();
+            check(got, |got| *got == n)
+        },
+    )
+    .await;
+    let unique = traffic.unique_valid.len() as u64;
     let raw: u64 = ch
         .query("SELECT count() FROM usage_events")
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!(raw, unique);
+    assert_eq!(
+        raw, unique,
+        "ClickHouse raw count equals the unique valid events"
+    );
     let distinct: u64 = ch
         .query("SELECT uniqExact(event_id) FROM usage_events")
         .fetch_one()
@@ -229,20 +269,20 @@ async fn assert_totals(app: &TestApp, traffic: &Traffic) {
 
     // Redis is written after ClickHouse (see aggregator/src/batch.rs), so the last batch can
     // still be on its way there: wait for it, then require every key to be exact.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_for("exact Redis counters", Duration::from_secs(60), || async {
         let mismatches = redis_mismatches(app, traffic).await;
-        if mismatches.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} Redis keys differ after 60 s, e.g. {:?}",
+        let described = format!(
+            "{} keys differ, e.g. {:?}",
             mismatches.len(),
             &mismatches[..mismatches.len().min(5)]
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        if mismatches.is_empty() {
+            Ok(())
+        } else {
+            Err(described)
+        }
+    })
+    .await;
 }
 
 /// Every Redis key whose counters differ from what the traffic adds up to, described.
@@ -370,19 +410,10 @@ async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twic
     // Small batches so the kill lands between many writes.
     config.aggregator.batch_max_events = 700;
     config.aggregator.batch_max_wait_ms = 20;
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            aggregator: false,
-            scorer: false,
-            notifier: false,
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest()).await;
     let traffic = generate(11, &unique_suffix());
     let n = traffic.batches.len();
-    let mut first = AggregatorProcess::spawn(&app.config, &[]);
+    let mut first = AggregatorProcess::spawn(&app.config);
     post_all(&app, &traffic, 0..n / 2).await;
     // Wait until the first aggregator is visibly mid-way, then kill it hard.
     let _ = app.wait_for_raw_count(2_000, Duration::from_secs(60)).await;
@@ -395,7 +426,7 @@ async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twic
         first.kill();
     };
     tokio::join!(post_rest, killer);
-    let second = AggregatorProcess::spawn(&app.config, &[]);
+    let second = AggregatorProcess::spawn(&app.config);
     assert_totals(&app, &traffic).await;
     drop(second);
     app.stop().await;
@@ -406,55 +437,35 @@ async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_aggregators_split_the_partitions_and_the_totals_are_exact() {
     let config = isolated_config(&unique_suffix());
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            ..Components::NONE
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest()).await;
     let children: Vec<AggregatorProcess> = (0..2)
         .map(|i| {
-            let instance = format!("aggregator-{i}");
-            AggregatorProcess::spawn(
-                &app.config,
-                &[("METERLINE_AGGREGATOR__INSTANCE_ID", &instance)],
-            )
+            let mut config = app.config.clone();
+            config.aggregator.instance_id = format!("aggregator-{i}");
+            AggregatorProcess::spawn(&config)
         })
         .collect();
     let metric_urls: Vec<String> = children.iter().map(|c| c.metrics_url.clone()).collect();
     // Both must hold partitions before the traffic comes, or the first could read it all; and
     // every partition of both topics has exactly one owner.
-    let started = std::time::Instant::now();
-    loop {
-        let mut assigned = Vec::new();
-        for url in &metric_urls {
-            let text = match app.http.get(url).send().await {
-                Ok(resp) => resp.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            };
-            let partitions: f64 = text
-                .lines()
-                .find_map(|l| l.strip_prefix("meterline_aggregator_assigned_partitions "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0.0);
-            assigned.push(partitions);
-        }
-        if assigned.iter().all(|a| *a > 0.0) {
-            assert_eq!(
-                assigned.iter().sum::<f64>() as i64,
-                2 * i64::from(app.config.kafka.partitions),
-                "every partition of both topics has exactly one owner: {assigned:?}"
-            );
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "the group never gave both aggregators partitions: {assigned:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let assigned = wait_for(
+        "partitions for both aggregators",
+        Duration::from_secs(90),
+        || async {
+            let mut assigned = Vec::new();
+            for url in &metric_urls {
+                assigned
+                    .push(metric(&app.http, url, "meterline_aggregator_assigned_partitions").await);
+            }
+            check(assigned, |a| a.iter().all(|a| *a > 0.0))
+        },
+    )
+    .await;
+    assert_eq!(
+        assigned.iter().sum::<f64>() as i64,
+        2 * i64::from(app.config.kafka.partitions),
+        "every partition of both topics has exactly one owner: {assigned:?}"
+    );
     let traffic = generate(13, &unique_suffix());
     post_all(&app, &traffic, 0..traffic.batches.len()).await;
     assert_totals(&app, &traffic).await;

@@ -15,14 +15,7 @@ async fn a_token_over_its_rate_gets_429_with_retry_after() {
     let mut config = isolated_config(&unique_suffix());
     config.ingest.rate_limit_events_per_sec = 100;
     config.ingest.rate_limit_burst_events = 1_000;
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            ..Components::NONE
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest()).await;
     let batch = |n: usize| -> Vec<Value> {
         (0..n)
             .map(|i| {

@@ -94,16 +94,7 @@ async fn spawn_read_app() -> ReadApp {
         tokio::time::sleep(wait).await;
     }
     let config = test_config();
-    let app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            aggregator: false,
-            scorer: false,
-            notifier: false,
-        },
-    )
-    .await;
+    let app = spawn_with(config, Components::none().ingest()).await;
     let pool = app.pg().await;
     let read_token = services::token_store(&app.config, &pool)
         .create(&format!("reader-{}", unique_suffix()), &[Scope::Read], None)
@@ -435,16 +426,16 @@ async fn models_plans_rate_and_abuse() {
     let (_, body) = r.check(req(&account, "big")).await;
     assert_eq!(body["decision"], "degrade");
     r.set_plan(&account, "pro").await;
-    let started = std::time::Instant::now();
-    loop {
-        let (_, body) = r.check(req(&account, "big")).await;
-        if body["decision"] == "allow" {
-            assert_eq!(body["plan"], "pro");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = wait_for(
+        "the plan change in the cache",
+        Duration::from_secs(5),
+        || async {
+            let (_, body) = r.check(req(&account, "big")).await;
+            check(body, |b| b["decision"] == "allow")
+        },
+    )
+    .await;
+    assert_eq!(body["plan"], "pro");
 
     // The rate limit is soft: 150 requests this minute are allowed, with a warning.
     let account = format!("{id}-rate");
@@ -469,16 +460,16 @@ async fn models_plans_rate_and_abuse() {
     // Only a flagged account is denied.
     let account = format!("{id}-abuser");
     set_abuse_flag(&r.pool, &account, true).await.unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let (_, body) = r.check(req(&account, "tiny")).await;
-        if body["decision"] == "deny" {
-            assert_eq!(body["reason"], "abuse_suspected");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = wait_for(
+        "the abuse flag in the cache",
+        Duration::from_secs(5),
+        || async {
+            let (_, body) = r.check(req(&account, "tiny")).await;
+            check(body, |b| b["decision"] == "deny")
+        },
+    )
+    .await;
+    assert_eq!(body["reason"], "abuse_suspected");
     r.app.stop().await;
 }
 
@@ -630,29 +621,41 @@ async fn warnings_degradations_and_reached_limits_are_recorded_once_per_window()
             n: 1,
         },
     ];
-    let started = std::time::Instant::now();
-    loop {
+    wait_for("the four quota events", Duration::from_secs(15), || async {
         let rows: Vec<Row> = ch
             .query("SELECT account_id, event_type, limit_name, stage, count() AS n FROM quota_events GROUP BY account_id, event_type, limit_name, stage ORDER BY account_id, event_type")
             .fetch_all()
             .await
             .unwrap();
-        if rows == want {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "quota_events: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // Calls after the first are answered from the recorded markers, not written again.
+        check(rows, |rows| *rows == want)
+    })
+    .await;
+    // Calls after the first are answered from the recorded markers, not written again: a
+    // sentinel warning queued behind them is written, and nothing else.
     for _ in 0..3 {
         r.check(req(&warned, "tiny")).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sentinel = format!("{id}-sentinel");
+    r.lay_tokens(&sentinel, 7_500).await;
+    let (_, body) = r.check(req(&sentinel, "tiny")).await;
+    assert_eq!(body["warning"]["stage"], 70, "{body}");
+    wait_for(
+        "the sentinel's warning",
+        Duration::from_secs(15),
+        || async {
+            let n: u64 = ch
+                .query("SELECT count() FROM quota_events WHERE account_id = ?")
+                .bind(&sentinel)
+                .fetch_one()
+                .await
+                .unwrap();
+            check(n, |n| *n > 0)
+        },
+    )
+    .await;
     let n: u64 = ch
-        .query("SELECT count() FROM quota_events")
+        .query("SELECT count() FROM quota_events WHERE account_id != ?")
+        .bind(&sentinel)
         .fetch_one()
         .await
         .unwrap();
@@ -667,16 +670,7 @@ async fn warnings_degradations_and_reached_limits_are_recorded_once_per_window()
 async fn posted_events_move_an_account_through_every_stage() {
     let mut config = test_config();
     config.tiers.free.limits = [("month_weighted_tokens".to_owned(), 10_000.0)].into();
-    let mut app = spawn_with(
-        config,
-        Components {
-            ingest: true,
-            aggregator: true,
-            scorer: false,
-            notifier: false,
-        },
-    )
-    .await;
+    let mut app = spawn_with(config, Components::none().ingest().aggregator()).await;
     let pool = app.pg().await;
     let reader = services::token_store(&app.config, &pool)
         .create(&format!("reader-{}", unique_suffix()), &[Scope::Read], None)
@@ -704,48 +698,48 @@ async fn posted_events_move_an_account_through_every_stage() {
                 .await,
             posted
         );
-        let flushed = std::time::Instant::now();
-        loop {
-            let usage: Value = app
-                .http
-                .get(app.url(&format!("/v1/accounts/{account}/usage")))
-                .bearer_auth(&reader)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let check: Value = app
-                .http
-                .post(app.url("/v1/quota/check"))
-                .bearer_auth(&reader)
-                .json(&req(&account, "tiny"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let month = &usage["limits"][0];
-            if month["used"] == json!(used) {
-                assert_eq!(month["name"], "month_weighted_tokens");
-                assert_eq!(month["stage"], stage, "{usage}");
-                assert_eq!(check["decision"], decision, "{check}");
-                if decision == "allow" && !stage.is_null() {
-                    assert_eq!(check["warning"]["stage"], stage, "{check}");
+        let (usage, check) = wait_for(
+            &format!("/usage to show {used} within a second of the flush"),
+            Duration::from_secs(1),
+            || async {
+                let usage: Value = app
+                    .http
+                    .get(app.url(&format!("/v1/accounts/{account}/usage")))
+                    .bearer_auth(&reader)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let check: Value = app
+                    .http
+                    .post(app.url("/v1/quota/check"))
+                    .bearer_auth(&reader)
+                    .json(&req(&account, "tiny"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if usage["limits"][0]["used"] == json!(used) {
+                    Ok((usage, check))
+                } else {
+                    Err(usage)
                 }
-                if decision == "degrade" {
-                    assert_eq!(check["model"], "small");
-                }
-                break;
-            }
-            assert!(
-                flushed.elapsed() < Duration::from_secs(1),
-                "/usage still shows {} a second after the flush, want {used}",
-                month["used"]
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            },
+        )
+        .await;
+        let month = &usage["limits"][0];
+        assert_eq!(month["name"], "month_weighted_tokens");
+        assert_eq!(month["stage"], stage, "{usage}");
+        assert_eq!(check["decision"], decision, "{check}");
+        if decision == "allow" && !stage.is_null() {
+            assert_eq!(check["warning"]["stage"], stage, "{check}");
+        }
+        if decision == "degrade" {
+            assert_eq!(check["model"], "small");
         }
     }
     app.stop().await;

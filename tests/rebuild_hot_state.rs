@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use common::*;
@@ -73,21 +73,12 @@ async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
     );
     let prefix = app.config.redis.key_prefix.clone();
     let mut redis = app.redis().await;
-    // Redis is written after ClickHouse: wait until the snapshot stops changing.
-    let started = Instant::now();
-    let mut before = snapshot(&mut redis, &prefix).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let again = snapshot(&mut redis, &prefix).await;
-        if again == before {
-            break;
-        }
-        before = again;
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "Redis never settled"
-        );
-    }
+    // Redis is written after ClickHouse: wait until every record, the retries too, is
+    // written whole.
+    let records: u64 = batches.iter().map(|b| b.len() as u64).sum();
+    app.wait_for_aggregated(records, Duration::from_secs(60))
+        .await;
+    let before = snapshot(&mut redis, &prefix).await;
     app.stop().await;
     assert!(
         before.keys().any(|k| k.contains(":s:")),
@@ -103,9 +94,11 @@ async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
     let _: () = redis.del(&keys).await.unwrap();
     assert!(snapshot(&mut redis, &prefix).await.is_empty());
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+    let config_file = ConfigFile::write(&app.config);
+
+    let out = config_file
+        .command()
         .arg("rebuild-hot-state")
-        .envs(config_env(&app.config))
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -133,9 +126,9 @@ async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
     assert!(differing.is_empty(), "{differing:#?}");
 
     // Again: everything is already counted, nothing changes.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+    let out = config_file
+        .command()
         .arg("rebuild-hot-state")
-        .envs(config_env(&app.config))
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();

@@ -16,7 +16,7 @@ use meterline_schemas::avro;
 use meterline_schemas::keys::Grain;
 use meterline_schemas::limits::{QuotaConfig, TierConfig};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -104,33 +104,90 @@ struct SignalRecord {
     episode: String,
 }
 
-async fn read_signals(config: &Config, group: &str, expect_at_least: usize) -> Vec<SignalRecord> {
+/// Every record on the signal topic up to its end now, from the start of each partition.
+async fn read_signals(config: &Config, group: &str) -> Vec<SignalRecord> {
     let consumer: StreamConsumer = meterline_infra::kafka::client_config(&config.kafka)
         .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&[&config.kafka.signal_topic]).unwrap();
-    let schema = avro::parse_schema(avro::ACCOUNT_SIGNAL_SCHEMA).unwrap();
-    let mut out = Vec::new();
-    let started = std::time::Instant::now();
-    loop {
-        // Idle for 3 s once the expected count is in (or 60 s in all): nothing more is coming.
-        let idle = if out.len() >= expect_at_least { 3 } else { 60 };
-        match tokio::time::timeout(Duration::from_secs(idle), consumer.recv()).await {
-            Ok(Ok(m)) => {
-                let (_, body) = avro::split_frame(m.payload().unwrap()).unwrap();
-                out.push(avro::decode_body::<SignalRecord>(&schema, &schema, body).unwrap());
-            }
-            Ok(Err(e)) => panic!("consuming signals: {e}"),
-            Err(_) => return out,
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "signals kept coming"
-        );
+    let topic = config.kafka.signal_topic.as_str();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    // Per partition, the offset after the last record there now.
+    let mut ends = BTreeMap::new();
+    for p in metadata.topics()[0].partitions() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        assignment
+            .add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+        ends.insert(p.id(), high);
     }
+    consumer.assign(&assignment).unwrap();
+    let schema = avro::parse_schema(avro::ACCOUNT_SIGNAL_SCHEMA).unwrap();
+    let mut read: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+    let mut out = Vec::new();
+    while read.iter().any(|(p, next)| *next < ends[p]) {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("signals up to {ends:?} not read; read {read:?}"))
+            .expect("consuming signals");
+        read.insert(m.partition(), m.offset() + 1);
+        if m.offset() < ends[&m.partition()] {
+            let (_, body) = avro::split_frame(m.payload().unwrap()).unwrap();
+            out.push(avro::decode_body::<SignalRecord>(&schema, &schema, body).unwrap());
+        }
+    }
+    out
+}
+
+/// Waits until the scorer has nothing left to do, so that every signal it raises is on the
+/// topic: its dirty set is empty, then `quiet` (an account whose scoring raises nothing) is
+/// marked and scored again. A batch is scored, saved and raised whole before the next starts,
+/// so the batch in progress when the set ran empty is done by then.
+async fn wait_until_scorer_idle(app: &TestApp, pool: &sqlx::PgPool, quiet: &str) {
+    let dirty = format!("{}dirty", app.config.redis.key_prefix);
+    let redis = app.redis().await;
+    wait_for(
+        "the scorer's dirty set drained",
+        Duration::from_secs(60),
+        || async {
+            let mut redis = redis.clone();
+            let left: u64 = redis::cmd("SCARD")
+                .arg(&dirty)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            check(left, |left| *left == 0)
+        },
+    )
+    .await;
+    let marked = Utc::now();
+    let mut redis = redis.clone();
+    let _: () = redis::cmd("SADD")
+        .arg(&dirty)
+        .arg(quiet)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    wait_for(
+        &format!("{quiet} scored again"),
+        Duration::from_secs(30),
+        || async {
+            let scored: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT scored_at FROM account_scores WHERE account_id = $1")
+                    .bind(quiet)
+                    .fetch_optional(pool)
+                    .await
+                    .unwrap();
+            check(scored, |s| s.is_some_and(|s| s > marked))
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,16 +421,7 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
 
     // Ingest and aggregate everything first, so the scorer sees each account whole.
     let config = config();
-    let mut app = spawn_with(
-        config.clone(),
-        Components {
-            ingest: true,
-            aggregator: true,
-            scorer: false,
-            notifier: false,
-        },
-    )
-    .await;
+    let mut app = spawn_with(config.clone(), Components::none().ingest().aggregator()).await;
     let (status, body) = app
         .post_json("/v1/account-events", &Value::Array(g.accounts.clone()))
         .await;
@@ -387,21 +435,14 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
     let n = g.events.len() as u64;
     assert_eq!(app.wait_for_raw_count(n, Duration::from_secs(60)).await, n);
     let pool = app.pg().await;
-    let started = std::time::Instant::now();
-    loop {
+    wait_for("the accounts applied", Duration::from_secs(30), || async {
         let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts")
             .fetch_one(&pool)
             .await
             .unwrap();
-        if accounts as usize == g.accounts.len() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "accounts not applied"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        check(accounts, |a| *a as usize == g.accounts.len())
+    })
+    .await;
     meterline_ingest::read::directory::set_limit_override(
         &pool,
         &rate,
@@ -411,19 +452,15 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
     )
     .await
     .unwrap();
-    // The aggregator writes Redis after ClickHouse; give its last batch a moment.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The aggregator writes Redis after ClickHouse: wait until every record is written whole.
+    app.wait_for_aggregated(n + g.accounts.len() as u64, Duration::from_secs(30))
+        .await;
 
     let mut config_scorer = config.clone();
     config_scorer.http.scorer_listen = format!("127.0.0.1:{}", free_port());
     let scorer = services::start(
         &config_scorer,
-        Components {
-            ingest: false,
-            aggregator: false,
-            scorer: true,
-            notifier: false,
-        },
+        Components::none().scorer(),
         None,
         CancellationToken::new(),
     )
@@ -464,7 +501,8 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
     .into_iter()
     .map(|(a, k, e)| (a.clone(), k.to_owned(), e))
     .collect();
-    let got = read_signals(&config, &format!("t-{id}"), want.len()).await;
+    wait_until_scorer_idle(&app, &pool, &steady).await;
+    let got = read_signals(&config, &format!("t-{id}")).await;
     let got_set: BTreeSet<(String, String, String)> = got
         .iter()
         .map(|s| (s.account_id.clone(), s.kind.clone(), s.episode.clone()))
@@ -572,32 +610,14 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
         .unwrap();
     let scorer = services::start(
         &config_scorer,
-        Components {
-            ingest: false,
-            aggregator: false,
-            scorer: true,
-            notifier: false,
-        },
+        Components::none().scorer(),
         None,
         CancellationToken::new(),
     )
     .await
     .expect("scorer restarts");
-    let started = std::time::Instant::now();
-    loop {
-        let left: u64 = redis::cmd("SCARD")
-            .arg(format!("{}dirty", config.redis.key_prefix))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        if left == 0 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let again = read_signals(&config, &format!("t2-{id}"), want.len()).await;
+    wait_until_scorer_idle(&app, &pool, &steady).await;
+    let again = read_signals(&config, &format!("t2-{id}")).await;
     assert_eq!(
         again.len(),
         want.len(),
@@ -616,9 +636,9 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
     scorer.stop().await.unwrap();
 
     // For a person: the scores with their reasons.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+    let out = ConfigFile::write(&config)
+        .command()
         .args(["scores", enterprise.as_str()])
-        .envs(config_env(&config))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -18,7 +18,7 @@ async fn a_small_population_meets_the_check_thresholds() {
     config.notifier.data_dir = dir.path().join("notifications").display().to_string();
     config.notifier.group_id = format!("{}-notifier", config.aggregator.group_id);
     config.scorer.interval_ms = 200;
-    let mut app = spawn_with(config.clone(), Components::ALL).await;
+    let mut app = spawn_with(config.clone(), Components::all()).await;
     let options = Options {
         seed: 7,
         accounts: 120,

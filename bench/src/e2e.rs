@@ -44,11 +44,7 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
     let shutdown = CancellationToken::new();
     let running = services::start(
         &c,
-        Components {
-            ingest: true,
-            aggregator: true,
-            ..Components::NONE
-        },
+        Components::none().ingest().aggregator(),
         Some(listener),
         shutdown.clone(),
     )

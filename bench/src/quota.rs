@@ -151,12 +151,7 @@ async fn deploy(
             let shutdown = CancellationToken::new();
             let running = services::start(
                 config,
-                Components {
-                    ingest: true,
-                    aggregator: true,
-                    scorer: false,
-                    notifier: false,
-                },
+                Components::none().ingest().aggregator(),
                 Some(listener),
                 shutdown.clone(),
             )

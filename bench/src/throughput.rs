@@ -58,10 +58,7 @@ pub async fn ingest(config: &Config, b: IngestBench) -> Result<()> {
     let shutdown = CancellationToken::new();
     let running = services::start(
         &c,
-        Components {
-            ingest: true,
-            ..Components::NONE
-        },
+        Components::none().ingest(),
         Some(listener),
         shutdown.clone(),
     )
@@ -191,10 +188,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     for _ in 0..b.aggregators.max(1) {
         let mut member = c.clone();
         member.http.aggregator_listen = "127.0.0.1:0".into();
-        let components = Components {
-            aggregator: true,
-            ..Components::NONE
-        };
+        let components = Components::none().aggregator();
         members.push(services::start(&member, components, None, shutdown.clone()).await?);
     }
     let dedup_before = redis_calls(&c, "smismember").await?;

@@ -49,56 +49,94 @@ pub fn isolated_config(id: &str) -> Config {
     c
 }
 
-/// The `METERLINE_…` variables that reproduce `c` for a child process.
-pub fn config_env(c: &Config) -> Vec<(String, String)> {
-    vec![
-        ("METERLINE_POSTGRES__URL".into(), c.postgres.url.clone()),
-        (
-            "METERLINE_CLICKHOUSE__DATABASE".into(),
-            c.clickhouse.database.clone(),
-        ),
-        ("METERLINE_KAFKA__BROKERS".into(), c.kafka.brokers.clone()),
-        (
-            "METERLINE_KAFKA__USAGE_TOPIC".into(),
-            c.kafka.usage_topic.clone(),
-        ),
-        (
-            "METERLINE_KAFKA__ACCOUNT_TOPIC".into(),
-            c.kafka.account_topic.clone(),
-        ),
-        (
-            "METERLINE_KAFKA__DEAD_LETTER_TOPIC".into(),
-            c.kafka.dead_letter_topic.clone(),
-        ),
-        (
-            "METERLINE_KAFKA__SIGNAL_TOPIC".into(),
-            c.kafka.signal_topic.clone(),
-        ),
-        (
-            "METERLINE_REDIS__KEY_PREFIX".into(),
-            c.redis.key_prefix.clone(),
-        ),
-        (
-            "METERLINE_AGGREGATOR__GROUP_ID".into(),
-            c.aggregator.group_id.clone(),
-        ),
-        (
-            "METERLINE_AGGREGATOR__BATCH_MAX_WAIT_MS".into(),
-            c.aggregator.batch_max_wait_ms.to_string(),
-        ),
-        (
-            "METERLINE_AGGREGATOR__BATCH_MAX_EVENTS".into(),
-            c.aggregator.batch_max_events.to_string(),
-        ),
-        (
-            "METERLINE_PRIVACY__IP_HASH_KEY".into(),
-            c.privacy.ip_hash_key.clone(),
-        ),
-        (
-            "METERLINE_HTTP__AGGREGATOR_LISTEN".into(),
-            c.http.aggregator_listen.clone(),
-        ),
-    ]
+/// The test's whole configuration in a TOML file, for a child process: a child started with
+/// [`ConfigFile::command`] loads exactly the `Config` the test holds, every key of it. The file
+/// lives as long as this value.
+pub struct ConfigFile {
+    path: tempfile::TempPath,
+}
+
+impl ConfigFile {
+    pub fn write(config: &Config) -> Self {
+        // `Secret`s serialise as their values (only their Debug and Display redact), so the
+        // child gets the webhooks and tokens too; the file is the test's own temporary file.
+        let text = toml::to_string(config).expect("the configuration serialises as TOML");
+        let mut file = tempfile::Builder::new()
+            .prefix("meterline-test-")
+            .suffix(".toml")
+            .tempfile()
+            .expect("a temporary configuration file");
+        std::io::Write::write_all(&mut file, text.as_bytes()).expect("configuration written");
+        Self {
+            path: file.into_temp_path(),
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// `meterline --config <this file>`, with this process's environment except every
+    /// `METERLINE_` variable that could change a key or name another file (only
+    /// `METERLINE_LOG_FORMAT` is passed on). Add the subcommand and its arguments.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"));
+        cmd.arg("--config").arg(self.path());
+        cmd.env_clear().envs(std::env::vars_os().filter(|(var, _)| {
+            let name = var.to_string_lossy();
+            !name.starts_with(meterline::config::ENV_PREFIX) || name == "METERLINE_LOG_FORMAT"
+        }));
+        cmd
+    }
+
+    /// The configuration a child started with `cmd` (from [`ConfigFile::command`]) loads: this
+    /// file under exactly the environment the command gives, as `meterline` does at start.
+    pub fn load_as_child(&self, cmd: &std::process::Command) -> Config {
+        let env = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned())));
+        Config::load(Some(self.path()), env).expect("the child's configuration loads")
+    }
+}
+
+/// Every key of a configuration with its value, for comparing two of them.
+pub fn config_table(c: &Config) -> toml::Table {
+    toml::Table::try_from(c).expect("the configuration serialises")
+}
+
+/// How often [`wait_for`] looks.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Polls `probe` until it reports `Ok(value)` and returns that value; `Err(observed)` means
+/// "not yet". Past `timeout` the test fails, naming `what` it waited for and the last value
+/// it observed.
+pub async fn wait_for<T, O, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, O>>,
+    O: std::fmt::Debug,
+{
+    let started = Instant::now();
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(observed) if started.elapsed() >= timeout => {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; last observed: {observed:#?}"
+                )
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// `Ok(value)` when `done(&value)`, else `Err(value)`: a [`wait_for`] probe's answer.
+pub fn check<T>(value: T, done: impl FnOnce(&T) -> bool) -> Result<T, T> {
+    if done(&value) {
+        Ok(value)
+    } else {
+        Err(value)
+    }
 }
 
 /// A `meterline aggregate` child process with a `/metrics` port of its own, killed when
@@ -106,20 +144,20 @@ pub fn config_env(c: &Config) -> Vec<(String, String)> {
 /// after the test. `CHILD_LOG=info` (say) shows its logs.
 pub struct AggregatorProcess {
     child: std::process::Child,
+    _config: ConfigFile,
     pub metrics_url: String,
 }
 
 impl AggregatorProcess {
-    /// Starts one for `config`, with `env` on top (an instance id, a batch size).
-    pub fn spawn(config: &Config, env: &[(&str, &str)]) -> Self {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let mut vars = config_env(config);
-        vars.retain(|(k, _)| k != "METERLINE_HTTP__AGGREGATOR_LISTEN");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+    /// Starts one with exactly `config` (set an instance id, a batch size there), except its
+    /// `/metrics` address, which is a free port.
+    pub fn spawn(config: &Config) -> Self {
+        let mut config = config.clone();
+        config.http.aggregator_listen = format!("127.0.0.1:{}", free_port());
+        let file = ConfigFile::write(&config);
+        let child = file
+            .command()
             .arg("aggregate")
-            .envs(vars)
-            .env("METERLINE_HTTP__AGGREGATOR_LISTEN", &listen)
-            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
@@ -129,7 +167,8 @@ impl AggregatorProcess {
             .expect("spawn meterline aggregate");
         Self {
             child,
-            metrics_url: format!("http://{listen}/metrics"),
+            _config: file,
+            metrics_url: format!("http://{}/metrics", config.http.aggregator_listen),
         }
     }
 
@@ -199,21 +238,41 @@ impl TestApp {
         migrate::connect_postgres(&self.config).await.unwrap()
     }
 
-    /// Waits until ClickHouse holds `n` raw usage events (and fails past `timeout`).
+    /// Waits until ClickHouse holds at least `n` raw usage events (and fails past `timeout`).
     pub async fn wait_for_raw_count(&self, n: u64, timeout: Duration) -> u64 {
         let ch = self.clickhouse();
-        let started = Instant::now();
-        loop {
-            let got: u64 = ch
-                .query("SELECT count() FROM usage_events")
-                .fetch_one()
-                .await
-                .unwrap_or(0);
-            if got >= n || started.elapsed() > timeout {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for(
+            &format!("{n} raw events in ClickHouse"),
+            timeout,
+            || async {
+                let got: u64 = ch
+                    .query("SELECT count() FROM usage_events")
+                    .fetch_one()
+                    .await
+                    .unwrap_or(0);
+                check(got, |&got| got >= n)
+            },
+        )
+        .await
+    }
+
+    /// Waits until the aggregator running in this process has written at least `n` records
+    /// (counted, or found to be duplicates) to ClickHouse, Redis and PostgreSQL: a batch is
+    /// counted only once all of it is written.
+    pub async fn wait_for_aggregated(&self, n: u64, timeout: Duration) -> u64 {
+        let metrics = &self
+            .running
+            .as_ref()
+            .expect("components running")
+            .aggregator_metrics;
+        wait_for(&format!("{n} records aggregated"), timeout, || async {
+            let done: u64 = ["counted", "duplicate"]
+                .iter()
+                .map(|o| metrics.events.with_label_values(&[*o]).get())
+                .sum();
+            check(done, |done| *done >= n)
+        })
+        .await
     }
 
     pub async fn stop(&mut self) {
@@ -253,14 +312,25 @@ pub async fn spawn_with(config: Config, which: Components) -> TestApp {
 pub async fn spawn_app() -> TestApp {
     spawn_with(
         isolated_config(&unique_suffix()),
-        Components {
-            ingest: true,
-            aggregator: true,
-            scorer: false,
-            notifier: false,
-        },
+        Components::none().ingest().aggregator(),
     )
     .await
+}
+
+/// The value of a Prometheus metric (summed over its labels) at `url`; 0 when absent or
+/// unreachable.
+pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let text = match http.get(url).send().await {
+        Ok(resp) => resp.text().await.unwrap_or_default(),
+        Err(_) => return 0.0,
+    };
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A free loopback port (bound, then released).

@@ -104,25 +104,24 @@ impl StandIn {
         f(&mut self.state.lock().unwrap())
     }
 
-    /// Waits until `check` holds (and fails past `timeout`).
+    /// Waits until `check` holds (and fails past `timeout`, listing the requests so far).
     pub async fn wait_until(
         &self,
         timeout: Duration,
         what: &str,
         check: impl Fn(&StandIn) -> bool,
     ) {
-        let started = Instant::now();
-        while !check(self) {
-            assert!(
-                started.elapsed() < timeout,
-                "timed out waiting for {what}; requests so far: {:#?}",
-                self.requests()
-                    .iter()
-                    .map(|r| format!("{} {} -> {}", r.method, r.path, r.status))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::wait_for(what, timeout, || async {
+            if check(self) {
+                return Ok(());
+            }
+            Err(self
+                .requests()
+                .iter()
+                .map(|r| format!("{} {} -> {}", r.method, r.path, r.status))
+                .collect::<Vec<_>>())
+        })
+        .await
     }
 }
 
