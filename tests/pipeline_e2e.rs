@@ -169,13 +169,14 @@ async fn post_all(app: &TestApp, traffic: &Traffic, batches: std::ops::Range<usi
     }
 }
 
-/// The gateway id of the sentinel events [`assert_totals`] sends.
-const SENTINEL_GATEWAY: &str = "gw-sentinel";
+/// The model of the sentinel events [`assert_totals`] sends.
+const SENTINEL_MODEL: &str = "sentinel-model";
 
 async fn assert_totals(app: &TestApp, traffic: &Traffic) {
     // A sentinel per account, behind all of its traffic in its partition: once every sentinel
     // is in ClickHouse, so is every copy of the traffic the aggregator will ever write, and a
-    // duplicate insert would be there to count. The sentinels add up with the traffic.
+    // duplicate insert would be there to count. The sentinels add up with the traffic. An
+    // insert's raw rows are visible before its rollups are, so the wait covers every table.
     let accounts: BTreeSet<&str> = traffic
         .unique_valid
         .iter()
@@ -183,11 +184,7 @@ async fn assert_totals(app: &TestApp, traffic: &Traffic) {
         .collect();
     let sentinels: Vec<Value> = accounts
         .iter()
-        .map(|a| {
-            let mut e = usage_event(a, Utc::now(), "gpt-4o", 1, 1);
-            e["gateway_id"] = SENTINEL_GATEWAY.into();
-            e
-        })
+        .map(|a| usage_event(a, Utc::now(), SENTINEL_MODEL, 1, 1))
         .collect();
     let (status, body) = app.post_events(&sentinels).await;
     assert_eq!(status, 202, "{body}");
@@ -207,13 +204,22 @@ async fn assert_totals(app: &TestApp, traffic: &Traffic) {
         &format!("the {n} sentinel events in ClickHouse"),
         Duration::from_secs(120),
         || async {
-            let got: u64 = ch
-                .query("SELECT count() FROM usage_events WHERE gateway_id = ?")
-                .bind(SENTINEL_GATEWAY)
-                .fetch_one()
-                .await
-                .unwrap();
-            check(got, |got| *got == n)
+            let mut got = Vec::new();
+            for (table, count) in [
+                ("usage_events", "count()"),
+                ("usage_minute", "sum(requests)"),
+                ("usage_hour", "sum(requests)"),
+                ("usage_day", "sum(requests)"),
+            ] {
+                let seen: u64 = ch
+                    .query(&format!("SELECT {count} FROM {table} WHERE model = ?"))
+                    .bind(SENTINEL_MODEL)
+                    .fetch_one()
+                    .await
+                    .unwrap();
+                got.push((table, seen));
+            }
+            check(got, |got| got.iter().all(|(_, seen)| *seen == n))
         },
     )
     .await;
