@@ -10,7 +10,7 @@ use rand::Rng;
 use serde_json::json;
 
 /// The `meterline` binary the benchmark starts as child processes: the one built next to this
-/// benchmark (`cargo build --release --bin meterline --bin meterline-bench`).
+/// benchmark (`cargo build --release -p meterline -p meterline-bench --bins`).
 pub(crate) fn meterline_exe() -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?.with_file_name("meterline");
     anyhow::ensure!(
