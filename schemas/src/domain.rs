@@ -6,14 +6,24 @@ use std::fmt;
 use crate::FieldError;
 
 /// An account identifier: 1 to 128 characters of `[A-Za-z0-9._:-]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// It is a plain string on the wire (JSON, Avro), and deserialising one runs the same check
+/// as [`AccountId::parse`]: an Avro record or a JSON body with a bad id fails with the reason
+/// (`account_id: character '\'' is not allowed; use [A-Za-z0-9._:-]`) instead of producing an
+/// `AccountId` that could not have passed ingest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct AccountId(String);
 
 impl AccountId {
     pub const MAX_LEN: usize = 128;
 
     pub fn parse(s: &str) -> Result<Self, FieldError> {
+        Self::check(s)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    fn check(s: &str) -> Result<(), FieldError> {
         if s.is_empty() {
             return Err(FieldError::new("account_id", "must not be empty"));
         }
@@ -32,11 +42,29 @@ impl AccountId {
                 format!("character {c:?} is not allowed; use [A-Za-z0-9._:-]"),
             ));
         }
-        Ok(Self(s.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Deserialisation goes through here (`#[serde(try_from = "String")]`).
+impl TryFrom<String> for AccountId {
+    type Error = FieldError;
+
+    fn try_from(s: String) -> Result<Self, FieldError> {
+        Self::check(&s)?;
+        Ok(Self(s))
+    }
+}
+
+/// Serialises as the bare string, as `#[serde(transparent)]` did (serde does not allow
+/// `transparent` together with `try_from`).
+impl Serialize for AccountId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 
@@ -204,6 +232,38 @@ mod tests {
         );
         assert!(AccountId::parse("a b").unwrap_err().reason.contains("' '"));
         assert!(AccountId::parse("ü").is_err());
+    }
+
+    #[test]
+    fn account_id_is_checked_when_deserialised_and_says_why() {
+        let ok: AccountId = serde_json::from_str(r#""acct_1.a:b-C""#).unwrap();
+        assert_eq!(ok, AccountId::parse("acct_1.a:b-C").unwrap());
+        assert_eq!(serde_json::to_string(&ok).unwrap(), r#""acct_1.a:b-C""#);
+
+        let e = serde_json::from_str::<AccountId>(r#""o'brien""#).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("account_id: character '\\'' is not allowed; use [A-Za-z0-9._:-]"),
+            "{e}"
+        );
+        let e = serde_json::from_str::<AccountId>(r#""""#).unwrap_err();
+        assert!(
+            e.to_string().starts_with("account_id: must not be empty"),
+            "{e}"
+        );
+        // Inside a struct, the same reason comes out.
+        #[derive(Debug, Deserialize)]
+        struct Body {
+            #[allow(dead_code)]
+            account_id: AccountId,
+        }
+        let e = serde_json::from_str::<Body>(&format!(r#"{{"account_id":"{}"}}"#, "a".repeat(129)))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("account_id: longer than 128 characters"),
+            "{e}"
+        );
     }
 
     #[test]

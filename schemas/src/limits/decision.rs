@@ -1,0 +1,542 @@
+//! The quota decision: where an account stands against each of its limits
+//! ([`limit_statuses`], also shown by `GET /v1/accounts/{id}/usage`) and the answer to one
+//! request ([`decide`]). The rules, most severe first, are in the [module
+//! documentation](super).
+//!
+//! Everything here is a pure function of the configuration, the account's profile, its usage
+//! snapshot, the request and the clock, so each rule is tested without Redis.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+
+use super::hot_state::UsageSnapshot;
+use super::names::{LimitMetric, LimitName, LimitWindow, ALLOWED_MODELS_NAME, RATE_LIMIT_NAME};
+use super::tiers::{QuotaConfig, TierConfig};
+use crate::domain::Plan;
+
+/// An account as the decision sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountProfile {
+    pub plan: Plan,
+    /// Limit name (or `requests_per_minute`) → value, overriding the tier.
+    pub overrides: BTreeMap<String, f64>,
+    pub abuse_flagged: bool,
+}
+
+impl Default for AccountProfile {
+    fn default() -> Self {
+        Self {
+            plan: Plan::Free,
+            overrides: BTreeMap::new(),
+            abuse_flagged: false,
+        }
+    }
+}
+
+impl AccountProfile {
+    /// The account's limits: the tier's, with overrides on top, in name order.
+    pub fn limits(&self, tier: &TierConfig) -> Vec<(LimitName, f64)> {
+        let mut out: BTreeMap<LimitName, f64> = tier.parsed_limits().collect();
+        for (k, v) in &self.overrides {
+            if let Ok(n) = LimitName::parse(k) {
+                out.insert(n, *v);
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    pub fn requests_per_minute(&self, tier: &TierConfig) -> f64 {
+        self.overrides
+            .get(RATE_LIMIT_NAME)
+            .copied()
+            .unwrap_or(tier.requests_per_minute)
+    }
+}
+
+/// One limit and where the account stands against it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitStatus {
+    pub name: String,
+    pub window: LimitWindow,
+    pub metric: LimitMetric,
+    /// `None` for a session limit when no session was asked about.
+    pub used: Option<f64>,
+    /// `-1`: unlimited.
+    pub limit: f64,
+    pub ratio: Option<f64>,
+    /// The highest warning stage reached, in percent.
+    pub stage: Option<u32>,
+    pub resets_at: Option<DateTime<Utc>>,
+}
+
+/// Rounds to 6 decimals so JSON stays readable and comparisons stable.
+fn round6(v: f64) -> f64 {
+    (v * 1e6).round() / 1e6
+}
+
+pub fn stage_of(stages: &[u32], ratio: f64) -> Option<u32> {
+    // Stages are percentages; compare in percent with a little slack for float error, so
+    // exactly 70 % of 1,000 (700 / 1000 = 0.7) is the 70 % stage.
+    let pct = ratio * 100.0 + 1e-9;
+    stages.iter().rev().find(|s| pct >= f64::from(**s)).copied()
+}
+
+/// Every limit of the account, for `/usage` and for decisions.
+pub fn limit_statuses(
+    quota: &QuotaConfig,
+    tier: &TierConfig,
+    profile: &AccountProfile,
+    usage: &UsageSnapshot,
+    has_session: bool,
+    now: DateTime<Utc>,
+) -> Vec<LimitStatus> {
+    profile
+        .limits(tier)
+        .into_iter()
+        .map(|(name, limit)| {
+            let used = if name.window == LimitWindow::Session && !has_session {
+                None
+            } else {
+                Some(round6(usage.used.get(&name).copied().unwrap_or(0.0)))
+            };
+            let ratio = match used {
+                Some(u) if limit > 0.0 => Some(round6(u / limit)),
+                Some(u) if limit == 0.0 => Some(if u > 0.0 { f64::INFINITY } else { 1.0 }),
+                _ => None,
+            }
+            .filter(|r| r.is_finite());
+            let stage = ratio.and_then(|r| stage_of(&quota.stages, r)).or_else(|| {
+                // A zero limit is used up from the start.
+                (limit == 0.0).then(|| *quota.stages.last().expect("validated"))
+            });
+            LimitStatus {
+                name: name.to_string(),
+                window: name.window,
+                metric: name.metric,
+                used,
+                limit,
+                ratio,
+                stage,
+                resets_at: name.window.resets_at(now),
+            }
+        })
+        .collect()
+}
+
+/// `POST /v1/quota/check`'s input, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaRequest {
+    pub model: String,
+    pub estimated_input_tokens: u64,
+    pub estimated_output_tokens: u64,
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    Allow,
+    Degrade,
+    LimitReached,
+    Deny,
+}
+
+/// Why a request is degraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DegradeReason {
+    ModelNotAllowed,
+    BudgetSpent,
+}
+
+/// A limit at a stage: the body of a warning, a degradation or a reached limit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitNotice {
+    pub limit: String,
+    pub stage: u32,
+    pub used: f64,
+    pub limit_value: f64,
+    pub resets_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Degradation {
+    pub reason: DegradeReason,
+    pub requested_model: String,
+    pub fallback_model: String,
+    /// The spent budget, for `budget_spent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<LimitNotice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Upgrade {
+    pub plan: Plan,
+    pub upgrade_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitReached {
+    #[serde(flatten)]
+    pub notice: LimitNotice,
+    /// `None` on the top tier: there is no plan above it.
+    pub upgrade: Option<Upgrade>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RateStatus {
+    pub requests_per_minute: f64,
+    pub limit: f64,
+    pub over: bool,
+}
+
+/// The answer to a quota check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub decision: DecisionKind,
+    pub plan: Plan,
+    /// The model to serve the request with.
+    pub model: String,
+    pub warning: Option<LimitNotice>,
+    pub degraded: Option<Degradation>,
+    pub limit_reached: Option<LimitReached>,
+    pub rate: RateStatus,
+    /// Set on `deny`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn notice(s: &LimitStatus, stages: &[u32]) -> LimitNotice {
+    LimitNotice {
+        limit: s.name.clone(),
+        stage: s
+            .stage
+            .unwrap_or_else(|| *stages.last().expect("validated")),
+        used: s.used.unwrap_or(0.0),
+        limit_value: s.limit,
+        resets_at: s.resets_at,
+    }
+}
+
+/// Decides one request. See the module documentation for the rules.
+pub fn decide(
+    quota: &QuotaConfig,
+    tier: &TierConfig,
+    profile: &AccountProfile,
+    usage: &UsageSnapshot,
+    request: &QuotaRequest,
+    now: DateTime<Utc>,
+) -> Decision {
+    let has_session = request.session_id.is_some();
+    let statuses = limit_statuses(quota, tier, profile, usage, has_session, now);
+    let rpm_limit = profile.requests_per_minute(tier);
+    let rpm = round6(usage.rolling_rpm());
+    let rate = RateStatus {
+        requests_per_minute: rpm,
+        limit: rpm_limit,
+        over: rpm_limit >= 0.0 && rpm > rpm_limit,
+    };
+    let mut decision = Decision {
+        decision: DecisionKind::Allow,
+        plan: profile.plan,
+        model: request.model.clone(),
+        warning: None,
+        degraded: None,
+        limit_reached: None,
+        rate,
+        reason: None,
+    };
+    if profile.abuse_flagged {
+        decision.decision = DecisionKind::Deny;
+        decision.reason = Some("abuse_suspected".into());
+        return decision;
+    }
+
+    let request_tokens = quota.model_tokens(
+        &request.model,
+        request.estimated_input_tokens as f64,
+        request.estimated_output_tokens as f64,
+    ) * tier.weight_multiplier;
+    let share = |s: &LimitStatus| -> f64 {
+        match s.metric {
+            LimitMetric::Requests => 1.0,
+            LimitMetric::Sessions => {
+                let known = match s.window {
+                    LimitWindow::Day => usage.session_known_today,
+                    _ => usage.session_known_this_month,
+                };
+                if has_session && !known {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            LimitMetric::WeightedTokens => request_tokens,
+            // Cost is only known afterwards.
+            LimitMetric::CostUsd => 0.0,
+        }
+    };
+    let spent: Vec<&LimitStatus> = statuses
+        .iter()
+        .filter(|s| s.limit >= 0.0)
+        .filter_map(|s| s.used.map(|u| (s, u)))
+        .filter(|(s, u)| {
+            // A budget at its limit is spent; a count is used up only if this request would
+            // add to it (a session already counted is not counted again).
+            (s.metric.is_budget() && *u >= s.limit) || *u + share(s) > s.limit + 1e-9
+        })
+        .map(|(s, _)| s)
+        .collect();
+
+    let fallback = (!tier.fallback_model.is_empty()).then(|| tier.fallback_model.clone());
+    let model_allowed = tier.allows_model(&request.model);
+    let upgrade = tier.upgrade_plan().map(|plan| Upgrade {
+        plan,
+        upgrade_url: quota.upgrade_link(plan),
+    });
+
+    // Counts first: a cheaper model does not help with them.
+    let count_spent = spent.iter().find(|s| !s.metric.is_budget());
+    let budget_spent = spent.iter().find(|s| s.metric.is_budget());
+    let fallback_helps = fallback
+        .as_deref()
+        .is_some_and(|f| f != request.model || !model_allowed);
+    if let Some(s) = count_spent.or(budget_spent.filter(|_| !fallback_helps)) {
+        decision.decision = DecisionKind::LimitReached;
+        decision.limit_reached = Some(LimitReached {
+            notice: notice(s, &quota.stages),
+            upgrade,
+        });
+        return decision;
+    }
+    if let (Some(s), Some(f)) = (budget_spent, fallback.as_ref()) {
+        decision.decision = DecisionKind::Degrade;
+        decision.model = f.clone();
+        decision.degraded = Some(Degradation {
+            reason: DegradeReason::BudgetSpent,
+            requested_model: request.model.clone(),
+            fallback_model: f.clone(),
+            budget: Some(notice(s, &quota.stages)),
+        });
+        return decision;
+    }
+    if !model_allowed {
+        match fallback {
+            Some(f) => {
+                decision.decision = DecisionKind::Degrade;
+                decision.model = f.clone();
+                decision.degraded = Some(Degradation {
+                    reason: DegradeReason::ModelNotAllowed,
+                    requested_model: request.model.clone(),
+                    fallback_model: f,
+                    budget: None,
+                });
+            }
+            None => {
+                // No model to fall back to: the plan above is the answer.
+                decision.decision = DecisionKind::LimitReached;
+                decision.limit_reached = Some(LimitReached {
+                    notice: LimitNotice {
+                        limit: ALLOWED_MODELS_NAME.into(),
+                        stage: *quota.stages.last().expect("validated"),
+                        used: 0.0,
+                        limit_value: 0.0,
+                        resets_at: None,
+                    },
+                    upgrade,
+                });
+            }
+        }
+        return decision;
+    }
+    // The warning names the limit nearest to (or furthest past) its end.
+    decision.warning = statuses
+        .iter()
+        .filter(|s| s.stage.is_some())
+        .max_by(|a, b| {
+            a.ratio
+                .unwrap_or(f64::INFINITY)
+                .total_cmp(&b.ratio.unwrap_or(f64::INFINITY))
+        })
+        .map(|s| notice(s, &quota.stages));
+    if decision.warning.is_none() && decision.rate.over {
+        decision.warning = Some(LimitNotice {
+            limit: RATE_LIMIT_NAME.into(),
+            stage: *quota.stages.last().expect("validated"),
+            used: rpm,
+            limit_value: rpm_limit,
+            resets_at: Some(
+                Utc.timestamp_opt(now.timestamp() - now.timestamp() % 60 + 60, 0)
+                    .single()
+                    .unwrap_or(now),
+            ),
+        });
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::TiersConfig;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, 12, 30, 0).unwrap()
+    }
+
+    fn request(model: &str, input: u64) -> QuotaRequest {
+        QuotaRequest {
+            model: model.into(),
+            estimated_input_tokens: input,
+            estimated_output_tokens: 0,
+            session_id: None,
+        }
+    }
+
+    fn usage(pairs: &[(&str, f64)]) -> UsageSnapshot {
+        UsageSnapshot {
+            used: pairs
+                .iter()
+                .map(|(k, v)| (LimitName::parse(k).unwrap(), *v))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stages_at_the_boundaries() {
+        let s = [70, 85, 95, 100];
+        assert_eq!(stage_of(&s, 0.6999), None);
+        assert_eq!(stage_of(&s, 0.7), Some(70));
+        assert_eq!(stage_of(&s, 0.85), Some(85));
+        assert_eq!(stage_of(&s, 0.9499), Some(85));
+        assert_eq!(stage_of(&s, 1.0), Some(100));
+        assert_eq!(stage_of(&s, 3.0), Some(100));
+    }
+
+    #[test]
+    fn rules_in_order_of_severity() {
+        let q = QuotaConfig::default();
+        let t = TiersConfig::default();
+        let free = AccountProfile::default();
+        // Under every stage: plain allow.
+        let d = decide(
+            &q,
+            &t.free,
+            &free,
+            &usage(&[]),
+            &request("gpt-4o-mini", 10),
+            now(),
+        );
+        assert_eq!(d.decision, DecisionKind::Allow);
+        assert!(d.warning.is_none());
+        // A count used up: limit_reached with the plan above.
+        let d = decide(
+            &q,
+            &t.free,
+            &free,
+            &usage(&[("day_requests", 5_000.0)]),
+            &request("gpt-4o-mini", 10),
+            now(),
+        );
+        assert_eq!(d.decision, DecisionKind::LimitReached);
+        let r = d.limit_reached.unwrap();
+        assert_eq!(r.notice.limit, "day_requests");
+        assert_eq!(r.upgrade.unwrap().plan, Plan::Pro);
+        // A budget spent: degrade to the fallback...
+        let d = decide(
+            &q,
+            &t.free,
+            &free,
+            &usage(&[("month_weighted_tokens", 2_000_000.0)]),
+            &request("claude-3-haiku", 10),
+            now(),
+        );
+        assert_eq!(d.decision, DecisionKind::Degrade);
+        assert_eq!(d.model, "gpt-4o-mini");
+        // ...unless the request already asks for it.
+        let d = decide(
+            &q,
+            &t.free,
+            &free,
+            &usage(&[("month_weighted_tokens", 2_000_000.0)]),
+            &request("gpt-4o-mini", 10),
+            now(),
+        );
+        assert_eq!(d.decision, DecisionKind::LimitReached);
+        // The estimate counts: 1,000 left, a request for 1,001 weighted tokens does not fit.
+        let d = decide(
+            &q,
+            &t.free,
+            &free,
+            &usage(&[("day_weighted_tokens", 249_000.0)]),
+            &request("llama-3-70b", 1_001),
+            now(),
+        );
+        assert_eq!(d.decision, DecisionKind::Degrade);
+        let d = decide(
+            &q,
+            &t.free,
+            &free,
+            &usage(&[("day_weighted_tokens", 249_000.0)]),
+            &request("llama-3-70b", 1_000),
+            now(),
+        );
+        // llama-3-70b is not a free model: degraded for that reason instead.
+        assert_eq!(d.degraded.unwrap().reason, DegradeReason::ModelNotAllowed);
+        // Abuse beats everything.
+        let flagged = AccountProfile {
+            abuse_flagged: true,
+            ..AccountProfile::default()
+        };
+        let d = decide(
+            &q,
+            &t.free,
+            &flagged,
+            &usage(&[]),
+            &request("gpt-4o-mini", 1),
+            now(),
+        );
+        assert_eq!(d.decision, DecisionKind::Deny);
+    }
+
+    #[test]
+    fn the_rate_limit_is_soft() {
+        let q = QuotaConfig::default();
+        let t = TiersConfig::default();
+        let u = UsageSnapshot {
+            requests_this_minute: 90.0,
+            requests_last_minute: 100.0,
+            minute_elapsed: 0.5,
+            ..Default::default()
+        };
+        assert_eq!(u.rolling_rpm(), 140.0);
+        let d = decide(
+            &q,
+            &t.free,
+            &AccountProfile::default(),
+            &u,
+            &request("gpt-4o-mini", 1),
+            now(),
+        );
+        assert_eq!(d.decision, DecisionKind::Allow);
+        assert!(d.rate.over);
+        assert_eq!(d.warning.unwrap().limit, RATE_LIMIT_NAME);
+    }
+
+    #[test]
+    fn overrides_replace_tier_limits() {
+        let t = TiersConfig::default();
+        let p = AccountProfile {
+            overrides: [("month_weighted_tokens".to_owned(), 3_000_000.0)].into(),
+            ..AccountProfile::default()
+        };
+        let limits: BTreeMap<_, _> = p.limits(&t.free).into_iter().collect();
+        assert_eq!(
+            limits[&LimitName::parse("month_weighted_tokens").unwrap()],
+            3_000_000.0
+        );
+    }
+}
