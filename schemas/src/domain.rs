@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use utoipa::ToSchema;
 
 use crate::FieldError;
 
@@ -37,6 +38,26 @@ impl AccountId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// In the OpenAPI document: a string matching the rule [`AccountId::parse`] applies.
+impl utoipa::PartialSchema for AccountId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(format!("^[A-Za-z0-9._:-]{{1,{}}}$", Self::MAX_LEN)))
+            .description(Some(format!(
+                "1 to {} characters of [A-Za-z0-9._:-]",
+                Self::MAX_LEN
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AccountId {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "AccountId".into()
     }
 }
 
@@ -76,7 +97,9 @@ impl fmt::Display for EventId {
 }
 
 /// The plans an account can be on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Plan {
     Free,
@@ -113,7 +136,7 @@ impl fmt::Display for Plan {
 }
 
 /// The kinds of account lifecycle event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountEventType {
     Signup,
