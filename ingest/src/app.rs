@@ -1,10 +1,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::{get, post};
 use axum::Router;
 use meterline_schemas::avro::Schema;
 use meterline_schemas::IpHasher;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::TokenStore;
 use crate::config::IngestConfig;
@@ -32,7 +34,7 @@ pub struct AppState {
     pub metrics: IngestMetrics,
     /// Other components' metrics, served from the same /metrics when they share the process.
     pub extra_registries: Vec<prometheus::Registry>,
-    /// The read endpoints' state; `None` serves ingest alone (they answer 500).
+    /// The read endpoints' state; `None` serves ingest alone (the read routes are not mounted).
     pub read: Option<crate::read::ReadPath>,
     /// Per-token event budget for the ingest endpoints.
     pub rate_limit: Arc<crate::rate_limit::EventRateLimiter>,
@@ -92,45 +94,134 @@ impl AppParts {
     }
 }
 
-/// Every public endpoint, as `(method, path)`; `openapi.json` documents exactly these (a test
-/// holds the two together).
-pub const PUBLIC_ROUTES: [(&str, &str); 12] = [
-    ("post", "/v1/events"),
-    ("post", "/v1/account-events"),
-    ("get", "/v1/accounts/{id}/usage"),
-    ("get", "/v1/accounts/{id}/scores"),
-    ("get", "/v1/accounts/{id}/notice"),
-    ("post", "/v1/accounts/{id}/notices/{notice_id}/shown"),
-    ("post", "/v1/accounts/{id}/notices/{notice_id}/clicked"),
-    ("post", "/v1/quota/check"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/openapi.json"),
-];
+/// The routes and their OpenAPI document, from one list: each handler's `#[utoipa::path]` gives
+/// both its route and its documentation. Without a read path (`read` false) the read routes are
+/// neither served (they answer 404) nor documented.
+pub fn api(read: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use routes::{events, health, notices, openapi};
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(events::post_usage_events))
+        .routes(routes!(events::post_account_events))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::openapi));
+    if read {
+        api = api
+            .routes(routes!(routes::read::usage))
+            .routes(routes!(routes::read::scores))
+            .routes(routes!(routes::read::quota_check))
+            .routes(routes!(notices::current))
+            .routes(routes!(notices::shown))
+            .routes(routes!(notices::clicked));
+    }
+    api.split_for_parts()
+}
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/accounts/{id}/usage", get(routes::read::usage))
-        .route("/v1/accounts/{id}/scores", get(routes::read::scores))
-        .route("/v1/accounts/{id}/notice", get(routes::notices::current))
-        .route(
+    api(state.read.is_some()).0.with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use meterline_schemas::avro;
+    use tower::ServiceExt;
+
+    /// Ingest as [`AppParts`] builds it without a read path. Nothing here connects: the pool
+    /// is lazy and the producer is not asked to deliver.
+    fn ingest_alone() -> AppState {
+        let topic = |name: &str, text: &str| TopicSchema {
+            topic: name.to_owned(),
+            schema_id: 1,
+            schema: Arc::new(avro::parse_schema(text).unwrap()),
+        };
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+            .unwrap();
+        AppParts {
+            config: IngestConfig::default(),
+            kafka: KafkaConfig::default(),
+            tokens: TokenStore::new(pool, Duration::from_secs(1)),
+            ip_hasher: IpHasher::new("test"),
+            usage: topic("usage-events", avro::USAGE_EVENT_SCHEMA),
+            account: topic("account-events", avro::ACCOUNT_EVENT_SCHEMA),
+            read: None,
+            metrics: IngestMetrics::new(),
+        }
+        .build()
+        .unwrap()
+    }
+
+    async fn send(app: &Router, method: &str, path: &str) -> (StatusCode, Vec<u8>) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::from("[]"))
+            .unwrap();
+        let resp = app.clone().oneshot(request).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, body.to_vec())
+    }
+
+    const READ_ROUTES: [(&str, &str); 6] = [
+        ("GET", "/v1/accounts/acct-1/usage"),
+        ("GET", "/v1/accounts/acct-1/scores"),
+        ("GET", "/v1/accounts/acct-1/notice"),
+        (
+            "POST",
+            "/v1/accounts/acct-1/notices/00000000-0000-4000-8000-000000000000/shown",
+        ),
+        (
+            "POST",
+            "/v1/accounts/acct-1/notices/00000000-0000-4000-8000-000000000000/clicked",
+        ),
+        ("POST", "/v1/quota/check"),
+    ];
+
+    #[tokio::test]
+    async fn without_a_read_path_the_read_routes_are_not_served_nor_documented() {
+        let app = router(ingest_alone());
+        for (method, path) in READ_ROUTES {
+            let (status, _) = send(&app, method, path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+        }
+        // Ingest's own routes are there.
+        assert_eq!(send(&app, "GET", "/healthz").await.0, StatusCode::OK);
+        assert_eq!(
+            send(&app, "POST", "/v1/events").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (status, body) = send(&app, "GET", "/openapi.json").await;
+        assert_eq!(status, StatusCode::OK);
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+        assert!(paths.iter().any(|p| *p == "/v1/events"), "{paths:?}");
+        assert!(
+            !paths
+                .iter()
+                .any(|p| p.starts_with("/v1/accounts") || *p == "/v1/quota/check"),
+            "read routes documented without a read path: {paths:?}"
+        );
+    }
+
+    #[test]
+    fn with_a_read_path_the_read_routes_are_documented() {
+        let (_, doc) = api(true);
+        for path in [
+            "/v1/accounts/{id}/usage",
+            "/v1/accounts/{id}/scores",
+            "/v1/accounts/{id}/notice",
             "/v1/accounts/{id}/notices/{notice_id}/shown",
-            post(routes::notices::shown),
-        )
-        .route(
             "/v1/accounts/{id}/notices/{notice_id}/clicked",
-            post(routes::notices::clicked),
-        )
-        .route("/v1/quota/check", post(routes::read::quota_check))
-        .route("/openapi.json", get(routes::openapi::openapi))
-        .route("/v1/events", post(routes::events::post_usage_events))
-        .route(
-            "/v1/account-events",
-            post(routes::events::post_account_events),
-        )
-        .route("/healthz", get(routes::health::healthz))
-        .route("/readyz", get(routes::health::readyz))
-        .route("/metrics", get(routes::health::metrics))
-        .with_state(state)
+            "/v1/quota/check",
+        ] {
+            assert!(doc.paths.paths.contains_key(path), "{path}");
+        }
+    }
 }

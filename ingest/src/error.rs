@@ -2,7 +2,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-/// Every error answer is JSON: `{"error": "<field or subject>: <reason>"}`.
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    #[schema(example = "account_id: must not be empty")]
+    pub error: String,
+}
+
+/// Every error answer is JSON: `{"error": "<field or subject>: <reason>"}` ([`ErrorBody`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -58,7 +66,9 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (
             status,
-            Json(serde_json::json!({ "error": self.to_string() })),
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
         )
             .into_response();
         match &self {

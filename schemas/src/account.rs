@@ -8,13 +8,21 @@ use crate::usage::{envelope, MAX_LABEL_LEN};
 use crate::{FieldError, IpHasher};
 
 /// An account event as posted, every field optional so a missing one is named.
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+///
+/// In the OpenAPI document it is `AccountEvent`, with the fields an event needs marked required.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[schema(as = AccountEvent, description = "An account lifecycle event.")]
 pub struct AccountEventInput {
+    #[schema(value_type = String)]
     pub event_id: Option<String>,
+    #[schema(value_type = String)]
     pub occurred_at: Option<String>,
+    #[schema(value_type = AccountId)]
     pub account_id: Option<String>,
     #[serde(rename = "type")]
+    #[schema(value_type = AccountEventType)]
     pub kind: Option<String>,
+    #[schema(value_type = Option<Plan>)]
     pub plan: Option<String>,
     pub seats: Option<u64>,
     pub email_domain: Option<String>,
@@ -23,6 +31,7 @@ pub struct AccountEventInput {
     pub device_id: Option<String>,
     pub browser_signature: Option<String>,
     /// The dashboard notice a `notice_shown` or `notice_clicked` event is about.
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub notice_id: Option<String>,
 }
 

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use utoipa::ToSchema;
 
 use crate::FieldError;
 
@@ -68,6 +69,26 @@ impl Serialize for AccountId {
     }
 }
 
+/// In the OpenAPI document: a string matching the rule [`AccountId::parse`] applies.
+impl utoipa::PartialSchema for AccountId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(format!("^[A-Za-z0-9._:-]{{1,{}}}$", Self::MAX_LEN)))
+            .description(Some(format!(
+                "1 to {} characters of [A-Za-z0-9._:-]",
+                Self::MAX_LEN
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AccountId {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "AccountId".into()
+    }
+}
+
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -104,7 +125,9 @@ impl fmt::Display for EventId {
 }
 
 /// The plans an account can be on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Plan {
     Free,
@@ -141,7 +164,7 @@ impl fmt::Display for Plan {
 }
 
 /// The kinds of account lifecycle event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountEventType {
     Signup,

@@ -17,19 +17,37 @@ pub const MAX_TOKENS: u64 = 1 << 40;
 /// A usage event as a gateway posts it. Every field is optional here so that a missing field is
 /// reported by its name rather than as a generic parse failure; [`UsageEventInput::validate`]
 /// turns it into a [`UsageEvent`]. Unknown fields are ignored, so gateways can be upgraded first.
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+///
+/// In the OpenAPI document it is `UsageEvent`, with the fields an event needs marked required.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[schema(
+    as = UsageEvent,
+    description = "The event contract; README.md lists every field's rule."
+)]
 pub struct UsageEventInput {
+    #[schema(value_type = String)]
     pub event_id: Option<String>,
+    #[schema(value_type = String)]
     pub occurred_at: Option<String>,
+    #[schema(value_type = AccountId)]
     pub account_id: Option<String>,
+    #[schema(value_type = String)]
     pub api_key_id: Option<String>,
+    #[schema(value_type = String)]
     pub gateway_id: Option<String>,
+    #[schema(value_type = String)]
     pub region: Option<String>,
+    #[schema(value_type = String)]
     pub cloud: Option<String>,
+    #[schema(value_type = String)]
     pub provider: Option<String>,
+    #[schema(value_type = String)]
     pub model: Option<String>,
+    #[schema(value_type = u64)]
     pub input_tokens: Option<u64>,
+    #[schema(value_type = u64)]
     pub output_tokens: Option<u64>,
+    /// Cost in millionths of a US dollar.
     pub cost_micros: Option<u64>,
     pub latency_ms: Option<u64>,
     pub status: Option<i64>,

@@ -14,7 +14,7 @@ pub struct HotState {
 }
 
 /// This month's distinct dimensions, for `/usage`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct MonthDimensions {
     pub models: Vec<String>,
     pub providers: Vec<String>,

@@ -13,23 +13,28 @@ use meterline_schemas::{
     avro, usage_codec, AccountEventInput, FieldError, IpHasher, SchemaError, UsageEventInput,
 };
 use serde::{de::DeserializeOwned, Serialize};
+use utoipa::ToSchema;
 
 use crate::app::TopicSchema;
 use crate::auth::Scope;
 use crate::body::{self, Item};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::producer::OutgoingRecord;
+use crate::routes::openapi::{AuthErrors, BAD_INPUT, UNAVAILABLE};
 use crate::AppState;
 
-#[derive(Debug, Serialize)]
+/// An event of the batch that was not accepted, by its index in the batch.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Rejection {
     pub index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
+    #[schema(example = "occurred_at: more than 5 minutes in the future")]
     pub error: String,
 }
 
-#[derive(Debug, Serialize)]
+/// The answer to a batch: how many events Kafka holds, and which were refused and why.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
     pub accepted: usize,
     pub rejected: Vec<Rejection>,
@@ -98,6 +103,34 @@ impl EventKind for Account {
     }
 }
 
+/// Post usage events (scope: ingest)
+///
+/// A JSON array of events, or NDJSON (one event object per line). Each event is validated on
+/// its own: the valid ones are accepted, the others listed by index with the field and the
+/// reason.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    operation_id = "postUsageEvents",
+    request_body(
+        description = "A JSON array of events, or NDJSON: one event object per line",
+        content(
+            (Vec<UsageEventInput> = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 202, description = ACCEPTED, body = Accepted),
+        (status = 400, description = BAD_INPUT, body = ErrorBody),
+        AuthErrors,
+        (status = 413, description = TOO_LARGE, body = ErrorBody),
+        (status = 415, description = UNSUPPORTED, body = ErrorBody),
+        (status = 429, description = RATE_LIMITED, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 503, description = UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn post_usage_events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -106,6 +139,33 @@ pub async fn post_usage_events(
     handle::<Usage>(&state, &headers, body, "/v1/events").await
 }
 
+/// Post account lifecycle events (scope: ingest)
+///
+/// A JSON array of events, or NDJSON (one event object per line), validated one by one like
+/// usage events.
+#[utoipa::path(
+    post,
+    path = "/v1/account-events",
+    operation_id = "postAccountEvents",
+    request_body(
+        description = "A JSON array of events, or NDJSON: one event object per line",
+        content(
+            (Vec<AccountEventInput> = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 202, description = ACCEPTED, body = Accepted),
+        (status = 400, description = BAD_INPUT, body = ErrorBody),
+        AuthErrors,
+        (status = 413, description = TOO_LARGE, body = ErrorBody),
+        (status = 415, description = UNSUPPORTED, body = ErrorBody),
+        (status = 429, description = RATE_LIMITED, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 503, description = UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn post_account_events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -113,6 +173,11 @@ pub async fn post_account_events(
 ) -> Response {
     handle::<Account>(&state, &headers, body, "/v1/account-events").await
 }
+
+const ACCEPTED: &str = "Kafka holds every accepted event; invalid ones are listed by index";
+const TOO_LARGE: &str = "Body or event count over the limit";
+const UNSUPPORTED: &str = "Content type is neither JSON nor NDJSON";
+const RATE_LIMITED: &str = "The token is over its event rate limit (ingest.rate_limit_events_per_sec); nothing from the request was accepted. Retry after the Retry-After seconds.";
 
 async fn handle<K: EventKind>(
     state: &AppState,

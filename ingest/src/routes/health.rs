@@ -7,13 +7,32 @@ use axum::Json;
 
 use crate::AppState;
 
-/// Liveness: the process answers.
+/// The process is up
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    security(),
+    responses((status = 200, description = "Up", body = Object))
+)]
 pub async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Kafka is reachable
+///
 /// Readiness: Kafka answers a metadata request for the usage topic. Until then a load balancer
 /// should not send events here, because they could only get 503s.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    security(),
+    responses(
+        (status = 200, description = "Ready", body = Object),
+        (status = 503, description = "Not ready", body = Object),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state
         .producer
@@ -34,6 +53,14 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// Prometheus metrics
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    security(),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
         let mut text = state.metrics.render();

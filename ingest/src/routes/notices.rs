@@ -15,17 +15,19 @@ use chrono::{DateTime, Utc};
 use meterline_schemas::domain::AccountEventType;
 use meterline_schemas::{avro, AccountEvent, AccountId, FieldError};
 use serde::Serialize;
-use serde_json::{json, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::read::{authorize, field, postgres_down, read_path};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::producer::OutgoingRecord;
+use crate::routes::openapi::{AuthErrors, BAD_IDS, UNAVAILABLE};
 use crate::AppState;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Notice {
     pub notice_id: Uuid,
+    /// The signal that suggested it: rate_limit_sustained, plugin_gate or power_user.
     pub kind: String,
     pub message: String,
     pub upgrade_url: String,
@@ -33,9 +35,50 @@ pub struct Notice {
     pub plan: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    #[schema(required)]
     pub shown_at: Option<DateTime<Utc>>,
 }
 
+/// What `…/shown` and `…/clicked` record.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeEvent {
+    NoticeShown,
+    NoticeClicked,
+}
+
+impl NoticeEvent {
+    fn account_event(self) -> AccountEventType {
+        match self {
+            NoticeEvent::NoticeShown => AccountEventType::NoticeShown,
+            NoticeEvent::NoticeClicked => AccountEventType::NoticeClicked,
+        }
+    }
+}
+
+/// The account event recorded for a notice.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NoticeRecorded {
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: NoticeEvent,
+    pub notice_id: Uuid,
+}
+
+/// The account's current dashboard notice (an upgrade suggestion), or null (scope: read)
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/notice",
+    operation_id = "getNotice",
+    params(("id" = AccountId, Path, description = "The account")),
+    responses(
+        (status = 200, description = "The current notice, or null when there is none", body = Option<Notice>),
+        (status = 400, description = BAD_IDS, body = ErrorBody),
+        AuthErrors,
+        (status = 503, description = UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn current(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -57,43 +100,76 @@ pub async fn current(
     Ok(Json(notice))
 }
 
+/// Records a notice_shown account event for the notice once Kafka holds it (scope: read)
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/notices/{notice_id}/shown",
+    operation_id = "noticeShown",
+    params(
+        ("id" = AccountId, Path, description = "The account"),
+        ("notice_id" = Uuid, Path, description = "The notice"),
+    ),
+    responses(
+        (status = 202, description = "Recorded", body = NoticeRecorded),
+        (status = 400, description = BAD_IDS, body = ErrorBody),
+        AuthErrors,
+        (status = 404, description = NO_SUCH_NOTICE, body = ErrorBody),
+        (status = 503, description = KAFKA_DOWN, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn shown(
     State(state): State<AppState>,
     Path((id, notice_id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    record(
-        &state,
-        &id,
-        &notice_id,
-        &headers,
-        AccountEventType::NoticeShown,
-    )
-    .await
+) -> Result<(StatusCode, Json<NoticeRecorded>), ApiError> {
+    record(&state, &id, &notice_id, &headers, NoticeEvent::NoticeShown).await
 }
 
+/// Records a notice_clicked account event for the notice once Kafka holds it (scope: read)
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/notices/{notice_id}/clicked",
+    operation_id = "noticeClicked",
+    params(
+        ("id" = AccountId, Path, description = "The account"),
+        ("notice_id" = Uuid, Path, description = "The notice"),
+    ),
+    responses(
+        (status = 202, description = "Recorded", body = NoticeRecorded),
+        (status = 400, description = BAD_IDS, body = ErrorBody),
+        AuthErrors,
+        (status = 404, description = NO_SUCH_NOTICE, body = ErrorBody),
+        (status = 503, description = KAFKA_DOWN, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn clicked(
     State(state): State<AppState>,
     Path((id, notice_id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<NoticeRecorded>), ApiError> {
     record(
         &state,
         &id,
         &notice_id,
         &headers,
-        AccountEventType::NoticeClicked,
+        NoticeEvent::NoticeClicked,
     )
     .await
 }
+
+const NO_SUCH_NOTICE: &str = "The account has no such notice";
+const KAFKA_DOWN: &str = "Kafka unavailable; nothing recorded, retry";
 
 async fn record(
     state: &AppState,
     id: &str,
     notice_id: &str,
     headers: &HeaderMap,
-    kind: AccountEventType,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    event: NoticeEvent,
+) -> Result<(StatusCode, Json<NoticeRecorded>), ApiError> {
+    let kind = event.account_event();
     let account = AccountId::parse(id).map_err(field)?;
     let notice = Uuid::parse_str(notice_id).map_err(|_| {
         field(FieldError::new(
@@ -118,8 +194,9 @@ async fn record(
         )));
     }
     let now = Utc::now();
-    let event = AccountEvent {
-        event_id: Uuid::new_v4().to_string(),
+    let event_id = Uuid::new_v4();
+    let account_event = AccountEvent {
+        event_id: event_id.to_string(),
         occurred_at: now.timestamp_micros(),
         received_at: now.timestamp_micros(),
         account_id: account.clone(),
@@ -134,7 +211,7 @@ async fn record(
         notice_id: Some(notice.to_string()),
     };
     let topic = &state.account;
-    let payload = avro::encode(topic.schema_id, &topic.schema, &event)
+    let payload = avro::encode(topic.schema_id, &topic.schema, &account_event)
         .map_err(|e| ApiError::Internal(format!("avro encoding: {e}")))?;
     let record = OutgoingRecord {
         key: account.as_str().to_owned(),
@@ -164,6 +241,10 @@ async fn record(
     .map_err(postgres_down)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"event_id": event.event_id, "type": kind.as_str(), "notice_id": notice})),
+        Json(NoticeRecorded {
+            event_id,
+            kind: event,
+            notice_id: notice,
+        }),
     ))
 }

@@ -8,16 +8,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use meterline_schemas::limits::{decide, limit_statuses, LimitStatus, QuotaRequest};
+use meterline_schemas::limits::{decide, limit_statuses, Decision, LimitStatus, QuotaRequest};
 use meterline_schemas::usage::from_json_naming_field;
 use meterline_schemas::{AccountId, FieldError, Plan};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Principal, Scope};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::read::{records_for, ReadPath};
+use crate::routes::openapi::{AuthErrors, BAD_INPUT, UNAVAILABLE};
 use crate::AppState;
 
 /// Authenticates a caller with the `read` scope (401 / 403 before any input is looked at).
@@ -83,12 +85,14 @@ pub(crate) fn postgres_down(e: sqlx::Error) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
+    /// Include this session's per-session limits.
     pub session_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RateUsage {
     /// A sliding 60-second estimate.
     pub rolling: f64,
@@ -96,7 +100,9 @@ pub struct RateUsage {
     pub limit: f64,
 }
 
-#[derive(Debug, Serialize)]
+/// Where an account stands against every limit.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Usage)]
 pub struct UsageReport {
     pub account_id: String,
     pub plan: Plan,
@@ -106,6 +112,20 @@ pub struct UsageReport {
     pub month: crate::read::hot_state::MonthDimensions,
 }
 
+/// Where an account stands against every limit (scope: read)
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/usage",
+    operation_id = "getUsage",
+    params(("id" = AccountId, Path, description = "The account"), UsageQuery),
+    responses(
+        (status = 200, description = "The account's usage", body = UsageReport),
+        (status = 400, description = BAD_INPUT, body = ErrorBody),
+        AuthErrors,
+        (status = 503, description = UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn usage(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -169,16 +189,26 @@ pub async fn usage(
     .await
 }
 
-/// `POST /v1/quota/check`'s body, every field optional so a missing one is named.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/quota/check`'s body, every field optional so a missing one is named. In the
+/// OpenAPI document it is `QuotaCheck`, with the rules [`validate`] applies.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = QuotaCheck, description = "A request the gateway is about to serve")]
 pub struct QuotaCheckInput {
+    #[schema(value_type = AccountId)]
     pub account_id: Option<String>,
+    /// The model the gateway is about to call; at least one non-space character.
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = r"\S")]
     pub model: Option<String>,
+    /// Absent or null: 0.
     #[serde(default, deserialize_with = "token_count")]
+    #[schema(minimum = 0, maximum = 1_099_511_627_776_u64)]
     pub estimated_input_tokens: Option<u64>,
+    /// Absent or null: 0.
     #[serde(default, deserialize_with = "token_count")]
+    #[schema(minimum = 0, maximum = 1_099_511_627_776_u64)]
     pub estimated_output_tokens: Option<u64>,
+    #[schema(max_length = 256)]
     pub session_id: Option<String>,
 }
 
@@ -246,11 +276,35 @@ fn validate(input: QuotaCheckInput) -> Result<(AccountId, QuotaRequest), FieldEr
 /// A check slower than this is logged with where its time went.
 const SLOW_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// The answer to a quota check: the decision, for the account asked about.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaDecision {
+    pub account_id: String,
+    #[serde(flatten)]
+    pub decision: Decision,
+}
+
+/// Decide what to do with a request (scope: read)
+///
+/// `limit_reached` is a 200 with a structured body, never a bare 429.
+#[utoipa::path(
+    post,
+    path = "/v1/quota/check",
+    operation_id = "checkQuota",
+    request_body = QuotaCheckInput,
+    responses(
+        (status = 200, description = "The decision; `limit_reached` is a 200 with a structured body, never a bare 429", body = QuotaDecision),
+        (status = 400, description = BAD_INPUT, body = ErrorBody),
+        AuthErrors,
+        (status = 503, description = UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn quota_check(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QuotaDecision>, ApiError> {
     let started = Instant::now();
     // Who is asking comes first: no token is a 401 whatever the body holds.
     let principal = authenticate_read(&state, &headers).await?;
@@ -314,16 +368,30 @@ pub async fn quota_check(
             .request_seconds
             .with_label_values(&["quota_check"])
             .observe(started.elapsed().as_secs_f64());
-        let mut body = serde_json::to_value(&decision)
-            .map_err(|e| ApiError::Internal(format!("encoding decision: {e}")))?;
-        body["account_id"] = Value::from(account.as_str());
-        Ok(Json(body))
+        Ok(Json(QuotaDecision {
+            account_id: account.as_str().to_owned(),
+            decision,
+        }))
     }
     .instrument(span)
     .await
 }
 
-/// `GET /v1/accounts/{id}/scores`: the scorer's latest scores, each with its inputs and reasons.
+/// The scorer's latest scores for an account, each with its inputs and reasons (scope: read)
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/scores",
+    operation_id = "getScores",
+    params(("id" = AccountId, Path, description = "The account")),
+    responses(
+        (status = 200, description = "Scores", body = Scores),
+        (status = 400, description = "Bad account id", body = ErrorBody),
+        AuthErrors,
+        (status = 404, description = "Not scored yet", body = ErrorBody),
+        (status = 503, description = UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn scores(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -344,6 +412,71 @@ pub async fn scores(
             account.as_str()
         ))
     })
+}
+
+/// `GET /v1/accounts/{id}/scores`' body, for the OpenAPI document: the scorer's `Scores` as it
+/// stored them (the scorer crate owns that type; this one only describes it).
+#[derive(Serialize, ToSchema)]
+#[schema(
+    description = "The scorer's latest scores for an account, each with its inputs and reasons"
+)]
+pub struct Scores {
+    pub account_id: String,
+    pub scored_at: DateTime<Utc>,
+    pub plan: String,
+    pub deal_readiness: Score,
+    pub pql: Score,
+    pub abuse: Score,
+    pub abuse_suspected: bool,
+    #[schema(value_type = Option<Object>)]
+    pub power_user: Option<Value>,
+    pub limits: Vec<LimitProximity>,
+    #[schema(value_type = Vec<Object>, required = false)]
+    pub plugin_triggers: Vec<Value>,
+    #[schema(required = false)]
+    pub plugins_desired: Vec<String>,
+    #[schema(value_type = Option<Object>)]
+    pub rate_limit_sustained: Option<Value>,
+    #[schema(value_type = Vec<Object>, required = false)]
+    pub shared_keys: Vec<Value>,
+    #[schema(value_type = Vec<Object>, required = false)]
+    pub multi_accounts: Vec<Value>,
+    pub tags: Vec<String>,
+    #[schema(value_type = Object)]
+    pub inputs: Value,
+}
+
+/// A 0-100 score with the reasons it adds up from.
+#[derive(Serialize, ToSchema)]
+pub struct Score {
+    #[schema(minimum = 0, maximum = 100)]
+    pub value: u32,
+    pub reasons: Vec<ScoreReason>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScoreReason {
+    pub rule: String,
+    pub points: u32,
+    pub detail: String,
+}
+
+/// A limit, with how the account approaches it.
+#[derive(Serialize, ToSchema)]
+pub struct LimitProximity {
+    #[serde(flatten)]
+    pub status: LimitStatus,
+    #[schema(required = false)]
+    pub shape: Option<ApproachShape>,
+    #[schema(required = false)]
+    pub hours_to_limit: Option<f64>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApproachShape {
+    Trajectory,
+    Collision,
 }
 
 #[cfg(test)]

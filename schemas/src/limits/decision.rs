@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::hot_state::UsageSnapshot;
 use super::names::{LimitMetric, LimitName, LimitWindow, ALLOWED_MODELS_NAME, RATE_LIMIT_NAME};
@@ -56,18 +57,26 @@ impl AccountProfile {
 }
 
 /// One limit and where the account stands against it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct LimitStatus {
+    /// `{window}_{metric}`.
+    #[schema(example = "month_weighted_tokens")]
     pub name: String,
     pub window: LimitWindow,
     pub metric: LimitMetric,
-    /// `None` for a session limit when no session was asked about.
+    /// Null for a session limit when no session was asked about.
+    #[schema(required)]
     pub used: Option<f64>,
     /// `-1`: unlimited.
     pub limit: f64,
+    /// `used / limit`; null when unlimited.
+    #[schema(required)]
     pub ratio: Option<f64>,
-    /// The highest warning stage reached, in percent.
+    /// The highest warning stage reached, in percent (70, 85, 95, 100 by default).
+    #[schema(required)]
     pub stage: Option<u32>,
+    /// Null for sessions, which end rather than reset.
+    #[schema(required)]
     pub resets_at: Option<DateTime<Utc>>,
 }
 
@@ -134,7 +143,7 @@ pub struct QuotaRequest {
     pub session_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionKind {
     Allow,
@@ -144,7 +153,7 @@ pub enum DecisionKind {
 }
 
 /// Why a request is degraded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DegradeReason {
     ModelNotAllowed,
@@ -152,16 +161,18 @@ pub enum DegradeReason {
 }
 
 /// A limit at a stage: the body of a warning, a degradation or a reached limit.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct LimitNotice {
+    /// A limit name, `requests_per_minute` or `allowed_models`.
     pub limit: String,
     pub stage: u32,
     pub used: f64,
     pub limit_value: f64,
+    #[schema(required)]
     pub resets_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Degradation {
     pub reason: DegradeReason,
     pub requested_model: String,
@@ -171,21 +182,22 @@ pub struct Degradation {
     pub budget: Option<LimitNotice>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Upgrade {
     pub plan: Plan,
     pub upgrade_url: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct LimitReached {
     #[serde(flatten)]
     pub notice: LimitNotice,
-    /// `None` on the top tier: there is no plan above it.
+    /// Null on the top tier: there is no plan above it.
+    #[schema(required)]
     pub upgrade: Option<Upgrade>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct RateStatus {
     pub requests_per_minute: f64,
     pub limit: f64,
@@ -193,17 +205,20 @@ pub struct RateStatus {
 }
 
 /// The answer to a quota check.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Decision {
     pub decision: DecisionKind,
     pub plan: Plan,
-    /// The model to serve the request with.
+    /// The model to serve the request with: the fallback on `degrade`.
     pub model: String,
+    #[schema(required)]
     pub warning: Option<LimitNotice>,
+    #[schema(required)]
     pub degraded: Option<Degradation>,
+    #[schema(required)]
     pub limit_reached: Option<LimitReached>,
     pub rate: RateStatus,
-    /// Set on `deny`.
+    /// Set on `deny`: `abuse_suspected`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
