@@ -10,7 +10,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 scripts/services.sh up
 cargo build --locked --bin meterline
 venv=.local/venv-schemathesis
-[ -x "$venv/bin/st" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q schemathesis; }
+st_version=4.32.5
+if ! "$venv/bin/pip" show schemathesis 2>/dev/null | grep -qx "Version: $st_version"; then
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==$st_version"
+fi
 
 export METERLINE_POSTGRES__URL=postgres://postgres@127.0.0.1:5432/meterline_schemathesis
 export METERLINE_CLICKHOUSE__DATABASE=meterline_schemathesis
@@ -27,7 +31,7 @@ export METERLINE_HTTP__NOTIFIER_LISTEN=127.0.0.1:18083
 export METERLINE_NOTIFIER__DATA_DIR=.local/schemathesis/notifications
 # Generated traffic is fast; the per-token budget is not what is under test.
 export METERLINE_INGEST__RATE_LIMIT_EVENTS_PER_SEC=0
-bin=target/debug/meterline
+bin="${CARGO_TARGET_DIR:-target}/debug/meterline"
 "$bin" migrate >/dev/null
 name="schemathesis-$$"
 token="$("$bin" tokens add "$name" --scope admin 2>/dev/null)"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, on real servers: brings the services up (installing what is missing),
-# then runs every unit and integration test in the workspace.
+# runs every unit and integration test in the workspace, then Schemathesis against the served
+# /openapi.json (scripts/schemathesis.sh; SCHEMATHESIS_MAX_EXAMPLES examples per operation,
+# 20 by default, which keeps it to a few minutes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/services.sh up
 cargo test --workspace --all-targets --locked "$@"
+scripts/schemathesis.sh --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-20}"
