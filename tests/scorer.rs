@@ -655,3 +655,87 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
     assert!(text.contains("+10  company_size: company of 500"), "{text}");
     app.stop().await;
 }
+
+/// The scorer's ClickHouse history queries bind their values: two accounts in one batch (ids
+/// using every punctuation character an id may have) each get their own facts, and a gated
+/// plugin whose name holds a quote and a backslash is matched. Needs no broker: the rows are
+/// written to ClickHouse directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_queries_bind_account_ids_and_plugin_names() {
+    let mut config = isolated_config(&unique_suffix());
+    let gated = r"o'reilly\pack";
+    config.scorer.gates.gated_plugins = vec![gated.into(), "guardrails".into()];
+    meterline::migrate::postgres(&config).await.unwrap();
+    meterline::migrate::clickhouse(&config).await.unwrap();
+    let ch = config.clickhouse.client();
+
+    let id = unique_suffix();
+    let a = meterline_schemas::AccountId::parse(&format!("{id}.a:b-c_d")).unwrap();
+    let b = meterline_schemas::AccountId::parse(&format!("{id}-b")).unwrap();
+    let outsider = format!("{id}-outsider");
+    let now = Utc::now();
+    // Inside today's first minute would put "today" and "the last 30 minutes" apart; a few
+    // seconds ago is inside both unless the day just turned, which the assertions allow for.
+    let at = (now - ChronoDuration::seconds(5)).timestamp();
+    let insert = |account: &str, session: &str, prompt: &str, plugins: Vec<&str>| {
+        ch.query(
+            "INSERT INTO usage_events (event_id, occurred_at, received_at, account_id, model, \
+             session_id, prompt_hash, plugins) VALUES (?, toDateTime(?), toDateTime(?), ?, 'm', ?, ?, ?)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(at)
+        .bind(at)
+        .bind(account)
+        .bind(session)
+        .bind(prompt)
+        .bind(plugins)
+        .execute()
+    };
+    insert(a.as_str(), "s1", "p1", vec![gated]).await.unwrap();
+    insert(a.as_str(), "s1", "p2", vec!["other", gated])
+        .await
+        .unwrap();
+    insert(a.as_str(), "s1", "p2", vec!["other"]).await.unwrap();
+    insert(b.as_str(), "s'2", "p1", vec!["guardrails"])
+        .await
+        .unwrap();
+    insert(&outsider, "s3", "p1", vec![gated]).await.unwrap();
+
+    let stores = meterline_scorer::load::Stores {
+        clickhouse: ch.clone(),
+        redis: redis::Client::open(config.redis.url.as_str())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap(),
+        keys: meterline_schemas::keys::Keys::new(config.redis.key_prefix.clone()),
+        pg: meterline::migrate::connect_postgres(&config).await.unwrap(),
+    };
+    let facts = stores
+        .facts(
+            &[a.clone(), b.clone()],
+            now,
+            &config.quota,
+            &config.tiers,
+            &config.scorer,
+        )
+        .await
+        .unwrap();
+    let by_id: BTreeMap<&str, _> = facts.iter().map(|f| (f.account_id.as_str(), f)).collect();
+    assert_eq!(by_id.len(), 2, "only the batch's accounts");
+    let (fa, fb) = (by_id[a.as_str()], by_id[b.as_str()]);
+
+    assert_eq!((fa.gate_hits_30d, fb.gate_hits_30d), (2, 1));
+    assert_eq!(fa.daily.iter().map(|d| d.requests).sum::<u64>(), 3);
+    assert_eq!(fb.daily.iter().map(|d| d.requests).sum::<u64>(), 1);
+    assert_eq!(fa.minutes.iter().map(|(_, n)| n).sum::<u64>(), 3);
+    if Grain::Day.window_start(now).timestamp() <= at {
+        let all = stores.all_accounts(now).await.unwrap();
+        for id in [a.as_str(), b.as_str(), outsider.as_str()] {
+            assert!(all.iter().any(|x| x == id), "{id} in the daily full pass");
+        }
+        assert_eq!((fa.prompts_today, fa.distinct_prompts_today), (3, 2));
+        assert_eq!(fa.sessions_today.len(), 1);
+        assert_eq!(fb.sessions_today[0].session_id, "s'2");
+    }
+}

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -24,6 +25,25 @@ use crate::SinkError;
 const ASSIGNMENT_CHECK: Duration = Duration::from_secs(1);
 /// How long an aggregator may go without any partition before it warns.
 const UNASSIGNED_WARNING: Duration = Duration::from_secs(30);
+
+/// The first delay before writing a failed batch again.
+const WRITE_RETRY_BASE: Duration = Duration::from_millis(100);
+
+/// The delays between attempts to write a failed batch: doubling from `base` up to `max`
+/// (`aggregator.retry_max_backoff_ms`), each with "equal jitter" (a random point in the upper
+/// half of that delay, so aggregators that failed together do not retry in lockstep), and
+/// never running out: a batch is retried for as long as it takes.
+///
+/// backon's jitter adds up to the whole delay on top of it, so it is given half of `base` and
+/// `max`: its delays then lie in `[d/2, d)` for the doubled-and-capped `d`.
+pub fn write_backoff(base: Duration, max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(base / 2)
+        .with_max_delay(max / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}
 
 /// The topics the aggregator reads and writes.
 #[derive(Debug, Clone)]
@@ -210,8 +230,8 @@ impl Aggregator {
     /// when shutdown interrupted the retries (nothing is committed then).
     async fn write_with_retry(&self, records: &[RawRecord], shutdown: &CancellationToken) -> bool {
         let mut progress = WriteProgress::default();
-        let mut backoff = Duration::from_millis(100);
         let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
+        let mut delays = write_backoff(WRITE_RETRY_BASE, max_backoff).build();
         loop {
             let started = Instant::now();
             match self.write_once(records, &mut progress).await {
@@ -223,12 +243,12 @@ impl Aggregator {
                 }
                 Err(e) => {
                     self.metrics.batch_failures.inc();
-                    tracing::warn!(error = %e, records = records.len(), retry_in_ms = backoff.as_millis() as u64, "batch not written; retrying, offsets not committed");
+                    let delay = delays.next().unwrap_or(max_backoff);
+                    tracing::warn!(error = %e, records = records.len(), retry_in_ms = delay.as_millis() as u64, "batch not written; retrying, offsets not committed");
                     tokio::select! {
                         _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(max_backoff);
                 }
             }
         }
@@ -299,5 +319,29 @@ impl meterline_infra::Component for Aggregator {
 
     fn run(self: Box<Self>, shutdown: CancellationToken) -> meterline_infra::RunFuture {
         Box::pin(async move { Ok(Aggregator::run(*self, shutdown).await?) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_retries_double_up_to_the_cap_with_equal_jitter_and_never_run_out() {
+        let max = Duration::from_secs(5);
+        let mut delays = write_backoff(WRITE_RETRY_BASE, max).build();
+        // backon computes in f32 seconds: allow a microsecond either way.
+        let within = |d: Duration, lo: Duration, hi: Duration| {
+            d + Duration::from_micros(1) >= lo && d <= hi + Duration::from_micros(1)
+        };
+        for n in 0..10_000u32 {
+            let d = delays.next().expect("retries never run out");
+            let full = (WRITE_RETRY_BASE * 2u32.pow(n.min(10))).min(max);
+            assert!(
+                within(d, full / 2, full),
+                "attempt {n}: {d:?} not in [{:?}, {full:?})",
+                full / 2
+            );
+        }
     }
 }

@@ -204,7 +204,8 @@ pub struct NotifierConfig {
     pub alert_cooldown_hours: u32,
     /// Sending attempts before a notification goes to the dead-letter state.
     pub max_attempts: u32,
-    /// Exponential backoff between attempts: base × 2^(attempt-1), capped, with full jitter.
+    /// Exponential backoff between attempts: d = base × 2^(attempt-1), capped at
+    /// `backoff_max_ms`, then "equal jitter": a random delay in `[d/2, d)`.
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
     /// One HTTP request's timeout.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use chrono::Utc;
 use meterline_infra::RegistryError;
 use meterline_schemas::avro::{self, Schema};
@@ -71,18 +72,19 @@ impl Intake {
                     continue;
                 }
             };
-            let mut backoff = Duration::from_millis(200);
+            let max = Duration::from_secs(10);
+            let mut delays = crate::backoff(Duration::from_millis(200), max).build();
             loop {
                 match self.handle(&msg).await {
                     Ok(_) => break,
                     Err(e) => {
                         // Nothing is committed: the record is handled again until it lands.
                         tracing::warn!(error = %e, partition = msg.partition(), offset = msg.offset(), "could not queue a signal's notifications; retrying");
+                        let delay = delays.next().unwrap_or(max);
                         tokio::select! {
                             _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(delay) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
                 }
             }

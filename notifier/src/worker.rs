@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use chrono::Utc;
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -17,12 +17,12 @@ use crate::{failpoint, Notifier, NotifyError};
 /// How many notifications one poll claims.
 const CLAIM_BATCH: i64 = 16;
 
-/// The delay before attempt `attempt + 1`: base × 2^(attempt-1), capped, then "equal jitter"
-/// (half fixed, half random) so that many failures do not retry in lockstep.
-pub fn backoff(base: Duration, cap: Duration, attempt: u32, unit_random: f64) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let d = exp.min(cap);
-    d / 2 + d.mul_f64(unit_random.clamp(0.0, 1.0) / 2.0)
+/// The delay before attempt `attempt + 1` of a send: the `attempt`-th delay of
+/// [`crate::backoff`], d = base × 2^(attempt-1) capped at `max`, somewhere in `[d/2, d)`.
+pub fn retry_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
+    // Past 64 doublings every delay is capped anyway.
+    let n = attempt.saturating_sub(1).min(64) as usize;
+    crate::backoff(base, max).build().nth(n).unwrap_or(max)
 }
 
 pub async fn run(n: Notifier, shutdown: CancellationToken) {
@@ -78,14 +78,15 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
 {
-    let mut wait = Duration::from_millis(100);
+    let max = Duration::from_secs(5);
+    let mut delays = crate::backoff(Duration::from_millis(100), max).build();
     loop {
         match record().await {
             Ok(()) => return,
             Err(e) => {
+                let wait = delays.next().unwrap_or(max);
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "could not record a send's outcome; retrying");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -114,11 +115,10 @@ async fn settle(n: &Notifier, c: &Claimed) -> Result<(), NotifyError> {
             tracing::warn!(retry_in_ms = after.as_millis() as u64, %detail, "rate limited; waiting as asked");
         }
         Err(SendError::Transient(e)) if (c.attempts as u32) < n.config.max_attempts => {
-            let delay = backoff(
+            let delay = retry_delay(
                 Duration::from_millis(n.config.backoff_base_ms),
                 Duration::from_millis(n.config.backoff_max_ms),
                 c.attempts as u32,
-                rand::rng().random::<f64>(),
             );
             let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             until_recorded(|| outbox::mark_retry(&n.pg, c.id, next, &e, true)).await;
@@ -211,11 +211,30 @@ mod tests {
     fn backoff_doubles_is_capped_and_jittered_within_half() {
         let base = Duration::from_secs(1);
         let cap = Duration::from_secs(60);
-        assert_eq!(backoff(base, cap, 1, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff(base, cap, 1, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(base, cap, 3, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff(base, cap, 3, 0.5), Duration::from_secs(3));
-        assert_eq!(backoff(base, cap, 30, 1.0), cap);
-        assert_eq!(backoff(base, cap, 30, 0.0), cap / 2);
+        // backon computes in f32 seconds: allow a microsecond either way.
+        let within = |d: Duration, lo: Duration, hi: Duration| {
+            d + Duration::from_micros(1) >= lo && d <= hi + Duration::from_micros(1)
+        };
+        for (attempt, full) in [
+            (0, base),
+            (1, base),
+            (3, base * 4),
+            (6, base * 32),
+            (7, cap),
+            (30, cap),
+            (u32::MAX, cap),
+        ] {
+            let delays: Vec<Duration> = (0..200).map(|_| retry_delay(base, cap, attempt)).collect();
+            for d in &delays {
+                assert!(within(*d, full / 2, full), "attempt {attempt}: {d:?}");
+            }
+            // Jittered: not all the same.
+            assert!(delays.iter().any(|d| *d != delays[0]), "attempt {attempt}");
+        }
+        // The loops' iterator keeps going.
+        assert_eq!(
+            crate::backoff(base, cap).build().take(10_000).count(),
+            10_000
+        );
     }
 }

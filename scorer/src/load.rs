@@ -24,13 +24,22 @@ pub struct Stores {
     pub pg: PgPool,
 }
 
-/// `('a','b')`: account ids are validated against `[A-Za-z0-9._:-]`, so they quote safely.
-fn in_list(accounts: &[AccountId]) -> String {
-    let quoted: Vec<String> = accounts
-        .iter()
-        .map(|a| format!("'{}'", a.as_str()))
-        .collect();
-    format!("({})", quoted.join(","))
+/// `(?,?,…)`: one placeholder per account, for `account_id IN (?,?,…)`.
+///
+/// Every value in these queries is bound with [`clickhouse::query::Query::bind`] (the crate
+/// quotes and escapes it), never spliced into the SQL. A list is bound value by value
+/// ([`bind_accounts`]) because ClickHouse 18.16 does not take an array on the right of `IN`.
+fn in_placeholders(n: usize) -> String {
+    format!("({})", vec!["?"; n].join(","))
+}
+
+/// Binds the accounts, in order, to the next `accounts.len()` placeholders: the query's
+/// `IN` list has to be its first placeholders.
+fn bind_accounts(
+    query: clickhouse::query::Query,
+    accounts: &[AccountId],
+) -> clickhouse::query::Query {
+    accounts.iter().fold(query, |q, a| q.bind(a.as_str()))
 }
 
 fn at(secs: u32) -> DateTime<Utc> {
@@ -111,10 +120,11 @@ impl Stores {
         let day = Grain::Day.window_start(now).timestamp();
         let v: f64 = self
             .clickhouse
-            .query(&format!(
+            .query(
                 "SELECT toFloat64(median(len)) FROM (SELECT toFloat64(max(occurred_at)) - toFloat64(min(occurred_at)) AS len \
-                 FROM usage_events WHERE occurred_at >= toDateTime({day}) AND session_id != '' GROUP BY account_id, session_id)"
-            ))
+                 FROM usage_events WHERE occurred_at >= toDateTime(?) AND session_id != '' GROUP BY account_id, session_id)",
+            )
+            .bind(day)
             .fetch_one()
             .await?;
         Ok(v.is_finite().then_some(v).filter(|v| *v > 0.0))
@@ -125,9 +135,10 @@ impl Stores {
         let month = Grain::Month.window_start(now).timestamp();
         let mut ids: BTreeSet<String> = self
             .clickhouse
-            .query(&format!(
-                "SELECT DISTINCT account_id FROM usage_month WHERE window_start >= toDateTime({month})"
-            ))
+            .query(
+                "SELECT DISTINCT account_id FROM usage_month WHERE window_start >= toDateTime(?)",
+            )
+            .bind(month)
             .fetch_all::<String>()
             .await?
             .into_iter()
@@ -305,22 +316,22 @@ impl Stores {
         tiers: &TiersConfig,
         config: &ScorerConfig,
     ) -> Result<(), ScoreError> {
-        let ids = in_list(accounts);
-        let ch = &self.clickhouse;
+        let ids = in_placeholders(accounts.len());
+        let query = |sql: &str| bind_accounts(self.clickhouse.query(sql), accounts);
         let today = Grain::Day.window_start(now);
         let from30 = (today - Duration::days(29)).timestamp();
         let from7 = (today - Duration::days(6)).timestamp();
         let month = Grain::Month.window_start(now);
 
         // Days: the last 30, per model, weighted by each account's tier.
-        let rows: Vec<ModelWindow> = ch
-            .query(&format!(
-                "SELECT account_id, toUInt32(window_start) AS window_start, model, sum(requests) AS requests, \
-                 sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens FROM usage_day \
-                 WHERE account_id IN {ids} AND window_start >= toDateTime({from30}) \
-                 GROUP BY account_id, window_start, model"
-            ))
-            .fetch_all()
+        let rows: Vec<ModelWindow> = query(&format!(
+            "SELECT account_id, toUInt32(window_start) AS window_start, model, sum(requests) AS requests, \
+             sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens FROM usage_day \
+             WHERE account_id IN {ids} AND window_start >= toDateTime(?) \
+             GROUP BY account_id, window_start, model"
+        ))
+        .bind(from30)
+        .fetch_all()
             .await?;
         for f in facts.values_mut() {
             f.daily = (0..30)
@@ -351,16 +362,15 @@ impl Stores {
         for _ in 0..months {
             first = Grain::Month.window_start(first - Duration::days(1));
         }
-        let rows: Vec<ModelWindow> = ch
-            .query(&format!(
-                "SELECT account_id, toUInt32(window_start) AS window_start, model, sum(requests) AS requests, \
-                 sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens FROM usage_month \
-                 WHERE account_id IN {ids} AND window_start >= toDateTime({}) AND window_start < toDateTime({}) \
-                 GROUP BY account_id, window_start, model",
-                first.timestamp(),
-                month.timestamp()
-            ))
-            .fetch_all()
+        let rows: Vec<ModelWindow> = query(&format!(
+            "SELECT account_id, toUInt32(window_start) AS window_start, model, sum(requests) AS requests, \
+             sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens FROM usage_month \
+             WHERE account_id IN {ids} AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
+             GROUP BY account_id, window_start, model"
+        ))
+        .bind(first.timestamp())
+        .bind(month.timestamp())
+        .fetch_all()
             .await?;
         let mut per_month: HashMap<(String, u32), f64> = HashMap::new();
         for r in rows {
@@ -387,13 +397,13 @@ impl Stores {
         }
 
         // 7 days: providers, clouds, PII.
-        let rows: Vec<Dims7> = ch
-            .query(&format!(
-                "SELECT account_id, toUInt64(uniqExactMerge(providers)) AS providers, toUInt64(uniqExactMerge(clouds)) AS clouds, \
-                 sum(pii_requests) AS pii FROM usage_day WHERE account_id IN {ids} AND window_start >= toDateTime({from7}) \
-                 GROUP BY account_id"
-            ))
-            .fetch_all()
+        let rows: Vec<Dims7> = query(&format!(
+            "SELECT account_id, toUInt64(uniqExactMerge(providers)) AS providers, toUInt64(uniqExactMerge(clouds)) AS clouds, \
+             sum(pii_requests) AS pii FROM usage_day WHERE account_id IN {ids} AND window_start >= toDateTime(?) \
+             GROUP BY account_id"
+        ))
+        .bind(from7)
+        .fetch_all()
             .await?;
         for r in rows {
             if let Some(f) = facts.get_mut(&r.account_id) {
@@ -404,39 +414,32 @@ impl Stores {
         }
 
         // 30 days: distinct users.
-        let rows: Vec<AccountCount> = ch
-            .query(&format!(
-                "SELECT account_id, toUInt64(uniqExactIfMerge(users)) AS n FROM usage_day \
-                 WHERE account_id IN {ids} AND window_start >= toDateTime({from30}) GROUP BY account_id"
-            ))
-            .fetch_all()
-            .await?;
+        let rows: Vec<AccountCount> = query(&format!(
+            "SELECT account_id, toUInt64(uniqExactIfMerge(users)) AS n FROM usage_day \
+             WHERE account_id IN {ids} AND window_start >= toDateTime(?) GROUP BY account_id"
+        ))
+        .bind(from30)
+        .fetch_all()
+        .await?;
         for r in rows {
             if let Some(f) = facts.get_mut(&r.account_id) {
                 f.users_30d = r.n;
             }
         }
 
-        // 30 days: requests naming a gated plugin.
-        let gated: Vec<String> = config
-            .gates
-            .gated_plugins
-            .iter()
-            .filter(|p| {
-                p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            })
-            .map(|p| format!("'{p}'"))
-            .collect();
+        // 30 days: requests naming a gated plugin. The plugin list is bound as an array; it
+        // comes before the accounts in the text, so it is bound first.
+        let gated = &config.gates.gated_plugins;
         if !gated.is_empty() {
-            let rows: Vec<AccountCount> = ch
-                .query(&format!(
-                    "SELECT account_id, countIf(arrayExists(p -> has([{}], p), plugins)) AS n FROM usage_events \
-                     WHERE account_id IN {ids} AND occurred_at >= toDateTime({from30}) GROUP BY account_id",
-                    gated.join(",")
-                ))
-                .fetch_all()
-                .await?;
+            let sql = format!(
+                "SELECT account_id, countIf(arrayExists(p -> has(?, p), plugins)) AS n FROM usage_events \
+                 WHERE account_id IN {ids} AND occurred_at >= toDateTime(?) GROUP BY account_id"
+            );
+            let rows: Vec<AccountCount> =
+                bind_accounts(self.clickhouse.query(&sql).bind(gated), accounts)
+                    .bind(from30)
+                    .fetch_all()
+                    .await?;
             for r in rows {
                 if let Some(f) = facts.get_mut(&r.account_id) {
                     f.gate_hits_30d = r.n;
@@ -446,13 +449,13 @@ impl Stores {
 
         // Today: sessions and prompts.
         let day = today.timestamp();
-        let rows: Vec<Session> = ch
-            .query(&format!(
-                "SELECT account_id, session_id, toUInt32(min(occurred_at)) AS start, toUInt32(max(occurred_at)) AS end \
-                 FROM usage_events WHERE account_id IN {ids} AND occurred_at >= toDateTime({day}) AND session_id != '' \
-                 GROUP BY account_id, session_id"
-            ))
-            .fetch_all()
+        let rows: Vec<Session> = query(&format!(
+            "SELECT account_id, session_id, toUInt32(min(occurred_at)) AS start, toUInt32(max(occurred_at)) AS end \
+             FROM usage_events WHERE account_id IN {ids} AND occurred_at >= toDateTime(?) AND session_id != '' \
+             GROUP BY account_id, session_id"
+        ))
+        .bind(day)
+        .fetch_all()
             .await?;
         for r in rows {
             if let Some(f) = facts.get_mut(&r.account_id) {
@@ -463,12 +466,12 @@ impl Stores {
                 });
             }
         }
-        let rows: Vec<Prompts> = ch
-            .query(&format!(
-                "SELECT account_id, countIf(prompt_hash != '') AS total, toUInt64(uniqExactIf(prompt_hash, prompt_hash != '')) AS uniq_prompts \
-                 FROM usage_events WHERE account_id IN {ids} AND occurred_at >= toDateTime({day}) GROUP BY account_id"
-            ))
-            .fetch_all()
+        let rows: Vec<Prompts> = query(&format!(
+            "SELECT account_id, countIf(prompt_hash != '') AS total, toUInt64(uniqExactIf(prompt_hash, prompt_hash != '')) AS uniq_prompts \
+             FROM usage_events WHERE account_id IN {ids} AND occurred_at >= toDateTime(?) GROUP BY account_id"
+        ))
+        .bind(day)
+        .fetch_all()
             .await?;
         for r in rows {
             if let Some(f) = facts.get_mut(&r.account_id) {
@@ -479,16 +482,16 @@ impl Stores {
 
         // The last hour: keys used from many IPs within a minute.
         let hour_ago = (now - Duration::hours(1)).timestamp();
-        let rows: Vec<KeyRow> = ch
-            .query(&format!(
-                "SELECT account_id, api_key_id, toUInt32(toStartOfMinute(occurred_at)) AS minute, \
-                 toUInt64(uniqExact(client_ip_hash)) AS ips FROM usage_events \
-                 WHERE account_id IN {ids} AND occurred_at >= toDateTime({hour_ago}) AND client_ip_hash != '' \
-                 GROUP BY account_id, api_key_id, minute HAVING ips >= {}",
-                config.abuse.key_sharing_ips_per_minute
-            ))
-            .fetch_all()
-            .await?;
+        let rows: Vec<KeyRow> = query(&format!(
+            "SELECT account_id, api_key_id, toUInt32(toStartOfMinute(occurred_at)) AS minute, \
+             toUInt64(uniqExact(client_ip_hash)) AS ips FROM usage_events \
+             WHERE account_id IN {ids} AND occurred_at >= toDateTime(?) AND client_ip_hash != '' \
+             GROUP BY account_id, api_key_id, minute HAVING ips >= ?"
+        ))
+        .bind(hour_ago)
+        .bind(config.abuse.key_sharing_ips_per_minute)
+        .fetch_all()
+        .await?;
         for r in rows {
             if let Some(f) = facts.get_mut(&r.account_id) {
                 f.shared_keys.push(KeyMinute {
@@ -501,13 +504,12 @@ impl Stores {
 
         // The last 30 minutes, per minute, zero-filled.
         let start = Grain::Minute.window_start(now) - Duration::minutes(29);
-        let rows: Vec<MinuteRow> = ch
-            .query(&format!(
-                "SELECT account_id, toUInt32(window_start) AS minute, sum(requests) AS requests FROM usage_minute \
-                 WHERE account_id IN {ids} AND window_start >= toDateTime({}) GROUP BY account_id, window_start",
-                start.timestamp()
-            ))
-            .fetch_all()
+        let rows: Vec<MinuteRow> = query(&format!(
+            "SELECT account_id, toUInt32(window_start) AS minute, sum(requests) AS requests FROM usage_minute \
+             WHERE account_id IN {ids} AND window_start >= toDateTime(?) GROUP BY account_id, window_start"
+        ))
+        .bind(start.timestamp())
+        .fetch_all()
             .await?;
         let mut per_minute: HashMap<(String, u32), u64> = HashMap::new();
         for r in rows {
