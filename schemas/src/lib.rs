@@ -13,6 +13,8 @@
 //! * [`registry`]: where schema ids come from: a Confluent-compatible Schema Registry when one is
 //!   configured, otherwise our own PostgreSQL table `avro_schemas`.
 //! * [`privacy`]: keyed hashing of client IPs, which are never stored in clear text.
+//! * [`signal`]: the scorer's signals as the notifier reads them: [`SignalKind`] and the
+//!   `account-signals` record [`AccountSignal`].
 
 pub mod account;
 pub mod avro;
@@ -22,6 +24,7 @@ pub mod keys;
 pub mod limits;
 pub mod privacy;
 pub mod registry;
+pub mod signal;
 pub mod usage;
 pub mod usage_codec;
 
@@ -29,6 +32,7 @@ pub use account::{AccountEvent, AccountEventInput};
 pub use domain::{AccountEventType, AccountId, EventId, Plan};
 pub use error::{FieldError, SchemaError};
 pub use privacy::IpHasher;
+pub use signal::{AccountSignal, SignalKind};
 pub use usage::{UsageEvent, UsageEventInput};
 
 /// How far in the future an event's `occurred_at` may be: clock skew between gateways.
