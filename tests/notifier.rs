@@ -15,8 +15,7 @@ use common::*;
 use meterline::services::{self, Components, Running};
 use meterline::Config;
 use meterline_ingest::Scope;
-use meterline_notifier::signal::AccountSignal;
-use meterline_schemas::avro;
+use meterline_schemas::{avro, AccountSignal, SignalKind};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -123,7 +122,7 @@ async fn a_child_process_gets_exactly_the_tests_configuration() {
 #[allow(clippy::too_many_arguments)]
 fn signal(
     account: &str,
-    kind: &str,
+    kind: SignalKind,
     episode: &str,
     at: DateTime<Utc>,
     plan: &str,
@@ -134,7 +133,7 @@ fn signal(
 ) -> AccountSignal {
     AccountSignal {
         signal_id: format!("{account}:{kind}:{episode}"),
-        kind: kind.into(),
+        kind,
         account_id: account.into(),
         episode: episode.into(),
         raised_at: at.timestamp_micros(),
@@ -150,7 +149,7 @@ fn signal(
 fn deal_signal(account: &str, score: i32, at: DateTime<Utc>) -> AccountSignal {
     signal(
         account,
-        "deal_ready",
+        SignalKind::DealReady,
         &format!("{}:{score}", at.format("%Y%m")),
         at,
         "free",
@@ -196,8 +195,29 @@ async fn encode(c: &Config, signals: &[AccountSignal]) -> Vec<Vec<u8>> {
     let schema = avro::parse_schema(avro::ACCOUNT_SIGNAL_SCHEMA).unwrap();
     signals
         .iter()
-        .map(|s| avro::encode(id, &schema, s).unwrap())
+        .map(|s| s.encode(id, &schema).unwrap())
         .collect()
+}
+
+/// `record` (from [`encode`]) with its kind replaced by `kind`, one no signal type can hold:
+/// what a newer scorer with a kind of signal this notifier does not know would write.
+fn with_kind(record: &[u8], kind: &str) -> Vec<u8> {
+    use apache_avro::types::Value as Avro;
+    let schema = avro::parse_schema(avro::ACCOUNT_SIGNAL_SCHEMA).unwrap();
+    let (id, mut body) = avro::split_frame(record).unwrap();
+    let mut value = apache_avro::from_avro_datum(&schema, &mut body, None).unwrap();
+    let Avro::Record(fields) = &mut value else {
+        panic!("not a record")
+    };
+    for (name, v) in fields.iter_mut() {
+        if name == "kind" {
+            *v = Avro::String(kind.into());
+        }
+    }
+    let mut out = vec![avro::MAGIC];
+    out.extend(id.to_be_bytes());
+    out.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
+    out
 }
 
 async fn add_account(pool: &sqlx::PgPool, account: &str, plan: &str, seats: i64, domain: &str) {
@@ -237,7 +257,7 @@ impl Sentinel {
         add_account(pool, &account, "free", 1, "sentinel.example").await;
         let s = signal(
             &account,
-            "key_sharing",
+            SignalKind::KeySharing,
             "sentinel",
             Utc::now(),
             "free",
@@ -337,7 +357,7 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
     let first = deal_signal(&acct, 75, t0);
     let key_sharing = signal(
         &tns,
-        "key_sharing",
+        SignalKind::KeySharing,
         "k1:20261122",
         t0,
         "free",
@@ -347,9 +367,27 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
         json!({"key": {"api_key_id": "k1", "distinct_ips": 7}}),
     );
     let mut records = encode(&c, &[first.clone(), key_sharing]).await;
-    // The same signal three times (a replay), and a record that is not Avro at all.
+    // The same signal three times (a replay), a signal of a kind this notifier does not know
+    // (it has no route: not rejected, nothing queued), and a record that is not Avro at all.
     records.push(records[0].clone());
     records.push(records[0].clone());
+    // (Read as the deal_ready signal it was written as, it would be sent: a rise of 20.)
+    let unknown = signal(
+        &acct,
+        SignalKind::DealReady,
+        "churn",
+        t0 + ChronoDuration::minutes(1),
+        "free",
+        95,
+        0,
+        &[],
+        json!({}),
+    );
+    let unknown_kind = with_kind(
+        &encode(&c, std::slice::from_ref(&unknown)).await[0],
+        "churn_risk",
+    );
+    records.push(unknown_kind);
     records.push(b"not an avro record".to_vec());
     publish(&c, &records, &acct).await;
 
@@ -497,6 +535,13 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
     .await;
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(rejected[0].0.contains("magic"), "{rejected:?}");
+    let (queued,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM notifications WHERE signal_id = $1")
+            .bind(&unknown.signal_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(queued, 0, "a signal of an unknown kind has no route");
 
     // A rise of 10 inside the cooldown is held; a rise of 20 sends again and updates the deal.
     let held = deal_signal(&acct, 85, t0 + ChronoDuration::minutes(5));
@@ -784,7 +829,7 @@ async fn one_notice_per_seven_days_and_its_clicks_are_recorded() {
         .await
         .unwrap();
     let now = Utc::now();
-    let suggestion = |account: &str, kind: &str, at: DateTime<Utc>| {
+    let suggestion = |account: &str, kind: SignalKind, at: DateTime<Utc>| {
         signal(
             account,
             kind,
@@ -803,18 +848,26 @@ async fn one_notice_per_seven_days_and_its_clicks_are_recorded() {
     let signals = [
         suggestion(
             &close,
-            "rate_limit_sustained",
+            SignalKind::RateLimitSustained,
             now - ChronoDuration::days(1) - ChronoDuration::hours(1),
         ),
-        suggestion(&close, "power_user", now - ChronoDuration::hours(1)),
-        suggestion(&apart, "rate_limit_sustained", base),
-        suggestion(&apart, "power_user", base + ChronoDuration::days(8)),
+        suggestion(
+            &close,
+            SignalKind::PowerUser,
+            now - ChronoDuration::hours(1),
+        ),
+        suggestion(&apart, SignalKind::RateLimitSustained, base),
+        suggestion(
+            &apart,
+            SignalKind::PowerUser,
+            base + ChronoDuration::days(8),
+        ),
     ];
     publish(&c, &encode(&c, &signals).await, "k").await;
     // A sentinel suggestion behind them in their partition: once its notice is written, the
     // notifier has decided on all four.
     let sentinel = format!("sentinel-{}", unique_suffix());
-    let after = [suggestion(&sentinel, "power_user", now)];
+    let after = [suggestion(&sentinel, SignalKind::PowerUser, now)];
     publish(&c, &encode(&c, &after).await, "k").await;
 
     let count = |account: String| {

@@ -15,9 +15,9 @@ use meterline_ingest::Scope;
 use meterline_schemas::avro;
 use meterline_schemas::keys::Grain;
 use meterline_schemas::limits::{QuotaConfig, TierConfig};
+use meterline_schemas::{AccountSignal, SignalKind};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -96,16 +96,8 @@ impl Gen {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct SignalRecord {
-    signal_id: String,
-    kind: String,
-    account_id: String,
-    episode: String,
-}
-
 /// Every record on the signal topic up to its end now, from the start of each partition.
-async fn read_signals(config: &Config, group: &str) -> Vec<SignalRecord> {
+async fn read_signals(config: &Config, group: &str) -> Vec<AccountSignal> {
     let consumer: StreamConsumer = meterline_infra::kafka::client_config(&config.kafka)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -139,7 +131,7 @@ async fn read_signals(config: &Config, group: &str) -> Vec<SignalRecord> {
         read.insert(m.partition(), m.offset() + 1);
         if m.offset() < ends[&m.partition()] {
             let (_, body) = avro::split_frame(m.payload().unwrap()).unwrap();
-            out.push(avro::decode_body::<SignalRecord>(&schema, &schema, body).unwrap());
+            out.push(AccountSignal::decode(&schema, &schema, body).unwrap());
         }
     }
     out
@@ -469,43 +461,55 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
 
     let month = Grain::Month.stamp(Grain::Month.window_start(now));
     let day = Grain::Day.stamp(today);
-    let want: BTreeSet<(String, String, String)> = [
+    let want: BTreeSet<(String, SignalKind, String)> = [
         (
             &trajectory,
-            "limit_stage",
+            SignalKind::LimitStage,
             format!("day_weighted_tokens:70:{day}"),
         ),
         (
             &collision,
-            "limit_stage",
+            SignalKind::LimitStage,
             format!("day_weighted_tokens:85:{day}"),
         ),
-        (&enterprise, "deal_ready", format!("{month}:75")),
+        (&enterprise, SignalKind::DealReady, format!("{month}:75")),
         (
             &enterprise,
-            "limit_stage",
+            SignalKind::LimitStage,
             format!("day_weighted_tokens:100:{day}"),
         ),
-        (&enterprise, "plugin_gate", "audit_logger".to_owned()),
-        (&abuser, "abuse_suspected", day.clone()),
-        (&shared, "key_sharing", format!("k-shared:{day}")),
-        (&multi_a, "multi_account", format!("{multi_a}+{multi_b}")),
-        (&multi_b, "multi_account", format!("{multi_a}+{multi_b}")),
-        (&power, "power_user", month.clone()),
+        (
+            &enterprise,
+            SignalKind::PluginGate,
+            "audit_logger".to_owned(),
+        ),
+        (&abuser, SignalKind::AbuseSuspected, day.clone()),
+        (&shared, SignalKind::KeySharing, format!("k-shared:{day}")),
+        (
+            &multi_a,
+            SignalKind::MultiAccount,
+            format!("{multi_a}+{multi_b}"),
+        ),
+        (
+            &multi_b,
+            SignalKind::MultiAccount,
+            format!("{multi_a}+{multi_b}"),
+        ),
+        (&power, SignalKind::PowerUser, month.clone()),
         (
             &rate,
-            "rate_limit_sustained",
+            SignalKind::RateLimitSustained,
             Grain::Minute.stamp(rate_start),
         ),
     ]
     .into_iter()
-    .map(|(a, k, e)| (a.clone(), k.to_owned(), e))
+    .map(|(a, k, e)| (a.clone(), k, e))
     .collect();
     wait_until_scorer_idle(&app, &pool, &steady).await;
     let got = read_signals(&config, &format!("t-{id}")).await;
-    let got_set: BTreeSet<(String, String, String)> = got
+    let got_set: BTreeSet<(String, SignalKind, String)> = got
         .iter()
-        .map(|s| (s.account_id.clone(), s.kind.clone(), s.episode.clone()))
+        .map(|s| (s.account_id.clone(), s.kind, s.episode.clone()))
         .collect();
     assert_eq!(got_set, want, "signals");
     assert_eq!(got.len(), want.len(), "each signal once: {got:?}");

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use meterline_schemas::SignalKind;
 use serde::{Deserialize, Serialize};
 
 /// A credential: a Slack webhook path or a HubSpot token. Its `Debug` and `Display` never show
@@ -191,8 +192,9 @@ pub struct NotifierConfig {
     pub instance_id: String,
     /// The local sink: one JSON file per message that had no outside service configured.
     pub data_dir: String,
-    /// Signal kind → destinations: `slack:<channel>`, `hubspot` or `notice`.
-    pub routes: BTreeMap<String, Vec<String>>,
+    /// Signal kind → destinations: `slack:<channel>`, `hubspot` or `notice`. A key that is not
+    /// a signal kind fails when the configuration is read.
+    pub routes: BTreeMap<SignalKind, Vec<String>>,
     pub sales_assist: SalesAssistRule,
     /// A deal alert (Slack and HubSpot) goes out at most once per account in this many days...
     pub deal_cooldown_days: u32,
@@ -223,26 +225,26 @@ pub struct NotifierConfig {
 
 impl Default for NotifierConfig {
     fn default() -> Self {
-        let route = |kind: &str, to: &[&str]| {
-            (
-                kind.to_owned(),
-                to.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
-            )
+        let route = |kind: SignalKind, to: &[&str]| {
+            (kind, to.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
         };
         Self {
             group_id: "meterline-notifier".into(),
             instance_id: "notifier-0".into(),
             data_dir: ".local/notifications".into(),
             routes: [
-                route("deal_ready", &["slack:enterprise_inbound", "hubspot"]),
-                route("limit_stage", &["slack:sales_assist"]),
-                route("rate_limit_sustained", &["notice"]),
-                route("plugin_gate", &["notice"]),
-                route("power_user", &["notice"]),
-                route("abuse_suspected", &["slack:trust_and_safety"]),
-                route("key_sharing", &["slack:trust_and_safety"]),
-                route("multi_account", &["slack:trust_and_safety"]),
-                route("pql", &[]),
+                route(
+                    SignalKind::DealReady,
+                    &["slack:enterprise_inbound", "hubspot"],
+                ),
+                route(SignalKind::LimitStage, &["slack:sales_assist"]),
+                route(SignalKind::RateLimitSustained, &["notice"]),
+                route(SignalKind::PluginGate, &["notice"]),
+                route(SignalKind::PowerUser, &["notice"]),
+                route(SignalKind::AbuseSuspected, &["slack:trust_and_safety"]),
+                route(SignalKind::KeySharing, &["slack:trust_and_safety"]),
+                route(SignalKind::MultiAccount, &["slack:trust_and_safety"]),
+                route(SignalKind::Pql, &[]),
             ]
             .into_iter()
             .collect(),
@@ -265,36 +267,22 @@ impl Default for NotifierConfig {
     }
 }
 
-/// The signal kinds the scorer raises.
-pub const SIGNAL_KINDS: [&str; 9] = [
-    "deal_ready",
-    "pql",
-    "limit_stage",
-    "rate_limit_sustained",
-    "plugin_gate",
-    "power_user",
-    "abuse_suspected",
-    "key_sharing",
-    "multi_account",
+/// Trust-and-safety signals: never a sales lead, never an upgrade suggestion.
+pub const TRUST_AND_SAFETY_KINDS: [SignalKind; 3] = [
+    SignalKind::AbuseSuspected,
+    SignalKind::KeySharing,
+    SignalKind::MultiAccount,
 ];
 
-/// Trust-and-safety signals: never a sales lead, never an upgrade suggestion.
-pub const TRUST_AND_SAFETY_KINDS: [&str; 3] = ["abuse_suspected", "key_sharing", "multi_account"];
-
 impl NotifierConfig {
-    /// Checks the routes. Each error names the key and says why.
+    /// Checks the routes. Each error names the key and says why. (Keys that are not signal
+    /// kinds never get this far: they fail to deserialize.)
     pub fn validate(&self) -> Result<(), String> {
         for (kind, destinations) in &self.routes {
             let key = format!("notifier.routes.{kind}");
-            if !SIGNAL_KINDS.contains(&kind.as_str()) {
-                return Err(format!(
-                    "{key}: {kind:?} is not a signal kind (one of {})",
-                    SIGNAL_KINDS.join(", ")
-                ));
-            }
             for d in destinations {
                 match d.as_str() {
-                    "hubspot" | "notice" if TRUST_AND_SAFETY_KINDS.contains(&kind.as_str()) => {
+                    "hubspot" | "notice" if TRUST_AND_SAFETY_KINDS.contains(kind) => {
                         return Err(format!(
                             "{key}: {kind} is a trust-and-safety signal; it never goes to {d}"
                         ))
@@ -323,8 +311,8 @@ impl NotifierConfig {
     }
 
     /// The offer a kind of signal recommends for an account on `plan`.
-    pub fn offer_for(&self, kind: &str, plan: &str) -> &Offer {
-        if kind == "deal_ready" || plan != "free" {
+    pub fn offer_for(&self, kind: SignalKind, plan: &str) -> &Offer {
+        if kind == SignalKind::DealReady || plan != "free" {
             &self.offers.enterprise
         } else {
             &self.offers.pro
@@ -341,11 +329,11 @@ mod tests {
         let c = NotifierConfig::default();
         c.validate().unwrap();
         assert_eq!(
-            c.routes["deal_ready"],
+            c.routes[&SignalKind::DealReady],
             vec!["slack:enterprise_inbound", "hubspot"]
         );
         for kind in TRUST_AND_SAFETY_KINDS {
-            assert_eq!(c.routes[kind], vec!["slack:trust_and_safety"]);
+            assert_eq!(c.routes[&kind], vec!["slack:trust_and_safety"]);
         }
     }
 
@@ -353,30 +341,41 @@ mod tests {
     fn trust_and_safety_never_goes_to_hubspot_or_notices() {
         let mut c = NotifierConfig::default();
         c.routes
-            .insert("key_sharing".into(), vec!["hubspot".into()]);
+            .insert(SignalKind::KeySharing, vec!["hubspot".into()]);
         let e = c.validate().unwrap_err();
         assert!(e.starts_with("notifier.routes.key_sharing:"), "{e}");
         assert!(e.contains("never goes to hubspot"), "{e}");
-        c.routes.insert("key_sharing".into(), vec!["notice".into()]);
+        c.routes
+            .insert(SignalKind::KeySharing, vec!["notice".into()]);
         assert!(c.validate().unwrap_err().contains("never goes to notice"));
     }
 
     #[test]
     fn unknown_kinds_channels_and_destinations_are_named() {
+        let e = serde_json::from_value::<NotifierConfig>(serde_json::json!({
+            "routes": {"deal": ["notice"]}
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"deal\" is not a signal kind (one of deal_ready, "),
+            "{e}"
+        );
+        // Every kind reads back as it is written.
+        let c = NotifierConfig::default();
+        let back: NotifierConfig =
+            serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back.routes, c.routes);
+        assert_eq!(back.routes.len(), SignalKind::ALL.len());
         let mut c = NotifierConfig::default();
-        c.routes.insert("deal".into(), vec![]);
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .contains("\"deal\" is not a signal kind"));
-        let mut c = NotifierConfig::default();
-        c.routes.insert("pql".into(), vec!["slack:growth".into()]);
+        c.routes
+            .insert(SignalKind::Pql, vec!["slack:growth".into()]);
         assert!(c
             .validate()
             .unwrap_err()
             .contains("\"growth\" has no entry"));
         let mut c = NotifierConfig::default();
-        c.routes.insert("pql".into(), vec!["email".into()]);
+        c.routes.insert(SignalKind::Pql, vec!["email".into()]);
         assert!(c
             .validate()
             .unwrap_err()

@@ -8,6 +8,8 @@ use backon::BackoffBuilder;
 use chrono::Utc;
 use meterline_infra::RegistryError;
 use meterline_schemas::avro::{self, Schema};
+use meterline_schemas::signal::{SignalDecodeError, UnknownSignalKind};
+use meterline_schemas::{AccountSignal, SignalKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -15,10 +17,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::config::TRUST_AND_SAFETY_KINDS;
 use crate::message;
-use crate::outbox::{self, NewNotification, Queued};
+use crate::outbox::{self, NewNotification, OutboxStatus, Queued};
 use crate::route::{self, AccountInfo, Destination};
-use crate::signal::AccountSignal;
 use crate::{Notifier, NotifyError};
 
 /// What became of one signal record.
@@ -26,8 +28,20 @@ use crate::{Notifier, NotifyError};
 pub enum Outcome {
     /// Per destination: queued, duplicate or held.
     Routed(Vec<(String, Queued)>),
-    /// No route for this kind (or the sales_assist rule said no).
+    /// No route for this kind (or the sales_assist rule said no). A kind this build does not
+    /// know has no route either.
     Unrouted,
+    Rejected(String),
+}
+
+/// A record that did not decode to a signal.
+enum Undecoded {
+    /// A well-formed record of a kind this build does not know: there is no route for it.
+    UnknownKind {
+        signal_id: String,
+        kind: UnknownSignalKind,
+    },
+    /// Not a signal record: kept in `notifier_rejected_signals` with this reason.
     Rejected(String),
 }
 
@@ -102,7 +116,16 @@ impl Intake {
                 let span = tracing::info_span!("signal", account_id = %signal.account_id, kind = %signal.kind, signal_id = %signal.signal_id);
                 accept(&self.notifier, &signal).instrument(span).await
             }
-            Err(reason) => {
+            Err(Undecoded::UnknownKind { signal_id, kind }) => {
+                self.notifier
+                    .metrics
+                    .signals
+                    .with_label_values(&["unrouted"])
+                    .inc();
+                tracing::debug!(%signal_id, %kind, "no route for this signal");
+                Ok(Outcome::Unrouted)
+            }
+            Err(Undecoded::Rejected(reason)) => {
                 sqlx::query(
                     "INSERT INTO notifier_rejected_signals (topic, partition, kafka_offset, reason, payload) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -125,23 +148,30 @@ impl Intake {
         }
     }
 
-    /// `Ok(Err(reason))` for a record that will never decode; `Err` when the registry could not
-    /// be asked (retry).
-    async fn decode(&self, payload: &[u8]) -> Result<Result<AccountSignal, String>, NotifyError> {
+    /// `Ok(Err(_))` for a record that will never decode to a signal; `Err` when the registry
+    /// could not be asked (retry).
+    async fn decode(
+        &self,
+        payload: &[u8],
+    ) -> Result<Result<AccountSignal, Undecoded>, NotifyError> {
         let (id, body) = match avro::split_frame(payload) {
             Ok(v) => v,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Err(Undecoded::Rejected(e.to_string()))),
         };
         let writer = match self.notifier.registry.fetch(id).await {
             Ok(w) => w,
             Err(RegistryError::UnknownSchemaId(id)) => {
-                return Ok(Err(format!("unknown schema id {id}")))
+                return Ok(Err(Undecoded::Rejected(format!("unknown schema id {id}"))))
             }
             Err(e) => return Err(NotifyError::Registry(e.to_string())),
         };
         Ok(
-            avro::decode_body::<AccountSignal>(&writer, &self.reader, body)
-                .map_err(|e| e.to_string()),
+            AccountSignal::decode(&writer, &self.reader, body).map_err(|e| match e {
+                SignalDecodeError::UnknownKind { signal_id, kind } => {
+                    Undecoded::UnknownKind { signal_id, kind }
+                }
+                SignalDecodeError::Malformed(e) => Undecoded::Rejected(e.to_string()),
+            }),
         )
     }
 }
@@ -181,9 +211,9 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
         Default::default()
     };
     let at = signal.raised_at();
-    let score = match signal.kind.as_str() {
-        k if crate::config::TRUST_AND_SAFETY_KINDS.contains(&k) => signal.abuse,
-        "pql" => signal.pql,
+    let score = match signal.kind {
+        k if TRUST_AND_SAFETY_KINDS.contains(&k) => signal.abuse,
+        SignalKind::Pql => signal.pql,
         _ => signal.deal_readiness,
     };
     let mut tx = n.pg.begin().await?;
@@ -191,7 +221,7 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
     let mut results = Vec::new();
     let mut queued_any = false;
     for d in destinations {
-        let cooldown = route::cooldown(c, &signal.kind, &d);
+        let cooldown = route::cooldown(c, signal.kind, &d);
         let notice_id = uuid::Uuid::new_v4();
         let notice = message::notice(c, signal);
         let payload = match &d {
@@ -207,7 +237,7 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
         let new = NewNotification {
             account_id: signal.account_id.clone(),
             destination: d.clone(),
-            kind: signal.kind.clone(),
+            kind: signal.kind,
             signal_id: signal.signal_id.clone(),
             cooldown: cooldown.clone(),
             at,
@@ -216,7 +246,7 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
         };
         let result = if d == Destination::Notice {
             let delivered = format!("notice:{notice_id}");
-            let r = outbox::enqueue(&mut tx, &new, "sent", Some(&delivered)).await?;
+            let r = outbox::enqueue(&mut tx, &new, OutboxStatus::Sent, Some(&delivered)).await?;
             if matches!(r, Queued::Queued(_)) {
                 sqlx::query(
                     "INSERT INTO dashboard_notices \
@@ -225,7 +255,7 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
                 )
                 .bind(notice_id)
                 .bind(&signal.account_id)
-                .bind(&signal.kind)
+                .bind(signal.kind.as_str())
                 .bind(&notice.message)
                 .bind(&notice.upgrade_url)
                 .bind(&notice.plan)
@@ -237,7 +267,7 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
             }
             r
         } else {
-            let r = outbox::enqueue(&mut tx, &new, "pending", None).await?;
+            let r = outbox::enqueue(&mut tx, &new, OutboxStatus::Pending, None).await?;
             queued_any |= matches!(r, Queued::Queued(_));
             r
         };

@@ -23,7 +23,6 @@ pub mod message;
 pub mod metrics;
 pub mod outbox;
 pub mod route;
-pub mod signal;
 pub mod usage;
 pub mod worker;
 

@@ -3,12 +3,12 @@
 //! the 30-day usage summary and the configuration, rendered once when the notification is
 //! queued, so every retry sends the same message.
 
+use meterline_schemas::{AccountSignal, SignalKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::{NotifierConfig, Offer};
 use crate::route::AccountInfo;
-use crate::signal::AccountSignal;
 
 /// An account's last 30 days from ClickHouse (`usage_day`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -70,22 +70,21 @@ pub fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-fn title(kind: &str) -> &'static str {
+fn title(kind: SignalKind) -> &'static str {
     match kind {
-        "deal_ready" => "Deal ready",
-        "limit_stage" => "Approaching a limit",
-        "abuse_suspected" => "Abuse suspected",
-        "key_sharing" => "API key shared",
-        "multi_account" => "Multiple accounts",
-        "rate_limit_sustained" => "Rate limited",
-        "plugin_gate" => "Gated plugin wanted",
-        "power_user" => "Power user",
-        "pql" => "Product-qualified lead",
-        _ => "Signal",
+        SignalKind::DealReady => "Deal ready",
+        SignalKind::LimitStage => "Approaching a limit",
+        SignalKind::AbuseSuspected => "Abuse suspected",
+        SignalKind::KeySharing => "API key shared",
+        SignalKind::MultiAccount => "Multiple accounts",
+        SignalKind::RateLimitSustained => "Rate limited",
+        SignalKind::PluginGate => "Gated plugin wanted",
+        SignalKind::PowerUser => "Power user",
+        SignalKind::Pql => "Product-qualified lead",
     }
 }
 
-fn is_trust_and_safety(kind: &str) -> bool {
+fn is_trust_and_safety(kind: SignalKind) -> bool {
     crate::config::TRUST_AND_SAFETY_KINDS.contains(&kind)
 }
 
@@ -118,8 +117,8 @@ pub fn talking_points(
         .or_else(|| inputs.get("company_size").and_then(Value::as_u64))
         .unwrap_or(0);
     let mut points = Vec::new();
-    match signal.kind.as_str() {
-        "limit_stage" => {
+    match signal.kind {
+        SignalKind::LimitStage => {
             if let Some(limit) = e.get("limit") {
                 let name = limit
                     .get("name")
@@ -201,11 +200,11 @@ pub fn slack_message(
     account: &AccountInfo,
     usage: &UsageSummary,
 ) -> Value {
-    let kind = signal.kind.as_str();
+    let kind = signal.kind;
     let account_id = escape(&signal.account_id);
     let (score_name, score) = match kind {
         k if is_trust_and_safety(k) => ("Abuse score", signal.abuse),
-        "pql" => ("PQL score", signal.pql),
+        SignalKind::Pql => ("PQL score", signal.pql),
         _ => ("Deal readiness", signal.deal_readiness),
     };
     let header = format!("{}: {}", title(kind), signal.account_id);
@@ -269,10 +268,10 @@ pub struct NoticeText {
 }
 
 pub fn notice(c: &NotifierConfig, signal: &AccountSignal) -> NoticeText {
-    let offer = c.offer_for(&signal.kind, &signal.plan);
-    let template = match signal.kind.as_str() {
-        "plugin_gate" => &c.notices.plugin_gate,
-        "power_user" => &c.notices.power_user,
+    let offer = c.offer_for(signal.kind, &signal.plan);
+    let template = match signal.kind {
+        SignalKind::PluginGate => &c.notices.plugin_gate,
+        SignalKind::PowerUser => &c.notices.power_user,
         _ => &c.notices.rate_limit_sustained,
     };
     let e = signal.evidence();
@@ -310,7 +309,7 @@ pub fn deal_request(
     account: &AccountInfo,
     usage: &UsageSummary,
 ) -> DealRequest {
-    let offer = c.offer_for(&signal.kind, &signal.plan);
+    let offer = c.offer_for(signal.kind, &signal.plan);
     let who = account
         .email_domain
         .clone()
@@ -346,7 +345,7 @@ mod tests {
     fn deal_signal() -> AccountSignal {
         AccountSignal {
             signal_id: "acme-1:deal_ready:202611:75".into(),
-            kind: "deal_ready".into(),
+            kind: SignalKind::DealReady,
             account_id: "acme-1".into(),
             episode: "202611:75".into(),
             raised_at: 1_795_000_000_000_000,
@@ -425,7 +424,7 @@ mod tests {
     fn trust_and_safety_alerts_recommend_nothing() {
         let c = NotifierConfig::default();
         let mut s = deal_signal();
-        s.kind = "key_sharing".into();
+        s.kind = SignalKind::KeySharing;
         s.abuse = 60;
         let m =
             slack_message(&c, &s, &AccountInfo::default(), &UsageSummary::default()).to_string();
@@ -443,7 +442,7 @@ mod tests {
     fn notices_name_the_plan_that_lifts_the_limit() {
         let c = NotifierConfig::default();
         let mut s = deal_signal();
-        s.kind = "rate_limit_sustained".into();
+        s.kind = SignalKind::RateLimitSustained;
         let n = notice(&c, &s);
         assert_eq!(n.plan, "pro");
         assert!(
@@ -455,7 +454,7 @@ mod tests {
         assert!(n.upgrade_url.ends_with("plan=pro"));
         s.plan = "pro".into();
         assert_eq!(notice(&c, &s).plan, "enterprise");
-        s.kind = "plugin_gate".into();
+        s.kind = SignalKind::PluginGate;
         s.plan = "free".into();
         s.evidence = json!({"plugin": "guardrails", "message": "Guardrails blocks PII before it reaches a model."}).to_string();
         assert!(notice(&c, &s)

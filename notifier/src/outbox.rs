@@ -9,20 +9,95 @@
 //! `unconfirmed` for a person, because a Slack webhook cannot be asked whether a message
 //! arrived and a second alert is worse than a late one.
 
+use std::fmt;
+use std::str::FromStr;
+
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use meterline_schemas::SignalKind;
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::route::{Cooldown, Destination, Previous, Verdict};
 use crate::NotifyError;
 
+/// Where a notification is: `notifications.status`, stored as its text ([`Self::as_str`]),
+/// which the table's CHECK constraint lists. The statements below spell it in SQL where it is
+/// a constant of the statement (so the partial indexes on `status` apply).
+///
+/// `pending` → `sending` → `sent`; after `notifier.max_attempts`: `dead`. A Slack row whose
+/// sender died mid-send becomes `unconfirmed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxStatus {
+    Pending,
+    Sending,
+    Sent,
+    Dead,
+    Unconfirmed,
+}
+
+impl OutboxStatus {
+    pub const ALL: [OutboxStatus; 5] = [
+        OutboxStatus::Pending,
+        OutboxStatus::Sending,
+        OutboxStatus::Sent,
+        OutboxStatus::Dead,
+        OutboxStatus::Unconfirmed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OutboxStatus::Pending => "pending",
+            OutboxStatus::Sending => "sending",
+            OutboxStatus::Sent => "sent",
+            OutboxStatus::Dead => "dead",
+            OutboxStatus::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
+/// Text that is not an [`OutboxStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not one of {list}", list = OutboxStatus::ALL.map(OutboxStatus::as_str).join(", "))]
+pub struct UnknownOutboxStatus(pub String);
+
+impl FromStr for OutboxStatus {
+    type Err = UnknownOutboxStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OutboxStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownOutboxStatus(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for OutboxStatus {
+    type Error = UnknownOutboxStatus;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for OutboxStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for OutboxStatus {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// A notification to queue.
 #[derive(Debug, Clone)]
 pub struct NewNotification {
     pub account_id: String,
     pub destination: Destination,
-    pub kind: String,
+    pub kind: SignalKind,
     pub signal_id: String,
     pub cooldown: Cooldown,
     pub at: DateTime<Utc>,
@@ -57,7 +132,7 @@ pub async fn lock_account(
 pub async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     n: &NewNotification,
-    status: &str,
+    status: OutboxStatus,
     delivered_to: Option<&str>,
 ) -> Result<Queued, sqlx::Error> {
     let destination = n.destination.as_string();
@@ -115,13 +190,13 @@ pub async fn enqueue(
     )
     .bind(&n.account_id)
     .bind(&destination)
-    .bind(&n.kind)
+    .bind(n.kind.as_str())
     .bind(&n.signal_id)
     .bind(&n.cooldown.class)
     .bind(n.at)
     .bind(n.score)
     .bind(&n.payload)
-    .bind(status)
+    .bind(status.as_str())
     .bind(delivered_to)
     .fetch_optional(&mut **tx)
     .await?;
@@ -141,7 +216,8 @@ pub struct Claimed {
     pub id: i64,
     pub account_id: String,
     pub destination: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: SignalKind,
     pub signal_id: String,
     pub payload: Value,
     pub attempts: i32,
@@ -241,9 +317,11 @@ pub struct Listed {
     pub id: i64,
     pub account_id: String,
     pub destination: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: SignalKind,
     pub signal_id: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: OutboxStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub delivered_to: Option<String>,
@@ -254,7 +332,7 @@ pub struct Listed {
 
 pub async fn list(
     pool: &PgPool,
-    status: Option<&str>,
+    status: Option<OutboxStatus>,
     account: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Listed>, sqlx::Error> {
@@ -265,7 +343,7 @@ pub async fn list(
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR account_id = $2) \
          ORDER BY id DESC LIMIT $3",
     )
-    .bind(status)
+    .bind(status.map(OutboxStatus::as_str))
     .bind(account)
     .bind(limit)
     .fetch_all(pool)
@@ -289,14 +367,18 @@ pub async fn retry(pool: &PgPool, ids: &[i64]) -> Result<Vec<i64>, NotifyError> 
                 .fetch_all(pool)
                 .await?;
         for id in ids {
-            match found.iter().find(|(f, _)| f == id) {
-                None => return Err(NotifyError::Invalid(format!("notification {id}: no such notification"))),
-                Some((_, s)) if s != "dead" && s != "unconfirmed" => {
-                    return Err(NotifyError::Invalid(format!(
-                        "notification {id}: is {s}; only dead or unconfirmed notifications are retried"
-                    )))
-                }
-                _ => {}
+            let Some((_, status)) = found.iter().find(|(f, _)| f == id) else {
+                return Err(NotifyError::Invalid(format!(
+                    "notification {id}: no such notification"
+                )));
+            };
+            let status: OutboxStatus = status
+                .parse()
+                .map_err(|e| NotifyError::Invalid(format!("notification {id}: status {e}")))?;
+            if !matches!(status, OutboxStatus::Dead | OutboxStatus::Unconfirmed) {
+                return Err(NotifyError::Invalid(format!(
+                    "notification {id}: is {status}; only dead or unconfirmed notifications are retried"
+                )));
             }
         }
         sqlx::query_as(
@@ -308,4 +390,27 @@ pub async fn retry(pool: &PgPool, ids: &[i64]) -> Result<Vec<i64>, NotifyError> 
         .await?
     };
     Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts are the `notifications.status` values (and its CHECK constraint): they must
+    /// not change with the variants' names.
+    #[test]
+    fn statuses_keep_their_text_and_parse_back() {
+        let text: Vec<&str> = OutboxStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(text, ["pending", "sending", "sent", "dead", "unconfirmed"]);
+        for s in OutboxStatus::ALL {
+            assert_eq!(s.as_str().parse::<OutboxStatus>(), Ok(s));
+            assert_eq!(OutboxStatus::try_from(s.to_string()), Ok(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(format!("[{:<9}]", OutboxStatus::Sent), "[sent     ]");
+        assert_eq!(
+            "done".parse::<OutboxStatus>().unwrap_err().to_string(),
+            "\"done\" is not one of pending, sending, sent, dead, unconfirmed"
+        );
+    }
 }

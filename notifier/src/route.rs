@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+use meterline_schemas::{AccountSignal, SignalKind};
+
 use crate::config::NotifierConfig;
-use crate::signal::AccountSignal;
 
 /// Where a notification goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +53,7 @@ pub fn destinations(
     let Some(routes) = c.routes.get(&signal.kind) else {
         return Vec::new();
     };
-    if signal.kind == "limit_stage" {
+    if signal.kind == SignalKind::LimitStage {
         let rule = &c.sales_assist;
         let staged = signal.limit_stage().is_some_and(|s| s >= rule.min_stage);
         let big = account
@@ -79,7 +80,7 @@ pub struct Cooldown {
     pub rescore_points: Option<i32>,
 }
 
-pub fn cooldown(c: &NotifierConfig, kind: &str, destination: &Destination) -> Cooldown {
+pub fn cooldown(c: &NotifierConfig, kind: SignalKind, destination: &Destination) -> Cooldown {
     match (destination, kind) {
         // One notice per account per period, whatever suggested it.
         (Destination::Notice, _) => Cooldown {
@@ -87,13 +88,13 @@ pub fn cooldown(c: &NotifierConfig, kind: &str, destination: &Destination) -> Co
             period: Duration::days(i64::from(c.notice_cooldown_days)),
             rescore_points: None,
         },
-        (_, "deal_ready") => Cooldown {
-            class: "deal_ready".into(),
+        (_, SignalKind::DealReady) => Cooldown {
+            class: kind.as_str().into(),
             period: Duration::days(i64::from(c.deal_cooldown_days)),
             rescore_points: Some(c.deal_rescore_points as i32),
         },
         (_, kind) => Cooldown {
-            class: kind.to_owned(),
+            class: kind.as_str().into(),
             period: Duration::hours(i64::from(c.alert_cooldown_hours)),
             rescore_points: None,
         },
@@ -155,10 +156,10 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn signal(kind: &str, plan: &str, episode: &str) -> AccountSignal {
+    fn signal(kind: SignalKind, plan: &str, episode: &str) -> AccountSignal {
         AccountSignal {
             signal_id: format!("a:{kind}:{episode}"),
-            kind: kind.into(),
+            kind,
             account_id: "a".into(),
             episode: episode.into(),
             raised_at: 0,
@@ -176,25 +177,37 @@ mod tests {
         let c = NotifierConfig::default();
         let none = AccountInfo::default();
         assert_eq!(
-            destinations(&c, &signal("deal_ready", "free", "202611:75"), &none),
+            destinations(
+                &c,
+                &signal(SignalKind::DealReady, "free", "202611:75"),
+                &none
+            ),
             vec![
                 Destination::Slack("enterprise_inbound".into()),
                 Destination::HubSpot
             ]
         );
-        for kind in ["rate_limit_sustained", "plugin_gate", "power_user"] {
+        for kind in [
+            SignalKind::RateLimitSustained,
+            SignalKind::PluginGate,
+            SignalKind::PowerUser,
+        ] {
             assert_eq!(
                 destinations(&c, &signal(kind, "free", "x"), &none),
                 vec![Destination::Notice]
             );
         }
-        for kind in ["abuse_suspected", "key_sharing", "multi_account"] {
+        for kind in [
+            SignalKind::AbuseSuspected,
+            SignalKind::KeySharing,
+            SignalKind::MultiAccount,
+        ] {
             assert_eq!(
                 destinations(&c, &signal(kind, "free", "x"), &none),
                 vec![Destination::Slack("trust_and_safety".into())]
             );
         }
-        assert!(destinations(&c, &signal("pql", "free", "x"), &none).is_empty());
+        assert!(destinations(&c, &signal(SignalKind::Pql, "free", "x"), &none).is_empty());
     }
 
     #[test]
@@ -207,7 +220,7 @@ mod tests {
         let sales = vec![Destination::Slack("sales_assist".into())];
         let s = |plan, stage| {
             signal(
-                "limit_stage",
+                SignalKind::LimitStage,
                 plan,
                 &format!("month_requests:{stage}:202611"),
             )
@@ -224,7 +237,7 @@ mod tests {
         let c = NotifierConfig::default();
         let cd = cooldown(
             &c,
-            "deal_ready",
+            SignalKind::DealReady,
             &Destination::Slack("enterprise_inbound".into()),
         );
         let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
@@ -249,8 +262,8 @@ mod tests {
     #[test]
     fn one_notice_per_7_days_whatever_suggested_it() {
         let c = NotifierConfig::default();
-        let a = cooldown(&c, "power_user", &Destination::Notice);
-        let b = cooldown(&c, "plugin_gate", &Destination::Notice);
+        let a = cooldown(&c, SignalKind::PowerUser, &Destination::Notice);
+        let b = cooldown(&c, SignalKind::PluginGate, &Destination::Notice);
         assert_eq!(a, b);
         let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
         let prev = Some(Previous { at: t0, score: 0 });

@@ -146,7 +146,13 @@ async fn send(n: &Notifier, c: &Claimed) -> (&'static str, Result<String, SendEr
         Some(_) => (
             "local",
             n.sink
-                .write(c.id, &c.destination, &c.account_id, &c.kind, &c.payload)
+                .write(
+                    c.id,
+                    &c.destination,
+                    &c.account_id,
+                    c.kind.as_str(),
+                    &c.payload,
+                )
                 .await,
         ),
         None => (

@@ -11,6 +11,8 @@
 //! * [`usage_codec`]: the same Avro bytes for usage events, written and read field by field
 //!   on the hot path, without apache-avro's generic value tree.
 //! * [`privacy`]: keyed hashing of client IPs, which are never stored in clear text.
+//! * [`signal`]: the scorer's signals as the notifier reads them: [`SignalKind`] and the
+//!   `account-signals` record [`AccountSignal`].
 
 pub mod account;
 pub mod avro;
@@ -19,6 +21,7 @@ pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod privacy;
+pub mod signal;
 pub mod usage;
 pub mod usage_codec;
 
@@ -26,6 +29,7 @@ pub use account::{AccountEvent, AccountEventInput};
 pub use domain::{AccountEventType, AccountId, EventId, Plan};
 pub use error::{FieldError, SchemaError};
 pub use privacy::IpHasher;
+pub use signal::{AccountSignal, SignalKind};
 pub use usage::{UsageEvent, UsageEventInput};
 
 /// How far in the future an event's `occurred_at` may be: clock skew between gateways.

@@ -127,19 +127,20 @@ pub fn crossing_minute(
     None
 }
 
+/// A row of the ClickHouse `limit_stage_crossings` table, fields in column order.
 #[derive(Row, Serialize)]
-struct CrossingRow<'a> {
-    event_id: String,
-    occurred_at: u32,
-    observed_at: u32,
-    account_id: &'a str,
-    plan: &'a str,
-    limit_name: &'a str,
-    window_id: &'a str,
-    stage: u8,
-    kind: &'a str,
-    used: f64,
-    limit_value: f64,
+pub struct CrossingRow<'a> {
+    pub event_id: String,
+    pub occurred_at: u32,
+    pub observed_at: u32,
+    pub account_id: &'a str,
+    pub plan: &'a str,
+    pub limit_name: &'a str,
+    pub window_id: &'a str,
+    pub stage: u8,
+    pub kind: &'a str,
+    pub used: f64,
+    pub limit_value: f64,
 }
 
 impl ScoreStore {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use clickhouse::Row;
 use meterline_schemas::keys::{field, Dim, Grain, Keys};
 use meterline_schemas::limits::{QuotaConfig, RawUsage, TiersConfig, WindowCounters};
-use meterline_schemas::{AccountId, Plan};
+use meterline_schemas::{AccountId, Plan, SignalKind};
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -266,9 +266,10 @@ impl Stores {
             }
         }
         let desired: Vec<(String, String)> = sqlx::query_as(
-            "SELECT account_id, episode FROM account_signals WHERE kind = 'plugin_gate' AND account_id = ANY($1)",
+            "SELECT account_id, episode FROM account_signals WHERE kind = $2 AND account_id = ANY($1)",
         )
         .bind(&ids)
+        .bind(SignalKind::PluginGate.as_str())
         .fetch_all(&self.pg)
         .await?;
         for (id, plugin) in desired {

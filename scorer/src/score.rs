@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use meterline_schemas::keys::Grain;
 use meterline_schemas::limits::{QuotaConfig, TiersConfig};
 use meterline_schemas::Plan;
+use meterline_schemas::SignalKind;
 use serde::Serialize;
 use serde_json::json;
 
@@ -120,37 +121,6 @@ pub fn score(
             weekly_growth: weekly_growth(f).map(|g| (g * 1000.0).round() / 1000.0),
             domain_accounts: f.domain_accounts,
         },
-    }
-}
-
-/// What a signal is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SignalKind {
-    DealReady,
-    Pql,
-    LimitStage,
-    RateLimitSustained,
-    PluginGate,
-    PowerUser,
-    AbuseSuspected,
-    KeySharing,
-    MultiAccount,
-}
-
-impl SignalKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SignalKind::DealReady => "deal_ready",
-            SignalKind::Pql => "pql",
-            SignalKind::LimitStage => "limit_stage",
-            SignalKind::RateLimitSustained => "rate_limit_sustained",
-            SignalKind::PluginGate => "plugin_gate",
-            SignalKind::PowerUser => "power_user",
-            SignalKind::AbuseSuspected => "abuse_suspected",
-            SignalKind::KeySharing => "key_sharing",
-            SignalKind::MultiAccount => "multi_account",
-        }
     }
 }
 

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
-use meterline_schemas::avro::{self, Schema};
+use meterline_schemas::avro::Schema;
+use meterline_schemas::{AccountSignal, SignalKind};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::score::{Scores, Signal, SignalKind};
+use crate::score::{Scores, Signal};
 use crate::ScoreError;
 
 #[derive(Clone)]
@@ -39,34 +40,19 @@ pub struct ScoreStore {
     pub episode_quiet: chrono::Duration,
 }
 
+/// A row of the ClickHouse `account_scores` table, fields in column order.
 #[derive(Row, Serialize)]
-struct HistoryRow {
-    account_id: String,
-    scored_at: u32,
-    plan: String,
-    deal_readiness: u8,
-    pql: u8,
-    abuse: u8,
-    abuse_suspected: u8,
-    power_user: u8,
-    tags: Vec<String>,
-    reasons: String,
-}
-
-/// The Avro record of a signal (`schemas/account_signal.avsc`).
-#[derive(Serialize)]
-struct SignalRecord<'a> {
-    signal_id: String,
-    kind: &'a str,
-    account_id: &'a str,
-    episode: &'a str,
-    raised_at: i64,
-    plan: &'a str,
-    deal_readiness: i32,
-    pql: i32,
-    abuse: i32,
-    reasons: &'a [String],
-    evidence: String,
+pub struct HistoryRow {
+    pub account_id: String,
+    pub scored_at: u32,
+    pub plan: String,
+    pub deal_readiness: u8,
+    pub pql: u8,
+    pub abuse: u8,
+    pub abuse_suspected: u8,
+    pub power_user: u8,
+    pub tags: Vec<String>,
+    pub reasons: String,
 }
 
 /// Sets or clears an account's abuse flag; the read path denies flagged accounts.
@@ -201,20 +187,21 @@ impl ScoreStore {
             tx.commit().await?;
             return Ok(false);
         }
-        let record = SignalRecord {
+        let record = AccountSignal {
             signal_id: dedup_key.clone(),
-            kind: sig.kind.as_str(),
-            account_id: &sig.account_id,
-            episode: &episode,
+            kind: sig.kind,
+            account_id: sig.account_id.clone(),
+            episode: episode.clone(),
             raised_at: sig.raised_at.timestamp_micros(),
-            plan: sig.plan.as_str(),
+            plan: sig.plan.as_str().to_owned(),
             deal_readiness: sig.deal_readiness as i32,
             pql: sig.pql as i32,
             abuse: sig.abuse as i32,
-            reasons: &sig.reasons,
+            reasons: sig.reasons.clone(),
             evidence: sig.evidence.to_string(),
         };
-        let payload = avro::encode(self.signals.schema_id, &self.signals.schema, &record)
+        let payload = record
+            .encode(self.signals.schema_id, &self.signals.schema)
             .map_err(|e| ScoreError::Encode(e.to_string()))?;
         self.producer
             .send(

@@ -39,20 +39,13 @@ pub async fn run(config: &Config, action: NotificationAction) -> Result<()> {
             limit,
             json,
         } => {
-            const STATUSES: [&str; 5] = ["pending", "sending", "sent", "dead", "unconfirmed"];
-            if let Some(s) = &status {
-                if !STATUSES.contains(&s.as_str()) {
-                    anyhow::bail!("--status: {s:?} is not one of {}", STATUSES.join(", "));
-                }
-            }
-            let rows = meterline_notifier::outbox::list(
-                &pool,
-                status.as_deref(),
-                account.as_deref(),
-                limit,
-            )
-            .await
-            .context("reading the outbox")?;
+            let status = status
+                .map(|s| s.parse::<meterline_notifier::outbox::OutboxStatus>())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--status: {e}"))?;
+            let rows = meterline_notifier::outbox::list(&pool, status, account.as_deref(), limit)
+                .await
+                .context("reading the outbox")?;
             if json {
                 for r in &rows {
                     println!("{}", serde_json::to_string(r)?);

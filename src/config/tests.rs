@@ -208,4 +208,10 @@ fn bad_values_name_the_key() {
     std::fs::write(&path, "[aggregator]\nbatch_max_events = \"many\"\n").unwrap();
     let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
     assert!(err.contains("`aggregator.batch_max_events`"), "{err}");
+    std::fs::write(&path, "[notifier.routes]\ndeal = [\"notice\"]\n").unwrap();
+    let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+    assert!(
+        err.contains("`notifier.routes") && err.contains("\"deal\" is not a signal kind"),
+        "{err}"
+    );
 }
