@@ -50,7 +50,11 @@ async fn a_small_population_meets_the_check_thresholds() {
     let check = outcome.check.as_ref().expect("checked");
     let table = check.table(0.95, 0.95);
     for kind in CHECKED {
-        let k = check.kinds.iter().find(|k| k.kind == kind).unwrap();
+        let k = check
+            .kinds
+            .iter()
+            .find(|k| k.kind == kind.as_str())
+            .unwrap();
         assert!(
             k.expected >= 2,
             "{kind}: the population exercises it\n{table}"

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use meterline_schemas::SignalKind;
+
 use crate::population::*;
 
 /// Precision and recall of one signal kind.
@@ -66,7 +68,7 @@ impl CheckReport {
         ));
         out.push_str(&format!(
             "check (precision >= {min_precision}, recall >= {min_recall} for {}): {}\n",
-            CHECKED.join(", "),
+            CHECKED.map(SignalKind::as_str).join(", "),
             if self.passed { "PASSED" } else { "FAILED" }
         ));
         out
@@ -88,7 +90,7 @@ pub fn score_signals(
         .iter()
         .chain(raised.iter())
         .map(|(_, k)| k.as_str())
-        .chain(PREDICTED)
+        .chain(PREDICTED.map(SignalKind::as_str))
         .collect();
     let mut scores = Vec::new();
     let mut passed = true;
@@ -118,7 +120,7 @@ pub fn score_signals(
         } else {
             hits as f64 / e.len() as f64
         };
-        let checked = CHECKED.contains(&kind);
+        let checked = CHECKED.iter().any(|k| k.as_str() == kind);
         if checked && (precision < min_precision || recall < min_recall) {
             passed = false;
         }
@@ -130,13 +132,18 @@ pub fn score_signals(
             precision,
             recall,
             checked,
-            predicted: PREDICTED.contains(&kind),
+            predicted: PREDICTED.iter().any(|k| k.as_str() == kind),
         });
     }
     let power_users_flagged: Vec<String> = truth
         .iter()
         .filter(|t| t.behaviour == Behaviour::PowerUser)
-        .filter(|t| raised.contains(&(t.account_id.clone(), "abuse_suspected".to_owned())))
+        .filter(|t| {
+            raised.contains(&(
+                t.account_id.clone(),
+                SignalKind::AbuseSuspected.as_str().to_owned(),
+            ))
+        })
         .map(|t| t.account_id.clone())
         .collect();
     passed &= power_users_flagged.is_empty();

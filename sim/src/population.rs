@@ -2,26 +2,27 @@
 //! ground truth expects of it.
 
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, TimeZone, Utc};
+use meterline_schemas::SignalKind;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// The signal kinds `--check` holds to its thresholds.
-pub const CHECKED: [&str; 4] = [
-    "deal_ready",
-    "abuse_suspected",
-    "key_sharing",
-    "multi_account",
+pub const CHECKED: [SignalKind; 4] = [
+    SignalKind::DealReady,
+    SignalKind::AbuseSuspected,
+    SignalKind::KeySharing,
+    SignalKind::MultiAccount,
 ];
 
 /// The kinds the ground truth predicts for every account (the checked ones and power users);
 /// other kinds (limit stages, plugin gates, PQLs, rate limiting) are reported but not judged.
-pub const PREDICTED: [&str; 5] = [
-    "deal_ready",
-    "abuse_suspected",
-    "key_sharing",
-    "multi_account",
-    "power_user",
+pub const PREDICTED: [SignalKind; 5] = [
+    SignalKind::DealReady,
+    SignalKind::AbuseSuspected,
+    SignalKind::KeySharing,
+    SignalKind::MultiAccount,
+    SignalKind::PowerUser,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -59,13 +60,13 @@ impl Behaviour {
     ];
 
     /// The signals this behaviour must raise (the kinds the ground truth asserts).
-    pub fn expected(self) -> &'static [&'static str] {
+    pub fn expected(self) -> &'static [SignalKind] {
         match self {
-            Behaviour::EnterpriseReady => &["deal_ready"],
-            Behaviour::Abuser => &["abuse_suspected"],
-            Behaviour::SharedKey => &["key_sharing"],
-            Behaviour::MultiAccount => &["multi_account"],
-            Behaviour::PowerUser => &["power_user"],
+            Behaviour::EnterpriseReady => &[SignalKind::DealReady],
+            Behaviour::Abuser => &[SignalKind::AbuseSuspected],
+            Behaviour::SharedKey => &[SignalKind::KeySharing],
+            Behaviour::MultiAccount => &[SignalKind::MultiAccount],
+            Behaviour::PowerUser => &[SignalKind::PowerUser],
             _ => &[],
         }
     }
@@ -100,7 +101,7 @@ impl SimAccount {
                 .behaviour
                 .expected()
                 .iter()
-                .map(|s| (*s).to_owned())
+                .map(|k| k.as_str().to_owned())
                 .collect(),
             cluster: self.cluster,
         }

@@ -108,7 +108,7 @@ fn precision_and_recall_per_kind() {
     let t = |a: &str, b: Behaviour| TruthLine {
         account_id: a.into(),
         behaviour: b,
-        expected: b.expected().iter().map(|s| (*s).to_owned()).collect(),
+        expected: b.expected().iter().map(|k| k.as_str().to_owned()).collect(),
         cluster: None,
     };
     let truth = vec![
