@@ -30,19 +30,10 @@ const UNASSIGNED_WARNING: Duration = Duration::from_secs(30);
 const WRITE_RETRY_BASE: Duration = Duration::from_millis(100);
 
 /// The delays between attempts to write a failed batch: doubling from `base` up to `max`
-/// (`aggregator.retry_max_backoff_ms`), each with "equal jitter" (a random point in the upper
-/// half of that delay, so aggregators that failed together do not retry in lockstep), and
-/// never running out: a batch is retried for as long as it takes.
-///
-/// backon's jitter adds up to the whole delay on top of it, so it is given half of `base` and
-/// `max`: its delays then lie in `[d/2, d)` for the doubled-and-capped `d`.
+/// (`aggregator.retry_max_backoff_ms`) with equal jitter, and never running out: a batch is
+/// retried for as long as it takes.
 pub fn write_backoff(base: Duration, max: Duration) -> ExponentialBuilder {
-    ExponentialBuilder::new()
-        .with_min_delay(base / 2)
-        .with_max_delay(max / 2)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
+    meterline_infra::backoff::equal_jitter(base, max)
 }
 
 /// The topics the aggregator reads and writes.

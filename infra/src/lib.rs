@@ -11,12 +11,14 @@
 //! * [`component`]: the one trait every long-running component implements, and
 //!   [`http_server`]: serving HTTP with limits on slow clients, and `/metrics` for a process
 //!   without ingest.
+//! * [`backoff`]: the one retry backoff (exponential, equal jitter) the components use.
 //! * [`registry`]: where Avro schema ids come from: a Confluent-compatible Schema Registry when
 //!   one is configured, otherwise our own PostgreSQL table `avro_schemas`.
 //!
 //! What crosses a process boundary (events, Avro, Redis key names, topics, signals) is not
 //! here: that is `meterline-schemas`, which has no I/O at all.
 
+pub mod backoff;
 pub mod clickhouse;
 pub mod component;
 pub mod http_server;

@@ -39,21 +39,12 @@ use tokio_util::sync::CancellationToken;
 pub use config::NotifierConfig;
 pub use metrics::NotifierMetrics;
 
-/// The notifier's one backoff, for its three retries: queueing a signal's notifications
-/// (intake), recording a send's outcome, and the delay before a failed send's next attempt
-/// (worker). The n-th delay is d = `base` × 2^(n-1), capped at `max`, with "equal jitter": a
-/// random point in `[d/2, d)`, so that many failures do not retry in lockstep. It never runs
-/// out; the outbox counts a send's attempts itself (`notifier.max_attempts`).
-///
-/// backon's jitter adds up to the whole delay on top of it, so it is given half of `base` and
-/// `max`.
+/// The notifier's backoff, for its three retries: queueing a signal's notifications (intake),
+/// recording a send's outcome, and the delay before a failed send's next attempt (worker). It
+/// is the components' one backoff (`meterline_infra::backoff::equal_jitter`): it never runs
+/// out, and the outbox counts a send's attempts itself (`notifier.max_attempts`).
 pub fn backoff(base: Duration, max: Duration) -> ExponentialBuilder {
-    ExponentialBuilder::new()
-        .with_min_delay(base / 2)
-        .with_max_delay(max / 2)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
+    meterline_infra::backoff::equal_jitter(base, max)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,7 @@
 //! any other override.
 
 pub mod guard;
+pub mod state;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
