@@ -118,6 +118,15 @@ async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
     .await;
 
     proxy.take_down();
+    // The second half goes in while ClickHouse is down, so the aggregator has records to fail
+    // on even if it had written every one of the first half before the proxy went down.
+    for b in &batches[half..] {
+        let (status, body) = app.post_events(b).await;
+        assert_eq!(
+            status, 202,
+            "ingest keeps accepting while ClickHouse is down: {body}"
+        );
+    }
     // Once a batch fails, the one before it is committed (commits are synchronous, before the
     // next batch is read) and nothing is committed until ClickHouse is back.
     let failures = || {
@@ -136,13 +145,6 @@ async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
     let offsets_down = committed(&app.config);
     let failures_down = failures();
     let stored_down = count(ch.clone()).await;
-    for b in &batches[half..] {
-        let (status, body) = app.post_events(b).await;
-        assert_eq!(
-            status, 202,
-            "ingest keeps accepting while ClickHouse is down: {body}"
-        );
-    }
     tokio::time::sleep(outage()).await;
     // The aggregator is still at it, failing, when the offsets are read again.
     wait_for(

@@ -113,12 +113,12 @@ impl ScoreStore {
                     abuse_suspected: u8::from(s.abuse_suspected),
                     power_user: u8::from(s.power_user.is_some()),
                     tags: s.tags.clone(),
-                    reasons: serde_json::json!({
-                        "deal_readiness": s.deal_readiness.reasons,
-                        "pql": s.pql.reasons,
-                        "abuse": s.abuse.reasons,
+                    reasons: serde_json::to_string(&HistoryReasons {
+                        abuse: &s.abuse.reasons,
+                        deal_readiness: &s.deal_readiness.reasons,
+                        pql: &s.pql.reasons,
                     })
-                    .to_string(),
+                    .unwrap_or_default(),
                 })
                 .await?;
             insert.end().await?;
@@ -265,4 +265,13 @@ mod tests {
         );
         assert_eq!(parse_minute("nonsense"), None);
     }
+}
+
+/// The `reasons` JSON of a score-history row: each score's reasons by score name (in the
+/// order `serde_json::json!` wrote them before, so the history's text is unchanged).
+#[derive(serde::Serialize)]
+struct HistoryReasons<'a> {
+    abuse: &'a [crate::rules::Reason],
+    deal_readiness: &'a [crate::rules::Reason],
+    pql: &'a [crate::rules::Reason],
 }
