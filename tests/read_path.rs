@@ -48,6 +48,7 @@ fn test_config() -> Config {
             ("day_requests", 100.0),
             ("month_sessions", 10.0),
         ]),
+        plugins: vec![],
     };
     c.tiers.pro = TierConfig {
         weight_multiplier: 0.5,
@@ -60,6 +61,7 @@ fn test_config() -> Config {
             ("month_weighted_tokens", 100_000.0),
             ("day_requests", 1_000.0),
         ]),
+        plugins: vec![],
     };
     c.tiers.enterprise = TierConfig {
         weight_multiplier: 0.2,
@@ -69,6 +71,7 @@ fn test_config() -> Config {
         audit_retention_days: 2557,
         upgrade_to: String::new(),
         limits: limits(&[("month_weighted_tokens", -1.0), ("day_requests", -1.0)]),
+        plugins: vec![],
     };
     c
 }

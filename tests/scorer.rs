@@ -39,6 +39,7 @@ fn config() -> Config {
         audit_retention_days: 7,
         upgrade_to: "pro".into(),
         limits: limits(&[("day_weighted_tokens", 100_000.0)]),
+        plugins: vec![],
     };
     c.scorer.interval_ms = 200;
     c

@@ -81,6 +81,7 @@ fn title(kind: SignalKind) -> &'static str {
         SignalKind::PluginGate => "Gated plugin wanted",
         SignalKind::PowerUser => "Power user",
         SignalKind::Pql => "Product-qualified lead",
+        SignalKind::Escalation => "Escalation",
     }
 }
 

@@ -11,6 +11,7 @@
 //! * [`usage_codec`]: the same Avro bytes for usage events, written and read field by field
 //!   on the hot path, without apache-avro's generic value tree.
 //! * [`privacy`]: keyed hashing of client IPs, which are never stored in clear text.
+//! * [`public_domains`]: the email domains that name no company (`gmail.com`, …).
 //! * [`signal`]: the scorer's signals as the notifier reads them: [`SignalKind`] and the
 //!   `account-signals` record [`AccountSignal`].
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod privacy;
+pub mod public_domains;
 pub mod signal;
 pub mod usage;
 pub mod usage_codec;

@@ -30,11 +30,14 @@ pub enum SignalKind {
     AbuseSuspected,
     KeySharing,
     MultiAccount,
+    /// The brief's auto-escalation thresholds (sustained request rate, monthly tokens,
+    /// regions), raised on their own whatever the deal score.
+    Escalation,
 }
 
 impl SignalKind {
     /// Every kind, in declaration order.
-    pub const ALL: [SignalKind; 9] = [
+    pub const ALL: [SignalKind; 10] = [
         SignalKind::DealReady,
         SignalKind::Pql,
         SignalKind::LimitStage,
@@ -44,6 +47,7 @@ impl SignalKind {
         SignalKind::AbuseSuspected,
         SignalKind::KeySharing,
         SignalKind::MultiAccount,
+        SignalKind::Escalation,
     ];
 
     /// The kind's text on the wire, in configuration and in PostgreSQL.
@@ -58,6 +62,7 @@ impl SignalKind {
             SignalKind::AbuseSuspected => "abuse_suspected",
             SignalKind::KeySharing => "key_sharing",
             SignalKind::MultiAccount => "multi_account",
+            SignalKind::Escalation => "escalation",
         }
     }
 }
@@ -299,7 +304,7 @@ mod tests {
         assert_eq!(e, UnknownSignalKind("deal".into()));
         assert_eq!(
             e.to_string(),
-            "\"deal\" is not a signal kind (one of deal_ready, pql, limit_stage, rate_limit_sustained, plugin_gate, power_user, abuse_suspected, key_sharing, multi_account)"
+            "\"deal\" is not a signal kind (one of deal_ready, pql, limit_stage, rate_limit_sustained, plugin_gate, power_user, abuse_suspected, key_sharing, multi_account, escalation)"
         );
         let e = serde_json::from_value::<SignalKind>("Deal_Ready".into()).unwrap_err();
         assert!(

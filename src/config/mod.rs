@@ -14,6 +14,7 @@ use meterline_infra::{ClickHouseConfig, KafkaConfig, RedisConfig};
 use meterline_ingest::IngestConfig;
 use meterline_notifier::NotifierConfig;
 use meterline_schemas::limits::{QuotaConfig, TiersConfig};
+use meterline_schemas::public_domains::{PublicDomains, PublicDomainsConfig};
 use meterline_scorer::ScorerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +111,8 @@ pub struct Config {
     pub tiers: TiersConfig,
     pub scorer: ScorerConfig,
     pub notifier: NotifierConfig,
+    /// Account-wide settings: the public email domains.
+    pub accounts: PublicDomainsConfig,
 }
 
 impl Config {
@@ -151,6 +154,11 @@ impl Config {
     }
 
     /// Rules that types alone do not express.
+    /// The public email domains: `accounts.public_domains` plus the file's.
+    pub fn public_domains(&self) -> Result<PublicDomains> {
+        Ok(PublicDomains::load(&self.accounts)?)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("kafka.partitions", self.kafka.partitions as i64),
@@ -243,6 +251,7 @@ impl Config {
             })?;
         }
         self.tiers.validate(&self.quota)?;
+        self.public_domains()?;
         self.notifier
             .validate()
             .map_err(|e| anyhow!("configuration key `{}", e.replacen(':', "`:", 1)))?;

@@ -93,6 +93,11 @@ pub struct TierConfig {
     pub upgrade_to: String,
     /// `{window}_{metric}` → limit; `-1` is unlimited.
     pub limits: BTreeMap<String, f64>,
+    /// The gateway plugins the plan includes (the brief: Audit Logger, Advanced Guardrails,
+    /// Compliance Reporter and Multi-Cloud Router are Enterprise features). An offer for a
+    /// plugin names the lowest plan that lists it.
+    #[serde(default)]
+    pub plugins: Vec<String>,
 }
 
 impl TierConfig {
@@ -150,6 +155,7 @@ impl Default for TiersConfig {
                     ("month_sessions", 300.0),
                     ("month_cost_usd", 5.0),
                 ]),
+                plugins: vec![],
             },
             pro: TierConfig {
                 weight_multiplier: 0.5,
@@ -182,6 +188,7 @@ impl Default for TiersConfig {
                     ("month_sessions", -1.0),
                     ("month_cost_usd", 500.0),
                 ]),
+                plugins: vec![],
             },
             enterprise: TierConfig {
                 weight_multiplier: 0.2,
@@ -197,6 +204,12 @@ impl Default for TiersConfig {
                     ("day_requests", UNLIMITED),
                     ("month_sessions", UNLIMITED),
                     ("month_cost_usd", UNLIMITED),
+                ]),
+                plugins: strings(&[
+                    "audit_logger",
+                    "guardrails",
+                    "compliance_reporter",
+                    "multi_cloud_router",
                 ]),
             },
         }
@@ -232,6 +245,13 @@ impl TiersConfig {
             Plan::Pro => &self.pro,
             Plan::Enterprise => &self.enterprise,
         }
+    }
+
+    /// The lowest plan whose tier includes `plugin`, or `None` when no plan does.
+    pub fn lowest_plan_including(&self, plugin: &str) -> Option<Plan> {
+        [Plan::Free, Plan::Pro, Plan::Enterprise]
+            .into_iter()
+            .find(|p| self.get(*p).plugins.iter().any(|x| x == plugin))
     }
 
     /// The rules types cannot express; each error names its key.
@@ -312,6 +332,17 @@ impl TiersConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugins_are_enterprise_features_by_default() {
+        let mut t = TiersConfig::default();
+        for p in ["audit_logger", "guardrails", "compliance_reporter", "multi_cloud_router"] {
+            assert_eq!(t.lowest_plan_including(p), Some(Plan::Enterprise), "{p}");
+        }
+        assert_eq!(t.lowest_plan_including("teleporter"), None);
+        t.pro.plugins.push("guardrails".into());
+        assert_eq!(t.lowest_plan_including("guardrails"), Some(Plan::Pro));
+    }
 
     #[test]
     fn the_default_configuration_is_valid_and_matches_the_brief() {
