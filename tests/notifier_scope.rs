@@ -716,7 +716,7 @@ async fn misfire_8_an_escalation_reaches_enterprise_inbound_once_per_cooldown() 
     .await;
     let now = Utc::now();
     let first = escalation(&fast, "free", "202612", now - ChronoDuration::hours(2));
-    let records = s.encode(&[first.clone()]).await;
+    let records = s.encode(std::slice::from_ref(&first)).await;
     // The signal, its replay (a duplicated record), a second episode a day later (inside the
     // 30-day cooldown), and the twin's two escalations 35 days apart.
     s.publish_records(&[records[0].clone(), records[0].clone()])

@@ -409,7 +409,8 @@ mod tests {
     /// Each bad value is refused with the key that holds it and the reason.
     #[test]
     fn scope_settings_are_validated_naming_the_key() {
-        let cases: [(&str, fn(&mut NotifierConfig), &str); 6] = [
+        type Change = fn(&mut NotifierConfig);
+        let cases: [(&str, Change, &str); 6] = [
             (
                 "escalation as a notice",
                 |c| {

@@ -177,8 +177,11 @@ impl Intake {
     }
 }
 
+/// An `accounts` row: plan, seats, email domain, company size.
+type AccountRow = (String, Option<i64>, Option<String>, Option<i64>);
+
 async fn account_info(n: &Notifier, account: &str) -> Result<AccountInfo, NotifyError> {
-    let row: Option<(String, Option<i64>, Option<String>, Option<i64>)> = sqlx::query_as(
+    let row: Option<AccountRow> = sqlx::query_as(
         "SELECT plan, seats, email_domain, company_size FROM accounts WHERE account_id = $1",
     )
     .bind(account)

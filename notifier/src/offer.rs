@@ -81,7 +81,15 @@ mod tests {
     #[test]
     fn a_plugin_gate_offers_the_lowest_plan_that_includes_the_plugin() {
         use Plan::*;
-        let cases: [(&str, &[&str], Plan, &str, Result<Plan, &str>); 9] = [
+        // (case, tiers.pro.plugins, account plan, plugin, offer)
+        type Case = (
+            &'static str,
+            &'static [&'static str],
+            Plan,
+            &'static str,
+            Result<Plan, &'static str>,
+        );
+        let cases: [Case; 9] = [
             // (case, tiers.pro.plugins, account plan, plugin, offer)
             (
                 "free, defaults: guardrails",

@@ -382,8 +382,10 @@ mod tests {
         }
         // Configurable: pro customers' growth to account management too, and no expansion
         // route at all still never prospects Enterprise.
-        let mut c = NotifierConfig::default();
-        c.expansion_plans = vec!["pro".into(), "enterprise".into()];
+        let mut c = NotifierConfig {
+            expansion_plans: vec!["pro".into(), "enterprise".into()],
+            ..Default::default()
+        };
         let pro = AccountInfo {
             plan: Some("pro".into()),
             ..Default::default()
