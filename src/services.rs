@@ -227,13 +227,16 @@ pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> R
     })
 }
 
-/// Builds the notifier: its outbox, the HTTP clients for Slack and HubSpot, the local sink.
+/// Builds the notifier: its outbox, the HTTP clients for Slack and HubSpot, the local sink;
+/// the tiers (the plan each offer names) and the public email domains (no HubSpot company).
 pub fn notifier(config: &Config, pool: &PgPool, metrics: NotifierMetrics) -> Result<Notifier> {
     Notifier::new(
         pool.clone(),
         config.clickhouse.client(),
         registry(config, pool),
         config.notifier.clone(),
+        config.tiers.clone(),
+        config.public_domains()?,
         metrics,
     )
     .context("building the notifier")

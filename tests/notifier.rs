@@ -80,6 +80,7 @@ async fn a_child_process_gets_exactly_the_tests_configuration() {
     c.scorer.interval_ms = 321;
     c.ingest.max_events = 77;
     c.aggregator.instance_id = "aggregator-7".into();
+    c.accounts.public_domains.push("campus.example".into());
     let defaults = config_table(&Config::default());
     let ours = config_table(&c);
     let unchanged: Vec<&String> = defaults

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use meterline_schemas::SignalKind;
+use meterline_schemas::{Plan, SignalKind};
 use serde::{Deserialize, Serialize};
 
 /// A credential: a Slack webhook path or a HubSpot token. Its `Debug` and `Display` never show
@@ -56,10 +56,15 @@ impl Default for SlackConfig {
     fn default() -> Self {
         Self {
             base_url: "https://hooks.slack.com".into(),
-            webhooks: [ENTERPRISE_INBOUND, SALES_ASSIST, TRUST_AND_SAFETY]
-                .into_iter()
-                .map(|c| (c.to_owned(), Secret::default()))
-                .collect(),
+            webhooks: [
+                ENTERPRISE_INBOUND,
+                SALES_ASSIST,
+                TRUST_AND_SAFETY,
+                ACCOUNT_MANAGEMENT,
+            ]
+            .into_iter()
+            .map(|c| (c.to_owned(), Secret::default()))
+            .collect(),
         }
     }
 }
@@ -67,6 +72,8 @@ impl Default for SlackConfig {
 pub const ENTERPRISE_INBOUND: &str = "enterprise_inbound";
 pub const SALES_ASSIST: &str = "sales_assist";
 pub const TRUST_AND_SAFETY: &str = "trust_and_safety";
+/// Existing customers' growth (the expansion route's default channel).
+pub const ACCOUNT_MANAGEMENT: &str = "account_management";
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -111,11 +118,23 @@ pub struct Offer {
     pub lifts: String,
 }
 
+/// The plans an offer can name (never free: every account already has it).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Offers {
     pub pro: Offer,
     pub enterprise: Offer,
+}
+
+impl Offers {
+    /// The offer for `plan`; `None` for free, which is never sold.
+    pub fn get(&self, plan: Plan) -> Option<&Offer> {
+        match plan {
+            Plan::Free => None,
+            Plan::Pro => Some(&self.pro),
+            Plan::Enterprise => Some(&self.enterprise),
+        }
+    }
 }
 
 impl Default for Offers {
@@ -138,8 +157,8 @@ impl Default for Offers {
     }
 }
 
-/// Dashboard notice messages by signal kind. `{plan}` and `{lifts}` are replaced by the
-/// recommended offer's name and what it lifts; `{detail}` by the trigger's own words.
+/// Dashboard notice messages by signal kind. `{plan}`, `{price}` and `{lifts}` are replaced by
+/// the recommended offer's name, price and what it lifts; `{detail}` by the trigger's own words.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NoticeMessages {
@@ -151,9 +170,9 @@ pub struct NoticeMessages {
 impl Default for NoticeMessages {
     fn default() -> Self {
         Self {
-            rate_limit_sustained: "You're growing fast! Your team has been over its request limit for minutes at a time. Upgrading to {plan} ({lifts}) gives you room to scale.".into(),
-            plugin_gate: "{detail} {plan} includes it, with {lifts}.".into(),
-            power_user: "You're one of our most active teams. {plan} gives you {lifts}.".into(),
+            rate_limit_sustained: "You're growing fast! Your team has been over its request limit for minutes at a time. Upgrading to {plan} ({lifts}; {price}) gives you room to scale.".into(),
+            plugin_gate: "{detail} {plan} includes it, with {lifts} ({price}).".into(),
+            power_user: "You're one of our most active teams. {plan} gives you {lifts} ({price}).".into(),
         }
     }
 }
@@ -204,6 +223,17 @@ pub struct NotifierConfig {
     pub notice_cooldown_days: u32,
     /// Other Slack alerts: at most one per account and signal kind in this many hours.
     pub alert_cooldown_hours: u32,
+    /// An escalation alert goes out at most once per account in this many days, whatever its
+    /// deal score (the scorer raises one episode per account per calendar month).
+    pub escalation_cooldown_days: u32,
+    /// Plans whose accounts are existing customers to grow, not prospects: their `deal_ready`
+    /// and `escalation` signals go to `expansion_route` instead of their routes (no
+    /// `#enterprise-inbound` alert, no new HubSpot deal). Accounts on a plan with nothing
+    /// higher to sell are never prospected whatever this says.
+    pub expansion_plans: Vec<String>,
+    /// Where an existing customer's growth goes: `slack:<channel>` destinations (never
+    /// `hubspot` or `notice`); empty drops it.
+    pub expansion_route: Vec<String>,
     /// Sending attempts before a notification goes to the dead-letter state.
     pub max_attempts: u32,
     /// Exponential backoff between attempts: d = base × 2^(attempt-1), capped at
@@ -245,6 +275,7 @@ impl Default for NotifierConfig {
                 route(SignalKind::KeySharing, &["slack:trust_and_safety"]),
                 route(SignalKind::MultiAccount, &["slack:trust_and_safety"]),
                 route(SignalKind::Pql, &[]),
+                route(SignalKind::Escalation, &["slack:enterprise_inbound"]),
             ]
             .into_iter()
             .collect(),
@@ -253,6 +284,9 @@ impl Default for NotifierConfig {
             deal_rescore_points: 15,
             notice_cooldown_days: 7,
             alert_cooldown_hours: 24,
+            escalation_cooldown_days: 30,
+            expansion_plans: vec!["enterprise".into()],
+            expansion_route: vec![format!("slack:{ACCOUNT_MANAGEMENT}")],
             max_attempts: 8,
             backoff_base_ms: 1_000,
             backoff_max_ms: 600_000,
@@ -274,9 +308,13 @@ pub const TRUST_AND_SAFETY_KINDS: [SignalKind; 3] = [
     SignalKind::MultiAccount,
 ];
 
+/// Sales signals: a person at the vendor follows them up. They are routed to people (Slack,
+/// HubSpot), never shown to the account holder as a notice.
+pub const SALES_KINDS: [SignalKind; 2] = [SignalKind::DealReady, SignalKind::Escalation];
+
 impl NotifierConfig {
-    /// Checks the routes. Each error names the key and says why. (Keys that are not signal
-    /// kinds never get this far: they fail to deserialize.)
+    /// Checks the routes, the expansion route and the cooldowns. Each error names the key and
+    /// says why. (Keys that are not signal kinds never get this far: they fail to deserialize.)
     pub fn validate(&self) -> Result<(), String> {
         for (kind, destinations) in &self.routes {
             let key = format!("notifier.routes.{kind}");
@@ -287,22 +325,35 @@ impl NotifierConfig {
                             "{key}: {kind} is a trust-and-safety signal; it never goes to {d}"
                         ))
                     }
+                    "notice" if *kind == SignalKind::Escalation => {
+                        return Err(format!(
+                            "{key}: escalation is a sales signal for people (slack:<channel> or hubspot); it never goes to notice"
+                        ))
+                    }
                     "hubspot" | "notice" => {}
-                    other => match other.strip_prefix("slack:") {
-                        Some(channel) if self.slack.webhooks.contains_key(channel) => {}
-                        Some(channel) => {
-                            return Err(format!(
-                                "{key}: Slack channel {channel:?} has no entry in notifier.slack.webhooks (add one; an empty path uses the local sink)"
-                            ))
-                        }
-                        None => {
-                            return Err(format!(
-                                "{key}: {other:?} is not a destination (slack:<channel>, hubspot or notice)"
-                            ))
-                        }
-                    },
+                    other => self.check_slack(&key, other)?,
                 }
             }
+        }
+        for plan in &self.expansion_plans {
+            Plan::parse("notifier.expansion_plans", plan).map_err(|e| e.to_string())?;
+        }
+        for d in &self.expansion_route {
+            let key = "notifier.expansion_route";
+            match d.as_str() {
+                "hubspot" | "notice" => {
+                    return Err(format!(
+                        "{key}: an existing customer's growth goes to people (slack:<channel>), never to {d}: that would prospect a customer"
+                    ))
+                }
+                other => self.check_slack(key, other)?,
+            }
+        }
+        if self.escalation_cooldown_days == 0 {
+            return Err(
+                "notifier.escalation_cooldown_days: must be at least 1 (one escalation alert per account per this many days)"
+                    .into(),
+            );
         }
         if self.max_attempts == 0 {
             return Err("notifier.max_attempts: must be at least 1".into());
@@ -310,13 +361,23 @@ impl NotifierConfig {
         Ok(())
     }
 
-    /// The offer a kind of signal recommends for an account on `plan`.
-    pub fn offer_for(&self, kind: SignalKind, plan: &str) -> &Offer {
-        if kind == SignalKind::DealReady || plan != "free" {
-            &self.offers.enterprise
-        } else {
-            &self.offers.pro
+    /// `destination` must be `slack:<channel>` with the channel in `notifier.slack.webhooks`.
+    fn check_slack(&self, key: &str, destination: &str) -> Result<(), String> {
+        match destination.strip_prefix("slack:") {
+            Some(channel) if self.slack.webhooks.contains_key(channel) => Ok(()),
+            Some(channel) => Err(format!(
+                "{key}: Slack channel {channel:?} has no entry in notifier.slack.webhooks (add one; an empty path uses the local sink)"
+            )),
+            None => Err(format!(
+                "{key}: {destination:?} is not a destination (slack:<channel>, hubspot or notice)"
+            )),
         }
+    }
+
+    /// Whether accounts on `plan` are existing customers whose growth goes to
+    /// `expansion_route`.
+    pub fn is_expansion_plan(&self, plan: Plan) -> bool {
+        self.expansion_plans.iter().any(|p| p == plan.as_str())
     }
 }
 
@@ -335,6 +396,69 @@ mod tests {
         for kind in TRUST_AND_SAFETY_KINDS {
             assert_eq!(c.routes[&kind], vec!["slack:trust_and_safety"]);
         }
+        assert_eq!(
+            c.routes[&SignalKind::Escalation],
+            vec!["slack:enterprise_inbound"]
+        );
+        assert_eq!(c.expansion_plans, vec!["enterprise"]);
+        assert_eq!(c.expansion_route, vec!["slack:account_management"]);
+        assert_eq!(c.escalation_cooldown_days, 30);
+        assert!(c.is_expansion_plan(Plan::Enterprise) && !c.is_expansion_plan(Plan::Pro));
+    }
+
+    /// Each bad value is refused with the key that holds it and the reason.
+    #[test]
+    fn scope_settings_are_validated_naming_the_key() {
+        type Change = fn(&mut NotifierConfig);
+        let cases: [(&str, Change, &str); 6] = [
+            (
+                "escalation as a notice",
+                |c| {
+                    c.routes
+                        .insert(SignalKind::Escalation, vec!["notice".into()]);
+                },
+                "notifier.routes.escalation: escalation is a sales signal for people",
+            ),
+            (
+                "an unknown expansion plan",
+                |c| c.expansion_plans = vec!["gold".into()],
+                "notifier.expansion_plans: \"gold\" is not one of free, pro, enterprise",
+            ),
+            (
+                "expansion to hubspot",
+                |c| c.expansion_route = vec!["hubspot".into()],
+                "notifier.expansion_route: an existing customer's growth goes to people",
+            ),
+            (
+                "expansion to a notice",
+                |c| c.expansion_route = vec!["notice".into()],
+                "never to notice",
+            ),
+            (
+                "expansion to an unknown channel",
+                |c| c.expansion_route = vec!["slack:csm".into()],
+                "notifier.expansion_route: Slack channel \"csm\" has no entry in notifier.slack.webhooks",
+            ),
+            (
+                "no escalation cooldown",
+                |c| c.escalation_cooldown_days = 0,
+                "notifier.escalation_cooldown_days: must be at least 1",
+            ),
+        ];
+        for (case, change, want) in cases {
+            let mut c = NotifierConfig::default();
+            change(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(want), "{case}: {e}");
+        }
+        // Escalation may go to HubSpot too: it is a sales kind, not trust and safety.
+        let mut c = NotifierConfig::default();
+        c.routes.insert(
+            SignalKind::Escalation,
+            vec!["slack:enterprise_inbound".into(), "hubspot".into()],
+        );
+        c.expansion_route.clear();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -217,7 +217,9 @@ impl HubSpot {
         })
     }
 
-    /// Creates or updates the account's open deal and associates it with its company.
+    /// Creates or updates the account's open deal and associates it with its company. A deal
+    /// with no company (`d.no_company`) is created with its properties only: the CRM v3 create
+    /// takes `associations` as optional, and none is made afterwards.
     /// `save` is called with the ids as soon as HubSpot has returned them.
     pub async fn sync_deal<F, Fut>(
         &self,
@@ -230,7 +232,10 @@ impl HubSpot {
         Fut: std::future::Future<Output = ()>,
     {
         let c = &self.config;
+        // A public email domain is no company: no search, no create, no association (the
+        // deal's description says why), even if an older sync saved one for the account.
         let company_id = match (&known.company_id, &d.email_domain) {
+            _ if d.no_company.is_some() => None,
             (Some(id), _) => Some(id.clone()),
             (None, Some(domain)) => Some(self.company(domain).await?),
             (None, None) => None,

@@ -28,7 +28,8 @@ use crate::{Notifier, NotifyError};
 pub enum Outcome {
     /// Per destination: queued, duplicate or held.
     Routed(Vec<(String, Queued)>),
-    /// No route for this kind (or the sales_assist rule said no). A kind this build does not
+    /// No route for this kind, or a rule said no: plan scope (nothing higher to sell the
+    /// account), the sales_assist rule, an empty expansion route. A kind this build does not
     /// know has no route either.
     Unrouted,
     Rejected(String),
@@ -176,15 +177,19 @@ impl Intake {
     }
 }
 
+/// An `accounts` row: plan, seats, email domain, company size.
+type AccountRow = (String, Option<i64>, Option<String>, Option<i64>);
+
 async fn account_info(n: &Notifier, account: &str) -> Result<AccountInfo, NotifyError> {
-    let row: Option<(Option<i64>, Option<String>, Option<i64>)> = sqlx::query_as(
-        "SELECT seats, email_domain, company_size FROM accounts WHERE account_id = $1",
+    let row: Option<AccountRow> = sqlx::query_as(
+        "SELECT plan, seats, email_domain, company_size FROM accounts WHERE account_id = $1",
     )
     .bind(account)
     .fetch_optional(&n.pg)
     .await?;
     Ok(row
-        .map(|(seats, email_domain, company_size)| AccountInfo {
+        .map(|(plan, seats, email_domain, company_size)| AccountInfo {
+            plan: Some(plan),
             seats,
             email_domain,
             company_size,
@@ -196,13 +201,18 @@ async fn account_info(n: &Notifier, account: &str) -> Result<AccountInfo, Notify
 pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, NotifyError> {
     let c = &n.config;
     let account = account_info(n, &signal.account_id).await?;
-    let destinations = route::destinations(c, signal, &account);
-    if destinations.is_empty() {
+    let routed = route::route(c, &n.tiers, signal, &account);
+    if routed.destinations.is_empty() {
         n.metrics.signals.with_label_values(&["unrouted"]).inc();
-        tracing::debug!("no route for this signal");
+        match &routed.skipped {
+            Some(why) => tracing::info!(plan = %routed.plan, %why, "signal not routed"),
+            None => tracing::debug!("no route for this signal"),
+        }
         return Ok(Outcome::Unrouted);
     }
-    let needs_usage = destinations
+    let aim = message::Aim::new(c, routed.plan, routed.offer, routed.expansion);
+    let needs_usage = routed
+        .destinations
         .iter()
         .any(|d| !matches!(d, Destination::Notice));
     let usage = if needs_usage {
@@ -220,18 +230,43 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
     outbox::lock_account(&mut tx, &signal.account_id).await?;
     let mut results = Vec::new();
     let mut queued_any = false;
-    for d in destinations {
+    for d in routed.destinations {
         let cooldown = route::cooldown(c, signal.kind, &d);
         let notice_id = uuid::Uuid::new_v4();
-        let notice = message::notice(c, signal);
-        let payload = match &d {
-            Destination::Slack(_) => message::slack_message(c, signal, &account, &usage),
-            Destination::HubSpot => {
-                serde_json::to_value(message::deal_request(c, signal, &account, &usage))
-                    .expect("serialisable")
+        let expansion = routed.expansion.then(|| {
+            format!(
+                "an existing {} customer's growth: sent to the expansion route, not prospected",
+                routed.plan
+            )
+        });
+        // Notices and deals sell a plan; routing only lets them through with one to sell.
+        let (payload, detail, notice) = match (&d, aim.offer) {
+            (Destination::Slack(_), _) => (
+                message::slack_message(signal, &account, &usage, &aim),
+                expansion,
+                None,
+            ),
+            (Destination::HubSpot, Some((plan, offer))) => {
+                let deal =
+                    message::deal_request(signal, &account, &usage, plan, offer, &n.public_domains);
+                let detail = deal.no_company.clone();
+                (
+                    serde_json::to_value(deal).expect("serialisable"),
+                    detail,
+                    None,
+                )
             }
-            Destination::Notice => {
-                json!({"notice_id": notice_id, "kind": signal.kind, "message": notice.message, "upgrade_url": notice.upgrade_url, "plan": notice.plan})
+            (Destination::Notice, Some((plan, offer))) => {
+                let notice = message::notice(c, signal, plan, offer);
+                (
+                    json!({"notice_id": notice_id, "kind": signal.kind, "message": notice.message, "upgrade_url": notice.upgrade_url, "plan": notice.plan}),
+                    None,
+                    Some(notice),
+                )
+            }
+            (_, None) => {
+                tracing::info!(destination = %d.as_string(), plan = %routed.plan, "nothing to sell this account; skipped");
+                continue;
             }
         };
         let new = NewNotification {
@@ -243,8 +278,9 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
             at,
             score,
             payload,
+            detail,
         };
-        let result = if d == Destination::Notice {
+        let result = if let Some(notice) = notice {
             let delivered = format!("notice:{notice_id}");
             let r = outbox::enqueue(&mut tx, &new, OutboxStatus::Sent, Some(&delivered)).await?;
             if matches!(r, Queued::Queued(_)) {

@@ -13,6 +13,12 @@
 //!   when neither is configured. Failures retry with exponential backoff and jitter, honour
 //!   `Retry-After`, and end in a dead-letter state that `meterline notifications retry` revives.
 //!
+//! Routing aims every offer at the right account ([`route`], [`offer`]): the plan an offer
+//! names comes from the tiers configuration (`[tiers.*] upgrade_to` and `plugins`), an account
+//! with nothing higher to buy is never prospected, an existing customer's growth goes to the
+//! expansion channel, and an account on a public email domain gets a HubSpot deal with no
+//! company.
+//!
 //! Dashboard notices need no sending: the intake writes them to `dashboard_notices` in the
 //! same transaction, and ingest serves them.
 
@@ -21,6 +27,7 @@ pub mod deliver;
 pub mod intake;
 pub mod message;
 pub mod metrics;
+pub mod offer;
 pub mod outbox;
 pub mod route;
 pub mod usage;
@@ -31,6 +38,8 @@ use std::time::Duration;
 
 use backon::ExponentialBuilder;
 use meterline_infra::registry::SchemaRegistry;
+use meterline_schemas::limits::TiersConfig;
+use meterline_schemas::public_domains::PublicDomains;
 use rdkafka::config::ClientConfig;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -70,6 +79,10 @@ pub struct Notifier {
     pub clickhouse: clickhouse::Client,
     pub registry: SchemaRegistry,
     pub config: Arc<NotifierConfig>,
+    /// The tiers: which plan each tier upgrades to and which plugins it includes.
+    pub tiers: Arc<TiersConfig>,
+    /// Public email domains: never a HubSpot company.
+    pub public_domains: Arc<PublicDomains>,
     pub metrics: NotifierMetrics,
     pub slack: deliver::Slack,
     pub hubspot: deliver::HubSpot,
@@ -79,11 +92,14 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pg: PgPool,
         clickhouse: clickhouse::Client,
         registry: SchemaRegistry,
         config: NotifierConfig,
+        tiers: TiersConfig,
+        public_domains: PublicDomains,
         metrics: NotifierMetrics,
     ) -> Result<Self, NotifyError> {
         config.validate().map_err(NotifyError::Invalid)?;
@@ -100,6 +116,8 @@ impl Notifier {
             hubspot: deliver::HubSpot::new(http, config.hubspot.clone()),
             sink: deliver::LocalSink::new(&config),
             config: Arc::new(config),
+            tiers: Arc::new(tiers),
+            public_domains: Arc::new(public_domains),
             metrics,
             wake: Arc::new(Notify::new()),
         })

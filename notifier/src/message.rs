@@ -3,12 +3,40 @@
 //! the 30-day usage summary and the configuration, rendered once when the notification is
 //! queued, so every retry sends the same message.
 
-use meterline_schemas::{AccountSignal, SignalKind};
+use meterline_schemas::public_domains::PublicDomains;
+use meterline_schemas::{AccountSignal, Plan, SignalKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::{NotifierConfig, Offer};
 use crate::route::AccountInfo;
+
+/// Whom a message is aimed at and what it offers, as routing decided ([`crate::route`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Aim<'a> {
+    /// The account's plan.
+    pub plan: Plan,
+    /// The plan offered and its offer; `None` when there is nothing to sell (trust and
+    /// safety, or an existing customer on the top plan).
+    pub offer: Option<(Plan, &'a Offer)>,
+    /// An existing customer's growth, for account management rather than a new deal.
+    pub expansion: bool,
+}
+
+impl<'a> Aim<'a> {
+    /// The aim for an account on `plan` offered `offered` (from `c.offers`).
+    pub fn new(c: &'a NotifierConfig, plan: Plan, offered: Option<Plan>, expansion: bool) -> Self {
+        Self {
+            plan,
+            offer: offered.and_then(|p| c.offers.get(p).map(|o| (p, o))),
+            expansion,
+        }
+    }
+
+    fn offer(&self) -> Option<&'a Offer> {
+        self.offer.map(|(_, o)| o)
+    }
+}
 
 /// An account's last 30 days from ClickHouse (`usage_day`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -94,8 +122,10 @@ pub fn talking_points(
     signal: &AccountSignal,
     account: &AccountInfo,
     usage: &UsageSummary,
-    offer: &Offer,
+    offer: Option<&Offer>,
 ) -> Vec<String> {
+    // What the offered plan does about it; nothing when there is nothing to sell.
+    let sell = |f: &dyn Fn(&Offer) -> String| offer.map(f).unwrap_or_default();
     let e = signal.evidence();
     let inputs = e.get("inputs").cloned().unwrap_or(Value::Null);
     let monthly_tokens = inputs
@@ -136,7 +166,8 @@ pub fn talking_points(
                 if let Some(r) = limit.get("resets_at").and_then(Value::as_str) {
                     p.push_str(&format!(", which resets {r}"));
                 }
-                p.push_str(&format!(": {} lifts it to {}.", offer.name, offer.lifts));
+                p.push_str(&sell(&|o| format!(": {} lifts it to {}", o.name, o.lifts)));
+                p.push('.');
                 points.push(p);
             }
             if let Some(seats) = account.seats.filter(|s| *s > 0) {
@@ -149,36 +180,39 @@ pub fn talking_points(
         _ => {
             if regions.len() >= 3 && monthly_tokens > 50_000_000 {
                 points.push(format!(
-                    "Running across {} regions with {}+ monthly tokens: {} includes multi-cloud routing.",
+                    "Running across {} regions with {}+ monthly tokens{}.",
                     regions.len(),
                     count(monthly_tokens),
-                    offer.name
+                    sell(&|o| format!(": {} includes multi-cloud routing", o.name))
                 ));
             } else if regions.len() >= 3 {
                 points.push(format!(
-                    "Deployed in {} regions ({}): {} includes multi-cloud routing.",
+                    "Deployed in {} regions ({}){}.",
                     regions.len(),
                     regions.join(", "),
-                    offer.name
+                    sell(&|o| format!(": {} includes multi-cloud routing", o.name))
                 ));
             } else if monthly_tokens > 50_000_000 {
                 points.push(format!(
-                    "{} tokens this month: committed {} pricing costs less than pay-as-you-go at this volume.",
+                    "{} tokens this month{}.",
                     count(monthly_tokens),
-                    offer.name
+                    sell(&|o| format!(
+                        ": committed {} pricing costs less than pay-as-you-go at this volume",
+                        o.name
+                    ))
                 ));
             }
             if let Some(r) = signal.reasons.iter().find(|r| r.starts_with("plugins")) {
                 let detail = r.split_once(": ").map(|(_, d)| d).unwrap_or(r);
                 points.push(format!(
-                    "They have hit gated plugins ({detail}): {} includes them.",
-                    offer.name
+                    "They have hit gated plugins ({detail}){}.",
+                    sell(&|o| format!(": {} includes them", o.name))
                 ));
             }
             if team > 20 {
                 points.push(format!(
-                    "{team} people use the account: SSO, roles and audit logs come with {}.",
-                    offer.name
+                    "{team} people use the account{}.",
+                    sell(&|o| format!(": SSO, roles and audit logs come with {}", o.name))
                 ));
             } else if company > 100 {
                 points.push(format!(
@@ -194,24 +228,56 @@ pub fn talking_points(
     points
 }
 
+/// The auto-escalation tags a signal carries: the evidence's `tags`, else its reasons of the
+/// form `escalation: <tag>`.
+pub fn escalation_tags(signal: &AccountSignal) -> Vec<String> {
+    let from_evidence: Vec<String> = signal
+        .evidence()
+        .get("tags")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !from_evidence.is_empty() {
+        return from_evidence;
+    }
+    signal
+        .reasons
+        .iter()
+        .filter_map(|r| r.strip_prefix("escalation: ").map(String::from))
+        .collect()
+}
+
 /// The Block Kit message for a Slack alert: `text` (the notification fallback) and `blocks`.
+/// An existing customer's growth (`aim.expansion`) is headed "Customer growth" and says it is
+/// for account management; an escalation lists its tags; the recommended plan and the talking
+/// points' pitch appear only when there is something to sell.
 pub fn slack_message(
-    c: &NotifierConfig,
     signal: &AccountSignal,
     account: &AccountInfo,
     usage: &UsageSummary,
+    aim: &Aim<'_>,
 ) -> Value {
     let kind = signal.kind;
     let account_id = escape(&signal.account_id);
+    let plan = aim.plan.as_str();
     let (score_name, score) = match kind {
         k if is_trust_and_safety(k) => ("Abuse score", signal.abuse),
         SignalKind::Pql => ("PQL score", signal.pql),
         _ => ("Deal readiness", signal.deal_readiness),
     };
-    let header = format!("{}: {}", title(kind), signal.account_id);
+    let title = if aim.expansion {
+        format!("Customer growth ({})", title(kind).to_lowercase())
+    } else {
+        title(kind).to_owned()
+    };
+    let header = format!("{title}: {}", signal.account_id);
     let mut fields = vec![
         json!({"type": "mrkdwn", "text": format!("*Account*\n{account_id}")}),
-        json!({"type": "mrkdwn", "text": format!("*Plan*\n{}", escape(&signal.plan))}),
+        json!({"type": "mrkdwn", "text": format!("*Plan*\n{plan}")}),
         json!({"type": "mrkdwn", "text": format!("*{score_name}*\n{score}/100")}),
     ];
     if let Some(d) = &account.email_domain {
@@ -220,22 +286,30 @@ pub fn slack_message(
     if let Some(s) = account.seats {
         fields.push(json!({"type": "mrkdwn", "text": format!("*Seats*\n{s}")}));
     }
-    let offer = c.offer_for(kind, &signal.plan);
-    if !is_trust_and_safety(kind) {
-        fields.push(json!({"type": "mrkdwn", "text": format!("*Recommended*\n{}: {}", escape(&offer.name), escape(&offer.price))}));
+    let offer = aim.offer();
+    if let (false, Some(o)) = (is_trust_and_safety(kind), offer) {
+        fields.push(json!({"type": "mrkdwn", "text": format!("*Recommended*\n{}: {}", escape(&o.name), escape(&o.price))}));
     }
+    let tags = escalation_tags(signal);
     let reasons: Vec<String> = signal
         .reasons
         .iter()
+        .filter(|r| !r.starts_with("escalation: "))
         .take(8)
         .map(|r| format!("• {}", escape(r)))
         .collect();
     let mut blocks = vec![
         json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&header, 150)}}),
         json!({"type": "section", "fields": fields}),
-        json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Why*\n{}", if reasons.is_empty() { "• (no reasons given)".to_owned() } else { reasons.join("\n") }), 3000)}}),
-        json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*Last 30 days*\n{}", usage.line())}}),
     ];
+    if !reasons.is_empty() || tags.is_empty() {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Why*\n{}", if reasons.is_empty() { "• (no reasons given)".to_owned() } else { reasons.join("\n") }), 3000)}}));
+    }
+    if !tags.is_empty() {
+        let lines: Vec<String> = tags.iter().map(|t| format!("• `{}`", escape(t))).collect();
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Escalation tags*\n{}", lines.join("\n")), 3000)}}));
+    }
+    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*Last 30 days*\n{}", usage.line())}}));
     if !is_trust_and_safety(kind) {
         let points = talking_points(signal, account, usage, offer);
         if !points.is_empty() {
@@ -243,9 +317,19 @@ pub fn slack_message(
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Talking points*\n{}", text.join("\n")), 3000)}}));
         }
     }
-    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("signal `{}` · raised {}", escape(&signal.signal_id), signal.raised_at().format("%Y-%m-%d %H:%M UTC"))}]}));
+    let mut context = format!(
+        "signal `{}` · raised {}",
+        escape(&signal.signal_id),
+        signal.raised_at().format("%Y-%m-%d %H:%M UTC")
+    );
+    if aim.expansion {
+        context = format!(
+            "An existing {plan} customer: for account management, not a new deal · {context}"
+        );
+    }
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]}));
     json!({
-        "text": format!("{} — {} ({}), {score_name} {score}", title(kind), account_id, escape(&signal.plan)),
+        "text": format!("{title} — {account_id} ({plan}), {score_name} {score}"),
         "blocks": blocks,
     })
 }
@@ -268,8 +352,8 @@ pub struct NoticeText {
     pub plan: String,
 }
 
-pub fn notice(c: &NotifierConfig, signal: &AccountSignal) -> NoticeText {
-    let offer = c.offer_for(signal.kind, &signal.plan);
+/// The notice for `signal`, offering `offer` (the plan `plan`).
+pub fn notice(c: &NotifierConfig, signal: &AccountSignal, plan: Plan, offer: &Offer) -> NoticeText {
     let template = match signal.kind {
         SignalKind::PluginGate => &c.notices.plugin_gate,
         SignalKind::PowerUser => &c.notices.power_user,
@@ -285,12 +369,13 @@ pub fn notice(c: &NotifierConfig, signal: &AccountSignal) -> NoticeText {
     NoticeText {
         message: template
             .replace("{plan}", &offer.name)
+            .replace("{price}", &offer.price)
             .replace("{lifts}", &offer.lifts)
             .replace("{detail}", &detail)
             .trim()
             .to_owned(),
         upgrade_url: offer.upgrade_url.clone(),
-        plan: offer.name.to_ascii_lowercase(),
+        plan: plan.as_str().to_owned(),
     }
 }
 
@@ -298,28 +383,39 @@ pub fn notice(c: &NotifierConfig, signal: &AccountSignal) -> NoticeText {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DealRequest {
     pub account_id: String,
+    /// The company's email domain: the deal's company is found or created by it. `None` for
+    /// an account with no domain or a public one.
     pub email_domain: Option<String>,
     pub deal_name: String,
     pub score: i32,
     pub description: String,
+    /// Why the deal has no company, when it is deliberate: the account's email domain is
+    /// public (`gmail.com`), so no company is searched for, created or associated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_company: Option<String>,
 }
 
+/// The deal for `signal`, selling `offer`. A public email domain gets no company: the deal is
+/// made without one and says why.
 pub fn deal_request(
-    c: &NotifierConfig,
     signal: &AccountSignal,
     account: &AccountInfo,
     usage: &UsageSummary,
+    plan: Plan,
+    offer: &Offer,
+    public: &PublicDomains,
 ) -> DealRequest {
-    let offer = c.offer_for(signal.kind, &signal.plan);
-    let who = account
-        .email_domain
-        .clone()
-        .unwrap_or_else(|| signal.account_id.clone());
-    let points = talking_points(signal, account, usage, offer);
+    let company = public.company_domain(account.email_domain.as_deref());
+    let no_company = match &account.email_domain {
+        Some(d) if company.is_none() => Some(format!(
+            "no HubSpot company: {d} is a public email domain (accounts.public_domains), so the deal has no company association"
+        )),
+        _ => None,
+    };
+    let points = talking_points(signal, account, usage, Some(offer));
     let mut description = format!(
-        "Deal readiness {}/100 on the {} plan. Recommended: {} ({}).\nLast 30 days: {}.\n",
+        "Deal readiness {}/100 on the {plan} plan. Recommended: {} ({}).\nLast 30 days: {}.\n",
         signal.deal_readiness,
-        signal.plan,
         offer.name,
         offer.price,
         usage.line()
@@ -330,12 +426,20 @@ pub fn deal_request(
     for p in points {
         description.push_str(&format!("> {p}\n"));
     }
+    if let Some(why) = &no_company {
+        description.push_str(&format!("Note: {why}.\n"));
+    }
+    let deal_name = match company {
+        Some(d) => format!("{d} — {} ({})", offer.name, signal.account_id),
+        None => format!("{} — {}", signal.account_id, offer.name),
+    };
     DealRequest {
         account_id: signal.account_id.clone(),
-        email_domain: account.email_domain.clone(),
-        deal_name: format!("{who} — {} ({})", offer.name, signal.account_id),
+        email_domain: company.map(String::from),
+        deal_name,
         score: signal.deal_readiness,
         description,
+        no_company,
     }
 }
 
@@ -375,7 +479,7 @@ mod tests {
             &deal_signal(),
             &AccountInfo::default(),
             &usage,
-            &c.offers.enterprise,
+            Some(&c.offers.enterprise),
         );
         assert_eq!(points.len(), 3);
         assert_eq!(points[0], "Running across 3 regions with 61.2M+ monthly tokens: Enterprise includes multi-cloud routing.");
@@ -397,9 +501,10 @@ mod tests {
         let account = AccountInfo {
             seats: Some(4),
             email_domain: Some("acme.com".into()),
-            company_size: None,
+            ..Default::default()
         };
-        let m = slack_message(&c, &deal_signal(), &account, &usage);
+        let aim = Aim::new(&c, Plan::Free, Some(Plan::Enterprise), false);
+        let m = slack_message(&deal_signal(), &account, &usage, &aim);
         let text = m.to_string();
         assert_eq!(m["blocks"][0]["type"], "header");
         assert_eq!(m["blocks"][0]["text"]["text"], "Deal ready: acme-1");
@@ -427,8 +532,9 @@ mod tests {
         let mut s = deal_signal();
         s.kind = SignalKind::KeySharing;
         s.abuse = 60;
+        let aim = Aim::new(&c, Plan::Free, None, false);
         let m =
-            slack_message(&c, &s, &AccountInfo::default(), &UsageSummary::default()).to_string();
+            slack_message(&s, &AccountInfo::default(), &UsageSummary::default(), &aim).to_string();
         assert!(m.contains("*Abuse score*\\n60/100"));
         assert!(!m.contains("Recommended"));
         assert!(!m.contains("Talking points"));
@@ -440,27 +546,126 @@ mod tests {
     }
 
     #[test]
-    fn notices_name_the_plan_that_lifts_the_limit() {
+    fn notices_name_the_offered_plan_and_its_price() {
         let c = NotifierConfig::default();
         let mut s = deal_signal();
         s.kind = SignalKind::RateLimitSustained;
-        let n = notice(&c, &s);
+        let n = notice(&c, &s, Plan::Pro, &c.offers.pro);
         assert_eq!(n.plan, "pro");
         assert!(
-            n.message
-                .contains("Upgrading to Pro (1,000 requests/minute"),
+            n.message.contains(
+                "Upgrading to Pro (1,000 requests/minute and 15 models; $49 per seat per month)"
+            ),
             "{}",
             n.message
         );
         assert!(n.upgrade_url.ends_with("plan=pro"));
-        s.plan = "pro".into();
-        assert_eq!(notice(&c, &s).plan, "enterprise");
         s.kind = SignalKind::PluginGate;
-        s.plan = "free".into();
         s.evidence = json!({"plugin": "guardrails", "message": "Guardrails blocks PII before it reaches a model."}).to_string();
-        assert!(notice(&c, &s)
-            .message
-            .starts_with("Guardrails blocks PII before it reaches a model. Pro includes it"));
+        let n = notice(&c, &s, Plan::Enterprise, &c.offers.enterprise);
+        assert_eq!(n.plan, "enterprise");
+        assert!(
+            n.message.starts_with(
+                "Guardrails blocks PII before it reaches a model. Enterprise includes it, with unlimited requests"
+            ) && n.message.ends_with("(from $2,000 per month (annual))."),
+            "{}",
+            n.message
+        );
+    }
+
+    #[test]
+    fn an_escalation_lists_its_tags_and_an_expansion_sells_nothing() {
+        let c = NotifierConfig::default();
+        let mut s = deal_signal();
+        s.kind = SignalKind::Escalation;
+        s.deal_readiness = 40;
+        s.reasons = vec!["escalation: 3_plus_regions".into()];
+        s.evidence =
+            json!({"tags": ["over_50000000_tokens_this_month", "3_plus_regions"]}).to_string();
+        let aim = Aim::new(&c, Plan::Free, Some(Plan::Enterprise), false);
+        let m = slack_message(&s, &AccountInfo::default(), &UsageSummary::default(), &aim);
+        let types: Vec<&str> = m["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            ["header", "section", "section", "section", "context"]
+        );
+        assert_eq!(m["blocks"][0]["text"]["text"], "Escalation: acme-1");
+        assert_eq!(
+            m["blocks"][2]["text"]["text"],
+            "*Escalation tags*\n• `over_50000000_tokens_this_month`\n• `3_plus_regions`"
+        );
+        let text = m.to_string();
+        assert!(text.contains("*Deal readiness*\\n40/100"), "{text}");
+        assert!(text.contains("*Recommended*\\nEnterprise"), "{text}");
+        // Tags from the reasons when the evidence has none.
+        s.evidence = "{}".into();
+        assert_eq!(escalation_tags(&s), ["3_plus_regions"]);
+
+        // The same growth from an Enterprise customer: for account management, no pitch.
+        s.plan = "enterprise".into();
+        let aim = Aim::new(&c, Plan::Enterprise, None, true);
+        let m = slack_message(&s, &AccountInfo::default(), &UsageSummary::default(), &aim);
+        assert_eq!(
+            m["blocks"][0]["text"]["text"],
+            "Customer growth (escalation): acme-1"
+        );
+        let text = m.to_string();
+        assert!(!text.contains("Recommended"), "{text}");
+        assert!(!text.contains("includes"), "{text}");
+        assert!(
+            text.contains(
+                "An existing enterprise customer: for account management, not a new deal"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_public_domain_deal_has_no_company_and_says_why() {
+        let c = NotifierConfig::default();
+        let public = PublicDomains::from_list(["gmail.com"]);
+        let usage = UsageSummary::default();
+        let at = |domain: &str| AccountInfo {
+            email_domain: Some(domain.into()),
+            ..Default::default()
+        };
+        let d = deal_request(
+            &deal_signal(),
+            &at("GMail.com"),
+            &usage,
+            Plan::Free,
+            &c.offers.enterprise,
+            &public,
+        );
+        assert_eq!(d.email_domain, None);
+        assert_eq!(d.deal_name, "acme-1 — Enterprise");
+        let why = d.no_company.as_deref().unwrap();
+        assert!(why.contains("GMail.com is a public email domain"), "{why}");
+        assert!(d.description.contains(why), "{}", d.description);
+        let d = deal_request(
+            &deal_signal(),
+            &at("acme.io"),
+            &usage,
+            Plan::Free,
+            &c.offers.enterprise,
+            &public,
+        );
+        assert_eq!(d.email_domain.as_deref(), Some("acme.io"));
+        assert_eq!(d.deal_name, "acme.io — Enterprise (acme-1)");
+        assert_eq!(d.no_company, None);
+        // Payloads queued before the field existed still read.
+        let old = json!({"account_id": "a", "email_domain": "acme.io", "deal_name": "n", "score": 75, "description": "d"});
+        assert_eq!(
+            serde_json::from_value::<DealRequest>(old)
+                .unwrap()
+                .no_company,
+            None
+        );
     }
 
     #[test]

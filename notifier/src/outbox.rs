@@ -103,6 +103,9 @@ pub struct NewNotification {
     pub at: DateTime<Utc>,
     pub score: i32,
     pub payload: Value,
+    /// What routing decided beyond the message, for a person reading the outbox: why a deal
+    /// has no company, or that an existing customer's growth went to the expansion route.
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,8 +187,8 @@ pub async fn enqueue(
     let id: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO notifications \
            (account_id, destination, kind, signal_id, cooldown_class, cooldown_at, score, payload, \
-            status, delivered_to, sent_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $9 = 'sent' THEN now() END) \
+            status, delivered_to, sent_at, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $9 = 'sent' THEN now() END, $11) \
          ON CONFLICT DO NOTHING RETURNING id",
     )
     .bind(&n.account_id)
@@ -198,6 +201,7 @@ pub async fn enqueue(
     .bind(&n.payload)
     .bind(status.as_str())
     .bind(delivered_to)
+    .bind(&n.detail)
     .fetch_optional(&mut **tx)
     .await?;
     Ok(match id {
@@ -325,6 +329,8 @@ pub struct Listed {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub delivered_to: Option<String>,
+    /// What routing decided beyond the message (see [`NewNotification::detail`]).
+    pub detail: Option<String>,
     pub created_at: DateTime<Utc>,
     pub next_attempt_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
@@ -338,7 +344,7 @@ pub async fn list(
 ) -> Result<Vec<Listed>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, account_id, destination, kind, signal_id, status, attempts, last_error, \
-                delivered_to, created_at, next_attempt_at, sent_at \
+                delivered_to, detail, created_at, next_attempt_at, sent_at \
          FROM notifications \
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR account_id = $2) \
          ORDER BY id DESC LIMIT $3",

@@ -1,11 +1,26 @@
 //! Which destinations a signal goes to, and whether a cooldown holds it back. Pure functions:
 //! the outbox applies them inside the transaction that records the notification.
+//!
+//! Routing is by signal kind (`notifier.routes`), then by the account:
+//!
+//! * **Plan scope** (defence in depth: the scorer also stops raising these). A signal that
+//!   sells something (every kind but trust-and-safety) goes out only when there is a higher
+//!   plan to offer ([`crate::offer`]): an Enterprise account is never prospected: no deal
+//!   alert, no new HubSpot deal, no upgrade notice.
+//! * **Existing customers' growth.** A `deal_ready` or `escalation` signal for an account on
+//!   one of `notifier.expansion_plans` (Enterprise by default) goes to
+//!   `notifier.expansion_route` (`slack:account_management`) instead of its routes.
+//! * **Sales assist.** A `limit_stage` signal goes to its routes at `sales_assist.min_stage` or
+//!   above, for accounts with more than `sales_assist.seats_over` seats or on one of
+//!   `sales_assist.plans`.
 
 use chrono::{DateTime, Duration, Utc};
 
-use meterline_schemas::{AccountSignal, SignalKind};
+use meterline_schemas::limits::TiersConfig;
+use meterline_schemas::{AccountSignal, Plan, SignalKind};
 
-use crate::config::NotifierConfig;
+use crate::config::{NotifierConfig, SALES_KINDS, TRUST_AND_SAFETY_KINDS};
+use crate::offer::{self, NoOffer};
 
 /// Where a notification goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,23 +50,87 @@ impl Destination {
     }
 }
 
-/// What the router knows about the account beyond the signal.
+/// What the router knows about the account beyond the signal (its `accounts` row).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AccountInfo {
+    /// The account's current plan; the signal's plan when the account has no row.
+    pub plan: Option<String>,
     pub seats: Option<i64>,
     pub email_domain: Option<String>,
     pub company_size: Option<i64>,
 }
 
-/// The destinations of `signal`, from `notifier.routes`, with the sales_assist rule applied to
-/// `limit_stage` signals.
-pub fn destinations(
+impl AccountInfo {
+    /// The plan to aim at: the account's current plan (it may have changed since the signal
+    /// was raised), else the signal's, else free.
+    pub fn plan(&self, signal: &AccountSignal) -> Plan {
+        [self.plan.as_deref(), Some(signal.plan.as_str())]
+            .into_iter()
+            .flatten()
+            .find_map(|p| Plan::parse("plan", p).ok())
+            .unwrap_or(Plan::Free)
+    }
+}
+
+/// Where a signal goes and what it offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The account's plan.
+    pub plan: Plan,
+    /// The plan its messages offer; `None` for trust-and-safety signals and for an existing
+    /// customer with nothing higher to buy.
+    pub offer: Option<Plan>,
+    /// An existing customer's growth, sent to `notifier.expansion_route`.
+    pub expansion: bool,
+    pub destinations: Vec<Destination>,
+    /// Why a rule (plan scope, sales assist) sent the signal nowhere.
+    pub skipped: Option<String>,
+}
+
+/// Routes `signal` for an account on the plan `account` says.
+pub fn route(
     c: &NotifierConfig,
+    tiers: &TiersConfig,
     signal: &AccountSignal,
     account: &AccountInfo,
-) -> Vec<Destination> {
+) -> Route {
+    let plan = account.plan(signal);
+    let mut r = Route {
+        plan,
+        offer: None,
+        expansion: false,
+        destinations: Vec::new(),
+        skipped: None,
+    };
+    let parse = |ds: &[String]| -> Vec<Destination> {
+        ds.iter().filter_map(|d| Destination::parse(d)).collect()
+    };
+    if TRUST_AND_SAFETY_KINDS.contains(&signal.kind) {
+        r.destinations = c
+            .routes
+            .get(&signal.kind)
+            .map(|d| parse(d))
+            .unwrap_or_default();
+        return r;
+    }
+    let offered = offer::plan_offered(tiers, signal.kind, plan, &signal.evidence());
+    r.offer = offered.as_ref().ok().copied();
+    if SALES_KINDS.contains(&signal.kind) && c.is_expansion_plan(plan) {
+        r.expansion = true;
+        r.destinations = parse(&c.expansion_route);
+        if r.destinations.is_empty() {
+            r.skipped = Some(format!(
+                "an existing {plan} customer's growth, and notifier.expansion_route is empty"
+            ));
+        }
+        return r;
+    }
+    if let Err(NoOffer(why)) = offered {
+        r.skipped = Some(format!("plan scope: {why}"));
+        return r;
+    }
     let Some(routes) = c.routes.get(&signal.kind) else {
-        return Vec::new();
+        return r;
     };
     if signal.kind == SignalKind::LimitStage {
         let rule = &c.sales_assist;
@@ -59,15 +138,25 @@ pub fn destinations(
         let big = account
             .seats
             .is_some_and(|s| s > 0 && s as u64 > rule.seats_over);
-        let on_plan = rule.plans.iter().any(|p| p == &signal.plan);
+        let on_plan = rule.plans.iter().any(|p| p == plan.as_str());
         if !(staged && (big || on_plan)) {
-            return Vec::new();
+            r.skipped =
+                Some("sales assist: below the stage, too few seats, not on its plans".into());
+            return r;
         }
     }
-    routes
-        .iter()
-        .filter_map(|d| Destination::parse(d))
-        .collect()
+    r.destinations = parse(routes);
+    r
+}
+
+/// The destinations of `signal` (see [`route`]).
+pub fn destinations(
+    c: &NotifierConfig,
+    tiers: &TiersConfig,
+    signal: &AccountSignal,
+    account: &AccountInfo,
+) -> Vec<Destination> {
+    route(c, tiers, signal, account).destinations
 }
 
 /// The cooldown a notification belongs to, and how long it lasts.
@@ -86,6 +175,11 @@ pub fn cooldown(c: &NotifierConfig, kind: SignalKind, destination: &Destination)
         (Destination::Notice, _) => Cooldown {
             class: "notice".into(),
             period: Duration::days(i64::from(c.notice_cooldown_days)),
+            rescore_points: None,
+        },
+        (_, SignalKind::Escalation) => Cooldown {
+            class: kind.as_str().into(),
+            period: Duration::days(i64::from(c.escalation_cooldown_days)),
             rescore_points: None,
         },
         (_, SignalKind::DealReady) => Cooldown {
@@ -175,10 +269,12 @@ mod tests {
     #[test]
     fn routes_follow_the_brief() {
         let c = NotifierConfig::default();
+        let t = TiersConfig::default();
         let none = AccountInfo::default();
         assert_eq!(
             destinations(
                 &c,
+                &t,
                 &signal(SignalKind::DealReady, "free", "202611:75"),
                 &none
             ),
@@ -193,7 +289,7 @@ mod tests {
             SignalKind::PowerUser,
         ] {
             assert_eq!(
-                destinations(&c, &signal(kind, "free", "x"), &none),
+                destinations(&c, &t, &signal(kind, "free", "x"), &none),
                 vec![Destination::Notice]
             );
         }
@@ -203,18 +299,127 @@ mod tests {
             SignalKind::MultiAccount,
         ] {
             assert_eq!(
-                destinations(&c, &signal(kind, "free", "x"), &none),
+                destinations(&c, &t, &signal(kind, "free", "x"), &none),
                 vec![Destination::Slack("trust_and_safety".into())]
             );
         }
-        assert!(destinations(&c, &signal(SignalKind::Pql, "free", "x"), &none).is_empty());
+        assert!(destinations(&c, &t, &signal(SignalKind::Pql, "free", "x"), &none).is_empty());
+        assert_eq!(
+            destinations(
+                &c,
+                &t,
+                &signal(SignalKind::Escalation, "free", "202611"),
+                &none
+            ),
+            vec![Destination::Slack("enterprise_inbound".into())]
+        );
+    }
+
+    /// Plan × kind: Enterprise is never prospected; its growth goes to account management.
+    #[test]
+    fn enterprise_is_never_prospected_and_its_growth_goes_to_the_expansion_channel() {
+        let c = NotifierConfig::default();
+        let t = TiersConfig::default();
+        let inbound = || Destination::Slack("enterprise_inbound".into());
+        let expansion = || vec![Destination::Slack("account_management".into())];
+        let cases: Vec<(SignalKind, &str, Vec<Destination>, bool)> = vec![
+            // (kind, plan, destinations, expansion)
+            (
+                SignalKind::DealReady,
+                "free",
+                vec![inbound(), Destination::HubSpot],
+                false,
+            ),
+            (
+                SignalKind::DealReady,
+                "pro",
+                vec![inbound(), Destination::HubSpot],
+                false,
+            ),
+            (SignalKind::DealReady, "enterprise", expansion(), true),
+            (SignalKind::Escalation, "free", vec![inbound()], false),
+            (SignalKind::Escalation, "pro", vec![inbound()], false),
+            (SignalKind::Escalation, "enterprise", expansion(), true),
+            (
+                SignalKind::PluginGate,
+                "free",
+                vec![Destination::Notice],
+                false,
+            ),
+            (
+                SignalKind::PluginGate,
+                "pro",
+                vec![Destination::Notice],
+                false,
+            ),
+            (SignalKind::PluginGate, "enterprise", vec![], false),
+            (SignalKind::PowerUser, "enterprise", vec![], false),
+            (SignalKind::RateLimitSustained, "enterprise", vec![], false),
+            (
+                SignalKind::KeySharing,
+                "enterprise",
+                vec![Destination::Slack("trust_and_safety".into())],
+                false,
+            ),
+        ];
+        for (kind, plan, want, expanded) in cases {
+            let mut s = signal(kind, "free", "x");
+            s.evidence = r#"{"plugin": "guardrails"}"#.into();
+            // The account's current plan decides, whatever the signal says.
+            let account = AccountInfo {
+                plan: Some(plan.into()),
+                ..Default::default()
+            };
+            let r = route(&c, &t, &s, &account);
+            assert_eq!(r.destinations, want, "{kind} on {plan}");
+            assert_eq!(r.expansion, expanded, "{kind} on {plan}");
+            if want.is_empty() {
+                assert!(
+                    r.skipped.unwrap().starts_with("plan scope:"),
+                    "{kind} on {plan}"
+                );
+            }
+        }
+        // Configurable: pro customers' growth to account management too, and no expansion
+        // route at all still never prospects Enterprise.
+        let mut c = NotifierConfig {
+            expansion_plans: vec!["pro".into(), "enterprise".into()],
+            ..Default::default()
+        };
+        let pro = AccountInfo {
+            plan: Some("pro".into()),
+            ..Default::default()
+        };
+        let r = route(&c, &t, &signal(SignalKind::DealReady, "pro", "x"), &pro);
+        assert_eq!(
+            (r.destinations, r.offer),
+            (expansion(), Some(Plan::Enterprise))
+        );
+        c.expansion_plans.clear();
+        let ent = AccountInfo {
+            plan: Some("enterprise".into()),
+            ..Default::default()
+        };
+        let r = route(
+            &c,
+            &t,
+            &signal(SignalKind::DealReady, "enterprise", "x"),
+            &ent,
+        );
+        assert!(r.destinations.is_empty() && !r.expansion);
     }
 
     #[test]
     fn limit_stages_reach_sales_assist_at_85_for_pro_or_more_than_20_seats() {
         let c = NotifierConfig::default();
+        let t = TiersConfig::default();
         let seats = |n| AccountInfo {
             seats: Some(n),
+            ..Default::default()
+        };
+        let enterprise = AccountInfo {
+            plan: Some("enterprise".into()),
+            seats: Some(50),
             ..Default::default()
         };
         let sales = vec![Destination::Slack("sales_assist".into())];
@@ -225,11 +430,13 @@ mod tests {
                 &format!("month_requests:{stage}:202611"),
             )
         };
-        assert_eq!(destinations(&c, &s("pro", 85), &seats(1)), sales);
-        assert!(destinations(&c, &s("pro", 70), &seats(1)).is_empty());
-        assert!(destinations(&c, &s("free", 95), &seats(20)).is_empty());
-        assert_eq!(destinations(&c, &s("free", 95), &seats(21)), sales);
-        assert!(destinations(&c, &s("free", 100), &AccountInfo::default()).is_empty());
+        assert_eq!(destinations(&c, &t, &s("pro", 85), &seats(1)), sales);
+        assert!(destinations(&c, &t, &s("pro", 70), &seats(1)).is_empty());
+        assert!(destinations(&c, &t, &s("free", 95), &seats(20)).is_empty());
+        assert_eq!(destinations(&c, &t, &s("free", 95), &seats(21)), sales);
+        assert!(destinations(&c, &t, &s("free", 100), &AccountInfo::default()).is_empty());
+        // An Enterprise account has nothing higher to buy: sales assist would prospect it.
+        assert!(destinations(&c, &t, &s("enterprise", 100), &enterprise).is_empty());
     }
 
     #[test]
@@ -257,6 +464,28 @@ mod tests {
         );
         // A replay of an older signal is inside the period too.
         assert!(matches!(verdict(&cd, prev, t0, 75), Verdict::Hold(_)));
+    }
+
+    #[test]
+    fn one_escalation_per_account_per_cooldown_whatever_the_score() {
+        let c = NotifierConfig::default();
+        let cd = cooldown(
+            &c,
+            SignalKind::Escalation,
+            &Destination::Slack("enterprise_inbound".into()),
+        );
+        assert_eq!(cd.period, Duration::days(30));
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        let prev = Some(Previous { at: t0, score: 40 });
+        assert_eq!(verdict(&cd, None, t0, 10), Verdict::Send);
+        assert!(matches!(
+            verdict(&cd, prev, t0 + Duration::days(29), 100),
+            Verdict::Hold(_)
+        ));
+        assert_eq!(
+            verdict(&cd, prev, t0 + Duration::days(30), 0),
+            Verdict::Send
+        );
     }
 
     #[test]
