@@ -280,6 +280,7 @@ mod tests {
             "abuse_suspected",
             "key_sharing",
             "multi_account",
+            "escalation",
         ];
         let spelled: Vec<&str> = SignalKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(spelled, wire);
