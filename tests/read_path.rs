@@ -496,7 +496,11 @@ async fn models_plans_rate_and_abuse() {
     let (_, body) = r.check(req(&account, "tiny")).await;
     assert_eq!(
         (&body["decision"], &body["model"], &body["reason"]),
-        (&json!("degrade"), &json!("small"), &json!("abuse_suspected")),
+        (
+            &json!("degrade"),
+            &json!("small"),
+            &json!("abuse_suspected")
+        ),
         "{body}"
     );
     assert_eq!(body["degraded"]["reason"], "abuse_suspected");
@@ -516,7 +520,10 @@ async fn models_plans_rate_and_abuse() {
         .find(|l| l["name"] == "day_requests")
         .unwrap()
         .clone();
-    assert_eq!((day["used"].clone(), day["limit"].clone()), (json!(25.0), json!(25.0)));
+    assert_eq!(
+        (day["used"].clone(), day["limit"].clone()),
+        (json!(25.0), json!(25.0))
+    );
 
     // Paying accounts are never denied or restricted without a person, whatever the state
     // says (defence in depth: the read path holds to it even if the scorer did not).

@@ -47,11 +47,7 @@ async fn spawn() -> ReviewApp {
         )
         .await;
     }
-    let app = spawn_with(
-        config(),
-        Components::none().ingest().aggregator().scorer(),
-    )
-    .await;
+    let app = spawn_with(config(), Components::none().ingest().aggregator().scorer()).await;
     let pool = app.pg().await;
     let admin = services::token_store(&app.config, &pool)
         .create(&format!("admin-{}", unique_suffix()), &[Scope::Admin], None)
@@ -95,7 +91,13 @@ impl ReviewApp {
         assert_eq!(body["accepted"], events.len(), "{body}");
     }
 
-    async fn account_event(&self, account: &str, at: DateTime<Utc>, kind: &str, plan: Option<&str>) -> String {
+    async fn account_event(
+        &self,
+        account: &str,
+        at: DateTime<Utc>,
+        kind: &str,
+        plan: Option<&str>,
+    ) -> String {
         let event_id = uuid::Uuid::new_v4().to_string();
         let mut e = json!({
             "event_id": event_id,
@@ -136,7 +138,10 @@ impl ReviewApp {
     }
 
     /// (review_state, review_actor, review_score, review_seq) of the account.
-    async fn review_row(&self, account: &str) -> (Option<String>, Option<String>, Option<i32>, i64) {
+    async fn review_row(
+        &self,
+        account: &str,
+    ) -> (Option<String>, Option<String>, Option<i32>, i64) {
         sqlx::query_as(
             "SELECT review_state, review_actor, review_score, review_seq FROM accounts WHERE account_id = $1",
         )
@@ -147,7 +152,11 @@ impl ReviewApp {
         .unwrap_or((None, None, None, 0))
     }
 
-    async fn wait_state(&self, account: &str, state: &str) -> (Option<String>, Option<String>, Option<i32>, i64) {
+    async fn wait_state(
+        &self,
+        account: &str,
+        state: &str,
+    ) -> (Option<String>, Option<String>, Option<i32>, i64) {
         wait_for(
             &format!("{account} {state}"),
             Duration::from_secs(30),
@@ -233,7 +242,13 @@ impl ReviewApp {
         .await;
     }
 
-    async fn http_decide(&self, account: &str, verdict: &str, actor: &str, reason: &str) -> (u16, Value) {
+    async fn http_decide(
+        &self,
+        account: &str,
+        verdict: &str,
+        actor: &str,
+        reason: &str,
+    ) -> (u16, Value) {
         let resp = self
             .app
             .http
@@ -301,21 +316,34 @@ async fn a_paying_ci_keeps_allow_and_its_free_twin_is_restricted() {
     let now = Utc::now();
     let start = now - ChronoDuration::minutes(10);
     for (account, plan) in [(&pro, "pro"), (&free, "free")] {
-        r.account_event(account, now - ChronoDuration::days(20), "signup", Some(plan))
-            .await;
+        r.account_event(
+            account,
+            now - ChronoDuration::days(20),
+            "signup",
+            Some(plan),
+        )
+        .await;
         // 40 sessions two seconds apart, one request each, one prompt: 25 + 25 + 20.
-        r.post_usage(&fixture_traffic(account, start, 40, 2, 1)).await;
+        r.post_usage(&fixture_traffic(account, start, 40, 2, 1))
+            .await;
     }
 
     // The twin: suspected by the scorer, restricted by the read path.
     let (_, actor, score, _) = r.wait_state(&free, "suspected").await;
-    assert_eq!((actor.as_deref(), score), (Some("meterline:scorer"), Some(70)));
+    assert_eq!(
+        (actor.as_deref(), score),
+        (Some("meterline:scorer"), Some(70))
+    );
     let body = r
         .wait_decision("the twin restricted", &free, "claude-3-haiku", "degrade")
         .await;
     assert_eq!(
         (&body["model"], &body["reason"], &body["degraded"]["reason"]),
-        (&json!("gpt-4o-mini"), &json!("abuse_suspected"), &json!("abuse_suspected")),
+        (
+            &json!("gpt-4o-mini"),
+            &json!("abuse_suspected"),
+            &json!("abuse_suspected")
+        ),
         "{body}"
     );
     // A quarter of the free tier's 5,000 requests a day.
@@ -359,11 +387,17 @@ async fn the_review_queue_end_to_end() {
         .await;
     r.post_usage(&fixture_traffic(&account, t0, 3, 60, 4)).await;
     let (_, actor, score, _) = r.wait_state(&account, "suspected").await;
-    assert_eq!((actor.as_deref(), score), (Some("meterline:scorer"), Some(50)));
+    assert_eq!(
+        (actor.as_deref(), score),
+        (Some("meterline:scorer"), Some(50))
+    );
     let body = r
         .wait_decision("stricter limits", &account, "claude-3-haiku", "degrade")
         .await;
-    assert_eq!((&body["model"], &body["reason"]), (&json!("gpt-4o-mini"), &json!("abuse_suspected")));
+    assert_eq!(
+        (&body["model"], &body["reason"]),
+        (&json!("gpt-4o-mini"), &json!("abuse_suspected"))
+    );
     assert_eq!(r.day_requests_limit(&account).await, 1_250.0);
 
     // The queue shows it with its score, reasons, state and since when (CLI and HTTP).
@@ -384,7 +418,9 @@ async fn the_review_queue_end_to_end() {
         .collect();
     assert!(
         reasons.iter().any(|r| r.starts_with("new_account (+30)"))
-            && reasons.iter().any(|r| r.starts_with("low_input_diversity (+20)")),
+            && reasons
+                .iter()
+                .any(|r| r.starts_with("low_input_diversity (+20)")),
         "{reasons:?}"
     );
     let listed: Value = r
@@ -399,7 +435,11 @@ async fn the_review_queue_end_to_end() {
         .await
         .unwrap();
     assert!(
-        listed.as_array().unwrap().iter().any(|e| e["account_id"] == account.as_str()),
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["account_id"] == account.as_str()),
         "{listed}"
     );
     let shown: Value = serde_json::from_str(&r.cli(&["show", &account, "--json"])).unwrap();
@@ -409,7 +449,10 @@ async fn the_review_queue_end_to_end() {
 
     // An actor and a reason are required.
     let (status, body) = r.http_decide(&account, "confirm", "", "x").await;
-    assert_eq!((status, &body["error"]), (400, &json!("actor: must not be empty")));
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &json!("actor: must not be empty"))
+    );
     let resp = r
         .app
         .http
@@ -420,7 +463,10 @@ async fn the_review_queue_end_to_end() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "reason: required");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "reason: required"
+    );
 
     // Confirmed on the command line: deny within seconds.
     let out = r.cli(&[
@@ -439,23 +485,41 @@ async fn the_review_queue_end_to_end() {
 
     // Cleared over HTTP: allow, on the normal limits.
     let (status, body) = r
-        .http_decide(&account, "clear", "bo@trust.example", "a student's test harness")
+        .http_decide(
+            &account,
+            "clear",
+            "bo@trust.example",
+            "a student's test harness",
+        )
         .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(
         (&body["type"], &body["actor"], &body["abuse_score"]),
-        (&json!("review_cleared"), &json!("bo@trust.example"), &json!(50))
+        (
+            &json!("review_cleared"),
+            &json!("bo@trust.example"),
+            &json!(50)
+        )
     );
     let body = r
         .wait_decision("allow after clearing", &account, "claude-3-haiku", "allow")
         .await;
-    assert_eq!((&body["model"], &body["reason"]), (&json!("claude-3-haiku"), &Value::Null));
+    assert_eq!(
+        (&body["model"], &body["reason"]),
+        (&json!("claude-3-haiku"), &Value::Null)
+    );
     assert_eq!(r.day_requests_limit(&account).await, 5_000.0);
 
     // More of the same traffic in the episode: scored (still 50), not flagged again.
     let (_, _, _, seq_after_clear) = r.review_row(&account).await;
-    r.post_usage(&fixture_traffic(&account, t0 + ChronoDuration::minutes(4), 3, 60, 4))
-        .await;
+    r.post_usage(&fixture_traffic(
+        &account,
+        t0 + ChronoDuration::minutes(4),
+        3,
+        60,
+        4,
+    ))
+    .await;
     r.wait_scored(&account, 6, Some(50)).await;
     r.settled(&account).await;
     let (state, _, _, seq) = r.review_row(&account).await;
@@ -464,23 +528,45 @@ async fn the_review_queue_end_to_end() {
         (Some("cleared"), seq_after_clear),
         "the same episode flagged the cleared account again"
     );
-    assert_eq!(r.quota(&account, "claude-3-haiku").await["decision"], "allow");
+    assert_eq!(
+        r.quota(&account, "claude-3-haiku").await["decision"],
+        "allow"
+    );
 
     // Ten sessions a second apart: machine speed (+25), 75 = 50 + the margin of 20 and more.
-    r.post_usage(&fixture_traffic(&account, t0 + ChronoDuration::minutes(7), 10, 1, 1))
-        .await;
+    r.post_usage(&fixture_traffic(
+        &account,
+        t0 + ChronoDuration::minutes(7),
+        10,
+        1,
+        1,
+    ))
+    .await;
     let (_, actor, score, _) = r.wait_state(&account, "suspected").await;
-    assert_eq!((actor.as_deref(), score), (Some("meterline:scorer"), Some(75)));
+    assert_eq!(
+        (actor.as_deref(), score),
+        (Some("meterline:scorer"), Some(75))
+    );
     r.wait_decision("restricted again", &account, "claude-3-haiku", "degrade")
         .await;
 
     // Confirmed over HTTP, cleared on the command line.
     let (status, body) = r
-        .http_decide(&account, "confirm", "cy@trust.example", "the burst is automated")
+        .http_decide(
+            &account,
+            "confirm",
+            "cy@trust.example",
+            "the burst is automated",
+        )
         .await;
     assert_eq!(status, 202, "{body}");
-    r.wait_decision("deny after confirming over HTTP", &account, "gpt-4o-mini", "deny")
-        .await;
+    r.wait_decision(
+        "deny after confirming over HTTP",
+        &account,
+        "gpt-4o-mini",
+        "deny",
+    )
+    .await;
     let out = r.cli(&[
         "clear",
         &account,
@@ -490,8 +576,13 @@ async fn the_review_queue_end_to_end() {
         "customer explained the load test",
     ]);
     assert!(out.starts_with("review_cleared"), "{out}");
-    r.wait_decision("allow after clearing on the command line", &account, "claude-3-haiku", "allow")
-        .await;
+    r.wait_decision(
+        "allow after clearing on the command line",
+        &account,
+        "claude-3-haiku",
+        "allow",
+    )
+    .await;
 
     // Every move is an account event in ClickHouse, in order, with who, why and the score.
     let ch = r.app.clickhouse();
@@ -527,9 +618,20 @@ async fn the_review_queue_end_to_end() {
             ("review_cleared", "dee@trust.example", Some(75)),
         ]
     );
-    assert_eq!(rows[1].reason, "one fixture prompt from a 40-minute-old account");
-    assert!(rows[0].reason.contains("new_account (+30)"), "{}", rows[0].reason);
-    assert!(rows[3].reason.contains("machine_speed (+25)"), "{}", rows[3].reason);
+    assert_eq!(
+        rows[1].reason,
+        "one fixture prompt from a 40-minute-old account"
+    );
+    assert!(
+        rows[0].reason.contains("new_account (+30)"),
+        "{}",
+        rows[0].reason
+    );
+    assert!(
+        rows[3].reason.contains("machine_speed (+25)"),
+        "{}",
+        rows[3].reason
+    );
     r.app.stop().await;
 }
 
@@ -544,10 +646,16 @@ async fn the_high_confidence_rule_denies_a_new_free_account_never_a_pro_one() {
     let now = Utc::now();
     let start = now - ChronoDuration::minutes(8);
     for (account, plan) in [(&free, "free"), (&pro, "pro")] {
-        r.account_event(account, now - ChronoDuration::minutes(10), "signup", Some(plan))
-            .await;
+        r.account_event(
+            account,
+            now - ChronoDuration::minutes(10),
+            "signup",
+            Some(plan),
+        )
+        .await;
         // 10 minutes old (30), 22 sessions a second apart (25 + 25), one prompt (20): 100.
-        r.post_usage(&fixture_traffic(account, start, 22, 1, 2)).await;
+        r.post_usage(&fixture_traffic(account, start, 22, 1, 2))
+            .await;
     }
     let (_, actor, score, _) = r.wait_state(&free, "auto_denied").await;
     assert_eq!(
@@ -562,7 +670,11 @@ async fn the_high_confidence_rule_denies_a_new_free_account_never_a_pro_one() {
     r.wait_scored(&pro, 22, None).await;
     r.settled(&pro).await;
     let (state, _, _, _) = r.review_row(&pro).await;
-    assert_ne!(state.as_deref(), Some("auto_denied"), "the rule never takes a paying account");
+    assert_ne!(
+        state.as_deref(),
+        Some("auto_denied"),
+        "the rule never takes a paying account"
+    );
     let body = r.quota(&pro, "gpt-4o").await;
     assert_eq!(
         (&body["decision"], &body["reason"]),

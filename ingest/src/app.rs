@@ -211,11 +211,9 @@ mod tests {
         let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
         assert!(paths.iter().any(|p| *p == "/v1/events"), "{paths:?}");
         assert!(
-            !paths
-                .iter()
-                .any(|p| p.starts_with("/v1/accounts")
-                    || p.starts_with("/v1/review")
-                    || *p == "/v1/quota/check"),
+            !paths.iter().any(|p| p.starts_with("/v1/accounts")
+                || p.starts_with("/v1/review")
+                || *p == "/v1/quota/check"),
             "read routes documented without a read path: {paths:?}"
         );
     }

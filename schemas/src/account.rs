@@ -293,18 +293,35 @@ mod tests {
                 Some(70),
             )
         };
-        let e = review(" ana@example.com ", "same prompt from 40 sessions\nsee ticket 12").unwrap();
+        let e = review(
+            " ana@example.com ",
+            "same prompt from 40 sessions\nsee ticket 12",
+        )
+        .unwrap();
         assert_eq!(e.actor.as_deref(), Some("ana@example.com"));
         assert_eq!(e.abuse_score, Some(70));
-        assert_eq!(review("", "x").unwrap_err().to_string(), "actor: must not be empty");
-        assert_eq!(review("ana", "  ").unwrap_err().to_string(), "reason: must not be empty");
-        assert!(review(&"a".repeat(129), "x").unwrap_err().to_string().starts_with("actor: longer"));
+        assert_eq!(
+            review("", "x").unwrap_err().to_string(),
+            "actor: must not be empty"
+        );
+        assert_eq!(
+            review("ana", "  ").unwrap_err().to_string(),
+            "reason: must not be empty"
+        );
+        assert!(review(&"a".repeat(129), "x")
+            .unwrap_err()
+            .to_string()
+            .starts_with("actor: longer"));
         assert_eq!(
             review("ana", "a\u{7}b").unwrap_err().to_string(),
             "reason: contains a control character"
         );
-        let not_review = AccountEvent::review(id(), at, acct, AccountEventType::Signup, "a", "b", None);
-        assert_eq!(not_review.unwrap_err().to_string(), "type: signup is not a review event");
+        let not_review =
+            AccountEvent::review(id(), at, acct, AccountEventType::Signup, "a", "b", None);
+        assert_eq!(
+            not_review.unwrap_err().to_string(),
+            "type: signup is not a review event"
+        );
     }
 
     #[test]

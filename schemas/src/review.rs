@@ -214,7 +214,10 @@ impl ReviewConfig {
         if self.auto_deny_min_score > 100 {
             return Err(bad(
                 "auto_deny_min_score",
-                format!("{} is above 100, the highest score", self.auto_deny_min_score),
+                format!(
+                    "{} is above 100, the highest score",
+                    self.auto_deny_min_score
+                ),
             ));
         }
         if self.suspected_model.trim() != self.suspected_model {
@@ -355,7 +358,10 @@ impl ReviewAction {
 /// move made twice before the first is applied (the scorer runs every second; the aggregator
 /// applies within a batch) has the same id, and the aggregator counts it once.
 pub fn scorer_event_id(account: &str, kind: AccountEventType, seq: i64) -> String {
-    let digest = Sha256::digest(format!("meterline:review:{account}:{}:{seq}", kind.as_str()));
+    let digest = Sha256::digest(format!(
+        "meterline:review:{account}:{}:{seq}",
+        kind.as_str()
+    ));
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes)
@@ -422,103 +428,155 @@ mod tests {
         let hours_ago = |h| Some(at() - Duration::hours(h));
         use ReviewAction::*;
         use ReviewState::*;
-        type Case = (
-            &'static str,
-            ReviewRecord,
-            Assessment,
-            Option<ReviewAction>,
-        );
+        type Case = (&'static str, ReviewRecord, Assessment, Option<ReviewAction>);
         let cases: Vec<Case> = vec![
-            ("not suspected, not in review", rec(None, None), assessment(20, false), None),
-            ("first suspicion", rec(None, None), assessment(70, true), Some(Suspect)),
+            (
+                "not suspected, not in review",
+                rec(None, None),
+                assessment(20, false),
+                None,
+            ),
+            (
+                "first suspicion",
+                rec(None, None),
+                assessment(70, true),
+                Some(Suspect),
+            ),
             (
                 "suspected again: already queued",
                 rec(Some(Suspected), Some(70)),
-                Assessment { last_suspected_at: hours_ago(1), ..assessment(70, true) },
+                Assessment {
+                    last_suspected_at: hours_ago(1),
+                    ..assessment(70, true)
+                },
                 None,
             ),
             (
                 "brand-new free account above the rule's score",
                 rec(None, None),
-                Assessment { age_hours: Some(0.5), ..assessment(85, true) },
+                Assessment {
+                    age_hours: Some(0.5),
+                    ..assessment(85, true)
+                },
                 Some(AutoDeny),
             ),
             (
                 "a suspicion that becomes a high-confidence case",
                 rec(Some(Suspected), Some(55)),
-                Assessment { age_hours: Some(1.0), last_suspected_at: hours_ago(0), ..assessment(80, true) },
+                Assessment {
+                    age_hours: Some(1.0),
+                    last_suspected_at: hours_ago(0),
+                    ..assessment(80, true)
+                },
                 Some(AutoDeny),
             ),
             (
                 "brand new but under the rule's score",
                 rec(None, None),
-                Assessment { age_hours: Some(0.5), ..assessment(79, true) },
+                Assessment {
+                    age_hours: Some(0.5),
+                    ..assessment(79, true)
+                },
                 Some(Suspect),
             ),
             (
                 "rule's score but two hours old",
                 rec(None, None),
-                Assessment { age_hours: Some(2.0), ..assessment(95, true) },
+                Assessment {
+                    age_hours: Some(2.0),
+                    ..assessment(95, true)
+                },
                 Some(Suspect),
             ),
             (
                 "never a paying account by rule",
                 rec(None, None),
-                Assessment { plan: Plan::Pro, age_hours: Some(0.1), ..assessment(100, true) },
+                Assessment {
+                    plan: Plan::Pro,
+                    age_hours: Some(0.1),
+                    ..assessment(100, true)
+                },
                 Some(Suspect),
             ),
             (
                 "cleared, same episode, same traffic",
                 rec(Some(Cleared), Some(70)),
-                Assessment { last_suspected_at: hours_ago(3), ..assessment(70, true) },
+                Assessment {
+                    last_suspected_at: hours_ago(3),
+                    ..assessment(70, true)
+                },
                 None,
             ),
             (
                 "cleared, same episode, risen by less than the margin",
                 rec(Some(Cleared), Some(55)),
-                Assessment { last_suspected_at: hours_ago(3), ..assessment(74, true) },
+                Assessment {
+                    last_suspected_at: hours_ago(3),
+                    ..assessment(74, true)
+                },
                 None,
             ),
             (
                 "cleared, same episode, risen by the margin",
                 rec(Some(Cleared), Some(55)),
-                Assessment { last_suspected_at: hours_ago(3), ..assessment(75, true) },
+                Assessment {
+                    last_suspected_at: hours_ago(3),
+                    ..assessment(75, true)
+                },
                 Some(Suspect),
             ),
             (
                 "cleared, suspected yesterday: the episode goes on",
                 rec(Some(Cleared), Some(70)),
-                Assessment { last_suspected_at: hours_ago(30), ..assessment(70, true) },
+                Assessment {
+                    last_suspected_at: hours_ago(30),
+                    ..assessment(70, true)
+                },
                 None,
             ),
             (
                 "cleared, a whole quiet day since: a new episode",
                 rec(Some(Cleared), Some(70)),
-                Assessment { last_suspected_at: hours_ago(50), ..assessment(70, true) },
+                Assessment {
+                    last_suspected_at: hours_ago(50),
+                    ..assessment(70, true)
+                },
                 Some(Suspect),
             ),
             (
                 "suspected, quiet today after suspicion yesterday: stays",
                 rec(Some(Suspected), Some(70)),
-                Assessment { last_suspected_at: hours_ago(20), ..assessment(20, false) },
+                Assessment {
+                    last_suspected_at: hours_ago(20),
+                    ..assessment(20, false)
+                },
                 None,
             ),
             (
                 "suspected, a whole quiet day: expires",
                 rec(Some(Suspected), Some(70)),
-                Assessment { last_suspected_at: hours_ago(50), ..assessment(20, false) },
+                Assessment {
+                    last_suspected_at: hours_ago(50),
+                    ..assessment(20, false)
+                },
                 Some(Expire),
             ),
             (
                 "denied by rule: a person decides",
                 rec(Some(AutoDenied), Some(85)),
-                Assessment { last_suspected_at: hours_ago(80), ..assessment(20, false) },
+                Assessment {
+                    last_suspected_at: hours_ago(80),
+                    ..assessment(20, false)
+                },
                 None,
             ),
             (
                 "confirmed: a person decided",
                 rec(Some(Confirmed), Some(70)),
-                Assessment { last_suspected_at: hours_ago(80), ..assessment(95, true) },
+                Assessment {
+                    last_suspected_at: hours_ago(80),
+                    ..assessment(95, true)
+                },
                 None,
             ),
         ];

@@ -90,9 +90,7 @@ pub async fn run(config: &Config, action: ReviewAction) -> Result<()> {
             let detail = review::show(&pool, &account)
                 .await
                 .context("reading the review")?
-                .ok_or_else(|| {
-                    anyhow!("account {account} is unknown and has not been scored")
-                })?;
+                .ok_or_else(|| anyhow!("account {account} is unknown and has not been scored"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&detail)?);
             } else {
@@ -117,10 +115,7 @@ pub async fn run(config: &Config, action: ReviewAction) -> Result<()> {
                             .abuse_suspected
                             .map(|b| b.to_string())
                             .unwrap_or_else(|| "-".into()),
-                        detail
-                            .scored_at
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_default()
+                        detail.scored_at.map(|t| t.to_rfc3339()).unwrap_or_default()
                     );
                     for r in abuse["reasons"].as_array().into_iter().flatten() {
                         println!(

@@ -152,12 +152,11 @@ impl AccountDirectory {
 }
 
 async fn load(pool: &PgPool, account: &str) -> Result<AccountProfile, sqlx::Error> {
-    let row: Option<(String, Option<String>)> = sqlx::query_as(
-        "SELECT plan, review_state FROM accounts WHERE account_id = $1",
-    )
-    .bind(account)
-    .fetch_optional(pool)
-    .await?;
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT plan, review_state FROM accounts WHERE account_id = $1")
+            .bind(account)
+            .fetch_optional(pool)
+            .await?;
     let overrides: Vec<(String, f64)> = sqlx::query_as(
         // An override scoped to a plan (an experiment's) applies only while the account is on it.
         "SELECT o.limit_name, o.value FROM account_limit_overrides o LEFT JOIN accounts a USING (account_id) \

@@ -199,16 +199,21 @@ pub async fn show(pool: &PgPool, account: &AccountId) -> Result<Option<ReviewDet
     if plan.is_none() && scores.is_none() {
         return Ok(None);
     }
-    let history: Vec<(String, DateTime<Utc>, Option<String>, Option<String>, Option<i64>)> =
-        sqlx::query_as(
-            "SELECT type, occurred_at, payload ->> 'actor', payload ->> 'reason', \
+    let history: Vec<(
+        String,
+        DateTime<Utc>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+    )> = sqlx::query_as(
+        "SELECT type, occurred_at, payload ->> 'actor', payload ->> 'reason', \
              (payload ->> 'abuse_score')::bigint \
              FROM account_events WHERE account_id = $1 AND type LIKE 'review\\_%' \
              ORDER BY occurred_at, received_at",
-        )
-        .bind(account.as_str())
-        .fetch_all(pool)
-        .await?;
+    )
+    .bind(account.as_str())
+    .fetch_all(pool)
+    .await?;
     let (scores, scored_at) = match scores {
         Some((v, at)) => (Some(v), Some(at)),
         None => (None, None),

@@ -618,17 +618,42 @@ mod tests {
             (None, Plan::Free, (Allow, haiku, None), (Allow, None)),
             (None, Plan::Pro, (Allow, haiku, None), (Allow, None)),
             (None, Plan::Enterprise, (Allow, haiku, None), (Allow, None)),
-            (Some(Suspected), Plan::Free, (Degrade, mini, suspected), (LimitReached, suspected)),
-            (Some(Suspected), Plan::Pro, (Allow, haiku, None), (Allow, None)),
-            (Some(Suspected), Plan::Enterprise, (Allow, haiku, None), (Allow, None)),
+            (
+                Some(Suspected),
+                Plan::Free,
+                (Degrade, mini, suspected),
+                (LimitReached, suspected),
+            ),
+            (
+                Some(Suspected),
+                Plan::Pro,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
+            (
+                Some(Suspected),
+                Plan::Enterprise,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
             (
                 Some(AutoDenied),
                 Plan::Free,
                 (Deny, haiku, Some("abuse_high_confidence")),
                 (Deny, Some("abuse_high_confidence")),
             ),
-            (Some(AutoDenied), Plan::Pro, (Allow, haiku, None), (Allow, None)),
-            (Some(AutoDenied), Plan::Enterprise, (Allow, haiku, None), (Allow, None)),
+            (
+                Some(AutoDenied),
+                Plan::Pro,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
+            (
+                Some(AutoDenied),
+                Plan::Enterprise,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
             (
                 Some(Confirmed),
                 Plan::Free,
@@ -647,8 +672,18 @@ mod tests {
                 (Deny, haiku, Some("abuse_confirmed")),
                 (Deny, Some("abuse_confirmed")),
             ),
-            (Some(Cleared), Plan::Free, (Allow, haiku, None), (Allow, None)),
-            (Some(Cleared), Plan::Pro, (Allow, haiku, None), (Allow, None)),
+            (
+                Some(Cleared),
+                Plan::Free,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
+            (
+                Some(Cleared),
+                Plan::Pro,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
         ];
         for (state, plan, (kind, model, reason), (busy_kind, busy_reason)) in rows {
             let profile = AccountProfile {

@@ -52,8 +52,9 @@ pub mod names;
 pub mod tiers;
 
 pub use decision::{
-    decide, limit_statuses, restricted_view, stage_of, AccountProfile, Decision, DecisionKind, Degradation,
-    DegradeReason, LimitNotice, LimitReached, LimitStatus, QuotaRequest, RateStatus, Upgrade,
+    decide, limit_statuses, restricted_view, stage_of, AccountProfile, Decision, DecisionKind,
+    Degradation, DegradeReason, LimitNotice, LimitReached, LimitStatus, QuotaRequest, RateStatus,
+    Upgrade,
 };
 pub use hot_state::{weighted_tokens, RawUsage, UsageSnapshot, WindowCounters};
 pub use names::{
