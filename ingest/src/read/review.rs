@@ -45,7 +45,7 @@ pub struct ReviewEntry {
 }
 
 /// One review event of an account's history.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct ReviewHistoryItem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -199,17 +199,11 @@ pub async fn show(pool: &PgPool, account: &AccountId) -> Result<Option<ReviewDet
     if plan.is_none() && scores.is_none() {
         return Ok(None);
     }
-    let history: Vec<(
-        String,
-        DateTime<Utc>,
-        Option<String>,
-        Option<String>,
-        Option<i64>,
-    )> = sqlx::query_as(
-        "SELECT type, occurred_at, payload ->> 'actor', payload ->> 'reason', \
-             (payload ->> 'abuse_score')::bigint \
-             FROM account_events WHERE account_id = $1 AND type LIKE 'review\\_%' \
-             ORDER BY occurred_at, received_at",
+    let history: Vec<ReviewHistoryItem> = sqlx::query_as(
+        "SELECT type AS kind, occurred_at, payload ->> 'actor' AS actor, payload ->> 'reason' AS reason, \
+         (payload ->> 'abuse_score')::bigint AS abuse_score \
+         FROM account_events WHERE account_id = $1 AND type LIKE 'review\\_%' \
+         ORDER BY occurred_at, received_at",
     )
     .bind(account.as_str())
     .fetch_all(pool)
@@ -226,18 +220,7 @@ pub async fn show(pool: &PgPool, account: &AccountId) -> Result<Option<ReviewDet
         abuse_suspected: scores.as_ref().and_then(|s| s["abuse_suspected"].as_bool()),
         inputs: scores.as_ref().map(|s| s["inputs"].clone()),
         scored_at,
-        history: history
-            .into_iter()
-            .map(
-                |(kind, occurred_at, actor, reason, abuse_score)| ReviewHistoryItem {
-                    kind,
-                    occurred_at,
-                    actor,
-                    reason,
-                    abuse_score,
-                },
-            )
-            .collect(),
+        history,
     }))
 }
 
