@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         action: cmd::tokens::TokenAction,
     },
+    /// The abuse review queue: list, show, confirm (deny) or clear accounts in review.
+    Review {
+        #[command(subcommand)]
+        action: cmd::review::ReviewAction,
+    },
     /// Limit A/B experiments on new signups, and their reports.
     Experiments {
         #[command(subcommand)]
@@ -104,6 +109,7 @@ async fn main() -> Result<()> {
         Command::Gateways { action } => cmd::tokens::gateways(&config, action).await?,
         Command::Tokens { action } => cmd::tokens::tokens(&config, action).await?,
         Command::Experiments { action } => cmd::experiments::run(&config, action).await?,
+        Command::Review { action } => cmd::review::run(&config, action).await?,
     }
     Ok(())
 }

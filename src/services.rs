@@ -88,6 +88,7 @@ pub async fn read_path(
     );
     let read = ReadPath {
         quota: Arc::new(config.quota.clone()),
+        review: Arc::new(config.review.clone()),
         tiers: Arc::new(config.tiers.clone()),
         directory,
         hot: HotState::new(redis, keys),
@@ -199,6 +200,15 @@ pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> R
             .set("acks", "all")
             .create()
             .context("creating the scorer's Kafka producer")?;
+    // Review moves are account events, written with the account event schema.
+    let account_text = avro::ACCOUNT_EVENT_SCHEMA;
+    let account_schema_id = registry(config, pool)
+        .register(
+            &format!("{}-value", config.kafka.account_topic),
+            account_text,
+        )
+        .await
+        .context("registering the account-event schema")?;
     let keys = Keys::new(config.redis.key_prefix.clone());
     Ok(Scorer {
         stores: Stores {
@@ -219,6 +229,12 @@ pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> R
             episode_quiet: chrono::Duration::minutes(i64::from(
                 config.scorer.episode_quiet_minutes,
             )),
+            account_events: SignalTopic {
+                topic: config.kafka.account_topic.clone(),
+                schema_id: account_schema_id,
+                schema: Arc::new(avro::parse_schema(account_text)?),
+            },
+            review: Arc::new(config.review.clone()),
         },
         quota: Arc::new(config.quota.clone()),
         tiers: Arc::new(config.tiers.clone()),

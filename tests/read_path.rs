@@ -19,7 +19,6 @@ use meterline_ingest::Scope;
 use meterline_schemas::keys::{Grain, Keys};
 use meterline_schemas::limits::{QuotaConfig, TierConfig};
 use meterline_schemas::{AccountId, UsageEvent};
-use meterline_scorer::store::set_abuse_flag;
 use serde_json::{json, Value};
 
 /// Round-number tiers, so every boundary is an exact integer.
@@ -196,6 +195,20 @@ impl ReadApp {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Puts an account in a review state, as the aggregator does when it applies a review
+    /// event (tests/review.rs covers that path end to end).
+    async fn set_review(&self, account: &str, state: &str) {
+        sqlx::query(
+            "INSERT INTO accounts (account_id, review_state, review_changed_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (account_id) DO UPDATE SET review_state = EXCLUDED.review_state, review_changed_at = now()",
+        )
+        .bind(account)
+        .bind(state)
+        .execute(&self.pool)
+        .await
+        .unwrap();
     }
 
     async fn set_plan(&self, account: &str, plan: &str) {
@@ -460,11 +473,13 @@ async fn models_plans_rate_and_abuse() {
     assert_eq!(body["warning"]["limit"], "requests_per_minute");
     assert!(body["rate"]["requests_per_minute"].as_f64().unwrap() >= 150.0);
 
-    // Only a flagged account is denied.
+    // Deny follows a person's confirmation, and it reaches a cached profile by notification.
     let account = format!("{id}-abuser");
-    set_abuse_flag(&r.pool, &account, true).await.unwrap();
+    let (_, body) = r.check(req(&account, "tiny")).await;
+    assert_eq!(body["decision"], "allow", "{body}");
+    r.set_review(&account, "confirmed").await;
     let body = wait_for(
-        "the abuse flag in the cache",
+        "the confirmation in the cache",
         Duration::from_secs(5),
         || async {
             let (_, body) = r.check(req(&account, "tiny")).await;
@@ -472,7 +487,58 @@ async fn models_plans_rate_and_abuse() {
         },
     )
     .await;
-    assert_eq!(body["reason"], "abuse_suspected");
+    assert_eq!(body["reason"], "abuse_confirmed");
+
+    // A suspected free account is served the fallback model, with a quarter of the limits:
+    // 25 of its 100 requests a day.
+    let account = format!("{id}-suspect");
+    r.set_review(&account, "suspected").await;
+    let (_, body) = r.check(req(&account, "tiny")).await;
+    assert_eq!(
+        (&body["decision"], &body["model"], &body["reason"]),
+        (
+            &json!("degrade"),
+            &json!("small"),
+            &json!("abuse_suspected")
+        ),
+        "{body}"
+    );
+    assert_eq!(body["degraded"]["reason"], "abuse_suspected");
+    let events: Vec<_> = (0..25)
+        .map(|_| event(&account, r.at, "small", 1, None))
+        .collect();
+    r.lay(&events).await;
+    let (_, body) = r.check(req(&account, "small")).await;
+    assert_eq!(body["decision"], "limit_reached", "{body}");
+    assert_eq!(body["limit_reached"]["limit"], "day_requests");
+    assert_eq!(body["limit_reached"]["limit_value"], 25.0);
+    let (_, usage) = r.usage(Some(&r.read_token), &account).await;
+    let day = usage["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "day_requests")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (day["used"].clone(), day["limit"].clone()),
+        (json!(25.0), json!(25.0))
+    );
+
+    // Paying accounts are never denied or restricted without a person, whatever the state
+    // says (defence in depth: the read path holds to it even if the scorer did not).
+    for state in ["auto_denied", "suspected"] {
+        let account = format!("{id}-paying-{state}");
+        r.set_plan(&account, "pro").await;
+        r.set_review(&account, state).await;
+        // Set before the first check, so the profile is read fresh from PostgreSQL.
+        let (_, body) = r.check(req(&account, "big")).await;
+        assert_eq!(
+            (&body["decision"], &body["model"], &body["reason"]),
+            (&json!("allow"), &json!("big"), &Value::Null),
+            "pro, {state}: {body}"
+        );
+    }
     r.app.stop().await;
 }
 

@@ -1,5 +1,6 @@
 //! Every endpoint against every kind of token: no token, a garbage token, a revoked one,
-//! `ingest`, `read`, `read` limited to one account, and `admin` (which holds every scope).
+//! `ingest`, `read`, `read` limited to one account, and `admin` (which holds every scope and
+//! alone opens the review queue).
 //! One table of expectations, so a route added without its check shows up here.
 
 mod common;
@@ -16,6 +17,8 @@ enum Needs {
     Ingest,
     /// `read`, for the account in the path or body.
     Read,
+    /// `admin` (the review queue).
+    Admin,
 }
 
 struct Endpoint {
@@ -106,6 +109,41 @@ async fn each_endpoint_answers_each_scope_as_documented() {
             },
         ]);
     }
+    // The review queue. Nothing is in review, so clearing finds nothing (404) and showing an
+    // account nobody signed up or scored finds nothing; confirming is allowed at any time.
+    endpoints.push(Endpoint {
+        method: "GET",
+        path: "/v1/review".into(),
+        body: None,
+        needs: Needs::Admin,
+        account: None,
+    });
+    let decision = json!({"actor": "scopes-test", "reason": "checking scopes"});
+    for account in ["acct-a", "acct-b"] {
+        endpoints.extend([
+            Endpoint {
+                method: "GET",
+                path: format!("/v1/review/{account}"),
+                body: None,
+                needs: Needs::Admin,
+                account: Some(account),
+            },
+            Endpoint {
+                method: "POST",
+                path: format!("/v1/review/{account}/clear"),
+                body: Some(decision.clone()),
+                needs: Needs::Admin,
+                account: Some(account),
+            },
+            Endpoint {
+                method: "POST",
+                path: format!("/v1/review/{account}/confirm"),
+                body: Some(decision.clone()),
+                needs: Needs::Admin,
+                account: Some(account),
+            },
+        ]);
+    }
     endpoints.extend([
         Endpoint {
             method: "POST",
@@ -151,7 +189,12 @@ async fn each_endpoint_answers_each_scope_as_documented() {
             vec![Needs::Read],
             Some("acct-a"),
         ),
-        ("admin", Some(admin), vec![Needs::Ingest, Needs::Read], None),
+        (
+            "admin",
+            Some(admin),
+            vec![Needs::Ingest, Needs::Read, Needs::Admin],
+            None,
+        ),
     ];
     let mut failures = Vec::new();
     for e in &endpoints {
@@ -180,6 +223,9 @@ async fn each_endpoint_answers_each_scope_as_documented() {
             } else {
                 match (e.needs, e.path.as_str()) {
                     (Needs::Ingest, _) => &[202],
+                    (Needs::Admin, p) if p.ends_with("/confirm") => &[202],
+                    (Needs::Admin, p) if p.ends_with("/clear") => &[404],
+                    (Needs::Admin, p) if p.starts_with("/v1/review/") => &[404],
                     // No scores yet, and no such notice: the caller was let in and told so.
                     (_, p) if p.ends_with("/scores") => &[404],
                     (_, p) if p.contains("/notices/") => &[404],

@@ -601,7 +601,31 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert!(flagged, "the abuser is flagged for the read path");
+    assert!(flagged, "the scorer flags the abuser");
+    // ...and puts it in review: a review_suspected account event the aggregator applies.
+    let review: (Option<String>, Option<String>, Option<i32>) = wait_for(
+        "the abuser in review",
+        Duration::from_secs(20),
+        || async {
+            let row: (Option<String>, Option<String>, Option<i32>) = sqlx::query_as(
+                "SELECT review_state, review_actor, review_score FROM accounts WHERE account_id = $1",
+            )
+            .bind(&abuser)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            check(row, |r| r.0.is_some())
+        },
+    )
+    .await;
+    assert_eq!(
+        review,
+        (
+            Some("suspected".into()),
+            Some("meterline:scorer".into()),
+            Some(75)
+        )
+    );
 
     // A restart re-scores everyone and raises nothing again.
     scorer.stop().await.unwrap();

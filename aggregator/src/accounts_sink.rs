@@ -1,10 +1,23 @@
 //! Account events into PostgreSQL: the `accounts` table always holds each account's current
-//! plan, seats, profile and signup time. Event ids are recorded in `account_events` in the
-//! same transaction, which makes this sink exactly-once on its own.
+//! plan, seats, profile and signup time, and its review state. Event ids are recorded in
+//! `account_events` in the same transaction, which makes this sink exactly-once on its own.
+//!
+//! Review events ([`meterline_schemas::review`]) move `review_state` by these rules, so that
+//! whatever order they race in, a person's decision is never undone by an older automatic one:
+//!
+//! * a state only moves to one from an event at least as new as the one that set it;
+//! * the scorer's `review_suspected` never replaces `confirmed` or `auto_denied`, its
+//!   `review_auto_denied` never replaces `confirmed`, and `review_expired` only ends
+//!   `suspected`;
+//! * a person's `review_confirmed` and `review_cleared` replace anything.
+//!
+//! Every review event counts in `review_seq`, applied or not, so the scorer's next move gets a
+//! new event id.
 
 use std::collections::HashSet;
 
 use chrono::{TimeZone, Utc};
+use meterline_schemas::review::{state_after, ReviewState};
 use meterline_schemas::{AccountEvent, AccountEventType};
 use sqlx::PgPool;
 
@@ -108,6 +121,9 @@ impl AccountsSink {
             .bind(occurred)
             .execute(&mut *tx)
             .await?;
+            if let Some(state) = state_after(e.kind) {
+                apply_review(&mut tx, e, state, occurred).await?;
+            }
             if e.kind == AccountEventType::Signup {
                 // In the signup's transaction: an account is assigned exactly when its signup
                 // is applied, and a replay finds it assigned already.
@@ -136,4 +152,44 @@ impl AccountsSink {
     ) -> Result<(), SinkError> {
         Ok(crate::experiments::store::mark_recorded(&self.pool, done).await?)
     }
+}
+
+/// Applies one review event to the account's row (created by the upsert just before).
+async fn apply_review(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    e: &AccountEvent,
+    state: Option<ReviewState>,
+    occurred: chrono::DateTime<Utc>,
+) -> Result<(), SinkError> {
+    sqlx::query("UPDATE accounts SET review_seq = review_seq + 1 WHERE account_id = $1")
+        .bind(e.account_id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    // The states each kind may replace (NULL: not in review).
+    let replaces: &[&str] = match e.kind {
+        AccountEventType::ReviewSuspected => &["", "suspected", "cleared"],
+        AccountEventType::ReviewAutoDenied => &["", "suspected", "cleared", "auto_denied"],
+        AccountEventType::ReviewExpired => &["suspected"],
+        _ => &["", "suspected", "cleared", "auto_denied", "confirmed"],
+    };
+    let applied = sqlx::query(
+        "UPDATE accounts SET review_state = $2, review_changed_at = $3, review_actor = $4,
+            review_reason = $5, review_score = COALESCE($6, review_score), updated_at = now()
+         WHERE account_id = $1
+           AND COALESCE(review_state, '') = ANY($7)
+           AND (review_changed_at IS NULL OR review_changed_at <= $3)",
+    )
+    .bind(e.account_id.as_str())
+    .bind(state.map(ReviewState::as_str))
+    .bind(occurred)
+    .bind(e.actor.as_deref())
+    .bind(e.reason.as_deref())
+    .bind(e.abuse_score.map(|s| s as i32))
+    .bind(replaces)
+    .execute(&mut **tx)
+    .await?;
+    if applied.rows_affected() == 0 {
+        tracing::info!(account_id = %e.account_id, kind = e.kind.as_str(), "review event recorded; the state it would replace is newer or stronger");
+    }
+    Ok(())
 }

@@ -113,7 +113,11 @@ pub fn api(read: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
             .routes(routes!(routes::read::quota_check))
             .routes(routes!(notices::current))
             .routes(routes!(notices::shown))
-            .routes(routes!(notices::clicked));
+            .routes(routes!(notices::clicked))
+            .routes(routes!(routes::review::list))
+            .routes(routes!(routes::review::show))
+            .routes(routes!(routes::review::confirm))
+            .routes(routes!(routes::review::clear));
     }
     api.split_for_parts()
 }
@@ -169,7 +173,7 @@ mod tests {
         (status, body.to_vec())
     }
 
-    const READ_ROUTES: [(&str, &str); 6] = [
+    const READ_ROUTES: [(&str, &str); 10] = [
         ("GET", "/v1/accounts/acct-1/usage"),
         ("GET", "/v1/accounts/acct-1/scores"),
         ("GET", "/v1/accounts/acct-1/notice"),
@@ -182,6 +186,10 @@ mod tests {
             "/v1/accounts/acct-1/notices/00000000-0000-4000-8000-000000000000/clicked",
         ),
         ("POST", "/v1/quota/check"),
+        ("GET", "/v1/review"),
+        ("GET", "/v1/review/acct-1"),
+        ("POST", "/v1/review/acct-1/confirm"),
+        ("POST", "/v1/review/acct-1/clear"),
     ];
 
     #[tokio::test]
@@ -203,9 +211,9 @@ mod tests {
         let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
         assert!(paths.iter().any(|p| *p == "/v1/events"), "{paths:?}");
         assert!(
-            !paths
-                .iter()
-                .any(|p| p.starts_with("/v1/accounts") || *p == "/v1/quota/check"),
+            !paths.iter().any(|p| p.starts_with("/v1/accounts")
+                || p.starts_with("/v1/review")
+                || *p == "/v1/quota/check"),
             "read routes documented without a read path: {paths:?}"
         );
     }
@@ -220,6 +228,10 @@ mod tests {
             "/v1/accounts/{id}/notices/{notice_id}/shown",
             "/v1/accounts/{id}/notices/{notice_id}/clicked",
             "/v1/quota/check",
+            "/v1/review",
+            "/v1/review/{id}",
+            "/v1/review/{id}/confirm",
+            "/v1/review/{id}/clear",
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path}");
         }

@@ -19,7 +19,7 @@ pub struct IngestConfig {
     pub auth_cache_ttl_ms: u64,
     /// The `Retry-After` seconds sent with a 503.
     pub retry_after_secs: u64,
-    /// How long an account profile (plan, overrides, abuse flag) stays cached for the read
+    /// How long an account profile (plan, overrides, review state) stays cached for the read
     /// path. Changes invalidate it at once through PostgreSQL notifications; this bounds the
     /// staleness should one be missed.
     pub profile_cache_ttl_ms: u64,

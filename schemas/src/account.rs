@@ -54,6 +54,89 @@ pub struct AccountEvent {
     /// Added in version 2 of the schema; version-1 records read as `None`.
     #[serde(default)]
     pub notice_id: Option<String>,
+    /// Review events (version 3): who decided (a person, or `meterline:…` for the scorer and
+    /// its rule), why, and the abuse score at the time. Older records read as `None`.
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub abuse_score: Option<i64>,
+}
+
+/// The longest review actor and reason, in characters.
+pub const MAX_ACTOR_LEN: usize = 128;
+pub const MAX_REASON_LEN: usize = 2_000;
+
+impl AccountEvent {
+    /// An event of `kind` with no optional field set.
+    pub fn new(
+        event_id: String,
+        at: DateTime<Utc>,
+        account_id: AccountId,
+        kind: AccountEventType,
+    ) -> Self {
+        Self {
+            event_id,
+            occurred_at: at.timestamp_micros(),
+            received_at: at.timestamp_micros(),
+            account_id,
+            kind,
+            plan: None,
+            seats: None,
+            email_domain: None,
+            company_size: None,
+            signup_ip_hash: None,
+            device_id: None,
+            browser_signature: None,
+            notice_id: None,
+            actor: None,
+            reason: None,
+            abuse_score: None,
+        }
+    }
+
+    /// A review decision: `kind` must be a review type; actor and reason are required
+    /// (non-empty, no control characters except a reason's line breaks, bounded).
+    pub fn review(
+        event_id: String,
+        at: DateTime<Utc>,
+        account_id: AccountId,
+        kind: AccountEventType,
+        actor: &str,
+        reason: &str,
+        abuse_score: Option<u32>,
+    ) -> Result<Self, FieldError> {
+        if !kind.is_review() {
+            return Err(FieldError::new(
+                "type",
+                format!("{} is not a review event", kind.as_str()),
+            ));
+        }
+        let actor = actor.trim();
+        let reason = reason.trim();
+        let actor = optional_label("actor", Some(actor.to_owned()), MAX_ACTOR_LEN)?;
+        if reason.is_empty() {
+            return Err(FieldError::new("reason", "must not be empty"));
+        }
+        if reason.chars().count() > MAX_REASON_LEN {
+            return Err(FieldError::new(
+                "reason",
+                format!("longer than {MAX_REASON_LEN} characters"),
+            ));
+        }
+        if reason
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err(FieldError::new("reason", "contains a control character"));
+        }
+        let mut e = Self::new(event_id, at, account_id, kind);
+        e.actor = actor;
+        e.reason = Some(reason.to_owned());
+        e.abuse_score = abuse_score.map(i64::from);
+        Ok(e)
+    }
 }
 
 const MAX_COUNT: u64 = 100_000_000;
@@ -105,6 +188,15 @@ impl AccountEventInput {
             .as_deref()
             .map(|p| Plan::parse("plan", p))
             .transpose()?;
+        if kind.is_review() {
+            return Err(FieldError::new(
+                "type",
+                format!(
+                    "{} is recorded through the review queue (meterline review, /v1/review), not posted",
+                    kind.as_str()
+                ),
+            ));
+        }
         let seats = count("seats", self.seats)?;
         match kind {
             AccountEventType::PlanChanged if plan.is_none() => {
@@ -148,6 +240,9 @@ impl AccountEventInput {
                         .map_err(|_| FieldError::new("notice_id", format!("{id:?} is not a UUID")))
                 })
                 .transpose()?,
+            actor: None,
+            reason: None,
+            abuse_score: None,
         })
     }
 }
@@ -183,6 +278,53 @@ mod tests {
     }
 
     #[test]
+    fn a_review_decision_needs_an_actor_and_a_reason() {
+        let at = Utc::now();
+        let acct = AccountId::parse("acct-9").unwrap();
+        let id = || uuid::Uuid::new_v4().to_string();
+        let review = |actor: &str, reason: &str| {
+            AccountEvent::review(
+                id(),
+                at,
+                acct.clone(),
+                AccountEventType::ReviewConfirmed,
+                actor,
+                reason,
+                Some(70),
+            )
+        };
+        let e = review(
+            " ana@example.com ",
+            "same prompt from 40 sessions\nsee ticket 12",
+        )
+        .unwrap();
+        assert_eq!(e.actor.as_deref(), Some("ana@example.com"));
+        assert_eq!(e.abuse_score, Some(70));
+        assert_eq!(
+            review("", "x").unwrap_err().to_string(),
+            "actor: must not be empty"
+        );
+        assert_eq!(
+            review("ana", "  ").unwrap_err().to_string(),
+            "reason: must not be empty"
+        );
+        assert!(review(&"a".repeat(129), "x")
+            .unwrap_err()
+            .to_string()
+            .starts_with("actor: longer"));
+        assert_eq!(
+            review("ana", "a\u{7}b").unwrap_err().to_string(),
+            "reason: contains a control character"
+        );
+        let not_review =
+            AccountEvent::review(id(), at, acct, AccountEventType::Signup, "a", "b", None);
+        assert_eq!(
+            not_review.unwrap_err().to_string(),
+            "type: signup is not a review event"
+        );
+    }
+
+    #[test]
     fn type_specific_fields_are_required() {
         assert_eq!(
             check(base("plan_changed")).unwrap_err().to_string(),
@@ -207,6 +349,10 @@ mod tests {
         assert_eq!(
             check(v).unwrap_err().to_string(),
             "notice_id: \"n-1\" is not a UUID"
+        );
+        assert_eq!(
+            check(base("review_confirmed")).unwrap_err().to_string(),
+            "type: review_confirmed is recorded through the review queue (meterline review, /v1/review), not posted"
         );
         let mut v = base("signup");
         v["email_domain"] = "someone@example.com".into();

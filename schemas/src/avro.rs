@@ -293,22 +293,98 @@ pub(crate) mod tests {
             device_id: None,
             browser_signature: Some("sig".into()),
             notice_id: Some("5f0c8a1e-3b1d-4c2a-9f3e-2a7d9c1b0e44".into()),
+            actor: None,
+            reason: None,
+            abuse_score: None,
         };
         let bytes = encode(1, &schema, &e).unwrap();
         let back: AccountEvent = decode_body(&schema, &schema, &bytes[5..]).unwrap();
         assert_eq!(back, e);
+        // A review decision, with the version-3 fields.
+        let e = AccountEvent::review(
+            "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a13".into(),
+            chrono::Utc::now(),
+            AccountId::parse("a").unwrap(),
+            AccountEventType::ReviewCleared,
+            "ana",
+            "CI traffic, checked with the customer",
+            Some(70),
+        )
+        .unwrap();
+        let bytes = encode(1, &schema, &e).unwrap();
+        let back: AccountEvent = decode_body(&schema, &schema, &bytes[5..]).unwrap();
+        assert_eq!(back, e);
+    }
+
+    /// The account schema as an older version was: without `dropped` fields and without the
+    /// review event types (version 3 added them with actor, reason and abuse_score).
+    fn older_account_schema(dropped: &[&str]) -> Schema {
+        let mut doc: serde_json::Value = serde_json::from_str(ACCOUNT_EVENT_SCHEMA).unwrap();
+        doc["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| !dropped.contains(&f["name"].as_str().unwrap()));
+        let kind = doc["fields"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|f| f["name"] == "type")
+            .unwrap();
+        kind["type"]["symbols"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|s| !s.as_str().unwrap().starts_with("review_"));
+        parse_schema(&doc.to_string()).unwrap()
+    }
+
+    /// Version 2 had no review types and no actor, reason or abuse score; its records still
+    /// read, with those as `None`.
+    #[test]
+    fn version_2_account_events_read_with_no_review_fields() {
+        let v3 = parse_schema(ACCOUNT_EVENT_SCHEMA).unwrap();
+        let v2 = older_account_schema(&["actor", "reason", "abuse_score"]);
+        let mut value = apache_avro::types::Record::new(&v2).unwrap();
+        value.put("event_id", "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a12");
+        value.put("occurred_at", 1i64);
+        value.put("received_at", 2i64);
+        value.put("account_id", "a");
+        value.put(
+            "type",
+            apache_avro::types::Value::Enum(5, "notice_clicked".into()),
+        );
+        for f in [
+            "plan",
+            "seats",
+            "email_domain",
+            "company_size",
+            "signup_ip_hash",
+            "device_id",
+            "browser_signature",
+        ] {
+            value.put(
+                f,
+                apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+            );
+        }
+        value.put(
+            "notice_id",
+            apache_avro::types::Value::Union(
+                1,
+                Box::new(apache_avro::types::Value::String("n".into())),
+            ),
+        );
+        let body = apache_avro::to_avro_datum(&v2, value).unwrap();
+        let e: AccountEvent = decode_body(&v2, &v3, &body).unwrap();
+        assert_eq!(e.kind, AccountEventType::NoticeClicked);
+        assert_eq!(e.notice_id.as_deref(), Some("n"));
+        assert_eq!((e.actor, e.reason, e.abuse_score), (None, None, None));
     }
 
     /// Version 1 of the account schema had no `notice_id`; its records still read.
     #[test]
     fn version_1_account_events_read_with_no_notice() {
         let v2 = parse_schema(ACCOUNT_EVENT_SCHEMA).unwrap();
-        let mut doc: serde_json::Value = serde_json::from_str(ACCOUNT_EVENT_SCHEMA).unwrap();
-        doc["fields"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|f| f["name"] != "notice_id");
-        let v1 = parse_schema(&doc.to_string()).unwrap();
+        let v1 = older_account_schema(&["notice_id", "actor", "reason", "abuse_score"]);
         let mut value = apache_avro::types::Record::new(&v1).unwrap();
         value.put("event_id", "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a12");
         value.put("occurred_at", 1i64);

@@ -174,10 +174,21 @@ pub enum AccountEventType {
     NoticeShown,
     NoticeClicked,
     Churned,
+    /// Review (see [`crate::review`]): the scorer suspects abuse; stricter limits for a free
+    /// account until a person decides.
+    ReviewSuspected,
+    /// Review: the high-confidence rule denied a free account without a person.
+    ReviewAutoDenied,
+    /// Review: a suspicion ended by itself (a whole quiet episode gap).
+    ReviewExpired,
+    /// Review: a person confirmed abuse; quota checks answer `deny`.
+    ReviewConfirmed,
+    /// Review: a person cleared the account.
+    ReviewCleared,
 }
 
 impl AccountEventType {
-    pub const ALL: [AccountEventType; 7] = [
+    pub const ALL: [AccountEventType; 12] = [
         AccountEventType::Signup,
         AccountEventType::PlanChanged,
         AccountEventType::SeatsChanged,
@@ -185,7 +196,25 @@ impl AccountEventType {
         AccountEventType::NoticeShown,
         AccountEventType::NoticeClicked,
         AccountEventType::Churned,
+        AccountEventType::ReviewSuspected,
+        AccountEventType::ReviewAutoDenied,
+        AccountEventType::ReviewExpired,
+        AccountEventType::ReviewConfirmed,
+        AccountEventType::ReviewCleared,
     ];
+
+    /// Review decisions: recorded by the scorer and the review queue (`meterline review`,
+    /// `/v1/review/…`), never posted by a gateway. They carry an actor and a reason.
+    pub fn is_review(self) -> bool {
+        matches!(
+            self,
+            AccountEventType::ReviewSuspected
+                | AccountEventType::ReviewAutoDenied
+                | AccountEventType::ReviewExpired
+                | AccountEventType::ReviewConfirmed
+                | AccountEventType::ReviewCleared
+        )
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -196,6 +225,11 @@ impl AccountEventType {
             AccountEventType::NoticeShown => "notice_shown",
             AccountEventType::NoticeClicked => "notice_clicked",
             AccountEventType::Churned => "churned",
+            AccountEventType::ReviewSuspected => "review_suspected",
+            AccountEventType::ReviewAutoDenied => "review_auto_denied",
+            AccountEventType::ReviewExpired => "review_expired",
+            AccountEventType::ReviewConfirmed => "review_confirmed",
+            AccountEventType::ReviewCleared => "review_cleared",
         }
     }
 

@@ -12,6 +12,8 @@
 //!   on the hot path, without apache-avro's generic value tree.
 //! * [`privacy`]: keyed hashing of client IPs, which are never stored in clear text.
 //! * [`public_domains`]: the email domains that name no company (`gmail.com`, …).
+//! * [`review`]: a person in the loop before enforcement: review states, what each does to a
+//!   quota decision, and when the scorer puts an account in review.
 //! * [`signal`]: the scorer's signals as the notifier reads them: [`SignalKind`] and the
 //!   `account-signals` record [`AccountSignal`].
 
@@ -23,6 +25,7 @@ pub mod keys;
 pub mod limits;
 pub mod privacy;
 pub mod public_domains;
+pub mod review;
 pub mod signal;
 pub mod usage;
 pub mod usage_codec;

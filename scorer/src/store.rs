@@ -8,6 +8,13 @@
 //!   unclaimed (it is raised on the next pass) and a restart never raises a claimed one again.
 //!   (A crash between Kafka's ack and the commit can produce it twice; the dedup key travels
 //!   with the record so consumers can tell.)
+//! * Review moves ([`meterline_schemas::review`]): a suspicion, the high-confidence rule's
+//!   denial, the end of a suspicion, as account events on the `account-events` topic. The
+//!   aggregator applies them to the `accounts` row (so they are ordered with people's decisions
+//!   on the same partition); their ids are derived from the account's `review_seq`, so the same
+//!   move decided again before the first is applied is one event. The scorer's own bookkeeping,
+//!   when it last found the account suspected (which bounds an episode), is
+//!   `account_scores.last_suspected_at`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +22,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
 use meterline_schemas::avro::Schema;
-use meterline_schemas::{AccountSignal, SignalKind};
+use meterline_schemas::review::{
+    scorer_event_id, Assessment, ReviewAction, ReviewConfig, ReviewRecord, ReviewState,
+};
+use meterline_schemas::{AccountEvent, AccountId, AccountSignal, SignalKind};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -38,6 +48,9 @@ pub struct ScoreStore {
     pub signals: SignalTopic,
     /// How long a rate-limit episode stays open after its last minute over the limit.
     pub episode_quiet: chrono::Duration,
+    /// Where review moves go: the `account-events` topic and the account event schema.
+    pub account_events: SignalTopic,
+    pub review: Arc<ReviewConfig>,
 }
 
 /// A row of the ClickHouse `account_scores` table, fields in column order.
@@ -55,7 +68,9 @@ pub struct HistoryRow {
     pub reasons: String,
 }
 
-/// Sets or clears an account's abuse flag; the read path denies flagged accounts.
+/// Sets or clears the scorer's abuse flag (`accounts.abuse_flagged_at`: the score is at the
+/// suspected threshold now). It decides nothing by itself: enforcement follows the review
+/// state ([`ScoreStore::review`]).
 pub async fn set_abuse_flag(
     pool: &PgPool,
     account: &str,
@@ -87,15 +102,19 @@ fn summary(s: &Scores) -> (u32, u32, u32, bool, bool, Vec<String>) {
 
 impl ScoreStore {
     /// Saves current scores; appends history when anything a person would notice changed.
-    pub async fn save(&self, s: &Scores) -> Result<(), ScoreError> {
+    /// Returns when the account was last suspected before this scoring (for
+    /// [`ScoreStore::review`]).
+    pub async fn save(&self, s: &Scores) -> Result<Option<DateTime<Utc>>, ScoreError> {
         let json = serde_json::to_value(s).map_err(|e| ScoreError::Encode(e.to_string()))?;
-        let previous: Option<(serde_json::Value,)> =
-            sqlx::query_as("SELECT scores FROM account_scores WHERE account_id = $1")
-                .bind(&s.account_id)
-                .fetch_optional(&self.pg)
-                .await?;
+        let previous: Option<(serde_json::Value, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT scores, last_suspected_at FROM account_scores WHERE account_id = $1",
+        )
+        .bind(&s.account_id)
+        .fetch_optional(&self.pg)
+        .await?;
+        let last_suspected = previous.as_ref().and_then(|(_, at)| *at);
         let changed = previous
-            .and_then(|(p,)| serde_json::from_value::<PreviousSummary>(p).ok())
+            .and_then(|(p, _)| serde_json::from_value::<PreviousSummary>(p).ok())
             .is_none_or(|p| p.summary() != summary(s));
         if changed {
             let mut insert = self
@@ -124,9 +143,11 @@ impl ScoreStore {
             insert.end().await?;
         }
         sqlx::query(
-            "INSERT INTO account_scores (account_id, deal_readiness, pql, abuse, scores, scored_at) VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO account_scores (account_id, deal_readiness, pql, abuse, scores, scored_at, last_suspected_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (account_id) DO UPDATE SET deal_readiness = EXCLUDED.deal_readiness, pql = EXCLUDED.pql, \
-             abuse = EXCLUDED.abuse, scores = EXCLUDED.scores, scored_at = EXCLUDED.scored_at",
+             abuse = EXCLUDED.abuse, scores = EXCLUDED.scores, scored_at = EXCLUDED.scored_at, \
+             last_suspected_at = COALESCE(EXCLUDED.last_suspected_at, account_scores.last_suspected_at)",
         )
         .bind(&s.account_id)
         .bind(s.deal_readiness.value as i32)
@@ -134,10 +155,98 @@ impl ScoreStore {
         .bind(s.abuse.value as i32)
         .bind(&json)
         .bind(s.scored_at)
+        .bind(s.abuse_suspected.then_some(s.scored_at))
         .execute(&self.pg)
         .await?;
         set_abuse_flag(&self.pg, &s.account_id, s.abuse_suspected).await?;
-        Ok(())
+        Ok(last_suspected)
+    }
+
+    /// Makes the review move the scores call for, if any ([`ReviewConfig::next_action`]):
+    /// produces it to `account-events` and returns it. `last_suspected` is what [`Self::save`]
+    /// returned.
+    pub async fn review(
+        &self,
+        s: &Scores,
+        last_suspected: Option<DateTime<Utc>>,
+    ) -> Result<Option<ReviewAction>, ScoreError> {
+        let row: Option<(Option<String>, Option<i32>, i64)> = sqlx::query_as(
+            "SELECT review_state, review_score, review_seq FROM accounts WHERE account_id = $1",
+        )
+        .bind(&s.account_id)
+        .fetch_optional(&self.pg)
+        .await?;
+        let record = row
+            .map(|(state, score, seq)| ReviewRecord {
+                state: state.as_deref().and_then(ReviewState::parse),
+                score: score.map(|v| v.max(0) as u32),
+                seq,
+            })
+            .unwrap_or_default();
+        let assessment = Assessment {
+            plan: s.plan,
+            score: s.abuse.value,
+            suspected: s.abuse_suspected,
+            age_hours: s.inputs.age_hours,
+            at: s.scored_at,
+            last_suspected_at: last_suspected,
+        };
+        let Some(action) = self.review.next_action(&record, &assessment) else {
+            return Ok(None);
+        };
+        let reasons: Vec<String> = s
+            .abuse
+            .reasons
+            .iter()
+            .map(|r| format!("{} (+{}): {}", r.rule, r.points, r.detail))
+            .collect();
+        let mut reason = match action {
+            ReviewAction::Suspect => {
+                format!("abuse score {}: {}", s.abuse.value, reasons.join("; "))
+            }
+            ReviewAction::AutoDeny => format!(
+                "high-confidence rule: a free account {:.2} h old (< {} h) with abuse score {} (>= {}): {}",
+                s.inputs.age_hours.unwrap_or_default(),
+                self.review.auto_deny_max_age_hours,
+                s.abuse.value,
+                self.review.auto_deny_min_score,
+                reasons.join("; ")
+            ),
+            ReviewAction::Expire => format!(
+                "not suspected since {}: {} whole day(s) without suspicion end the episode",
+                last_suspected.map(|t| t.to_rfc3339()).unwrap_or_else(|| "ever".into()),
+                self.review.episode_quiet_days
+            ),
+        };
+        if reason.chars().count() > 1_900 {
+            reason = reason.chars().take(1_900).collect::<String>() + "…";
+        }
+        let kind = action.event();
+        let account =
+            AccountId::parse(&s.account_id).map_err(|e| ScoreError::Encode(e.to_string()))?;
+        let event = AccountEvent::review(
+            scorer_event_id(&s.account_id, kind, record.seq),
+            s.scored_at,
+            account,
+            kind,
+            action.actor(),
+            &reason,
+            Some(s.abuse.value),
+        )
+        .map_err(|e| ScoreError::Encode(e.to_string()))?;
+        let topic = &self.account_events;
+        let payload = meterline_schemas::avro::encode(topic.schema_id, &topic.schema, &event)
+            .map_err(|e| ScoreError::Encode(e.to_string()))?;
+        self.producer
+            .send(
+                FutureRecord::to(&topic.topic)
+                    .key(&s.account_id)
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| ScoreError::Kafka(e.to_string()))?;
+        Ok(Some(action))
     }
 
     /// Raises `sig` unless its episode was raised before. Returns whether it was raised now.

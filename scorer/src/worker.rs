@@ -1,4 +1,5 @@
-//! The scoring loop: drain the dirty set, score, store, raise; once a day, everyone.
+//! The scoring loop: drain the dirty set, score, store, move accounts into (or out of)
+//! review, raise; once a day, everyone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +50,10 @@ impl Scorer {
             // across the awaits, and other tasks' events would be logged under this account.
             let span = tracing::debug_span!("score", account_id = %s.account_id);
             async {
-                self.store.save(s).await?;
+                let last_suspected = self.store.save(s).await?;
+                if let Some(action) = self.store.review(s, last_suspected).await? {
+                    tracing::info!(kind = action.event().as_str(), abuse = s.abuse.value, "review move");
+                }
                 self.store
                     .record_crossings(s, &self.quota, self.tiers.get(s.plan))
                     .await?;

@@ -4,6 +4,7 @@
 pub mod experiments;
 pub mod notifications;
 pub mod rebuild;
+pub mod review;
 pub mod run;
 pub mod scores;
 pub mod simulate;

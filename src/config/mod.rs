@@ -15,6 +15,7 @@ use meterline_ingest::IngestConfig;
 use meterline_notifier::NotifierConfig;
 use meterline_schemas::limits::{QuotaConfig, TiersConfig};
 use meterline_schemas::public_domains::{PublicDomains, PublicDomainsConfig};
+use meterline_schemas::review::ReviewConfig;
 use meterline_scorer::ScorerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +114,8 @@ pub struct Config {
     pub notifier: NotifierConfig,
     /// Account-wide settings: the public email domains.
     pub accounts: PublicDomainsConfig,
+    /// A person in the loop before enforcement: suspected accounts, the high-confidence rule.
+    pub review: ReviewConfig,
 }
 
 impl Config {
@@ -251,6 +254,7 @@ impl Config {
             })?;
         }
         self.tiers.validate(&self.quota)?;
+        self.review.validate()?;
         self.public_domains()?;
         self.notifier
             .validate()

@@ -1,4 +1,4 @@
-//! Account profiles (plan, limit overrides, abuse flag), kept in process.
+//! Account profiles (plan, limit overrides, review state), kept in process.
 //!
 //! The decision path must not query PostgreSQL per request, so a profile is loaded once and
 //! then served from memory. It stays right because PostgreSQL announces every change: triggers
@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use meterline_schemas::limits::AccountProfile;
+use meterline_schemas::review::ReviewState;
 use meterline_schemas::{AccountId, Plan};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -151,12 +152,11 @@ impl AccountDirectory {
 }
 
 async fn load(pool: &PgPool, account: &str) -> Result<AccountProfile, sqlx::Error> {
-    let row: Option<(String, bool)> = sqlx::query_as(
-        "SELECT plan, abuse_flagged_at IS NOT NULL FROM accounts WHERE account_id = $1",
-    )
-    .bind(account)
-    .fetch_optional(pool)
-    .await?;
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT plan, review_state FROM accounts WHERE account_id = $1")
+            .bind(account)
+            .fetch_optional(pool)
+            .await?;
     let overrides: Vec<(String, f64)> = sqlx::query_as(
         // An override scoped to a plan (an experiment's) applies only while the account is on it.
         "SELECT o.limit_name, o.value FROM account_limit_overrides o LEFT JOIN accounts a USING (account_id) \
@@ -165,12 +165,12 @@ async fn load(pool: &PgPool, account: &str) -> Result<AccountProfile, sqlx::Erro
     .bind(account)
     .fetch_all(pool)
     .await?;
-    let (plan, abuse_flagged) = row.unwrap_or_else(|| ("free".into(), false));
+    let (plan, review) = row.unwrap_or_else(|| ("free".into(), None));
     Ok(AccountProfile {
-        // The column's CHECK constraint admits only known plans.
+        // The columns' CHECK constraints admit only known plans and review states.
         plan: Plan::parse("plan", &plan).unwrap_or(Plan::Free),
         overrides: overrides.into_iter().collect::<BTreeMap<_, _>>(),
-        abuse_flagged,
+        review: review.as_deref().and_then(ReviewState::parse),
     })
 }
 

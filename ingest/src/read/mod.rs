@@ -2,7 +2,7 @@
 //! /v1/accounts/{id}/usage`) and what to do with a request (`POST /v1/quota/check`).
 //!
 //! A decision reads Redis once ([`hot_state`]) and nothing else: the account's plan,
-//! overrides and abuse flag come from an in-process [`directory`] that PostgreSQL keeps fresh
+//! overrides and review state come from an in-process [`directory`] that PostgreSQL keeps fresh
 //! by notification, the tiers from configuration, and the rules are the pure functions in
 //! [`meterline_schemas::limits`]. Decisions worth counting go to ClickHouse through the
 //! [`recorder`]'s queue, off the request path.
@@ -10,6 +10,7 @@
 pub mod directory;
 pub mod hot_state;
 pub mod recorder;
+pub mod review;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use meterline_schemas::limits::{
     Decision, DecisionKind, LimitName, LimitNotice, LimitWindow, QuotaConfig, TiersConfig,
     ALLOWED_MODELS_NAME, RATE_LIMIT_NAME,
 };
+use meterline_schemas::review::ReviewConfig;
 
 pub use directory::AccountDirectory;
 pub use hot_state::HotState;
@@ -28,6 +30,8 @@ pub use recorder::{DecisionRecord, DecisionRecorder, RecorderMetrics};
 #[derive(Clone)]
 pub struct ReadPath {
     pub quota: Arc<QuotaConfig>,
+    /// How a suspected account is restricted (`[review]`).
+    pub review: Arc<ReviewConfig>,
     pub tiers: Arc<TiersConfig>,
     pub directory: AccountDirectory,
     pub hot: HotState,
@@ -145,6 +149,7 @@ mod tests {
         };
         let d = decide(
             &q,
+            &ReviewConfig::default(),
             &t.free,
             &AccountProfile::default(),
             &snapshot,
@@ -177,6 +182,7 @@ mod tests {
         };
         let d = decide(
             &q,
+            &ReviewConfig::default(),
             &t.free,
             &AccountProfile::default(),
             &RawUsage::default().snapshot(&q, &t.free, now),

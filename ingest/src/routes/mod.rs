@@ -5,3 +5,4 @@ pub mod health;
 pub mod notices;
 pub mod openapi;
 pub mod read;
+pub mod review;

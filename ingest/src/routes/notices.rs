@@ -195,21 +195,8 @@ async fn record(
     }
     let now = Utc::now();
     let event_id = Uuid::new_v4();
-    let account_event = AccountEvent {
-        event_id: event_id.to_string(),
-        occurred_at: now.timestamp_micros(),
-        received_at: now.timestamp_micros(),
-        account_id: account.clone(),
-        kind,
-        plan: None,
-        seats: None,
-        email_domain: None,
-        company_size: None,
-        signup_ip_hash: None,
-        device_id: None,
-        browser_signature: None,
-        notice_id: Some(notice.to_string()),
-    };
+    let mut account_event = AccountEvent::new(event_id.to_string(), now, account.clone(), kind);
+    account_event.notice_id = Some(notice.to_string());
     let topic = &state.account;
     let payload = avro::encode(topic.schema_id, &topic.schema, &account_event)
         .map_err(|e| ApiError::Internal(format!("avro encoding: {e}")))?;

@@ -8,7 +8,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use meterline_schemas::limits::{decide, limit_statuses, Decision, LimitStatus, QuotaRequest};
+use meterline_schemas::limits::{
+    decide, limit_statuses, restricted_view, Decision, LimitStatus, QuotaRequest,
+};
 use meterline_schemas::usage::from_json_naming_field;
 use meterline_schemas::{AccountId, FieldError, Plan};
 use serde::{Deserialize, Serialize};
@@ -160,6 +162,12 @@ pub async fn usage(
             .with_label_values(&["usage"])
             .observe(hot_started.elapsed().as_secs_f64());
         let snapshot = raw.snapshot(&read.quota, tier, now);
+        // A suspected account sees the stricter limits its decisions are made against.
+        let restricted = restricted_view(&read.review, tier, &profile);
+        let (tier, profile) = match &restricted {
+            Some((t, p)) => (t, p),
+            None => (tier, &*profile),
+        };
         let report = UsageReport {
             account_id: account.as_str().to_owned(),
             plan: profile.plan,
@@ -167,7 +175,7 @@ pub async fn usage(
             limits: limit_statuses(
                 &read.quota,
                 tier,
-                &profile,
+                profile,
                 &snapshot,
                 session.is_some(),
                 now,
@@ -347,7 +355,15 @@ pub async fn quota_check(
             );
         }
         let snapshot = raw.snapshot(&read.quota, tier, now);
-        let decision = decide(&read.quota, tier, &profile, &snapshot, &request, now);
+        let decision = decide(
+            &read.quota,
+            &read.review,
+            tier,
+            &profile,
+            &snapshot,
+            &request,
+            now,
+        );
         for rec in records_for(
             account.as_str(),
             &request.model,

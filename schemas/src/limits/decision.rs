@@ -16,6 +16,7 @@ use super::hot_state::UsageSnapshot;
 use super::names::{LimitMetric, LimitName, LimitWindow, ALLOWED_MODELS_NAME, RATE_LIMIT_NAME};
 use super::tiers::{QuotaConfig, TierConfig};
 use crate::domain::Plan;
+use crate::review::{enforcement, Enforcement, ReviewConfig, ReviewState, SUSPECTED_REASON};
 
 /// An account as the decision sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +24,8 @@ pub struct AccountProfile {
     pub plan: Plan,
     /// Limit name (or `requests_per_minute`) → value, overriding the tier.
     pub overrides: BTreeMap<String, f64>,
-    pub abuse_flagged: bool,
+    /// Where the account stands in review ([`crate::review`]); `None`: not in review.
+    pub review: Option<ReviewState>,
 }
 
 impl Default for AccountProfile {
@@ -31,9 +33,27 @@ impl Default for AccountProfile {
         Self {
             plan: Plan::Free,
             overrides: BTreeMap::new(),
-            abuse_flagged: false,
+            review: None,
         }
     }
+}
+
+/// The tier and profile a decision uses: for a restricted account (a suspected free one), the
+/// stricter limits and the fallback model of [`ReviewConfig::restrict`], overrides scaled alike;
+/// `None` when the account is decided as it is.
+pub fn restricted_view(
+    review: &ReviewConfig,
+    tier: &TierConfig,
+    profile: &AccountProfile,
+) -> Option<(TierConfig, AccountProfile)> {
+    if enforcement(profile.review, profile.plan) != Enforcement::Restricted {
+        return None;
+    }
+    let mut p = profile.clone();
+    for (name, v) in p.overrides.iter_mut() {
+        *v = review.scale(name, *v);
+    }
+    Some((review.restrict(tier), p))
 }
 
 impl AccountProfile {
@@ -158,6 +178,9 @@ pub enum DecisionKind {
 pub enum DegradeReason {
     ModelNotAllowed,
     BudgetSpent,
+    /// The account is suspected of abuse: it is served the fallback model until a person
+    /// reviews it.
+    AbuseSuspected,
 }
 
 /// A limit at a stage: the body of a warning, a degradation or a reached limit.
@@ -218,7 +241,10 @@ pub struct Decision {
     #[schema(required)]
     pub limit_reached: Option<LimitReached>,
     pub rate: RateStatus,
-    /// Set on `deny`: `abuse_suspected`.
+    /// Why the account is treated differently: on `deny`, `abuse_confirmed` (a person
+    /// confirmed abuse) or `abuse_high_confidence` (the high-confidence rule); on any other
+    /// decision, `abuse_suspected` (stricter limits and the fallback model until a person
+    /// reviews the account).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -235,8 +261,51 @@ fn notice(s: &LimitStatus, stages: &[u32]) -> LimitNotice {
     }
 }
 
-/// Decides one request. See the module documentation for the rules.
+/// Decides one request. See the module documentation for the rules; the review state comes
+/// first ([`crate::review::enforcement`]: a paying account is denied only on a person's
+/// confirmation, whatever put it in review).
 pub fn decide(
+    quota: &QuotaConfig,
+    review: &ReviewConfig,
+    tier: &TierConfig,
+    profile: &AccountProfile,
+    usage: &UsageSnapshot,
+    request: &QuotaRequest,
+    now: DateTime<Utc>,
+) -> Decision {
+    if let Enforcement::Deny(reason) = enforcement(profile.review, profile.plan) {
+        let rpm_limit = profile.requests_per_minute(tier);
+        let rpm = round6(usage.rolling_rpm());
+        return Decision {
+            decision: DecisionKind::Deny,
+            plan: profile.plan,
+            model: request.model.clone(),
+            warning: None,
+            degraded: None,
+            limit_reached: None,
+            rate: RateStatus {
+                requests_per_minute: rpm,
+                limit: rpm_limit,
+                over: rpm_limit >= 0.0 && rpm > rpm_limit,
+            },
+            reason: Some(reason.into()),
+        };
+    }
+    if let Some((tier, profile)) = restricted_view(review, tier, profile) {
+        let mut d = decide_limits(quota, &tier, &profile, usage, request, now);
+        if let Some(g) = d.degraded.as_mut() {
+            if g.reason == DegradeReason::ModelNotAllowed {
+                g.reason = DegradeReason::AbuseSuspected;
+            }
+        }
+        d.reason = Some(SUSPECTED_REASON.into());
+        return d;
+    }
+    decide_limits(quota, tier, profile, usage, request, now)
+}
+
+/// The limit rules (2 to 5 of the module documentation).
+fn decide_limits(
     quota: &QuotaConfig,
     tier: &TierConfig,
     profile: &AccountProfile,
@@ -263,11 +332,6 @@ pub fn decide(
         rate,
         reason: None,
     };
-    if profile.abuse_flagged {
-        decision.decision = DecisionKind::Deny;
-        decision.reason = Some("abuse_suspected".into());
-        return decision;
-    }
 
     let request_tokens = quota.model_tokens(
         &request.model,
@@ -396,6 +460,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::limits::TiersConfig;
+    use crate::review::ReviewState;
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 22, 12, 30, 0).unwrap()
@@ -439,6 +504,7 @@ mod tests {
         // Under every stage: plain allow.
         let d = decide(
             &q,
+            &ReviewConfig::default(),
             &t.free,
             &free,
             &usage(&[]),
@@ -450,6 +516,7 @@ mod tests {
         // A count used up: limit_reached with the plan above.
         let d = decide(
             &q,
+            &ReviewConfig::default(),
             &t.free,
             &free,
             &usage(&[("day_requests", 5_000.0)]),
@@ -463,6 +530,7 @@ mod tests {
         // A budget spent: degrade to the fallback...
         let d = decide(
             &q,
+            &ReviewConfig::default(),
             &t.free,
             &free,
             &usage(&[("month_weighted_tokens", 2_000_000.0)]),
@@ -474,6 +542,7 @@ mod tests {
         // ...unless the request already asks for it.
         let d = decide(
             &q,
+            &ReviewConfig::default(),
             &t.free,
             &free,
             &usage(&[("month_weighted_tokens", 2_000_000.0)]),
@@ -484,6 +553,7 @@ mod tests {
         // The estimate counts: 1,000 left, a request for 1,001 weighted tokens does not fit.
         let d = decide(
             &q,
+            &ReviewConfig::default(),
             &t.free,
             &free,
             &usage(&[("day_weighted_tokens", 249_000.0)]),
@@ -493,6 +563,7 @@ mod tests {
         assert_eq!(d.decision, DecisionKind::Degrade);
         let d = decide(
             &q,
+            &ReviewConfig::default(),
             &t.free,
             &free,
             &usage(&[("day_weighted_tokens", 249_000.0)]),
@@ -501,20 +572,160 @@ mod tests {
         );
         // llama-3-70b is not a free model: degraded for that reason instead.
         assert_eq!(d.degraded.unwrap().reason, DegradeReason::ModelNotAllowed);
-        // Abuse beats everything.
-        let flagged = AccountProfile {
-            abuse_flagged: true,
+        // Confirmed abuse beats everything.
+        let confirmed = AccountProfile {
+            review: Some(ReviewState::Confirmed),
             ..AccountProfile::default()
         };
         let d = decide(
             &q,
+            &ReviewConfig::default(),
             &t.free,
-            &flagged,
-            &usage(&[]),
+            &confirmed,
+            &usage(&[("day_requests", 5_000.0)]),
             &request("gpt-4o-mini", 1),
             now(),
         );
         assert_eq!(d.decision, DecisionKind::Deny);
+        assert_eq!(d.reason.as_deref(), Some("abuse_confirmed"));
+    }
+
+    /// Review state × plan → decision, for one ordinary request (a model every tier allows,
+    /// usage well inside every limit), and for the same request a suspected account's stricter
+    /// limits refuse.
+    #[test]
+    fn review_state_and_plan_decide() {
+        use DecisionKind::*;
+        use ReviewState::*;
+        let q = QuotaConfig::default();
+        let t = TiersConfig::default();
+        let r = ReviewConfig::default();
+        // claude-3-haiku is allowed on every tier; free's fallback is gpt-4o-mini.
+        let ask = request("claude-3-haiku", 100);
+        // 2,000 requests today: 40 % of free's 5,000, past the suspected 1,250.
+        let busy = usage(&[("day_requests", 2_000.0)]);
+        // (state, plan, decision, served model, reason) for a quiet account; then for a busy one.
+        type Row = (
+            Option<ReviewState>,
+            Plan,
+            (DecisionKind, &'static str, Option<&'static str>),
+            (DecisionKind, Option<&'static str>),
+        );
+        let haiku = "claude-3-haiku";
+        let mini = "gpt-4o-mini";
+        let suspected = Some("abuse_suspected");
+        let rows: Vec<Row> = vec![
+            (None, Plan::Free, (Allow, haiku, None), (Allow, None)),
+            (None, Plan::Pro, (Allow, haiku, None), (Allow, None)),
+            (None, Plan::Enterprise, (Allow, haiku, None), (Allow, None)),
+            (
+                Some(Suspected),
+                Plan::Free,
+                (Degrade, mini, suspected),
+                (LimitReached, suspected),
+            ),
+            (
+                Some(Suspected),
+                Plan::Pro,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
+            (
+                Some(Suspected),
+                Plan::Enterprise,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
+            (
+                Some(AutoDenied),
+                Plan::Free,
+                (Deny, haiku, Some("abuse_high_confidence")),
+                (Deny, Some("abuse_high_confidence")),
+            ),
+            (
+                Some(AutoDenied),
+                Plan::Pro,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
+            (
+                Some(AutoDenied),
+                Plan::Enterprise,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
+            (
+                Some(Confirmed),
+                Plan::Free,
+                (Deny, haiku, Some("abuse_confirmed")),
+                (Deny, Some("abuse_confirmed")),
+            ),
+            (
+                Some(Confirmed),
+                Plan::Pro,
+                (Deny, haiku, Some("abuse_confirmed")),
+                (Deny, Some("abuse_confirmed")),
+            ),
+            (
+                Some(Confirmed),
+                Plan::Enterprise,
+                (Deny, haiku, Some("abuse_confirmed")),
+                (Deny, Some("abuse_confirmed")),
+            ),
+            (
+                Some(Cleared),
+                Plan::Free,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
+            (
+                Some(Cleared),
+                Plan::Pro,
+                (Allow, haiku, None),
+                (Allow, None),
+            ),
+        ];
+        for (state, plan, (kind, model, reason), (busy_kind, busy_reason)) in rows {
+            let profile = AccountProfile {
+                plan,
+                review: state,
+                ..AccountProfile::default()
+            };
+            let tier = t.get(plan);
+            let d = decide(&q, &r, tier, &profile, &usage(&[]), &ask, now());
+            let label = format!("{state:?} on {plan}");
+            assert_eq!(
+                (d.decision, d.model.as_str(), d.reason.as_deref()),
+                (kind, model, reason),
+                "{label}"
+            );
+            if kind == Degrade {
+                assert_eq!(
+                    d.degraded.unwrap().reason,
+                    DegradeReason::AbuseSuspected,
+                    "{label}"
+                );
+            }
+            let d = decide(&q, &r, tier, &profile, &busy, &ask, now());
+            assert_eq!(
+                (d.decision, d.reason.as_deref()),
+                (busy_kind, busy_reason),
+                "{label}, 2,000 requests today"
+            );
+            if busy_kind == LimitReached {
+                let n = d.limit_reached.unwrap().notice;
+                assert_eq!((n.limit.as_str(), n.limit_value), ("day_requests", 1_250.0));
+            }
+        }
+        // A suspected account's overrides are scaled too.
+        let profile = AccountProfile {
+            review: Some(Suspected),
+            overrides: [("day_requests".to_owned(), 10_000.0)].into(),
+            ..AccountProfile::default()
+        };
+        let d = decide(&q, &r, &t.free, &profile, &busy, &request(mini, 1), now());
+        assert_eq!(d.decision, Allow, "2,000 of 2,500");
+        assert_eq!(d.reason.as_deref(), suspected);
     }
 
     #[test]
@@ -530,6 +741,7 @@ mod tests {
         assert_eq!(u.rolling_rpm(), 140.0);
         let d = decide(
             &q,
+            &ReviewConfig::default(),
             &t.free,
             &AccountProfile::default(),
             &u,

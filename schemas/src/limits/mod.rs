@@ -17,7 +17,10 @@
 //! [`decide`] turns an account's usage into the answer for `POST /v1/quota/check`. Its rules,
 //! most severe first:
 //!
-//! 1. `deny`, only for an account whose abuse flag is set;
+//! 1. the review state ([`crate::review`]): `deny` for confirmed abuse (any plan) or a free
+//!    account the high-confidence rule denied; a suspected free account is decided against
+//!    stricter limits and served the fallback model (`reason: abuse_suspected`), by the rules
+//!    below; a paying account is never denied or restricted without a person;
 //! 2. `limit_reached`, when a *count* limit is used up, or a *budget* is spent and no fallback
 //!    model can help (the tier has none, or the request already asks for it);
 //! 3. `degrade` to the tier's fallback model, when the requested model is not allowed on the
@@ -49,8 +52,9 @@ pub mod names;
 pub mod tiers;
 
 pub use decision::{
-    decide, limit_statuses, stage_of, AccountProfile, Decision, DecisionKind, Degradation,
-    DegradeReason, LimitNotice, LimitReached, LimitStatus, QuotaRequest, RateStatus, Upgrade,
+    decide, limit_statuses, restricted_view, stage_of, AccountProfile, Decision, DecisionKind,
+    Degradation, DegradeReason, LimitNotice, LimitReached, LimitStatus, QuotaRequest, RateStatus,
+    Upgrade,
 };
 pub use hot_state::{weighted_tokens, RawUsage, UsageSnapshot, WindowCounters};
 pub use names::{

@@ -35,7 +35,7 @@ pub fn profile(f: &AccountFacts) -> AccountProfile {
     AccountProfile {
         plan: f.plan,
         overrides: f.overrides.clone(),
-        abuse_flagged: false,
+        review: None,
     }
 }
 
