@@ -81,6 +81,7 @@ async fn a_child_process_gets_exactly_the_tests_configuration() {
     c.ingest.max_events = 77;
     c.aggregator.instance_id = "aggregator-7".into();
     c.accounts.public_domains.push("campus.example".into());
+    c.review.rescore_margin = 25;
     let defaults = config_table(&Config::default());
     let ours = config_table(&c);
     let unchanged: Vec<&String> = defaults
