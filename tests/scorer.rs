@@ -392,7 +392,9 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
         for i in 0..77 {
             g.usage(
                 &power,
-                today - ChronoDuration::days(d) + ChronoDuration::hours(5) + ChronoDuration::seconds(i * 30),
+                today - ChronoDuration::days(d)
+                    + ChronoDuration::hours(5)
+                    + ChronoDuration::seconds(i * 30),
                 1_000,
                 None,
                 &prompt(1_000 + (d * 100 + i) as usize),

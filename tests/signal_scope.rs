@@ -63,7 +63,13 @@ struct Gen {
 
 impl Gen {
     /// A usage event with distinct prompt, no session, and `edit` applied.
-    fn usage(&mut self, account: &str, at: DateTime<Utc>, tokens: u64, edit: impl FnOnce(&mut Value)) {
+    fn usage(
+        &mut self,
+        account: &str,
+        at: DateTime<Utc>,
+        tokens: u64,
+        edit: impl FnOnce(&mut Value),
+    ) {
         let mut e = usage_event(account, at, "m", tokens, 0);
         e["prompt_hash"] = json!(uuid::Uuid::new_v4().to_string());
         edit(&mut e);
@@ -145,15 +151,10 @@ impl Gen {
     fn ci(&mut self, account: &str, t0: DateTime<Utc>) {
         for s in 0..40i64 {
             for i in 0..2i64 {
-                self.usage(
-                    account,
-                    t0 + ChronoDuration::seconds(s * 2 + i),
-                    100,
-                    |e| {
-                        e["session_id"] = json!(format!("ci{s}"));
-                        e["prompt_hash"] = json!("fixture");
-                    },
-                );
+                self.usage(account, t0 + ChronoDuration::seconds(s * 2 + i), 100, |e| {
+                    e["session_id"] = json!(format!("ci{s}"));
+                    e["prompt_hash"] = json!("fixture");
+                });
             }
         }
     }
@@ -252,7 +253,11 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
 
     // Misfire 3: heavy usage on each plan.
     let (heavy_free, heavy_pro, heavy_ent) = (a("heavy-free"), a("heavy-pro"), a("heavy-ent"));
-    for (account, plan) in [(&heavy_free, "free"), (&heavy_pro, "pro"), (&heavy_ent, "enterprise")] {
+    for (account, plan) in [
+        (&heavy_free, "free"),
+        (&heavy_pro, "pro"),
+        (&heavy_ent, "enterprise"),
+    ] {
         g.signup(account, old, plan, json!({"company_size": 500, "seats": 5}));
         g.heavy(account, t0);
     }
@@ -270,7 +275,9 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
         g.signup(account, old, "free", json!({"email_domain": domain}));
         for i in 0..23i64 {
             let day = if i < 10 { 10 } else { 3 };
-            let at = today - ChronoDuration::days(day) + ChronoDuration::hours(4) + ChronoDuration::minutes(i);
+            let at = today - ChronoDuration::days(day)
+                + ChronoDuration::hours(4)
+                + ChronoDuration::minutes(i);
             g.usage(account, at, 100, |e| {
                 if i % 10 == 0 {
                     e["plugins"] = json!(["audit_logger"]);
@@ -288,7 +295,9 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
     g.long_sessions(&heavy_sessions, t0);
     for d in 1..=10i64 {
         for i in 0..100i64 {
-            let at = today - ChronoDuration::days(d) + ChronoDuration::hours(6) + ChronoDuration::seconds(i * 20);
+            let at = today - ChronoDuration::days(d)
+                + ChronoDuration::hours(6)
+                + ChronoDuration::seconds(i * 20);
             g.usage(&heavy_sessions, at, 100, |_| {});
         }
     }
@@ -298,9 +307,12 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
     g.signup(&sentinel, old, "free", json!({}));
     for s in 0..10i64 {
         for i in 0..2i64 {
-            g.usage(&sentinel, t0 + ChronoDuration::seconds(s * 30 + i * 60), 100, |e| {
-                e["session_id"] = json!(format!("q{s}"))
-            });
+            g.usage(
+                &sentinel,
+                t0 + ChronoDuration::seconds(s * 30 + i * 60),
+                100,
+                |e| e["session_id"] = json!(format!("q{s}")),
+            );
         }
     }
 
@@ -395,7 +407,14 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
             .or_default()
             .push((episode.as_str(), payload));
     }
-    let sales = [DealReady, Pql, PluginGate, PowerUser, Escalation, RateLimitSustained];
+    let sales = [
+        DealReady,
+        Pql,
+        PluginGate,
+        PowerUser,
+        Escalation,
+        RateLimitSustained,
+    ];
     let cases = [
         Case {
             name: "misfire 3: Enterprise is prospected for nothing",
@@ -493,10 +512,18 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
     for c in cases {
         let got = raised.get(c.account.as_str()).unwrap_or(&none);
         for k in c.raised {
-            assert!(got.contains(k.as_str()), "{}: {k} not raised; got {got:?}", c.name);
+            assert!(
+                got.contains(k.as_str()),
+                "{}: {k} not raised; got {got:?}",
+                c.name
+            );
         }
         for k in c.not_raised {
-            assert!(!got.contains(k.as_str()), "{}: {k} raised; got {got:?}", c.name);
+            assert!(
+                !got.contains(k.as_str()),
+                "{}: {k} raised; got {got:?}",
+                c.name
+            );
         }
     }
 
@@ -520,7 +547,10 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
     };
     assert_eq!(
         gates(&heavy_pro),
-        offers(&[("audit_logger", "enterprise"), ("multi_cloud_router", "enterprise")])
+        offers(&[
+            ("audit_logger", "enterprise"),
+            ("multi_cloud_router", "enterprise")
+        ])
     );
     assert_eq!(
         gates(&heavy_free),
@@ -597,7 +627,10 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
         assert_eq!(s["inputs"]["email_domain_public"], true, "{s}");
         assert_eq!(s["inputs"]["domain_accounts"], 1, "{s}");
         assert!(
-            has_note(&s, "gmail.com is a public email domain: not rolled up, no email_domain points"),
+            has_note(
+                &s,
+                "gmail.com is a public email domain: not rolled up, no email_domain points"
+            ),
             "{:?}",
             notes(&s)
         );
@@ -630,19 +663,27 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
             notes(&s)
         );
         assert!(
-            notes(&s).iter().any(|n| n.ends_with("a fleet, not key sharing")),
+            notes(&s)
+                .iter()
+                .any(|n| n.ends_with("a fleet, not key sharing")),
             "{:?}",
             notes(&s)
         );
     }
     let sharing = &episodes[&(crowd.as_str(), KeySharing.as_str())];
-    assert_eq!(sharing[0].0, format!("k-shared:{}", Grain::Day.stamp(today)));
+    assert_eq!(
+        sharing[0].0,
+        format!("k-shared:{}", Grain::Day.stamp(today))
+    );
 
     let s = scores(&ci_pro).await;
     assert_eq!(s["abuse"]["value"], 70, "{s}");
     assert_eq!(s["abuse_suspected"], false, "{s}");
     assert!(
-        has_note(&s, "abuse score 70 (≥ 50) but pro is not in scorer.abuse.plans"),
+        has_note(
+            &s,
+            "abuse score 70 (≥ 50) but pro is not in scorer.abuse.plans"
+        ),
         "{:?}",
         notes(&s)
     );

@@ -393,7 +393,11 @@ mod tests {
         ];
         for (kind, free, pro, ent) in cases {
             assert_eq!(
-                [c.watches(kind, Free), c.watches(kind, Pro), c.watches(kind, Enterprise)],
+                [
+                    c.watches(kind, Free),
+                    c.watches(kind, Pro),
+                    c.watches(kind, Enterprise)
+                ],
                 [free, pro, ent],
                 "{kind:?}"
             );
@@ -405,9 +409,15 @@ mod tests {
     fn validation_names_the_key() {
         type Edit = fn(&mut ScorerConfig);
         let cases: Vec<(Edit, Option<&str>)> = vec![
-            (|c| c.power_spend_top_share = 0.0, Some("scorer.power_spend_top_share")),
+            (
+                |c| c.power_spend_top_share = 0.0,
+                Some("scorer.power_spend_top_share"),
+            ),
             (|c| c.power_spend_top_share = 1.0, None),
-            (|c| c.power_spend_top_share = 1.01, Some("scorer.power_spend_top_share")),
+            (
+                |c| c.power_spend_top_share = 1.01,
+                Some("scorer.power_spend_top_share"),
+            ),
             (
                 |c| c.abuse.key_sharing_churn_at_least = 0.99,
                 Some("scorer.abuse.key_sharing_churn_at_least"),

@@ -15,7 +15,7 @@ use clickhouse::Row;
 use meterline_schemas::keys::{field, Dim, Grain, Keys};
 use meterline_schemas::limits::{QuotaConfig, RawUsage, TiersConfig, WindowCounters};
 use meterline_schemas::public_domains::PublicDomains;
-use meterline_schemas::{AccountId, AccountEventType, Plan, SignalKind};
+use meterline_schemas::{AccountEventType, AccountId, Plan, SignalKind};
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -607,7 +607,11 @@ impl Stores {
                 let Some(f) = facts.get_mut(&r.account_id) else {
                     continue;
                 };
-                for k in f.shared_keys.iter_mut().filter(|k| k.api_key_id == r.api_key_id) {
+                for k in f
+                    .shared_keys
+                    .iter_mut()
+                    .filter(|k| k.api_key_id == r.api_key_id)
+                {
                     k.ips_24h = r.ips;
                     k.devices_24h = r.devices;
                     k.sessions_24h = r.sessions;

@@ -189,10 +189,9 @@ pub fn score(
     }
     for kind in held_back {
         let key = c.scope(kind).map_or("", |(key, _)| key);
-        scores.notes.push(format!(
-            "{kind} not raised: {} is not in {key}",
-            f.plan
-        ));
+        scores
+            .notes
+            .push(format!("{kind} not raised: {} is not in {key}", f.plan));
     }
     scores
 }
@@ -553,11 +552,15 @@ mod tests {
             // Suspected only where watched; everything held back is noted.
             assert_eq!(s.abuse_suspected, plan == Plan::Free, "{plan}");
             for kind in [DealReady, Pql, Escalation, RateLimitSustained, KeySharing] {
-                let noted = s
-                    .notes
-                    .iter()
-                    .any(|n| n.starts_with(&format!("{kind} not raised: {plan} is not in scorer.")));
-                assert_eq!(noted, !want.contains(&kind.as_str()), "{plan} {kind}: {:?}", s.notes);
+                let noted = s.notes.iter().any(|n| {
+                    n.starts_with(&format!("{kind} not raised: {plan} is not in scorer."))
+                });
+                assert_eq!(
+                    noted,
+                    !want.contains(&kind.as_str()),
+                    "{plan} {kind}: {:?}",
+                    s.notes
+                );
             }
         }
     }
@@ -566,7 +569,11 @@ mod tests {
     #[test]
     fn power_users_are_raised_for_free_and_pro_only() {
         let c = ScorerConfig::default();
-        for (plan, raised) in [(Plan::Free, true), (Plan::Pro, true), (Plan::Enterprise, false)] {
+        for (plan, raised) in [
+            (Plan::Free, true),
+            (Plan::Pro, true),
+            (Plan::Enterprise, false),
+        ] {
             let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
             let mut f = AccountFacts::empty("a", now);
             f.plan = plan;
@@ -623,7 +630,10 @@ mod tests {
         f.signed_up_at = None;
         let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
         let sigs = signals(&s, &c);
-        let deal = sigs.iter().find(|g| g.kind == SignalKind::DealReady).unwrap();
+        let deal = sigs
+            .iter()
+            .find(|g| g.kind == SignalKind::DealReady)
+            .unwrap();
         assert!(deal.reasons.iter().any(|r| r.starts_with("escalation: ")));
         assert!(sigs.iter().any(|g| g.kind == SignalKind::Escalation));
     }

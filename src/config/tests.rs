@@ -228,7 +228,10 @@ fn scorer_plan_scopes_name_the_key() {
     );
     std::fs::write(&path, "[scorer]\npower_plans = [\"pro\", \"pro\"]\n").unwrap();
     let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
-    assert!(err.contains("`scorer.power_plans`: names a plan twice"), "{err}");
+    assert!(
+        err.contains("`scorer.power_plans`: names a plan twice"),
+        "{err}"
+    );
     std::fs::write(&path, "[scorer]\npower_spend_top_share = 0.0\n").unwrap();
     let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
     assert!(err.contains("`scorer.power_spend_top_share`"), "{err}");

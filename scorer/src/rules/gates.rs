@@ -275,7 +275,11 @@ mod tests {
                 .into_iter()
                 .map(|t| t.plan)
                 .collect();
-            assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "{plan} {including:?}");
+            assert_eq!(
+                got,
+                want.into_iter().collect::<Vec<_>>(),
+                "{plan} {including:?}"
+            );
         }
     }
 
@@ -286,7 +290,12 @@ mod tests {
         let cases: [(&[u64], u64, usize, &[&str]); 6] = [
             (&[5_001, 5_001], 0, 0, &[]),
             (&[5_000, 5_000, 5_000], 0, 0, &[]),
-            (&[5_001, 5_001, 5_001], 0, 0, &["sustained_over_5000_rpm (peak 5001)"]),
+            (
+                &[5_001, 5_001, 5_001],
+                0,
+                0,
+                &["sustained_over_5000_rpm (peak 5001)"],
+            ),
             (&[], 50_000_000, 2, &[]),
             (&[], 50_000_001, 0, &["over_50000000_tokens_this_month"]),
             (&[], 0, 3, &["3_plus_regions"]),

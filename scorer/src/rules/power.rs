@@ -82,8 +82,7 @@ pub fn power_user(
             ));
         }
     }
-    if c.power_upgrade_views_at_least > 0 && f.upgrade_views_30d >= c.power_upgrade_views_at_least
-    {
+    if c.power_upgrade_views_at_least > 0 && f.upgrade_views_30d >= c.power_upgrade_views_at_least {
         return Some(reason(
             "upgrade_page_views",
             format!(
@@ -289,7 +288,11 @@ mod tests {
             let mut f = AccountFacts::empty("a", now);
             setup(&mut f);
             let got = power_user(&f, &t, &c, &abuse(abuse_points));
-            assert_eq!(got.as_ref().map(|r| r.rule.as_str()), want, "{name}: {got:?}");
+            assert_eq!(
+                got.as_ref().map(|r| r.rule.as_str()),
+                want,
+                "{name}: {got:?}"
+            );
             if let Some(r) = got {
                 assert!(r.detail.contains("requests in 30 days"), "{name}: {r:?}");
             }
