@@ -619,6 +619,16 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
         assert!(has_note(&s, key), "{key}: {:?}", notes(&s));
     }
     assert_eq!(scores(&heavy_free).await["deal_readiness"]["value"], 100);
+    // The top-5 % spend line is per plan, from ClickHouse: among the free accounts the most is
+    // esc-free's 99 × 606,061 µ$; among the pro ones heavy-pro's 1,000 × 60,000.
+    for (account, top) in [
+        (&heavy_free, 60_000_039u64),
+        (&heavy_pro, 60_000_000),
+        (&heavy_ent, 60_000_039),
+    ] {
+        let s = scores(account).await;
+        assert_eq!(s["inputs"]["plan_spend_top_micros"], top, "{account}: {s}");
+    }
     assert_eq!(scores(&esc_free).await["deal_readiness"]["value"], 50);
 
     for account in &gmail {
