@@ -90,6 +90,9 @@ pub fn scores_text(s: &Scores) -> String {
     for t in &s.tags {
         let _ = writeln!(out, "escalation: {t}");
     }
+    for n in &s.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
     out
 }
 

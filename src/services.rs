@@ -216,6 +216,7 @@ pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> R
             redis,
             keys,
             pg: pool.clone(),
+            public_domains: Arc::new(config.public_domains()?),
         },
         store: ScoreStore {
             pg: pool.clone(),

@@ -338,9 +338,24 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
         );
     }
 
-    // 6. A shared key: one API key from 6 client IPs within one minute.
+    // 6. A shared key: one API key from 6 client IPs within one minute, and 14 more addresses
+    //    that came and went over the last half hour (a crowd, not a fleet: churn 20/6).
     let shared = a("shared");
     g.signup(&shared, old, json!({}));
+    for i in 0..14 {
+        g.usage(
+            &shared,
+            now - ChronoDuration::minutes(20 + i),
+            100,
+            None,
+            &prompt(50 + i as usize),
+            "openai",
+            "us-east-1",
+            None,
+            "k-shared",
+            &format!("203.0.113.{}", 100 + i),
+        );
+    }
     let minute = Grain::Minute.window_start(now - ChronoDuration::minutes(3));
     for i in 0..6 {
         g.usage(
@@ -368,9 +383,29 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
         json!({"signup_ip": "203.0.113.50", "device_id": "dev-c", "browser_signature": "br-c"}),
     );
 
-    // 8. Power user: three 8-minute sessions today with diverse input (the others run a minute).
+    // 8. Power user: three 8-minute sessions today with diverse input (the others run a minute),
+    //    and the volume a power user needs (77 requests a day for 13 days before: flat, no
+    //    weekly growth).
     let power = a("power");
     g.signup(&power, old, json!({}));
+    for d in 1..=13 {
+        for i in 0..77 {
+            g.usage(
+                &power,
+                today - ChronoDuration::days(d)
+                    + ChronoDuration::hours(5)
+                    + ChronoDuration::seconds(i * 30),
+                1_000,
+                None,
+                &prompt(1_000 + (d * 100 + i) as usize),
+                "openai",
+                "us-east-1",
+                None,
+                "k",
+                "198.51.100.8",
+            );
+        }
+    }
     for s in 0..3 {
         for i in 0..9 {
             let session = format!("s{s}");
@@ -474,6 +509,7 @@ async fn each_kind_of_account_gets_exactly_its_signals_once() {
             format!("day_weighted_tokens:85:{day}"),
         ),
         (&enterprise, SignalKind::DealReady, format!("{month}:75")),
+        (&enterprise, SignalKind::Escalation, month.clone()),
         (
             &enterprise,
             SignalKind::LimitStage,
@@ -739,6 +775,7 @@ async fn history_queries_bind_account_ids_and_plugin_names() {
             .unwrap(),
         keys: meterline_schemas::keys::Keys::new(config.redis.key_prefix.clone()),
         pg: meterline::migrate::connect_postgres(&config).await.unwrap(),
+        public_domains: std::sync::Arc::new(config.public_domains().unwrap()),
     };
     let facts = stores
         .facts(

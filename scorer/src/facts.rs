@@ -17,6 +17,8 @@ pub struct DayUsage {
     pub raw_tokens: u64,
     /// Weighted by model and tier, as the limits count them.
     pub weighted_tokens: f64,
+    /// Spend, in millionths of a US dollar.
+    pub cost_micros: u64,
 }
 
 /// A session seen today.
@@ -27,12 +29,19 @@ pub struct SessionSpan {
     pub end: DateTime<Utc>,
 }
 
-/// One API key seen from many client IPs within one minute.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One API key seen from many client IPs within one minute, with what the key looked like over
+/// the last 24 hours: whether those addresses stay (a fleet) or come and go (a crowd).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct KeyMinute {
     pub api_key_id: String,
     pub minute: DateTime<Utc>,
     pub distinct_ips: u64,
+    /// Distinct client-IP hashes on the key in the last 24 hours.
+    pub ips_24h: u64,
+    /// Distinct (non-empty) device ids on the key in the last 24 hours.
+    pub devices_24h: u64,
+    /// Distinct (non-empty) session ids on the key in the last 24 hours.
+    pub sessions_24h: u64,
 }
 
 /// Another account matching this one's signup fingerprint.
@@ -53,8 +62,11 @@ pub struct AccountFacts {
     pub seats: Option<u64>,
     pub company_size: Option<u64>,
     pub email_domain: Option<String>,
+    /// The email domain is a public one (`gmail.com`, …): it says nothing about a company.
+    pub email_domain_public: bool,
     pub signed_up_at: Option<DateTime<Utc>>,
-    /// Accounts with this account's email domain, itself included.
+    /// Accounts with this account's email domain, itself included; 1 for a public domain,
+    /// which is never rolled up.
     pub domain_accounts: u64,
     pub fingerprint_matches: Vec<FingerprintMatch>,
     /// Plugins whose gate has been raised before (they stay desired).
@@ -81,6 +93,11 @@ pub struct AccountFacts {
     pub shared_keys: Vec<KeyMinute>,
     /// The population's median session length today, in seconds.
     pub median_session_secs: Option<f64>,
+    /// `upgrade_page_viewed` account events in the last 30 days.
+    pub upgrade_views_30d: u64,
+    /// The 30-day spend (micro-dollars) at which an active account on this plan is in the top
+    /// `power_spend_top_share`; `None` when no account on the plan spent anything.
+    pub plan_spend_top_micros: Option<u64>,
 }
 
 impl AccountFacts {
@@ -94,6 +111,7 @@ impl AccountFacts {
             seats: None,
             company_size: None,
             email_domain: None,
+            email_domain_public: false,
             signed_up_at: None,
             domain_accounts: 1,
             fingerprint_matches: vec![],
@@ -114,11 +132,23 @@ impl AccountFacts {
             minutes: vec![],
             shared_keys: vec![],
             median_session_secs: None,
+            upgrade_views_30d: 0,
+            plan_spend_top_micros: None,
         }
     }
 
     pub fn team_size(&self) -> u64 {
         self.seats.unwrap_or(0).max(self.users_30d)
+    }
+
+    /// Requests over [`Self::daily`] (the last 30 days).
+    pub fn requests_30d(&self) -> u64 {
+        self.daily.iter().map(|d| d.requests).sum()
+    }
+
+    /// Spend over [`Self::daily`] (the last 30 days), in micro-dollars.
+    pub fn spend_30d_micros(&self) -> u64 {
+        self.daily.iter().map(|d| d.cost_micros).sum()
     }
 
     pub fn age_hours(&self) -> Option<f64> {

@@ -3,8 +3,9 @@
 //!
 //! * [`facts`]: everything the rules know about an account, as plain data;
 //! * [`rules`]: one file per score family, pure functions with their boundaries tested;
-//! * [`score`]: facts to [`score::Scores`] (every score with its reasons) and to
-//!   [`score::Signal`]s;
+//! * [`config`]: every weight and threshold, and the plans each rule watches;
+//! * [`score`]: facts to [`score::Scores`] (every score with its reasons, for every account)
+//!   and to [`score::Signal`]s (only for the plans each kind's rule watches);
 //! * [`load`]: gathers facts for a batch of accounts, one query per fact kind;
 //! * [`store`]: current scores, score history and signals (exactly one per episode);
 //! * [`crossings`]: each limit stage an account reaches, by event time, for the growth team's

@@ -1,13 +1,21 @@
 //! Gathers [`AccountFacts`] for a batch of accounts: one query per kind of fact for the whole
 //! batch (ClickHouse, PostgreSQL), one pipelined round trip per account (Redis).
+//!
+//! Two facts look past the batch, each one query per batch: the population's median session
+//! length today, and per plan the 30-day spend that puts an active account in the top
+//! `power_spend_top_share` (plans from ClickHouse `account_events`, the latest `signup` or
+//! `plan_changed` naming one; none is free). Public email domains ([`PublicDomains`]) are
+//! marked and left out of the domain rollup.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use clickhouse::Row;
 use meterline_schemas::keys::{field, Dim, Grain, Keys};
 use meterline_schemas::limits::{QuotaConfig, RawUsage, TiersConfig, WindowCounters};
-use meterline_schemas::{AccountId, Plan, SignalKind};
+use meterline_schemas::public_domains::PublicDomains;
+use meterline_schemas::{AccountEventType, AccountId, Plan, SignalKind};
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -22,6 +30,8 @@ pub struct Stores {
     pub redis: ConnectionManager,
     pub keys: Keys,
     pub pg: PgPool,
+    /// `[accounts] public_domains`: never rolled up, never worth domain points.
+    pub public_domains: Arc<PublicDomains>,
 }
 
 /// `(?,?,…)`: one placeholder per account, for `account_id IN (?,?,…)`.
@@ -56,6 +66,7 @@ struct ModelWindow {
     requests: u64,
     input_tokens: u64,
     output_tokens: u64,
+    cost_micros: u64,
 }
 
 #[derive(Row, Deserialize)]
@@ -96,6 +107,21 @@ struct KeyRow {
 }
 
 #[derive(Row, Deserialize)]
+struct KeyDayRow {
+    account_id: String,
+    api_key_id: String,
+    ips: u64,
+    devices: u64,
+    sessions: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct PlanSpend {
+    plan: String,
+    top: u64,
+}
+
+#[derive(Row, Deserialize)]
 struct MinuteRow {
     account_id: String,
     minute: u32,
@@ -128,6 +154,39 @@ impl Stores {
             .fetch_one()
             .await?;
         Ok(v.is_finite().then_some(v).filter(|v| *v > 0.0))
+    }
+
+    /// Per plan, the 30-day spend (micro-dollars) at which an active account (one with
+    /// requests in the last 30 days) is in the top `share` of its plan's.
+    pub async fn plan_spend_tops(
+        &self,
+        now: DateTime<Utc>,
+        share: f64,
+    ) -> Result<HashMap<Plan, u64>, ScoreError> {
+        let from30 = (Grain::Day.window_start(now) - Duration::days(29)).timestamp();
+        let rows: Vec<PlanSpend> = self
+            .clickhouse
+            .query(
+                "SELECT plan, toUInt64(quantileExact(?)(spend)) AS top FROM ( \
+                   SELECT account_id, spend, if(p = '', 'free', p) AS plan FROM ( \
+                     SELECT account_id, sum(cost_micros) AS spend FROM usage_day \
+                     WHERE window_start >= toDateTime(?) GROUP BY account_id HAVING sum(requests) > 0 \
+                   ) ANY LEFT JOIN ( \
+                     SELECT account_id, argMax(plan, occurred_at) AS p FROM account_events \
+                     WHERE type IN (?, ?) AND plan != '' GROUP BY account_id \
+                   ) USING account_id \
+                 ) GROUP BY plan",
+            )
+            .bind(1.0 - share)
+            .bind(from30)
+            .bind(AccountEventType::Signup.as_str())
+            .bind(AccountEventType::PlanChanged.as_str())
+            .fetch_all()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| Plan::parse("plan", &r.plan).ok().map(|p| (p, r.top)))
+            .collect())
     }
 
     /// Accounts with usage this month or a row in PostgreSQL: the daily full pass.
@@ -172,8 +231,12 @@ impl Stores {
         self.load_history(accounts, &mut facts, now, quota, tiers, config)
             .await?;
         let median = self.median_session_secs(now).await?;
+        let tops = self
+            .plan_spend_tops(now, config.power_spend_top_share)
+            .await?;
         for f in facts.values_mut() {
             f.median_session_secs = median;
+            f.plan_spend_top_micros = tops.get(&f.plan).copied();
         }
         Ok(facts.into_values().collect())
     }
@@ -198,6 +261,9 @@ impl Stores {
             f.plan = Plan::parse("plan", &plan).unwrap_or(Plan::Free);
             f.seats = seats.map(|s| s.max(0) as u64);
             f.company_size = company.map(|s| s.max(0) as u64);
+            f.email_domain_public = domain
+                .as_deref()
+                .is_some_and(|d| self.public_domains.is_public(d));
             f.email_domain = domain;
             f.signed_up_at = signed_up;
             fingerprints.push((id, ip, device, browser));
@@ -215,8 +281,10 @@ impl Stores {
                 f.overrides.insert(name, v);
             }
         }
+        // Company domains only: a public one is never rolled up.
         let domains: Vec<String> = facts
             .values()
+            .filter(|f| !f.email_domain_public)
             .filter_map(|f| f.email_domain.clone())
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -228,7 +296,7 @@ impl Stores {
         .fetch_all(&self.pg)
         .await?;
         let counts: HashMap<String, i64> = counts.into_iter().collect();
-        for f in facts.values_mut() {
+        for f in facts.values_mut().filter(|f| !f.email_domain_public) {
             if let Some(n) = f.email_domain.as_ref().and_then(|d| counts.get(d)) {
                 f.domain_accounts = (*n).max(1) as u64;
             }
@@ -327,7 +395,8 @@ impl Stores {
         // Days: the last 30, per model, weighted by each account's tier.
         let rows: Vec<ModelWindow> = query(&format!(
             "SELECT account_id, toUInt32(window_start) AS window_start, model, sum(requests) AS requests, \
-             sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens FROM usage_day \
+             sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, \
+             sum(cost_micros) AS cost_micros FROM usage_day \
              WHERE account_id IN {ids} AND window_start >= toDateTime(?) \
              GROUP BY account_id, window_start, model"
         ))
@@ -350,6 +419,7 @@ impl Stores {
             let idx = (at(r.window_start) - (today - Duration::days(29))).num_days();
             if let Some(d) = usize::try_from(idx).ok().and_then(|i| f.daily.get_mut(i)) {
                 d.requests += r.requests;
+                d.cost_micros += r.cost_micros;
                 d.raw_tokens += r.input_tokens + r.output_tokens;
                 d.weighted_tokens +=
                     quota.model_tokens(&r.model, r.input_tokens as f64, r.output_tokens as f64)
@@ -365,7 +435,8 @@ impl Stores {
         }
         let rows: Vec<ModelWindow> = query(&format!(
             "SELECT account_id, toUInt32(window_start) AS window_start, model, sum(requests) AS requests, \
-             sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens FROM usage_month \
+             sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, \
+             sum(cost_micros) AS cost_micros FROM usage_month \
              WHERE account_id IN {ids} AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
              GROUP BY account_id, window_start, model"
         ))
@@ -425,6 +496,21 @@ impl Stores {
         for r in rows {
             if let Some(f) = facts.get_mut(&r.account_id) {
                 f.users_30d = r.n;
+            }
+        }
+
+        // 30 days: upgrade page views (account events).
+        let rows: Vec<AccountCount> = query(&format!(
+            "SELECT account_id, toUInt64(uniqExact(event_id)) AS n FROM account_events \
+             WHERE account_id IN {ids} AND type = ? AND occurred_at >= toDateTime(?) GROUP BY account_id"
+        ))
+        .bind(AccountEventType::UpgradePageViewed.as_str())
+        .bind(from30)
+        .fetch_all()
+        .await?;
+        for r in rows {
+            if let Some(f) = facts.get_mut(&r.account_id) {
+                f.upgrade_views_30d = r.n;
             }
         }
 
@@ -493,13 +579,43 @@ impl Stores {
         .bind(config.abuse.key_sharing_ips_per_minute)
         .fetch_all()
         .await?;
+        let candidates = !rows.is_empty();
         for r in rows {
             if let Some(f) = facts.get_mut(&r.account_id) {
                 f.shared_keys.push(KeyMinute {
                     api_key_id: r.api_key_id,
                     minute: at(r.minute),
                     distinct_ips: r.ips,
+                    ..KeyMinute::default()
                 });
+            }
+        }
+        // For those keys, the last 24 hours: do the addresses stay (a fleet) or churn (a crowd)?
+        if candidates {
+            let day_ago = (now - Duration::hours(24)).timestamp();
+            let rows: Vec<KeyDayRow> = query(&format!(
+                "SELECT account_id, api_key_id, toUInt64(uniqExact(client_ip_hash)) AS ips, \
+                 toUInt64(uniqExactIf(device_id, device_id != '')) AS devices, \
+                 toUInt64(uniqExactIf(session_id, session_id != '')) AS sessions FROM usage_events \
+                 WHERE account_id IN {ids} AND occurred_at >= toDateTime(?) AND client_ip_hash != '' \
+                 GROUP BY account_id, api_key_id"
+            ))
+            .bind(day_ago)
+            .fetch_all()
+            .await?;
+            for r in rows {
+                let Some(f) = facts.get_mut(&r.account_id) else {
+                    continue;
+                };
+                for k in f
+                    .shared_keys
+                    .iter_mut()
+                    .filter(|k| k.api_key_id == r.api_key_id)
+                {
+                    k.ips_24h = r.ips;
+                    k.devices_24h = r.devices;
+                    k.sessions_24h = r.sessions;
+                }
             }
         }
 

@@ -1,4 +1,13 @@
 //! From facts to scores, and from scores to the signals they raise.
+//!
+//! Every score is computed for every account, whatever its plan, and stored (a person may
+//! look). Which signals an account can raise is the rule's plan scope (`ScorerConfig::scope`):
+//! a signal of a kind its plan is outside is not raised, and [`Scores::notes`] says so. An
+//! account outside `scorer.abuse.plans` is never suspected (so never flagged).
+//!
+//! `escalation` is raised on its own, whatever the deal score, once per account and calendar
+//! month, when any of the brief's auto-escalation thresholds holds; `deal_ready` carries the
+//! same tags.
 
 use chrono::{DateTime, Utc};
 use meterline_schemas::keys::Grain;
@@ -11,7 +20,8 @@ use serde_json::json;
 use crate::config::ScorerConfig;
 use crate::facts::{AccountFacts, FingerprintMatch, KeyMinute};
 use crate::rules::abuse::{
-    abuse_score, input_diversity, is_suspected, median_session_gap, multi_accounts, shared_keys,
+    abuse_score, fleet_keys, input_diversity, ip_churn, is_suspected, median_session_gap,
+    multi_accounts, shared_keys,
 };
 use crate::rules::deal::deal_readiness;
 use crate::rules::gates::{
@@ -40,7 +50,14 @@ pub struct Inputs {
     pub pii_requests_7d: u64,
     pub gate_hits_30d: u64,
     pub weekly_growth: Option<f64>,
+    pub email_domain: Option<String>,
+    pub email_domain_public: bool,
     pub domain_accounts: u64,
+    pub requests_30d: u64,
+    pub spend_30d_micros: u64,
+    /// The 30-day spend at which an account on this plan is in the top share.
+    pub plan_spend_top_micros: Option<u64>,
+    pub upgrade_views_30d: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -63,6 +80,9 @@ pub struct Scores {
     /// Auto-escalation tags.
     pub tags: Vec<String>,
     pub inputs: Inputs,
+    /// What the rules deliberately did not count or raise, and why: a public email domain, a
+    /// signal outside its plan scope, a key used by a fleet.
+    pub notes: Vec<String>,
 }
 
 pub fn score(
@@ -72,7 +92,7 @@ pub fn score(
     c: &ScorerConfig,
 ) -> Scores {
     let limits = proximity(f, quota, tiers, c);
-    let triggers = plugin_triggers(f, c);
+    let triggers = plugin_triggers(f, tiers, c);
     let mut desired = f.plugins_desired_before.clone();
     desired.extend(triggers.iter().map(|t| t.plugin.clone()));
     let deal = deal_readiness(f, desired.len() as u64, &c.deal);
@@ -82,12 +102,43 @@ pub fn score(
         .max_by(|a, b| a.0.total_cmp(&b.0));
     let pql_score = pql(f, max_ratio, &c.pql);
     let abuse = abuse_score(f, &c.abuse);
-    let power = power_user(f, tiers, c);
-    // Power users are upgrade targets, never abusers.
-    let abuse_suspected = power.is_none() && is_suspected(&abuse, &c.abuse);
+    let power = power_user(f, tiers, c, &abuse);
+    let mut notes = Vec::new();
+    // Power users are upgrade targets, never abusers; and only watched plans are suspected.
+    let abuse_in_scope = c.watches(SignalKind::AbuseSuspected, f.plan);
+    let abuse_suspected = abuse_in_scope && power.is_none() && is_suspected(&abuse, &c.abuse);
+    if is_suspected(&abuse, &c.abuse) && !abuse_suspected {
+        notes.push(match &power {
+            Some(p) => format!(
+                "abuse score {} (≥ {}) but a power user ({}): not suspected",
+                abuse.value, c.abuse.suspected_at, p.rule
+            ),
+            None => format!(
+                "abuse score {} (≥ {}) but {} is not in scorer.abuse.plans: not suspected",
+                abuse.value, c.abuse.suspected_at, f.plan
+            ),
+        });
+    }
+    if let Some(d) = f.email_domain.as_deref().filter(|_| f.email_domain_public) {
+        notes.push(format!(
+            "{d} is a public email domain: not rolled up, no email_domain points"
+        ));
+    }
+    for k in fleet_keys(f, &c.abuse) {
+        notes.push(format!(
+            "API key {} used from {} client IPs within the minute of {}, but {} over 24 hours \
+             (churn {:.1} < {}): a fleet, not key sharing",
+            k.api_key_id,
+            k.distinct_ips,
+            k.minute,
+            k.ips_24h,
+            ip_churn(&k),
+            c.abuse.key_sharing_churn_at_least
+        ));
+    }
     let tier = tiers.get(f.plan);
     let rpm_limit = crate::rules::proximity::profile(f).requests_per_minute(tier);
-    Scores {
+    let mut scores = Scores {
         account_id: f.account_id.clone(),
         scored_at: f.now,
         plan: f.plan,
@@ -119,9 +170,30 @@ pub fn score(
             pii_requests_7d: f.pii_requests_7d,
             gate_hits_30d: f.gate_hits_30d,
             weekly_growth: weekly_growth(f).map(|g| (g * 1000.0).round() / 1000.0),
+            email_domain: f.email_domain.clone(),
+            email_domain_public: f.email_domain_public,
             domain_accounts: f.domain_accounts,
+            requests_30d: f.requests_30d(),
+            spend_30d_micros: f.spend_30d_micros(),
+            plan_spend_top_micros: f.plan_spend_top_micros,
+            upgrade_views_30d: f.upgrade_views_30d,
         },
+        notes,
+    };
+    // Signals the plan scope holds back, noted once per kind.
+    let mut held_back: Vec<SignalKind> = Vec::new();
+    for g in all_signals(&scores, c) {
+        if !c.watches(g.kind, f.plan) && !held_back.contains(&g.kind) {
+            held_back.push(g.kind);
+        }
     }
+    for kind in held_back {
+        let key = c.scope(kind).map_or("", |(key, _)| key);
+        scores
+            .notes
+            .push(format!("{kind} not raised: {} is not in {key}", f.plan));
+    }
+    scores
 }
 
 /// A signal for the notifier: raised once per (account, kind, episode).
@@ -159,8 +231,16 @@ fn reasons(s: &Score) -> Vec<String> {
         .collect()
 }
 
-/// The signals the scores raise now. Deduplication by episode happens where they are stored.
+/// The signals the scores raise now, for the plans each kind watches. Deduplication by episode
+/// happens where they are stored.
 pub fn signals(s: &Scores, c: &ScorerConfig) -> Vec<Signal> {
+    let mut out = all_signals(s, c);
+    out.retain(|g| c.watches(g.kind, g.plan));
+    out
+}
+
+/// Every signal the scores would raise, whatever the plan scope.
+fn all_signals(s: &Scores, c: &ScorerConfig) -> Vec<Signal> {
     let month = Grain::Month.stamp(Grain::Month.window_start(s.scored_at));
     let day = Grain::Day.stamp(Grain::Day.window_start(s.scored_at));
     let mut out = Vec::new();
@@ -188,6 +268,16 @@ pub fn signals(s: &Scores, c: &ScorerConfig) -> Vec<Signal> {
             SignalKind::DealReady,
             format!("{month}:{}", s.deal_readiness.value),
             r,
+            json!({"inputs": s.inputs, "tags": s.tags}),
+            None,
+        );
+    }
+    if !s.tags.is_empty() {
+        // Whatever the deal score: one episode per account and calendar month.
+        raise(
+            SignalKind::Escalation,
+            month.clone(),
+            s.tags.iter().map(|t| format!("escalation: {t}")).collect(),
             json!({"inputs": s.inputs, "tags": s.tags}),
             None,
         );
@@ -239,7 +329,7 @@ pub fn signals(s: &Scores, c: &ScorerConfig) -> Vec<Signal> {
             SignalKind::PluginGate,
             t.plugin.clone(),
             vec![format!("{}: {}", t.trigger, t.evidence)],
-            json!({"plugin": t.plugin, "trigger": t.trigger, "message": t.message}),
+            json!({"plugin": t.plugin, "trigger": t.trigger, "message": t.message, "plan": t.plan}),
             None,
         );
     }
@@ -266,8 +356,13 @@ pub fn signals(s: &Scores, c: &ScorerConfig) -> Vec<Signal> {
             SignalKind::KeySharing,
             format!("{}:{day}", k.api_key_id),
             vec![format!(
-                "API key {} used from {} client IPs within the minute of {}",
-                k.api_key_id, k.distinct_ips, k.minute
+                "API key {} used from {} client IPs within the minute of {}, {} over 24 hours (churn {:.1}), {} devices",
+                k.api_key_id,
+                k.distinct_ips,
+                k.minute,
+                k.ips_24h,
+                ip_churn(k),
+                k.devices_24h
             )],
             json!({"key": k}),
             None,
@@ -313,6 +408,11 @@ mod tests {
             .collect();
         f.prompts_today = 100;
         f.distinct_prompts_today = 90;
+        f.daily = vec![crate::facts::DayUsage {
+            day: now,
+            requests: 1_000,
+            ..Default::default()
+        }];
         let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
         assert_eq!(s.abuse.value, 55);
         assert!(s.abuse_suspected);
@@ -353,5 +453,205 @@ mod tests {
             .collect();
         assert_eq!(deal.len(), 1);
         assert_eq!(deal[0].dedup_key(), "a:deal_ready:202611:75");
+    }
+
+    /// An account that would raise every kind of signal, on the given plan.
+    fn everything(plan: Plan) -> AccountFacts {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        let mut f = AccountFacts::empty("a", now);
+        f.plan = plan;
+        // Deal readiness 100 and every escalation tag but the request rate.
+        f.month_raw_tokens = 60_000_000;
+        f.month_regions = ["a", "b", "c"].map(String::from).into();
+        f.seats = Some(30);
+        f.company_size = Some(500);
+        f.providers_7d = 4;
+        f.pii_requests_7d = 10;
+        f.clouds_7d = 2;
+        // PQL: gate hits 25, growth 20, domain 15 = 60.
+        f.gate_hits_30d = 10;
+        f.email_domain = Some("acme.io".into());
+        f.domain_accounts = 3;
+        f.daily = (0..30)
+            .map(|i| crate::facts::DayUsage {
+                day: now - Duration::days(29 - i),
+                requests: if i >= 23 { 100 } else { 50 },
+                ..Default::default()
+            })
+            .collect();
+        // Volume, but no power-user rule (a power user is never suspected; see below).
+        // Abuse: new account (30) and templated input (20) = 50.
+        f.signed_up_at = Some(now - Duration::minutes(30));
+        f.prompts_today = 100;
+        f.distinct_prompts_today = 1;
+        // A crowd on one key, and a multi-account match.
+        f.shared_keys = vec![KeyMinute {
+            api_key_id: "k".into(),
+            minute: now,
+            distinct_ips: 6,
+            ips_24h: 30,
+            ..KeyMinute::default()
+        }];
+        f.fingerprint_matches = vec![FingerprintMatch {
+            other_account: "b".into(),
+            signals: vec!["signup_ip_hash".into(), "device_id".into()],
+        }];
+        // Over the per-minute limit for 3 minutes.
+        f.minutes = (0..5)
+            .map(|i| (now - Duration::minutes(4 - i), 1_000_000))
+            .collect();
+        f
+    }
+
+    /// Which kinds each plan raises by default, for an account that would raise them all.
+    #[test]
+    fn each_plan_raises_only_the_kinds_that_watch_it() {
+        use SignalKind::*;
+        let c = ScorerConfig::default();
+        let mut tiers = TiersConfig::default();
+        // Give every plan a per-minute limit so rate limiting can apply to each.
+        for t in [&mut tiers.free, &mut tiers.pro, &mut tiers.enterprise] {
+            t.requests_per_minute = 100.0;
+        }
+        let sales = [DealReady, Pql, Escalation, PluginGate, RateLimitSustained];
+        let cases: [(Plan, &[SignalKind]); 3] = [
+            (
+                Plan::Free,
+                &[
+                    DealReady,
+                    Pql,
+                    Escalation,
+                    PluginGate,
+                    RateLimitSustained,
+                    AbuseSuspected,
+                    KeySharing,
+                    MultiAccount,
+                ],
+            ),
+            (Plan::Pro, &sales),
+            (Plan::Enterprise, &[]),
+        ];
+        for (plan, want) in cases {
+            let f = everything(plan);
+            let s = score(&f, &QuotaConfig::default(), &tiers, &c);
+            let mut got: Vec<&str> = signals(&s, &c)
+                .into_iter()
+                .map(|g| g.kind.as_str())
+                .filter(|k| *k != LimitStage.as_str())
+                .collect();
+            got.sort();
+            got.dedup();
+            let mut want: Vec<&str> = want.iter().map(|k| k.as_str()).collect();
+            want.sort();
+            assert_eq!(got, want, "{plan}");
+            // The scores are there for a person either way (Enterprise has every plugin, so
+            // none is desired: 75 rather than 100).
+            assert!(s.deal_readiness.value > 70, "{plan}");
+            assert_eq!(s.pql.value, 60, "{plan}");
+            assert_eq!(s.abuse.value, 50, "{plan}");
+            // Suspected only where watched; everything held back is noted.
+            assert_eq!(s.abuse_suspected, plan == Plan::Free, "{plan}");
+            for kind in [DealReady, Pql, Escalation, RateLimitSustained, KeySharing] {
+                let noted = s.notes.iter().any(|n| {
+                    n.starts_with(&format!("{kind} not raised: {plan} is not in scorer."))
+                });
+                assert_eq!(
+                    noted,
+                    !want.contains(&kind.as_str()),
+                    "{plan} {kind}: {:?}",
+                    s.notes
+                );
+            }
+        }
+    }
+
+    /// Power users on free and pro; computed (and stored) for Enterprise too.
+    #[test]
+    fn power_users_are_raised_for_free_and_pro_only() {
+        let c = ScorerConfig::default();
+        for (plan, raised) in [
+            (Plan::Free, true),
+            (Plan::Pro, true),
+            (Plan::Enterprise, false),
+        ] {
+            let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+            let mut f = AccountFacts::empty("a", now);
+            f.plan = plan;
+            f.daily = vec![crate::facts::DayUsage {
+                day: now,
+                requests: 1_000,
+                ..Default::default()
+            }];
+            f.upgrade_views_30d = 2;
+            let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
+            assert!(s.power_user.is_some(), "{plan}: computed whatever the plan");
+            let kinds: Vec<_> = signals(&s, &c).into_iter().map(|g| g.kind).collect();
+            assert_eq!(kinds.contains(&SignalKind::PowerUser), raised, "{plan}");
+        }
+    }
+
+    /// Escalation is raised whatever the deal score, once a month; deal_ready carries the tags.
+    #[test]
+    fn escalation_is_raised_on_its_own() {
+        let c = ScorerConfig::default();
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        // (tokens this month, regions, escalation?, deal_ready?)
+        let cases = [
+            (50_000_000u64, 2usize, false, false),
+            (50_000_001, 0, true, false),
+            (0, 3, true, false),
+            (60_000_000, 3, true, false),
+        ];
+        for (tokens, regions, escalation, deal) in cases {
+            let mut f = AccountFacts::empty("a", now);
+            f.month_raw_tokens = tokens;
+            f.month_regions = (0..regions).map(|i| format!("r{i}")).collect();
+            let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
+            assert!(s.deal_readiness.value <= 70);
+            let sigs = signals(&s, &c);
+            let esc: Vec<_> = sigs
+                .iter()
+                .filter(|g| g.kind == SignalKind::Escalation)
+                .collect();
+            assert_eq!(esc.len(), usize::from(escalation), "{tokens} {regions}");
+            if let Some(e) = esc.first() {
+                assert_eq!(e.dedup_key(), "a:escalation:202611");
+                assert_eq!(e.reasons.len(), s.tags.len());
+                assert_eq!(e.evidence["tags"], json!(s.tags));
+            }
+            assert_eq!(
+                sigs.iter().any(|g| g.kind == SignalKind::DealReady),
+                deal,
+                "{tokens} {regions}"
+            );
+        }
+        // A deal-ready account gets both, and the deal carries the tags.
+        let mut f = everything(Plan::Free);
+        f.signed_up_at = None;
+        let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
+        let sigs = signals(&s, &c);
+        let deal = sigs
+            .iter()
+            .find(|g| g.kind == SignalKind::DealReady)
+            .unwrap();
+        assert!(deal.reasons.iter().any(|r| r.starts_with("escalation: ")));
+        assert!(sigs.iter().any(|g| g.kind == SignalKind::Escalation));
+    }
+
+    /// A public email domain: no points and a note saying why.
+    #[test]
+    fn a_public_domain_is_noted() {
+        let c = ScorerConfig::default();
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        let mut f = AccountFacts::empty("a", now);
+        f.email_domain = Some("gmail.com".into());
+        f.email_domain_public = true;
+        let s = score(&f, &QuotaConfig::default(), &TiersConfig::default(), &c);
+        assert_eq!(s.pql.value, 0);
+        assert!(s.inputs.email_domain_public);
+        assert_eq!(
+            s.notes,
+            vec!["gmail.com is a public email domain: not rolled up, no email_domain points"]
+        );
     }
 }

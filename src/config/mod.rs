@@ -259,6 +259,9 @@ impl Config {
         self.notifier
             .validate()
             .map_err(|e| anyhow!("configuration key `{}", e.replacen(':', "`:", 1)))?;
+        self.scorer
+            .validate()
+            .map_err(|e| anyhow!("configuration key `{}", e.replacen(':', "`:", 1)))?;
         if self.scorer.full_pass_hour > 23 {
             bail!("configuration key `scorer.full_pass_hour`: must be an hour, 0 to 23");
         }

@@ -215,3 +215,27 @@ fn bad_values_name_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn scorer_plan_scopes_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, "[scorer.abuse]\nplans = [\"gold\"]\n").unwrap();
+    let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+    assert!(
+        err.contains("`scorer.abuse.plans") && err.contains("gold"),
+        "{err}"
+    );
+    std::fs::write(&path, "[scorer]\npower_plans = [\"pro\", \"pro\"]\n").unwrap();
+    let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+    assert!(
+        err.contains("`scorer.power_plans`: names a plan twice"),
+        "{err}"
+    );
+    std::fs::write(&path, "[scorer]\npower_spend_top_share = 0.0\n").unwrap();
+    let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+    assert!(err.contains("`scorer.power_spend_top_share`"), "{err}");
+    std::fs::write(&path, "[scorer.pql]\nplans = [\"free\"]\n").unwrap();
+    let c = Config::load(Some(&path), env(&[])).unwrap();
+    assert_eq!(c.scorer.pql.plans, vec![meterline_schemas::Plan::Free]);
+}

@@ -460,6 +460,10 @@ pub struct Scores {
     pub tags: Vec<String>,
     #[schema(value_type = Object)]
     pub inputs: Value,
+    /// What the rules deliberately did not count or raise, and why (a public email domain, a
+    /// signal outside its plan scope, a key used by a fleet).
+    #[schema(required = false)]
+    pub notes: Vec<String>,
 }
 
 /// A 0-100 score with the reasons it adds up from.

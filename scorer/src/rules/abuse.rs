@@ -1,6 +1,32 @@
 //! Abuse: the brief's four signals and their weights (new account 30, machine-speed timing 25,
 //! more than 20 sessions today 25, templated input 20; 50 or more is suspected abuse), and the
 //! two checks that stand on their own: a shared API key and multi-accounting.
+//!
+//! ## A shared key: a crowd, not a fleet
+//!
+//! One API key seen from `key_sharing_ips_per_minute` (5) or more client IPs within a minute
+//! is only a *candidate*: a customer's backend (8 pods behind one key) looks exactly like that
+//! too. What tells them apart is how the addresses behave over time:
+//!
+//! | | distinct IPs over 24 h ÷ distinct IPs in the minute (churn) |
+//! |---|---|
+//! | a fleet: the same servers all day | about 1 (a redeploy or two: 2) |
+//! | a crowd: unrelated people who come and go | well above 1 |
+//!
+//! So a candidate is sharing when its churn is at least `key_sharing_churn_at_least` (3.0): a
+//! fleet would have to replace every address three times in a day. The events carry what this
+//! needs (`client_ip_hash`, `api_key_id`, `occurred_at`), so no schema change. Distinct devices
+//! and sessions on the key over the day go with the evidence, for a person, but do not decide:
+//! a crowd of API clients sends no device id, and pods may each send one.
+//!
+//! Evidence we do not have: how many *networks* the addresses come from. Client IPs are
+//! HMAC-hashed whole at ingest, so two addresses of one /24 (or one cloud provider's range)
+//! cannot be told from two addresses on different continents. A network-level field (say a
+//! hash of the /24 or /48 prefix, or the ASN, computed at ingest) would let a crowd that stays
+//! all day be caught too; that is a usage-event schema change, left for a later issue.
+//!
+//! Plan scope (which accounts these watch) is applied in [`crate::score`]: by default abuse,
+//! key sharing and multi-accounting watch the free tier only.
 
 use super::{median, Score};
 use crate::config::AbuseConfig;
@@ -70,11 +96,30 @@ pub fn is_suspected(score: &Score, c: &AbuseConfig) -> bool {
     score.value >= c.suspected_at
 }
 
-/// API keys seen from too many client IPs within one minute.
-pub fn shared_keys(f: &AccountFacts, c: &AbuseConfig) -> Vec<KeyMinute> {
+/// Distinct client IPs on the key over the last 24 hours per distinct IP in the minute: about
+/// 1 for a fleet, much more for a crowd.
+pub fn ip_churn(k: &KeyMinute) -> f64 {
+    k.ips_24h.max(k.distinct_ips) as f64 / k.distinct_ips.max(1) as f64
+}
+
+fn candidates<'a>(f: &'a AccountFacts, c: &'a AbuseConfig) -> impl Iterator<Item = &'a KeyMinute> {
     f.shared_keys
         .iter()
         .filter(|k| k.distinct_ips >= c.key_sharing_ips_per_minute)
+}
+
+/// API keys used by a crowd: many client IPs within one minute, and addresses that come and go.
+pub fn shared_keys(f: &AccountFacts, c: &AbuseConfig) -> Vec<KeyMinute> {
+    candidates(f, c)
+        .filter(|k| ip_churn(k) >= c.key_sharing_churn_at_least)
+        .cloned()
+        .collect()
+}
+
+/// API keys used from many client IPs within one minute that keep their addresses: a fleet.
+pub fn fleet_keys(f: &AccountFacts, c: &AbuseConfig) -> Vec<KeyMinute> {
+    candidates(f, c)
+        .filter(|k| ip_churn(k) < c.key_sharing_churn_at_least)
         .cloned()
         .collect()
 }
@@ -202,25 +247,46 @@ mod tests {
         assert_eq!(multi_accounts(&f, &c1).len(), 1);
     }
 
+    /// (name, IPs in the minute, IPs over 24 h, shared?)
     #[test]
-    fn key_sharing_from_5_ips_in_a_minute() {
+    fn key_sharing_needs_5_ips_in_a_minute_and_churn() {
         let c = AbuseConfig::default();
-        let mut f = AccountFacts::empty("a", Utc::now());
-        let minute = f.now;
-        f.shared_keys = vec![
-            KeyMinute {
-                api_key_id: "k4".into(),
-                minute,
-                distinct_ips: 4,
-            },
-            KeyMinute {
-                api_key_id: "k5".into(),
-                minute,
-                distinct_ips: 5,
-            },
+        let cases = [
+            ("4 IPs in a minute, 40 over the day", 4, 40, false),
+            ("a crowd: 5 in a minute, 15 over the day", 5, 15, true),
+            ("churn 2.8: 5 in a minute, 14 over the day", 5, 14, false),
+            ("a fleet: 8 pods all day", 8, 8, false),
+            ("churn 3.0: 8 in a minute, 24 over the day", 8, 24, true),
+            ("a fleet redeployed once: 8, then 8 more", 8, 16, false),
+            ("a crowd: 6 in a minute, 24 over the day", 6, 24, true),
+            ("an old row with no day count", 6, 0, false),
         ];
-        let shared = shared_keys(&f, &c);
-        assert_eq!(shared.len(), 1);
-        assert_eq!(shared[0].api_key_id, "k5");
+        for (name, minute_ips, day_ips, shared) in cases {
+            let mut f = AccountFacts::empty("a", Utc::now());
+            f.shared_keys = vec![KeyMinute {
+                api_key_id: "k".into(),
+                minute: f.now,
+                distinct_ips: minute_ips,
+                ips_24h: day_ips,
+                ..KeyMinute::default()
+            }];
+            assert_eq!(shared_keys(&f, &c).len(), usize::from(shared), "{name}");
+            let fleet = minute_ips >= c.key_sharing_ips_per_minute && !shared;
+            assert_eq!(fleet_keys(&f, &c).len(), usize::from(fleet), "{name}");
+        }
+        // The ratio is configurable: at 2.0 a fleet redeployed once is a crowd.
+        let c2 = AbuseConfig {
+            key_sharing_churn_at_least: 2.0,
+            ..AbuseConfig::default()
+        };
+        let mut f = AccountFacts::empty("a", Utc::now());
+        f.shared_keys = vec![KeyMinute {
+            api_key_id: "k".into(),
+            minute: f.now,
+            distinct_ips: 8,
+            ips_24h: 16,
+            ..KeyMinute::default()
+        }];
+        assert_eq!(shared_keys(&f, &c2).len(), 1);
     }
 }

@@ -1,6 +1,12 @@
 //! Plugin-gate triggers, soft rate-limit gating and the auto-escalation tags.
+//!
+//! A plugin gate sells the lowest plan that includes the plugin (`[tiers] plugins`,
+//! [`TiersConfig::lowest_plan_including`]); when that is not above the account's plan (it has
+//! the plugin already) or no plan includes it, there is nothing to sell and no trigger.
 
 use chrono::{DateTime, Duration, Utc};
+use meterline_schemas::limits::TiersConfig;
+use meterline_schemas::Plan;
 use serde::Serialize;
 
 use crate::config::ScorerConfig;
@@ -13,18 +19,26 @@ pub struct PluginTrigger {
     pub trigger: String,
     pub message: String,
     pub evidence: String,
+    /// The lowest plan that includes the plugin: the one to offer.
+    pub plan: Plan,
 }
 
-pub fn plugin_triggers(f: &AccountFacts, c: &ScorerConfig) -> Vec<PluginTrigger> {
+pub fn plugin_triggers(
+    f: &AccountFacts,
+    tiers: &TiersConfig,
+    c: &ScorerConfig,
+) -> Vec<PluginTrigger> {
     let g = &c.gates;
     let mut out = Vec::new();
     let mut fire = |plugin: &str, evidence: String| {
-        if let Some(gate) = g.plugins.get(plugin) {
+        let offer = tiers.lowest_plan_including(plugin).filter(|p| *p > f.plan);
+        if let (Some(gate), Some(plan)) = (g.plugins.get(plugin), offer) {
             out.push(PluginTrigger {
                 plugin: plugin.into(),
                 trigger: gate.trigger.clone(),
                 message: gate.message.clone(),
                 evidence,
+                plan,
             });
         }
     };
@@ -193,27 +207,104 @@ mod tests {
     fn plugin_triggers_at_their_boundaries() {
         let c = ScorerConfig::default();
         let mut f = AccountFacts::empty("a", Utc::now());
+        let t = TiersConfig::default();
         f.providers_7d = 2;
         f.pii_requests_7d = 4;
         f.clouds_7d = 1;
-        assert!(plugin_triggers(&f, &c).is_empty());
+        assert!(plugin_triggers(&f, &t, &c).is_empty());
         f.providers_7d = 3;
         f.pii_requests_7d = 5;
         f.clouds_7d = 2;
-        let fired: Vec<_> = plugin_triggers(&f, &c)
+        let fired: Vec<_> = plugin_triggers(&f, &t, &c)
             .into_iter()
-            .map(|t| (t.plugin, t.trigger))
+            .map(|t| (t.plugin, t.trigger, t.plan))
             .collect();
         assert_eq!(
             fired,
             vec![
-                ("audit_logger".into(), "multi_model_routing_detected".into()),
-                ("guardrails".into(), "pii_detected_in_prompts".into()),
+                (
+                    "audit_logger".into(),
+                    "multi_model_routing_detected".into(),
+                    Plan::Enterprise
+                ),
+                (
+                    "guardrails".into(),
+                    "pii_detected_in_prompts".into(),
+                    Plan::Enterprise
+                ),
                 (
                     "multi_cloud_router".into(),
-                    "cross_cloud_traffic_detected".into()
+                    "cross_cloud_traffic_detected".into(),
+                    Plan::Enterprise
                 ),
             ]
         );
+    }
+
+    /// A gate offers the lowest plan including the plugin, and only when that is above the
+    /// account's plan. (plan, plans including guardrails, expected offer)
+    #[test]
+    fn a_plugin_the_plan_includes_is_no_gate() {
+        let c = ScorerConfig::default();
+        let cases: [(Plan, &[Plan], Option<Plan>); 7] = [
+            (Plan::Free, &[Plan::Enterprise], Some(Plan::Enterprise)),
+            (Plan::Pro, &[Plan::Enterprise], Some(Plan::Enterprise)),
+            (Plan::Enterprise, &[Plan::Enterprise], None),
+            (Plan::Free, &[Plan::Pro, Plan::Enterprise], Some(Plan::Pro)),
+            (Plan::Pro, &[Plan::Pro, Plan::Enterprise], None),
+            (Plan::Free, &[Plan::Free, Plan::Pro], None),
+            (Plan::Free, &[], None),
+        ];
+        for (plan, including, want) in cases {
+            let mut t = TiersConfig::default();
+            for p in [Plan::Free, Plan::Pro, Plan::Enterprise] {
+                let tier = match p {
+                    Plan::Free => &mut t.free,
+                    Plan::Pro => &mut t.pro,
+                    Plan::Enterprise => &mut t.enterprise,
+                };
+                tier.plugins.retain(|x| x != "guardrails");
+                if including.contains(&p) {
+                    tier.plugins.push("guardrails".into());
+                }
+            }
+            let mut f = AccountFacts::empty("a", Utc::now());
+            f.plan = plan;
+            f.pii_requests_7d = 5;
+            let got: Vec<_> = plugin_triggers(&f, &t, &c)
+                .into_iter()
+                .map(|t| t.plan)
+                .collect();
+            assert_eq!(
+                got,
+                want.into_iter().collect::<Vec<_>>(),
+                "{plan} {including:?}"
+            );
+        }
+    }
+
+    /// (minutes of 5,001 requests, tokens this month, regions, expected tags)
+    #[test]
+    fn escalation_tags_at_their_boundaries() {
+        let c = ScorerConfig::default();
+        let cases: [(&[u64], u64, usize, &[&str]); 6] = [
+            (&[5_001, 5_001], 0, 0, &[]),
+            (&[5_000, 5_000, 5_000], 0, 0, &[]),
+            (
+                &[5_001, 5_001, 5_001],
+                0,
+                0,
+                &["sustained_over_5000_rpm (peak 5001)"],
+            ),
+            (&[], 50_000_000, 2, &[]),
+            (&[], 50_000_001, 0, &["over_50000000_tokens_this_month"]),
+            (&[], 0, 3, &["3_plus_regions"]),
+        ];
+        for (rpm, tokens, regions, want) in cases {
+            let mut f = minutes(rpm);
+            f.month_raw_tokens = tokens;
+            f.month_regions = (0..regions).map(|i| format!("r{i}")).collect();
+            assert_eq!(escalation_tags(&f, &c), want, "{rpm:?} {tokens} {regions}");
+        }
     }
 }

@@ -6,6 +6,9 @@
 //! | a feature gate hit 3+ times (requests naming a gated plugin, 30 days) | strong | 25 |
 //! | requests growing > 20 % week over week | strong | 20 |
 //! | several accounts of one email domain (3+) | moderate | 15 |
+//!
+//! A public email domain (`gmail.com`, …; `[accounts] public_domains`) is not a company: its
+//! accounts are never rolled up and never get the domain points ([`crate::score`] notes why).
 
 use super::Score;
 use crate::config::PqlConfig;
@@ -58,7 +61,7 @@ pub fn pql(f: &AccountFacts, max_ratio: Option<(f64, &str)>, c: &PqlConfig) -> S
             ),
         );
     }
-    if f.domain_accounts >= c.domain_accounts_at_least {
+    if f.domain_accounts >= c.domain_accounts_at_least && !f.email_domain_public {
         s.add(
             "email_domain",
             c.domain_points,
@@ -111,5 +114,10 @@ mod tests {
         assert_eq!(pql(&f, None, &c).value, 0);
         f.domain_accounts = 3;
         assert_eq!(pql(&f, None, &c).value, 15);
+        // A public domain never counts, however many share it.
+        f.email_domain = Some("gmail.com".into());
+        f.email_domain_public = true;
+        f.domain_accounts = 300;
+        assert_eq!(pql(&f, None, &c).value, 0);
     }
 }
