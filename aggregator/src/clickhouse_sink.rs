@@ -230,7 +230,10 @@ impl ClickHouseSink {
         if events.is_empty() {
             return Ok(());
         }
-        let months: Vec<u32> = events.iter().map(|d| month_of(d.event.occurred_at)).collect();
+        let months: Vec<u32> = events
+            .iter()
+            .map(|d| month_of(d.event.occurred_at))
+            .collect();
         for run in month_runs(&months, MAX_MONTHS_PER_INSERT) {
             let mut insert = self
                 .client
