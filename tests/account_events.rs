@@ -212,7 +212,8 @@ async fn an_existing_customers_old_history_is_accepted_and_old_usage_still_refus
     let pool = app.pg().await;
     wait_applied(&pool, to_enterprise["event_id"].as_str().unwrap()).await;
     wait_applied(&pool, signup["event_id"].as_str().unwrap()).await;
-    let row: (String, Option<i64>, Option<String>, Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>) = sqlx::query_as(
+    type Time = Option<chrono::DateTime<Utc>>;
+    let row: (String, Option<i64>, Option<String>, Time, Time) = sqlx::query_as(
         "SELECT plan, seats, email_domain, signed_up_at, plan_changed_at FROM accounts WHERE account_id = $1",
     )
     .bind(account)

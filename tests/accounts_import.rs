@@ -218,7 +218,7 @@ async fn ten_thousand_customers_land_and_a_second_import_changes_nothing() {
     let out = config
         .command()
         .args(["accounts", "import"])
-        .arg(file.to_path_buf())
+        .arg(&file)
         .env("RUST_LOG", "warn")
         .output()
         .expect("meterline accounts import");
@@ -350,7 +350,7 @@ async fn bad_rows_are_refused_by_line_and_the_rows_around_them_land() {
         let out = config
             .command()
             .args(["accounts", "import"])
-            .arg(file.to_path_buf())
+            .arg(&file)
             .env("RUST_LOG", "warn")
             .output()
             .expect("meterline accounts import");

@@ -471,7 +471,8 @@ mod tests {
         let id = || Some("0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a11".to_owned());
         let acct = || Some("acct-1".to_owned());
         // (occurred_at, the account envelope's answer, the usage envelope's answer)
-        let cases: Vec<(&str, Result<(), &str>, Result<(), &str>)> = vec![
+        type Answer = Result<(), &'static str>;
+        let cases: Vec<(&str, Answer, Answer)> = vec![
             ("2026-11-22T11:59:00Z", Ok(()), Ok(())),
             ("2026-10-18T12:00:00Z", Ok(()), Ok(())),
             (

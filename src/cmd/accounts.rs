@@ -666,7 +666,9 @@ mod tests {
 
     #[test]
     fn a_bad_row_names_the_column_and_the_reason() {
-        let cases: Vec<(&str, fn(&mut CustomerRow), &str)> = vec![
+        type Change = fn(&mut CustomerRow);
+        // (what, the change to a good row, the refusal)
+        let cases: Vec<(&str, Change, &str)> = vec![
             ("no account", |r| r.account_id = None, "account_id: required"),
             ("bad account", |r| r.account_id = Some("a b".into()), "account_id: character ' ' is not allowed; use [A-Za-z0-9._:-]"),
             ("no plan", |r| r.plan = None, "plan: required"),
