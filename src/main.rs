@@ -75,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         action: cmd::review::ReviewAction,
     },
+    /// Existing customers: import a customer base (CSV or JSON lines) as account events.
+    Accounts {
+        #[command(subcommand)]
+        action: cmd::accounts::AccountsAction,
+    },
     /// Limit A/B experiments on new signups, and their reports.
     Experiments {
         #[command(subcommand)]
@@ -110,6 +115,13 @@ async fn main() -> Result<()> {
         Command::Tokens { action } => cmd::tokens::tokens(&config, action).await?,
         Command::Experiments { action } => cmd::experiments::run(&config, action).await?,
         Command::Review { action } => cmd::review::run(&config, action).await?,
+        Command::Accounts { action } => {
+            // 2: some rows were refused, the others imported (cmd::accounts explains).
+            let status = cmd::accounts::run(&config, action).await?;
+            if status != 0 {
+                std::process::exit(status);
+            }
+        }
     }
     Ok(())
 }

@@ -78,7 +78,9 @@ impl AccountsSink {
             }
             // Each change carries its own event time, and a field only moves to a value from
             // an event at least as new as the one that set it, so late events cannot undo
-            // newer ones.
+            // newer ones. Account events may be of any age (an imported customer history), so
+            // the profile fields follow the same rule, measured against the newest event
+            // applied (`last_event_at`): an older event only fills a field still empty.
             let plan_at = e.plan.map(|_| occurred);
             let seats_at = e.seats.map(|_| occurred);
             let signed_up = (e.kind == AccountEventType::Signup).then_some(occurred);
@@ -96,11 +98,16 @@ impl AccountsSink {
                                   AND (accounts.seats_changed_at IS NULL OR EXCLUDED.seats_changed_at >= accounts.seats_changed_at)
                                 THEN EXCLUDED.seats ELSE accounts.seats END,
                     seats_changed_at = GREATEST(accounts.seats_changed_at, EXCLUDED.seats_changed_at),
-                    email_domain = COALESCE(EXCLUDED.email_domain, accounts.email_domain),
-                    company_size = COALESCE(EXCLUDED.company_size, accounts.company_size),
-                    signup_ip_hash = COALESCE(EXCLUDED.signup_ip_hash, accounts.signup_ip_hash),
-                    device_id = COALESCE(EXCLUDED.device_id, accounts.device_id),
-                    browser_signature = COALESCE(EXCLUDED.browser_signature, accounts.browser_signature),
+                    email_domain = CASE WHEN accounts.email_domain IS NULL OR COALESCE(EXCLUDED.last_event_at >= accounts.last_event_at, TRUE)
+                               THEN COALESCE(EXCLUDED.email_domain, accounts.email_domain) ELSE accounts.email_domain END,
+                    company_size = CASE WHEN accounts.company_size IS NULL OR COALESCE(EXCLUDED.last_event_at >= accounts.last_event_at, TRUE)
+                               THEN COALESCE(EXCLUDED.company_size, accounts.company_size) ELSE accounts.company_size END,
+                    signup_ip_hash = CASE WHEN accounts.signup_ip_hash IS NULL OR COALESCE(EXCLUDED.last_event_at >= accounts.last_event_at, TRUE)
+                               THEN COALESCE(EXCLUDED.signup_ip_hash, accounts.signup_ip_hash) ELSE accounts.signup_ip_hash END,
+                    device_id = CASE WHEN accounts.device_id IS NULL OR COALESCE(EXCLUDED.last_event_at >= accounts.last_event_at, TRUE)
+                               THEN COALESCE(EXCLUDED.device_id, accounts.device_id) ELSE accounts.device_id END,
+                    browser_signature = CASE WHEN accounts.browser_signature IS NULL OR COALESCE(EXCLUDED.last_event_at >= accounts.last_event_at, TRUE)
+                               THEN COALESCE(EXCLUDED.browser_signature, accounts.browser_signature) ELSE accounts.browser_signature END,
                     signed_up_at = LEAST(accounts.signed_up_at, EXCLUDED.signed_up_at),
                     churned_at = GREATEST(accounts.churned_at, EXCLUDED.churned_at),
                     last_event_at = GREATEST(accounts.last_event_at, EXCLUDED.last_event_at),

@@ -129,6 +129,41 @@ impl<'a> AccountRow<'a> {
     }
 }
 
+/// The most monthly partitions of `account_events` one INSERT touches. ClickHouse 24.x refuses
+/// an INSERT whose rows fall in more partitions than `max_partitions_per_insert_block`
+/// (default 100), and account events may be of any age: an imported customer base spans
+/// years of signups.
+pub const MAX_MONTHS_PER_INSERT: usize = 100;
+
+/// The `toYYYYMM` partition of an event time (microseconds, UTC).
+fn month_of(micros: i64) -> u32 {
+    use chrono::Datelike;
+    let at = chrono::DateTime::from_timestamp(micros.div_euclid(1_000_000), 0).unwrap_or_default();
+    at.year() as u32 * 100 + at.month()
+}
+
+/// Cuts rows, kept in batch order, into consecutive runs with at most `max` distinct months
+/// each: one INSERT per run. Consecutive runs keep the offset watermark exact: a batch holds
+/// each Kafka partition's records in offset order, so whatever runs were inserted before a
+/// failure hold a prefix of every partition's records, and a retry skips exactly those.
+fn month_runs(months: &[u32], max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut seen = std::collections::HashSet::new();
+    for (i, m) in months.iter().enumerate() {
+        if !seen.contains(m) && seen.len() == max.max(1) {
+            runs.push(start..i);
+            start = i;
+            seen.clear();
+        }
+        seen.insert(*m);
+    }
+    if start < months.len() {
+        runs.push(start..months.len());
+    }
+    runs
+}
+
 #[derive(Clone)]
 pub struct ClickHouseSink {
     client: Client,
@@ -201,16 +236,22 @@ impl ClickHouseSink {
         if events.is_empty() {
             return Ok(());
         }
-        let mut insert = self
-            .client
-            .insert::<AccountRow<'_>>("account_events")
-            .await?;
-        for e in events {
-            insert
-                .write(&AccountRow::new(e, &self.account_topic))
+        let months: Vec<u32> = events
+            .iter()
+            .map(|d| month_of(d.event.occurred_at))
+            .collect();
+        for run in month_runs(&months, MAX_MONTHS_PER_INSERT) {
+            let mut insert = self
+                .client
+                .insert::<AccountRow<'_>>("account_events")
                 .await?;
+            for e in &events[run] {
+                insert
+                    .write(&AccountRow::new(e, &self.account_topic))
+                    .await?;
+            }
+            insert.end().await?;
         }
-        insert.end().await?;
         Ok(())
     }
 
@@ -261,4 +302,54 @@ pub struct AssignmentRow<'a> {
     pub signed_up_at: u32,
     pub plan: &'a str,
     pub overrides: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_rows_are_cut_into_consecutive_runs_of_few_months() {
+        // (months in batch order, at most this many per insert, the runs as (start, end))
+        type Runs = Vec<(usize, usize)>;
+        let cases: Vec<(Vec<u32>, usize, Runs)> = vec![
+            (vec![], 2, vec![]),
+            (vec![202611; 5], 1, vec![(0, 5)]),
+            (vec![202611, 202501, 202611, 202501], 2, vec![(0, 4)]),
+            (
+                vec![202611, 202501, 201907, 202611],
+                2,
+                vec![(0, 2), (2, 4)],
+            ),
+            (vec![1, 2, 3, 4, 5], 2, vec![(0, 2), (2, 4), (4, 5)]),
+            (vec![1, 2, 3, 1, 2, 3], 3, vec![(0, 6)]),
+        ];
+        let runs = |months: &[u32], max| -> Runs {
+            month_runs(months, max)
+                .into_iter()
+                .map(|r| (r.start, r.end))
+                .collect()
+        };
+        for (months, max, want) in cases {
+            assert_eq!(runs(&months, max), want, "{months:?} by {max}");
+        }
+        // A customer base's signups over ten years: 120 months, two inserts.
+        let months: Vec<u32> = (0..120).map(|i| 201601 + (i / 12) * 100 + i % 12).collect();
+        assert_eq!(
+            runs(&months, MAX_MONTHS_PER_INSERT),
+            vec![(0, 100), (100, 120)]
+        );
+    }
+
+    #[test]
+    fn the_month_is_the_utc_month_of_the_event() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_micros()
+        };
+        assert_eq!(month_of(at("2025-03-31T23:59:59Z")), 202503);
+        assert_eq!(month_of(at("2025-04-01T00:30:00+01:00")), 202503);
+        assert_eq!(month_of(0), 197001);
+    }
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{optional_label, AccountEventType, AccountId, Plan};
-use crate::usage::{envelope, MAX_LABEL_LEN};
+use crate::usage::{account_envelope, MAX_LABEL_LEN};
 use crate::{FieldError, IpHasher};
 
 /// An account event as posted, every field optional so a missing one is named.
@@ -177,7 +177,7 @@ impl AccountEventInput {
         ip_hasher: &IpHasher,
     ) -> Result<AccountEvent, FieldError> {
         let (event_id, occurred_at, account_id) =
-            envelope(self.event_id, self.occurred_at, self.account_id, now)?;
+            account_envelope(self.event_id, self.occurred_at, self.account_id, now)?;
         let kind = AccountEventType::parse(
             self.kind
                 .as_deref()

@@ -39,6 +39,7 @@ pub use usage::{UsageEvent, UsageEventInput};
 
 /// How far in the future an event's `occurred_at` may be: clock skew between gateways.
 pub const MAX_FUTURE_SKEW_SECS: i64 = 5 * 60;
-/// How old an event may be and still be accepted. Deduplication keeps event ids for longer
-/// than this, so no accepted event can be counted twice.
+/// How old a usage event may be and still be accepted. Deduplication keeps usage event ids
+/// for longer than this, so no accepted event can be counted twice. Account events may be of
+/// any age (their ids are kept for good, in PostgreSQL).
 pub const MAX_EVENT_AGE_SECS: i64 = 35 * 24 * 3600;

@@ -99,11 +99,28 @@ impl UsageEvent {
     }
 }
 
-/// Parses and bounds `occurred_at`: RFC 3339, at most 5 minutes ahead of `now` and at most
-/// 35 days behind it. Returns microseconds since the epoch.
+/// How far back an event's `occurred_at` may lie. The future-skew bound (5 minutes) is the
+/// same for every event; the age bound depends on what the event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Horizon {
+    /// Usage events: at most [`MAX_EVENT_AGE_SECS`] (35 days) old. Their deduplication record,
+    /// the Redis seen-sets, lives a day longer than that and no more, so an older usage event
+    /// could be counted twice: it is refused.
+    Recent,
+    /// Account events: facts about an account's lifecycle (a signup last year, a move to
+    /// Enterprise in March), accepted at any age from the Unix epoch on, where ClickHouse's
+    /// `DateTime` starts. Their deduplication record is PostgreSQL `account_events`, keyed by
+    /// event id with no horizon, and the `accounts` update orders fields by event time, so an
+    /// old event neither counts twice nor undoes a newer one.
+    AnyAge,
+}
+
+/// Parses and bounds `occurred_at`: RFC 3339, at most 5 minutes ahead of `now`, and within
+/// `horizon` behind it. Returns microseconds since the epoch.
 pub(crate) fn parse_occurred_at(
     raw: Option<String>,
     now: DateTime<Utc>,
+    horizon: Horizon,
 ) -> Result<i64, FieldError> {
     let raw = raw.ok_or_else(|| FieldError::required("occurred_at"))?;
     let at = DateTime::parse_from_rfc3339(&raw)
@@ -121,26 +138,56 @@ pub(crate) fn parse_occurred_at(
             "more than 5 minutes in the future",
         ));
     }
-    if -delta > MAX_EVENT_AGE_SECS {
-        return Err(FieldError::new("occurred_at", "more than 35 days old"));
+    match horizon {
+        Horizon::Recent if -delta > MAX_EVENT_AGE_SECS => {
+            return Err(FieldError::new("occurred_at", "more than 35 days old"));
+        }
+        Horizon::AnyAge if at.timestamp() < 0 => {
+            return Err(FieldError::new(
+                "occurred_at",
+                "before 1970-01-01T00:00:00Z, where the event history starts",
+            ));
+        }
+        _ => {}
     }
     Ok(at.timestamp_micros())
 }
 
-/// The envelope every event shares: `event_id`, `occurred_at` (as microseconds) and
-/// `account_id`, checked in that order.
+/// The envelope every usage event has: `event_id`, `occurred_at` (as microseconds, at most
+/// 35 days old) and `account_id`, checked in that order.
 pub(crate) fn envelope(
     event_id: Option<String>,
     occurred_at: Option<String>,
     account_id: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<(EventId, i64, AccountId), FieldError> {
+    envelope_within(event_id, occurred_at, account_id, now, Horizon::Recent)
+}
+
+/// The envelope of an account event: as [`envelope`], but `occurred_at` may be of any age
+/// ([`Horizon::AnyAge`]).
+pub(crate) fn account_envelope(
+    event_id: Option<String>,
+    occurred_at: Option<String>,
+    account_id: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<(EventId, i64, AccountId), FieldError> {
+    envelope_within(event_id, occurred_at, account_id, now, Horizon::AnyAge)
+}
+
+fn envelope_within(
+    event_id: Option<String>,
+    occurred_at: Option<String>,
+    account_id: Option<String>,
+    now: DateTime<Utc>,
+    horizon: Horizon,
+) -> Result<(EventId, i64, AccountId), FieldError> {
     let event_id = EventId::parse(
         event_id
             .as_deref()
             .ok_or_else(|| FieldError::required("event_id"))?,
     )?;
-    let occurred_at = parse_occurred_at(occurred_at, now)?;
+    let occurred_at = parse_occurred_at(occurred_at, now, horizon)?;
     let account_id = AccountId::parse(
         account_id
             .as_deref()
@@ -416,6 +463,57 @@ mod tests {
             let mut v = valid();
             v["occurred_at"] = ok.into();
             assert!(check(v).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn account_events_may_be_of_any_age_usage_events_not() {
+        let id = || Some("0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a11".to_owned());
+        let acct = || Some("acct-1".to_owned());
+        // (occurred_at, the account envelope's answer, the usage envelope's answer)
+        type Answer = Result<(), &'static str>;
+        let cases: Vec<(&str, Answer, Answer)> = vec![
+            ("2026-11-22T11:59:00Z", Ok(()), Ok(())),
+            ("2026-10-18T12:00:00Z", Ok(()), Ok(())),
+            (
+                "2026-10-18T11:59:59Z",
+                Ok(()),
+                Err("occurred_at: more than 35 days old"),
+            ),
+            (
+                "2025-06-01T00:00:00Z",
+                Ok(()),
+                Err("occurred_at: more than 35 days old"),
+            ),
+            (
+                "1970-01-01T00:00:00Z",
+                Ok(()),
+                Err("occurred_at: more than 35 days old"),
+            ),
+            (
+                "1969-12-31T23:59:59Z",
+                Err("occurred_at: before 1970-01-01T00:00:00Z, where the event history starts"),
+                Err("occurred_at: more than 35 days old"),
+            ),
+            ("2026-11-22T12:05:00Z", Ok(()), Ok(())),
+            (
+                "2026-11-22T12:05:01Z",
+                Err("occurred_at: more than 5 minutes in the future"),
+                Err("occurred_at: more than 5 minutes in the future"),
+            ),
+        ];
+        for (at, account, usage) in cases {
+            let got = account_envelope(id(), Some(at.to_owned()), acct(), now())
+                .map(|(_, micros, _)| {
+                    let parsed = DateTime::parse_from_rfc3339(at).unwrap();
+                    assert_eq!(micros, parsed.timestamp_micros(), "{at}");
+                })
+                .map_err(|e| e.to_string());
+            assert_eq!(got, account.map_err(str::to_owned), "account event at {at}");
+            let got = envelope(id(), Some(at.to_owned()), acct(), now())
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            assert_eq!(got, usage.map_err(str::to_owned), "usage event at {at}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand of `meterline`: `main.rs` parses the command line and hands each
 //! command to its handler here.
 
+pub mod accounts;
 pub mod experiments;
 pub mod notifications;
 pub mod rebuild;
