@@ -75,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         action: meterline_growth::experiments::ExperimentAction,
     },
+    /// Reports over the pipeline's history: `report growth` gives seed 000's results.
+    Report {
+        #[command(subcommand)]
+        action: meterline_growth::report::ReportAction,
+    },
 }
 
 #[tokio::main]
@@ -104,6 +109,7 @@ async fn main() -> Result<()> {
         Command::Gateways { action } => cmd::tokens::gateways(&config, action).await?,
         Command::Tokens { action } => cmd::tokens::tokens(&config, action).await?,
         Command::Experiments { action } => cmd::experiments::run(&config, action).await?,
+        Command::Report { action } => cmd::report::run(&config, action).await?,
     }
     Ok(())
 }

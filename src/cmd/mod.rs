@@ -4,6 +4,7 @@
 pub mod experiments;
 pub mod notifications;
 pub mod rebuild;
+pub mod report;
 pub mod run;
 pub mod scores;
 pub mod simulate;
