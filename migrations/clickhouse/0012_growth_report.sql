@@ -5,7 +5,9 @@
 --
 -- Old-ClickHouse notes as in 0006: one JOIN per SELECT, so joins nest; an unmatched ANY LEFT JOIN
 -- yields default values, so per-account facts are joined as arrays (empty when nothing matched)
--- or with a flag column.
+-- or with a flag column. And a lambda never captures a column: ClickHouse 18.16 drops a column
+-- that a query over the view does not name even when a lambda uses it ("Unknown identifier"),
+-- so each one is passed in as an argument, `replicate(column, array)`.
 
 -- Dashboard notices with their kind, copied from PostgreSQL `dashboard_notices` by the notifier
 -- (owner: notifier, `notifier/src/notice_history.rs`). ClickHouse's notice_shown / notice_clicked
@@ -77,8 +79,8 @@ ARRAY JOIN spells AS spell;
 -- was also clicked (the funnel's last step).
 CREATE VIEW IF NOT EXISTS notice_funnel AS
 SELECT notice_id, account_id, kind, first_shown_at, clicked, first_clicked_at,
-       tupleElement(arrayFirst(s -> tupleElement(s, 1) <= first_shown_at AND first_shown_at < tupleElement(s, 2), spells), 3) AS plan,
-       arrayExists(u -> tupleElement(u, 1) >= first_shown_at AND tupleElement(u, 1) <= first_shown_at + 14 * 86400, upgrades) AS upgraded_14d,
+       tupleElement(arrayFirst((s, t) -> tupleElement(s, 1) <= t AND t < tupleElement(s, 2), spells, replicate(first_shown_at, spells)), 3) AS plan,
+       arrayExists((u, t) -> tupleElement(u, 1) >= t AND tupleElement(u, 1) <= t + 14 * 86400, upgrades, replicate(first_shown_at, upgrades)) AS upgraded_14d,
        clicked AND upgraded_14d AS clicked_upgraded_14d
 FROM (
     SELECT notice_id, account_id, kind, first_shown_at, clicked, first_clicked_at
@@ -115,7 +117,7 @@ SELECT account_id, moved_at, from_plan,
        if(deal_ready, arrayReduce('min', ready), toDateTime(0, 'UTC')) AS first_deal_ready_at,
        if(deal_ready, (moved_at - first_deal_ready_at) / 86400, nan) AS lead_days
 FROM (
-    SELECT account_id, moved_at, from_plan, arrayFilter(t -> t <= moved_at, ready_times) AS ready
+    SELECT account_id, moved_at, from_plan, arrayFilter((t, m) -> t <= m, ready_times, replicate(moved_at, ready_times)) AS ready
     FROM (
         SELECT account_id, min(converted_at) AS moved_at, argMin(from_plan, converted_at) AS from_plan
         FROM conversions
@@ -156,7 +158,7 @@ FROM (
 -- its plan history is unknown): what each plan costs to serve.
 CREATE VIEW IF NOT EXISTS plan_usage_hourly AS
 SELECT account_id, window_start, requests, cost_micros,
-       tupleElement(arrayFirst(s -> tupleElement(s, 1) <= window_start AND window_start < tupleElement(s, 2), spells), 3) AS plan
+       tupleElement(arrayFirst((s, t) -> tupleElement(s, 1) <= t AND t < tupleElement(s, 2), spells, replicate(window_start, spells)), 3) AS plan
 FROM (
     SELECT account_id, window_start, sum(requests) AS requests, sum(cost_micros) AS cost_micros
     FROM usage_hour
@@ -171,7 +173,8 @@ ANY LEFT JOIN (
 -- plan to a higher one.
 CREATE VIEW IF NOT EXISTS limit_hit_outcomes AS
 SELECT account_id, plan, first_hit_at, first_limit,
-       arrayExists(u -> tupleElement(u, 2) = plan AND tupleElement(u, 1) >= first_hit_at, upgrades) AS converted
+       arrayExists((u, p, t) -> tupleElement(u, 2) = p AND tupleElement(u, 1) >= t, upgrades,
+           replicate(plan, upgrades), replicate(first_hit_at, upgrades)) AS converted
 FROM (
     SELECT account_id, plan, min(occurred_at) AS first_hit_at, argMin(limit_name, occurred_at) AS first_limit
     FROM limit_events
@@ -186,7 +189,8 @@ ANY LEFT JOIN (
 -- or after its first grace use) moved from that plan to a higher one.
 CREATE VIEW IF NOT EXISTS grace_episodes AS
 SELECT account_id, plan, limit_name, window_id, first_at, used, limit_value,
-       arrayExists(u -> tupleElement(u, 2) = plan AND tupleElement(u, 1) >= first_at, upgrades) AS converted
+       arrayExists((u, p, t) -> tupleElement(u, 2) = p AND tupleElement(u, 1) >= t, upgrades,
+           replicate(plan, upgrades), replicate(first_at, upgrades)) AS converted
 FROM (
     SELECT account_id, limit_name, window_id, any(plan) AS plan, min(first_at) AS first_at,
            max(used) AS used, any(limit_value) AS limit_value
