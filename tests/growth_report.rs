@@ -326,6 +326,9 @@ async fn pending_notices(pool: &sqlx::PgPool) -> i64 {
         .unwrap()
 }
 
+/// A notice kind's funnel: (kind, shown, clicked, clicked and upgraded, upgraded).
+type FunnelRow<'a> = (&'a str, u64, (u64, u64), (u64, u64), (u64, u64));
+
 fn counts(r: &Rate) -> (u64, u64) {
     (r.successes, r.trials)
 }
@@ -461,7 +464,9 @@ async fn every_column_of_the_growth_views_reads_on_its_own() {
         assert!(rows > 0, "{view} is empty");
         for c in columns {
             let n: u64 = ch
-                .query(&format!("SELECT count() FROM (SELECT any({c}) FROM {view})"))
+                .query(&format!(
+                    "SELECT count() FROM (SELECT any({c}) FROM {view})"
+                ))
                 .fetch_one()
                 .await
                 .unwrap_or_else(|e| panic!("{view}.{c} on its own: {e}"));
@@ -529,7 +534,7 @@ fn assert_all_time(r: &GrowthReport) {
     // Notice funnel. plugin_gate: n1 (clicked, upgraded on day 14), n2 (clicked, upgraded on
     // day 15: no), n8 (clicked, never). power_user: n3 (never), n4 (not clicked, upgraded on
     // day 10). rate_limit_sustained: n5 (clicked, never). n7 was never shown.
-    let funnel: Vec<(&str, u64, (u64, u64), (u64, u64), (u64, u64))> = r
+    let funnel: Vec<FunnelRow> = r
         .notice_funnel
         .iter()
         .map(|k| {
