@@ -75,7 +75,7 @@ struct PlanCountRow {
 
 #[derive(Row, Deserialize)]
 struct NoticeRow {
-    kind: String,
+    notice_kind: String,
     shown: u64,
     clicked: u64,
     clicked_upgraded: u64,
@@ -87,14 +87,14 @@ struct LeadRow {
     moved: u64,
     ready: u64,
     early: u64,
-    days: Vec<f64>,
+    lead_days_list: Vec<f64>,
 }
 
 #[derive(Row, Deserialize)]
 struct CloseRow {
     closes: u64,
     with_usage: u64,
-    days: Vec<f64>,
+    close_days_list: Vec<f64>,
 }
 
 #[derive(Row, Deserialize)]
@@ -246,10 +246,10 @@ pub async fn build(
     step("notice funnel");
     let notices: Vec<NoticeRow> = ch
         .query(&format!(
-            "SELECT if(kind = '', '(unknown)', kind) AS kind, count() AS shown, sum(clicked) AS clicked,
+            "SELECT if(kind = '', '(unknown)', kind) AS notice_kind, count() AS shown, sum(clicked) AS clicked,
                     sum(clicked_upgraded_14d) AS clicked_upgraded, sum(upgraded_14d) AS upgraded
                FROM notice_funnel WHERE {} AND (? = '' OR plan = ?)
-              GROUP BY kind ORDER BY kind",
+              GROUP BY notice_kind ORDER BY notice_kind",
             period("first_shown_at")
         ))
         .bind(since)
@@ -261,7 +261,7 @@ pub async fn build(
     let notice_funnel = notices
         .into_iter()
         .map(|r| NoticeKindFigures {
-            kind: r.kind,
+            kind: r.notice_kind,
             shown: r.shown,
             clicked: Rate::new(r.clicked, r.shown),
             clicked_upgraded: Rate::new(r.clicked_upgraded, r.clicked),
@@ -274,7 +274,7 @@ pub async fn build(
         .query(&format!(
             "SELECT count() AS moved, sum(deal_ready) AS ready,
                     countIf(deal_ready = 1 AND lead_days >= {EARLY_DAYS}) AS early,
-                    groupArrayIf(lead_days, deal_ready = 1) AS days
+                    groupArrayIf(lead_days, deal_ready = 1) AS lead_days_list
                FROM enterprise_lead_times WHERE {} AND (? = '' OR from_plan = ?)",
             period("moved_at")
         ))
@@ -284,7 +284,7 @@ pub async fn build(
         .bind(plan)
         .fetch_one()
         .await?;
-    let (mean_days, median_days) = mean_median(&lead.days);
+    let (mean_days, median_days) = mean_median(&lead.lead_days_list);
     let lead_time = LeadTimeFigures {
         moved: lead.moved,
         deal_ready: Rate::new(lead.ready, lead.moved),
@@ -297,7 +297,7 @@ pub async fn build(
     let time_to_close = if filters.includes("free") {
         let c: CloseRow = ch
             .query(&format!(
-                "SELECT count() AS closes, sum(used) AS with_usage, groupArrayIf(days, used = 1) AS days
+                "SELECT count() AS closes, sum(used) AS with_usage, groupArrayIf(days, used = 1) AS close_days_list
                    FROM paid_closes WHERE {}",
                 period("closed_at")
             ))
@@ -305,7 +305,7 @@ pub async fn build(
             .bind(until)
             .fetch_one()
             .await?;
-        let (mean_days, median_days) = mean_median(&c.days);
+        let (mean_days, median_days) = mean_median(&c.close_days_list);
         Some(CloseFigures {
             closes: c.closes,
             with_usage: c.with_usage,
