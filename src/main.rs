@@ -85,6 +85,11 @@ enum Command {
         #[command(subcommand)]
         action: meterline_growth::experiments::ExperimentAction,
     },
+    /// Reports over the pipeline's history: `report growth` gives seed 000's results.
+    Report {
+        #[command(subcommand)]
+        action: meterline_growth::report::ReportAction,
+    },
 }
 
 #[tokio::main]
@@ -122,6 +127,7 @@ async fn main() -> Result<()> {
                 std::process::exit(status);
             }
         }
+        Command::Report { action } => cmd::report::run(&config, action).await?,
     }
     Ok(())
 }

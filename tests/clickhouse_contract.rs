@@ -39,6 +39,7 @@ use clickhouse::Row;
 use common::*;
 use meterline_aggregator::clickhouse_sink::{AccountRow, AssignmentRow, UsageRow};
 use meterline_ingest::read::recorder::QuotaEventRow;
+use meterline_notifier::notice_history::NoticeHistoryRow;
 use meterline_scorer::crossings::CrossingRow;
 use meterline_scorer::store::HistoryRow;
 use serde::ser;
@@ -187,6 +188,16 @@ fn contracts() -> Vec<Contract> {
                 limit_value: 100.0,
                 requested_model: "m".into(),
                 served_model: "m".into(),
+            },
+        ),
+        contract(
+            "notice_history",
+            "NoticeHistoryRow",
+            &NoticeHistoryRow {
+                notice_id: "n".into(),
+                account_id: "a".into(),
+                kind: "power_user".into(),
+                created_at: 1,
             },
         ),
     ]

@@ -29,7 +29,7 @@ pub const HEIGHT: u32 = 560;
 
 static FONT: Once = Once::new();
 
-fn register_font() {
+pub(crate) fn register_font() {
     FONT.call_once(|| {
         // The bytes are a valid TrueType font; a failure here would be a build defect.
         let _ = plotters::style::register_font(
@@ -40,7 +40,7 @@ fn register_font() {
     });
 }
 
-fn color(i: usize) -> RGBColor {
+pub(crate) fn color(i: usize) -> RGBColor {
     let (r, g, b) = PALETTE[i % PALETTE.len()];
     RGBColor(r, g, b)
 }

@@ -20,7 +20,8 @@
 //! company.
 //!
 //! Dashboard notices need no sending: the intake writes them to `dashboard_notices` in the
-//! same transaction, and ingest serves them.
+//! same transaction, and ingest serves them. A third task ([`notice_history`]) copies them to
+//! ClickHouse for the growth team.
 
 pub mod config;
 pub mod deliver;
@@ -28,6 +29,7 @@ pub mod intake;
 pub mod message;
 pub mod metrics;
 pub mod offer;
+pub mod notice_history;
 pub mod outbox;
 pub mod route;
 pub mod usage;
@@ -132,9 +134,11 @@ impl Notifier {
     ) -> Result<(), NotifyError> {
         let intake = intake::Intake::new(self.clone(), base, topic)?;
         let worker = tokio::spawn(worker::run(self.clone(), shutdown.clone()));
+        let history = tokio::spawn(notice_history::run(self.clone(), shutdown.clone()));
         let result = intake.run(shutdown.clone()).await;
         shutdown.cancel();
         let _ = worker.await;
+        let _ = history.await;
         result
     }
 }

@@ -6,6 +6,7 @@ pub mod experiments;
 pub mod notifications;
 pub mod rebuild;
 pub mod review;
+pub mod report;
 pub mod run;
 pub mod scores;
 pub mod simulate;
