@@ -156,7 +156,11 @@ mod tests {
     #[test]
     fn the_file_adds_domains_and_skips_comments() {
         let dir = std::env::temp_dir().join(format!("public-domains-{}", std::process::id()));
-        std::fs::write(&dir, "# campus mail\nstudent.example.edu  # every student\n\nMAIL.Example.\n").unwrap();
+        std::fs::write(
+            &dir,
+            "# campus mail\nstudent.example.edu  # every student\n\nMAIL.Example.\n",
+        )
+        .unwrap();
         let c = PublicDomainsConfig {
             public_domains: vec!["gmail.com".into()],
             public_domains_file: Some(dir.display().to_string()),
@@ -172,6 +176,9 @@ mod tests {
             ..Default::default()
         };
         let e = PublicDomains::load(&missing).unwrap_err().to_string();
-        assert!(e.starts_with("accounts.public_domains_file \"/nonexistent/domains.txt\""), "{e}");
+        assert!(
+            e.starts_with("accounts.public_domains_file \"/nonexistent/domains.txt\""),
+            "{e}"
+        );
     }
 }

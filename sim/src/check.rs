@@ -101,6 +101,29 @@ impl CheckReport {
                 k.kind, k.expected, k.raised, k.true_positives, k.precision, k.recall
             ));
         }
+        for k in self.kinds.iter().filter(|k| {
+            k.checked && (k.precision < self.min_precision || k.recall < self.min_recall)
+        }) {
+            let side = |slot: usize| -> String {
+                let v: Vec<String> = k
+                    .errors_by_behaviour
+                    .iter()
+                    .filter(|(_, n)| n[slot] > 0)
+                    .map(|(b, n)| format!("{b} {}", n[slot]))
+                    .collect();
+                if v.is_empty() {
+                    "none".into()
+                } else {
+                    v.join(", ")
+                }
+            };
+            out.push_str(&format!(
+                "  {}: missed: {}; raised unexpectedly: {}\n",
+                k.kind,
+                side(0),
+                side(1)
+            ));
+        }
         let p = &self.policy;
         for (what, v) in [
             ("power users suspected of abuse", &self.power_users_flagged),

@@ -494,7 +494,15 @@ fn precision_and_recall_per_kind() {
     );
     let stage = r.kinds.iter().find(|k| k.kind == "limit_stage").unwrap();
     assert!(!stage.checked);
-    assert!(r.table().contains("(not predicted by the ground truth)"));
+    let table = r.table();
+    assert!(
+        table.contains("(not predicted by the ground truth)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("  abuse_suspected: missed: steady 1; raised unexpectedly: steady 1\n"),
+        "{table}"
+    );
     let mut raised2 = raised.clone();
     raised2.insert(("b".into(), "abuse_suspected".into()));
     raised2.remove(&("s".to_owned(), "abuse_suspected".to_owned()));
@@ -588,6 +596,38 @@ fn the_policy_findings_fail_the_check_and_name_the_accounts() {
         )
         .passed
     );
+}
+
+#[test]
+fn the_lowest_plan_counts_only_the_simulated_days() {
+    let people = population(7, 150, "t");
+    for (days, old) in [(30, false), (7, false), (30, true)] {
+        let s = Scenario {
+            old_history: old,
+            ..scenario(clocks()[0], days)
+        };
+        let truth = crate::truth::truth(&people, &s);
+        for t in &truth {
+            let want = match t.behaviour {
+                // Free until the middle of the simulated days.
+                Behaviour::Converter => (Plan::Pro, Plan::Free),
+                Behaviour::Enterprise | Behaviour::EnterpriseCi => {
+                    (Plan::Enterprise, Plan::Enterprise)
+                }
+                Behaviour::ProSteady | Behaviour::ProCi | Behaviour::ProFleet => {
+                    (Plan::Pro, Plan::Pro)
+                }
+                Behaviour::Steady | Behaviour::Abuser => (Plan::Free, Plan::Free),
+                _ => continue,
+            };
+            assert_eq!(
+                (t.plan, t.lowest_plan),
+                want,
+                "{:?}, {days} days",
+                t.behaviour
+            );
+        }
+    }
 }
 
 #[test]

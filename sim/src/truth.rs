@@ -155,8 +155,8 @@ pub const RULES: Rules = Rules {
 /// What one account did, folded from its events, over the windows the rules read.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
-    pub plan: Option<Plan>,
-    pub lowest_plan: Option<Plan>,
+    /// Every plan the account was put on, with when.
+    pub plans: Vec<(DateTime<Utc>, Plan)>,
     pub signed_up_at: Option<DateTime<Utc>>,
     pub seats: Option<u64>,
     pub company_size: Option<u64>,
@@ -186,6 +186,8 @@ pub struct Observed {
 /// The windows, from the clock the events were made with.
 #[derive(Debug, Clone, Copy)]
 pub struct Windows {
+    /// The first simulated day.
+    pub start: DateTime<Utc>,
     pub now: DateTime<Utc>,
     pub today: DateTime<Utc>,
     pub month: DateTime<Utc>,
@@ -196,8 +198,9 @@ pub struct Windows {
 }
 
 impl Windows {
-    pub fn of(c: &Clock) -> Self {
+    pub fn of(c: &Clock, days: u32) -> Self {
         Self {
+            start: c.day(days),
             now: c.now,
             today: c.today,
             month: c.month,
@@ -223,22 +226,16 @@ impl Observed {
                     e.device_id.clone(),
                     e.browser_signature.clone(),
                 ];
-                self.set_plan(plan.unwrap_or(Plan::Free));
+                self.plans.push((e.occurred_at, plan.unwrap_or(Plan::Free)));
             }
             "plan_changed" => {
                 if let Some(p) = plan {
-                    self.set_plan(p);
+                    self.plans.push((e.occurred_at, p));
                 }
             }
             "upgrade_page_viewed" if e.occurred_at >= w.from30 => self.upgrade_views_30d += 1,
             _ => {}
         }
-    }
-
-    fn set_plan(&mut self, p: Plan) {
-        self.plan = Some(p);
-        // The lowest plan held during the simulated days: a converter could be told about Pro.
-        self.lowest_plan = Some(self.lowest_plan.map_or(p, |l| l.min(p)));
     }
 
     pub fn usage_event(&mut self, e: &UsageEvent, w: &Windows) {
@@ -294,7 +291,22 @@ impl Observed {
 
     /// The account's plan at the end (free when it never signed up).
     pub fn final_plan(&self) -> Plan {
-        self.plan.unwrap_or(Plan::Free)
+        let mut v = self.plans.clone();
+        v.sort_by_key(|(t, _)| *t);
+        v.last().map_or(Plan::Free, |(_, p)| *p)
+    }
+
+    /// The lowest plan held at any time since `start` (the first simulated day): a converter
+    /// may have been offered Pro while it was free; a customer since last year never was.
+    pub fn lowest_plan_since(&self, start: DateTime<Utc>) -> Plan {
+        let mut v = self.plans.clone();
+        v.sort_by_key(|(t, _)| *t);
+        v.iter()
+            .enumerate()
+            .filter(|(i, _)| v.get(i + 1).is_none_or(|(next, _)| *next > start))
+            .map(|(_, (_, p))| *p)
+            .min()
+            .unwrap_or(Plan::Free)
     }
 
     pub fn age_hours(&self, now: DateTime<Utc>) -> Option<f64> {
@@ -507,7 +519,7 @@ pub struct TruthLine {
 
 /// Folds every event of `people` over the scenario's days.
 pub fn observe(people: &[SimAccount], s: &Scenario) -> Vec<Observed> {
-    let w = Windows::of(&s.clock);
+    let w = Windows::of(&s.clock, s.days);
     people
         .iter()
         .map(|a| {
@@ -530,9 +542,10 @@ pub fn observe(people: &[SimAccount], s: &Scenario) -> Vec<Observed> {
 pub fn ground_truth(
     people: &[SimAccount],
     observed: &[Observed],
-    now: DateTime<Utc>,
+    w: &Windows,
     r: &Rules,
 ) -> Vec<TruthLine> {
+    let now = w.now;
     let public = meterline_schemas::public_domains::PublicDomains::from_list(
         meterline_schemas::public_domains::DEFAULT_PUBLIC_DOMAINS,
     );
@@ -632,7 +645,7 @@ pub fn ground_truth(
                 behaviour: a.behaviour,
                 edge: a.edge.map(|e| e.label()),
                 plan,
-                lowest_plan: o.lowest_plan.unwrap_or(plan),
+                lowest_plan: o.lowest_plan_since(w.start),
                 expected,
                 cluster: a.cluster,
                 facts: Facts {
@@ -667,5 +680,10 @@ pub fn ground_truth(
 
 /// The population's ground truth, from its events: [`observe`] then [`ground_truth`].
 pub fn truth(people: &[SimAccount], s: &Scenario) -> Vec<TruthLine> {
-    ground_truth(people, &observe(people, s), s.clock.now, &RULES)
+    ground_truth(
+        people,
+        &observe(people, s),
+        &Windows::of(&s.clock, s.days),
+        &RULES,
+    )
 }

@@ -336,7 +336,12 @@ mod tests {
     #[test]
     fn plugins_are_enterprise_features_by_default() {
         let mut t = TiersConfig::default();
-        for p in ["audit_logger", "guardrails", "compliance_reporter", "multi_cloud_router"] {
+        for p in [
+            "audit_logger",
+            "guardrails",
+            "compliance_reporter",
+            "multi_cloud_router",
+        ] {
             assert_eq!(t.lowest_plan_including(p), Some(Plan::Enterprise), "{p}");
         }
         assert_eq!(t.lowest_plan_including("teleporter"), None);
