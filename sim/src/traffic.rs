@@ -661,10 +661,9 @@ fn edge_day(g: &mut Gen<'_>, e: EdgeSide, days_ago: u32, long_ago: DateTime<Utc>
     }
     // Light background on past days, none this month for the token counts, none for volumes
     // that must be exact.
-    let background = !new_account
-        && days_ago > 0
-        && !matches!(e.edge, Edge::PowerVolume | Edge::PowerViews)
-        && !(e.edge == Edge::DealTokens && day >= c.month);
+    let exact = matches!(e.edge, Edge::PowerVolume | Edge::PowerViews)
+        || (e.edge == Edge::DealTokens && day >= c.month);
+    let background = !new_account && days_ago > 0 && !exact;
     if background {
         let n = g.rng.random_range(2..=4);
         g.workday(day, n, 200..1_000, false);
