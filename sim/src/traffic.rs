@@ -289,7 +289,7 @@ impl Gen<'_> {
         let (tag, index) = (self.s.tag.clone(), self.a.index);
         let mut times = Vec::new();
         if days_ago > 0 {
-            times.extend((0..3).map(|h| day + D::hours(8 + 4 * h)));
+            times.extend((0..2).map(|h| day + D::hours(9 + 6 * h)));
         } else {
             let hours = (self.c().now - self.c().today).num_hours();
             times.extend((0..hours.saturating_sub(1)).map(|h| self.c().today + D::hours(h)));
@@ -593,7 +593,7 @@ pub fn day_events(a: &SimAccount, s: &Scenario, days_ago: u32) -> DayEvents {
         }
         Behaviour::ProSteady => {
             if days_ago > 0 {
-                let n = g.rng.random_range(10..=25);
+                let n = g.rng.random_range(6..=15);
                 g.workday(day, n, 1_000..8_000, true);
             } else {
                 g.sessions_today();
@@ -610,7 +610,7 @@ pub fn day_events(a: &SimAccount, s: &Scenario, days_ago: u32) -> DayEvents {
         Behaviour::Enterprise => {
             let heavy = a.index % 2 == 0;
             if days_ago > 0 {
-                let n = g.rng.random_range(20..=50);
+                let n = g.rng.random_range(10..=25);
                 g.workday(day, n, 1_000..8_000, true);
             } else if heavy {
                 g.heavy_month(60_000_000, 500, (3, 3, 3), 40);
