@@ -141,12 +141,43 @@ pub async fn run(env: &Env, o: &Options) -> Result<Outcome> {
     let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // The accounts' history from before the simulated days (long-standing customers' signups
+    // and plan changes, the free accounts that signed up earlier) goes first, and the traffic
+    // waits until the pipeline has applied it: in a real gateway these customers exist long
+    // before this month's requests, and the scorer must not meet them as unknown free accounts.
+    let window_start = scenario.clock.day(o.days);
+    let mut history = Vec::new();
+    for a in &people {
+        let d = day_events(a, &scenario, o.days);
+        history.extend(
+            d.accounts
+                .into_iter()
+                .filter(|e| e.occurred_at < window_start),
+        );
+    }
+    let known: BTreeSet<&str> = history.iter().map(|e| e.account_id.as_str()).collect();
+    let paying = truth
+        .iter()
+        .filter(|t| known.contains(t.account_id.as_str()) && t.lowest_plan > Plan::Free)
+        .count();
+    let known = known.len();
+    account_events += history.len() as u64;
+    for e in history {
+        client.record_account(e);
+    }
+    client.flush().await;
+    history_applied(env, &tag, known, paying, o.settle_timeout).await?;
     'days: for days_ago in (0..=o.days).rev() {
         for a in &people {
             let d = day_events(a, &scenario, days_ago);
-            account_events += d.accounts.len() as u64;
+            let accounts: Vec<_> = d
+                .accounts
+                .into_iter()
+                .filter(|e| e.occurred_at >= window_start)
+                .collect();
+            account_events += accounts.len() as u64;
             usage_events += d.usage.len() as u64;
-            for e in d.accounts {
+            for e in accounts {
                 client.record_account(e);
             }
             for e in d.usage {
@@ -215,6 +246,34 @@ pub async fn run(env: &Env, o: &Options) -> Result<Outcome> {
         outcome.summary = Some(crate::report::demo_summary(env, &outcome, o).await?);
     }
     Ok(outcome)
+}
+
+/// Waits until PostgreSQL holds the `known` accounts of the history, `paying` of them on a paid
+/// plan.
+async fn history_applied(
+    env: &Env,
+    tag: &str,
+    known: usize,
+    paying: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let (rows, paid): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE plan <> 'free') FROM accounts WHERE account_id LIKE $1",
+        )
+        .bind(format!("sim-{tag}-%"))
+        .fetch_one(&env.pool)
+        .await
+        .context("reading the accounts the history made")?;
+        if rows as usize >= known && paid as usize >= paying {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("the aggregator applied {rows} of {known} accounts' history ({paid} of {paying} on a paid plan) within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The three outcomes that must never happen: paying accounts denied (asked through the read

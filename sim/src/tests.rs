@@ -641,4 +641,3 @@ fn the_rate_run_needs_consecutive_minutes() {
     o.minute_requests.insert(m(2), 5_001);
     assert_eq!(o.minutes_over_rate(&RULES), 5);
 }
-
