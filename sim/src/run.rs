@@ -8,6 +8,14 @@
 //! `--days` ago up to now, day by day, as fast as the pipeline takes it; the behaviours the
 //! scorer judges on "today" and "the last hour" (sessions, key sharing, new accounts) happen in
 //! the last hour of event time, so they are current when the scorer sees them.
+//!
+//! The ground truth ([`crate::truth`]) is computed from the same events before anything is
+//! posted. The accounts' history from before the simulated days (long-standing customers'
+//! signups and plan changes, earlier free signups) is posted first, and the traffic waits until
+//! the aggregator has applied it, as a real customer base exists before this month's requests.
+//! After the pipeline settles, `--check` compares the raised signals with the truth and looks
+//! for the outcomes that must never happen (see [`crate::check`]); its report also goes to
+//! `check.json` beside the ground truth.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
