@@ -1,7 +1,12 @@
-//! `meterline simulate --check` on a small population, on the real servers with every
-//! component running: the scorer raises exactly the signals the ground truth predicts
-//! (precision and recall at least 0.95 for the checked kinds, no power user taken for an
-//! abuser), and the demo summary reports what happened.
+//! `meterline simulate --check` on CI's smaller population (every behaviour twice, every edge
+//! pair, 7 days), on the real servers with every component running: the scorer raises the
+//! signals the ground truth predicts (precision and recall at least 0.95 for every checked
+//! kind), no paying account is denied, no Enterprise account is prospected, no notice names a
+//! plan the account already has, and the demo summary reports what happened.
+//!
+//! This is issue 19's bar for the merged work (plan scope, fleet/crowd key sharing, the
+//! escalation signal, power users with a minimum volume, public domains): the scorer of
+//! aad0566 alone does not meet it.
 
 mod common;
 
@@ -9,6 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use meterline::services::Components;
+use meterline_schemas::Plan;
 use meterline_sim::{self as simulate, Behaviour, Options, CHECKED};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +36,8 @@ async fn a_small_population_meets_the_check_thresholds() {
         min_precision: 0.95,
         min_recall: 0.95,
         summary: true,
-        settle_timeout: Duration::from_secs(180),
+        old_history: simulate::OLD_ACCOUNT_EVENTS_ACCEPTED,
+        settle_timeout: Duration::from_secs(240),
         progress: false,
     };
     let env = meterline::cmd::simulate::env(&config).await.unwrap();
@@ -45,10 +52,19 @@ async fn a_small_population_meets_the_check_thresholds() {
     let truth = simulate::read_truth(&options.truth).unwrap();
     assert_eq!(truth.len(), outcome.accounts);
     let counts = simulate::behaviour_counts(&truth);
-    assert!(counts[&Behaviour::EnterpriseReady] >= 2 && counts[&Behaviour::Abuser] >= 2);
+    for b in [
+        Behaviour::ProCi,
+        Behaviour::Enterprise,
+        Behaviour::ProFleet,
+        Behaviour::LightIdle,
+        Behaviour::Campus,
+    ] {
+        assert!(counts[&b] >= 2, "{b:?}");
+    }
+    assert!(truth.iter().any(|t| t.plan == Plan::Enterprise));
 
     let check = outcome.check.as_ref().expect("checked");
-    let table = check.table(0.95, 0.95);
+    let table = check.table();
     for kind in CHECKED {
         let k = check
             .kinds
@@ -62,7 +78,20 @@ async fn a_small_population_meets_the_check_thresholds() {
         assert!(k.precision >= 0.95 && k.recall >= 0.95, "{kind}\n{table}");
     }
     assert!(check.power_users_flagged.is_empty(), "{table}");
+    assert!(check.policy.paying_denied.is_empty(), "{table}");
+    assert!(check.policy.enterprise_prospected.is_empty(), "{table}");
+    assert!(check.policy.notices_naming_held_plan.is_empty(), "{table}");
     assert!(check.passed, "{table}");
+    // The JSON report holds the same findings.
+    let file = outcome.check_file.as_ref().expect("a JSON report");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    assert_eq!(json["passed"], serde_json::json!(true));
+    assert_eq!(
+        json["kinds"].as_array().unwrap().len(),
+        check.kinds.len(),
+        "{json}"
+    );
 
     let summary = outcome.summary.as_ref().unwrap();
     for needle in [
@@ -72,17 +101,12 @@ async fn a_small_population_meets_the_check_thresholds() {
         "HubSpot deals: ",
         "dashboard notices queued: ",
         "accounts flagged for abuse",
+        "paying accounts denied",
+        "Enterprise accounts prospected",
+        "notices naming a plan already held",
         "usage_day_totals",
     ] {
         assert!(summary.contains(needle), "{needle} missing from\n{summary}");
     }
-    let deal_ready = check.kinds.iter().find(|k| k.kind == "deal_ready").unwrap();
-    assert!(
-        summary.contains(&format!(
-            "HubSpot deals: {} (to the local sink",
-            deal_ready.expected
-        )),
-        "one local-sink deal per deal-ready account\n{summary}"
-    );
     app.stop().await;
 }

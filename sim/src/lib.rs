@@ -2,12 +2,17 @@
 //! population, through ingest, with the gateway client, and a ground truth to check the
 //! pipeline's signals against.
 //!
-//! * [`population`]: the accounts and their behaviours, a pure function of the seed, the size
-//!   and a run tag (so a second run on the same machine has fresh ids and fingerprints), and
-//!   what the ground truth expects of each;
+//! * [`population`]: the accounts, their behaviours in realistic shares (confounders
+//!   included) and the edge pairs around every checked threshold, a pure function of the seed,
+//!   the size and a run tag (so a second run on the same machine has fresh ids and
+//!   fingerprints);
 //! * [`traffic`]: what an account sends on a given day;
+//! * [`truth`]: what the shared rule definitions expect of each account, computed from the
+//!   events it sends (never by the scorer's code), with every rule parameter in one place;
 //! * [`run`]: posting it all through ingest and waiting for the pipeline to settle;
-//! * [`check`]: the raised signals against the ground truth;
+//! * [`check`]: the raised signals against the ground truth, and the outcomes that must never
+//!   happen (paying accounts denied, Enterprise accounts prospected, notices naming a plan the
+//!   account already has);
 //! * [`report`]: the demo's closing summary.
 //!
 //! The simulator is not a component: the production pipeline never depends on it. It reaches
@@ -18,14 +23,16 @@ pub mod population;
 pub mod report;
 pub mod run;
 pub mod traffic;
+pub mod truth;
 
 #[cfg(test)]
 mod tests;
 
 pub use check::*;
 pub use population::*;
-pub use run::{run, Options, Outcome};
+pub use run::{minimum_accounts, run, Options, Outcome};
 pub use traffic::*;
+pub use truth::*;
 
 use meterline_infra::{ClickHouseConfig, RedisConfig};
 use meterline_ingest::auth::TokenStore;

@@ -126,14 +126,21 @@ pub async fn demo_summary(
     let names: Vec<&str> = flagged.iter().take(5).map(|(a,)| a.as_str()).collect();
     let _ = writeln!(
         out,
-        "accounts flagged for abuse (quota checks answer deny): {}{}{}",
+        "accounts flagged for abuse: {}{}{}",
         flagged.len(),
         if names.is_empty() { "" } else { ", e.g. " },
         names.join(", ")
     );
     if let Some(check) = &outcome.check {
         let _ = writeln!(out, "\nsignals against the ground truth:");
-        out.push_str(&check.table(options.min_precision, options.min_recall));
+        out.push_str(&check.table());
+        if let Some(path) = &outcome.check_file {
+            let _ = writeln!(
+                out,
+                "(every miss and false alarm, by behaviour: {})",
+                path.display()
+            );
+        }
     }
     let db = &env.clickhouse.database;
     let _ = writeln!(

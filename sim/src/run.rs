@@ -8,6 +8,14 @@
 //! `--days` ago up to now, day by day, as fast as the pipeline takes it; the behaviours the
 //! scorer judges on "today" and "the last hour" (sessions, key sharing, new accounts) happen in
 //! the last hour of event time, so they are current when the scorer sees them.
+//!
+//! The ground truth ([`crate::truth`]) is computed from the same events before anything is
+//! posted. The accounts' history from before the simulated days (long-standing customers'
+//! signups and plan changes, earlier free signups) is posted first, and the traffic waits until
+//! the aggregator has applied it, as a real customer base exists before this month's requests.
+//! After the pipeline settles, `--check` compares the raised signals with the truth and looks
+//! for the outcomes that must never happen (see [`crate::check`]); its report also goes to
+//! `check.json` beside the ground truth.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -17,11 +25,13 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use meterline_client::{ClientConfig, GatewayClient};
 use meterline_ingest::Scope;
+use meterline_schemas::Plan;
 use rand::Rng;
 
 use crate::check::*;
 use crate::population::*;
 use crate::traffic::*;
+use crate::truth::TruthLine;
 use crate::Env;
 
 /// Options of one simulation.
@@ -40,6 +50,9 @@ pub struct Options {
     pub min_precision: f64,
     pub min_recall: f64,
     pub summary: bool,
+    /// Date long-standing customers' signups and plan changes from last year (see
+    /// [`OLD_ACCOUNT_EVENTS_ACCEPTED`]).
+    pub old_history: bool,
     /// How long `--check` and the summary wait for the pipeline to finish with the traffic.
     pub settle_timeout: Duration,
     pub progress: bool,
@@ -57,6 +70,8 @@ pub struct Outcome {
     pub dropped: u64,
     pub elapsed: Duration,
     pub check: Option<CheckReport>,
+    /// Where the check's JSON report went (beside the ground truth, `check.json`).
+    pub check_file: Option<PathBuf>,
     pub summary: Option<String>,
     pub interrupted: bool,
 }
@@ -67,13 +82,19 @@ fn run_tag() -> String {
     format!("{t}{r:04x}")
 }
 
+/// The smallest population: two of each behaviour, a whole campus group, every edge pair.
+pub fn minimum_accounts() -> usize {
+    Behaviour::MIX.len() * 2 + 4 + Edge::ALL.iter().map(|e| 2 * e.members()).sum::<usize>()
+}
+
 /// Runs a simulation against a running pipeline.
 pub async fn run(env: &Env, o: &Options) -> Result<Outcome> {
     if o.days == 0 || o.days > 30 {
-        bail!("--days: must be 1 to 30 (ingest refuses events older than 35 days)");
+        bail!("--days: must be 1 to 30 (ingest refuses usage events older than 35 days)");
     }
-    if o.accounts < 24 {
-        bail!("--accounts: must be at least 24 (two of each behaviour)");
+    let minimum = minimum_accounts();
+    if o.accounts < minimum {
+        bail!("--accounts: must be at least {minimum} (two of each behaviour, a campus group and every edge pair)");
     }
     let pool = &env.pool;
     let tag = run_tag();
@@ -90,10 +111,17 @@ pub async fn run(env: &Env, o: &Options) -> Result<Outcome> {
         }
     };
     let people = population(o.seed, o.accounts, &tag);
+    let scenario = Scenario {
+        tag: tag.clone(),
+        clock: Clock::at(Utc::now()),
+        days: o.days,
+        old_history: o.old_history,
+    };
     if let Some(dir) = o.truth.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let truth: Vec<TruthLine> = people.iter().map(SimAccount::truth).collect();
+    // The ground truth comes from the very events that are about to be posted.
+    let truth: Vec<TruthLine> = crate::truth::truth(&people, &scenario);
     let mut file = String::new();
     for t in &truth {
         file.push_str(&serde_json::to_string(t)?);
@@ -101,7 +129,6 @@ pub async fn run(env: &Env, o: &Options) -> Result<Outcome> {
     }
     std::fs::write(&o.truth, file).with_context(|| format!("writing {}", o.truth.display()))?;
 
-    let clock = Clock::at(Utc::now());
     let mut cc = ClientConfig::new(&o.url, &token);
     cc.buffer_capacity = 200_000;
     let client = GatewayClient::start(cc);
@@ -122,26 +149,57 @@ pub async fn run(env: &Env, o: &Options) -> Result<Outcome> {
     let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // The accounts' history from before the simulated days (long-standing customers' signups
+    // and plan changes, the free accounts that signed up earlier) goes first, and the traffic
+    // waits until the pipeline has applied it: in a real gateway these customers exist long
+    // before this month's requests, and the scorer must not meet them as unknown free accounts.
+    let window_start = scenario.clock.day(o.days);
+    let mut history = Vec::new();
+    for a in &people {
+        let d = day_events(a, &scenario, o.days);
+        history.extend(
+            d.accounts
+                .into_iter()
+                .filter(|e| e.occurred_at < window_start),
+        );
+    }
+    let known: BTreeSet<&str> = history.iter().map(|e| e.account_id.as_str()).collect();
+    let paying = truth
+        .iter()
+        .filter(|t| known.contains(t.account_id.as_str()) && t.lowest_plan > Plan::Free)
+        .count();
+    let known = known.len();
+    account_events += history.len() as u64;
+    for e in history {
+        client.record_account(e);
+    }
+    client.flush().await;
+    history_applied(env, &tag, known, paying, o.settle_timeout).await?;
     'days: for days_ago in (0..=o.days).rev() {
         for a in &people {
-            let d = day_events(a, &tag, &clock, o.days, days_ago);
-            account_events += d.accounts.len() as u64;
+            let d = day_events(a, &scenario, days_ago);
+            let accounts: Vec<_> = d
+                .accounts
+                .into_iter()
+                .filter(|e| e.occurred_at >= window_start)
+                .collect();
+            account_events += accounts.len() as u64;
             usage_events += d.usage.len() as u64;
-            for e in d.accounts {
+            for e in accounts {
                 client.record_account(e);
             }
             for e in d.usage {
                 client.record(e);
             }
-        }
-        // Keep the buffer well below its bound: events are never dropped for speed.
-        while client.pending() > 100_000 {
-            tokio::select! {
-                _ = &mut ctrl_c => { interrupted = true; break 'days; }
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            // Keep the buffer well below its bound: events are never dropped for speed.
+            while client.pending() > 100_000 {
+                tokio::select! {
+                    _ = &mut ctrl_c => { interrupted = true; break 'days; }
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+                let c = client.counters();
+                bar.set_message(format!("{} sent, {} pending", c.sent, client.pending()));
             }
-            let c = client.counters();
-            bar.set_message(format!("{} sent, {} pending", c.sent, client.pending()));
         }
         bar.inc(1);
         let c = client.counters();
@@ -167,6 +225,7 @@ pub async fn run(env: &Env, o: &Options) -> Result<Outcome> {
         dropped: counters.dropped,
         elapsed: started.elapsed(),
         check: None,
+        check_file: None,
         summary: None,
         interrupted,
     };
@@ -183,17 +242,161 @@ pub async fn run(env: &Env, o: &Options) -> Result<Outcome> {
     .await?;
     if o.check {
         let raised = raised_signals(pool, &tag).await?;
-        outcome.check = Some(score_signals(
-            &truth,
-            &raised,
-            o.min_precision,
-            o.min_recall,
-        ));
+        let policy = policy_findings(env, o, &tag, &truth).await?;
+        let report = score_signals(&truth, &raised, policy, o.min_precision, o.min_recall);
+        let path = o.truth.with_file_name("check.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        outcome.check = Some(report);
+        outcome.check_file = Some(path);
     }
     if o.summary {
         outcome.summary = Some(crate::report::demo_summary(env, &outcome, o).await?);
     }
     Ok(outcome)
+}
+
+/// Waits until PostgreSQL holds the `known` accounts of the history, `paying` of them on a paid
+/// plan.
+async fn history_applied(
+    env: &Env,
+    tag: &str,
+    known: usize,
+    paying: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let (rows, paid): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE plan <> 'free') FROM accounts WHERE account_id LIKE $1",
+        )
+        .bind(format!("sim-{tag}-%"))
+        .fetch_one(&env.pool)
+        .await
+        .context("reading the accounts the history made")?;
+        if rows as usize >= known && paid as usize >= paying {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("the aggregator applied {rows} of {known} accounts' history ({paid} of {paying} on a paid plan) within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The three outcomes that must never happen: paying accounts denied (asked through the read
+/// path), Enterprise accounts prospected, notices naming a plan already held (from the
+/// notifier's tables, once it has finished with the run's signals).
+async fn policy_findings(
+    env: &Env,
+    o: &Options,
+    tag: &str,
+    truth: &[TruthLine],
+) -> Result<PolicyFindings> {
+    let like = format!("sim-{tag}-%");
+    settle_notifier(env, &like, o.settle_timeout).await?;
+    let trust_and_safety: Vec<String> = meterline_notifier::config::TRUST_AND_SAFETY_KINDS
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
+    let mut prospected: BTreeSet<String> = sqlx::query_as::<_, (String,)>(
+        "SELECT DISTINCT account_id FROM notifications WHERE account_id LIKE $1 AND NOT (kind = ANY($2)) \
+         UNION SELECT account_id FROM hubspot_deals WHERE account_id LIKE $1 \
+         UNION SELECT account_id FROM dashboard_notices WHERE account_id LIKE $1",
+    )
+    .bind(&like)
+    .bind(&trust_and_safety)
+    .fetch_all(&env.pool)
+    .await
+    .context("reading the notifier's outbox")?
+    .into_iter()
+    .map(|(a,)| a)
+    .collect();
+    prospected.retain(|a| !a.is_empty());
+    let notices: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT account_id, plan, message FROM dashboard_notices WHERE account_id LIKE $1",
+    )
+    .bind(&like)
+    .fetch_all(&env.pool)
+    .await
+    .context("reading dashboard notices")?;
+    let denied = paying_denied(env, o, tag, truth).await?;
+    Ok(policy_from_rows(truth, &prospected, &notices, denied))
+}
+
+/// Asks `/v1/quota/check` for every paying account, with a temporary read token.
+async fn paying_denied(
+    env: &Env,
+    o: &Options,
+    tag: &str,
+    truth: &[TruthLine],
+) -> Result<Vec<String>> {
+    let name = format!("simulator-read-{tag}");
+    let token = env
+        .tokens
+        .create(&name, &[Scope::Read], None)
+        .await
+        .context("creating the simulator's read token")?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/quota/check", o.url.trim_end_matches('/'));
+    let mut denied = Vec::new();
+    let mut result = Ok(());
+    for t in truth.iter().filter(|t| t.plan > Plan::Free) {
+        let answer = http
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({
+                "account_id": t.account_id,
+                "model": "gpt-4o-mini",
+                "estimated_input_tokens": 100,
+                "estimated_output_tokens": 20,
+            }))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status());
+        let body: serde_json::Value = match answer {
+            Ok(r) => r.json().await.context("reading a quota check's answer")?,
+            Err(e) => {
+                result =
+                    Err(anyhow::Error::new(e)
+                        .context(format!("asking {url} about {}", t.account_id)));
+                break;
+            }
+        };
+        if body["decision"] == "deny" {
+            denied.push(t.account_id.clone());
+        }
+    }
+    let _ = env.tokens.revoke(&name).await;
+    result.map(|()| denied)
+}
+
+/// Waits until the notifier has nothing pending for the run and its outbox has not grown for
+/// a few seconds.
+async fn settle_notifier(env: &Env, like: &str, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    let mut last = (-1i64, Instant::now());
+    loop {
+        let (rows, pending): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM notifications WHERE account_id LIKE $1) \
+                  + (SELECT count(*) FROM dashboard_notices WHERE account_id LIKE $1), \
+                    (SELECT count(*) FROM notifications WHERE account_id LIKE $1 AND status IN ('pending', 'sending'))",
+        )
+        .bind(like)
+        .fetch_one(&env.pool)
+        .await?;
+        if rows != last.0 || pending > 0 {
+            last = (rows, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(5) {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "the notifier did not settle within {timeout:?} ({pending} notifications pending)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn raised_signals(pool: &sqlx::PgPool, tag: &str) -> Result<BTreeSet<(String, String)>> {

@@ -25,7 +25,9 @@ pub struct SimulateArgs {
     /// The ground-truth file (JSONL).
     #[arg(long, default_value = ".local/simulation/truth.jsonl")]
     pub truth: std::path::PathBuf,
-    /// Compare signals with the ground truth; exit non-zero below the thresholds.
+    /// Compare signals with the ground truth; exit non-zero below the thresholds, or when a
+    /// paying account is denied, an Enterprise account prospected, or a notice names a plan the
+    /// account already has.
     #[arg(long)]
     pub check: bool,
     #[arg(long, default_value_t = 0.95)]
@@ -35,6 +37,11 @@ pub struct SimulateArgs {
     /// Print the demo summary at the end.
     #[arg(long)]
     pub summary: bool,
+    /// Date long-standing customers' history from last year (signups a year ago, plan changes
+    /// months ago); needs an ingest that accepts account events of any age. Otherwise they are
+    /// dated 34 and 33 days ago.
+    #[arg(long, default_value_t = meterline_sim::OLD_ACCOUNT_EVENTS_ACCEPTED, action = clap::ArgAction::Set)]
+    pub old_history: bool,
     /// Seconds to wait for the pipeline to finish with the traffic.
     #[arg(long, default_value_t = 300)]
     pub settle_timeout: u64,
@@ -65,6 +72,7 @@ pub async fn run(config: &Config, args: SimulateArgs) -> Result<()> {
         min_precision,
         min_recall,
         summary,
+        old_history,
         settle_timeout,
     } = args;
 
@@ -79,6 +87,7 @@ pub async fn run(config: &Config, args: SimulateArgs) -> Result<()> {
         min_precision,
         min_recall,
         summary,
+        old_history,
         settle_timeout: std::time::Duration::from_secs(settle_timeout),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
@@ -111,12 +120,17 @@ pub async fn run(config: &Config, args: SimulateArgs) -> Result<()> {
             options.truth.display()
         );
         if let Some(c) = &outcome.check {
-            print!("{}", c.table(min_precision, min_recall));
+            print!("{}", c.table());
+        }
+        if let Some(path) = &outcome.check_file {
+            println!("check report (JSON): {}", path.display());
         }
     }
     if let Some(c) = &outcome.check {
         if !c.passed {
-            anyhow::bail!("the pipeline's signals are below the --check thresholds");
+            anyhow::bail!(
+                "the --check failed: signals below the thresholds, or an outcome that must never happen"
+            );
         }
     }
     Ok(())
