@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 /// long-standing customers' signups and plan changes are dated 34 and 33 days ago instead of
 /// last year and months ago; `meterline simulate --old-history true` flips it per run, and this
 /// default is the switch to flip once ingest accepts them.
-pub const OLD_ACCOUNT_EVENTS_ACCEPTED: bool = false;
+pub const OLD_ACCOUNT_EVENTS_ACCEPTED: bool = true;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

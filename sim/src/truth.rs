@@ -28,8 +28,11 @@
 //!   active accounts on the same plan while the abuse score is under the suspected threshold.
 //! * **Key sharing.** A key seen from ≥ 5 distinct client IPs within one minute of the last hour,
 //!   when the addresses are a crowd, not a fleet: that minute's addresses span at least 3
-//!   networks (/24) and the key's distinct addresses today are at least twice that minute's
-//!   count (they come and go). A fleet's addresses are one network, the same all day.
+//!   networks (/24) and the key's distinct addresses today are at least 3 times that minute's
+//!   count (they come and go; the scorer's `scorer.abuse.key_sharing_churn_at_least`, over 24
+//!   hours). A fleet's addresses are one network, the same all day. The scorer cannot see
+//!   networks (client IPs are hashed whole), so it decides on the churn alone; every crowd and
+//!   fleet this population makes is told apart by both.
 //! * **Multi-account.** Another account matching on at least 2 of signup IP, device id and
 //!   browser signature.
 //!
@@ -147,7 +150,7 @@ pub const RULES: Rules = Rules {
 
     key_sharing_ips_per_minute: 5,
     crowd_min_networks: 3,
-    crowd_day_to_minute_ratio: 2.0,
+    crowd_day_to_minute_ratio: 3.0,
 
     multi_account_matches: 2,
 };
