@@ -11,13 +11,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use clickhouse::Row;
 use meterline_schemas::keys::{field, Dim, Grain, Keys};
 use meterline_schemas::limits::{QuotaConfig, RawUsage, TiersConfig, WindowCounters};
 use meterline_schemas::public_domains::PublicDomains;
 use meterline_schemas::{AccountEventType, AccountId, Plan, SignalKind};
 use redis::aio::ConnectionManager;
-use serde::Deserialize;
 use sqlx::PgPool;
 
 use crate::config::ScorerConfig;
@@ -58,87 +56,8 @@ fn at(secs: u32) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-#[derive(Row, Deserialize)]
-struct ModelWindow {
-    account_id: String,
-    window_start: u32,
-    model: String,
-    requests: u64,
-    input_tokens: u64,
-    output_tokens: u64,
-    cost_micros: u64,
-}
-
-#[derive(Row, Deserialize)]
-struct Dims7 {
-    account_id: String,
-    providers: u64,
-    clouds: u64,
-    pii: u64,
-}
-
-#[derive(Row, Deserialize)]
-struct AccountCount {
-    account_id: String,
-    n: u64,
-}
-
-#[derive(Row, Deserialize)]
-struct Session {
-    account_id: String,
-    session_id: String,
-    start: u32,
-    end: u32,
-}
-
-#[derive(Row, Deserialize)]
-struct Prompts {
-    account_id: String,
-    total: u64,
-    uniq_prompts: u64,
-}
-
-#[derive(Row, Deserialize)]
-struct KeyRow {
-    account_id: String,
-    api_key_id: String,
-    minute: u32,
-    ips: u64,
-}
-
-#[derive(Row, Deserialize)]
-struct KeyDayRow {
-    account_id: String,
-    api_key_id: String,
-    ips: u64,
-    devices: u64,
-    sessions: u64,
-}
-
-#[derive(Row, Deserialize)]
-struct PlanSpend {
-    plan: String,
-    top: u64,
-}
-
-#[derive(Row, Deserialize)]
-struct MinuteRow {
-    account_id: String,
-    minute: u32,
-    requests: u64,
-}
-
-type AccountRow = (
-    String,
-    String,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+mod rows;
+use rows::*;
 
 impl Stores {
     /// The population's median session length today (seconds), for the power-user rule.

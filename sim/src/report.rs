@@ -117,19 +117,46 @@ pub async fn demo_summary(
             .fetch_one(&env.pool)
             .await?;
     let _ = writeln!(out, "dashboard notices queued: {notices}");
-    let flagged: Vec<(String,)> = sqlx::query_as(
-        "SELECT account_id FROM accounts WHERE account_id LIKE $1 AND abuse_flagged_at IS NOT NULL ORDER BY account_id",
+    // The review queue: suspected accounts wait for a person (stricter limits meanwhile);
+    // auto_denied and confirmed ones are denied.
+    let in_review: Vec<(String, String)> = sqlx::query_as(
+        "SELECT review_state, account_id FROM accounts \
+         WHERE account_id LIKE $1 AND review_state IS NOT NULL ORDER BY review_state, account_id",
     )
     .bind(&like)
     .fetch_all(&env.pool)
     .await?;
-    let names: Vec<&str> = flagged.iter().take(5).map(|(a,)| a.as_str()).collect();
+    let mut by_state: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (state, account) in &in_review {
+        by_state
+            .entry(state.as_str())
+            .or_default()
+            .push(account.as_str());
+    }
+    let summary: Vec<String> = by_state
+        .iter()
+        .map(|(state, accounts)| {
+            format!(
+                "{} {state} (e.g. {})",
+                accounts.len(),
+                accounts
+                    .iter()
+                    .take(3)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
     let _ = writeln!(
         out,
-        "accounts flagged for abuse: {}{}{}",
-        flagged.len(),
-        if names.is_empty() { "" } else { ", e.g. " },
-        names.join(", ")
+        "accounts in the abuse review queue: {}{}",
+        in_review.len(),
+        if summary.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", summary.join("; "))
+        }
     );
     if let Some(check) = &outcome.check {
         let _ = writeln!(out, "\nsignals against the ground truth:");
