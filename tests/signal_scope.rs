@@ -15,6 +15,12 @@
 //!
 //! Each "raises nothing" check is read after the scorer went idle: its dirty set drained, then
 //! a sentinel account marked and scored again after everything else.
+//!
+//! Then the notifier reads what the scorer raised and sends it to the Slack and HubSpot
+//! stand-ins, so misfires 3, 5 and 8 are also shown where a person would see them: nothing
+//! about the Enterprise customer reaches anyone, the gmail.com account's HubSpot deal has no
+//! company, and the escalation at deal score 50 reaches `#enterprise-inbound`. Those checks are
+//! read once the notifier has committed the end of the signal topic.
 
 mod common;
 
@@ -22,14 +28,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use common::standin::{Recorded, StandIn, HUBSPOT_TOKEN};
 use common::*;
 use meterline::services::{self, Components};
 use meterline::Config;
+use meterline_notifier::config::Secret;
 use meterline_schemas::keys::Grain;
 use meterline_schemas::limits::QuotaConfig;
 use meterline_schemas::SignalKind::{self, *};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
+
+/// The stand-in's webhook behind `#enterprise-inbound`.
+const SLACK_DEALS: &str = "/services/T0001/B0001/enterprise0000000000";
 
 /// Every plan has a month limit of 1,200 requests (so 1,000 requests are 83 %: PQL limit
 /// points), no per-minute pressure, and Pro includes Advanced Guardrails (so a Pro account is
@@ -261,6 +272,16 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
         g.signup(account, old, plan, json!({"company_size": 500, "seats": 5}));
         g.heavy(account, t0);
     }
+
+    // Misfire 5, HubSpot's side: a deal-ready free account on gmail.com.
+    let heavy_gmail = a("heavy-gmail");
+    g.signup(
+        &heavy_gmail,
+        old,
+        "free",
+        json!({"company_size": 500, "seats": 5, "email_domain": "gmail.com"}),
+    );
+    g.heavy(&heavy_gmail, t0);
 
     // Misfire 5: three accounts each of gmail.com and acme.io, each with PQL 45 before domain
     // points: gate hits 25 (3 requests naming audit_logger), growth 20 (10 requests a week
@@ -700,5 +721,218 @@ async fn each_rule_reaches_only_the_plans_it_watches_and_still_catches_the_true_
     assert_eq!(scores(&ci_free).await["abuse_suspected"], true);
 
     scorer.stop().await.unwrap();
+
+    // Delivery, end to end: the notifier reads what the scorer raised and sends it to the
+    // Slack and HubSpot stand-ins. Checked once it has committed every signal on the topic.
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config_notifier = config.clone();
+    config_notifier.http.notifier_listen = format!("127.0.0.1:{}", free_port());
+    let n = &mut config_notifier.notifier;
+    n.data_dir = dir.path().display().to_string();
+    n.poll_interval_ms = 100;
+    n.slack.base_url = standin.url();
+    for (channel, path) in [
+        ("enterprise_inbound", SLACK_DEALS),
+        ("sales_assist", "/services/T0001/B0002/sales00000000000000"),
+        (
+            "trust_and_safety",
+            "/services/T0001/B0003/trust000000000000000",
+        ),
+        (
+            "account_management",
+            "/services/T0001/B0004/accountmgmt000000000",
+        ),
+    ] {
+        n.slack.webhooks.insert(channel.into(), Secret::new(path));
+    }
+    n.hubspot.base_url = standin.url();
+    n.hubspot.token = Secret::new(HUBSPOT_TOKEN);
+    let notifier = services::start(
+        &config_notifier,
+        Components::none().notifier(),
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("notifier starts");
+    wait_until_notifier_committed_everything(&config_notifier).await;
+    wait_for("the outbox settled", Duration::from_secs(60), || async {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE status IN ('pending', 'sending')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        check(pending, |p| *p == 0)
+    })
+    .await;
+    let mentions = |r: &Recorded, account: &str| r.body.to_string().contains(account);
+    let deal_alerts = |account: &str| {
+        standin
+            .slack_posts()
+            .into_iter()
+            .filter(|p| p.path == SLACK_DEALS && mentions(p, account))
+            .map(|p| {
+                p.body["blocks"][0]["text"]["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    // Misfire 3: the Enterprise customer is not prospected anywhere; the free twin reaches
+    // #enterprise-inbound and HubSpot.
+    assert!(
+        !standin.requests().iter().any(|r| mentions(r, &heavy_ent)),
+        "nothing about the Enterprise customer: {:#?}",
+        standin.requests()
+    );
+    let notices: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dashboard_notices WHERE account_id = $1")
+            .bind(&heavy_ent)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(notices, 0, "no upgrade notice for the Enterprise customer");
+    assert!(
+        deal_alerts(&heavy_free)
+            .iter()
+            .any(|h| h.starts_with("Deal ready")),
+        "{:?}",
+        deal_alerts(&heavy_free)
+    );
+    let deal_for = |account: &str| {
+        standin
+            .deal_creates()
+            .into_iter()
+            .find(|r| mentions(r, account))
+    };
+    assert!(
+        deal_for(&heavy_free).is_some(),
+        "a HubSpot deal for the free twin"
+    );
+    // Misfire 5: the gmail.com account's deal is made without a company; the twin's company
+    // domain is searched for.
+    let gmail_deal = deal_for(&heavy_gmail).expect("a HubSpot deal for the gmail.com account");
+    assert!(
+        gmail_deal.body.get("associations").is_none(),
+        "{:?}",
+        gmail_deal.body
+    );
+    let companies: Vec<Recorded> = standin
+        .hubspot_requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/crm/v3/objects/companies"))
+        .collect();
+    assert!(
+        !companies
+            .iter()
+            .any(|r| r.body.to_string().contains("gmail.com")),
+        "no company for gmail.com: {companies:#?}"
+    );
+    assert!(
+        companies.iter().any(|r| r
+            .body
+            .to_string()
+            .contains(&format!("{heavy_free}.example"))),
+        "the twin's company: {companies:#?}"
+    );
+    // Misfire 4: every notice names a plan above the account's own, the lowest that includes
+    // what it sells (here Pro includes Advanced Guardrails): the Pro account is only ever
+    // offered Enterprise, and a free account's notice names Pro only for guardrails.
+    let notices: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT account_id, kind, plan, message FROM dashboard_notices WHERE account_id = ANY($1)",
+    )
+    .bind(vec![
+        heavy_free.clone(),
+        heavy_pro.clone(),
+        heavy_gmail.clone(),
+    ])
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        notices.iter().any(|(a, ..)| *a == heavy_pro),
+        "the Pro account gets a notice: {notices:?}"
+    );
+    for (account, kind, plan, message) in &notices {
+        if *account == heavy_pro {
+            assert_eq!(plan, "enterprise", "{kind}: {message}");
+        } else if kind == "plugin_gate" {
+            let guardrails = message.contains("Guardrails");
+            assert_eq!(
+                plan,
+                if guardrails { "pro" } else { "enterprise" },
+                "{message}"
+            );
+        } else {
+            assert_eq!(plan, "pro", "{kind}: {message}");
+        }
+    }
+    // Misfire 8: deal readiness 50, and the escalation still reaches #enterprise-inbound; the
+    // Enterprise twin's does not exist.
+    assert_eq!(
+        deal_alerts(&esc_free)
+            .iter()
+            .filter(|h| h.starts_with("Escalation"))
+            .count(),
+        1,
+        "{:?}",
+        deal_alerts(&esc_free)
+    );
+    assert!(!standin.requests().iter().any(|r| mentions(r, &esc_ent)));
+
+    notifier.stop().await.unwrap();
     app.stop().await;
+}
+
+/// Waits until the notifier's consumer group has committed, on every partition of the signal
+/// topic, the end of what the scorer wrote: it has then decided on every signal (it commits
+/// only after the transaction that queues a signal's messages).
+async fn wait_until_notifier_committed_everything(c: &Config) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = meterline_infra::kafka::client_config(&c.kafka)
+        .set("group.id", &c.notifier.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let topic = c.kafka.signal_topic.clone();
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(&topic), timeout).unwrap();
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    wait_for(
+        "the notifier's commits at the end of the signal topic",
+        Duration::from_secs(60),
+        || {
+            let consumer = &consumer;
+            let topic = topic.clone();
+            let partitions = partitions.clone();
+            async move {
+                let mut tpl = TopicPartitionList::new();
+                for p in &partitions {
+                    tpl.add_partition(&topic, *p);
+                }
+                let committed = consumer.committed_offsets(tpl, timeout).unwrap();
+                let behind: Vec<(i32, i64, i64)> = partitions
+                    .iter()
+                    .filter_map(|p| {
+                        let (_, high) = consumer.fetch_watermarks(&topic, *p, timeout).unwrap();
+                        let at = match committed.find_partition(&topic, *p).map(|e| e.offset()) {
+                            Some(Offset::Offset(o)) => o,
+                            _ => 0,
+                        };
+                        (at < high).then_some((*p, at, high))
+                    })
+                    .collect();
+                check(behind, |b| b.is_empty())
+            }
+        },
+    )
+    .await;
 }

@@ -100,7 +100,7 @@ async fn a_small_population_meets_the_check_thresholds() {
         "Slack messages: ",
         "HubSpot deals: ",
         "dashboard notices queued: ",
-        "accounts flagged for abuse",
+        "accounts in the abuse review queue: ",
         "paying accounts denied",
         "Enterprise accounts prospected",
         "notices naming a plan already held",

@@ -186,7 +186,9 @@ pub fn day_events(a: &SimAccount, s: &Scenario, days_ago: u32) -> DayEvents {
                 g.history(seats, 40);
             }
             let (total, tokens) = match a.behaviour {
-                Behaviour::BigSpender => (1_300, 20_000..24_000),
+                // Above every other free account's spend (the deal-ready and escalation ones
+                // included), under the 50M monthly tokens that would escalate.
+                Behaviour::BigSpender => (2_000, 20_000..24_000),
                 _ => (1_400, 500..3_000),
             };
             if days_ago > 0 {
