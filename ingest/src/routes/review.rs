@@ -11,6 +11,7 @@
 //! All need a token with the `admin` scope (`meterline tokens add NAME --scope admin`); a token
 //! limited to one account sees and decides only that account. See [`crate::read::review`].
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
@@ -41,8 +42,10 @@ async fn authenticate_admin(state: &AppState, headers: &HeaderMap) -> Result<Pri
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only accounts in this state: suspected, auto_denied, confirmed or cleared.
+    #[param(value_type = Option<ReviewState>)]
     pub state: Option<String>,
     /// At most this many (default 100, at most 1,000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -62,10 +65,12 @@ pub struct ListQuery {
 )]
 pub async fn list(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<ReviewEntry>>, ApiError> {
     let principal = authenticate_admin(&state, &headers).await?;
+    // A query string that does not parse is bad input like any other: a JSON error.
+    let Query(q) = q.map_err(|e| field(FieldError::new("query", e.body_text())))?;
     let filter = q
         .state
         .as_deref()
@@ -132,11 +137,11 @@ pub async fn show(
 #[serde(deny_unknown_fields)]
 #[schema(as = ReviewDecision)]
 pub struct DecisionInput {
-    /// Who decides (an email, a handle); at most 128 characters.
-    #[schema(value_type = String)]
+    /// Who decides (an email, a handle); 1 to 128 characters, no control characters.
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = r"^[^\x00-\x1F\x7F-\x9F]+$")]
     pub actor: Option<String>,
-    /// Why; at most 2,000 characters.
-    #[schema(value_type = String)]
+    /// Why; 1 to 2,000 characters, no control characters but line breaks and tabs.
+    #[schema(value_type = String, min_length = 1, max_length = 2000, pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]+$")]
     pub reason: Option<String>,
 }
 
