@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use meterline_schemas::SignalKind;
+
 use super::GrowthReport;
 use crate::stats::Rate;
 
@@ -237,7 +239,7 @@ impl GrowthReport {
         rate(
             "lead_time",
             "enterprise",
-            "deal_ready",
+            SignalKind::DealReady.as_str(),
             &self.lead_time.deal_ready,
         );
         rate(
