@@ -126,6 +126,44 @@ pub fn notifications_table(rows: &[meterline_notifier::outbox::Listed]) -> Strin
         if let Some(to) = &r.delivered_to {
             let _ = writeln!(out, "        delivered to: {to}");
         }
+        if let Some(d) = &r.detail {
+            let _ = writeln!(out, "        routing: {d}");
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use meterline_notifier::outbox::{Listed, OutboxStatus};
+    use meterline_schemas::SignalKind;
+
+    #[test]
+    fn a_notification_shows_its_error_where_it_went_and_what_routing_decided() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 2, 16, 30, 0).unwrap();
+        let row = Listed {
+            id: 7,
+            account_id: "acct-1".into(),
+            destination: "hubspot".into(),
+            kind: SignalKind::DealReady,
+            signal_id: "acct-1:deal_ready:202612:75".into(),
+            status: OutboxStatus::Sent,
+            attempts: 1,
+            last_error: None,
+            delivered_to: Some("deal 42".into()),
+            detail: Some("no company: gmail.com is a public email domain".into()),
+            created_at: at,
+            next_attempt_at: at,
+            sent_at: Some(at),
+        };
+        let text = notifications_table(&[row]);
+        assert!(text.contains("        delivered to: deal 42\n"), "{text}");
+        assert!(
+            text.contains("        routing: no company: gmail.com is a public email domain\n"),
+            "{text}"
+        );
+        assert!(!text.contains("last error"), "{text}");
+    }
 }
