@@ -765,3 +765,114 @@ async fn misfire_8_an_escalation_reaches_enterprise_inbound_once_per_cooldown() 
         assert!(p.body.to_string().contains("*Recommended*\\nEnterprise"));
     }
 }
+
+/// Outreach (issue 20, seed 002): a free account crossing the PQL threshold or reaching 85 % of
+/// a limit gets a limit-approaching notice with its numbers; at 84 % it gets none; a pro
+/// account's PQL and an Enterprise account's limit reach no notice; after a month with a limit
+/// hit, the reset brings "your allowance has reset". Exact texts from the default templates
+/// and offers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outreach_tells_free_accounts_near_a_limit_and_after_the_reset() {
+    let s = setup(|_| {}).await;
+    let now = Utc::now();
+    let limit = |used: f64, stage: u32| {
+        json!({"limit": {"name": "day_requests", "window": "day", "metric": "requests",
+            "used": used, "limit": 1000.0, "ratio": used / 1000.0, "stage": stage,
+            "resets_at": "2026-12-03T00:00:00Z"}})
+    };
+    let pro_offer = "Pro for 1,000 requests/minute and 15 models ($49 per seat per month)";
+    // (plan, kind, episode, evidence, notice text or none)
+    type Case = (
+        &'static str,
+        SignalKind,
+        &'static str,
+        Value,
+        Option<String>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "free",
+            SignalKind::Pql,
+            "202612",
+            json!({"inputs": {}}),
+            Some(format!("Your team is getting real work done on the free tier. Pro gives you 1,000 requests/minute and 15 models ({PRO_PRICE}), so nothing slows you down.")),
+        ),
+        ("pro", SignalKind::Pql, "202612", json!({"inputs": {}}), None),
+        (
+            "free",
+            SignalKind::LimitStage,
+            "day_requests:85:20261202",
+            limit(870.0, 85),
+            Some(format!("You've used 87 % of your daily requests (870 of 1,000); it resets at 00:00 UTC on 3 December. Upgrade to {pro_offer} before the limit stops your requests.")),
+        ),
+        (
+            "free",
+            SignalKind::LimitStage,
+            "day_requests:70:20261202",
+            limit(849.0, 70),
+            None,
+        ),
+        (
+            "enterprise",
+            SignalKind::LimitStage,
+            "day_requests:100:20261202",
+            limit(1000.0, 100),
+            None,
+        ),
+        (
+            "free",
+            SignalKind::AllowanceReset,
+            "202612",
+            json!({"month": "202611", "limits": [{"limit": "day_requests", "windows": 2}, {"limit": "month_weighted_tokens", "windows": 1}]}),
+            Some(format!("Your allowance has reset. Last month you hit your daily requests and monthly tokens limits. Pro gives you 1,000 requests/minute and 15 models ({PRO_PRICE}), so it doesn't happen again.")),
+        ),
+    ];
+    let accounts: Vec<String> = cases.iter().map(|_| id("outreach")).collect();
+    let signups: Vec<Signup<'_>> = accounts
+        .iter()
+        .zip(&cases)
+        .map(|(a, (plan, ..))| (a.as_str(), *plan, "outreach.example"))
+        .collect();
+    s.signup(&signups).await;
+    let signals: Vec<AccountSignal> = accounts
+        .iter()
+        .zip(&cases)
+        .map(|(a, (plan, kind, episode, evidence, _))| {
+            signal(
+                a,
+                *kind,
+                episode,
+                now,
+                plan,
+                0,
+                &["outreach"],
+                evidence.clone(),
+            )
+        })
+        .collect();
+    s.publish(&signals).await;
+    s.settle().await;
+    for (account, (plan, kind, _, _, want)) in accounts.iter().zip(&cases) {
+        let notice = s.notice(account).await;
+        let case = format!("{kind} for a {plan} account");
+        match want {
+            None => {
+                assert_eq!(notice, Value::Null, "{case}");
+                assert!(
+                    s.outbox(account).await.is_empty(),
+                    "{case}: {:?}",
+                    s.outbox(account).await
+                );
+            }
+            Some(text) => {
+                assert_eq!(notice["message"], text.as_str(), "{case}");
+                assert_eq!(notice["kind"], kind.as_str(), "{case}");
+                assert_eq!(notice["plan"], "pro", "{case}");
+            }
+        }
+    }
+    // Nothing reached people: sales assist wants pro accounts or teams over 20 seats.
+    for account in &accounts {
+        assert!(s.posts(SLACK_SALES, account).is_empty(), "{account}");
+    }
+}

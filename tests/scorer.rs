@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use common::*;
 use meterline::services::{self, Components};
 use meterline::Config;
@@ -804,4 +804,166 @@ async fn history_queries_bind_account_ids_and_plugin_names() {
         assert_eq!(fa.sessions_today.len(), 1);
         assert_eq!(fb.sessions_today[0].session_id, "s'2");
     }
+}
+
+/// The monthly reset (seed 002's re-engagement): on the 1st, accounts that hit a limit in the
+/// month before get one `allowance_reset` signal each, on the topic; approaching a limit, a hit
+/// two months back or this month, and an Enterprise account get none; and a second sweep (a
+/// restarted scorer) raises nothing again. The hits are rows of PostgreSQL
+/// `limit_stage_crossings` as the scorer records them; plans come from signups through ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monthly_reset_reaches_last_months_limit_hitters_once() {
+    let config = config();
+    let app = spawn_with(config, Components::none().ingest().aggregator()).await;
+    let pool = app.pg().await;
+    let id = unique_suffix();
+    let acct = |name: &str| format!("{id}-{name}");
+    // (account, plan at signup or none, crossings: (limit, window, stage))
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<(&'a str, &'a str, i32)>);
+    let cases: Vec<Case> = vec![
+        (
+            "free-hit",
+            Some("free"),
+            vec![
+                ("day_requests", "20261115", 100),
+                ("day_requests", "20261130", 100),
+                ("month_requests", "202611", 100),
+            ],
+        ),
+        (
+            "pro-hit",
+            Some("pro"),
+            vec![("day_requests", "20261101", 100)],
+        ),
+        (
+            "no-row",
+            None,
+            vec![("month_weighted_tokens", "202611", 100)],
+        ),
+        (
+            "ent-hit",
+            Some("enterprise"),
+            vec![("day_requests", "20261120", 100)],
+        ),
+        (
+            "approached",
+            Some("free"),
+            vec![
+                ("day_requests", "20261120", 95),
+                ("month_requests", "202611", 85),
+            ],
+        ),
+        (
+            "october",
+            Some("free"),
+            vec![("day_requests", "20261031", 100)],
+        ),
+        (
+            "december",
+            Some("free"),
+            vec![("day_requests", "20261201", 100)],
+        ),
+    ];
+    let signups: Vec<Value> = cases
+        .iter()
+        .filter_map(|(name, plan, _)| plan.map(|p| (name, p)))
+        .map(|(name, plan)| {
+            json!({
+                "event_id": uuid::Uuid::new_v4().to_string(),
+                "occurred_at": (Utc::now() - ChronoDuration::days(60)).to_rfc3339(),
+                "account_id": acct(name),
+                "type": "signup",
+                "plan": plan,
+            })
+        })
+        .collect();
+    let (status, body) = app.post_json("/v1/account-events", &json!(signups)).await;
+    assert_eq!(status, 202, "{body}");
+    let ids: Vec<String> = signups
+        .iter()
+        .map(|s| s["account_id"].as_str().unwrap().to_owned())
+        .collect();
+    wait_for(
+        "the signups in PostgreSQL",
+        Duration::from_secs(30),
+        || async {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM accounts WHERE account_id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            check(n, |n| *n == ids.len() as i64)
+        },
+    )
+    .await;
+    for (name, _, crossings) in &cases {
+        for (limit, window, stage) in crossings {
+            sqlx::query(
+                "INSERT INTO limit_stage_crossings (account_id, limit_name, window_id, stage, occurred_at) \
+                 VALUES ($1, $2, $3, $4, now())",
+            )
+            .bind(acct(name))
+            .bind(limit)
+            .bind(window)
+            .bind(stage)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+
+    let scorer = services::scorer(&app.config, &pool, Default::default())
+        .await
+        .unwrap();
+    let first_of_december = Utc.with_ymd_and_hms(2026, 12, 1, 0, 30, 0).unwrap();
+    assert_eq!(scorer.reset_sweep(first_of_december).await.unwrap(), 3);
+    // A restarted scorer sweeps again the same month: nothing new.
+    assert_eq!(
+        scorer
+            .reset_sweep(first_of_december + ChronoDuration::hours(5))
+            .await
+            .unwrap(),
+        0
+    );
+
+    let signals = read_signals(&app.config, &format!("mlt-{id}-reset-reader")).await;
+    let mut got: Vec<(String, String, String, Vec<String>)> = signals
+        .iter()
+        .filter(|s| s.account_id.starts_with(&id))
+        .map(|s| {
+            assert_eq!(s.kind, SignalKind::AllowanceReset, "{s:?}");
+            (
+                s.account_id.clone(),
+                s.plan.clone(),
+                s.episode.clone(),
+                s.reasons.clone(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want = vec![
+        (
+            acct("free-hit"),
+            "free".to_owned(),
+            "202612".to_owned(),
+            vec![
+                "hit day_requests in 2 windows of 202611".to_owned(),
+                "hit month_requests once in 202611".to_owned(),
+            ],
+        ),
+        (
+            acct("no-row"),
+            "free".to_owned(),
+            "202612".to_owned(),
+            vec!["hit month_weighted_tokens once in 202611".to_owned()],
+        ),
+        (
+            acct("pro-hit"),
+            "pro".to_owned(),
+            "202612".to_owned(),
+            vec!["hit day_requests once in 202611".to_owned()],
+        ),
+    ];
+    assert_eq!(got, want);
 }

@@ -165,6 +165,12 @@ pub struct NoticeMessages {
     pub rate_limit_sustained: String,
     pub plugin_gate: String,
     pub power_user: String,
+    /// A free account crossing the PQL threshold.
+    pub pql: String,
+    /// A limit approaching its end: `{detail}` says which, how much is used and when it resets.
+    pub limit_stage: String,
+    /// The month's allowance is back after a month with a limit hit: `{detail}` names it.
+    pub allowance_reset: String,
 }
 
 impl Default for NoticeMessages {
@@ -173,6 +179,29 @@ impl Default for NoticeMessages {
             rate_limit_sustained: "You're growing fast! Your team has been over its request limit for minutes at a time. Upgrading to {plan} ({lifts}; {price}) gives you room to scale.".into(),
             plugin_gate: "{detail} {plan} includes it, with {lifts} ({price}).".into(),
             power_user: "You're one of our most active teams. {plan} gives you {lifts} ({price}).".into(),
+            pql: "Your team is getting real work done on the free tier. {plan} gives you {lifts} ({price}), so nothing slows you down.".into(),
+            limit_stage: "{detail} Upgrade to {plan} for {lifts} ({price}) before the limit stops your requests.".into(),
+            allowance_reset: "Your allowance has reset. {detail} {plan} gives you {lifts} ({price}), so it doesn't happen again.".into(),
+        }
+    }
+}
+
+/// When a `pql`, `limit_stage` or `allowance_reset` signal reaches the account holder (its
+/// `notice` destinations): seed 002's outreach to accounts approaching a limit.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutreachRule {
+    /// Only accounts on these plans are told (free: the brief's lifecycle outreach).
+    pub plans: Vec<String>,
+    /// A `limit_stage` signal reaches the account holder at this stage (percent) or above.
+    pub limit_min_stage: u32,
+}
+
+impl Default for OutreachRule {
+    fn default() -> Self {
+        Self {
+            plans: vec!["free".into()],
+            limit_min_stage: 85,
         }
     }
 }
@@ -214,6 +243,9 @@ pub struct NotifierConfig {
     /// Signal kind → destinations: `slack:<channel>`, `hubspot` or `notice`. A key that is not
     /// a signal kind fails when the configuration is read.
     pub routes: BTreeMap<SignalKind, Vec<String>>,
+    /// When `pql`, `limit_stage` and `allowance_reset` reach the account holder.
+    pub outreach: OutreachRule,
+    /// When `limit_stage` reaches people (`slack:` and `hubspot` destinations).
     pub sales_assist: SalesAssistRule,
     /// A deal alert (Slack and HubSpot) goes out at most once per account in this many days...
     pub deal_cooldown_days: u32,
@@ -267,18 +299,20 @@ impl Default for NotifierConfig {
                     SignalKind::DealReady,
                     &["slack:enterprise_inbound", "hubspot"],
                 ),
-                route(SignalKind::LimitStage, &["slack:sales_assist"]),
+                route(SignalKind::LimitStage, &["notice", "slack:sales_assist"]),
                 route(SignalKind::RateLimitSustained, &["notice"]),
                 route(SignalKind::PluginGate, &["notice"]),
                 route(SignalKind::PowerUser, &["notice"]),
                 route(SignalKind::AbuseSuspected, &["slack:trust_and_safety"]),
                 route(SignalKind::KeySharing, &["slack:trust_and_safety"]),
                 route(SignalKind::MultiAccount, &["slack:trust_and_safety"]),
-                route(SignalKind::Pql, &[]),
+                route(SignalKind::Pql, &["notice"]),
                 route(SignalKind::Escalation, &["slack:enterprise_inbound"]),
+                route(SignalKind::AllowanceReset, &["notice"]),
             ]
             .into_iter()
             .collect(),
+            outreach: OutreachRule::default(),
             sales_assist: SalesAssistRule::default(),
             deal_cooldown_days: 30,
             deal_rescore_points: 15,
@@ -312,6 +346,14 @@ pub const TRUST_AND_SAFETY_KINDS: [SignalKind; 3] = [
 /// HubSpot), never shown to the account holder as a notice.
 pub const SALES_KINDS: [SignalKind; 2] = [SignalKind::DealReady, SignalKind::Escalation];
 
+/// Outreach signals: what the account holder is told about (a notice), under
+/// `notifier.outreach`, besides any people they are routed to.
+pub const OUTREACH_KINDS: [SignalKind; 3] = [
+    SignalKind::Pql,
+    SignalKind::LimitStage,
+    SignalKind::AllowanceReset,
+];
+
 impl NotifierConfig {
     /// Checks the routes, the expansion route and the cooldowns. Each error names the key and
     /// says why. (Keys that are not signal kinds never get this far: they fail to deserialize.)
@@ -337,6 +379,9 @@ impl NotifierConfig {
         }
         for plan in &self.expansion_plans {
             Plan::parse("notifier.expansion_plans", plan).map_err(|e| e.to_string())?;
+        }
+        for plan in &self.outreach.plans {
+            Plan::parse("notifier.outreach.plans", plan).map_err(|e| e.to_string())?;
         }
         for d in &self.expansion_route {
             let key = "notifier.expansion_route";

@@ -110,6 +110,7 @@ fn title(kind: SignalKind) -> &'static str {
         SignalKind::PowerUser => "Power user",
         SignalKind::Pql => "Product-qualified lead",
         SignalKind::Escalation => "Escalation",
+        SignalKind::AllowanceReset => "Allowance reset",
     }
 }
 
@@ -357,15 +358,22 @@ pub fn notice(c: &NotifierConfig, signal: &AccountSignal, plan: Plan, offer: &Of
     let template = match signal.kind {
         SignalKind::PluginGate => &c.notices.plugin_gate,
         SignalKind::PowerUser => &c.notices.power_user,
+        SignalKind::Pql => &c.notices.pql,
+        SignalKind::LimitStage => &c.notices.limit_stage,
+        SignalKind::AllowanceReset => &c.notices.allowance_reset,
         _ => &c.notices.rate_limit_sustained,
     };
     let e = signal.evidence();
-    let detail = e
-        .get("message")
-        .and_then(Value::as_str)
-        .map(String::from)
-        .or_else(|| signal.reasons.first().cloned())
-        .unwrap_or_default();
+    let detail = match signal.kind {
+        SignalKind::LimitStage => outreach::limit_stage_detail(&e),
+        SignalKind::AllowanceReset => outreach::allowance_reset_detail(&e),
+        _ => e
+            .get("message")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .or_else(|| signal.reasons.first().cloned())
+            .unwrap_or_default(),
+    };
     NoticeText {
         message: template
             .replace("{plan}", &offer.name)
@@ -442,6 +450,8 @@ pub fn deal_request(
         no_company,
     }
 }
+
+pub mod outreach;
 
 #[cfg(test)]
 mod tests;

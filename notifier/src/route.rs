@@ -10,16 +10,24 @@
 //! * **Existing customers' growth.** A `deal_ready` or `escalation` signal for an account on
 //!   one of `notifier.expansion_plans` (Enterprise by default) goes to
 //!   `notifier.expansion_route` (`slack:account_management`) instead of its routes.
-//! * **Sales assist.** A `limit_stage` signal goes to its routes at `sales_assist.min_stage` or
-//!   above, for accounts with more than `sales_assist.seats_over` seats or on one of
-//!   `sales_assist.plans`.
+//! * **Outreach** (seed 002). A `pql`, `limit_stage` or `allowance_reset` signal reaches the
+//!   account holder (its `notice` destinations) only for accounts on `outreach.plans` (free by
+//!   default), and a `limit_stage` one only at `outreach.limit_min_stage` (85 %) or above: a
+//!   free account crossing the PQL threshold or reaching 85 % of a limit is told, and on the
+//!   1st of a month one that hit a limit the month before hears that its allowance reset.
+//! * **Sales assist.** A `limit_stage` signal reaches people (its `slack:` and `hubspot`
+//!   destinations) at `sales_assist.min_stage` or above, for accounts with more than
+//!   `sales_assist.seats_over` seats or on one of `sales_assist.plans`.
+//!
+//! The two rules apply to a signal's destinations separately, so a 25-seat free team at 95 %
+//! gets its notice and reaches `#sales-assist`.
 
 use chrono::{DateTime, Duration, Utc};
 
 use meterline_schemas::limits::TiersConfig;
 use meterline_schemas::{AccountSignal, Plan, SignalKind};
 
-use crate::config::{NotifierConfig, SALES_KINDS, TRUST_AND_SAFETY_KINDS};
+use crate::config::{NotifierConfig, OUTREACH_KINDS, SALES_KINDS, TRUST_AND_SAFETY_KINDS};
 use crate::offer::{self, NoOffer};
 
 /// Where a notification goes.
@@ -38,6 +46,14 @@ impl Destination {
             other => other
                 .strip_prefix("slack:")
                 .map(|c| Self::Slack(c.to_owned())),
+        }
+    }
+
+    /// Whether the account holder reads it (as opposed to people at the vendor).
+    pub fn is_for_account_holder(&self) -> bool {
+        match self {
+            Self::Notice => true,
+            Self::Slack(_) | Self::HubSpot => false,
         }
     }
 
@@ -132,20 +148,41 @@ pub fn route(
     let Some(routes) = c.routes.get(&signal.kind) else {
         return r;
     };
-    if signal.kind == SignalKind::LimitStage {
+    let (holder, people): (Vec<Destination>, Vec<Destination>) = parse(routes)
+        .into_iter()
+        .partition(Destination::is_for_account_holder);
+    let mut skipped = Vec::new();
+    let holder_ok = !OUTREACH_KINDS.contains(&signal.kind) || {
+        let rule = &c.outreach;
+        let on_plan = rule.plans.iter().any(|p| p == plan.as_str());
+        let staged = signal.kind != SignalKind::LimitStage
+            || signal
+                .limit_stage()
+                .is_some_and(|s| s >= rule.limit_min_stage);
+        on_plan && staged
+    };
+    if !holder.is_empty() && !holder_ok {
+        skipped.push("outreach: below the stage or not on its plans");
+    }
+    let people_ok = signal.kind != SignalKind::LimitStage || {
         let rule = &c.sales_assist;
         let staged = signal.limit_stage().is_some_and(|s| s >= rule.min_stage);
         let big = account
             .seats
             .is_some_and(|s| s > 0 && s as u64 > rule.seats_over);
         let on_plan = rule.plans.iter().any(|p| p == plan.as_str());
-        if !(staged && (big || on_plan)) {
-            r.skipped =
-                Some("sales assist: below the stage, too few seats, not on its plans".into());
-            return r;
-        }
+        staged && (big || on_plan)
+    };
+    if !people.is_empty() && !people_ok {
+        skipped.push("sales assist: below the stage, too few seats, not on its plans");
     }
-    r.destinations = parse(routes);
+    r.destinations = (holder_ok.then_some(holder).unwrap_or_default())
+        .into_iter()
+        .chain(people_ok.then_some(people).unwrap_or_default())
+        .collect();
+    if r.destinations.is_empty() && !skipped.is_empty() {
+        r.skipped = Some(skipped.join("; "));
+    }
     r
 }
 
@@ -303,7 +340,12 @@ mod tests {
                 vec![Destination::Slack("trust_and_safety".into())]
             );
         }
-        assert!(destinations(&c, &t, &signal(SignalKind::Pql, "free", "x"), &none).is_empty());
+        for kind in [SignalKind::Pql, SignalKind::AllowanceReset] {
+            assert_eq!(
+                destinations(&c, &t, &signal(kind, "free", "202612"), &none),
+                vec![Destination::Notice]
+            );
+        }
         assert_eq!(
             destinations(
                 &c,
@@ -410,33 +452,90 @@ mod tests {
     }
 
     #[test]
-    fn limit_stages_reach_sales_assist_at_85_for_pro_or_more_than_20_seats() {
+    fn limit_stages_reach_the_holder_at_85_on_free_and_sales_assist_at_85_for_pro_or_teams_over_20_seats(
+    ) {
         let c = NotifierConfig::default();
         let t = TiersConfig::default();
-        let seats = |n| AccountInfo {
-            seats: Some(n),
-            ..Default::default()
-        };
-        let enterprise = AccountInfo {
-            plan: Some("enterprise".into()),
-            seats: Some(50),
-            ..Default::default()
-        };
-        let sales = vec![Destination::Slack("sales_assist".into())];
-        let s = |plan, stage| {
-            signal(
+        let notice = || Destination::Notice;
+        let sales = || Destination::Slack("sales_assist".into());
+        // (plan, seats, stage, destinations): one unit each side of 85 % and of 20 seats.
+        let cases: Vec<(&str, i64, u32, Vec<Destination>)> = vec![
+            ("free", 1, 70, vec![]),
+            ("free", 1, 84, vec![]),
+            ("free", 1, 85, vec![notice()]),
+            ("free", 1, 100, vec![notice()]),
+            ("free", 20, 95, vec![notice()]),
+            ("free", 21, 95, vec![notice(), sales()]),
+            ("free", 21, 84, vec![]),
+            ("pro", 1, 84, vec![]),
+            ("pro", 1, 85, vec![sales()]),
+            ("pro", 30, 100, vec![sales()]),
+            // An Enterprise account has nothing higher to buy: no notice, no sales assist.
+            ("enterprise", 50, 100, vec![]),
+        ];
+        for (plan, seats, stage, want) in cases {
+            let s = signal(
                 SignalKind::LimitStage,
                 plan,
                 &format!("month_requests:{stage}:202611"),
+            );
+            let account = AccountInfo {
+                plan: Some(plan.into()),
+                seats: Some(seats),
+                ..Default::default()
+            };
+            let r = route(&c, &t, &s, &account);
+            assert_eq!(r.destinations, want, "{plan}, {seats} seats, {stage} %");
+            assert_eq!(
+                r.skipped.is_some(),
+                want.is_empty(),
+                "{plan}, {seats} seats, {stage} %: {:?}",
+                r.skipped
+            );
+        }
+        // Configurable: outreach to pro accounts too, from 95 %.
+        let c = NotifierConfig {
+            outreach: crate::config::OutreachRule {
+                plans: vec!["free".into(), "pro".into()],
+                limit_min_stage: 95,
+            },
+            ..Default::default()
+        };
+        let pro = AccountInfo {
+            plan: Some("pro".into()),
+            ..Default::default()
+        };
+        let at = |stage: u32| {
+            signal(
+                SignalKind::LimitStage,
+                "pro",
+                &format!("day_requests:{stage}:20261130"),
             )
         };
-        assert_eq!(destinations(&c, &t, &s("pro", 85), &seats(1)), sales);
-        assert!(destinations(&c, &t, &s("pro", 70), &seats(1)).is_empty());
-        assert!(destinations(&c, &t, &s("free", 95), &seats(20)).is_empty());
-        assert_eq!(destinations(&c, &t, &s("free", 95), &seats(21)), sales);
-        assert!(destinations(&c, &t, &s("free", 100), &AccountInfo::default()).is_empty());
-        // An Enterprise account has nothing higher to buy: sales assist would prospect it.
-        assert!(destinations(&c, &t, &s("enterprise", 100), &enterprise).is_empty());
+        assert_eq!(destinations(&c, &t, &at(94), &pro), vec![sales()]);
+        assert_eq!(destinations(&c, &t, &at(95), &pro), vec![notice(), sales()]);
+    }
+
+    /// PQL and the monthly reset reach free account holders only (by default).
+    #[test]
+    fn pql_and_allowance_reset_notices_go_to_outreach_plans() {
+        let c = NotifierConfig::default();
+        let t = TiersConfig::default();
+        for kind in [SignalKind::Pql, SignalKind::AllowanceReset] {
+            for (plan, want) in [
+                ("free", vec![Destination::Notice]),
+                ("pro", vec![]),
+                ("enterprise", vec![]),
+            ] {
+                let account = AccountInfo {
+                    plan: Some(plan.into()),
+                    ..Default::default()
+                };
+                let r = route(&c, &t, &signal(kind, plan, "202612"), &account);
+                assert_eq!(r.destinations, want, "{kind} on {plan}");
+                assert_eq!(r.skipped.is_some(), want.is_empty(), "{kind} on {plan}");
+            }
+        }
     }
 
     #[test]

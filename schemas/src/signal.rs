@@ -33,11 +33,14 @@ pub enum SignalKind {
     /// The brief's auto-escalation thresholds (sustained request rate, monthly tokens,
     /// regions), raised on their own whatever the deal score.
     Escalation,
+    /// A new calendar month gave back the allowance of an account that hit a limit the month
+    /// before: the re-engagement moment of seed 002 ("your allowance has reset").
+    AllowanceReset,
 }
 
 impl SignalKind {
     /// Every kind, in declaration order.
-    pub const ALL: [SignalKind; 10] = [
+    pub const ALL: [SignalKind; 11] = [
         SignalKind::DealReady,
         SignalKind::Pql,
         SignalKind::LimitStage,
@@ -48,6 +51,7 @@ impl SignalKind {
         SignalKind::KeySharing,
         SignalKind::MultiAccount,
         SignalKind::Escalation,
+        SignalKind::AllowanceReset,
     ];
 
     /// The kind's text on the wire, in configuration and in PostgreSQL.
@@ -63,6 +67,7 @@ impl SignalKind {
             SignalKind::KeySharing => "key_sharing",
             SignalKind::MultiAccount => "multi_account",
             SignalKind::Escalation => "escalation",
+            SignalKind::AllowanceReset => "allowance_reset",
         }
     }
 }

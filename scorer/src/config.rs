@@ -266,6 +266,12 @@ pub struct ScorerConfig {
     pub power_plans: Vec<Plan>,
     /// Limit stages at or above this raise `limit_stage`.
     pub limit_signal_stage: u32,
+    /// The plans `allowance_reset` watches: at the start of a month, accounts on them that
+    /// hit a limit (its last stage) the month before get one `allowance_reset` signal.
+    pub allowance_reset_plans: Vec<Plan>,
+    /// The month's reset sweep runs in its first this-many days (UTC); a scorer started later
+    /// in the month does not tell anyone that their allowance reset weeks ago.
+    pub allowance_reset_within_days: u32,
     pub deal: DealConfig,
     pub abuse: AbuseConfig,
     pub pql: PqlConfig,
@@ -296,6 +302,8 @@ impl Default for ScorerConfig {
             power_spend_top_share: 0.05,
             power_plans: below_top(),
             limit_signal_stage: 70,
+            allowance_reset_plans: below_top(),
+            allowance_reset_within_days: 3,
             deal: DealConfig::default(),
             abuse: AbuseConfig::default(),
             pql: PqlConfig::default(),
@@ -324,6 +332,9 @@ impl ScorerConfig {
             SignalKind::PowerUser => ("scorer.power_plans", &self.power_plans),
             SignalKind::RateLimitSustained => ("scorer.rate_limit_plans", &self.rate_limit_plans),
             SignalKind::Escalation => ("scorer.escalation_plans", &self.escalation_plans),
+            SignalKind::AllowanceReset => {
+                ("scorer.allowance_reset_plans", &self.allowance_reset_plans)
+            }
             SignalKind::LimitStage => return None,
         })
     }
@@ -337,6 +348,12 @@ impl ScorerConfig {
     /// The rules types do not express. The error names the key. (Plan names are checked when
     /// the configuration is read: a name that is not free, pro or enterprise does not parse.)
     pub fn validate(&self) -> Result<(), String> {
+        if !(1..=28).contains(&self.allowance_reset_within_days) {
+            return Err(format!(
+                "scorer.allowance_reset_within_days: {} is not a number of days from 1 to 28 (every month has them)",
+                self.allowance_reset_within_days
+            ));
+        }
         let share = self.power_spend_top_share;
         if !(share > 0.0 && share <= 1.0) {
             return Err(format!(
@@ -390,6 +407,7 @@ mod tests {
             (PowerUser, true, true, false),
             (RateLimitSustained, true, true, false),
             (LimitStage, true, true, true),
+            (AllowanceReset, true, true, false),
         ];
         for (kind, free, pro, ent) in cases {
             assert_eq!(
@@ -409,6 +427,16 @@ mod tests {
     fn validation_names_the_key() {
         type Edit = fn(&mut ScorerConfig);
         let cases: Vec<(Edit, Option<&str>)> = vec![
+            (
+                |c| c.allowance_reset_within_days = 0,
+                Some("scorer.allowance_reset_within_days"),
+            ),
+            (|c| c.allowance_reset_within_days = 1, None),
+            (|c| c.allowance_reset_within_days = 28, None),
+            (
+                |c| c.allowance_reset_within_days = 29,
+                Some("scorer.allowance_reset_within_days"),
+            ),
             (
                 |c| c.power_spend_top_share = 0.0,
                 Some("scorer.power_spend_top_share"),

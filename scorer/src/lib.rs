@@ -10,15 +10,19 @@
 //! * [`store`]: current scores, score history and signals (exactly one per episode);
 //! * [`crossings`]: each limit stage an account reaches, by event time, for the growth team's
 //!   `limit_events`;
+//! * [`reset`]: on a new month, `allowance_reset` for the accounts that hit a limit in the
+//!   month before (seed 002's re-engagement);
 //! * [`worker`]: the loop. The aggregator marks accounts whose hot state changed in the Redis
 //!   set `{p}dirty`; the worker drains it every second, so a change is scored within seconds
 //!   without scanning every account, and a daily full pass catches what time alone changes.
+//!   Early in each month it also runs the [`reset`] sweep once.
 
 pub mod config;
 pub mod crossings;
 pub mod facts;
 pub mod load;
 pub mod metrics;
+pub mod reset;
 pub mod rules;
 pub mod score;
 pub mod store;

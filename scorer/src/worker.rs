@@ -1,10 +1,10 @@
 //! The scoring loop: drain the dirty set, score, store, move accounts into (or out of)
-//! review, raise; once a day, everyone.
+//! review, raise; once a day, everyone; early in each month, the reset sweep.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{NaiveDate, Timelike, Utc};
+use chrono::{DateTime, NaiveDate, Timelike, Utc};
 use meterline_schemas::limits::{QuotaConfig, TiersConfig};
 use meterline_schemas::AccountId;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +13,7 @@ use tracing::Instrument;
 use crate::config::ScorerConfig;
 use crate::load::Stores;
 use crate::metrics::ScorerMetrics;
+use crate::reset;
 use crate::score::{score, signals, Scores};
 use crate::store::ScoreStore;
 use crate::ScoreError;
@@ -78,6 +79,25 @@ impl Scorer {
         Ok(all)
     }
 
+    /// Raises `allowance_reset` for the accounts that hit a limit in the month before `now`'s
+    /// ([`crate::reset`]). Returns how many were raised now (a second sweep raises none).
+    pub async fn reset_sweep(&self, now: DateTime<Utc>) -> Result<usize, ScoreError> {
+        let last_stage = self.quota.stages.last().copied().unwrap_or(100);
+        let hits = reset::last_month_hits(&self.stores.pg, last_stage, now).await?;
+        let mut raised = 0;
+        for sig in reset::reset_signals(&self.config, &hits, now) {
+            let span = tracing::debug_span!("reset", account_id = %sig.account_id);
+            if self.store.raise(&sig).instrument(span).await? {
+                raised += 1;
+                self.metrics
+                    .signals
+                    .with_label_values(&[sig.kind.as_str()])
+                    .inc();
+            }
+        }
+        Ok(raised)
+    }
+
     async fn take_dirty(&self) -> Result<Vec<String>, ScoreError> {
         let ids: Vec<String> = redis::cmd("SPOP")
             .arg(self.stores.keys.dirty())
@@ -127,6 +147,8 @@ impl Scorer {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ScoreError> {
         let interval = Duration::from_millis(self.config.interval_ms);
         let mut last_full_pass: Option<NaiveDate> = None;
+        // The month (`YYYYMM`) whose reset sweep has run in this process.
+        let mut last_reset: Option<String> = None;
         let mut backoff = interval;
         loop {
             tokio::select! {
@@ -143,6 +165,18 @@ impl Scorer {
                         last_full_pass = Some(now.date_naive());
                     }
                     Err(e) => tracing::warn!(error = %e, "daily full pass could not list accounts"),
+                }
+            }
+            let month = reset::months(now).1;
+            if reset::in_sweep_window(&self.config, now) && last_reset.as_ref() != Some(&month) {
+                match self.reset_sweep(now).await {
+                    Ok(n) => {
+                        tracing::info!(raised = n, %month, "monthly reset sweep");
+                        last_reset = Some(month);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "monthly reset sweep failed; retried next tick")
+                    }
                 }
             }
             backoff = interval;
