@@ -13,6 +13,8 @@
 //! * **Sales assist.** A `limit_stage` signal goes to its routes at `sales_assist.min_stage` or
 //!   above, for accounts with more than `sales_assist.seats_over` seats or on one of
 //!   `sales_assist.plans`.
+//! * **Email** goes to the account holder: an account with no contact email, or one that
+//!   unsubscribed, gets its email recorded as skipped ([`email_skip`]), never sent.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -28,6 +30,8 @@ pub enum Destination {
     Slack(String),
     HubSpot,
     Notice,
+    /// The account holder's contact email ([`crate::email`]).
+    Email,
 }
 
 impl Destination {
@@ -35,6 +39,7 @@ impl Destination {
         match s {
             "hubspot" => Some(Self::HubSpot),
             "notice" => Some(Self::Notice),
+            "email" => Some(Self::Email),
             other => other
                 .strip_prefix("slack:")
                 .map(|c| Self::Slack(c.to_owned())),
@@ -46,6 +51,7 @@ impl Destination {
             Self::Slack(c) => format!("slack:{c}"),
             Self::HubSpot => "hubspot".into(),
             Self::Notice => "notice".into(),
+            Self::Email => "email".into(),
         }
     }
 }
@@ -58,6 +64,25 @@ pub struct AccountInfo {
     pub seats: Option<i64>,
     pub email_domain: Option<String>,
     pub company_size: Option<i64>,
+    /// Whether the account has a contact email (the address itself stays in PostgreSQL until
+    /// an email is sent).
+    pub has_contact_email: bool,
+    /// When the account holder unsubscribed from email, if they did.
+    pub email_unsubscribed_at: Option<DateTime<Utc>>,
+}
+
+/// Why an email to `account` is not sent, if it is not: no contact email, or unsubscribed.
+pub fn email_skip(account: &AccountInfo) -> Option<String> {
+    if let Some(at) = account.email_unsubscribed_at {
+        return Some(format!(
+            "email skipped: the account holder unsubscribed at {}",
+            at.to_rfc3339()
+        ));
+    }
+    (!account.has_contact_email).then(|| {
+        "email skipped: the account has no contact email (signup or profile_updated contact_email)"
+            .to_owned()
+    })
 }
 
 impl AccountInfo {
@@ -175,6 +200,12 @@ pub fn cooldown(c: &NotifierConfig, kind: SignalKind, destination: &Destination)
         (Destination::Notice, _) => Cooldown {
             class: "notice".into(),
             period: Duration::days(i64::from(c.notice_cooldown_days)),
+            rescore_points: None,
+        },
+        // Likewise one email.
+        (Destination::Email, _) => Cooldown {
+            class: "email".into(),
+            period: Duration::days(i64::from(c.email_cooldown_days)),
             rescore_points: None,
         },
         (_, SignalKind::Escalation) => Cooldown {
@@ -486,6 +517,62 @@ mod tests {
             verdict(&cd, prev, t0 + Duration::days(30), 0),
             Verdict::Send
         );
+    }
+
+    #[test]
+    fn email_routes_parse_have_their_own_cooldown_and_skip_without_an_address() {
+        assert_eq!(Destination::parse("email"), Some(Destination::Email));
+        assert_eq!(Destination::Email.as_string(), "email");
+        let mut c = NotifierConfig {
+            email_cooldown_days: 3,
+            ..Default::default()
+        };
+        c.routes
+            .insert(SignalKind::Pql, vec!["notice".into(), "email".into()]);
+        let t = TiersConfig::default();
+        assert_eq!(
+            destinations(
+                &c,
+                &t,
+                &signal(SignalKind::Pql, "free", "x"),
+                &AccountInfo::default()
+            ),
+            vec![Destination::Notice, Destination::Email]
+        );
+        let a = cooldown(&c, SignalKind::Pql, &Destination::Email);
+        assert_eq!(a, cooldown(&c, SignalKind::LimitStage, &Destination::Email));
+        assert_eq!((a.class.as_str(), a.period), ("email", Duration::days(3)));
+        let at = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        let cases: [(bool, Option<DateTime<Utc>>, Option<&str>); 4] = [
+            (true, None, None),
+            (
+                false,
+                None,
+                Some("email skipped: the account has no contact email"),
+            ),
+            (
+                true,
+                Some(at),
+                Some("email skipped: the account holder unsubscribed at 2026-11-01T00:00:00+00:00"),
+            ),
+            (
+                false,
+                Some(at),
+                Some("email skipped: the account holder unsubscribed"),
+            ),
+        ];
+        for (has, unsubscribed, want) in cases {
+            let got = email_skip(&AccountInfo {
+                has_contact_email: has,
+                email_unsubscribed_at: unsubscribed,
+                ..Default::default()
+            });
+            match (got, want) {
+                (None, None) => {}
+                (Some(g), Some(w)) => assert!(g.starts_with(w), "{g}"),
+                (g, w) => panic!("{has} {unsubscribed:?}: {g:?} vs {w:?}"),
+            }
+        }
     }
 
     #[test]
