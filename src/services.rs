@@ -25,7 +25,7 @@ use meterline_ingest::server::IngestServer;
 use meterline_ingest::{AppState, TokenStore};
 use meterline_notifier::{Notifier, NotifierMetrics, NotifierService};
 use meterline_schemas::keys::Keys;
-use meterline_schemas::{avro, IpHasher};
+use meterline_schemas::{avro, IpHasher, UnsubscribeKey};
 use meterline_scorer::load::Stores;
 use meterline_scorer::metrics::ScorerMetrics;
 use meterline_scorer::store::{ScoreStore, SignalTopic};
@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DEV_IP_HASH_KEY;
+use crate::config::{DEV_IP_HASH_KEY, DEV_UNSUBSCRIBE_KEY};
 use crate::migrate::connect_postgres;
 use crate::Config;
 
@@ -106,6 +106,9 @@ pub async fn ingest_state(
     if config.privacy.ip_hash_key == DEV_IP_HASH_KEY {
         tracing::warn!("privacy.ip_hash_key is the development default; set METERLINE_PRIVACY__IP_HASH_KEY in production");
     }
+    if config.privacy.unsubscribe_key == DEV_UNSUBSCRIBE_KEY {
+        tracing::warn!("privacy.unsubscribe_key is the development default; set METERLINE_PRIVACY__UNSUBSCRIBE_KEY in production (anyone could forge unsubscribe links)");
+    }
     let registry = registry(config, pool);
     let topic_schema = |topic: String, text: &'static str| {
         let registry = registry.clone();
@@ -134,6 +137,7 @@ pub async fn ingest_state(
         kafka: config.kafka.clone(),
         tokens: token_store(config, pool),
         ip_hasher: IpHasher::new(&config.privacy.ip_hash_key),
+        unsubscribe: UnsubscribeKey::new(&config.privacy.unsubscribe_key),
         usage,
         account,
         read: Some(read),
@@ -254,6 +258,7 @@ pub fn notifier(config: &Config, pool: &PgPool, metrics: NotifierMetrics) -> Res
         config.notifier.clone(),
         config.tiers.clone(),
         config.public_domains()?,
+        UnsubscribeKey::new(&config.privacy.unsubscribe_key),
         metrics,
     )
     .context("building the notifier")

@@ -273,7 +273,7 @@ impl Sentinel {
     }
 
     /// Waits until the sentinel's notification is sent and every notification is settled
-    /// (sent, dead or unconfirmed: none pending or being sent).
+    /// (sent, dead, unconfirmed or skipped: none pending or being sent).
     async fn wait_sent(&self, pool: &sqlx::PgPool) {
         wait_for(
             "the sentinel sent and the outbox settled",
@@ -290,7 +290,7 @@ impl Sentinel {
                         .any(|(a, _, s)| *a == self.account && s == "sent")
                         && rows
                             .iter()
-                            .all(|(_, _, s)| ["sent", "dead", "unconfirmed"].contains(&s.as_str()))
+                            .all(|(_, _, s)| ["sent", "dead", "unconfirmed", "skipped"].contains(&s.as_str()))
                 })
             },
         )

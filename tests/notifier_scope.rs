@@ -205,7 +205,7 @@ impl Setup {
                     rows.iter().any(|(a, s)| *a == account && s == "sent")
                         && rows
                             .iter()
-                            .all(|(_, s)| ["sent", "dead", "unconfirmed"].contains(&s.as_str()))
+                            .all(|(_, s)| ["sent", "dead", "unconfirmed", "skipped"].contains(&s.as_str()))
                 })
             },
         )

@@ -13,6 +13,10 @@
 //!
 //! Every review event counts in `review_seq`, applied or not, so the scorer's next move gets a
 //! new event id.
+//!
+//! The contact email (`signup`, `profile_updated`) is a profile field like the email domain.
+//! An `email_unsubscribed` event sets `email_unsubscribed_at` to the first unsubscribe, and
+//! nothing clears it: the notifier sends that account no more email.
 
 use std::collections::HashSet;
 
@@ -85,10 +89,12 @@ impl AccountsSink {
             let seats_at = e.seats.map(|_| occurred);
             let signed_up = (e.kind == AccountEventType::Signup).then_some(occurred);
             let churned = (e.kind == AccountEventType::Churned).then_some(occurred);
+            let unsubscribed = (e.kind == AccountEventType::EmailUnsubscribed).then_some(occurred);
             sqlx::query(
                 "INSERT INTO accounts (account_id, plan, plan_changed_at, seats, seats_changed_at, email_domain,
-                    company_size, signup_ip_hash, device_id, browser_signature, signed_up_at, churned_at, last_event_at)
-                 VALUES ($1, COALESCE($2, 'free'), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                    company_size, signup_ip_hash, device_id, browser_signature, signed_up_at, churned_at, last_event_at,
+                    contact_email, email_unsubscribed_at)
+                 VALUES ($1, COALESCE($2, 'free'), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                  ON CONFLICT (account_id) DO UPDATE SET
                     plan = CASE WHEN EXCLUDED.plan_changed_at IS NOT NULL
                                  AND (accounts.plan_changed_at IS NULL OR EXCLUDED.plan_changed_at >= accounts.plan_changed_at)
@@ -110,6 +116,9 @@ impl AccountsSink {
                                THEN COALESCE(EXCLUDED.browser_signature, accounts.browser_signature) ELSE accounts.browser_signature END,
                     signed_up_at = LEAST(accounts.signed_up_at, EXCLUDED.signed_up_at),
                     churned_at = GREATEST(accounts.churned_at, EXCLUDED.churned_at),
+                    contact_email = CASE WHEN accounts.contact_email IS NULL OR COALESCE(EXCLUDED.last_event_at >= accounts.last_event_at, TRUE)
+                               THEN COALESCE(EXCLUDED.contact_email, accounts.contact_email) ELSE accounts.contact_email END,
+                    email_unsubscribed_at = LEAST(accounts.email_unsubscribed_at, EXCLUDED.email_unsubscribed_at),
                     last_event_at = GREATEST(accounts.last_event_at, EXCLUDED.last_event_at),
                     updated_at = now()",
             )
@@ -126,6 +135,8 @@ impl AccountsSink {
             .bind(signed_up)
             .bind(churned)
             .bind(occurred)
+            .bind(e.contact_email.as_ref().map(|c| c.expose()))
+            .bind(unsubscribed)
             .execute(&mut *tx)
             .await?;
             if let Some(state) = state_after(e.kind) {

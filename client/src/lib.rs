@@ -117,8 +117,8 @@ pub struct AccountEvent {
     pub event_id: String,
     pub occurred_at: DateTime<Utc>,
     pub account_id: String,
-    /// `signup`, `plan_changed`, `seats_changed`, `upgrade_page_viewed`, `notice_shown`,
-    /// `notice_clicked` or `churned`.
+    /// `signup`, `plan_changed`, `seats_changed`, `profile_updated`, `upgrade_page_viewed`,
+    /// `notice_shown`, `notice_clicked`, `email_unsubscribed` or `churned`.
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,6 +135,10 @@ pub struct AccountEvent {
     pub device_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub browser_signature: Option<String>,
+    /// The account holder's contact email (`signup`, `profile_updated`): personal data, where
+    /// the email channel writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact_email: Option<String>,
 }
 
 impl AccountEvent {
@@ -152,6 +156,7 @@ impl AccountEvent {
             signup_ip: None,
             device_id: None,
             browser_signature: None,
+            contact_email: None,
         }
     }
 }

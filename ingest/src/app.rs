@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use axum::Router;
 use meterline_schemas::avro::Schema;
-use meterline_schemas::IpHasher;
+use meterline_schemas::{IpHasher, UnsubscribeKey};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -29,6 +29,8 @@ pub struct AppState {
     pub tokens: TokenStore,
     pub producer: EventProducer,
     pub ip_hasher: IpHasher,
+    /// Checks the email channel's one-click unsubscribe links (`privacy.unsubscribe_key`).
+    pub unsubscribe: UnsubscribeKey,
     pub usage: TopicSchema,
     pub account: TopicSchema,
     pub metrics: IngestMetrics,
@@ -55,6 +57,7 @@ pub struct AppParts {
     pub kafka: KafkaConfig,
     pub tokens: TokenStore,
     pub ip_hasher: IpHasher,
+    pub unsubscribe: UnsubscribeKey,
     pub usage: TopicSchema,
     pub account: TopicSchema,
     pub read: Option<crate::read::ReadPath>,
@@ -85,6 +88,7 @@ impl AppParts {
             tokens: self.tokens,
             producer,
             ip_hasher: self.ip_hasher,
+            unsubscribe: self.unsubscribe,
             usage: self.usage,
             account: self.account,
             metrics: self.metrics,
@@ -98,10 +102,11 @@ impl AppParts {
 /// both its route and its documentation. Without a read path (`read` false) the read routes are
 /// neither served (they answer 404) nor documented.
 pub fn api(read: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    use routes::{events, health, notices, openapi};
+    use routes::{events, health, notices, openapi, unsubscribe};
     let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(events::post_usage_events))
         .routes(routes!(events::post_account_events))
+        .routes(routes!(unsubscribe::confirm_page, unsubscribe::unsubscribe))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
@@ -150,6 +155,7 @@ mod tests {
             kafka: KafkaConfig::default(),
             tokens: TokenStore::new(pool, Duration::from_secs(1)),
             ip_hasher: IpHasher::new("test"),
+            unsubscribe: UnsubscribeKey::new("test"),
             usage: topic("usage-events", avro::USAGE_EVENT_SCHEMA),
             account: topic("account-events", avro::ACCOUNT_EVENT_SCHEMA),
             read: None,

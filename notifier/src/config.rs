@@ -1,6 +1,7 @@
 //! `[notifier]`: routing, cooldowns, retry policy and the outside services. The defaults route
 //! as the domain brief does and send nothing outside: with no Slack webhook and no HubSpot token
-//! configured, every message goes to the local sink (one file per message).
+//! configured, every message goes to the local sink (one file per message). The email
+//! channel's settings are [`crate::email::EmailConfig`] (`[notifier.email]`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -240,8 +241,8 @@ pub struct NotifierConfig {
     pub instance_id: String,
     /// The local sink: one JSON file per message that had no outside service configured.
     pub data_dir: String,
-    /// Signal kind → destinations: `slack:<channel>`, `hubspot` or `notice`. A key that is not
-    /// a signal kind fails when the configuration is read.
+    /// Signal kind → destinations: `slack:<channel>`, `hubspot`, `notice` or `email`. A key
+    /// that is not a signal kind fails when the configuration is read.
     pub routes: BTreeMap<SignalKind, Vec<String>>,
     /// When `pql`, `limit_stage` and `allowance_reset` reach the account holder.
     pub outreach: OutreachRule,
@@ -253,6 +254,8 @@ pub struct NotifierConfig {
     pub deal_rescore_points: u32,
     /// At most one new dashboard notice per account in this many days.
     pub notice_cooldown_days: u32,
+    /// At most one email per account in this many days, whatever suggested it.
+    pub email_cooldown_days: u32,
     /// Other Slack alerts: at most one per account and signal kind in this many hours.
     pub alert_cooldown_hours: u32,
     /// An escalation alert goes out at most once per account in this many days, whatever its
@@ -283,6 +286,8 @@ pub struct NotifierConfig {
     pub hubspot: HubSpotConfig,
     pub offers: Offers,
     pub notices: NoticeMessages,
+    /// The email channel: SMTP server, sender, templates, unsubscribe links.
+    pub email: crate::email::EmailConfig,
 }
 
 impl Default for NotifierConfig {
@@ -299,14 +304,17 @@ impl Default for NotifierConfig {
                     SignalKind::DealReady,
                     &["slack:enterprise_inbound", "hubspot"],
                 ),
-                route(SignalKind::LimitStage, &["notice", "slack:sales_assist"]),
+                route(
+                    SignalKind::LimitStage,
+                    &["notice", "email", "slack:sales_assist"],
+                ),
                 route(SignalKind::RateLimitSustained, &["notice"]),
                 route(SignalKind::PluginGate, &["notice"]),
                 route(SignalKind::PowerUser, &["notice"]),
                 route(SignalKind::AbuseSuspected, &["slack:trust_and_safety"]),
                 route(SignalKind::KeySharing, &["slack:trust_and_safety"]),
                 route(SignalKind::MultiAccount, &["slack:trust_and_safety"]),
-                route(SignalKind::Pql, &["notice"]),
+                route(SignalKind::Pql, &["notice", "email"]),
                 route(SignalKind::Escalation, &["slack:enterprise_inbound"]),
                 route(SignalKind::AllowanceReset, &["notice"]),
             ]
@@ -317,6 +325,7 @@ impl Default for NotifierConfig {
             deal_cooldown_days: 30,
             deal_rescore_points: 15,
             notice_cooldown_days: 7,
+            email_cooldown_days: 7,
             alert_cooldown_hours: 24,
             escalation_cooldown_days: 30,
             expansion_plans: vec!["enterprise".into()],
@@ -331,6 +340,7 @@ impl Default for NotifierConfig {
             hubspot: HubSpotConfig::default(),
             offers: Offers::default(),
             notices: NoticeMessages::default(),
+            email: crate::email::EmailConfig::default(),
         }
     }
 }
@@ -362,7 +372,7 @@ impl NotifierConfig {
             let key = format!("notifier.routes.{kind}");
             for d in destinations {
                 match d.as_str() {
-                    "hubspot" | "notice" if TRUST_AND_SAFETY_KINDS.contains(kind) => {
+                    "hubspot" | "notice" | "email" if TRUST_AND_SAFETY_KINDS.contains(kind) => {
                         return Err(format!(
                             "{key}: {kind} is a trust-and-safety signal; it never goes to {d}"
                         ))
@@ -372,7 +382,12 @@ impl NotifierConfig {
                             "{key}: escalation is a sales signal for people (slack:<channel> or hubspot); it never goes to notice"
                         ))
                     }
-                    "hubspot" | "notice" => {}
+                    "email" if SALES_KINDS.contains(kind) => {
+                        return Err(format!(
+                            "{key}: {kind} is a sales signal for people (slack:<channel> or hubspot); it never goes to email"
+                        ))
+                    }
+                    "hubspot" | "notice" | "email" => {}
                     other => self.check_slack(&key, other)?,
                 }
             }
@@ -386,7 +401,7 @@ impl NotifierConfig {
         for d in &self.expansion_route {
             let key = "notifier.expansion_route";
             match d.as_str() {
-                "hubspot" | "notice" => {
+                "hubspot" | "notice" | "email" => {
                     return Err(format!(
                         "{key}: an existing customer's growth goes to people (slack:<channel>), never to {d}: that would prospect a customer"
                     ))
@@ -403,6 +418,19 @@ impl NotifierConfig {
         if self.max_attempts == 0 {
             return Err("notifier.max_attempts: must be at least 1".into());
         }
+        if self.email_cooldown_days == 0 {
+            return Err(
+                "notifier.email_cooldown_days: must be at least 1 (one email per account per this many days)"
+                    .into(),
+            );
+        }
+        let emailed: Vec<SignalKind> = self
+            .routes
+            .iter()
+            .filter(|(_, ds)| ds.iter().any(|d| d == "email"))
+            .map(|(k, _)| *k)
+            .collect();
+        self.email.validate(&emailed)?;
         Ok(())
     }
 
@@ -414,7 +442,7 @@ impl NotifierConfig {
                 "{key}: Slack channel {channel:?} has no entry in notifier.slack.webhooks (add one; an empty path uses the local sink)"
             )),
             None => Err(format!(
-                "{key}: {destination:?} is not a destination (slack:<channel>, hubspot or notice)"
+                "{key}: {destination:?} is not a destination (slack:<channel>, hubspot, notice or email)"
             )),
         }
     }
@@ -544,11 +572,11 @@ mod tests {
             .unwrap_err()
             .contains("\"growth\" has no entry"));
         let mut c = NotifierConfig::default();
-        c.routes.insert(SignalKind::Pql, vec!["email".into()]);
+        c.routes.insert(SignalKind::Pql, vec!["sms".into()]);
         assert!(c
             .validate()
             .unwrap_err()
-            .contains("\"email\" is not a destination"));
+            .contains("\"sms\" is not a destination (slack:<channel>, hubspot, notice or email)"));
     }
 
     #[test]

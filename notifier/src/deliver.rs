@@ -1,5 +1,6 @@
-//! Sending: Slack incoming webhooks, the HubSpot CRM API and the local sink. Every failure says
-//! whether trying again can help, and when.
+//! Sending: Slack incoming webhooks, the HubSpot CRM API and the local sink (email's SMTP
+//! sender is [`crate::email::smtp`]). Every failure says whether trying again can help, and
+//! when.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,9 +19,14 @@ pub enum SendError {
     /// 5xx, a timeout or a dropped connection: worth trying again with backoff.
     #[error("{0}")]
     Transient(String),
-    /// A 4xx that will not change by trying again (bad token, deleted webhook, bad request).
+    /// A 4xx that will not change by trying again (bad token, deleted webhook, bad request),
+    /// or an SMTP 5xx.
     #[error("{0}")]
     Permanent(String),
+    /// Not to be sent at all: an email whose account unsubscribed or has no contact email
+    /// (any more). Recorded as `skipped` with this reason.
+    #[error("{0}")]
+    Skipped(String),
 }
 
 /// What a successful send did, for the outbox's `delivered_to`.

@@ -177,23 +177,45 @@ impl Intake {
     }
 }
 
-/// An `accounts` row: plan, seats, email domain, company size.
-type AccountRow = (String, Option<i64>, Option<String>, Option<i64>);
+/// An `accounts` row: plan, seats, email domain, company size, whether it has a contact email
+/// (not the address: routing does not need it), when it unsubscribed from email.
+type AccountRow = (
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    bool,
+    Option<chrono::DateTime<Utc>>,
+);
 
 async fn account_info(n: &Notifier, account: &str) -> Result<AccountInfo, NotifyError> {
     let row: Option<AccountRow> = sqlx::query_as(
-        "SELECT plan, seats, email_domain, company_size FROM accounts WHERE account_id = $1",
+        "SELECT plan, seats, email_domain, company_size, contact_email IS NOT NULL, email_unsubscribed_at \
+         FROM accounts WHERE account_id = $1",
     )
     .bind(account)
     .fetch_optional(&n.pg)
     .await?;
     Ok(row
-        .map(|(plan, seats, email_domain, company_size)| AccountInfo {
-            plan: Some(plan),
-            seats,
-            email_domain,
-            company_size,
-        })
+        .map(
+            |(
+                plan,
+                seats,
+                email_domain,
+                company_size,
+                has_contact_email,
+                email_unsubscribed_at,
+            )| {
+                AccountInfo {
+                    plan: Some(plan),
+                    seats,
+                    email_domain,
+                    company_size,
+                    has_contact_email,
+                    email_unsubscribed_at,
+                }
+            },
+        )
         .unwrap_or_default())
 }
 
@@ -214,7 +236,7 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
     let needs_usage = routed
         .destinations
         .iter()
-        .any(|d| !matches!(d, Destination::Notice));
+        .any(|d| !matches!(d, Destination::Notice | Destination::Email));
     let usage = if needs_usage {
         crate::usage::summary(&n.clickhouse, &signal.account_id, Utc::now()).await?
     } else {
@@ -239,7 +261,9 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
                 routed.plan
             )
         });
-        // Notices and deals sell a plan; routing only lets them through with one to sell.
+        // Set for an email that is recorded but not sent (no address, unsubscribed).
+        let mut skipped = None;
+        // Notices, deals and emails sell a plan; routing only lets them through with one to sell.
         let (payload, detail, notice) = match (&d, aim.offer) {
             (Destination::Slack(_), _) => (
                 message::slack_message(signal, &account, &usage, &aim),
@@ -263,6 +287,25 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
                     None,
                     Some(notice),
                 )
+            }
+            (Destination::Email, Some((_, offer))) => {
+                let token = n.unsubscribe.token(&signal.account_id);
+                let rendered = match route::email_skip(&account) {
+                    Some(why) => Err(why),
+                    None => {
+                        crate::email::render::render(&c.email, signal, offer, &token).map_err(|e| {
+                            tracing::error!(error = %e, "email not rendered; recorded as skipped");
+                            format!("email skipped: not rendered: {e}")
+                        })
+                    }
+                };
+                match rendered {
+                    Ok(m) => (serde_json::to_value(m).expect("serialisable"), None, None),
+                    Err(why) => {
+                        skipped = Some(why.clone());
+                        (json!({ "skipped": why }), Some(why), None)
+                    }
+                }
             }
             (_, None) => {
                 tracing::info!(destination = %d.as_string(), plan = %routed.plan, "nothing to sell this account; skipped");
@@ -302,12 +345,15 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
                 .await?;
             }
             r
+        } else if skipped.is_some() {
+            outbox::enqueue(&mut tx, &new, OutboxStatus::Skipped, None).await?
         } else {
             let r = outbox::enqueue(&mut tx, &new, OutboxStatus::Pending, None).await?;
             queued_any |= matches!(r, Queued::Queued(_));
             r
         };
         let outcome = match &result {
+            Queued::Queued(_) if skipped.is_some() => "skipped",
             Queued::Queued(_) => "queued",
             Queued::Duplicate => "duplicate",
             Queued::Held(_) => "held",
@@ -319,6 +365,9 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
             }
             Queued::Duplicate => {
                 tracing::info!(destination = %d.as_string(), "signal already notified; replay ignored")
+            }
+            Queued::Queued(id) if skipped.is_some() => {
+                tracing::info!(destination = %d.as_string(), notification = id, why = skipped.as_deref().unwrap_or_default(), "notification recorded as skipped")
             }
             Queued::Queued(id) => {
                 tracing::info!(destination = %d.as_string(), notification = id, "notification queued")

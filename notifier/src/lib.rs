@@ -1,5 +1,5 @@
-//! The notifier: turns the scorer's signals into Slack alerts, HubSpot deals and dashboard
-//! notices, each delivered once and within its cooldown.
+//! The notifier: turns the scorer's signals into Slack alerts, HubSpot deals, dashboard
+//! notices and emails to the account holder, each delivered once and within its cooldown.
 //!
 //! Two loops share a PostgreSQL outbox:
 //!
@@ -9,8 +9,8 @@
 //!   Kafka offset committed, so a crash replays signals and the outbox's unique keys turn the
 //!   replay into nothing.
 //! * the **worker** ([`worker`]) claims due notifications with `FOR UPDATE SKIP LOCKED` and
-//!   sends them ([`deliver`]): Slack incoming webhooks, the HubSpot CRM API, or the local sink
-//!   when neither is configured. Failures retry with exponential backoff and jitter, honour
+//!   sends them ([`deliver`]): Slack incoming webhooks, the HubSpot CRM API, SMTP for email
+//!   ([`email`]), or the local sink when the service is not configured. Failures retry with exponential backoff and jitter, honour
 //!   `Retry-After`, and end in a dead-letter state that `meterline notifications retry` revives.
 //!
 //! Routing aims every offer at the right account ([`route`], [`offer`]): the plan an offer
@@ -19,12 +19,17 @@
 //! expansion channel, and an account on a public email domain gets a HubSpot deal with no
 //! company.
 //!
+//! Emails ([`email`]) go to the account's contact email, read from `accounts` only when
+//! sending; an account with none, or one that followed an email's one-click unsubscribe link,
+//! gets its emails recorded as `skipped`, never sent.
+//!
 //! Dashboard notices need no sending: the intake writes them to `dashboard_notices` in the
 //! same transaction, and ingest serves them. A third task ([`notice_history`]) copies them to
 //! ClickHouse for the growth team.
 
 pub mod config;
 pub mod deliver;
+pub mod email;
 pub mod intake;
 pub mod message;
 pub mod metrics;
@@ -42,6 +47,7 @@ use backon::ExponentialBuilder;
 use meterline_infra::registry::SchemaRegistry;
 use meterline_schemas::limits::TiersConfig;
 use meterline_schemas::public_domains::PublicDomains;
+use meterline_schemas::UnsubscribeKey;
 use rdkafka::config::ClientConfig;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -89,6 +95,10 @@ pub struct Notifier {
     pub slack: deliver::Slack,
     pub hubspot: deliver::HubSpot,
     pub sink: deliver::LocalSink,
+    /// The email channel's SMTP sender (unconfigured: emails go to the local sink).
+    pub mailer: email::smtp::Mailer,
+    /// Signs the unsubscribe link of every email (`privacy.unsubscribe_key`).
+    pub unsubscribe: UnsubscribeKey,
     /// The intake wakes the worker when it queued something.
     pub wake: Arc<Notify>,
 }
@@ -102,9 +112,11 @@ impl Notifier {
         config: NotifierConfig,
         tiers: TiersConfig,
         public_domains: PublicDomains,
+        unsubscribe: UnsubscribeKey,
         metrics: NotifierMetrics,
     ) -> Result<Self, NotifyError> {
         config.validate().map_err(NotifyError::Invalid)?;
+        let mailer = email::smtp::Mailer::new(&config.email).map_err(NotifyError::Invalid)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .user_agent(concat!("meterline-notifier/", env!("CARGO_PKG_VERSION")))
@@ -117,6 +129,8 @@ impl Notifier {
             slack: deliver::Slack::new(http.clone(), config.slack.clone()),
             hubspot: deliver::HubSpot::new(http, config.hubspot.clone()),
             sink: deliver::LocalSink::new(&config),
+            mailer,
+            unsubscribe,
             config: Arc::new(config),
             tiers: Arc::new(tiers),
             public_domains: Arc::new(public_domains),

@@ -6,9 +6,10 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 #[derive(Clone)]
 pub struct NotifierMetrics {
     pub registry: Registry,
-    /// Signals read, by outcome: queued, duplicate, held, unrouted, rejected.
+    /// Signals read, by outcome: queued, skipped (an email not to send), duplicate, held,
+    /// unrouted, rejected.
     pub signals: IntCounterVec,
-    /// Send attempts, by destination kind (slack, hubspot, local) and outcome.
+    /// Send attempts, by destination kind (slack, hubspot, email, local) and outcome.
     pub sends: IntCounterVec,
     /// Notifications that went to the dead-letter state.
     pub dead: IntCounterVec,
@@ -83,6 +84,7 @@ pub fn destination_label(destination: &str) -> &'static str {
         Some("slack") => "slack",
         Some("hubspot") => "hubspot",
         Some("notice") => "notice",
+        Some("email") => "email",
         _ => "other",
     }
 }

@@ -5,9 +5,9 @@
 //!
 //! A claim is a lease: the row is `sending` until `lease_until`. A worker that dies mid-send
 //! leaves it there; when the lease runs out, HubSpot and local-sink rows go back to `pending`
-//! (their sends are idempotent: the deal is found again by account id) and Slack rows become
-//! `unconfirmed` for a person, because a Slack webhook cannot be asked whether a message
-//! arrived and a second alert is worse than a late one.
+//! (their sends are idempotent: the deal is found again by account id) and Slack and email rows
+//! become `unconfirmed` for a person, because neither a Slack webhook nor an SMTP server can be
+//! asked whether a message arrived and a second message is worse than a late one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,7 +26,8 @@ use crate::NotifyError;
 /// a constant of the statement (so the partial indexes on `status` apply).
 ///
 /// `pending` → `sending` → `sent`; after `notifier.max_attempts`: `dead`. A Slack row whose
-/// sender died mid-send becomes `unconfirmed`.
+/// sender died mid-send becomes `unconfirmed`. An email that is not to be sent (no contact
+/// email, unsubscribed) is `skipped`, with the reason in `detail`; it holds no cooldown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutboxStatus {
     Pending,
@@ -34,15 +35,17 @@ pub enum OutboxStatus {
     Sent,
     Dead,
     Unconfirmed,
+    Skipped,
 }
 
 impl OutboxStatus {
-    pub const ALL: [OutboxStatus; 5] = [
+    pub const ALL: [OutboxStatus; 6] = [
         OutboxStatus::Pending,
         OutboxStatus::Sending,
         OutboxStatus::Sent,
         OutboxStatus::Dead,
         OutboxStatus::Unconfirmed,
+        OutboxStatus::Skipped,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl OutboxStatus {
             OutboxStatus::Sent => "sent",
             OutboxStatus::Dead => "dead",
             OutboxStatus::Unconfirmed => "unconfirmed",
+            OutboxStatus::Skipped => "skipped",
         }
     }
 }
@@ -152,6 +156,7 @@ pub async fn enqueue(
     let previous: Option<(DateTime<Utc>, i32)> = sqlx::query_as(
         "SELECT cooldown_at, score FROM notifications \
          WHERE account_id = $1 AND destination = $2 AND cooldown_class = $3 AND cooldown_at <= $4 \
+           AND status <> 'skipped' \
          ORDER BY cooldown_at DESC LIMIT 1",
     )
     .bind(&n.account_id)
@@ -168,7 +173,7 @@ pub async fn enqueue(
     let later: Option<(DateTime<Utc>,)> = sqlx::query_as(
         "SELECT cooldown_at FROM notifications \
          WHERE account_id = $1 AND destination = $2 AND cooldown_class = $3 \
-           AND cooldown_at > $4 AND cooldown_at < $5 LIMIT 1",
+           AND cooldown_at > $4 AND cooldown_at < $5 AND status <> 'skipped' LIMIT 1",
     )
     .bind(&n.account_id)
     .bind(&destination)
@@ -282,6 +287,19 @@ pub async fn mark_retry(
     Ok(())
 }
 
+/// Records that notification `id` was not sent, and why (an email whose account unsubscribed
+/// or lost its contact email after it was queued).
+pub async fn mark_skipped(pool: &PgPool, id: i64, why: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'skipped', lease_until = NULL, detail = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(why)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 pub async fn mark_dead(pool: &PgPool, id: i64, error: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE notifications SET status = 'dead', lease_until = NULL, last_error = $2 WHERE id = $1",
@@ -298,16 +316,18 @@ pub async fn recover_expired(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
     let requeued = sqlx::query(
         "UPDATE notifications SET status = 'pending', next_attempt_at = now(), lease_until = NULL, \
              last_error = 'the sender stopped mid-send; sending again (idempotent destination)' \
-         WHERE status = 'sending' AND lease_until < now() AND destination NOT LIKE 'slack:%'",
+         WHERE status = 'sending' AND lease_until < now() AND destination NOT LIKE 'slack:%' \
+           AND destination <> 'email'",
     )
     .execute(pool)
     .await?
     .rows_affected();
     let unconfirmed = sqlx::query(
         "UPDATE notifications SET status = 'unconfirmed', lease_until = NULL, \
-             last_error = 'the sender stopped mid-send; Slack may or may not have the message. \
-check the channel, then `meterline notifications retry` if it is missing' \
-         WHERE status = 'sending' AND lease_until < now() AND destination LIKE 'slack:%'",
+             last_error = 'the sender stopped mid-send; Slack or the mail server may or may not have the message. \
+check the channel or the mail log, then `meterline notifications retry` if it is missing' \
+         WHERE status = 'sending' AND lease_until < now() \
+           AND (destination LIKE 'slack:%' OR destination = 'email')",
     )
     .execute(pool)
     .await?
@@ -407,7 +427,17 @@ mod tests {
     #[test]
     fn statuses_keep_their_text_and_parse_back() {
         let text: Vec<&str> = OutboxStatus::ALL.iter().map(|s| s.as_str()).collect();
-        assert_eq!(text, ["pending", "sending", "sent", "dead", "unconfirmed"]);
+        assert_eq!(
+            text,
+            [
+                "pending",
+                "sending",
+                "sent",
+                "dead",
+                "unconfirmed",
+                "skipped"
+            ]
+        );
         for s in OutboxStatus::ALL {
             assert_eq!(s.as_str().parse::<OutboxStatus>(), Ok(s));
             assert_eq!(OutboxStatus::try_from(s.to_string()), Ok(s));
@@ -416,7 +446,7 @@ mod tests {
         assert_eq!(format!("[{:<9}]", OutboxStatus::Sent), "[sent     ]");
         assert_eq!(
             "done".parse::<OutboxStatus>().unwrap_err().to_string(),
-            "\"done\" is not one of pending, sending, sent, dead, unconfirmed"
+            "\"done\" is not one of pending, sending, sent, dead, unconfirmed, skipped"
         );
     }
 }

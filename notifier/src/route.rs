@@ -11,7 +11,7 @@
 //!   one of `notifier.expansion_plans` (Enterprise by default) goes to
 //!   `notifier.expansion_route` (`slack:account_management`) instead of its routes.
 //! * **Outreach** (seed 002). A `pql`, `limit_stage` or `allowance_reset` signal reaches the
-//!   account holder (its `notice` destinations) only for accounts on `outreach.plans` (free by
+//!   account holder (its `notice` and `email` destinations) only for accounts on `outreach.plans` (free by
 //!   default), and a `limit_stage` one only at `outreach.limit_min_stage` (85 %) or above: a
 //!   free account crossing the PQL threshold or reaching 85 % of a limit is told, and on the
 //!   1st of a month one that hit a limit the month before hears that its allowance reset.
@@ -21,6 +21,9 @@
 //!
 //! The two rules apply to a signal's destinations separately, so a 25-seat free team at 95 %
 //! gets its notice and reaches `#sales-assist`.
+//!
+//! **Email** goes to the account holder: an account with no contact email, or one that
+//!   unsubscribed, gets its email recorded as skipped ([`email_skip`]), never sent.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -36,6 +39,8 @@ pub enum Destination {
     Slack(String),
     HubSpot,
     Notice,
+    /// The account holder's contact email ([`crate::email`]).
+    Email,
 }
 
 impl Destination {
@@ -43,6 +48,7 @@ impl Destination {
         match s {
             "hubspot" => Some(Self::HubSpot),
             "notice" => Some(Self::Notice),
+            "email" => Some(Self::Email),
             other => other
                 .strip_prefix("slack:")
                 .map(|c| Self::Slack(c.to_owned())),
@@ -52,7 +58,7 @@ impl Destination {
     /// Whether the account holder reads it (as opposed to people at the vendor).
     pub fn is_for_account_holder(&self) -> bool {
         match self {
-            Self::Notice => true,
+            Self::Notice | Self::Email => true,
             Self::Slack(_) | Self::HubSpot => false,
         }
     }
@@ -62,6 +68,7 @@ impl Destination {
             Self::Slack(c) => format!("slack:{c}"),
             Self::HubSpot => "hubspot".into(),
             Self::Notice => "notice".into(),
+            Self::Email => "email".into(),
         }
     }
 }
@@ -74,6 +81,25 @@ pub struct AccountInfo {
     pub seats: Option<i64>,
     pub email_domain: Option<String>,
     pub company_size: Option<i64>,
+    /// Whether the account has a contact email (the address itself stays in PostgreSQL until
+    /// an email is sent).
+    pub has_contact_email: bool,
+    /// When the account holder unsubscribed from email, if they did.
+    pub email_unsubscribed_at: Option<DateTime<Utc>>,
+}
+
+/// Why an email to `account` is not sent, if it is not: no contact email, or unsubscribed.
+pub fn email_skip(account: &AccountInfo) -> Option<String> {
+    if let Some(at) = account.email_unsubscribed_at {
+        return Some(format!(
+            "email skipped: the account holder unsubscribed at {}",
+            at.to_rfc3339()
+        ));
+    }
+    (!account.has_contact_email).then(|| {
+        "email skipped: the account has no contact email (signup or profile_updated contact_email)"
+            .to_owned()
+    })
 }
 
 impl AccountInfo {
@@ -212,6 +238,12 @@ pub fn cooldown(c: &NotifierConfig, kind: SignalKind, destination: &Destination)
         (Destination::Notice, _) => Cooldown {
             class: "notice".into(),
             period: Duration::days(i64::from(c.notice_cooldown_days)),
+            rescore_points: None,
+        },
+        // Likewise one email.
+        (Destination::Email, _) => Cooldown {
+            class: "email".into(),
+            period: Duration::days(i64::from(c.email_cooldown_days)),
             rescore_points: None,
         },
         (_, SignalKind::Escalation) => Cooldown {
@@ -585,6 +617,62 @@ mod tests {
             verdict(&cd, prev, t0 + Duration::days(30), 0),
             Verdict::Send
         );
+    }
+
+    #[test]
+    fn email_routes_parse_have_their_own_cooldown_and_skip_without_an_address() {
+        assert_eq!(Destination::parse("email"), Some(Destination::Email));
+        assert_eq!(Destination::Email.as_string(), "email");
+        let mut c = NotifierConfig {
+            email_cooldown_days: 3,
+            ..Default::default()
+        };
+        c.routes
+            .insert(SignalKind::Pql, vec!["notice".into(), "email".into()]);
+        let t = TiersConfig::default();
+        assert_eq!(
+            destinations(
+                &c,
+                &t,
+                &signal(SignalKind::Pql, "free", "x"),
+                &AccountInfo::default()
+            ),
+            vec![Destination::Notice, Destination::Email]
+        );
+        let a = cooldown(&c, SignalKind::Pql, &Destination::Email);
+        assert_eq!(a, cooldown(&c, SignalKind::LimitStage, &Destination::Email));
+        assert_eq!((a.class.as_str(), a.period), ("email", Duration::days(3)));
+        let at = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        let cases: [(bool, Option<DateTime<Utc>>, Option<&str>); 4] = [
+            (true, None, None),
+            (
+                false,
+                None,
+                Some("email skipped: the account has no contact email"),
+            ),
+            (
+                true,
+                Some(at),
+                Some("email skipped: the account holder unsubscribed at 2026-11-01T00:00:00+00:00"),
+            ),
+            (
+                false,
+                Some(at),
+                Some("email skipped: the account holder unsubscribed"),
+            ),
+        ];
+        for (has, unsubscribed, want) in cases {
+            let got = email_skip(&AccountInfo {
+                has_contact_email: has,
+                email_unsubscribed_at: unsubscribed,
+                ..Default::default()
+            });
+            match (got, want) {
+                (None, None) => {}
+                (Some(g), Some(w)) => assert!(g.starts_with(w), "{g}"),
+                (g, w) => panic!("{has} {unsubscribed:?}: {g:?} vs {w:?}"),
+            }
+        }
     }
 
     #[test]

@@ -8,11 +8,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::deliver::{HubSpotIds, SendError};
+use crate::email::render::EmailMessage;
 use crate::message::DealRequest;
 use crate::metrics::destination_label;
 use crate::outbox::{self, Claimed};
-use crate::route::Destination;
+use crate::route::{email_skip, AccountInfo, Destination};
 use crate::{failpoint, Notifier, NotifyError};
+use meterline_schemas::ContactEmail;
 
 /// How many notifications one poll claims.
 const CLAIM_BATCH: i64 = 16;
@@ -102,12 +104,17 @@ async fn settle(n: &Notifier, c: &Claimed) -> Result<(), NotifyError> {
         Err(SendError::RateLimited { .. }) => "rate_limited",
         Err(SendError::Transient(_)) => "failed",
         Err(SendError::Permanent(_)) => "rejected",
+        Err(SendError::Skipped(_)) => "skipped",
     };
     n.metrics.sends.with_label_values(&[label, outcome]).inc();
     match result {
         Ok(to) => {
             until_recorded(|| outbox::mark_sent(&n.pg, c.id, &to)).await;
             tracing::info!(delivered_to = %to, "notification sent");
+        }
+        Err(SendError::Skipped(why)) => {
+            until_recorded(|| outbox::mark_skipped(&n.pg, c.id, &why)).await;
+            tracing::info!(%why, "notification skipped");
         }
         Err(SendError::RateLimited { after, detail }) => {
             let next = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
@@ -143,6 +150,7 @@ async fn send(n: &Notifier, c: &Claimed) -> (&'static str, Result<String, SendEr
         }
         Some(Destination::HubSpot) if n.hubspot.configured() => ("hubspot", sync_deal(n, c).await),
         Some(Destination::Notice) => ("notice", Ok(c.destination.clone())),
+        Some(Destination::Email) => ("email", send_email(n, c).await),
         Some(_) => (
             "local",
             n.sink
@@ -162,6 +170,48 @@ async fn send(n: &Notifier, c: &Claimed) -> (&'static str, Result<String, SendEr
                 c.destination
             ))),
         ),
+    }
+}
+
+/// Sends an email: the account's address and unsubscribe mark are read now (an unsubscribe
+/// since the email was queued still wins), then SMTP, or the local sink when no SMTP server is
+/// configured (the file has the message, not the address).
+async fn send_email(n: &Notifier, c: &Claimed) -> Result<String, SendError> {
+    let message: EmailMessage = serde_json::from_value(c.payload.clone())
+        .map_err(|e| SendError::Permanent(format!("email in the outbox is unreadable: {e}")))?;
+    let row: Option<(Option<String>, Option<chrono::DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT contact_email, email_unsubscribed_at FROM accounts WHERE account_id = $1",
+    )
+    .bind(&c.account_id)
+    .fetch_optional(&n.pg)
+    .await
+    .map_err(|e| SendError::Transient(format!("postgres: {e}")))?;
+    let (address, email_unsubscribed_at) = row.unwrap_or_default();
+    let account = AccountInfo {
+        has_contact_email: address.is_some(),
+        email_unsubscribed_at,
+        ..Default::default()
+    };
+    if let Some(why) = email_skip(&account) {
+        return Err(SendError::Skipped(why));
+    }
+    let to = ContactEmail::parse(
+        "accounts.contact_email",
+        address.as_deref().unwrap_or_default(),
+    )
+    .map_err(|e| SendError::Skipped(format!("email skipped: {e}")))?;
+    if n.mailer.configured() {
+        n.mailer.send(c.id, &to, &message).await
+    } else {
+        n.sink
+            .write(
+                c.id,
+                &c.destination,
+                &c.account_id,
+                c.kind.as_str(),
+                &c.payload,
+            )
+            .await
     }
 }
 

@@ -1,11 +1,16 @@
-//! Account lifecycle events: signups, plan and seat changes, notice interactions, churn.
+//! Account lifecycle events: signups, plan and seat changes, profile changes, notice
+//! interactions, email unsubscribes, churn.
+//!
+//! A `signup` or `profile_updated` event may carry the account holder's contact email, the
+//! recipient of the email channel. It is personal data ([`crate::contact`]): validated here,
+//! held in a [`ContactEmail`] that never prints, and kept in PostgreSQL only.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{optional_label, AccountEventType, AccountId, Plan};
 use crate::usage::{account_envelope, MAX_LABEL_LEN};
-use crate::{FieldError, IpHasher};
+use crate::{ContactEmail, FieldError, IpHasher};
 
 /// An account event as posted, every field optional so a missing one is named.
 ///
@@ -33,6 +38,10 @@ pub struct AccountEventInput {
     /// The dashboard notice a `notice_shown` or `notice_clicked` event is about.
     #[schema(value_type = Option<uuid::Uuid>)]
     pub notice_id: Option<String>,
+    /// The account holder's contact email (`signup` and `profile_updated` only): where the
+    /// email channel writes. Personal data: stored in PostgreSQL only, never logged.
+    #[schema(value_type = Option<String>, format = "email")]
+    pub contact_email: Option<String>,
 }
 
 /// A validated account event: the Avro record `io.meterline.v1.AccountEvent`.
@@ -62,6 +71,10 @@ pub struct AccountEvent {
     pub reason: Option<String>,
     #[serde(default)]
     pub abuse_score: Option<i64>,
+    /// Version 4: the contact email of a `signup` or `profile_updated` event. Older records
+    /// read as `None`.
+    #[serde(default)]
+    pub contact_email: Option<ContactEmail>,
 }
 
 /// The longest review actor and reason, in characters.
@@ -93,6 +106,7 @@ impl AccountEvent {
             actor: None,
             reason: None,
             abuse_score: None,
+            contact_email: None,
         }
     }
 
@@ -205,8 +219,33 @@ impl AccountEventInput {
             AccountEventType::SeatsChanged if seats.is_none() => {
                 return Err(FieldError::new("seats", "required for type seats_changed"))
             }
+            AccountEventType::ProfileUpdated
+                if self.contact_email.is_none()
+                    && self.email_domain.is_none()
+                    && self.company_size.is_none() =>
+            {
+                return Err(FieldError::new(
+                    "contact_email",
+                    "type profile_updated needs one of contact_email, email_domain, company_size",
+                ))
+            }
             _ => {}
         }
+        let contact_email = match (kind, self.contact_email) {
+            (_, None) => None,
+            (AccountEventType::Signup | AccountEventType::ProfileUpdated, Some(raw)) => {
+                Some(ContactEmail::parse("contact_email", &raw)?)
+            }
+            (other, Some(_)) => {
+                return Err(FieldError::new(
+                    "contact_email",
+                    format!(
+                        "only signup and profile_updated events carry it, not {}",
+                        other.as_str()
+                    ),
+                ))
+            }
+        };
         // A signup with no plan is a free signup: that is what the free tier is.
         let plan = match (kind, plan) {
             (AccountEventType::Signup, None) => Some(Plan::Free),
@@ -243,6 +282,7 @@ impl AccountEventInput {
             actor: None,
             reason: None,
             abuse_score: None,
+            contact_email,
         })
     }
 }
@@ -275,6 +315,48 @@ mod tests {
         assert_eq!(e.plan, Some(Plan::Free));
         assert_eq!(e.email_domain.as_deref(), Some("example.com"));
         assert_eq!(e.signup_ip_hash.unwrap().len(), 32);
+    }
+
+    /// The contact email: checked, only on the events that carry it, and never in an error or
+    /// a debug print.
+    #[test]
+    fn contact_email_is_validated_on_signup_and_profile_updated_only() {
+        type Case<'a> = (&'a str, Option<&'a str>, Result<Option<&'a str>, &'a str>);
+        let cases: [Case; 7] = [
+            ("signup", Some(" Ana@Example.com "), Ok(Some("Ana@example.com"))),
+            ("signup", None, Ok(None)),
+            ("profile_updated", Some("ana@example.com"), Ok(Some("ana@example.com"))),
+            (
+                "profile_updated",
+                None,
+                Err("contact_email: type profile_updated needs one of contact_email, email_domain, company_size"),
+            ),
+            ("signup", Some("ana at example.com"), Err("contact_email: not an email address")),
+            (
+                "churned",
+                Some("ana@example.com"),
+                Err("contact_email: only signup and profile_updated events carry it, not churned"),
+            ),
+            ("email_unsubscribed", None, Ok(None)),
+        ];
+        for (kind, email, want) in cases {
+            let mut v = base(kind);
+            if let Some(e) = email {
+                v["contact_email"] = e.into();
+            }
+            match (check(v), want) {
+                (Ok(e), Ok(w)) => {
+                    assert_eq!(e.contact_email.as_ref().map(|c| c.expose()), w, "{kind}");
+                    assert!(!format!("{e:?}").contains("ana@"), "{kind}: {e:?}");
+                }
+                (Err(e), Err(w)) => {
+                    let e = e.to_string();
+                    assert!(e.starts_with(w), "{kind}: {e}");
+                    assert!(!e.contains("ana"), "the error repeats the address: {e}");
+                }
+                (got, w) => panic!("{kind}: wanted {w:?}, got {got:?}"),
+            }
+        }
     }
 
     #[test]

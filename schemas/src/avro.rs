@@ -296,6 +296,7 @@ pub(crate) mod tests {
             actor: None,
             reason: None,
             abuse_score: None,
+            contact_email: None,
         };
         let bytes = encode(1, &schema, &e).unwrap();
         let back: AccountEvent = decode_body(&schema, &schema, &bytes[5..]).unwrap();
@@ -314,12 +315,41 @@ pub(crate) mod tests {
         let bytes = encode(1, &schema, &e).unwrap();
         let back: AccountEvent = decode_body(&schema, &schema, &bytes[5..]).unwrap();
         assert_eq!(back, e);
+        // A profile change with the version-4 contact email.
+        let mut e = AccountEvent::new(
+            "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a14".into(),
+            chrono::Utc::now(),
+            AccountId::parse("a").unwrap(),
+            AccountEventType::ProfileUpdated,
+        );
+        e.contact_email =
+            Some(crate::ContactEmail::parse("contact_email", "ana@example.com").unwrap());
+        let bytes = encode(1, &schema, &e).unwrap();
+        let back: AccountEvent = decode_body(&schema, &schema, &bytes[5..]).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.contact_email.unwrap().expose(), "ana@example.com");
     }
 
-    /// The account schema as an older version was: without `dropped` fields and without the
-    /// review event types (version 3 added them with actor, reason and abuse_score).
-    fn older_account_schema(dropped: &[&str]) -> Schema {
+    /// The account schema as version `version` (1 to 3) was: version 2 added `notice_id`,
+    /// version 3 the review event types with actor, reason and abuse_score, version 4 the
+    /// profile_updated and email_unsubscribed types with contact_email.
+    fn older_account_schema(version: u8) -> Schema {
         let mut doc: serde_json::Value = serde_json::from_str(ACCOUNT_EVENT_SCHEMA).unwrap();
+        let mut dropped = vec!["contact_email"];
+        let mut symbols = vec!["profile_updated", "email_unsubscribed"];
+        if version < 3 {
+            dropped.extend(["actor", "reason", "abuse_score"]);
+            symbols.extend([
+                "review_suspected",
+                "review_auto_denied",
+                "review_expired",
+                "review_confirmed",
+                "review_cleared",
+            ]);
+        }
+        if version < 2 {
+            dropped.push("notice_id");
+        }
         doc["fields"]
             .as_array_mut()
             .unwrap()
@@ -333,8 +363,35 @@ pub(crate) mod tests {
         kind["type"]["symbols"]
             .as_array_mut()
             .unwrap()
-            .retain(|s| !s.as_str().unwrap().starts_with("review_"));
+            .retain(|s| !symbols.contains(&s.as_str().unwrap()));
         parse_schema(&doc.to_string()).unwrap()
+    }
+
+    /// Version 3 had no contact email and no profile or unsubscribe types; its records still
+    /// read, with no contact email.
+    #[test]
+    fn version_3_account_events_read_with_no_contact_email() {
+        let v4 = parse_schema(ACCOUNT_EVENT_SCHEMA).unwrap();
+        let v3 = older_account_schema(3);
+        let e = AccountEvent::review(
+            "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a13".into(),
+            chrono::Utc::now(),
+            AccountId::parse("a").unwrap(),
+            AccountEventType::ReviewCleared,
+            "ana",
+            "CI traffic",
+            Some(70),
+        )
+        .unwrap();
+        // Written as a version-3 writer would: the same record without contact_email.
+        let mut value = apache_avro::to_value(&e).unwrap();
+        if let apache_avro::types::Value::Record(fields) = &mut value {
+            fields.retain(|(name, _)| name != "contact_email");
+        }
+        let body = apache_avro::to_avro_datum(&v3, value.resolve(&v3).unwrap()).unwrap();
+        let back: AccountEvent = decode_body(&v3, &v4, &body).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.contact_email, None);
     }
 
     /// Version 2 had no review types and no actor, reason or abuse score; its records still
@@ -342,7 +399,7 @@ pub(crate) mod tests {
     #[test]
     fn version_2_account_events_read_with_no_review_fields() {
         let v3 = parse_schema(ACCOUNT_EVENT_SCHEMA).unwrap();
-        let v2 = older_account_schema(&["actor", "reason", "abuse_score"]);
+        let v2 = older_account_schema(2);
         let mut value = apache_avro::types::Record::new(&v2).unwrap();
         value.put("event_id", "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a12");
         value.put("occurred_at", 1i64);
@@ -384,7 +441,7 @@ pub(crate) mod tests {
     #[test]
     fn version_1_account_events_read_with_no_notice() {
         let v2 = parse_schema(ACCOUNT_EVENT_SCHEMA).unwrap();
-        let v1 = older_account_schema(&["notice_id", "actor", "reason", "abuse_score"]);
+        let v1 = older_account_schema(1);
         let mut value = apache_avro::types::Record::new(&v1).unwrap();
         value.put("event_id", "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a12");
         value.put("occurred_at", 1i64);

@@ -185,10 +185,16 @@ pub enum AccountEventType {
     ReviewConfirmed,
     /// Review: a person cleared the account.
     ReviewCleared,
+    /// The account holder changed their profile (version 4): a new contact email, email
+    /// domain or company size.
+    ProfileUpdated,
+    /// The account holder followed an email's one-click unsubscribe link (version 4): no more
+    /// email to this account.
+    EmailUnsubscribed,
 }
 
 impl AccountEventType {
-    pub const ALL: [AccountEventType; 12] = [
+    pub const ALL: [AccountEventType; 14] = [
         AccountEventType::Signup,
         AccountEventType::PlanChanged,
         AccountEventType::SeatsChanged,
@@ -201,6 +207,8 @@ impl AccountEventType {
         AccountEventType::ReviewExpired,
         AccountEventType::ReviewConfirmed,
         AccountEventType::ReviewCleared,
+        AccountEventType::ProfileUpdated,
+        AccountEventType::EmailUnsubscribed,
     ];
 
     /// Review decisions: recorded by the scorer and the review queue (`meterline review`,
@@ -230,6 +238,8 @@ impl AccountEventType {
             AccountEventType::ReviewExpired => "review_expired",
             AccountEventType::ReviewConfirmed => "review_confirmed",
             AccountEventType::ReviewCleared => "review_cleared",
+            AccountEventType::ProfileUpdated => "profile_updated",
+            AccountEventType::EmailUnsubscribed => "email_unsubscribed",
         }
     }
 

@@ -11,6 +11,8 @@
 //! * [`usage_codec`]: the same Avro bytes for usage events, written and read field by field
 //!   on the hot path, without apache-avro's generic value tree.
 //! * [`privacy`]: keyed hashing of client IPs, which are never stored in clear text.
+//! * [`contact`]: contact email addresses (personal data, never printed) and the signed
+//!   one-click unsubscribe links of the email channel.
 //! * [`public_domains`]: the email domains that name no company (`gmail.com`, …).
 //! * [`review`]: a person in the loop before enforcement: review states, what each does to a
 //!   quota decision, and when the scorer puts an account in review.
@@ -19,6 +21,7 @@
 
 pub mod account;
 pub mod avro;
+pub mod contact;
 pub mod domain;
 pub mod error;
 pub mod keys;
@@ -31,6 +34,7 @@ pub mod usage;
 pub mod usage_codec;
 
 pub use account::{AccountEvent, AccountEventInput};
+pub use contact::{ContactEmail, UnsubscribeKey};
 pub use domain::{AccountEventType, AccountId, EventId, Plan};
 pub use error::{FieldError, SchemaError};
 pub use privacy::IpHasher;

@@ -1,6 +1,10 @@
 //! Client and signup IPs are personal data. They are hashed with HMAC-SHA256 under a key from
 //! configuration, so the same IP always gives the same hash (distinct counts, key-sharing and
 //! multi-account checks still work) but nobody without the key can test a guess.
+//!
+//! Contact email addresses are personal data too, but they are needed in clear to send email:
+//! [`crate::contact`] keeps them in PostgreSQL only (never in ClickHouse, the outbox or a log
+//! line) behind a type that never prints them.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

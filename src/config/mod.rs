@@ -76,15 +76,21 @@ pub struct PrivacyConfig {
     /// The HMAC key for client and signup IP hashes. Set it in production and keep it: a new
     /// key makes every IP hash new.
     pub ip_hash_key: String,
+    /// The HMAC key that signs the email channel's one-click unsubscribe links (the notifier
+    /// signs, ingest checks). Set it in production and keep it: a new key breaks the links in
+    /// every email already sent.
+    pub unsubscribe_key: String,
 }
 
-/// The development key; start-up warns when it is still in use.
+/// The development keys; start-up warns when one is still in use.
 pub const DEV_IP_HASH_KEY: &str = "meterline-development-key-change-me";
+pub const DEV_UNSUBSCRIBE_KEY: &str = "meterline-development-unsubscribe-key-change-me";
 
 impl Default for PrivacyConfig {
     fn default() -> Self {
         Self {
             ip_hash_key: DEV_IP_HASH_KEY.into(),
+            unsubscribe_key: DEV_UNSUBSCRIBE_KEY.into(),
         }
     }
 }

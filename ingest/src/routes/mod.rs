@@ -6,3 +6,4 @@ pub mod notices;
 pub mod openapi;
 pub mod read;
 pub mod review;
+pub mod unsubscribe;
