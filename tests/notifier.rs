@@ -288,9 +288,9 @@ impl Sentinel {
                 check(rows, |rows| {
                     rows.iter()
                         .any(|(a, _, s)| *a == self.account && s == "sent")
-                        && rows
-                            .iter()
-                            .all(|(_, _, s)| ["sent", "dead", "unconfirmed", "skipped"].contains(&s.as_str()))
+                        && rows.iter().all(|(_, _, s)| {
+                            ["sent", "dead", "unconfirmed", "skipped"].contains(&s.as_str())
+                        })
                 })
             },
         )

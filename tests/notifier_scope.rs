@@ -203,9 +203,9 @@ impl Setup {
                         .unwrap();
                 check(rows, |rows| {
                     rows.iter().any(|(a, s)| *a == account && s == "sent")
-                        && rows
-                            .iter()
-                            .all(|(_, s)| ["sent", "dead", "unconfirmed", "skipped"].contains(&s.as_str()))
+                        && rows.iter().all(|(_, s)| {
+                            ["sent", "dead", "unconfirmed", "skipped"].contains(&s.as_str())
+                        })
                 })
             },
         )

@@ -372,12 +372,19 @@ mod tests {
                 vec![Destination::Slack("trust_and_safety".into())]
             );
         }
-        for kind in [SignalKind::Pql, SignalKind::AllowanceReset] {
-            assert_eq!(
-                destinations(&c, &t, &signal(kind, "free", "202612"), &none),
-                vec![Destination::Notice]
-            );
-        }
+        assert_eq!(
+            destinations(&c, &t, &signal(SignalKind::Pql, "free", "202612"), &none),
+            vec![Destination::Notice, Destination::Email]
+        );
+        assert_eq!(
+            destinations(
+                &c,
+                &t,
+                &signal(SignalKind::AllowanceReset, "free", "202612"),
+                &none
+            ),
+            vec![Destination::Notice]
+        );
         assert_eq!(
             destinations(
                 &c,
@@ -489,15 +496,16 @@ mod tests {
         let c = NotifierConfig::default();
         let t = TiersConfig::default();
         let notice = || Destination::Notice;
+        let email = || Destination::Email;
         let sales = || Destination::Slack("sales_assist".into());
         // (plan, seats, stage, destinations): one unit each side of 85 % and of 20 seats.
         let cases: Vec<(&str, i64, u32, Vec<Destination>)> = vec![
             ("free", 1, 70, vec![]),
             ("free", 1, 84, vec![]),
-            ("free", 1, 85, vec![notice()]),
-            ("free", 1, 100, vec![notice()]),
-            ("free", 20, 95, vec![notice()]),
-            ("free", 21, 95, vec![notice(), sales()]),
+            ("free", 1, 85, vec![notice(), email()]),
+            ("free", 1, 100, vec![notice(), email()]),
+            ("free", 20, 95, vec![notice(), email()]),
+            ("free", 21, 95, vec![notice(), email(), sales()]),
             ("free", 21, 84, vec![]),
             ("pro", 1, 84, vec![]),
             ("pro", 1, 85, vec![sales()]),
@@ -545,20 +553,26 @@ mod tests {
             )
         };
         assert_eq!(destinations(&c, &t, &at(94), &pro), vec![sales()]);
-        assert_eq!(destinations(&c, &t, &at(95), &pro), vec![notice(), sales()]);
+        assert_eq!(
+            destinations(&c, &t, &at(95), &pro),
+            vec![notice(), email(), sales()]
+        );
     }
 
-    /// PQL and the monthly reset reach free account holders only (by default).
+    /// PQL (notice and email) and the monthly reset (notice) reach free account holders only (by
+    /// default).
     #[test]
     fn pql_and_allowance_reset_notices_go_to_outreach_plans() {
         let c = NotifierConfig::default();
         let t = TiersConfig::default();
-        for kind in [SignalKind::Pql, SignalKind::AllowanceReset] {
-            for (plan, want) in [
-                ("free", vec![Destination::Notice]),
-                ("pro", vec![]),
-                ("enterprise", vec![]),
-            ] {
+        for (kind, free) in [
+            (
+                SignalKind::Pql,
+                vec![Destination::Notice, Destination::Email],
+            ),
+            (SignalKind::AllowanceReset, vec![Destination::Notice]),
+        ] {
+            for (plan, want) in [("free", free), ("pro", vec![]), ("enterprise", vec![])] {
                 let account = AccountInfo {
                     plan: Some(plan.into()),
                     ..Default::default()

@@ -286,6 +286,7 @@ mod tests {
             "key_sharing",
             "multi_account",
             "escalation",
+            "allowance_reset",
         ];
         let spelled: Vec<&str> = SignalKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(spelled, wire);
@@ -310,7 +311,7 @@ mod tests {
         assert_eq!(e, UnknownSignalKind("deal".into()));
         assert_eq!(
             e.to_string(),
-            "\"deal\" is not a signal kind (one of deal_ready, pql, limit_stage, rate_limit_sustained, plugin_gate, power_user, abuse_suspected, key_sharing, multi_account, escalation)"
+            "\"deal\" is not a signal kind (one of deal_ready, pql, limit_stage, rate_limit_sustained, plugin_gate, power_user, abuse_suspected, key_sharing, multi_account, escalation, allowance_reset)"
         );
         let e = serde_json::from_value::<SignalKind>("Deal_Ready".into()).unwrap_err();
         assert!(

@@ -6,8 +6,6 @@ use chrono::{DateTime, Utc};
 use meterline_schemas::limits::{LimitMetric, LimitName, LimitWindow};
 use serde_json::Value;
 
-use super::count;
-
 /// `day_requests` → "daily requests"; a name that does not parse is shown as it is.
 pub fn limit_words(name: &str) -> String {
     let Ok(n) = LimitName::parse(name) else {
@@ -27,10 +25,23 @@ pub fn limit_words(name: &str) -> String {
     format!("{window} {metric}")
 }
 
+/// 8512345 → "8,512,345": the exact number, as a person reads it.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn amount(metric: Option<LimitMetric>, v: f64) -> String {
     match metric {
         Some(LimitMetric::CostUsd) => format!("${v:.2}"),
-        _ => count(v.max(0.0).round() as u64),
+        _ => grouped(v.max(0.0).round() as u64),
     }
 }
 
