@@ -202,10 +202,12 @@ pub fn route(
     if !people.is_empty() && !people_ok {
         skipped.push("sales assist: below the stage, too few seats, not on its plans");
     }
-    r.destinations = (holder_ok.then_some(holder).unwrap_or_default())
-        .into_iter()
-        .chain(people_ok.then_some(people).unwrap_or_default())
-        .collect();
+    if holder_ok {
+        r.destinations.extend(holder);
+    }
+    if people_ok {
+        r.destinations.extend(people);
+    }
     if r.destinations.is_empty() && !skipped.is_empty() {
         r.skipped = Some(skipped.join("; "));
     }
@@ -657,7 +659,9 @@ mod tests {
         assert_eq!(a, cooldown(&c, SignalKind::LimitStage, &Destination::Email));
         assert_eq!((a.class.as_str(), a.period), ("email", Duration::days(3)));
         let at = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-        let cases: [(bool, Option<DateTime<Utc>>, Option<&str>); 4] = [
+        // (has a contact email, unsubscribed at, why skipped)
+        type Case<'a> = (bool, Option<DateTime<Utc>>, Option<&'a str>);
+        let cases: [Case; 4] = [
             (true, None, None),
             (
                 false,

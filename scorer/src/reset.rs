@@ -220,8 +220,10 @@ mod tests {
 
     #[test]
     fn the_plan_scope_is_configurable() {
-        let mut c = ScorerConfig::default();
-        c.allowance_reset_plans = vec![Plan::Pro];
+        let c = ScorerConfig {
+            allowance_reset_plans: vec![Plan::Pro],
+            ..Default::default()
+        };
         let now = Utc.with_ymd_and_hms(2026, 12, 1, 0, 5, 0).unwrap();
         let hits = vec![
             hit("a", None, None, "day_requests"),
