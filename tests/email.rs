@@ -8,13 +8,13 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use common::signals::publish_signals as publish;
 use common::smtp::{Received, SmtpServer};
 use common::*;
 use meterline::services::{self, Components, Running};
 use meterline::Config;
 use meterline_notifier::email::TlsMode;
-use meterline_schemas::{avro, AccountSignal, SignalKind, UnsubscribeKey};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use meterline_schemas::{AccountSignal, SignalKind, UnsubscribeKey};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -63,37 +63,6 @@ fn pql(account: &str, episode: &str, at: DateTime<Utc>) -> AccountSignal {
         abuse: 0,
         reasons: vec!["monthly_requests (+30): 8123 requests this month".into()],
         evidence: "{}".into(),
-    }
-}
-
-/// Puts `signals` on the signal topic as the scorer does, all with `key` (one partition, in
-/// order).
-async fn publish(c: &Config, signals: &[AccountSignal], key: &str) {
-    let pool = meterline::migrate::connect_postgres(c).await.unwrap();
-    let id = services::registry(c, &pool)
-        .register(
-            &format!("{}-value", c.kafka.signal_topic),
-            avro::ACCOUNT_SIGNAL_SCHEMA,
-        )
-        .await
-        .unwrap();
-    let schema = avro::parse_schema(avro::ACCOUNT_SIGNAL_SCHEMA).unwrap();
-    let producer: FutureProducer = meterline_infra::kafka::client_config(&c.kafka)
-        .set("acks", "all")
-        .create()
-        .unwrap();
-    for s in signals {
-        let record = s.encode(id, &schema).unwrap();
-        producer
-            .send(
-                FutureRecord::to(&c.kafka.signal_topic)
-                    .key(key)
-                    .payload(&record),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("signal produced");
     }
 }
 

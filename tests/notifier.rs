@@ -10,13 +10,13 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use common::signals::{encode_signals as encode, publish_signal_records as publish};
 use common::standin::{Recorded, StandIn, HUBSPOT_TOKEN};
 use common::*;
 use meterline::services::{self, Components, Running};
 use meterline::Config;
 use meterline_ingest::Scope;
 use meterline_schemas::{avro, AccountSignal, SignalKind};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -165,40 +165,6 @@ fn deal_signal(account: &str, score: i32, at: DateTime<Utc>) -> AccountSignal {
         ],
         json!({"inputs": {"monthly_tokens": 61_234_567u64, "regions": ["ap-south-1", "eu-west-1", "us-east-1"], "team_size": 25, "company_size": 500}}),
     )
-}
-
-/// Produces records onto the signal topic as the scorer does (the schema registered first).
-async fn publish(c: &Config, records: &[Vec<u8>], key: &str) {
-    let producer: FutureProducer = meterline_infra::kafka::client_config(&c.kafka)
-        .set("acks", "all")
-        .create()
-        .unwrap();
-    for r in records {
-        producer
-            .send(
-                FutureRecord::to(&c.kafka.signal_topic).key(key).payload(r),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("signal produced");
-    }
-}
-
-async fn encode(c: &Config, signals: &[AccountSignal]) -> Vec<Vec<u8>> {
-    let pool = meterline::migrate::connect_postgres(c).await.unwrap();
-    let id = services::registry(c, &pool)
-        .register(
-            &format!("{}-value", c.kafka.signal_topic),
-            avro::ACCOUNT_SIGNAL_SCHEMA,
-        )
-        .await
-        .unwrap();
-    let schema = avro::parse_schema(avro::ACCOUNT_SIGNAL_SCHEMA).unwrap();
-    signals
-        .iter()
-        .map(|s| s.encode(id, &schema).unwrap())
-        .collect()
 }
 
 /// `record` (from [`encode`]) with its kind replaced by `kind`, one no signal type can hold:

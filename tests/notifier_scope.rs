@@ -11,14 +11,14 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use common::signals::{encode_signals, publish_signal_records};
 use common::standin::{Recorded, StandIn, HUBSPOT_TOKEN};
 use common::*;
 use meterline::services::{self, Components};
 use meterline::Config;
 use meterline_ingest::Scope;
 use meterline_notifier::config::Secret;
-use meterline_schemas::{avro, AccountSignal, SignalKind};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use meterline_schemas::{AccountSignal, SignalKind};
 use serde_json::{json, Value};
 
 const SLACK_DEALS: &str = "/services/T0001/B0001/enterprise0000000000";
@@ -136,38 +136,12 @@ impl Setup {
 
     /// Produces the records onto the signal topic, as the scorer does.
     async fn publish_records(&self, records: &[Vec<u8>]) {
-        let c = &self.app.config;
-        let producer: FutureProducer = meterline_infra::kafka::client_config(&c.kafka)
-            .set("acks", "all")
-            .create()
-            .unwrap();
-        for r in records {
-            producer
-                .send(
-                    FutureRecord::to(&c.kafka.signal_topic).key(KEY).payload(r),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .expect("signal produced");
-        }
+        publish_signal_records(&self.app.config, records, KEY).await;
     }
 
     /// The signals in Avro with the Confluent framing (the schema registered first).
     async fn encode(&self, signals: &[AccountSignal]) -> Vec<Vec<u8>> {
-        let c = &self.app.config;
-        let id = services::registry(c, &self.pool)
-            .register(
-                &format!("{}-value", c.kafka.signal_topic),
-                avro::ACCOUNT_SIGNAL_SCHEMA,
-            )
-            .await
-            .unwrap();
-        let schema = avro::parse_schema(avro::ACCOUNT_SIGNAL_SCHEMA).unwrap();
-        signals
-            .iter()
-            .map(|s| s.encode(id, &schema).unwrap())
-            .collect()
+        encode_signals(&self.app.config, signals).await
     }
 
     async fn publish(&self, signals: &[AccountSignal]) {

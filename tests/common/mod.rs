@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod signals;
 pub mod smtp;
 pub mod standin;
 
