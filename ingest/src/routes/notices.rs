@@ -13,14 +13,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use meterline_schemas::domain::AccountEventType;
-use meterline_schemas::{avro, AccountEvent, AccountId, FieldError};
+use meterline_schemas::{AccountEvent, AccountId, FieldError};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::produce_account_event;
 use super::read::{authorize, field, postgres_down, read_path};
 use crate::error::{ApiError, ErrorBody};
-use crate::producer::OutgoingRecord;
 use crate::routes::openapi::{AuthErrors, BAD_IDS, UNAVAILABLE};
 use crate::AppState;
 
@@ -197,22 +197,12 @@ async fn record(
     let event_id = Uuid::new_v4();
     let mut account_event = AccountEvent::new(event_id.to_string(), now, account.clone(), kind);
     account_event.notice_id = Some(notice.to_string());
-    let topic = &state.account;
-    let payload = avro::encode(topic.schema_id, &topic.schema, &account_event)
-        .map_err(|e| ApiError::Internal(format!("avro encoding: {e}")))?;
-    let record = OutgoingRecord {
-        key: account.as_str().to_owned(),
-        payload,
-    };
-    if let Err(e) = state.producer.produce_all(&topic.topic, &[record]).await {
-        return Err(ApiError::Unavailable {
-            reason: format!(
-                "kafka: {e}; the {} event was not recorded, retry it",
-                kind.as_str()
-            ),
-            retry_after_secs: state.config.retry_after_secs,
-        });
-    }
+    produce_account_event(
+        state,
+        &account_event,
+        &format!("the {} event", kind.as_str()),
+    )
+    .await?;
     // Kafka holds the event; the notice's own marks are a convenience for the dashboard.
     let column = match kind {
         AccountEventType::NoticeClicked => "clicked_at",

@@ -18,11 +18,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use meterline_schemas::domain::AccountEventType;
-use meterline_schemas::{avro, AccountEvent, AccountId};
+use meterline_schemas::{AccountEvent, AccountId};
 use uuid::Uuid;
 
+use super::produce_account_event;
 use crate::error::{ApiError, ErrorBody};
-use crate::producer::OutgoingRecord;
 use crate::AppState;
 
 const BAD_LINK: &str =
@@ -116,19 +116,7 @@ pub async fn unsubscribe(
         account.clone(),
         AccountEventType::EmailUnsubscribed,
     );
-    let topic = &state.account;
-    let payload = avro::encode(topic.schema_id, &topic.schema, &event)
-        .map_err(|e| ApiError::Internal(format!("avro encoding: {e}")))?;
-    let record = OutgoingRecord {
-        key: account.as_str().to_owned(),
-        payload,
-    };
-    if let Err(e) = state.producer.produce_all(&topic.topic, &[record]).await {
-        return Err(ApiError::Unavailable {
-            reason: format!("kafka: {e}; the unsubscribe was not recorded, retry it"),
-            retry_after_secs: state.config.retry_after_secs,
-        });
-    }
+    produce_account_event(&state, &event, "the unsubscribe").await?;
     tracing::info!(account_id = %account, event_id = %event.event_id, "email unsubscribe recorded");
     Ok(page(
         StatusCode::OK,
