@@ -353,6 +353,17 @@ pub struct NoticeText {
     pub plan: String,
 }
 
+/// The trigger in its own words, for a message's `{detail}`: the evidence's `message` (a plugin
+/// gate's), else the signal's first reason.
+pub fn trigger_detail(signal: &AccountSignal, evidence: &Value) -> String {
+    evidence
+        .get("message")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .or_else(|| signal.reasons.first().cloned())
+        .unwrap_or_default()
+}
+
 /// The notice for `signal`, offering `offer` (the plan `plan`).
 pub fn notice(c: &NotifierConfig, signal: &AccountSignal, plan: Plan, offer: &Offer) -> NoticeText {
     let template = match signal.kind {
@@ -367,12 +378,7 @@ pub fn notice(c: &NotifierConfig, signal: &AccountSignal, plan: Plan, offer: &Of
     let detail = match signal.kind {
         SignalKind::LimitStage => outreach::limit_stage_detail(&e),
         SignalKind::AllowanceReset => outreach::allowance_reset_detail(&e),
-        _ => e
-            .get("message")
-            .and_then(Value::as_str)
-            .map(String::from)
-            .or_else(|| signal.reasons.first().cloned())
-            .unwrap_or_default(),
+        _ => trigger_detail(signal, &e),
     };
     NoticeText {
         message: template

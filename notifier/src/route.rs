@@ -178,13 +178,15 @@ pub fn route(
         .into_iter()
         .partition(Destination::is_for_account_holder);
     let mut skipped = Vec::new();
+    // Read from the evidence once; only `limit_stage` has one.
+    let stage = (signal.kind == SignalKind::LimitStage)
+        .then(|| signal.limit_stage())
+        .flatten();
     let holder_ok = !OUTREACH_KINDS.contains(&signal.kind) || {
         let rule = &c.outreach;
         let on_plan = rule.plans.iter().any(|p| p == plan.as_str());
         let staged = signal.kind != SignalKind::LimitStage
-            || signal
-                .limit_stage()
-                .is_some_and(|s| s >= rule.limit_min_stage);
+            || stage.is_some_and(|s| s >= rule.limit_min_stage);
         on_plan && staged
     };
     if !holder.is_empty() && !holder_ok {
@@ -192,7 +194,7 @@ pub fn route(
     }
     let people_ok = signal.kind != SignalKind::LimitStage || {
         let rule = &c.sales_assist;
-        let staged = signal.limit_stage().is_some_and(|s| s >= rule.min_stage);
+        let staged = stage.is_some_and(|s| s >= rule.min_stage);
         let big = account
             .seats
             .is_some_and(|s| s > 0 && s as u64 > rule.seats_over);

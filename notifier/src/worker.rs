@@ -151,18 +151,7 @@ async fn send(n: &Notifier, c: &Claimed) -> (&'static str, Result<String, SendEr
         Some(Destination::HubSpot) if n.hubspot.configured() => ("hubspot", sync_deal(n, c).await),
         Some(Destination::Notice) => ("notice", Ok(c.destination.clone())),
         Some(Destination::Email) => ("email", send_email(n, c).await),
-        Some(_) => (
-            "local",
-            n.sink
-                .write(
-                    c.id,
-                    &c.destination,
-                    &c.account_id,
-                    c.kind.as_str(),
-                    &c.payload,
-                )
-                .await,
-        ),
+        Some(_) => ("local", local_sink(n, c).await),
         None => (
             "other",
             Err(SendError::Permanent(format!(
@@ -171,6 +160,19 @@ async fn send(n: &Notifier, c: &Claimed) -> (&'static str, Result<String, SendEr
             ))),
         ),
     }
+}
+
+/// Writes the notification to the local sink (one file per message).
+async fn local_sink(n: &Notifier, c: &Claimed) -> Result<String, SendError> {
+    n.sink
+        .write(
+            c.id,
+            &c.destination,
+            &c.account_id,
+            c.kind.as_str(),
+            &c.payload,
+        )
+        .await
 }
 
 /// Sends an email: the account's address and unsubscribe mark are read now (an unsubscribe
@@ -203,15 +205,7 @@ async fn send_email(n: &Notifier, c: &Claimed) -> Result<String, SendError> {
     if n.mailer.configured() {
         n.mailer.send(c.id, &to, &message).await
     } else {
-        n.sink
-            .write(
-                c.id,
-                &c.destination,
-                &c.account_id,
-                c.kind.as_str(),
-                &c.payload,
-            )
-            .await
+        local_sink(n, c).await
     }
 }
 

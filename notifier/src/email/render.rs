@@ -48,12 +48,7 @@ impl Values {
     /// The values for `signal`, offering `offer`.
     pub fn new(signal: &AccountSignal, offer: &Offer, unsubscribe_url: String) -> Self {
         let evidence = signal.evidence();
-        let detail = evidence
-            .get("message")
-            .and_then(Value::as_str)
-            .map(String::from)
-            .or_else(|| signal.reasons.first().cloned())
-            .unwrap_or_default();
+        let detail = crate::message::trigger_detail(signal, &evidence);
         let (limit, stage) = match signal.kind {
             SignalKind::LimitStage => (
                 evidence
