@@ -40,6 +40,10 @@ fn config() -> Config {
         upgrade_to: "pro".into(),
         limits: limits(&[("day_weighted_tokens", 100_000.0)]),
         plugins: vec![],
+        grace_percent: 0.0,
+        budget_steer: false,
+        budget_steer_stage: 95,
+        messages: Default::default(),
     };
     c.scorer.interval_ms = 200;
     c

@@ -241,6 +241,8 @@ impl ReviewConfig {
         if !t.fallback_model.is_empty() {
             t.allowed_models = vec![t.fallback_model.clone()];
         }
+        // Suspected abuse gets no hidden overage buffer: the cutoff comes at 100 %.
+        t.grace_percent = 0.0;
         t
     }
 

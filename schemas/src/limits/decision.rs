@@ -178,6 +178,9 @@ pub enum DecisionKind {
 pub enum DegradeReason {
     ModelNotAllowed,
     BudgetSpent,
+    /// A budget is near its end (at the tier's `budget_steer_stage`) and the tier steers to
+    /// the fallback model from there, to make the rest last.
+    BudgetNear,
     /// The account is suspected of abuse: it is served the fallback model until a person
     /// reviews it.
     AbuseSuspected,
@@ -220,6 +223,23 @@ pub struct LimitReached {
     pub upgrade: Option<Upgrade>,
 }
 
+/// For the gateway only: the request is served from the hidden overage buffer past 100 % of
+/// a limit. Do not show this to the account holder; show `message`, which is the 100 % one.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Grace {
+    /// The limit past 100 %.
+    #[schema(example = "day_requests")]
+    pub limit: String,
+    /// Used before this request.
+    pub used: f64,
+    pub limit_value: f64,
+    /// The buffer, in percent of the limit (the tier's `grace_percent`).
+    pub grace_percent: f64,
+    /// How much is served before the cutoff: the limit plus the buffer (for counts, the
+    /// buffer rounded down to whole requests or sessions).
+    pub served_up_to: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct RateStatus {
     pub requests_per_minute: f64,
@@ -247,6 +267,41 @@ pub struct Decision {
     /// reviews the account).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For the account holder: what this decision means, with the numbers filled in (the
+    /// indicator, nudge, upgrade prompt or warm cutoff of the stage reached, the degradation,
+    /// the rate). Absent when there is nothing to say. Plain text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        example = "You have used 3,600 of your 5,000 daily requests (72 %). Your allowance resets at 00:00 UTC (in 3 h 12 min)."
+    )]
+    pub message: Option<String>,
+    /// The friction stage the message belongs to (`quota.stage_names`: `indicator`, `nudge`,
+    /// `upgrade_prompt`, `cutoff` by default); absent when the message is not about a stage
+    /// of a limit (a degradation, the per-minute rate) or there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "upgrade_prompt")]
+    pub stage_name: Option<String>,
+    /// Set when the request is served from the hidden overage buffer (for the gateway only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace: Option<Grace>,
+}
+
+/// Where the hidden overage buffer of a limit ends: the limit plus `grace_percent` of it, the
+/// buffer rounded down to whole units for counts (15 % of 10 sessions is 1 more, not 1.5).
+pub fn grace_cap(grace_percent: f64, metric: LimitMetric, limit: f64) -> f64 {
+    let extra = limit * grace_percent / 100.0;
+    if metric.is_budget() {
+        limit + extra
+    } else {
+        limit + (extra + 1e-9).floor()
+    }
+}
+
+/// Orders limits by how far along they are; one without a ratio (a zero limit) is furthest.
+fn by_ratio(a: &LimitStatus, b: &LimitStatus) -> std::cmp::Ordering {
+    a.ratio
+        .unwrap_or(f64::INFINITY)
+        .total_cmp(&b.ratio.unwrap_or(f64::INFINITY))
 }
 
 fn notice(s: &LimitStatus, stages: &[u32]) -> LimitNotice {
@@ -289,6 +344,9 @@ pub fn decide(
                 over: rpm_limit >= 0.0 && rpm > rpm_limit,
             },
             reason: Some(reason.into()),
+            message: None,
+            stage_name: None,
+            grace: None,
         };
     }
     if let Some((tier, profile)) = restricted_view(review, tier, profile) {
@@ -331,6 +389,9 @@ fn decide_limits(
         limit_reached: None,
         rate,
         reason: None,
+        message: None,
+        stage_name: None,
+        grace: None,
     };
 
     let request_tokens = quota.model_tokens(
@@ -357,16 +418,22 @@ fn decide_limits(
             LimitMetric::CostUsd => 0.0,
         }
     };
+    // Past a limit: a count once this request would take it past (a session already counted
+    // is not counted again), a budget also at it. `spent` is past 100 %, `cut` past the
+    // hidden overage buffer too.
+    let past = |s: &LimitStatus, cap: f64| {
+        let u = s.used.unwrap_or(0.0);
+        (s.metric.is_budget() && u >= cap) || u + share(s) > cap + 1e-9
+    };
     let spent: Vec<&LimitStatus> = statuses
         .iter()
-        .filter(|s| s.limit >= 0.0)
-        .filter_map(|s| s.used.map(|u| (s, u)))
-        .filter(|(s, u)| {
-            // A budget at its limit is spent; a count is used up only if this request would
-            // add to it (a session already counted is not counted again).
-            (s.metric.is_budget() && *u >= s.limit) || *u + share(s) > s.limit + 1e-9
-        })
-        .map(|(s, _)| s)
+        .filter(|s| s.limit >= 0.0 && s.used.is_some())
+        .filter(|s| past(s, s.limit))
+        .collect();
+    let cut: Vec<&LimitStatus> = spent
+        .iter()
+        .copied()
+        .filter(|s| past(s, grace_cap(tier.grace_percent, s.metric, s.limit)))
         .collect();
 
     let fallback = (!tier.fallback_model.is_empty()).then(|| tier.fallback_model.clone());
@@ -377,12 +444,13 @@ fn decide_limits(
     });
 
     // Counts first: a cheaper model does not help with them.
-    let count_spent = spent.iter().find(|s| !s.metric.is_budget());
+    let count_cut = cut.iter().find(|s| !s.metric.is_budget());
+    let budget_cut = cut.iter().find(|s| s.metric.is_budget());
     let budget_spent = spent.iter().find(|s| s.metric.is_budget());
     let fallback_helps = fallback
         .as_deref()
         .is_some_and(|f| f != request.model || !model_allowed);
-    if let Some(s) = count_spent.or(budget_spent.filter(|_| !fallback_helps)) {
+    if let Some(s) = count_cut.or(budget_cut.filter(|_| !fallback_helps)) {
         decision.decision = DecisionKind::LimitReached;
         decision.limit_reached = Some(LimitReached {
             notice: notice(s, &quota.stages),
@@ -390,7 +458,7 @@ fn decide_limits(
         });
         return decision;
     }
-    if let (Some(s), Some(f)) = (budget_spent, fallback.as_ref()) {
+    if let (Some(s), Some(f)) = (budget_spent.filter(|_| fallback_helps), fallback.as_ref()) {
         decision.decision = DecisionKind::Degrade;
         decision.model = f.clone();
         decision.degraded = Some(Degradation {
@@ -430,14 +498,49 @@ fn decide_limits(
         }
         return decision;
     }
-    // The warning names the limit nearest to (or furthest past) its end.
-    decision.warning = statuses
+    // Budget steering: from the tier's steer stage on, a budget is served by the fallback.
+    if let (true, Some(f)) = (tier.budget_steer && fallback_helps, fallback.as_ref()) {
+        let near = statuses
+            .iter()
+            .filter(|s| s.metric.is_budget() && s.limit > 0.0)
+            .filter(|s| {
+                s.ratio
+                    .is_some_and(|r| r * 100.0 + 1e-9 >= f64::from(tier.budget_steer_stage))
+            })
+            .max_by(|a, b| by_ratio(a, b));
+        if let Some(s) = near {
+            decision.decision = DecisionKind::Degrade;
+            decision.model = f.clone();
+            decision.degraded = Some(Degradation {
+                reason: DegradeReason::BudgetNear,
+                requested_model: request.model.clone(),
+                fallback_model: f.clone(),
+                budget: Some(notice(s, &quota.stages)),
+            });
+            return decision;
+        }
+    }
+    // Past 100 % and within the buffer: served, with the 100 % warning of that limit.
+    let graced = spent
         .iter()
-        .filter(|s| s.stage.is_some())
-        .max_by(|a, b| {
-            a.ratio
-                .unwrap_or(f64::INFINITY)
-                .total_cmp(&b.ratio.unwrap_or(f64::INFINITY))
+        .copied()
+        .filter(|s| !cut.contains(s))
+        .max_by(|a, b| by_ratio(a, b));
+    decision.grace = graced.map(|s| Grace {
+        limit: s.name.clone(),
+        used: s.used.unwrap_or(0.0),
+        limit_value: s.limit,
+        grace_percent: tier.grace_percent,
+        served_up_to: round6(grace_cap(tier.grace_percent, s.metric, s.limit)),
+    });
+    // The warning names the limit in grace, else the one nearest to (or furthest past) its
+    // end.
+    decision.warning = graced
+        .or_else(|| {
+            statuses
+                .iter()
+                .filter(|s| s.stage.is_some())
+                .max_by(|a, b| by_ratio(a, b))
         })
         .map(|s| notice(s, &quota.stages));
     if decision.warning.is_none() && decision.rate.over {

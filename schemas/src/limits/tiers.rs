@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::friction::{default_stage_names, Friction, MessageOverrides, Messages};
 use super::names::{LimitName, UNLIMITED};
 use crate::domain::Plan;
 
@@ -25,6 +26,10 @@ pub struct QuotaConfig {
     /// The weight of a model `model_weights` does not list.
     pub default_model_weight: f64,
     pub model_weights: BTreeMap<String, f64>,
+    /// Stage percentage → the `stage_name` a decision at that stage carries for gateways.
+    pub stage_names: BTreeMap<String, String>,
+    /// The texts for people ([`super::friction`]).
+    pub messages: Messages,
 }
 
 impl Default for QuotaConfig {
@@ -48,6 +53,8 @@ impl Default for QuotaConfig {
             output_weight: 3.0,
             default_model_weight: 1.0,
             model_weights,
+            stage_names: default_stage_names(),
+            messages: Messages::default(),
         }
     }
 }
@@ -98,6 +105,23 @@ pub struct TierConfig {
     /// plugin names the lowest plan that lists it.
     #[serde(default)]
     pub plugins: Vec<String>,
+    /// The hidden overage buffer, in percent of a limit: past 100 % but within it, a request
+    /// is served with the 100 % message (see [`super::decision`]). 0: none.
+    #[serde(default)]
+    pub grace_percent: f64,
+    /// Steer to the fallback model once a budget reaches `budget_steer_stage`, instead of
+    /// only once it is spent.
+    #[serde(default)]
+    pub budget_steer: bool,
+    #[serde(default = "default_steer_stage")]
+    pub budget_steer_stage: u32,
+    /// This tier's own message texts, replacing `[quota.messages]`' ones.
+    #[serde(default, skip_serializing_if = "MessageOverrides::is_empty")]
+    pub messages: MessageOverrides,
+}
+
+fn default_steer_stage() -> u32 {
+    95
 }
 
 impl TierConfig {
@@ -156,6 +180,10 @@ impl Default for TiersConfig {
                     ("month_cost_usd", 5.0),
                 ]),
                 plugins: vec![],
+                grace_percent: 15.0,
+                budget_steer: false,
+                budget_steer_stage: 95,
+                messages: MessageOverrides::default(),
             },
             pro: TierConfig {
                 weight_multiplier: 0.5,
@@ -189,6 +217,10 @@ impl Default for TiersConfig {
                     ("month_cost_usd", 500.0),
                 ]),
                 plugins: vec![],
+                grace_percent: 0.0,
+                budget_steer: false,
+                budget_steer_stage: 95,
+                messages: MessageOverrides::default(),
             },
             enterprise: TierConfig {
                 weight_multiplier: 0.2,
@@ -211,6 +243,10 @@ impl Default for TiersConfig {
                     "compliance_reporter",
                     "multi_cloud_router",
                 ]),
+                grace_percent: 0.0,
+                budget_steer: false,
+                budget_steer_stage: 95,
+                messages: MessageOverrides::default(),
             },
         }
     }
@@ -324,7 +360,21 @@ impl TiersConfig {
                 LimitName::parse(name).map_err(|r| bad(&key, r))?;
                 check_limit_value(&key, *v)?;
             }
+            if !tier.grace_percent.is_finite() || !(0.0..=100.0).contains(&tier.grace_percent) {
+                return Err(bad(
+                    at("grace_percent"),
+                    format!("{} is not a percentage in 0..=100", tier.grace_percent),
+                ));
+            }
+            if !(1..=100).contains(&tier.budget_steer_stage) {
+                return Err(bad(
+                    at("budget_steer_stage"),
+                    format!("{} is not a percentage in 1..=100", tier.budget_steer_stage),
+                ));
+            }
         }
+        // The message templates compile and render; errors name the template's key.
+        Friction::new(quota, self)?;
         Ok(())
     }
 }

@@ -53,13 +53,13 @@ fn rules_in_order_of_severity() {
     );
     assert_eq!(d.decision, DecisionKind::Allow);
     assert!(d.warning.is_none());
-    // A count used up: limit_reached with the plan above.
+    // A count used up, past free's 15 % grace buffer: limit_reached with the plan above.
     let d = decide(
         &q,
         &ReviewConfig::default(),
         &t.free,
         &free,
-        &usage(&[("day_requests", 5_000.0)]),
+        &usage(&[("day_requests", 5_750.0)]),
         &request("gpt-4o-mini", 10),
         now(),
     );
@@ -79,7 +79,8 @@ fn rules_in_order_of_severity() {
     );
     assert_eq!(d.decision, DecisionKind::Degrade);
     assert_eq!(d.model, "gpt-4o-mini");
-    // ...unless the request already asks for it.
+    // ...unless the request already asks for it: then the budget's grace buffer (15 % on
+    // free) serves it, and past the buffer the limit is reached.
     let d = decide(
         &q,
         &ReviewConfig::default(),
@@ -87,6 +88,28 @@ fn rules_in_order_of_severity() {
         &free,
         &usage(&[("month_weighted_tokens", 2_000_000.0)]),
         &request("gpt-4o-mini", 10),
+        now(),
+    );
+    assert_eq!(d.decision, DecisionKind::Allow);
+    assert_eq!(d.grace.unwrap().served_up_to, 2_300_000.0);
+    let d = decide(
+        &q,
+        &ReviewConfig::default(),
+        &t.free,
+        &free,
+        &usage(&[("month_weighted_tokens", 2_299_995.0)]),
+        &request("gpt-4o-mini", 10),
+        now(),
+    );
+    // 2,299,995 + 10 × 0.5 = 2,300,000 fits; one more token would not.
+    assert_eq!(d.decision, DecisionKind::Allow);
+    let d = decide(
+        &q,
+        &ReviewConfig::default(),
+        &t.free,
+        &free,
+        &usage(&[("month_weighted_tokens", 2_299_995.0)]),
+        &request("gpt-4o-mini", 11),
         now(),
     );
     assert_eq!(d.decision, DecisionKind::LimitReached);
