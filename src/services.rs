@@ -90,6 +90,10 @@ pub async fn read_path(
         quota: Arc::new(config.quota.clone()),
         review: Arc::new(config.review.clone()),
         tiers: Arc::new(config.tiers.clone()),
+        friction: Arc::new(
+            meterline_schemas::limits::Friction::new(&config.quota, &config.tiers)
+                .context("quota messages")?,
+        ),
         directory,
         hot: HotState::new(redis, keys),
         recorder,

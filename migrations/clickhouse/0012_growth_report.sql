@@ -25,9 +25,9 @@ ORDER BY notice_id;
 -- Grace use: an account went past 100 % of a limit into the hidden overage buffer. One row per
 -- account, limit and window (`window_id` as in limit_events: YYYYMM or YYYYMMDD); `first_at` is
 -- when the account first used grace in that window, `used` and `limit_value` the usage and the
--- limit then. Owner: ingest's read path (its quota-event recorder). Nothing writes it yet: grace
--- is being built in another part of issue 20. The sorting key is the row's identity, so a
--- retried write folds away; read with GROUP BY (or the view `grace_episodes`).
+-- limit then. Owner: ingest's read path (its quota-event recorder); written by 0013's
+-- materialized view `grace_usage_writer` from `quota_events`' `grace_used` rows. The sorting key
+-- is the row's identity, so a retried write folds away; read with GROUP BY (or `grace_episodes`).
 CREATE TABLE IF NOT EXISTS grace_usage (
     account_id  String,
     plan        String,

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use meterline_schemas::keys::Grain;
 use meterline_schemas::limits::{
-    Decision, DecisionKind, LimitName, LimitNotice, LimitWindow, QuotaConfig, TiersConfig,
-    ALLOWED_MODELS_NAME, RATE_LIMIT_NAME,
+    Decision, DecisionKind, Friction, LimitName, LimitNotice, LimitWindow, QuotaConfig,
+    TiersConfig, ALLOWED_MODELS_NAME, RATE_LIMIT_NAME,
 };
 use meterline_schemas::review::ReviewConfig;
 
@@ -33,6 +33,8 @@ pub struct ReadPath {
     /// How a suspected account is restricted (`[review]`).
     pub review: Arc<ReviewConfig>,
     pub tiers: Arc<TiersConfig>,
+    /// The decisions' messages, compiled from `[quota.messages]` and `[tiers.<plan>.messages]`.
+    pub friction: Arc<Friction>,
     pub directory: AccountDirectory,
     pub hot: HotState,
     pub recorder: DecisionRecorder,
@@ -73,7 +75,8 @@ fn window_of(limit: &str, session_id: Option<&str>, now: DateTime<Utc>) -> (Stri
     }
 }
 
-/// The records a decision calls for: its warning, its degradation or its reached limit.
+/// The records a decision calls for: its warning (and its grace use), its degradation or its
+/// reached limit.
 pub fn records_for(
     account: &str,
     requested_model: &str,
@@ -123,6 +126,18 @@ pub fn records_for(
             }
         }
         DecisionKind::Deny => {}
+    }
+    // Served from the hidden buffer (an allow, or a degradation while a count is in grace):
+    // once per account, limit and window; ClickHouse copies it into `grace_usage`.
+    if let Some(g) = &decision.grace {
+        let n = LimitNotice {
+            limit: g.limit.clone(),
+            stage: 100,
+            used: g.used,
+            limit_value: g.limit_value,
+            resets_at: None,
+        };
+        out.push(make("grace_used", &n));
     }
     out
 }
@@ -195,5 +210,43 @@ mod tests {
             "acct:model_downgrade_triggered:allowed_models:100:202611"
         );
         assert_eq!(recs[0].row.served_model, "gpt-4o-mini");
+
+        // Served from grace (5,100 of 5,000 requests today, free's buffer is 15 %): the
+        // 100 % warning and the grace use, each once per day.
+        let mut raw = RawUsage::default();
+        raw.day.insert("req".into(), 5_100);
+        let request = QuotaRequest {
+            model: "gpt-4o-mini".into(),
+            ..request
+        };
+        let d = decide(
+            &q,
+            &ReviewConfig::default(),
+            &t.free,
+            &AccountProfile::default(),
+            &raw.snapshot(&q, &t.free, now),
+            &request,
+            now,
+        );
+        assert_eq!(d.decision, DecisionKind::Allow);
+        let keys: Vec<_> = records_for("acct", "gpt-4o-mini", None, &d, now)
+            .into_iter()
+            .map(|r| (r.dedup_key, r.row.used, r.row.limit_value))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (
+                    "acct:quota_warning_shown:day_requests:100:20261122".to_owned(),
+                    5_100.0,
+                    5_000.0
+                ),
+                (
+                    "acct:grace_used:day_requests:100:20261122".to_owned(),
+                    5_100.0,
+                    5_000.0
+                ),
+            ]
+        );
     }
 }

@@ -355,7 +355,7 @@ pub async fn quota_check(
             );
         }
         let snapshot = raw.snapshot(&read.quota, tier, now);
-        let decision = decide(
+        let mut decision = decide(
             &read.quota,
             &read.review,
             tier,
@@ -364,6 +364,7 @@ pub async fn quota_check(
             &request,
             now,
         );
+        read.friction.annotate(&mut decision, now);
         for rec in records_for(
             account.as_str(),
             &request.model,

@@ -458,6 +458,22 @@ fn decide_limits(
         });
         return decision;
     }
+    // Past 100 % of a limit and within its buffer: whatever is decided below serves the
+    // request, so it is served from grace (a spent budget the fallback can help with is not:
+    // it degrades).
+    let graced = spent
+        .iter()
+        .copied()
+        .filter(|s| !cut.contains(s))
+        .filter(|s| !(s.metric.is_budget() && fallback_helps))
+        .max_by(|a, b| by_ratio(a, b));
+    decision.grace = graced.map(|s| Grace {
+        limit: s.name.clone(),
+        used: s.used.unwrap_or(0.0),
+        limit_value: s.limit,
+        grace_percent: tier.grace_percent,
+        served_up_to: round6(grace_cap(tier.grace_percent, s.metric, s.limit)),
+    });
     if let (Some(s), Some(f)) = (budget_spent.filter(|_| fallback_helps), fallback.as_ref()) {
         decision.decision = DecisionKind::Degrade;
         decision.model = f.clone();
@@ -521,18 +537,6 @@ fn decide_limits(
         }
     }
     // Past 100 % and within the buffer: served, with the 100 % warning of that limit.
-    let graced = spent
-        .iter()
-        .copied()
-        .filter(|s| !cut.contains(s))
-        .max_by(|a, b| by_ratio(a, b));
-    decision.grace = graced.map(|s| Grace {
-        limit: s.name.clone(),
-        used: s.used.unwrap_or(0.0),
-        limit_value: s.limit,
-        grace_percent: tier.grace_percent,
-        served_up_to: round6(grace_cap(tier.grace_percent, s.metric, s.limit)),
-    });
     // The warning names the limit in grace, else the one nearest to (or furthest past) its
     // end.
     decision.warning = graced

@@ -450,6 +450,34 @@ fn grace_borders_counts_and_sessions() {
             assert_eq!(d.stage_name.as_deref(), Some("cutoff"), "{label}");
         }
     }
+    // A count in grace while a budget is spent: degraded to the fallback, and still served
+    // from the count's grace (the gateway is told; the grace use is recorded).
+    let both = UsageSnapshot {
+        used: [
+            (LimitName::parse("day_requests").unwrap(), 5_100.0),
+            (LimitName::parse("day_weighted_tokens").unwrap(), 250_000.0),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let haiku = QuotaRequest {
+        model: "claude-3-haiku".into(),
+        estimated_input_tokens: 0,
+        estimated_output_tokens: 0,
+        session_id: None,
+    };
+    let d = decide(
+        &q,
+        &ReviewConfig::default(),
+        &t.free,
+        &AccountProfile::default(),
+        &both,
+        &haiku,
+        nov,
+    );
+    assert_eq!(d.decision, Degrade);
+    assert_eq!(d.degraded.unwrap().reason, DegradeReason::BudgetSpent);
+    assert_eq!(d.grace.unwrap().limit, "day_requests");
     // Grace 0 is allowed: the cutoff comes at the limit.
     let mut t0 = t.clone();
     t0.free.grace_percent = 0.0;
