@@ -19,7 +19,7 @@ use meterline_infra::Component;
 use meterline_ingest::app::{AppParts, TopicSchema};
 use meterline_ingest::metrics::IngestMetrics;
 use meterline_ingest::read::{
-    AccountDirectory, DecisionRecorder, HotState, ReadPath, RecorderMetrics,
+    AccountDirectory, DecisionRecorder, HotState, NoticeCache, ReadPath, RecorderMetrics,
 };
 use meterline_ingest::server::IngestServer;
 use meterline_ingest::{AppState, TokenStore};
@@ -54,8 +54,9 @@ pub fn token_store(config: &Config, pool: &PgPool) -> TokenStore {
     )
 }
 
-/// Builds the read path: the account directory (listening for profile changes), the hot-state
-/// reader and the decision recorder. Its background tasks stop on `shutdown`.
+/// Builds the read path: the account directory (listening for profile changes), the notice
+/// cache (loaded, and listening for notice changes), the hot-state reader and the decision
+/// recorder. Its background tasks stop on `shutdown`.
 pub async fn read_path(
     config: &Config,
     pool: &PgPool,
@@ -70,6 +71,11 @@ pub async fn read_path(
         .listen(shutdown.clone())
         .await
         .context("listening for account changes in PostgreSQL")?;
+    let notices = NoticeCache::new(pool.clone());
+    let notice_listener = notices
+        .start(shutdown.clone())
+        .await
+        .context("loading dashboard notices from PostgreSQL")?;
     let redis = redis::Client::open(config.redis.url.as_str())
         .context("redis.url")?
         .get_connection_manager()
@@ -95,10 +101,11 @@ pub async fn read_path(
                 .context("quota messages")?,
         ),
         directory,
+        notices,
         hot: HotState::new(redis, keys),
         recorder,
     };
-    Ok((read, vec![listener, writer]))
+    Ok((read, vec![listener, notice_listener, writer]))
 }
 
 /// Registers our schemas and builds ingest's state, with the read path.

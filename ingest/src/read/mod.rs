@@ -3,12 +3,14 @@
 //!
 //! A decision reads Redis once ([`hot_state`]) and nothing else: the account's plan,
 //! overrides and review state come from an in-process [`directory`] that PostgreSQL keeps fresh
-//! by notification, the tiers from configuration, and the rules are the pure functions in
-//! [`meterline_schemas::limits`]. Decisions worth counting go to ClickHouse through the
-//! [`recorder`]'s queue, off the request path.
+//! by notification, its unseen dashboard notice (`dashboard_notice`) from the in-process
+//! [`notices`] cache, kept fresh the same way, the tiers from configuration, and the rules are
+//! the pure functions in [`meterline_schemas::limits`]. Decisions worth counting go to
+//! ClickHouse through the [`recorder`]'s queue, off the request path.
 
 pub mod directory;
 pub mod hot_state;
+pub mod notices;
 pub mod recorder;
 pub mod review;
 
@@ -24,6 +26,7 @@ use meterline_schemas::review::ReviewConfig;
 
 pub use directory::AccountDirectory;
 pub use hot_state::HotState;
+pub use notices::{DashboardNotice, NoticeCache};
 pub use recorder::{DecisionRecord, DecisionRecorder, RecorderMetrics};
 
 /// What the read endpoints share.
@@ -36,6 +39,8 @@ pub struct ReadPath {
     /// The decisions' messages, compiled from `[quota.messages]` and `[tiers.<plan>.messages]`.
     pub friction: Arc<Friction>,
     pub directory: AccountDirectory,
+    /// Each account's unseen dashboard notice, for `dashboard_notice` in decisions.
+    pub notices: NoticeCache,
     pub hot: HotState,
     pub recorder: DecisionRecorder,
 }

@@ -1,7 +1,9 @@
 //! Dashboard notices (written by the notifier into `dashboard_notices`):
 //!
 //! * `GET /v1/accounts/{id}/notice`: the account's current notice, or `null`. A notice is
-//!   current until it is clicked or its cooldown period ends.
+//!   current until it is clicked or its cooldown period ends; one already reported shown is
+//!   still answered here (the dashboard may show it again), while quota decisions carry a
+//!   notice (`dashboard_notice`, [`crate::read::notices`]) only until it is reported shown.
 //! * `POST /v1/accounts/{id}/notices/{notice_id}/shown` and `…/clicked`: record a
 //!   `notice_shown` / `notice_clicked` account event (acknowledged once Kafka holds it, like any
 //!   event) so the growth team can measure conversion, and mark the notice.

@@ -20,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, ErrorBody};
-use crate::read::{records_for, ReadPath};
+use crate::read::{records_for, DashboardNotice, ReadPath};
 use crate::routes::openapi::{AuthErrors, BAD_INPUT, UNAVAILABLE};
 use crate::AppState;
 
@@ -284,12 +284,21 @@ fn validate(input: QuotaCheckInput) -> Result<(AccountId, QuotaRequest), FieldEr
 /// A check slower than this is logged with where its time went.
 const SLOW_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The answer to a quota check: the decision, for the account asked about.
+/// The answer to a quota check: the decision, for the account asked about, with the account's
+/// unseen dashboard notice when it has one.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QuotaDecision {
     pub account_id: String,
     #[serde(flatten)]
     pub decision: Decision,
+    /// The account's most recent dashboard notice that is current (not clicked, not expired)
+    /// and not yet shown; absent when there is none. The check does not mark it shown: the
+    /// gateway shows it, then calls `POST /v1/accounts/{id}/notices/{notice_id}/shown`, and
+    /// later decisions leave it out. (`GET /v1/accounts/{id}/notice` keeps answering a shown
+    /// notice until it is clicked or expires.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub dashboard_notice: Option<DashboardNotice>,
 }
 
 /// Decide what to do with a request (scope: read)
@@ -365,6 +374,11 @@ pub async fn quota_check(
             now,
         );
         read.friction.annotate(&mut decision, now);
+        // From memory (`read::notices`), kept fresh by PostgreSQL notifications.
+        let dashboard_notice = read
+            .notices
+            .current(account.as_str(), now)
+            .map(|n| (*n).clone());
         for rec in records_for(
             account.as_str(),
             &request.model,
@@ -388,6 +402,7 @@ pub async fn quota_check(
         Ok(Json(QuotaDecision {
             account_id: account.as_str().to_owned(),
             decision,
+            dashboard_notice,
         }))
     }
     .instrument(span)
