@@ -95,6 +95,10 @@ enum BenchKind {
         /// generator) under SCHED_FIFO for the run (needs root or CAP_SYS_NICE).
         #[arg(long)]
         read_path_realtime: bool,
+        /// The share of the accounts (0 to 1) that hold an unseen dashboard notice, which their
+        /// decisions must carry (checked on every account before the measured run).
+        #[arg(long, default_value_t = 0.1)]
+        notice_share: f64,
     },
     /// Ingest's memory and a gateway's service while slow and hostile clients attack.
     Hostile {
@@ -191,7 +195,12 @@ async fn main() -> Result<()> {
             layout,
             write_path_nice,
             read_path_realtime,
+            notice_share,
         } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&notice_share),
+                "--notice-share: {notice_share} is not between 0 and 1"
+            );
             let layout = if layout == "split" {
                 quota::Layout::Split {
                     write_path_nice,
@@ -213,6 +222,7 @@ async fn main() -> Result<()> {
                     ingest_rate,
                     layout,
                     config_path: path.clone(),
+                    notice_share,
                 },
             )
             .await?;

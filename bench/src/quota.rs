@@ -16,6 +16,12 @@
 //! this process ([`RedisProbe`]): the floor the check's latency is compared with, measured in
 //! the same run. Each run keeps its hot state under a Redis prefix of its own and deletes it at
 //! the end.
+//!
+//! A share of the accounts (`--notice-share`, 10 % by default) hold an unseen dashboard notice,
+//! written to PostgreSQL before the services start, so the read process loads them as it would
+//! in production and the measured checks include the notice lookup (and, for those accounts,
+//! the notice in the answer). The warm-up asks for every account once and fails the run unless
+//! exactly the accounts with a notice get theirs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +35,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+mod notices;
 
 use crate::common::*;
 use crate::http_load;
@@ -47,6 +55,8 @@ pub struct QuotaBench {
     pub layout: Layout,
     /// The configuration file the child processes of the split layout load.
     pub config_path: Option<std::path::PathBuf>,
+    /// The share of the accounts holding an unseen dashboard notice ([`notices::BenchNotices`]).
+    pub notice_share: f64,
 }
 
 /// Where the services under test run.
@@ -297,6 +307,8 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
+    let notices =
+        notices::BenchNotices::write(&pool, &run, bench.accounts, bench.notice_share).await?;
     let (endpoints, deployment) = deploy(config, &run_env, &bench, &http).await?;
     let mut realtime = RealtimeProcesses(Vec::new());
     if let (
@@ -352,15 +364,24 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         }
         last = now;
     }
-    // Warm the profile cache and connections, as a running gateway fleet would have.
+    // Warm the profile cache and connections, as a running gateway fleet would have, and check
+    // that exactly the accounts holding a notice get theirs.
     let base = endpoints.read.clone();
     for a in 0..bench.accounts {
-        http.post(format!("{base}/v1/quota/check"))
+        let r = http
+            .post(format!("{base}/v1/quota/check"))
             .bearer_auth(&token)
             .json(&json!({"account_id": format!("bench-{a}"), "model": "gpt-4o-mini"}))
             .send()
             .await?;
+        anyhow::ensure!(r.status() == 200, "warm-up check: {}", r.status());
+        notices.check(a, &r.json::<serde_json::Value>().await?)?;
     }
+    println!(
+        "dashboard notices: {} of {} accounts hold one; every warm-up decision carried exactly its own",
+        notices.ids.len(),
+        bench.accounts
+    );
 
     let read_metrics = format!("{base}/metrics");
     let before = metrics_text(&http, &read_metrics).await?;
@@ -530,6 +551,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         .revoke(&name)
         .await
         .ok();
+    notices.remove(&pool).await?;
     let removed = crate::pipeline::remove_run_keys(config).await?;
     tracing::info!(removed, "deleted the run's Redis keys");
     Ok(())
