@@ -364,6 +364,18 @@ pub fn trigger_detail(signal: &AccountSignal, evidence: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The `{detail}` of a notice and an email for `signal`: the limit in words with the numbers and
+/// the reset time for the outreach kinds (`message::outreach`), the trigger's own words for the
+/// others.
+pub fn detail(signal: &AccountSignal) -> String {
+    let e = signal.evidence();
+    match signal.kind {
+        SignalKind::LimitStage => outreach::limit_stage_detail(&e),
+        SignalKind::AllowanceReset => outreach::allowance_reset_detail(&e),
+        _ => trigger_detail(signal, &e),
+    }
+}
+
 /// The notice for `signal`, offering `offer` (the plan `plan`).
 pub fn notice(c: &NotifierConfig, signal: &AccountSignal, plan: Plan, offer: &Offer) -> NoticeText {
     let template = match signal.kind {
@@ -374,12 +386,7 @@ pub fn notice(c: &NotifierConfig, signal: &AccountSignal, plan: Plan, offer: &Of
         SignalKind::AllowanceReset => &c.notices.allowance_reset,
         _ => &c.notices.rate_limit_sustained,
     };
-    let e = signal.evidence();
-    let detail = match signal.kind {
-        SignalKind::LimitStage => outreach::limit_stage_detail(&e),
-        SignalKind::AllowanceReset => outreach::allowance_reset_detail(&e),
-        _ => trigger_detail(signal, &e),
-    };
+    let detail = detail(signal);
     NoticeText {
         message: template
             .replace("{plan}", &offer.name)

@@ -47,16 +47,16 @@ pub struct Values {
 impl Values {
     /// The values for `signal`, offering `offer`.
     pub fn new(signal: &AccountSignal, offer: &Offer, unsubscribe_url: String) -> Self {
-        let evidence = signal.evidence();
-        let detail = crate::message::trigger_detail(signal, &evidence);
         let (limit, stage) = match signal.kind {
             SignalKind::LimitStage => (
-                evidence
-                    .pointer("/limit/name")
-                    .and_then(Value::as_str)
-                    .or_else(|| signal.episode.split(':').next())
-                    .unwrap_or_default()
-                    .replace('_', " "),
+                crate::message::outreach::limit_words(
+                    signal
+                        .evidence()
+                        .pointer("/limit/name")
+                        .and_then(Value::as_str)
+                        .or_else(|| signal.episode.split(':').next())
+                        .unwrap_or_default(),
+                ),
                 signal
                     .limit_stage()
                     .map(|s| s.to_string())
@@ -69,7 +69,7 @@ impl Values {
             price: offer.price.clone(),
             lifts: offer.lifts.clone(),
             upgrade_url: offer.upgrade_url.clone(),
-            detail,
+            detail: crate::message::detail(signal),
             limit,
             stage,
             account_id: signal.account_id.clone(),
@@ -84,7 +84,7 @@ impl Values {
             lifts: "1,000 requests/minute".into(),
             upgrade_url: "https://app.example.com/upgrade".into(),
             detail: "over the limit".into(),
-            limit: "month requests".into(),
+            limit: "monthly requests".into(),
             stage: "85".into(),
             account_id: "acct-1".into(),
             unsubscribe_url: "https://meterline.example.com/v1/email/unsubscribe/acct-1/00".into(),
@@ -232,7 +232,7 @@ pub fn default_templates() -> BTreeMap<SignalKind, EmailTemplate> {
             template(
                 "You have used {{ stage }}% of your {{ limit }} limit",
                 &[
-                    "Your account has used {{ stage }}% of its {{ limit }} limit.",
+                    "{{ detail }}",
                     "{{ plan }} lifts it: {{ lifts }} ({{ price }}).",
                 ],
                 "Upgrade to {{ plan }}",

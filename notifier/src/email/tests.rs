@@ -29,22 +29,29 @@ fn the_default_limit_stage_email_reads_as_written() {
         ..Default::default()
     };
     let offer = Offers::default().pro;
-    let s = signal(SignalKind::LimitStage, "month_requests:85:202611", "{}");
+    let s = signal(
+        SignalKind::LimitStage,
+        "month_requests:85:202611",
+        r#"{"limit": {"name": "month_requests", "used": 85123.0, "limit": 100000.0,
+            "resets_at": "2026-12-01T00:00:00Z"}}"#,
+    );
     let m = render::render(&c, &s, &offer, "ab12").unwrap();
     let url = "https://meterline.example.com/v1/email/unsubscribe/acct-7/ab12";
     assert_eq!(
         m,
         EmailMessage {
-            subject: "You have used 85% of your month requests limit".into(),
+            subject: "You have used 85% of your monthly requests limit".into(),
             text: format!(
-                "Hello,\n\nYour account has used 85% of its month requests limit.\n\n\
+                "Hello,\n\nYou've used 85 % of your monthly requests (85,123 of 100,000); \
+                 it resets at 00:00 UTC on 1 December.\n\n\
                  Pro lifts it: 1,000 requests/minute and 15 models ($49 per seat per month).\n\n\
                  Upgrade to Pro: https://app.example.com/billing/upgrade?plan=pro\n\n--\n\
                  You get this email because you signed up for the free plan.\n\
                  Unsubscribe with one click: {url}\n"
             ),
             html: "<!DOCTYPE html>\n<html lang=\"en\">\n<body>\n<p>Hello,</p>\n\
-                 <p>Your account has used 85% of its month requests limit.</p>\n\
+                 <p>You&#x27;ve used 85 % of your monthly requests (85,123 of 100,000); \
+                 it resets at 00:00 UTC on 1 December.</p>\n\
                  <p>Pro lifts it: 1,000 requests&#x2f;minute and 15 models ($49 per seat per month).</p>\n\
                  <p><a href=\"https:&#x2f;&#x2f;app.example.com&#x2f;billing&#x2f;upgrade?plan=pro\">Upgrade to Pro</a></p>\n\
                  <hr>\n<p style=\"font-size:12px;color:#666\">You get this email because you signed up for the free plan. \
