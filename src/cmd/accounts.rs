@@ -17,6 +17,7 @@
 //! | `plan_since` | optional: when the current plan started, not before `signed_up_at` |
 //! | `seats`, `company_size` | optional whole numbers |
 //! | `email_domain` | optional: the part after `@` |
+//! | `contact_email` | optional: where the email channel writes to (personal data, never printed) |
 //!
 //! Each row becomes a `signup` at `signed_up_at` with the plan, the domain and the company
 //! size; with `plan_since` (later than the signup) the signup is a free one and a
@@ -64,7 +65,7 @@ use crate::{migrate, services, Config};
 #[derive(Subcommand)]
 pub enum AccountsAction {
     /// Import existing customers from a CSV or JSON-lines file (one per row: account_id, plan,
-    /// signed_up_at, and optionally plan_since, seats, email_domain, company_size). Safe to
+    /// signed_up_at, and optionally plan_since, seats, email_domain, company_size, contact_email). Safe to
     /// run twice. Exit status 2 when some rows were refused (the others are imported).
     Import(ImportArgs),
 }
@@ -116,16 +117,18 @@ pub struct CustomerRow {
     pub seats: Option<u64>,
     pub email_domain: Option<String>,
     pub company_size: Option<u64>,
+    pub contact_email: Option<String>,
     pub signed_up_at: Option<String>,
     pub plan_since: Option<String>,
 }
 
-const COLUMNS: [&str; 7] = [
+const COLUMNS: [&str; 8] = [
     "account_id",
     "plan",
     "seats",
     "email_domain",
     "company_size",
+    "contact_email",
     "signed_up_at",
     "plan_since",
 ];
@@ -227,6 +230,7 @@ pub fn events_of(
     let (mut signup, signup_field) = event("signup", signed_up_at, "signed_up_at");
     signup.email_domain = row.email_domain;
     signup.company_size = row.company_size;
+    signup.contact_email = row.contact_email;
     match plan_since {
         None => {
             signup.plan = Some(plan);
@@ -367,6 +371,7 @@ fn csv_row(header: &[String], record: &csv::StringRecord) -> Result<CustomerRow,
             "seats" => row.seats = number("seats", text)?,
             "email_domain" => row.email_domain = owned,
             "company_size" => row.company_size = number("company_size", text)?,
+            "contact_email" => row.contact_email = owned,
             "signed_up_at" => row.signed_up_at = owned,
             "plan_since" => row.plan_since = owned,
             _ => unreachable!("the header was checked"),

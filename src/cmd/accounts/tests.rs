@@ -14,6 +14,7 @@ fn row() -> CustomerRow {
         seats: Some(40),
         email_domain: Some("Acme.example".into()),
         company_size: Some(800),
+        contact_email: None,
         signed_up_at: Some("2025-06-01T09:30:00Z".into()),
         plan_since: None,
     }
@@ -195,7 +196,7 @@ fn csv_rows_have_their_line_numbers_and_typed_columns() {
         email_domain: Some("acme.example".into()),
         company_size: Some(50),
         signed_up_at: Some("2025-01-01".into()),
-        plan_since: None,
+        ..Default::default()
     };
     assert_eq!(
         rows,
@@ -232,7 +233,7 @@ fn a_csv_header_must_name_known_and_required_columns() {
     };
     assert_eq!(
         err("account_id,plan,signed_up_at,company_szie\n").as_deref(),
-        Some("CSV header: column \"company_szie\" is not one of account_id, plan, seats, email_domain, company_size, signed_up_at, plan_since")
+        Some("CSV header: column \"company_szie\" is not one of account_id, plan, seats, email_domain, company_size, contact_email, signed_up_at, plan_since")
     );
     assert_eq!(
         err("account_id,signed_up_at\n").as_deref(),
@@ -285,4 +286,24 @@ fn the_format_follows_the_extension() {
     ] {
         assert_eq!(Format::of_path(Path::new(path)), want, "{path}");
     }
+}
+
+#[test]
+fn a_contact_email_goes_on_the_signup_and_a_bad_one_is_refused_by_name() {
+    let mut r = row();
+    r.contact_email = Some("Ana@Acme.example".into());
+    r.plan_since = Some("2026-03-10".into());
+    let e = events(r.clone()).unwrap();
+    assert_eq!(e[0].kind, AccountEventType::Signup);
+    assert!(e[0].contact_email.is_some());
+    assert_eq!(e[1].kind, AccountEventType::PlanChanged);
+    assert!(e[1].contact_email.is_none());
+
+    r.contact_email = Some("not an address".into());
+    let err = events(r).unwrap_err();
+    assert!(err.starts_with("contact_email: "), "{err}");
+    assert!(
+        !err.contains("not an address"),
+        "the address is personal data: {err}"
+    );
 }
