@@ -99,6 +99,11 @@ enum BenchKind {
         /// decisions must carry (checked on every account before the measured run).
         #[arg(long, default_value_t = 0.1)]
         notice_share: f64,
+        /// Usage events put straight on the topic just before the measured run (over
+        /// `--accounts` accounts of their own), so the checks are measured while the aggregator
+        /// runs flat out; 0 for none.
+        #[arg(long, default_value_t = 0)]
+        backlog: usize,
     },
     /// Ingest's memory and a gateway's service while slow and hostile clients attack.
     Hostile {
@@ -166,6 +171,7 @@ async fn main() -> Result<()> {
                     accounts,
                     events,
                     aggregators,
+                    config_path: path.clone(),
                 },
             )
             .await?;
@@ -196,6 +202,7 @@ async fn main() -> Result<()> {
             write_path_nice,
             read_path_realtime,
             notice_share,
+            backlog,
         } => {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&notice_share),
@@ -223,6 +230,7 @@ async fn main() -> Result<()> {
                     layout,
                     config_path: path.clone(),
                     notice_share,
+                    backlog,
                 },
             )
             .await?;

@@ -120,11 +120,25 @@ pub(crate) async fn produce_all(
     topic: &str,
     records: &[(String, Vec<u8>)],
 ) -> Result<f64> {
-    let producer: FutureProducer = meterline_infra::kafka::client_config(&c.kafka)
+    produce_with(&producer(c)?, topic, records).await
+}
+
+/// A producer with ingest's settings. Its librdkafka threads start here and keep this
+/// thread's scheduling policy (`bench quota` makes one before it promotes itself to real time).
+pub(crate) fn producer(c: &Config) -> Result<FutureProducer> {
+    Ok(meterline_infra::kafka::client_config(&c.kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .create()?;
+        .create()?)
+}
+
+/// [`produce_all`] with a given producer.
+pub(crate) async fn produce_with(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> Result<f64> {
     let started = Instant::now();
     for chunk in records.chunks(10_000) {
         let mut pending = Vec::with_capacity(chunk.len());
@@ -206,15 +220,6 @@ pub(crate) async fn remove_run_keys(c: &Config) -> Result<u64> {
     }
 }
 
-/// Calls the fold's script makes inside Redis, from `INFO commandstats`.
-pub(crate) async fn script_inner_calls(c: &Config) -> Result<u64> {
-    let mut total = 0;
-    for command in ["hincrby", "sadd", "expiretime", "expireat"] {
-        total += redis_calls(c, command).await?;
-    }
-    Ok(total)
-}
-
 /// Redis's CPU seconds so far (user + system), from `INFO cpu`.
 pub(crate) async fn redis_cpu_seconds(c: &Config) -> Result<f64> {
     let client = redis::Client::open(c.redis.url.as_str())?;
@@ -230,19 +235,68 @@ pub(crate) async fn redis_cpu_seconds(c: &Config) -> Result<f64> {
         .sum())
 }
 
-/// How many times clients called `command` on the Redis server so far (`INFO commandstats`).
-pub(crate) async fn redis_calls(c: &Config, command: &str) -> Result<u64> {
+/// Every command the Redis server has run so far, by name, from `INFO commandstats`: the
+/// commands clients send and those scripts call (`redis.call` counts under its own command),
+/// without `info`, which is how this is read.
+pub(crate) async fn redis_command_counts(
+    c: &Config,
+) -> Result<std::collections::BTreeMap<String, u64>> {
     let client = redis::Client::open(c.redis.url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut conn)
         .await?;
-    let prefix = format!("cmdstat_{command}:calls=");
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0))
+    Ok(parse_command_counts(&info))
+}
+
+fn parse_command_counts(info: &str) -> std::collections::BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            let calls = rest.split(',').next()?.parse().ok()?;
+            (name != "info").then(|| (name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// What ran between two [`redis_command_counts`], most called first.
+pub(crate) fn command_deltas(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> Vec<(String, u64)> {
+    let mut d: Vec<(String, u64)> = after
+        .iter()
+        .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0).min(*n)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    d.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_but_info_is_counted_and_deltas_rank_them() {
+        let before = parse_command_counts(
+            "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=5,usec_per_call=0.5\r\n\
+             cmdstat_info:calls=7,usec=1,usec_per_call=0.1\r\n\
+             cmdstat_hincrby:calls=100,usec=9,usec_per_call=0.09,rejected_calls=0,failed_calls=0\r\n",
+        );
+        assert_eq!(before.len(), 2, "{before:?}");
+        let after = parse_command_counts(
+            "cmdstat_evalsha:calls=12,usec=5\r\ncmdstat_info:calls=9,usec=1\r\n\
+             cmdstat_hincrby:calls=130,usec=9\r\ncmdstat_sadd:calls=4,usec=1\r\n",
+        );
+        assert_eq!(
+            command_deltas(&before, &after),
+            vec![
+                ("hincrby".to_owned(), 30),
+                ("sadd".to_owned(), 4),
+                ("evalsha".to_owned(), 2)
+            ]
+        );
+    }
 }

@@ -57,6 +57,9 @@ pub struct QuotaBench {
     pub config_path: Option<std::path::PathBuf>,
     /// The share of the accounts holding an unseen dashboard notice ([`notices::BenchNotices`]).
     pub notice_share: f64,
+    /// Usage events put straight on the topic just before the measured run, so the aggregator
+    /// folds flat out while the checks are measured; 0 for none.
+    pub backlog: usize,
 }
 
 /// Where the services under test run.
@@ -309,7 +312,16 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         .build()?;
     let notices =
         notices::BenchNotices::write(&pool, &run, bench.accounts, bench.notice_share).await?;
+    // Encoded before any service starts, so the work does not land on the measured processes.
+    let backlog = if bench.backlog > 0 {
+        crate::pipeline::encoded(config, &run[..8], bench.accounts, bench.backlog).await?
+    } else {
+        Vec::new()
+    };
     let (endpoints, deployment) = deploy(config, &run_env, &bench, &http).await?;
+    // Made before this process goes real time, so its librdkafka threads stay at normal
+    // priority: they stand for the gateways' ingest, not for the load generator.
+    let backlog_producer = crate::pipeline::producer(config)?;
     let mut realtime = RealtimeProcesses(Vec::new());
     if let (
         Layout::Split {
@@ -382,6 +394,9 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         notices.ids.len(),
         bench.accounts
     );
+
+    let produced_before_run = (seed_batches * 500) as f64;
+    let folded_before_run = counted(metrics_text(&http, &endpoints.aggregator_metrics).await?);
 
     let read_metrics = format!("{base}/metrics");
     let before = metrics_text(&http, &read_metrics).await?;
@@ -460,6 +475,15 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
             http_load::post_request(&read_addr.to_string(), "/v1/quota/check", &token, &body)
         })
         .collect();
+    // The backlog goes on the topic from the start of the measured run, faster than the
+    // aggregator folds, so it folds flat out while the checks are measured.
+    let backlog_len = backlog.len();
+    let backlog_task = (!backlog.is_empty()).then(|| {
+        let topic = config.kafka.usage_topic.clone();
+        tokio::spawn(async move {
+            crate::pipeline::produce_with(&backlog_producer, &topic, &backlog).await
+        })
+    });
     let (rate, accounts) = (bench.rate, bench.accounts);
     let probe = RedisProbe::start(config, accounts).await?;
     tracing::info!(seconds = bench.duration.as_secs(), "measuring");
@@ -515,6 +539,32 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         ingested.load(Ordering::Relaxed) as f64 / elapsed,
         rss_mib()
     );
+    let folded = counted(metrics_text(&http, &endpoints.aggregator_metrics).await?);
+    let backlog_put = match backlog_task {
+        Some(t) if t.is_finished() => {
+            let rate = t.await??;
+            println!(
+                "backlog: {backlog_len} events put on the topic during the run at {rate:.0} events/s"
+            );
+            Some(backlog_len)
+        }
+        Some(t) => {
+            t.abort();
+            println!("backlog: still being put on the topic when the run ended ({backlog_len} events asked)");
+            None
+        }
+        None => Some(0),
+    };
+    let rate_folded = (folded - folded_before_run) / elapsed;
+    match backlog_put {
+        Some(put) => println!(
+            "aggregator meanwhile: {rate_folded:.0} events/s folded; {:.0} events on the topic not yet folded at the end",
+            produced_before_run + (ingested.load(Ordering::Relaxed) as usize + put) as f64 - folded
+        ),
+        None => println!(
+            "aggregator meanwhile: {rate_folded:.0} events/s folded while the backlog was still arriving"
+        ),
+    }
     // The server's own view, counted over the measured run only (the warm-up is subtracted):
     // time from request to answer inside ingest, and within it the Redis round trip.
     let after = metrics_text(&http, &read_metrics).await?;

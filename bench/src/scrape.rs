@@ -27,6 +27,16 @@ pub(crate) fn histogram_buckets(metrics: &str, series: &str) -> Vec<(f64, f64)> 
         .collect()
 }
 
+/// The sum of a counter's series whose lines start with `series` (every label set), from
+/// `/metrics` text: `meterline_aggregator_stage_seconds_total{stage="fold"` sums that stage.
+pub(crate) fn counter_sum(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The upper bound, in milliseconds, of the first bucket holding the `p` quantile.
 pub(crate) fn bucket_quantile(buckets: &[(f64, f64)], p: f64) -> f64 {
     let total = buckets.last().map_or(0.0, |(_, n)| *n);
@@ -48,6 +58,20 @@ meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\",le=\"0.002\"} 9
 meterline_read_hot_state_seconds_bucket{endpoint=\"quota_check\",le=\"+Inf\"} 100
 meterline_read_hot_state_seconds_bucket{endpoint=\"usage\",le=\"0.0005\"} 3
 ";
+
+    #[test]
+    fn a_counter_sums_its_series_and_nothing_else() {
+        let text = "\
+# TYPE meterline_aggregator_stage_seconds_total counter
+meterline_aggregator_stage_seconds_total{stage=\"fold\"} 1.5
+meterline_aggregator_stage_seconds_total{stage=\"redis_apply\"} 4
+meterline_aggregator_stage_seconds_total_extra 100
+";
+        let stage = "meterline_aggregator_stage_seconds_total{";
+        assert_eq!(counter_sum(text, stage), 5.5);
+        assert_eq!(counter_sum(text, &format!("{stage}stage=\"fold\"")), 1.5);
+        assert_eq!(counter_sum(text, "meterline_absent"), 0.0);
+    }
 
     #[test]
     fn buckets_are_read_for_one_series_only() {

@@ -15,8 +15,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{percentile, rss_mib};
+use crate::common::{free_port, percentile, proc_status_mib, rss_mib, spawn_child, ChildProcesses};
 use crate::pipeline::*;
+use crate::scrape::{counter_sum, metrics_text};
 use meterline::services::{self, Components};
 use meterline::{migrate, Config};
 
@@ -144,6 +145,8 @@ pub struct AggregateBench {
     pub events: usize,
     /// Aggregators in one consumer group; more than one shows the partitions being split.
     pub aggregators: usize,
+    /// The configuration file the aggregator processes load.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// `bench aggregate`: a pre-filled topic through the aggregator, then the raw consume ceiling.
@@ -179,25 +182,38 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     let ceiling = seen as f64 / started.elapsed().as_secs_f64();
     drop(consumer);
 
-    // Ours: the aggregators from the start of the topic to their last committed offset, as
-    // dynamic members of one group (`bench_config` leaves the instance id empty: a static
-    // member's first join took seconds longer on tansu, which the figure would include).
-    let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let mut members = Vec::new();
-    for _ in 0..b.aggregators.max(1) {
-        let mut member = c.clone();
-        member.http.aggregator_listen = "127.0.0.1:0".into();
-        let components = Components::none().aggregator();
-        members.push(services::start(&member, components, None, shutdown.clone()).await?);
-    }
-    let dedup_before = redis_calls(&c, "smismember").await?;
-    let inner_before = script_inner_calls(&c).await?;
+    // Ours: the aggregators from the start of the topic to their last committed offset, each a
+    // child `meterline aggregate` as deployed (so its peak RSS is its own), as dynamic members
+    // of one group (`bench_config` leaves the instance id empty: a static member's first join
+    // took seconds longer on tansu, which the figure would include).
+    let run_env = c.env_changes(config)?;
+    let http = reqwest::Client::new();
+    let redis_before = redis_command_counts(&c).await?;
     let redis_cpu_before = redis_cpu_seconds(&c).await?;
-    let mut rss_peak = 0f64;
+    let started = Instant::now();
+    let mut members = ChildProcesses(Vec::new());
+    let mut metrics_urls = Vec::new();
+    for i in 0..b.aggregators.max(1) {
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let mut env = run_env.clone();
+        env.push(("METERLINE_HTTP__AGGREGATOR_LISTEN".into(), listen.clone()));
+        let child = spawn_child(
+            &format!("aggregate-{i}"),
+            "aggregate",
+            &env,
+            0,
+            b.config_path.as_deref(),
+        )?;
+        members.0.push((format!("aggregator {i}"), child));
+        metrics_urls.push(format!("http://{listen}/metrics"));
+    }
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        rss_peak = rss_peak.max(rss_mib());
+        for (role, child) in &mut members.0 {
+            if let Some(status) = child.try_wait()? {
+                bail!("{role} exited ({status}); see .local/log/bench-aggregate-*.log");
+            }
+        }
         let done = committed(&c, &c.aggregator.group_id, &c.kafka.usage_topic).await?;
         if done as usize >= b.events {
             break;
@@ -211,30 +227,32 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     }
     let wall = started.elapsed().as_secs_f64();
     let ours = b.events as f64 / wall;
-    let metrics: Vec<&meterline_aggregator::metrics::AggregatorMetrics> =
-        members.iter().map(|m| &m.aggregator_metrics).collect();
-    let fold_commands: u64 = metrics.iter().map(|m| m.redis_commands.get()).sum();
-    let dedup_commands = redis_calls(&c, "smismember").await? - dedup_before;
-    let inner_calls = script_inner_calls(&c).await? - inner_before;
     let redis_cpu = redis_cpu_seconds(&c).await? - redis_cpu_before;
+    let redis_commands = command_deltas(&redis_before, &redis_command_counts(&c).await?);
+    // Peak resident memory, read while the processes still run.
+    let peaks: Vec<f64> = members
+        .0
+        .iter()
+        .map(|(_, child)| proc_status_mib(&child.id().to_string(), "VmHWM:"))
+        .collect();
+    let mut scraped = Vec::new();
+    for url in &metrics_urls {
+        scraped.push(metrics_text(&http, url).await?);
+    }
+    drop(members);
+    let sum = |series: &str| -> f64 { scraped.iter().map(|t| counter_sum(t, series)).sum() };
+    let fold_commands = sum("meterline_aggregator_redis_commands_total");
     let stages: Vec<(&str, f64)> = meterline_aggregator::metrics::STAGES
         .iter()
         .map(|s| {
-            let secs = metrics
-                .iter()
-                .map(|m| m.stage_seconds.with_label_values(&[s]).get())
-                .sum();
-            (*s, secs)
+            let series = format!("meterline_aggregator_stage_seconds_total{{stage=\"{s}\"");
+            (*s, sum(&series))
         })
         .collect();
-    let split: Vec<String> = metrics
+    let split: Vec<String> = scraped
         .iter()
-        .map(|m| m.records.with_label_values(&["usage"]).get().to_string())
+        .map(|t| counter_sum(t, "meterline_aggregator_records_total{stream=\"usage\"").to_string())
         .collect();
-    shutdown.cancel();
-    for m in members {
-        m.stop().await?;
-    }
     let removed = remove_run_keys(&c).await?;
     println!(
         "aggregate: {ours:.0} events/s from Kafka to ClickHouse + Redis, offsets committed ({} events, {} accounts, {} aggregator(s))",
@@ -245,17 +263,27 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     }
     println!("ceiling: rdkafka consuming the same topic and discarding: {ceiling:.0} events/s ({:.0} bytes/event)", bytes as f64 / seen as f64);
     println!("ratio: {:.2} of the ceiling", ours / ceiling);
-    println!("aggregator process RSS: peak {rss_peak:.0} MiB");
-    println!("removed this run's {removed} Redis keys");
+    let peaks: Vec<String> = peaks.iter().map(|p| format!("{p:.0}")).collect();
     println!(
-        "Redis commands per event: window fold {:.4} ({fold_commands} EVAL/MULTI/EXEC for {} events); deduplication {:.4} ({dedup_commands} SMISMEMBER)",
-        fold_commands as f64 / b.events as f64,
+        "aggregator process peak RSS (VmHWM): {} MiB",
+        peaks.join(" + ")
+    );
+    println!("removed this run's {removed} Redis keys");
+    let all: u64 = redis_commands.iter().map(|(_, n)| n).sum();
+    let top: Vec<String> = redis_commands
+        .iter()
+        .take(8)
+        .map(|(name, n)| format!("{name} {:.2}", *n as f64 / b.events as f64))
+        .collect();
+    println!(
+        "Redis commands per event: {:.2} ({all} commands of every kind, sent and run inside scripts, for {} events; the aggregator sent {fold_commands:.0}); per event by command: {}",
+        all as f64 / b.events as f64,
         b.events,
-        dedup_commands as f64 / b.events as f64
+        top.join(", ")
     );
     println!(
-        "inside the fold's scripts: {inner_calls} HINCRBY/SADD/EXPIRETIME/EXPIREAT calls, {:.1} per event; Redis CPU {redis_cpu:.1} s of {wall:.1} s wall ({:.0} %)",
-        inner_calls as f64 / b.events as f64,
+        "Redis CPU: {:.1} µs per event ({redis_cpu:.1} s of {wall:.1} s wall, {:.0} % of a core)",
+        redis_cpu * 1e6 / b.events as f64,
         100.0 * redis_cpu / wall
     );
     let staged: f64 = stages.iter().map(|(_, s)| s).sum();
