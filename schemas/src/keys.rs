@@ -23,6 +23,8 @@
 
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 
+pub mod hot;
+
 pub const MINUTE_RETENTION_SECS: i64 = 2 * 3600;
 pub const HOUR_RETENTION_SECS: i64 = 48 * 3600;
 pub const DAY_RETENTION_SECS: i64 = 40 * 86_400;

@@ -1,0 +1,272 @@
+//! The hot state's next layout ("v2", issue 21; `docs/design/hot-state-v2.md` §2) as pure
+//! code. **Nothing writes or reads it yet**: today's components use the layout of
+//! [`super::Keys`]. It is here first so that its rules are pinned down, and proved to give the
+//! read path the same [`RawUsage`] as today's keys, before any writer or reader moves to it.
+//!
+//! # Keys
+//!
+//! Every key of one account carries the account as its Redis Cluster hash tag (`{account}`), so
+//! a script or a pipeline for one account touches one slot; the keys of one Kafka partition
+//! carry `{pt:<N>}`. Nothing global remains.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<p>u:{<a>}:cur` | hash | the live windows, as stamped fields (below) |
+//! | `<p>u:{<a>}:s:<session>` | hash | one session's counters, as today |
+//! | `<p>u:{<a>}:M:<YYYYMM>:dims` | hash | the month's high-cardinality members, field = 1: `users:<u>`, `api_keys:<k>`, `ip_hashes:<h>`, `sessions:<s>`, and the day's sessions as `ds:<DD>:<s>` |
+//! | `<p>u:{<a>}:<g>:<stamp>` | hash | a **closed** window (no longer in `cur`), today's fields |
+//! | `<p>{pt:<N>}ckpt:<topic>` | hash | `e` (the partition's epoch), `o` (the last offset whose effects are durable) |
+//! | `<p>{pt:<N>}seen:<YYYYMMDD>` | set | ids counted from partition N, by `occurred_at` day |
+//! | `<p>{pt:<N>}accounts` | set | accounts ever flushed from N |
+//! | `<p>{pt:<N>}dirty` | set | accounts changed since the scorer drained this queue |
+//! | `<p>q:{<a>}:…` | string | the read path's quota marker |
+//!
+//! # Fields of `cur`
+//!
+//! A window's fields are its counter names behind its stamp, `<g>:<stamp>:` ([`stamp`]):
+//! - every grain: `req`, `err`, `in`, `out`, `cost`;
+//! - day and month: `m:<model>:req|in|out`, and distinct counts `n:<dim>` (the month all eight
+//!   [`Dim`]s, the day `n:sessions`);
+//! - month only: `v:<dim>:<member>` = 1 for models, providers, regions and clouds, the short
+//!   lists `/usage` and the scorer read ([`month_lists`]).
+//!
+//! A window leaves `cur` for its closed hash once it is over (a minute 3 minutes after it
+//! starts, the others 5 minutes after they end), so a window is in exactly one of the two;
+//! [`window`] reads it from either. The windows a quota check reads (this month, this day, this
+//! minute and the previous one) are always still in `cur`, so [`raw_usage`] needs `cur` alone,
+//! plus the session's hash and two `dims` fields when a check names a session: one round trip to
+//! one slot.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Datelike, Duration, Utc};
+
+use super::{Dim, Grain};
+use crate::limits::{RawUsage, WindowCounters};
+
+/// Why a key prefix cannot serve the v2 layout.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("redis.key_prefix: {0:?} contains a brace, which would change the keys' hash slots")]
+pub struct PrefixError(pub String);
+
+/// Builds the v2 key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct HotKeys {
+    prefix: String,
+}
+
+impl HotKeys {
+    /// Refuses a prefix with `{` or `}`: Redis Cluster hashes a key by its first `{…}`, so such
+    /// a prefix would put every account in one slot.
+    pub fn new(prefix: impl Into<String>) -> Result<Self, PrefixError> {
+        let prefix = prefix.into();
+        if prefix.contains(['{', '}']) {
+            return Err(PrefixError(prefix));
+        }
+        Ok(Self { prefix })
+    }
+
+    fn account(&self, account: &str) -> String {
+        format!("{}u:{{{account}}}:", self.prefix)
+    }
+
+    /// The account's live windows.
+    pub fn cur(&self, account: &str) -> String {
+        format!("{}cur", self.account(account))
+    }
+
+    pub fn session(&self, account: &str, session_id: &str) -> String {
+        format!("{}s:{session_id}", self.account(account))
+    }
+
+    /// The month's high-cardinality members ([`dims_member`], [`day_session_member`]).
+    pub fn dims(&self, account: &str, month_start: DateTime<Utc>) -> String {
+        format!(
+            "{}M:{}:dims",
+            self.account(account),
+            Grain::Month.stamp(month_start)
+        )
+    }
+
+    /// A window that has left `cur`.
+    pub fn closed(&self, account: &str, grain: Grain, start: DateTime<Utc>) -> String {
+        format!("{}{}", self.account(account), stamp(grain, start))
+    }
+
+    fn partition(&self, partition: i32) -> String {
+        format!("{}{{pt:{partition}}}", self.prefix)
+    }
+
+    /// The partition's epoch and checkpoint.
+    pub fn checkpoint(&self, partition: i32, topic: &str) -> String {
+        format!("{}ckpt:{topic}", self.partition(partition))
+    }
+
+    /// Ids counted from the partition whose events occurred on the day starting `day_start`.
+    pub fn seen(&self, partition: i32, day_start: DateTime<Utc>) -> String {
+        format!(
+            "{}seen:{}",
+            self.partition(partition),
+            Grain::Day.stamp(day_start)
+        )
+    }
+
+    /// Accounts ever flushed from the partition.
+    pub fn accounts(&self, partition: i32) -> String {
+        format!("{}accounts", self.partition(partition))
+    }
+
+    /// The partition's share of the scorer's work queue.
+    pub fn dirty(&self, partition: i32) -> String {
+        format!("{}dirty", self.partition(partition))
+    }
+
+    /// The read path's marker of one recorded quota decision of `account`; `rest` is the rest of
+    /// its deduplication key (`{decision}:{limit}:{stage}:{window}`).
+    pub fn quota_marker(&self, account: &str, rest: &str) -> String {
+        format!("{}q:{{{account}}}:{rest}", self.prefix)
+    }
+}
+
+/// The part of `key` Redis Cluster hashes: the text between the first `{` and the next `}`
+/// when it is not empty, else the whole key (the Redis Cluster specification's rule).
+pub fn hash_tag(key: &str) -> &str {
+    key.find('{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.find('}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key)
+}
+
+/// A window's field prefix in `cur`, without the trailing colon: `M:202612`, `d:20261203`,
+/// `h:2026120314`, `m:202612031405`.
+pub fn stamp(grain: Grain, start: DateTime<Utc>) -> String {
+    format!("{}:{}", grain.code(), grain.stamp(start))
+}
+
+/// `<g>:<stamp>:<name>`, a field of `cur`: `name` is a counter (`req`), a per-model counter
+/// (`m:gpt-4o:in`), a count ([`count_name`]) or a member ([`member_name`]).
+pub fn field(grain: Grain, start: DateTime<Utc>, name: &str) -> String {
+    format!("{}:{name}", stamp(grain, start))
+}
+
+/// The name of a distinct count: `n:<dim>`.
+pub fn count_name(dim: Dim) -> String {
+    format!("n:{}", dim.as_str())
+}
+
+/// The name of a month's short-list member: `v:<dim>:<member>`.
+pub fn member_name(dim: Dim, member: &str) -> String {
+    format!("v:{}:{member}", dim.as_str())
+}
+
+/// The dimensions whose members are listed in `cur` (the rest go to `dims`).
+pub const LISTED_DIMS: [Dim; 4] = [Dim::Models, Dim::Providers, Dim::Regions, Dim::Clouds];
+
+/// A month member's field in `dims`: `<dim>:<member>`.
+pub fn dims_member(dim: Dim, member: &str) -> String {
+    format!("{}:{member}", dim.as_str())
+}
+
+/// A day's session in the month's `dims`: `ds:<DD>:<session>`.
+pub fn day_session_member(day_start: DateTime<Utc>, session_id: &str) -> String {
+    format!("ds:{:02}:{session_id}", day_start.day())
+}
+
+/// The window of `grain` starting at `start`, with today's fields (`req`, …, `m:<model>:…`):
+/// from `cur` when it is still there, else from its closed hash (`closed`, empty or absent if
+/// it has none). Counts and member lists are not window counters and are left out, and so are
+/// zeros: a snapshot may write `err = 0`, where today's increments never create the field.
+pub fn window(
+    cur: &WindowCounters,
+    closed: Option<&WindowCounters>,
+    grain: Grain,
+    start: DateTime<Utc>,
+) -> WindowCounters {
+    let prefix = format!("{}:", stamp(grain, start));
+    let live: WindowCounters = cur
+        .iter()
+        .filter_map(|(f, v)| {
+            let name = f.strip_prefix(&prefix)?;
+            let counter = *v != 0 && !name.starts_with("n:") && !name.starts_with("v:");
+            counter.then(|| (name.to_owned(), *v))
+        })
+        .collect();
+    if live.is_empty() {
+        closed.cloned().unwrap_or_default()
+    } else {
+        live
+    }
+}
+
+/// What a quota check naming a session reads beside `cur`: the session's hash
+/// (`HGETALL <p>u:{<a>}:s:<session>`) and whether this month's `dims` hold the session and the
+/// day's session (`HMGET <dims> sessions:<s> ds:<DD>:<s>`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionRead {
+    pub counters: WindowCounters,
+    pub known_this_month: bool,
+    pub known_today: bool,
+}
+
+/// The read path's [`RawUsage`] at `now`, from `cur` (and the session, if one was named): the
+/// same value today's seven to nine keys give for the same events.
+pub fn raw_usage(
+    cur: &WindowCounters,
+    session: Option<SessionRead>,
+    now: DateTime<Utc>,
+) -> RawUsage {
+    let month = Grain::Month.window_start(now);
+    let day = Grain::Day.window_start(now);
+    let minute = Grain::Minute.window_start(now);
+    let get = |f: String| cur.get(&f).copied().unwrap_or(0);
+    let sessions = count_name(Dim::Sessions);
+    let (known_today, known_this_month) = session
+        .as_ref()
+        .map_or((false, false), |s| (s.known_today, s.known_this_month));
+    RawUsage {
+        month: window(cur, None, Grain::Month, month),
+        day: window(cur, None, Grain::Day, day),
+        session: session.map(|s| s.counters),
+        day_sessions: get(field(Grain::Day, day, &sessions)).max(0) as u64,
+        month_sessions: get(field(Grain::Month, month, &sessions)).max(0) as u64,
+        session_known_today: known_today,
+        session_known_this_month: known_this_month,
+        requests_this_minute: get(field(Grain::Minute, minute, "req")),
+        requests_last_minute: get(field(Grain::Minute, minute - Duration::minutes(1), "req")),
+    }
+}
+
+/// This month's distinct members of the listed dimensions, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonthLists {
+    pub models: Vec<String>,
+    pub providers: Vec<String>,
+    pub regions: Vec<String>,
+    pub clouds: Vec<String>,
+}
+
+/// The month's lists at `now`, from the `v:` fields of `cur`.
+pub fn month_lists(cur: &WindowCounters, now: DateTime<Utc>) -> MonthLists {
+    let prefix = format!("{}:v:", stamp(Grain::Month, Grain::Month.window_start(now)));
+    let list = |dim: Dim| -> Vec<String> {
+        let dim_prefix = format!("{prefix}{}:", dim.as_str());
+        cur.keys()
+            .filter_map(|f| f.strip_prefix(&dim_prefix).map(str::to_owned))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    MonthLists {
+        models: list(Dim::Models),
+        providers: list(Dim::Providers),
+        regions: list(Dim::Regions),
+        clouds: list(Dim::Clouds),
+    }
+}
+
+#[cfg(test)]
+mod tests;

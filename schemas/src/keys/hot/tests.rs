@@ -1,0 +1,218 @@
+use chrono::TimeZone;
+
+use super::*;
+
+fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+}
+
+fn counters(pairs: &[(&str, i64)]) -> WindowCounters {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+#[test]
+fn every_key_of_an_account_shares_its_slot_and_every_key_of_a_partition_its_own() {
+    let k = HotKeys::new("ml:").unwrap();
+    let t = at(2026, 12, 31, 23, 59, 0);
+    let account_keys = [
+        k.cur("acct-1"),
+        k.session("acct-1", "s-9"),
+        k.dims("acct-1", Grain::Month.window_start(t)),
+        k.closed("acct-1", Grain::Minute, t),
+        k.closed("acct-1", Grain::Month, Grain::Month.window_start(t)),
+        k.quota_marker("acct-1", "deny:day_requests:100:20261231"),
+    ];
+    assert_eq!(
+        account_keys,
+        [
+            "ml:u:{acct-1}:cur",
+            "ml:u:{acct-1}:s:s-9",
+            "ml:u:{acct-1}:M:202612:dims",
+            "ml:u:{acct-1}:m:202612312359",
+            "ml:u:{acct-1}:M:202612",
+            "ml:q:{acct-1}:deny:day_requests:100:20261231",
+        ]
+    );
+    for key in &account_keys {
+        assert_eq!(hash_tag(key), "acct-1", "{key}");
+    }
+    let partition_keys = [
+        k.checkpoint(3, "usage-events"),
+        k.seen(3, Grain::Day.window_start(t)),
+        k.accounts(3),
+        k.dirty(3),
+    ];
+    assert_eq!(
+        partition_keys,
+        [
+            "ml:{pt:3}ckpt:usage-events",
+            "ml:{pt:3}seen:20261231",
+            "ml:{pt:3}accounts",
+            "ml:{pt:3}dirty",
+        ]
+    );
+    for key in &partition_keys {
+        assert_eq!(hash_tag(key), "pt:3", "{key}");
+    }
+}
+
+#[test]
+fn a_prefix_with_a_brace_is_refused_by_name() {
+    for bad in ["ml{x}:", "ml}:", "{"] {
+        let e = HotKeys::new(bad).unwrap_err();
+        assert!(e.to_string().starts_with("redis.key_prefix:"), "{e}");
+    }
+    assert!(HotKeys::new("").is_ok());
+}
+
+#[test]
+fn the_hash_tag_follows_the_cluster_rule() {
+    // The Redis Cluster specification's own examples.
+    for (key, tag) in [
+        ("{user1000}.following", "user1000"),
+        ("foo{}{bar}", "foo{}{bar}"),
+        ("foo{{bar}}zap", "{bar"),
+        ("foo{bar}{zap}", "bar"),
+        ("no-tag", "no-tag"),
+        ("open{only", "open{only"),
+    ] {
+        assert_eq!(hash_tag(key), tag, "{key}");
+    }
+}
+
+#[test]
+fn field_names() {
+    let t = at(2027, 1, 2, 3, 4, 5);
+    assert_eq!(
+        stamp(Grain::Minute, Grain::Minute.window_start(t)),
+        "m:202701020304"
+    );
+    assert_eq!(
+        field(Grain::Day, Grain::Day.window_start(t), "m:gpt-4o:in"),
+        "d:20270102:m:gpt-4o:in"
+    );
+    assert_eq!(
+        field(
+            Grain::Month,
+            Grain::Month.window_start(t),
+            &count_name(Dim::ApiKeys)
+        ),
+        "M:202701:n:api_keys"
+    );
+    assert_eq!(
+        member_name(Dim::Regions, "eu-west-1"),
+        "v:regions:eu-west-1"
+    );
+    assert_eq!(dims_member(Dim::Users, "u-7"), "users:u-7");
+    assert_eq!(
+        day_session_member(Grain::Day.window_start(t), "s-1"),
+        "ds:02:s-1"
+    );
+}
+
+/// An account's `cur` at 00:01:30 on 1 January: December has not left yet (it leaves five
+/// minutes after it ends), January has begun.
+fn new_year_cur() -> WindowCounters {
+    counters(&[
+        ("M:202612:req", 500),
+        ("M:202612:n:sessions", 40),
+        ("d:20261231:req", 30),
+        ("M:202701:req", 7),
+        ("M:202701:err", 1),
+        ("M:202701:m:gpt-4o:req", 7),
+        ("M:202701:m:gpt-4o:in", 700),
+        ("M:202701:n:sessions", 2),
+        ("M:202701:n:models", 1),
+        ("M:202701:v:models:gpt-4o", 1),
+        ("M:202701:v:regions:eu-west-1", 1),
+        ("M:202701:v:regions:us-east-1", 1),
+        ("d:20270101:req", 7),
+        ("d:20270101:n:sessions", 2),
+        ("h:2027010100:req", 7),
+        ("m:202701010001:req", 4),
+        ("m:202701010000:req", 3),
+        ("m:202612312359:req", 9),
+    ])
+}
+
+#[test]
+fn raw_usage_reads_the_current_windows_and_nothing_older() {
+    let now = at(2027, 1, 1, 0, 1, 30);
+    let raw = raw_usage(
+        &new_year_cur(),
+        Some(SessionRead {
+            counters: counters(&[("req", 2)]),
+            known_this_month: true,
+            known_today: false,
+        }),
+        now,
+    );
+    assert_eq!(
+        raw,
+        RawUsage {
+            month: counters(&[
+                ("req", 7),
+                ("err", 1),
+                ("m:gpt-4o:req", 7),
+                ("m:gpt-4o:in", 700)
+            ]),
+            day: counters(&[("req", 7)]),
+            session: Some(counters(&[("req", 2)])),
+            day_sessions: 2,
+            month_sessions: 2,
+            session_known_today: false,
+            session_known_this_month: true,
+            requests_this_minute: 4,
+            requests_last_minute: 3,
+        }
+    );
+    // A minute later the previous minute is 00:01, and nothing is known of 00:02 yet.
+    let later = raw_usage(&new_year_cur(), None, at(2027, 1, 1, 0, 2, 0));
+    assert_eq!(
+        (later.requests_this_minute, later.requests_last_minute),
+        (0, 4)
+    );
+    assert_eq!(later.session, None);
+    // An empty `cur` (a new account, or the first seconds of a day the aggregator has not
+    // written yet) reads as nothing used, as missing keys do today.
+    assert_eq!(
+        raw_usage(&WindowCounters::new(), None, now),
+        RawUsage::default()
+    );
+}
+
+#[test]
+fn a_window_is_read_from_cur_while_it_is_there_and_from_its_closed_hash_after() {
+    let cur = new_year_cur();
+    let dec = Grain::Month.window_start(at(2026, 12, 5, 0, 0, 0));
+    let closed = counters(&[("req", 123)]);
+    // Still in `cur`: the closed hash (if one were there) is not looked at.
+    assert_eq!(
+        window(&cur, Some(&closed), Grain::Month, dec),
+        counters(&[("req", 500)])
+    );
+    let nov = Grain::Month.window_start(at(2026, 11, 5, 0, 0, 0));
+    assert_eq!(window(&cur, Some(&closed), Grain::Month, nov), closed);
+    assert_eq!(window(&cur, None, Grain::Month, nov), WindowCounters::new());
+    let hour = Grain::Hour.window_start(at(2027, 1, 1, 0, 0, 0));
+    assert_eq!(
+        window(&cur, None, Grain::Hour, hour),
+        counters(&[("req", 7)])
+    );
+}
+
+#[test]
+fn the_month_lists_come_sorted_from_this_month_only() {
+    let now = at(2027, 1, 1, 0, 1, 30);
+    let mut cur = new_year_cur();
+    cur.insert("M:202612:v:models:old-model".into(), 1);
+    assert_eq!(
+        month_lists(&cur, now),
+        MonthLists {
+            models: vec!["gpt-4o".into()],
+            providers: vec![],
+            regions: vec!["eu-west-1".into(), "us-east-1".into()],
+            clouds: vec![],
+        }
+    );
+}
