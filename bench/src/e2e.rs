@@ -204,11 +204,21 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
     to_redis.sort_unstable();
     to_clickhouse.sort_unstable();
     let ours = accepted.load(Ordering::Relaxed) as f64 / elapsed;
-    let counted = running
-        .aggregator_metrics
-        .events
-        .with_label_values(&["counted"])
-        .get();
+    let m = running.aggregator_metrics.clone();
+    let counted = m.events.with_label_values(&["counted"]).get();
+    // Where the aggregator's time went over the whole run: how often it wrote, how long a write
+    // took, and its stages (collect is waiting for records, the rest is work).
+    let batches = m.batch_seconds.get_sample_count();
+    let batch_mean_ms = 1000.0 * m.batch_seconds.get_sample_sum() / batches.max(1) as f64;
+    let stages: Vec<(&str, f64)> = meterline_aggregator::metrics::STAGES
+        .iter()
+        .map(|s| (*s, m.stage_seconds.with_label_values(&[s]).get()))
+        .collect();
+    let staged: f64 = stages.iter().map(|(_, v)| v).sum();
+    let breakdown: Vec<String> = stages
+        .iter()
+        .map(|(name, v)| format!("{name} {:.0} %", 100.0 * v / staged.max(1e-9)))
+        .collect();
     shutdown.cancel();
     running.stop().await?;
     remove_run_keys(&c).await?;
@@ -231,6 +241,11 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
     if lost > 0 {
         println!("{lost} probes were not visible within 120 s (or not acknowledged)");
     }
+    println!(
+        "aggregator: {batches} batches, {:.0} records each on average, a write took {batch_mean_ms:.0} ms on average; wall time by stage ({staged:.1} s): {}",
+        m.records.with_label_values(&["usage"]).get() as f64 / batches.max(1) as f64,
+        breakdown.join(", ")
+    );
     println!("process RSS (ingest + aggregator + load generator): peak {rss_peak:.0} MiB");
     Ok(())
 }
