@@ -1,5 +1,11 @@
-//! Micro-benchmark of the window fold: a batch of 20,000 usage events over 10,000 accounts
-//! into one Redis delta, with the binary's allocator (mimalloc). `cargo bench -p meterline-aggregator`.
+//! Micro-benchmarks of the window fold, with the binary's allocator (mimalloc):
+//! `cargo bench -p meterline-aggregator`.
+//!
+//! - `fold`: today's fold, a batch of 20,000 usage events over 10,000 accounts into one Redis
+//!   delta;
+//! - `state store`: the same batch into layout v2's in-memory state (issue 21; target ≥ 500,000
+//!   events/s on one thread), once with the accounts already in memory (steady state) and once
+//!   into an empty store (every account new).
 
 use chrono::Utc;
 
@@ -8,9 +14,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use meterline_aggregator::fold::{fold_event, RedisDelta};
+use meterline_aggregator::state::account::AccountState;
 use meterline_schemas::keys::Keys;
 use meterline_schemas::usage::from_json_naming_field;
 use meterline_schemas::{IpHasher, UsageEvent, UsageEventInput};
+use std::collections::HashMap;
 
 fn events(n: usize, accounts: usize) -> Vec<UsageEvent> {
     let now = Utc::now();
@@ -53,6 +61,29 @@ fn benches(c: &mut Criterion) {
             }
             delta.len()
         })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("state store");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.sample_size(20);
+    let fold_all = |store: &mut HashMap<String, AccountState>| {
+        for e in black_box(&batch) {
+            let account = match store.get_mut(e.account_id.as_str()) {
+                Some(a) => a,
+                None => store.entry(e.account_id.as_str().to_owned()).or_default(),
+            };
+            account.fold(e, now);
+        }
+        store.len()
+    };
+    let mut warm = HashMap::new();
+    fold_all(&mut warm);
+    g.bench_function("20,000 events over 10,000 accounts in memory", |b| {
+        b.iter(|| fold_all(&mut warm))
+    });
+    g.bench_function("20,000 events over 10,000 new accounts", |b| {
+        b.iter(|| fold_all(&mut HashMap::new()))
     });
     g.finish();
 }

@@ -25,6 +25,7 @@ pub mod fold;
 pub mod metrics;
 pub mod rebuild;
 pub mod redis_sink;
+pub mod state;
 
 pub use config::AggregatorConfig;
 pub use consumer::Aggregator;

@@ -7,7 +7,11 @@
 //! - v2: `cur`, the sessions and `dims` built from the layout's documentation by [`V2`] below,
 //!   which shares no code with the fold, read back by `hot::raw_usage` and `hot::month_lists`.
 //!
-//! The two [`RawUsage`]s must be equal, field for field, for every account and every session a
+//! - the state store: [`AccountState`] folds the same events, and its snapshot (`cur`, the
+//!   session hashes, and the `dims` fields and `v:` members it hands over as new) is read back
+//!   the same way.
+//!
+//! The [`RawUsage`]s must be equal, field for field, for every account and every session a
 //! check can name (including one never seen). The times of `now` include the first seconds of a
 //! year, the last second of a month, and mid-month; events are spread over the last 40 days
 //! with many in the last minutes, so minute, day and month boundaries and expired windows are
@@ -17,6 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use meterline_aggregator::fold::{fold_event, occurred_at, RedisDelta};
+use meterline_aggregator::state::account::{AccountState, NewMember};
 use meterline_schemas::keys::hot::{self, SessionRead};
 use meterline_schemas::keys::{Dim, Grain, Keys, SESSION_RETENTION_SECS};
 use meterline_schemas::limits::{RawUsage, WindowCounters};
@@ -230,6 +235,52 @@ impl V2 {
     }
 }
 
+/// What the state store would write for one account: its `cur` with the new `v:` members, its
+/// sessions, and the `dims` fields it hands over.
+struct Snapshot {
+    state: AccountState,
+    cur: WindowCounters,
+    /// month start → `dims` fields.
+    dims: HashMap<DateTime<Utc>, BTreeSet<String>>,
+}
+
+impl Snapshot {
+    fn of(mut state: AccountState, now: DateTime<Utc>) -> Self {
+        let mut cur = state.cur_fields(now);
+        let mut dims: HashMap<DateTime<Utc>, BTreeSet<String>> = HashMap::new();
+        for m in state.take_new_members() {
+            match m {
+                NewMember::Listed { month, dim, member } => {
+                    cur.insert(
+                        hot::field(Grain::Month, month, &hot::member_name(dim, &member)),
+                        1,
+                    );
+                }
+                NewMember::Dims { month, field } => {
+                    dims.entry(month).or_default().insert(field);
+                }
+            }
+        }
+        Self { state, cur, dims }
+    }
+
+    fn session_read(&self, session: &str, now: DateTime<Utc>) -> SessionRead {
+        let dims = self
+            .dims
+            .get(&Grain::Month.window_start(now))
+            .cloned()
+            .unwrap_or_default();
+        SessionRead {
+            counters: self.state.session_fields(session).unwrap_or_default(),
+            known_this_month: dims.contains(&hot::dims_member(Dim::Sessions, session)),
+            known_today: dims.contains(&hot::day_session_member(
+                Grain::Day.window_start(now),
+                session,
+            )),
+        }
+    }
+}
+
 /// The reader's clocks: mid-month, the first seconds of a year, a month's last second, and a
 /// minute's first second at the end of November.
 fn nows() -> [DateTime<Utc>; 4] {
@@ -350,18 +401,20 @@ proptest! {
 
         let mut today = TodayRedis::default();
         let mut v2: HashMap<&str, V2> = HashMap::new();
+        let mut store: HashMap<&str, AccountState> = HashMap::new();
         for e in &events {
             let mut d = RedisDelta::default();
             fold_event(&mut d, &keys, e, now);
             today.apply(&d);
             prop_assert!(occurred_at(e) <= now);
-            v2.entry(ACCOUNTS.iter().find(|a| **a == e.account_id.as_str()).unwrap())
-                .or_default()
-                .fold(e, now);
+            let account = *ACCOUNTS.iter().find(|a| **a == e.account_id.as_str()).unwrap();
+            v2.entry(account).or_default().fold(e, now);
+            store.entry(account).or_default().fold(e, now);
         }
 
         for account in ACCOUNTS {
             let state = v2.remove(account).unwrap_or_default();
+            let snapshot = Snapshot::of(store.remove(account).unwrap_or_default(), now);
             let mut checks: Vec<Option<&str>> = vec![None];
             checks.extend(SESSIONS.iter().copied().map(Some));
             for session in checks {
@@ -371,12 +424,17 @@ proptest! {
                     session.map(|s| state.session_read(s, now)),
                     now,
                 );
-                prop_assert_eq!(got, want, "{} session {:?} at {}", account, session, now);
+                prop_assert_eq!(&got, &want, "{} session {:?} at {}", account, session, now);
+                let stored = hot::raw_usage(
+                    &snapshot.cur,
+                    session.map(|s| snapshot.session_read(s, now)),
+                    now,
+                );
+                prop_assert_eq!(stored, want, "state store: {} session {:?}", account, session);
             }
-            prop_assert_eq!(
-                hot::month_lists(&state.cur, now),
-                today.month_lists(&keys, account, now)
-            );
+            let lists = today.month_lists(&keys, account, now);
+            prop_assert_eq!(hot::month_lists(&state.cur, now), lists.clone());
+            prop_assert_eq!(hot::month_lists(&snapshot.cur, now), lists);
             // `month` and `day` of the check's day are the windows today's keys hold, and a
             // past window reads the same from `cur` as from today's key (none has closed here).
             for back in [1i64, 2, 40] {

@@ -1,0 +1,166 @@
+use chrono::Duration;
+use meterline_schemas::AccountId;
+
+use super::*;
+
+fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+}
+
+fn event(t: DateTime<Utc>, model: &str, session: &str, user: &str) -> UsageEvent {
+    UsageEvent {
+        event_id: "e".into(),
+        occurred_at: t.timestamp_micros(),
+        received_at: t.timestamp_micros(),
+        account_id: AccountId::parse("acct-1").unwrap(),
+        api_key_id: "k1".into(),
+        gateway_id: "g".into(),
+        region: "eu-west-1".into(),
+        cloud: "aws".into(),
+        provider: "openai".into(),
+        model: model.into(),
+        input_tokens: 100,
+        output_tokens: 10,
+        cost_micros: Some(7),
+        latency_ms: None,
+        status: Some(200),
+        session_id: Some(session.into()),
+        user_id: Some(user.into()),
+        plugins: vec![],
+        pii_detected: false,
+        client_ip_hash: None,
+        device_id: None,
+        prompt_hash: None,
+    }
+}
+
+#[test]
+fn events_add_up_in_place_and_members_count_once() {
+    let now = at(2026, 12, 3, 10, 0, 30);
+    let mut a = AccountState::default();
+    a.fold(&event(now, "gpt-4o", "s-1", "u-1"), now);
+    a.fold(&event(now, "gpt-4o", "s-1", "u-2"), now);
+    a.fold(&event(now, "claude-3-haiku", "s-2", "u-1"), now);
+    let cur = a.cur_fields(now);
+    let get = |f: &str| cur.get(f).copied();
+    assert_eq!(get("M:202612:req"), Some(3));
+    assert_eq!(get("d:20261203:in"), Some(300));
+    assert_eq!(get("h:2026120310:out"), Some(30));
+    assert_eq!(get("m:202612031000:cost"), Some(21));
+    assert_eq!(get("M:202612:err"), None, "zeros are left out");
+    assert_eq!(get("M:202612:m:gpt-4o:req"), Some(2));
+    assert_eq!(get("d:20261203:m:claude-3-haiku:in"), Some(100));
+    assert_eq!(
+        get("h:2026120310:m:gpt-4o:req"),
+        None,
+        "hours carry no models"
+    );
+    assert_eq!(get("M:202612:n:users"), Some(2));
+    assert_eq!(get("M:202612:n:sessions"), Some(2));
+    assert_eq!(get("M:202612:n:models"), Some(2));
+    assert_eq!(get("M:202612:n:regions"), Some(1));
+    assert_eq!(get("M:202612:n:ip_hashes"), None, "no ip hash was given");
+    assert_eq!(get("d:20261203:n:sessions"), Some(2));
+    assert_eq!(
+        a.session_fields("s-1"),
+        Some(
+            [
+                ("req", 2),
+                ("in", 200),
+                ("out", 20),
+                ("cost", 14),
+                ("m:gpt-4o:in", 200),
+                ("m:gpt-4o:out", 20)
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+        )
+    );
+    assert_eq!(a.session_fields("s-9"), None);
+
+    let month = at(2026, 12, 1, 0, 0, 0);
+    let new = a.take_new_members();
+    let listed: Vec<(Dim, &str)> = new
+        .iter()
+        .filter_map(|m| match m {
+            NewMember::Listed { dim, member, .. } => Some((*dim, member.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (Dim::Models, "gpt-4o"),
+            (Dim::Providers, "openai"),
+            (Dim::Regions, "eu-west-1"),
+            (Dim::Clouds, "aws"),
+            (Dim::Models, "claude-3-haiku"),
+        ]
+    );
+    let dims: Vec<&str> = new
+        .iter()
+        .filter_map(|m| match m {
+            NewMember::Dims { month: m, field } => {
+                assert_eq!(*m, month);
+                Some(field.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dims,
+        // In fold order: the day (its session) before the month.
+        [
+            "ds:03:s-1",
+            "users:u-1",
+            "api_keys:k1",
+            "sessions:s-1",
+            "users:u-2",
+            "ds:03:s-2",
+            "sessions:s-2",
+        ]
+    );
+    assert!(a.take_new_members().is_empty(), "each is given once");
+    a.fold(&event(now, "gpt-4o", "s-1", "u-1"), now);
+    assert!(a.take_new_members().is_empty(), "known members are not new");
+}
+
+#[test]
+fn windows_leave_cur_on_time() {
+    let t = at(2026, 12, 31, 23, 59, 10);
+    let mut a = AccountState::default();
+    a.fold(&event(t, "gpt-4o", "s-1", "u-1"), t);
+    let has = |now: DateTime<Utc>, f: &str| a.cur_fields(now).contains_key(f);
+    // A minute stays three minutes after it starts.
+    assert!(has(at(2027, 1, 1, 0, 1, 59), "m:202612312359:req"));
+    assert!(!has(at(2027, 1, 1, 0, 2, 0), "m:202612312359:req"));
+    // The hour, the day and the month stay five minutes after they end.
+    for f in ["h:2026123123:req", "d:20261231:req", "M:202612:req"] {
+        assert!(has(at(2027, 1, 1, 0, 4, 59), f), "{f}");
+        assert!(!has(at(2027, 1, 1, 0, 5, 0), f), "{f}");
+    }
+}
+
+#[test]
+fn a_late_event_skips_windows_already_expired() {
+    let now = at(2026, 12, 3, 10, 0, 0);
+    let late = now - Duration::hours(3);
+    let mut a = AccountState::default();
+    a.fold(&event(late, "gpt-4o", "s-1", "u-1"), now);
+    let cur = a.cur_fields(now);
+    // The minute (two hours' retention) is gone, and three hours ago it had left `cur` anyway;
+    // the hour is kept but closed; the day and month count it.
+    assert!(a.windows.iter().all(|w| w.grain != Grain::Minute));
+    assert!(a.windows.iter().any(|w| w.grain == Grain::Hour));
+    assert!(!cur.contains_key("h:2026120307:req"));
+    assert_eq!(cur.get("d:20261203:req"), Some(&1));
+    // Sessions keep 24 hours after their event.
+    assert!(a.session_fields("s-1").is_some());
+    let mut b = AccountState::default();
+    b.fold(
+        &event(now - Duration::hours(25), "gpt-4o", "s-1", "u-1"),
+        now,
+    );
+    assert_eq!(b.session_fields("s-1"), None);
+}
