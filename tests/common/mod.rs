@@ -43,6 +43,12 @@ pub fn isolated_config(id: &str) -> Config {
     c.kafka.partitions = 3;
     c.redis.key_prefix = format!("mlt:{id}:");
     c.aggregator.group_id = format!("mlt-{id}");
+    // The notifier's own group and static member id: with the defaults every test's notifier
+    // joined one group as the same static member `notifier-0`, so notifiers of tests running
+    // at the same time fenced each other, and tansu (which never expires a member) kept old
+    // runs' members in it; signal_scope once waited 60 s for commits that never came.
+    c.notifier.group_id = format!("mlt-{id}-notifier");
+    c.notifier.instance_id = format!("notifier-{id}");
     c.aggregator.batch_max_wait_ms = 100;
     c.aggregator.retry_max_backoff_ms = 1_000;
     c.ingest.auth_cache_ttl_ms = 0;
