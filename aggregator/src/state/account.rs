@@ -53,6 +53,8 @@ struct Session {
     base: [i64; 5],
     /// Model, input and output tokens.
     models: Vec<(Box<str>, [i64; 2])>,
+    /// The latest event's time (Unix seconds).
+    last_event: i64,
 }
 
 /// A member seen for the first time, not yet written.
@@ -66,6 +68,16 @@ pub enum NewMember {
     },
     /// A field of the month's `dims` hash ([`hot::dims_member`], [`hot::day_session_member`]).
     Dims { month: DateTime<Utc>, field: String },
+}
+
+/// A session's hash as a snapshot writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    pub id: String,
+    /// The hash's fields, sorted, zeros left out.
+    pub fields: Vec<(String, i64)>,
+    /// When the hash expires (Unix seconds).
+    pub expires_at: i64,
 }
 
 /// One account's live windows and sessions; see the module documentation.
@@ -165,6 +177,7 @@ impl AccountState {
                 for (total, v) in session.base.iter_mut().zip(base) {
                     *total += v;
                 }
+                session.last_event = session.last_event.max(at.timestamp());
                 let tokens = [e.input_tokens, e.output_tokens];
                 match session.models.iter_mut().find(|(m, _)| **m == *e.model) {
                     Some((_, t)) => {
@@ -287,6 +300,43 @@ impl AccountState {
     /// The members first seen since the last call, to write with the next snapshot.
     pub fn take_new_members(&mut self) -> Vec<NewMember> {
         std::mem::take(&mut self.new_members)
+    }
+
+    /// The members first seen and not yet written.
+    pub fn new_members(&self) -> &[NewMember] {
+        &self.new_members
+    }
+
+    /// Forgets the new members once a snapshot holding them is stored.
+    pub fn members_written(&mut self) {
+        self.new_members.clear();
+    }
+
+    /// Every session still kept at `now`: its id, its hash's fields (as
+    /// [`Self::session_fields`]) and when the hash expires (Unix seconds): 24 hours after its
+    /// latest event, rounded up to the hour, so the expiry moves at most hourly.
+    pub fn sessions(&self, now: DateTime<Utc>) -> Vec<SessionSnapshot> {
+        let mut out: Vec<SessionSnapshot> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.last_event + SESSION_RETENTION_SECS > now.timestamp())
+            .map(|(id, s)| {
+                let mut fields: Vec<(String, i64)> = self
+                    .session_fields(id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                fields.sort_unstable();
+                let expires = s.last_event + SESSION_RETENTION_SECS;
+                SessionSnapshot {
+                    id: id.to_string(),
+                    fields,
+                    expires_at: expires + (3600 - expires.rem_euclid(3600)) % 3600,
+                }
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 }
 

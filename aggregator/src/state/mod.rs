@@ -8,9 +8,13 @@
 //!   layout of [`meterline_schemas::keys::hot`], so a write is one `HSET` per hash however many
 //!   events it covers, and writing it twice changes nothing.
 //!
+//! - [`writer::StateWriter`]: the snapshot, the partition's claim and checkpoint written by
+//!   Lua scripts that fence a writer from an older assignment (`tests/hot_state_fencing.rs`).
+//!
 //! `aggregator/tests/hot_layout.rs` checks that what the snapshot holds gives the read path the
 //! same answers as today's keys; `benches/fold.rs` (`state store`) measures the fold.
-//! The partition's checkpoint, deduplication, flush policy, the scripts and fencing follow
-//! (design §6, commits 4–7).
+//! The partition's deduplication and flush policy, loading an account back from Redis, and the
+//! wiring into the consumer follow (design §6, commits 4–7).
 
 pub mod account;
+pub mod writer;

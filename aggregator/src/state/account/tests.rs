@@ -164,3 +164,43 @@ fn a_late_event_skips_windows_already_expired() {
     );
     assert_eq!(b.session_fields("s-1"), None);
 }
+
+#[test]
+fn a_session_expires_a_day_after_its_latest_event_rounded_up_to_the_hour() {
+    let now = at(2026, 12, 3, 10, 20, 0);
+    let mut a = AccountState::default();
+    a.fold(
+        &event(at(2026, 12, 3, 9, 15, 30), "gpt-4o", "s-1", "u-1"),
+        now,
+    );
+    a.fold(
+        &event(at(2026, 12, 3, 10, 0, 0), "gpt-4o", "s-2", "u-1"),
+        now,
+    );
+    let sessions = a.sessions(now);
+    let expiries: Vec<(&str, i64)> = sessions
+        .iter()
+        .map(|s| (s.id.as_str(), s.expires_at))
+        .collect();
+    assert_eq!(
+        expiries,
+        [
+            ("s-1", at(2026, 12, 4, 10, 0, 0).timestamp()),
+            ("s-2", at(2026, 12, 4, 10, 0, 0).timestamp()),
+        ]
+    );
+    assert_eq!(
+        sessions[0].fields,
+        a.session_fields("s-1")
+            .unwrap()
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
+    // Past its day, a session is no longer written.
+    assert!(a
+        .sessions(at(2026, 12, 4, 9, 15, 30))
+        .iter()
+        .all(|s| s.id != "s-1"));
+}

@@ -1,0 +1,210 @@
+//! Writing the state store to Redis in layout v2, with fencing (design §2.4–2.5). **Not wired
+//! into the running aggregator yet**; `tests/hot_state_fencing.rs` runs two writers against a
+//! real Redis.
+//!
+//! Four scripts, each touching one slot:
+//! - `claim.lua` raises the partition's epoch (`{pt:N}ckpt:<topic>` field `e`) and returns it
+//!   with the checkpointed offset: each new owner of a partition writes under a higher epoch;
+//! - `claim_account.lua` raises an account's `_e` to the writer's epoch, or answers `FENCED`;
+//! - `snap.lua` writes an account's absolute snapshot behind the guard its header describes:
+//!   a lower epoch is `FENCED`, an offset already stored is `HAVE`, a snapshot that does not
+//!   continue the stored one is `CONFLICT`;
+//! - `ckpt.lua` writes the partition's checkpoint (offset, scorer queue, account index, seen
+//!   ids) only while the partition's epoch is still the writer's.
+//!
+//! A zombie (a writer that lost its partition but still holds state) is stopped in two places:
+//! its checkpoint is refused in the partition's slot, and its snapshots are refused in the slot
+//! of every account the new owner has claimed, written or loaded.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use meterline_schemas::keys::hot::{self, HotKeys};
+use meterline_schemas::keys::Grain;
+use redis::aio::ConnectionLike;
+use redis::Script;
+
+use super::account::{AccountState, NewMember};
+use crate::SinkError;
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
+static CLAIM_ACCOUNT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("claim_account.lua")));
+static SNAP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("snap.lua")));
+static CKPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("ckpt.lua")));
+
+/// What `snap.lua` did with an account's snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Written.
+    Applied,
+    /// Already stored up to this offset (a repeated call): nothing to do.
+    Have,
+    /// The stored snapshot is not the one this writer continued: reload the account.
+    Conflict,
+    /// A newer assignment owns the account: stop writing this partition.
+    Fenced,
+}
+
+/// Writes one partition's accounts and checkpoint.
+pub struct StateWriter<C> {
+    conn: C,
+    keys: HotKeys,
+    topic: String,
+    partition: i32,
+}
+
+impl<C: ConnectionLike + Send> StateWriter<C> {
+    pub fn new(conn: C, keys: HotKeys, topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            conn,
+            keys,
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    /// `_tp` of the snapshots this writer stores.
+    fn topic_partition(&self) -> String {
+        format!("{}:{}", self.topic, self.partition)
+    }
+
+    /// Takes the partition: its new epoch, and the offset checkpointed so far (-1 for none).
+    pub async fn claim(&mut self) -> Result<(i64, i64), SinkError> {
+        let key = self.keys.checkpoint(self.partition, &self.topic);
+        Ok(CLAIM.key(key).invoke_async(&mut self.conn).await?)
+    }
+
+    /// Takes an account for `epoch`: the offset of its stored snapshot in this partition (-1 for
+    /// none), or `None` if a newer epoch holds it.
+    pub async fn claim_account(
+        &mut self,
+        epoch: i64,
+        account: &str,
+    ) -> Result<Option<i64>, SinkError> {
+        let reply: Vec<String> = CLAIM_ACCOUNT
+            .key(self.keys.cur(account))
+            .arg(epoch)
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(match reply.as_slice() {
+            [ok, tp, o] if ok == "OK" => Some(if *tp == self.topic_partition() {
+                o.parse().unwrap_or(-1)
+            } else {
+                -1
+            }),
+            _ => None,
+        })
+    }
+
+    /// Writes `state`, which continues the snapshot stored at `o_prev` up to the account's
+    /// event at `o_new`, as of `now`. Its new members are marked written once stored.
+    pub async fn write_account(
+        &mut self,
+        epoch: i64,
+        account: &str,
+        (o_prev, o_new): (i64, i64),
+        state: &mut AccountState,
+        now: DateTime<Utc>,
+    ) -> Result<Written, SinkError> {
+        let month = Grain::Month.window_start(now);
+        let mut cur: Vec<(String, i64)> = state.cur_fields(now).into_iter().collect();
+        let mut dims: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
+        for m in state.new_members() {
+            match m {
+                NewMember::Listed { month, dim, member } => cur.push((
+                    hot::field(Grain::Month, *month, &hot::member_name(*dim, member)),
+                    1,
+                )),
+                NewMember::Dims { month, field } => {
+                    dims.entry(*month).or_default().push(field.clone())
+                }
+            }
+        }
+        cur.sort_unstable();
+        let sessions = state.sessions(now);
+
+        let mut call = SNAP.prepare_invoke();
+        call.key(self.keys.cur(account));
+        for m in dims.keys() {
+            call.key(self.keys.dims(account, *m));
+        }
+        for session in &sessions {
+            call.key(self.keys.session(account, &session.id));
+        }
+        call.arg(epoch)
+            .arg(self.topic_partition())
+            .arg(o_prev)
+            .arg(o_new)
+            .arg(Grain::Month.expires_at(month))
+            .arg(cur.len());
+        for (f, v) in &cur {
+            call.arg(f).arg(v);
+        }
+        call.arg(dims.len());
+        for (m, fields) in &dims {
+            call.arg(fields.len())
+                .arg(fields)
+                .arg(Grain::Month.expires_at(*m));
+        }
+        call.arg(sessions.len());
+        for session in &sessions {
+            call.arg(session.fields.len());
+            for (f, v) in &session.fields {
+                call.arg(f).arg(v);
+            }
+            call.arg(session.expires_at);
+        }
+        let reply: String = call.invoke_async(&mut self.conn).await?;
+        let written = match reply.as_str() {
+            "OK" => Written::Applied,
+            "HAVE" => Written::Have,
+            "CONFLICT" => Written::Conflict,
+            "FENCED" => Written::Fenced,
+            other => {
+                return Err(SinkError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::TypeError,
+                    "snap.lua answered something unknown",
+                    other.to_owned(),
+                ))))
+            }
+        };
+        if matches!(written, Written::Applied | Written::Have) {
+            state.members_written();
+        }
+        Ok(written)
+    }
+
+    /// Checkpoints the partition at `o_new` with the accounts changed since the last one (for
+    /// the scorer's queue and the account index); false if a newer epoch holds the partition.
+    pub async fn checkpoint(
+        &mut self,
+        epoch: i64,
+        o_new: i64,
+        changed: &[&str],
+        seen: &BTreeMap<DateTime<Utc>, Vec<String>>,
+    ) -> Result<bool, SinkError> {
+        let mut call = CKPT.prepare_invoke();
+        call.key(self.keys.checkpoint(self.partition, &self.topic))
+            .key(self.keys.dirty(self.partition))
+            .key(self.keys.accounts(self.partition));
+        for day in seen.keys() {
+            call.key(self.keys.seen(self.partition, *day));
+        }
+        call.arg(epoch)
+            .arg(o_new)
+            .arg(changed.len())
+            .arg(changed)
+            .arg(changed.len())
+            .arg(changed)
+            .arg(seen.len());
+        for (day, ids) in seen {
+            call.arg(ids.len()).arg(ids).arg(
+                day.timestamp() + 86_400 + meterline_schemas::keys::SEEN_RETENTION_AFTER_DAY_SECS,
+            );
+        }
+        let reply: String = call.invoke_async(&mut self.conn).await?;
+        Ok(reply == "OK")
+    }
+}

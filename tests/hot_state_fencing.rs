@@ -1,0 +1,260 @@
+//! Fencing of hot-state layout v2's writers, against a real Redis (issue 21, design §2.5):
+//! a writer from an older assignment of a partition cannot overwrite state written under a
+//! newer one. Two `StateWriter`s share partition 0 of one topic:
+//!
+//! 1. A claims the partition (epoch 1), folds offsets 0–99, writes every account and
+//!    checkpoints at 99.
+//! 2. B claims it (epoch 2), claims each account, folds 0–149 and writes; accounts with no
+//!    event in 100–149 are already stored (`HAVE`). It checkpoints at 149.
+//! 3. A, a zombie still holding its state, folds 100–199 and writes: every account answers
+//!    `FENCED`, and so does its checkpoint. For the accounts B did not need to write, A's
+//!    snapshot continues the stored one exactly (the offset guard alone would let it in), so
+//!    only the epoch stops it.
+//!
+//! Redis then holds B's state for every account, and the checkpoint `e = 2, o = 149`.
+//! (tansu never expires a dead consumer-group member, so the end-to-end zombie case waits for a
+//! broker that does; this is the part that does not need one.)
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+use meterline_aggregator::state::account::{AccountState, NewMember};
+use meterline_aggregator::state::writer::{StateWriter, Written};
+use meterline_schemas::keys::hot::{self, HotKeys};
+use meterline_schemas::keys::Grain;
+use meterline_schemas::limits::WindowCounters;
+use meterline_schemas::{AccountId, UsageEvent};
+
+const TOPIC: &str = "usage";
+
+/// The account of the record at `offset`: twelve accounts, but only the first ten have
+/// records in 100–149.
+fn account_of(offset: i64) -> String {
+    let n = if (100..150).contains(&offset) {
+        offset % 10
+    } else {
+        offset % 12
+    };
+    format!("fence-{n}")
+}
+
+fn record(offset: i64, now: DateTime<Utc>) -> UsageEvent {
+    let at = now - Duration::seconds(200 - offset);
+    UsageEvent {
+        event_id: format!("e-{offset}"),
+        occurred_at: at.timestamp_micros(),
+        received_at: at.timestamp_micros(),
+        account_id: AccountId::parse(&account_of(offset)).unwrap(),
+        api_key_id: format!("k-{}", offset % 3),
+        gateway_id: "gw".into(),
+        region: "eu-west-1".into(),
+        cloud: "aws".into(),
+        provider: "openai".into(),
+        model: ["gpt-4o", "gpt-4o-mini"][(offset % 2) as usize].into(),
+        input_tokens: 10 + offset,
+        output_tokens: 5,
+        cost_micros: Some(offset),
+        latency_ms: None,
+        status: Some(if offset % 7 == 0 { 500 } else { 200 }),
+        session_id: Some(format!("s-{}", offset % 4)),
+        user_id: Some(format!("u-{}", offset % 5)),
+        plugins: vec![],
+        pii_detected: false,
+        client_ip_hash: None,
+        device_id: None,
+        prompt_hash: None,
+    }
+}
+
+/// A writer's memory: each account's state and the offset of its last folded record.
+#[derive(Default, Clone)]
+struct Memory(BTreeMap<String, (AccountState, i64)>);
+
+impl Memory {
+    fn fold(&mut self, offsets: std::ops::Range<i64>, now: DateTime<Utc>) {
+        for o in offsets {
+            let e = record(o, now);
+            let (state, last) = self.0.entry(e.account_id.as_str().to_owned()).or_default();
+            state.fold(&e, now);
+            *last = o;
+        }
+    }
+}
+
+/// What `cur` must hold for `state` written by `epoch` up to `o`.
+fn expected_cur(state: &AccountState, epoch: i64, o: i64, now: DateTime<Utc>) -> WindowCounters {
+    let mut cur = state.cur_fields(now);
+    for m in state.new_members() {
+        if let NewMember::Listed { month, dim, member } = m {
+            cur.insert(
+                hot::field(Grain::Month, *month, &hot::member_name(*dim, member)),
+                1,
+            );
+        }
+    }
+    cur.insert("_e".into(), epoch);
+    cur.insert("_o".into(), o);
+    cur
+}
+
+#[tokio::test]
+async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state() {
+    let config = common::isolated_config(&common::unique_suffix());
+    let keys = HotKeys::new(config.redis.key_prefix.clone()).unwrap();
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let mut a = StateWriter::new(conn.clone(), keys.clone(), TOPIC, 0);
+    let mut b = StateWriter::new(conn.clone(), keys.clone(), TOPIC, 0);
+    let now = Utc::now();
+    let no_seen = BTreeMap::new();
+
+    // 1. A owns the partition.
+    let (ea, from) = a.claim().await.unwrap();
+    assert_eq!((ea, from), (1, -1));
+    let mut mem_a = Memory::default();
+    mem_a.fold(0..100, now);
+    for (account, (state, last)) in &mut mem_a.0 {
+        let w = a
+            .write_account(ea, account, (-1, *last), state, now)
+            .await
+            .unwrap();
+        assert_eq!(w, Written::Applied, "{account}");
+    }
+    let changed: Vec<&str> = mem_a.0.keys().map(String::as_str).collect();
+    assert!(a.checkpoint(ea, 99, &changed, &no_seen).await.unwrap());
+
+    // 2. B takes it over and continues from the checkpoint.
+    let (eb, from) = b.claim().await.unwrap();
+    assert_eq!((eb, from), (2, 99));
+    let mut mem_b = Memory::default();
+    mem_b.fold(0..150, now);
+    let mut expected = HashMap::new();
+    let mut outcomes = BTreeMap::new();
+    for (account, (state, last)) in &mut mem_b.0 {
+        let stored = b
+            .claim_account(eb, account)
+            .await
+            .unwrap()
+            .expect("not fenced");
+        expected.insert(account.clone(), expected_cur(state, eb, *last, now));
+        let w = b
+            .write_account(eb, account, (stored, *last), state, now)
+            .await
+            .unwrap();
+        outcomes.insert(account.clone(), w);
+    }
+    for (account, w) in &outcomes {
+        let untouched = account == "fence-10" || account == "fence-11";
+        let want = if untouched {
+            Written::Have
+        } else {
+            Written::Applied
+        };
+        assert_eq!(*w, want, "{account}");
+    }
+    let changed: Vec<&str> = mem_b.0.keys().map(String::as_str).collect();
+    assert!(b.checkpoint(eb, 149, &changed, &no_seen).await.unwrap());
+
+    // 3. A, stale, goes on: refused everywhere.
+    let before: HashMap<String, i64> = mem_a.0.iter().map(|(k, (_, o))| (k.clone(), *o)).collect();
+    mem_a.fold(100..200, now);
+    let mut redis = conn.clone();
+    for (account, (state, last)) in &mut mem_a.0 {
+        let o_prev = before.get(account).copied().unwrap_or(-1);
+        if account == "fence-10" || account == "fence-11" {
+            let stored: i64 = redis::cmd("HGET")
+                .arg(keys.cur(account))
+                .arg("_o")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert_eq!(
+                stored, o_prev,
+                "{account}: only the epoch can refuse this write"
+            );
+        }
+        let w = a
+            .write_account(ea, account, (o_prev, *last), state, now)
+            .await
+            .unwrap();
+        assert_eq!(w, Written::Fenced, "{account}");
+    }
+    let changed: Vec<&str> = mem_a.0.keys().map(String::as_str).collect();
+    assert!(!a.checkpoint(ea, 199, &changed, &no_seen).await.unwrap());
+
+    // Redis holds B's state.
+    for (account, want) in &expected {
+        let mut got: WindowCounters = redis::cmd("HGETALL")
+            .arg(keys.cur(account))
+            .query_async::<HashMap<String, String>>(&mut redis)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(f, _)| f != "_tp")
+            .map(|(f, v)| (f, v.parse().unwrap()))
+            .collect();
+        let tp: Option<String> = redis::cmd("HGET")
+            .arg(keys.cur(account))
+            .arg("_tp")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(tp.as_deref(), Some("usage:0"));
+        got.retain(|_, v| *v != 0);
+        assert_eq!(&got, want, "{account}");
+        let (state, _) = &mem_b.0[account];
+        for s in ["s-0", "s-1", "s-2", "s-3"] {
+            let stored: HashMap<String, i64> = redis::cmd("HGETALL")
+                .arg(keys.session(account, s))
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let want: HashMap<String, i64> = state
+                .sessions(now)
+                .into_iter()
+                .find(|session| session.id == s)
+                .map(|session| session.fields.into_iter().collect())
+                .unwrap_or_default();
+            assert_eq!(stored, want, "{account} {s}");
+        }
+    }
+    let ckpt: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.checkpoint(0, TOPIC))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(ckpt, HashMap::from([("e".into(), 2), ("o".into(), 149)]));
+    let queued: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.dirty(0))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 12, "A's and B's changes, once each");
+
+    // Clean up this test's keys.
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{}*", config.redis.key_prefix))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if !found.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&found)
+                .query_async::<()>(&mut redis)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
