@@ -81,6 +81,11 @@ impl Dim {
         Dim::Sessions,
     ];
 
+    /// The dimension named `name` ([`Dim::as_str`]).
+    pub fn parse(name: &str) -> Option<Dim> {
+        Dim::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
     /// The set's name, the last part of its key.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -111,6 +116,31 @@ impl Grain {
     /// Whether this grain's window hashes carry per-model fields (`m:{model}:…`).
     pub fn has_model_fields(self) -> bool {
         matches!(self, Grain::Day | Grain::Month)
+    }
+
+    /// The grain whose [`Grain::code`] is `code`.
+    pub fn from_code(code: &str) -> Option<Grain> {
+        Grain::ALL.into_iter().find(|g| g.code() == code)
+    }
+
+    /// The start of the window whose [`Grain::stamp`] is `stamp`.
+    pub fn parse_stamp(self, stamp: &str) -> Option<DateTime<Utc>> {
+        let want = match self {
+            Grain::Month => 6,
+            Grain::Day => 8,
+            Grain::Hour => 10,
+            Grain::Minute => 12,
+        };
+        if stamp.len() != want || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n = |at: usize| stamp.get(at..at + 2).and_then(|d| d.parse::<u32>().ok());
+        let year = stamp[..4].parse().ok()?;
+        let day = if want >= 8 { n(6)? } else { 1 };
+        let hour = if want >= 10 { n(8)? } else { 0 };
+        let minute = if want >= 12 { n(10)? } else { 0 };
+        Utc.with_ymd_and_hms(year, n(4)?, day, hour, minute, 0)
+            .single()
     }
 
     pub fn code(self) -> &'static str {
@@ -294,5 +324,15 @@ mod tests {
             "ml:u:a:d:20261231"
         );
         assert_eq!(k.seen(Grain::Day.window_start(t)), "ml:seen:20261231");
+        for g in Grain::ALL {
+            let start = g.window_start(t);
+            assert_eq!(Grain::from_code(g.code()), Some(g));
+            assert_eq!(g.parse_stamp(&g.stamp(start)), Some(start), "{g:?}");
+        }
+        assert_eq!(Grain::Day.parse_stamp("20261332"), None);
+        assert_eq!(Grain::Day.parse_stamp("2026123"), None);
+        assert_eq!(Grain::Month.parse_stamp("20261a"), None);
+        assert_eq!(Dim::parse("api_keys"), Some(Dim::ApiKeys));
+        assert_eq!(Dim::parse("nope"), None);
     }
 }

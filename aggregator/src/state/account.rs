@@ -274,7 +274,111 @@ impl AccountState {
                 put(&hot::count_name(*dim), n as i64);
             }
         }
+        for (id, s) in &self.sessions {
+            if s.last_event + SESSION_RETENTION_SECS > now.timestamp() {
+                out.insert(hot::session_mark(id), s.last_event);
+            }
+        }
         out
+    }
+
+    /// The account as written: `cur` (with its `v:` members and session marks), the hashes of
+    /// the sessions `cur` marks open, and the fields of its months' `dims` hashes. What it
+    /// holds for the windows still in `cur` and the open sessions equals the state that wrote
+    /// it, so folding the same events into both gives the same snapshots; closed windows are
+    /// not loaded (a late event for one is the writer's business, design §2.4).
+    pub fn load(
+        cur: &WindowCounters,
+        sessions: &HashMap<String, WindowCounters>,
+        dims: &HashMap<DateTime<Utc>, Vec<String>>,
+    ) -> AccountState {
+        let mut a = AccountState::default();
+        for (field, v) in cur {
+            let Some((code, rest)) = field.split_once(':') else {
+                continue;
+            };
+            if code == "s" {
+                let s = a.sessions.entry(rest.into()).or_default();
+                s.last_event = *v;
+                if let Some(h) = sessions.get(rest) {
+                    for (f, n) in h {
+                        if let Some(i) = BASE.iter().position(|b| b == f) {
+                            s.base[i] = *n;
+                        } else if let Some((model, counter)) =
+                            f.strip_prefix("m:").and_then(|m| m.rsplit_once(':'))
+                        {
+                            let i = usize::from(counter == "out");
+                            match s.models.iter_mut().find(|(m, _)| **m == *model) {
+                                Some((_, t)) => t[i] = *n,
+                                None => {
+                                    let mut t = [0; 2];
+                                    t[i] = *n;
+                                    s.models.push((model.into(), t));
+                                }
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            let (Some(grain), Some((stamp, name))) = (Grain::from_code(code), rest.split_once(':'))
+            else {
+                continue;
+            };
+            let Some(start) = grain.parse_stamp(stamp) else {
+                continue;
+            };
+            if let Some(member) = name.strip_prefix("v:") {
+                if let Some((dim, member)) = member.split_once(':') {
+                    if let Some(dim) = Dim::parse(dim) {
+                        a.members.insert(fingerprint(grain, start, dim, member));
+                    }
+                }
+                continue;
+            }
+            let w = a.window_mut(grain, start);
+            if let Some(i) = BASE.iter().position(|b| *b == name) {
+                w.base[i] = *v;
+            } else if let Some(dim) = name.strip_prefix("n:").and_then(Dim::parse) {
+                w.counts[dim_index(dim)] = (*v).max(0) as u64;
+            } else if let Some((model, counter)) =
+                name.strip_prefix("m:").and_then(|m| m.rsplit_once(':'))
+            {
+                let Some(i) = ["req", "in", "out"].iter().position(|c| *c == counter) else {
+                    continue;
+                };
+                match w.models.iter_mut().find(|m| *m.model == *model) {
+                    Some(m) => m.values[i] = *v,
+                    None => {
+                        let mut values = [0; 3];
+                        values[i] = *v;
+                        w.models.push(ModelCounters {
+                            model: model.into(),
+                            values,
+                        });
+                    }
+                }
+            }
+        }
+        for (month, fields) in dims {
+            for f in fields {
+                if let Some(rest) = f.strip_prefix("ds:") {
+                    let Some((dd, session)) = rest.split_once(':') else {
+                        continue;
+                    };
+                    let Ok(dd) = dd.parse::<i64>() else { continue };
+                    let day = *month + chrono::Duration::days(dd - 1);
+                    a.members
+                        .insert(fingerprint(Grain::Day, day, Dim::Sessions, session));
+                } else if let Some((dim, member)) = f.split_once(':') {
+                    if let Some(dim) = Dim::parse(dim) {
+                        a.members
+                            .insert(fingerprint(Grain::Month, *month, dim, member));
+                    }
+                }
+            }
+        }
+        a
     }
 
     /// A session's hash, as today's (zeros left out); `None` if the account has no such

@@ -28,7 +28,9 @@
 //! - day and month: `m:<model>:req|in|out`, and distinct counts `n:<dim>` (the month all eight
 //!   [`Dim`]s, the day `n:sessions`);
 //! - month only: `v:<dim>:<member>` = 1 for models, providers, regions and clouds, the short
-//!   lists `/usage` and the scorer read ([`month_lists`]).
+//!   lists `/usage` and the scorer read ([`month_lists`]);
+//! - and, outside any window, `s:<session>` = the latest event's time of each open session
+//!   ([`session_mark`]).
 //!
 //! A window leaves `cur` for its closed hash once it is over (a minute 3 minutes after it
 //! starts, the others 5 minutes after they end), so a window is in exactly one of the two;
@@ -151,6 +153,12 @@ pub fn stamp(grain: Grain, start: DateTime<Utc>) -> String {
 /// (`m:gpt-4o:in`), a count ([`count_name`]) or a member ([`member_name`]).
 pub fn field(grain: Grain, start: DateTime<Utc>, name: &str) -> String {
     format!("{}:{name}", stamp(grain, start))
+}
+
+/// The field of `cur` that names an open session and holds its latest event's time (Unix
+/// seconds): `s:<session>`. A loader finds the session hashes to read from these.
+pub fn session_mark(session_id: &str) -> String {
+    format!("s:{session_id}")
 }
 
 /// The name of a distinct count: `n:<dim>`.
