@@ -12,6 +12,10 @@
 //!    only the epoch stops it.
 //!
 //! Redis then holds B's state for every account, and the checkpoint `e = 2, o = 149`.
+//!
+//! A second test has B load what A wrote instead of replaying it (design §3.2): B claims the
+//! partition, loads each account its records touch from Redis, folds only 100–149 and writes.
+//! Redis then equals what one writer folding 0–149 would have written.
 //! (tansu never expires a dead consumer-group member, so the end-to-end zombie case waits for a
 //! broker that does; this is the part that does not need one.)
 
@@ -97,6 +101,130 @@ fn expected_cur(state: &AccountState, epoch: i64, o: i64, now: DateTime<Utc>) ->
     cur.insert("_e".into(), epoch);
     cur.insert("_o".into(), o);
     cur
+}
+
+/// An account's `cur` as stored, without the writer's `_e` and `_tp`.
+async fn stored_cur(
+    redis: &mut redis::aio::ConnectionManager,
+    keys: &HotKeys,
+    account: &str,
+) -> WindowCounters {
+    redis::cmd("HGETALL")
+        .arg(keys.cur(account))
+        .query_async::<HashMap<String, String>>(redis)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(f, _)| f != "_tp" && f != "_e")
+        .map(|(f, v)| (f, v.parse().unwrap()))
+        .collect()
+}
+
+/// Deletes the keys under the test's prefix.
+async fn clean_up(redis: &mut redis::aio::ConnectionManager, prefix: &str) {
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
+            .await
+            .unwrap();
+        if !found.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&found)
+                .query_async::<()>(redis)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
+#[tokio::test]
+async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would() {
+    let config = common::isolated_config(&common::unique_suffix());
+    let keys = HotKeys::new(config.redis.key_prefix.clone()).unwrap();
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut redis = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let mut a = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0);
+    let mut b = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0);
+    let now = Utc::now();
+    let no_seen = BTreeMap::new();
+
+    let (ea, _) = a.claim().await.unwrap();
+    let mut mem_a = Memory::default();
+    mem_a.fold(0..100, now);
+    for (account, (state, last)) in &mut mem_a.0 {
+        let w = a
+            .write_account(ea, account, (-1, *last), state, now)
+            .await
+            .unwrap();
+        assert_eq!(w, Written::Applied, "{account}");
+    }
+    assert!(a.checkpoint(ea, 99, &[], &no_seen).await.unwrap());
+
+    // B resumes after the checkpoint, loading only the accounts its records touch.
+    let (eb, from) = b.claim().await.unwrap();
+    assert_eq!(from, 99);
+    let mut mem_b: BTreeMap<String, (AccountState, i64, i64)> = BTreeMap::new();
+    for o in from + 1..150 {
+        let e = record(o, now);
+        let account = e.account_id.as_str().to_owned();
+        if !mem_b.contains_key(&account) {
+            let (state, stored) = b
+                .load_account(eb, &account)
+                .await
+                .unwrap()
+                .expect("not fenced");
+            assert_eq!(stored, mem_a.0[&account].1, "{account}: the offset A wrote");
+            mem_b.insert(account.clone(), (state, stored, stored));
+        }
+        let (state, _, last) = mem_b.get_mut(&account).unwrap();
+        state.fold(&e, now);
+        *last = o;
+    }
+    assert_eq!(
+        mem_b.len(),
+        10,
+        "fence-10 and fence-11 have no record in 100-149"
+    );
+    for (account, (state, loaded, last)) in &mut mem_b {
+        let w = b
+            .write_account(eb, account, (*loaded, *last), state, now)
+            .await
+            .unwrap();
+        assert_eq!(w, Written::Applied, "{account}");
+    }
+    assert!(b.checkpoint(eb, 149, &[], &no_seen).await.unwrap());
+
+    // One writer folding 0-149 would have written this.
+    let mut single = Memory::default();
+    single.fold(0..150, now);
+    for (account, (state, last)) in &single.0 {
+        let mut want = expected_cur(state, 0, *last, now);
+        want.remove("_e");
+        assert_eq!(
+            stored_cur(&mut redis, &keys, account).await,
+            want,
+            "{account}"
+        );
+        for s in state.sessions(now) {
+            let stored: HashMap<String, i64> = redis::cmd("HGETALL")
+                .arg(keys.session(account, &s.id))
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert_eq!(stored, s.fields.into_iter().collect(), "{account} {}", s.id);
+        }
+    }
+    clean_up(&mut redis, &config.redis.key_prefix).await;
 }
 
 #[tokio::test]
@@ -233,28 +361,5 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state() {
         .unwrap();
     assert_eq!(queued.len(), 12, "A's and B's changes, once each");
 
-    // Clean up this test's keys.
-    let mut cursor = 0u64;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{}*", config.redis.key_prefix))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        if !found.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&found)
-                .query_async::<()>(&mut redis)
-                .await
-                .unwrap();
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    clean_up(&mut redis, &config.redis.key_prefix).await;
 }

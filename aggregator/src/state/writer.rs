@@ -16,12 +16,13 @@
 //! its checkpoint is refused in the partition's slot, and its snapshots are refused in the slot
 //! of every account the new owner has claimed, written or loaded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use meterline_schemas::keys::hot::{self, HotKeys};
 use meterline_schemas::keys::Grain;
+use meterline_schemas::limits::WindowCounters;
 use redis::aio::ConnectionLike;
 use redis::Script;
 
@@ -96,6 +97,53 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
             }),
             _ => None,
         })
+    }
+
+    /// Claims an account for `epoch` and loads it back ([`AccountState::load`]): its state and
+    /// the offset its snapshot holds in this partition (-1 for none, and then an empty state),
+    /// or `None` if a newer epoch holds it.
+    pub async fn load_account(
+        &mut self,
+        epoch: i64,
+        account: &str,
+    ) -> Result<Option<(AccountState, i64)>, SinkError> {
+        let Some(o) = self.claim_account(epoch, account).await? else {
+            return Ok(None);
+        };
+        if o < 0 {
+            return Ok(Some((AccountState::default(), -1)));
+        }
+        let cur: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.cur(account))
+            .query_async(&mut self.conn)
+            .await?;
+        let cur: WindowCounters = cur
+            .into_iter()
+            .filter(|(f, _)| !f.starts_with('_'))
+            .filter_map(|(f, v)| Some((f, v.parse().ok()?)))
+            .collect();
+        let mut months = BTreeSet::new();
+        let mut sessions = HashMap::new();
+        for field in cur.keys() {
+            if let Some(session) = field.strip_prefix("s:") {
+                let h: WindowCounters = redis::cmd("HGETALL")
+                    .arg(self.keys.session(account, session))
+                    .query_async(&mut self.conn)
+                    .await?;
+                sessions.insert(session.to_owned(), h);
+            } else if let Some(stamp) = field.strip_prefix("M:").and_then(|r| r.get(..6)) {
+                months.extend(Grain::Month.parse_stamp(stamp));
+            }
+        }
+        let mut dims = HashMap::new();
+        for month in months {
+            let fields: Vec<String> = redis::cmd("HKEYS")
+                .arg(self.keys.dims(account, month))
+                .query_async(&mut self.conn)
+                .await?;
+            dims.insert(month, fields);
+        }
+        Ok(Some((AccountState::load(&cur, &sessions, &dims), o)))
     }
 
     /// Writes `state`, which continues the snapshot stored at `o_prev` up to the account's
