@@ -13,7 +13,11 @@
 //!
 //! Redis then holds B's state for every account, and the checkpoint `e = 2, o = 149`.
 //!
-//! A second test has B load what A wrote instead of replaying it (design §3.2): B claims the
+//! A second test has B claim every account of the partition's index first, as the background
+//! claim after an assignment does, before it writes anything: the zombie is then refused
+//! everywhere although no account has newer data.
+//!
+//! A third test has B load what A wrote instead of replaying it (design §3.2): B claims the
 //! partition, loads each account its records touch from Redis, folds only 100–149 and writes.
 //! Redis then equals what one writer folding 0–149 would have written.
 //! (tansu never expires a dead consumer-group member, so the end-to-end zombie case waits for a
@@ -361,5 +365,71 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state() {
         .unwrap();
     assert_eq!(queued.len(), 12, "A's and B's changes, once each");
 
+    clean_up(&mut redis, &config.redis.key_prefix).await;
+}
+
+#[tokio::test]
+async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere() {
+    let config = common::isolated_config(&common::unique_suffix());
+    let keys = HotKeys::new(config.redis.key_prefix.clone()).unwrap();
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut redis = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let mut a = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0);
+    let mut b = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0);
+    let now = Utc::now();
+    let no_seen = BTreeMap::new();
+
+    let (ea, _) = a.claim().await.unwrap();
+    let mut mem_a = Memory::default();
+    mem_a.fold(0..100, now);
+    let mut written = HashMap::new();
+    for (account, (state, last)) in &mut mem_a.0 {
+        written.insert(account.clone(), expected_cur(state, ea, *last, now));
+        let w = a
+            .write_account(ea, account, (-1, *last), state, now)
+            .await
+            .unwrap();
+        assert_eq!(w, Written::Applied, "{account}");
+    }
+    let changed: Vec<String> = mem_a.0.keys().cloned().collect();
+    let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+    assert!(a.checkpoint(ea, 99, &changed, &no_seen).await.unwrap());
+
+    // B takes the partition and claims every account the index names; it writes nothing.
+    let (eb, _) = b.claim().await.unwrap();
+    let index: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.accounts(0))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(index.len(), 12);
+    for account in &index {
+        assert!(b.claim_account(eb, account).await.unwrap().is_some());
+    }
+
+    // A's continuations are exactly what the offset guard admits, and each is refused.
+    let before: HashMap<String, i64> = mem_a.0.iter().map(|(k, (_, o))| (k.clone(), *o)).collect();
+    mem_a.fold(100..200, now);
+    for (account, (state, last)) in &mut mem_a.0 {
+        let w = a
+            .write_account(ea, account, (before[account], *last), state, now)
+            .await
+            .unwrap();
+        assert_eq!(w, Written::Fenced, "{account}");
+        assert_eq!(
+            a.claim_account(ea, account).await.unwrap(),
+            None,
+            "{account}"
+        );
+    }
+    assert!(!a.checkpoint(ea, 199, &changed, &no_seen).await.unwrap());
+    for (account, mut want) in written {
+        want.remove("_e");
+        assert_eq!(
+            stored_cur(&mut redis, &keys, &account).await,
+            want,
+            "{account}"
+        );
+    }
     clean_up(&mut redis, &config.redis.key_prefix).await;
 }
