@@ -28,10 +28,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
-use meterline_aggregator::state::account::{AccountState, NewMember};
+use meterline_aggregator::state::account::AccountState;
 use meterline_aggregator::state::writer::{StateWriter, Written};
-use meterline_schemas::keys::hot::{self, HotKeys};
-use meterline_schemas::keys::Grain;
+use meterline_schemas::keys::hot::HotKeys;
 use meterline_schemas::limits::WindowCounters;
 use meterline_schemas::{AccountId, UsageEvent};
 
@@ -93,15 +92,7 @@ impl Memory {
 
 /// What `cur` must hold for `state` written by `epoch` up to `o`.
 fn expected_cur(state: &AccountState, epoch: i64, o: i64, now: DateTime<Utc>) -> WindowCounters {
-    let mut cur = state.cur_fields(now);
-    for m in state.new_members() {
-        if let NewMember::Listed { month, dim, member } = m {
-            cur.insert(
-                hot::field(Grain::Month, *month, &hot::member_name(*dim, member)),
-                1,
-            );
-        }
-    }
+    let mut cur = state.snapshot(now).cur;
     cur.insert("_e".into(), epoch);
     cur.insert("_o".into(), o);
     cur

@@ -17,11 +17,11 @@
 //! with many in the last minutes, so minute, day and month boundaries and expired windows are
 //! all crossed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use meterline_aggregator::fold::{fold_event, occurred_at, RedisDelta};
-use meterline_aggregator::state::account::{AccountState, NewMember};
+use meterline_aggregator::state::account::AccountState;
 use meterline_schemas::keys::hot::{self, SessionRead};
 use meterline_schemas::keys::{Dim, Grain, Keys, SESSION_RETENTION_SECS};
 use meterline_schemas::limits::{RawUsage, WindowCounters};
@@ -235,33 +235,23 @@ impl V2 {
     }
 }
 
-/// What the state store would write for one account: its `cur` with the new `v:` members, its
-/// sessions, and the `dims` fields it hands over.
+/// What the state store would write for one account ([`AccountState::snapshot`]), and the
+/// state that reads the session hashes.
 struct Snapshot {
     state: AccountState,
     cur: WindowCounters,
     /// month start → `dims` fields.
-    dims: HashMap<DateTime<Utc>, BTreeSet<String>>,
+    dims: BTreeMap<DateTime<Utc>, Vec<String>>,
 }
 
 impl Snapshot {
-    fn of(mut state: AccountState, now: DateTime<Utc>) -> Self {
-        let mut cur = state.cur_fields(now);
-        let mut dims: HashMap<DateTime<Utc>, BTreeSet<String>> = HashMap::new();
-        for m in state.take_new_members() {
-            match m {
-                NewMember::Listed { month, dim, member } => {
-                    cur.insert(
-                        hot::field(Grain::Month, month, &hot::member_name(dim, &member)),
-                        1,
-                    );
-                }
-                NewMember::Dims { month, field } => {
-                    dims.entry(month).or_default().insert(field);
-                }
-            }
+    fn of(state: AccountState, now: DateTime<Utc>) -> Self {
+        let written = state.snapshot(now);
+        Self {
+            state,
+            cur: written.cur,
+            dims: written.dims,
         }
-        Self { state, cur, dims }
     }
 
     fn session_read(&self, session: &str, now: DateTime<Utc>) -> SessionRead {

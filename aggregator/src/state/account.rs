@@ -14,7 +14,7 @@
 //! Windows follow the same retention rule as today's fold: an event adds nothing to a window
 //! whose key would already have expired at `now`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -78,6 +78,17 @@ pub struct SessionSnapshot {
     pub fields: Vec<(String, i64)>,
     /// When the hash expires (Unix seconds).
     pub expires_at: i64,
+}
+
+/// Everything a write of one account stores, as of one moment: [`AccountState::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `cur`'s fields: [`AccountState::cur_fields`] and the new members' `v:` fields.
+    pub cur: WindowCounters,
+    /// Month start → the new fields of that month's `dims` hash.
+    pub dims: BTreeMap<DateTime<Utc>, Vec<String>>,
+    /// The open sessions' hashes, by id.
+    pub sessions: Vec<SessionSnapshot>,
 }
 
 /// One account's live windows and sessions; see the module documentation.
@@ -290,7 +301,7 @@ impl AccountState {
     pub fn load(
         cur: &WindowCounters,
         sessions: &HashMap<String, WindowCounters>,
-        dims: &HashMap<DateTime<Utc>, Vec<String>>,
+        dims: &BTreeMap<DateTime<Utc>, Vec<String>>,
     ) -> AccountState {
         let mut a = AccountState::default();
         for (field, v) in cur {
@@ -399,6 +410,31 @@ impl AccountState {
             }
         }
         Some(out)
+    }
+
+    /// What a write of the account stores at `now`, with the members not yet written. The new
+    /// members stay pending until [`Self::members_written`].
+    pub fn snapshot(&self, now: DateTime<Utc>) -> Snapshot {
+        let mut cur = self.cur_fields(now);
+        let mut dims: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
+        for m in &self.new_members {
+            match m {
+                NewMember::Listed { month, dim, member } => {
+                    cur.insert(
+                        hot::field(Grain::Month, *month, &hot::member_name(*dim, member)),
+                        1,
+                    );
+                }
+                NewMember::Dims { month, field } => {
+                    dims.entry(*month).or_default().push(field.clone())
+                }
+            }
+        }
+        Snapshot {
+            cur,
+            dims,
+            sessions: self.sessions(now),
+        }
     }
 
     /// The members first seen since the last call, to write with the next snapshot.

@@ -20,13 +20,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use meterline_schemas::keys::hot::{self, HotKeys};
+use meterline_schemas::keys::hot::HotKeys;
 use meterline_schemas::keys::Grain;
 use meterline_schemas::limits::WindowCounters;
 use redis::aio::ConnectionLike;
 use redis::Script;
 
-use super::account::{AccountState, NewMember};
+use super::account::{AccountState, Snapshot};
 use crate::SinkError;
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
@@ -135,7 +135,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
                 months.extend(Grain::Month.parse_stamp(stamp));
             }
         }
-        let mut dims = HashMap::new();
+        let mut dims = BTreeMap::new();
         for month in months {
             let fields: Vec<String> = redis::cmd("HKEYS")
                 .arg(self.keys.dims(account, month))
@@ -157,21 +157,13 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         now: DateTime<Utc>,
     ) -> Result<Written, SinkError> {
         let month = Grain::Month.window_start(now);
-        let mut cur: Vec<(String, i64)> = state.cur_fields(now).into_iter().collect();
-        let mut dims: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
-        for m in state.new_members() {
-            match m {
-                NewMember::Listed { month, dim, member } => cur.push((
-                    hot::field(Grain::Month, *month, &hot::member_name(*dim, member)),
-                    1,
-                )),
-                NewMember::Dims { month, field } => {
-                    dims.entry(*month).or_default().push(field.clone())
-                }
-            }
-        }
+        let Snapshot {
+            cur,
+            dims,
+            sessions,
+        } = state.snapshot(now);
+        let mut cur: Vec<(String, i64)> = cur.into_iter().collect();
         cur.sort_unstable();
-        let sessions = state.sessions(now);
 
         let mut call = SNAP.prepare_invoke();
         call.key(self.keys.cur(account));

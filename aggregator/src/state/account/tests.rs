@@ -285,22 +285,14 @@ mod reload {
             for s in &first {
                 original.fold(&ev(s, now), now);
             }
-            let mut cur = original.cur_fields(now);
-            let mut dims: HashMap<DateTime<Utc>, Vec<String>> = HashMap::new();
-            for m in original.take_new_members() {
-                match m {
-                    NewMember::Listed { month, dim, member } => {
-                        cur.insert(hot::field(Grain::Month, month, &hot::member_name(dim, &member)), 1);
-                    }
-                    NewMember::Dims { month, field } => dims.entry(month).or_default().push(field),
-                }
-            }
-            let sessions: HashMap<String, WindowCounters> = original
-                .sessions(now)
+            let written = original.snapshot(now);
+            original.members_written();
+            let sessions: HashMap<String, WindowCounters> = written
+                .sessions
                 .into_iter()
                 .map(|s| (s.id, s.fields.into_iter().collect()))
                 .collect();
-            let mut loaded = AccountState::load(&cur, &sessions, &dims);
+            let mut loaded = AccountState::load(&written.cur, &sessions, &written.dims);
             prop_assert_eq!(loaded.cur_fields(now), original.cur_fields(now));
             prop_assert_eq!(loaded.sessions(now), original.sessions(now));
             for s in &second {
