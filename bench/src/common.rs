@@ -152,3 +152,28 @@ pub(crate) fn proc_status_mib(pid: &str, field: &str) -> f64 {
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
+
+/// The aggregator's wall time by stage, as printed: `(12.3 s): collect 6 %, decode 2 %, …`.
+pub(crate) fn stage_breakdown(stages: &[(&str, f64)]) -> String {
+    let total: f64 = stages.iter().map(|(_, secs)| secs).sum();
+    let shares: Vec<String> = stages
+        .iter()
+        .map(|(name, secs)| format!("{name} {:.0} %", 100.0 * secs / total.max(1e-9)))
+        .collect();
+    format!("({total:.1} s): {}", shares.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_stage_breakdown_gives_each_stage_its_share_of_the_total() {
+        assert_eq!(
+            super::stage_breakdown(&[("collect", 1.0), ("fold", 3.0)]),
+            "(4.0 s): collect 25 %, fold 75 %"
+        );
+        assert_eq!(
+            super::stage_breakdown(&[("fold", 0.0)]),
+            "(0.0 s): fold 0 %"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{percentile, rss_mib};
+use crate::common::{percentile, rss_mib, stage_breakdown};
 use crate::pipeline::*;
 use meterline::services::{self, Components};
 use meterline::{migrate, Config};
@@ -214,11 +214,6 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         .iter()
         .map(|s| (*s, m.stage_seconds.with_label_values(&[s]).get()))
         .collect();
-    let staged: f64 = stages.iter().map(|(_, v)| v).sum();
-    let breakdown: Vec<String> = stages
-        .iter()
-        .map(|(name, v)| format!("{name} {:.0} %", 100.0 * v / staged.max(1e-9)))
-        .collect();
     shutdown.cancel();
     running.stop().await?;
     remove_run_keys(&c).await?;
@@ -242,9 +237,9 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         println!("{lost} probes were not visible within 120 s (or not acknowledged)");
     }
     println!(
-        "aggregator: {batches} batches, {:.0} records each on average, a write took {batch_mean_ms:.0} ms on average; wall time by stage ({staged:.1} s): {}",
+        "aggregator: {batches} batches, {:.0} records each on average, a write took {batch_mean_ms:.0} ms on average; wall time by stage {}",
         m.records.with_label_values(&["usage"]).get() as f64 / batches.max(1) as f64,
-        breakdown.join(", ")
+        stage_breakdown(&stages)
     );
     println!("process RSS (ingest + aggregator + load generator): peak {rss_peak:.0} MiB");
     Ok(())

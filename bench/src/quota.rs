@@ -361,12 +361,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     }
     // Measure a pipeline at rest: wait until the aggregator has consumed everything (this
     // seed, and any backlog an earlier run left on the topics).
-    let counted = |text: String| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("meterline_aggregator_events_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let counted = |text: String| -> f64 { counter_sum(&text, "meterline_aggregator_events_total") };
     let mut last = -1.0;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;

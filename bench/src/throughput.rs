@@ -15,7 +15,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{free_port, percentile, proc_status_mib, rss_mib, spawn_child, ChildProcesses};
+use crate::common::{
+    free_port, percentile, proc_status_mib, rss_mib, spawn_child, stage_breakdown, ChildProcesses,
+};
 use crate::pipeline::*;
 use crate::scrape::{counter_sum, metrics_text};
 use meterline::services::{self, Components};
@@ -286,14 +288,6 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         redis_cpu * 1e6 / b.events as f64,
         100.0 * redis_cpu / wall
     );
-    let staged: f64 = stages.iter().map(|(_, s)| s).sum();
-    let breakdown: Vec<String> = stages
-        .iter()
-        .map(|(name, secs)| format!("{name} {:.0} %", 100.0 * secs / staged.max(1e-9)))
-        .collect();
-    println!(
-        "aggregator wall time by stage ({staged:.1} s): {}",
-        breakdown.join(", ")
-    );
+    println!("aggregator wall time by stage {}", stage_breakdown(&stages));
     Ok(())
 }
