@@ -350,15 +350,7 @@ async fn the_openapi_document_describes_message_stage_name_and_grace() {
         Components::none().ingest(),
     )
     .await;
-    let doc: Value = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.get_json("/openapi.json", None).await;
     let schemas = &doc["components"]["schemas"];
     let decision = &schemas["Decision"]["properties"];
     for field in ["message", "stage_name", "grace"] {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use meterline::services;
 use meterline_ingest::Scope;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const NASTY: [&str; 5] = [
     "'; DROP TABLE usage_events; --",
@@ -155,15 +155,7 @@ async fn injection_strings_are_stored_verbatim_or_refused() {
         .await
         .unwrap();
     assert!(tokens >= 2);
-    let _: Value = app
-        .http
-        .get(app.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    app.get_json("/healthz", None).await;
     app.stop().await;
 }
 

@@ -156,15 +156,11 @@ impl App {
     /// `GET /v1/accounts/{account}/notice`.
     async fn current_notice(&self, account: &str) -> Value {
         self.app
-            .http
-            .get(self.app.url(&format!("/v1/accounts/{account}/notice")))
-            .bearer_auth(&self.read_token)
-            .send()
+            .get_json(
+                &format!("/v1/accounts/{account}/notice"),
+                Some(&self.read_token),
+            )
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
     }
 
     async fn shown_at(&self, notice: Uuid) -> Option<DateTime<Utc>> {
@@ -193,16 +189,7 @@ async fn an_unseen_notice_rides_in_the_decision_until_the_gateway_reports_it_sho
     assert_eq!(a.shown_at(id).await, None, "a quota check marks nothing");
 
     // The OpenAPI document describes exactly what arrived.
-    let doc: Value = a
-        .app
-        .http
-        .get(a.app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = a.app.get_json("/openapi.json", None).await;
     let schemas = &doc["components"]["schemas"];
     // `Decision` is flattened in, so the decision's own fields sit in an `allOf` member.
     let field = schemas["QuotaDecision"]["allOf"]

@@ -797,16 +797,9 @@ async fn posted_events_move_an_account_through_every_stage() {
             &format!("/usage to show {used} within a second of the flush"),
             Duration::from_secs(1),
             || async {
-                let usage: Value = app
-                    .http
-                    .get(app.url(&format!("/v1/accounts/{account}/usage")))
-                    .bearer_auth(&reader)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let usage = app
+                    .get_json(&format!("/v1/accounts/{account}/usage"), Some(&reader))
+                    .await;
                 let check: Value = app
                     .http
                     .post(app.url("/v1/quota/check"))

@@ -281,17 +281,10 @@ impl ReviewApp {
     }
 
     async fn day_requests_limit(&self, account: &str) -> f64 {
-        let body: Value = self
+        let body = self
             .app
-            .http
-            .get(self.app.url(&format!("/v1/accounts/{account}/usage")))
-            .bearer_auth(&self.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/v1/accounts/{account}/usage"), Some(&self.admin))
+            .await;
         body["limits"]
             .as_array()
             .unwrap()

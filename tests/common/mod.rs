@@ -225,6 +225,21 @@ impl TestApp {
         )
     }
 
+    /// `GET path`, with `token` as its bearer (`None` for a public route): the JSON body.
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> Value {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     pub async fn post_events(&self, events: &[Value]) -> (u16, Value) {
         self.post_json("/v1/events", &Value::Array(events.to_vec()))
             .await
