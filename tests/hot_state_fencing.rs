@@ -98,6 +98,62 @@ fn expected_cur(state: &AccountState, epoch: i64, o: i64, now: DateTime<Utc>) ->
     cur
 }
 
+/// One test's Redis under its own prefix, the two writers of partition 0, and its clock.
+struct Setup {
+    prefix: String,
+    keys: HotKeys,
+    redis: redis::aio::ConnectionManager,
+    a: StateWriter<redis::aio::ConnectionManager>,
+    b: StateWriter<redis::aio::ConnectionManager>,
+    now: DateTime<Utc>,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let config = common::isolated_config(&common::unique_suffix());
+        let keys = HotKeys::new(config.redis.key_prefix.clone()).unwrap();
+        let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+        let redis = redis::aio::ConnectionManager::new(client).await.unwrap();
+        Self {
+            prefix: config.redis.key_prefix,
+            a: StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0),
+            b: StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0),
+            keys,
+            redis,
+            now: Utc::now(),
+        }
+    }
+
+    /// Step 1 of every test: A claims the fresh partition (epoch 1), folds offsets 0–99, writes
+    /// every account and checkpoints at 99 with them. A's epoch, its memory, and what each
+    /// account's `cur` must now hold ([`expected_cur`]).
+    async fn a_writes_the_first_hundred(
+        &mut self,
+    ) -> (i64, Memory, HashMap<String, WindowCounters>) {
+        let (ea, from) = self.a.claim().await.unwrap();
+        assert_eq!((ea, from), (1, -1));
+        let mut mem_a = Memory::default();
+        mem_a.fold(0..100, self.now);
+        let mut written = HashMap::new();
+        for (account, (state, last)) in &mut mem_a.0 {
+            written.insert(account.clone(), expected_cur(state, ea, *last, self.now));
+            let w = self
+                .a
+                .write_account(ea, account, (-1, *last), state, self.now)
+                .await
+                .unwrap();
+            assert_eq!(w, Written::Applied, "{account}");
+        }
+        let changed: Vec<&str> = mem_a.0.keys().map(String::as_str).collect();
+        assert!(self
+            .a
+            .checkpoint(ea, 99, &changed, &BTreeMap::new())
+            .await
+            .unwrap());
+        (ea, mem_a, written)
+    }
+}
+
 /// An account's `cur` as stored, without the writer's `_e` and `_tp`.
 async fn stored_cur(
     redis: &mut redis::aio::ConnectionManager,
@@ -144,26 +200,17 @@ async fn clean_up(redis: &mut redis::aio::ConnectionManager, prefix: &str) {
 
 #[tokio::test]
 async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would() {
-    let config = common::isolated_config(&common::unique_suffix());
-    let keys = HotKeys::new(config.redis.key_prefix.clone()).unwrap();
-    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
-    let mut redis = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let mut a = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0);
-    let mut b = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0);
-    let now = Utc::now();
+    let mut t = Setup::new().await;
+    let (_, mem_a, _) = t.a_writes_the_first_hundred().await;
+    let Setup {
+        prefix,
+        keys,
+        mut redis,
+        mut b,
+        now,
+        ..
+    } = t;
     let no_seen = BTreeMap::new();
-
-    let (ea, _) = a.claim().await.unwrap();
-    let mut mem_a = Memory::default();
-    mem_a.fold(0..100, now);
-    for (account, (state, last)) in &mut mem_a.0 {
-        let w = a
-            .write_account(ea, account, (-1, *last), state, now)
-            .await
-            .unwrap();
-        assert_eq!(w, Written::Applied, "{account}");
-    }
-    assert!(a.checkpoint(ea, 99, &[], &no_seen).await.unwrap());
 
     // B resumes after the checkpoint, loading only the accounts its records touch.
     let (eb, from) = b.claim().await.unwrap();
@@ -219,34 +266,23 @@ async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_woul
             assert_eq!(stored, s.fields.into_iter().collect(), "{account} {}", s.id);
         }
     }
-    clean_up(&mut redis, &config.redis.key_prefix).await;
+    clean_up(&mut redis, &prefix).await;
 }
 
 #[tokio::test]
 async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state() {
-    let config = common::isolated_config(&common::unique_suffix());
-    let keys = HotKeys::new(config.redis.key_prefix.clone()).unwrap();
-    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let mut a = StateWriter::new(conn.clone(), keys.clone(), TOPIC, 0);
-    let mut b = StateWriter::new(conn.clone(), keys.clone(), TOPIC, 0);
-    let now = Utc::now();
-    let no_seen = BTreeMap::new();
-
     // 1. A owns the partition.
-    let (ea, from) = a.claim().await.unwrap();
-    assert_eq!((ea, from), (1, -1));
-    let mut mem_a = Memory::default();
-    mem_a.fold(0..100, now);
-    for (account, (state, last)) in &mut mem_a.0 {
-        let w = a
-            .write_account(ea, account, (-1, *last), state, now)
-            .await
-            .unwrap();
-        assert_eq!(w, Written::Applied, "{account}");
-    }
-    let changed: Vec<&str> = mem_a.0.keys().map(String::as_str).collect();
-    assert!(a.checkpoint(ea, 99, &changed, &no_seen).await.unwrap());
+    let mut t = Setup::new().await;
+    let (ea, mut mem_a, _) = t.a_writes_the_first_hundred().await;
+    let Setup {
+        prefix,
+        keys,
+        mut redis,
+        mut a,
+        mut b,
+        now,
+    } = t;
+    let no_seen = BTreeMap::new();
 
     // 2. B takes it over and continues from the checkpoint.
     let (eb, from) = b.claim().await.unwrap();
@@ -283,7 +319,6 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state() {
     // 3. A, stale, goes on: refused everywhere.
     let before: HashMap<String, i64> = mem_a.0.iter().map(|(k, (_, o))| (k.clone(), *o)).collect();
     mem_a.fold(100..200, now);
-    let mut redis = conn.clone();
     for (account, (state, last)) in &mut mem_a.0 {
         let o_prev = before.get(account).copied().unwrap_or(-1);
         if account == "fence-10" || account == "fence-11" {
@@ -356,35 +391,22 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state() {
         .unwrap();
     assert_eq!(queued.len(), 12, "A's and B's changes, once each");
 
-    clean_up(&mut redis, &config.redis.key_prefix).await;
+    clean_up(&mut redis, &prefix).await;
 }
 
 #[tokio::test]
 async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere() {
-    let config = common::isolated_config(&common::unique_suffix());
-    let keys = HotKeys::new(config.redis.key_prefix.clone()).unwrap();
-    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
-    let mut redis = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let mut a = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0);
-    let mut b = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0);
-    let now = Utc::now();
+    let mut t = Setup::new().await;
+    let (ea, mut mem_a, written) = t.a_writes_the_first_hundred().await;
+    let Setup {
+        prefix,
+        keys,
+        mut redis,
+        mut a,
+        mut b,
+        now,
+    } = t;
     let no_seen = BTreeMap::new();
-
-    let (ea, _) = a.claim().await.unwrap();
-    let mut mem_a = Memory::default();
-    mem_a.fold(0..100, now);
-    let mut written = HashMap::new();
-    for (account, (state, last)) in &mut mem_a.0 {
-        written.insert(account.clone(), expected_cur(state, ea, *last, now));
-        let w = a
-            .write_account(ea, account, (-1, *last), state, now)
-            .await
-            .unwrap();
-        assert_eq!(w, Written::Applied, "{account}");
-    }
-    let changed: Vec<String> = mem_a.0.keys().cloned().collect();
-    let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
-    assert!(a.checkpoint(ea, 99, &changed, &no_seen).await.unwrap());
 
     // B takes the partition and claims every account the index names; it writes nothing.
     let (eb, _) = b.claim().await.unwrap();
@@ -413,6 +435,7 @@ async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere() {
             "{account}"
         );
     }
+    let changed: Vec<&str> = mem_a.0.keys().map(String::as_str).collect();
     assert!(!a.checkpoint(ea, 199, &changed, &no_seen).await.unwrap());
     for (account, mut want) in written {
         want.remove("_e");
@@ -422,5 +445,5 @@ async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere() {
             "{account}"
         );
     }
-    clean_up(&mut redis, &config.redis.key_prefix).await;
+    clean_up(&mut redis, &prefix).await;
 }
