@@ -13,6 +13,20 @@
 //!
 //! Windows follow the same retention rule as today's fold: an event adds nothing to a window
 //! whose key would already have expired at `now`.
+//!
+//! # A window's life
+//!
+//! A window is **live** while the state holds its whole value: it was created while it was
+//! still in `cur` (design §2.2), or loaded from `cur`. A snapshot writes it to `cur`, absolute.
+//! Once it is over it **moves**: the snapshot that first finds it out of `cur` writes its
+//! fields to its closed hash and deletes them from `cur` ([`Moved`]), and once that snapshot is
+//! stored ([`AccountState::written`]) the state forgets it.
+//!
+//! An event for a window the state does not hold and that has left `cur` (a late event, or one
+//! replayed after a reload) opens a **late** window: it holds only what was added since the
+//! last write, and the snapshot adds it to the closed hash ([`LateWindow`]); its distinct
+//! members are set in Redis only if absent, and counted only then ([`LateMember`]). Increments
+//! are not idempotent by themselves: the writer's offset guard makes each snapshot land once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -46,6 +60,13 @@ struct Window {
     models: Vec<ModelCounters>,
     /// Distinct counts, by [`Dim::ALL`] index: all eight for a month, sessions for a day.
     counts: [u64; 8],
+    /// Fingerprints of the distinct members counted ([`fingerprint`]).
+    members: HashSet<u64>,
+    /// A month's members of the listed dimensions ([`hot::LISTED_DIMS`]), which move with it.
+    listed: Vec<(Dim, Box<str>)>,
+    /// Opened after the window had left `cur`: it holds increments since the last write, not
+    /// the window's value (see the module documentation).
+    late: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -57,7 +78,7 @@ struct Session {
     last_event: i64,
 }
 
-/// A member seen for the first time, not yet written.
+/// A member seen for the first time in a live window, not yet written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NewMember {
     /// A `v:` field of `cur`: the month's models, providers, regions or clouds.
@@ -80,15 +101,65 @@ pub struct SessionSnapshot {
     pub expires_at: i64,
 }
 
+/// A window leaving `cur`: its fields (without the stamp) go to its closed hash, absolute, and
+/// the same stamped fields are deleted from `cur`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub grain: Grain,
+    pub start: DateTime<Utc>,
+    /// Counters, per-model counters, distinct counts and listed members, sorted, zeros left
+    /// out.
+    pub fields: Vec<(String, i64)>,
+}
+
+/// Increments for a closed window's hash (a late window).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateWindow {
+    pub grain: Grain,
+    pub start: DateTime<Utc>,
+    /// Field and increment, sorted, zeros left out.
+    pub fields: Vec<(String, i64)>,
+}
+
+/// Where a late window's member is remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MemberSet {
+    /// The closed hash of the month starting there (`v:` members of the listed dimensions).
+    ClosedMonth(DateTime<Utc>),
+    /// The `dims` hash of the month starting there.
+    Dims(DateTime<Utc>),
+}
+
+/// A distinct member of a late window: set `field` = 1 in `set` if absent, and only then add
+/// one to `count_field` of the closed hash of (`grain`, `start`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateMember {
+    pub set: MemberSet,
+    pub field: String,
+    pub grain: Grain,
+    pub start: DateTime<Utc>,
+    pub count_field: String,
+}
+
 /// Everything a write of one account stores, as of one moment: [`AccountState::snapshot`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// `cur`'s fields: [`AccountState::cur_fields`] and the new members' `v:` fields.
+    /// Fields to set in `cur`: [`AccountState::cur_fields`], the new members' `v:` fields, and
+    /// the fields of the windows moving out now (set, then moved, so the move copies what
+    /// this snapshot holds).
     pub cur: WindowCounters,
+    /// Fields to delete from `cur`: the marks of sessions past their day.
+    pub cur_gone: Vec<String>,
+    /// Windows leaving `cur` now.
+    pub moves: Vec<Moved>,
     /// Month start → the new fields of that month's `dims` hash.
     pub dims: BTreeMap<DateTime<Utc>, Vec<String>>,
     /// The open sessions' hashes, by id.
     pub sessions: Vec<SessionSnapshot>,
+    /// Increments for closed windows.
+    pub late: Vec<LateWindow>,
+    /// Members of late windows, counted if new.
+    pub late_members: Vec<LateMember>,
 }
 
 /// One account's live windows and sessions; see the module documentation.
@@ -96,16 +167,15 @@ pub struct Snapshot {
 pub struct AccountState {
     windows: Vec<Window>,
     sessions: HashMap<Box<str>, Session>,
-    members: HashSet<u64>,
     new_members: Vec<NewMember>,
+    late_members: Vec<LateMember>,
 }
 
-fn fingerprint(grain: Grain, start: DateTime<Utc>, dim: Dim, member: &str) -> u64 {
-    // SipHash-1-3 under fixed keys: the same value for the same member within a build, which
-    // is all that is needed (fingerprints live in memory and are rebuilt from Redis's strings).
+/// A member's fingerprint within its window: SipHash-1-3 under fixed keys, the same value for
+/// the same member within a build, which is all that is needed (fingerprints live in memory and
+/// are rebuilt from Redis's strings).
+fn fingerprint(dim: Dim, member: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    grain.hash(&mut h);
-    start.timestamp().hash(&mut h);
     dim.hash(&mut h);
     member.hash(&mut h);
     h.finish()
@@ -113,6 +183,47 @@ fn fingerprint(grain: Grain, start: DateTime<Utc>, dim: Dim, member: &str) -> u6
 
 fn dim_index(dim: Dim) -> usize {
     Dim::ALL.iter().position(|d| *d == dim).expect("every dim")
+}
+
+/// Whether the window of `grain` starting at `start` is still kept in `cur` at `now`: a minute
+/// for three minutes after it starts, the others for five minutes after they end.
+pub fn in_cur(grain: Grain, start: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    let until = match grain {
+        Grain::Minute => start.timestamp() + MINUTE_IN_CUR_SECS,
+        g => g.next_window(start).timestamp() + CLOSED_IN_CUR_SECS,
+    };
+    now.timestamp() < until
+}
+
+impl Window {
+    /// The window's fields without its stamp, zeros left out; with `listed`, the month's `v:`
+    /// members too (as 1).
+    fn fields(&self, listed: bool) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        let mut put = |name: String, v: i64| {
+            if v != 0 {
+                out.push((name, v));
+            }
+        };
+        for (name, v) in BASE.iter().zip(self.base) {
+            put((*name).to_owned(), v);
+        }
+        for m in &self.models {
+            for (counter, v) in ["req", "in", "out"].iter().zip(m.values) {
+                put(format!("m:{}:{counter}", m.model), v);
+            }
+        }
+        for (dim, n) in Dim::ALL.iter().zip(self.counts) {
+            put(hot::count_name(*dim), n as i64);
+        }
+        if listed {
+            for (dim, member) in &self.listed {
+                put(hot::member_name(*dim, member), 1);
+            }
+        }
+        out.sort_unstable();
+        out
+    }
 }
 
 impl AccountState {
@@ -135,7 +246,8 @@ impl AccountState {
             if grain.expires_at(start) <= now_secs {
                 continue;
             }
-            let w = self.window_mut(grain, start);
+            let i = self.window_index(grain, start, now);
+            let w = &mut self.windows[i];
             for (total, v) in w.base.iter_mut().zip(base) {
                 *total += v;
             }
@@ -168,12 +280,12 @@ impl AccountState {
                         ),
                         (Dim::Sessions, e.session_id.as_deref().unwrap_or_default()),
                     ] {
-                        self.distinct(grain, start, dim, member, None);
+                        self.distinct(i, dim, member);
                     }
                 }
                 Grain::Day => {
                     if let Some(s) = e.session_id.as_deref() {
-                        self.distinct(grain, start, Dim::Sessions, s, Some(at));
+                        self.distinct(i, Dim::Sessions, s);
                     }
                 }
                 _ => {}
@@ -201,88 +313,83 @@ impl AccountState {
         }
     }
 
-    fn window_mut(&mut self, grain: Grain, start: DateTime<Utc>) -> &mut Window {
-        let i = match self
-            .windows
+    fn find_window(&self, grain: Grain, start: DateTime<Utc>) -> Option<usize> {
+        self.windows
             .iter()
             .position(|w| w.grain == grain && w.start == start)
-        {
-            Some(i) => i,
-            None => {
-                self.windows.push(Window {
-                    grain,
-                    start,
-                    base: [0; 5],
-                    models: Vec::new(),
-                    counts: [0; 8],
-                });
-                self.windows.len() - 1
-            }
-        };
-        &mut self.windows[i]
     }
 
-    /// Counts `member` once in the window; `day` is set for a day's sessions.
-    fn distinct(
-        &mut self,
-        grain: Grain,
-        start: DateTime<Utc>,
-        dim: Dim,
-        member: &str,
-        day: Option<DateTime<Utc>>,
-    ) {
-        if member.is_empty() || !self.members.insert(fingerprint(grain, start, dim, member)) {
+    /// The window's index, opened (live or late, by `now`) if the state does not hold it.
+    fn window_index(&mut self, grain: Grain, start: DateTime<Utc>, now: DateTime<Utc>) -> usize {
+        self.find_window(grain, start).unwrap_or_else(|| {
+            self.windows.push(Window {
+                grain,
+                start,
+                base: [0; 5],
+                models: Vec::new(),
+                counts: [0; 8],
+                members: HashSet::new(),
+                listed: Vec::new(),
+                late: !in_cur(grain, start, now),
+            });
+            self.windows.len() - 1
+        })
+    }
+
+    /// Counts `member` once in window `i` (a month, or a day's sessions).
+    fn distinct(&mut self, i: usize, dim: Dim, member: &str) {
+        let w = &mut self.windows[i];
+        if member.is_empty() || !w.members.insert(fingerprint(dim, member)) {
             return;
         }
-        self.window_mut(grain, start).counts[dim_index(dim)] += 1;
-        let month = Grain::Month.window_start(day.unwrap_or(start));
-        self.new_members
-            .push(match (day, hot::LISTED_DIMS.contains(&dim)) {
-                (Some(_), _) => NewMember::Dims {
-                    month,
-                    field: hot::day_session_member(start, member),
-                },
-                (None, true) => NewMember::Listed {
-                    month,
-                    dim,
-                    member: member.to_owned(),
-                },
-                (None, false) => NewMember::Dims {
-                    month,
-                    field: hot::dims_member(dim, member),
-                },
-            });
-    }
-
-    /// Whether the window starting at `start` is still kept in `cur` at `now`.
-    fn in_cur(w: &Window, now: DateTime<Utc>) -> bool {
-        let until = match w.grain {
-            Grain::Minute => w.start.timestamp() + MINUTE_IN_CUR_SECS,
-            g => g.next_window(w.start).timestamp() + CLOSED_IN_CUR_SECS,
+        let (grain, start) = (w.grain, w.start);
+        let month = Grain::Month.window_start(start);
+        let listed = grain == Grain::Month && hot::LISTED_DIMS.contains(&dim);
+        let field = match (grain, listed) {
+            (Grain::Day, _) => hot::day_session_member(start, member),
+            (_, true) => hot::member_name(dim, member),
+            (_, false) => hot::dims_member(dim, member),
         };
-        now.timestamp() < until
+        if w.late {
+            self.late_members.push(LateMember {
+                set: if listed {
+                    MemberSet::ClosedMonth(month)
+                } else {
+                    MemberSet::Dims(month)
+                },
+                field,
+                grain,
+                start,
+                count_field: hot::count_name(dim),
+            });
+            return;
+        }
+        w.counts[dim_index(dim)] += 1;
+        self.new_members.push(if listed {
+            w.listed.push((dim, member.into()));
+            NewMember::Listed {
+                month,
+                dim,
+                member: member.to_owned(),
+            }
+        } else {
+            NewMember::Dims { month, field }
+        });
     }
 
-    /// The absolute fields of `cur` at `now` for every window still kept there (zeros left
-    /// out), without the `v:` member fields ([`Self::take_new_members`] gives those once).
+    /// The absolute fields of `cur` at `now` for every live window still kept there (zeros
+    /// left out), with the `s:` marks of the open sessions, without the `v:` member fields
+    /// ([`Self::take_new_members`] gives those once).
     pub fn cur_fields(&self, now: DateTime<Utc>) -> WindowCounters {
         let mut out = WindowCounters::new();
-        for w in self.windows.iter().filter(|w| Self::in_cur(w, now)) {
-            let mut put = |name: &str, v: i64| {
-                if v != 0 {
-                    out.insert(hot::field(w.grain, w.start, name), v);
-                }
-            };
-            for (name, v) in BASE.iter().zip(w.base) {
-                put(name, v);
-            }
-            for m in &w.models {
-                for (counter, v) in ["req", "in", "out"].iter().zip(m.values) {
-                    put(&format!("m:{}:{counter}", m.model), v);
-                }
-            }
-            for (dim, n) in Dim::ALL.iter().zip(w.counts) {
-                put(&hot::count_name(*dim), n as i64);
+        for w in self
+            .windows
+            .iter()
+            .filter(|w| !w.late && in_cur(w.grain, w.start, now))
+        {
+            let stamp = hot::stamp(w.grain, w.start);
+            for (name, v) in w.fields(false) {
+                out.insert(format!("{stamp}:{name}"), v);
             }
         }
         for (id, s) in &self.sessions {
@@ -296,8 +403,8 @@ impl AccountState {
     /// The account as written: `cur` (with its `v:` members and session marks), the hashes of
     /// the sessions `cur` marks open, and the fields of its months' `dims` hashes. What it
     /// holds for the windows still in `cur` and the open sessions equals the state that wrote
-    /// it, so folding the same events into both gives the same snapshots; closed windows are
-    /// not loaded (a late event for one is the writer's business, design §2.4).
+    /// it, so folding the same events into both gives the same snapshots. Closed windows are
+    /// not loaded: an event for one opens a late window.
     pub fn load(
         cur: &WindowCounters,
         sessions: &HashMap<String, WindowCounters>,
@@ -339,15 +446,30 @@ impl AccountState {
             let Some(start) = grain.parse_stamp(stamp) else {
                 continue;
             };
+            // Loaded windows are live: they are in `cur`, whole.
+            let i = a.find_window(grain, start).unwrap_or_else(|| {
+                a.windows.push(Window {
+                    grain,
+                    start,
+                    base: [0; 5],
+                    models: Vec::new(),
+                    counts: [0; 8],
+                    members: HashSet::new(),
+                    listed: Vec::new(),
+                    late: false,
+                });
+                a.windows.len() - 1
+            });
+            let w = &mut a.windows[i];
             if let Some(member) = name.strip_prefix("v:") {
                 if let Some((dim, member)) = member.split_once(':') {
                     if let Some(dim) = Dim::parse(dim) {
-                        a.members.insert(fingerprint(grain, start, dim, member));
+                        w.members.insert(fingerprint(dim, member));
+                        w.listed.push((dim, member.into()));
                     }
                 }
                 continue;
             }
-            let w = a.window_mut(grain, start);
             if let Some(i) = BASE.iter().position(|b| *b == name) {
                 w.base[i] = *v;
             } else if let Some(dim) = name.strip_prefix("n:").and_then(Dim::parse) {
@@ -371,21 +493,27 @@ impl AccountState {
                 }
             }
         }
+        for w in &mut a.windows {
+            w.listed.sort_unstable();
+        }
         for (month, fields) in dims {
             for f in fields {
-                if let Some(rest) = f.strip_prefix("ds:") {
+                let (grain, start, dim, member) = if let Some(rest) = f.strip_prefix("ds:") {
                     let Some((dd, session)) = rest.split_once(':') else {
                         continue;
                     };
                     let Ok(dd) = dd.parse::<i64>() else { continue };
                     let day = *month + chrono::Duration::days(dd - 1);
-                    a.members
-                        .insert(fingerprint(Grain::Day, day, Dim::Sessions, session));
+                    (Grain::Day, day, Dim::Sessions, session)
                 } else if let Some((dim, member)) = f.split_once(':') {
-                    if let Some(dim) = Dim::parse(dim) {
-                        a.members
-                            .insert(fingerprint(Grain::Month, *month, dim, member));
-                    }
+                    let Some(dim) = Dim::parse(dim) else { continue };
+                    (Grain::Month, *month, dim, member)
+                } else {
+                    continue;
+                };
+                // Members of windows not in `cur` are not needed: those windows are closed.
+                if let Some(i) = a.find_window(grain, start) {
+                    a.windows[i].members.insert(fingerprint(dim, member));
                 }
             }
         }
@@ -412,8 +540,8 @@ impl AccountState {
         Some(out)
     }
 
-    /// What a write of the account stores at `now`, with the members not yet written. The new
-    /// members stay pending until [`Self::members_written`].
+    /// What a write of the account stores at `now`. It stays pending (the new members, the
+    /// late windows, the windows to move) until [`Self::written`].
     pub fn snapshot(&self, now: DateTime<Utc>) -> Snapshot {
         let mut cur = self.cur_fields(now);
         let mut dims: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
@@ -430,10 +558,45 @@ impl AccountState {
                 }
             }
         }
+        let mut moves = Vec::new();
+        let mut late = Vec::new();
+        for w in &self.windows {
+            if w.late {
+                late.push(LateWindow {
+                    grain: w.grain,
+                    start: w.start,
+                    fields: w.fields(false),
+                });
+            } else if !in_cur(w.grain, w.start, now) {
+                let fields = w.fields(true);
+                let stamp = hot::stamp(w.grain, w.start);
+                for (name, v) in &fields {
+                    cur.insert(format!("{stamp}:{name}"), *v);
+                }
+                moves.push(Moved {
+                    grain: w.grain,
+                    start: w.start,
+                    fields,
+                });
+            }
+        }
+        moves.sort_unstable_by_key(|m| (m.start, m.grain.code()));
+        late.sort_unstable_by_key(|m| (m.start, m.grain.code()));
+        let mut cur_gone: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.last_event + SESSION_RETENTION_SECS <= now.timestamp())
+            .map(|(id, _)| hot::session_mark(id))
+            .collect();
+        cur_gone.sort_unstable();
         Snapshot {
             cur,
+            cur_gone,
+            moves,
             dims,
             sessions: self.sessions(now),
+            late,
+            late_members: self.late_members.clone(),
         }
     }
 
@@ -447,9 +610,21 @@ impl AccountState {
         &self.new_members
     }
 
-    /// Forgets the new members once a snapshot holding them is stored.
-    pub fn members_written(&mut self) {
+    /// The snapshot taken at `now` is stored: forgets what it wrote once (new members, late
+    /// windows and their members), the windows it moved out of `cur`, and the sessions past
+    /// their day.
+    pub fn written(&mut self, now: DateTime<Utc>) {
         self.new_members.clear();
+        self.late_members.clear();
+        self.windows
+            .retain(|w| !w.late && in_cur(w.grain, w.start, now));
+        self.sessions
+            .retain(|_, s| s.last_event + SESSION_RETENTION_SECS > now.timestamp());
+    }
+
+    /// Whether the state holds nothing (every window moved, every session past its day).
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty() && self.sessions.is_empty()
     }
 
     /// Every session still kept at `now`: its id, its hash's fields (as

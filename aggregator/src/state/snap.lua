@@ -1,14 +1,25 @@
 -- Writes one account's snapshot (hot-state layout v2, design §2.4), all keys in its slot.
--- KEYS: cur, then `ndims` dims hashes, then `nsessions` session hashes.
--- ARGV: E, TP, O_prev, O_new, cur_expire_at, ncur, (field, value) x ncur,
---       ndims, then per dims hash: n, field x n, expire_at,
---       nsessions, then per session: n, (field, value) x n, expire_at.
+-- KEYS: cur first, then every other key the ops name by index (dims, sessions, closed hashes).
+-- ARGV: E, TP, O_prev, O_new, cur_expire_at, then the ops, each a count followed by its items:
+--   ncur,      (field, value) x ncur                      HSET cur (absolute)
+--   ngone,     field x ngone                              HDEL cur (sessions past their day)
+--   ndims,     per: key, n, field x n, expire_at          HSET field 1 (new members), EXPIREAT
+--   nsessions, per: key, n, (field, value) x n, expire_at HSET (absolute), EXPIREAT
+--   nmoves,    per: key, stamp, n, (field, value) x n, expire_at
+--                                                         HSET the closed hash, EXPIREAT, and
+--                                                         HDEL stamp:field from cur
+--   nlate,     per: key, n, (field, delta) x n, expire_at HINCRBY the closed hash, EXPIREAT
+--   nmembers,  per: set, field, count, count_field, set_expire_at
+--                                                         HSETNX set field 1; when new,
+--                                                         HINCRBY count count_field 1
 -- The guard (the writer's epoch E, its topic:partition TP, the offset O_prev it loaded):
 --   stored _e > E            -> FENCED   a newer assignment owns this account
 --   stored _o >= O_new       -> HAVE     already stored (a repeated call)
 --   stored _o ~= O_prev      -> CONFLICT not the state this writer loaded
---   otherwise                -> OK       every value written, absolute, with _e, _tp, _o
+--   otherwise                -> OK       every op applied, with _e, _tp, _o set in cur
 -- (_o counts only when _tp is TP: another partition's offsets say nothing about this one.)
+-- The increments (late windows, late members) are not idempotent alone; the guard makes the
+-- whole call land once.
 local cur = KEYS[1]
 local stored = redis.call('HMGET', cur, '_e', '_tp', '_o')
 local e = tonumber(stored[1]) or 0
@@ -21,36 +32,71 @@ if so >= o_new then return 'HAVE' end
 if so ~= o_prev then return 'CONFLICT' end
 
 local i = 6
-local ncur = tonumber(ARGV[i]); i = i + 1
-local fields = {'_e', ARGV[1], '_tp', ARGV[2], '_o', ARGV[4]}
-for _ = 1, ncur do
-    fields[#fields + 1] = ARGV[i]; fields[#fields + 1] = ARGV[i + 1]; i = i + 2
+local function take()
+    local v = ARGV[i]; i = i + 1; return v
 end
+local function pairs_of(n)
+    local out = {}
+    for _ = 1, n do out[#out + 1] = take(); out[#out + 1] = take() end
+    return out
+end
+
+local fields = {'_e', ARGV[1], '_tp', ARGV[2], '_o', ARGV[4]}
+for _, v in ipairs(pairs_of(tonumber(take()))) do fields[#fields + 1] = v end
 redis.call('HSET', cur, unpack(fields))
 redis.call('EXPIREAT', cur, ARGV[5])
 
-local k = 2
-local ndims = tonumber(ARGV[i]); i = i + 1
-for _ = 1, ndims do
-    local n = tonumber(ARGV[i]); i = i + 1
-    local members = {}
-    for _ = 1, n do
-        members[#members + 1] = ARGV[i]; members[#members + 1] = '1'; i = i + 1
-    end
-    if n > 0 then redis.call('HSET', KEYS[k], unpack(members)) end
-    redis.call('EXPIREAT', KEYS[k], ARGV[i]); i = i + 1
-    k = k + 1
+local ngone = tonumber(take())
+if ngone > 0 then
+    local gone = {}
+    for _ = 1, ngone do gone[#gone + 1] = take() end
+    redis.call('HDEL', cur, unpack(gone))
 end
 
-local nsessions = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nsessions do
-    local n = tonumber(ARGV[i]); i = i + 1
-    local pairs_ = {}
-    for _ = 1, n do
-        pairs_[#pairs_ + 1] = ARGV[i]; pairs_[#pairs_ + 1] = ARGV[i + 1]; i = i + 2
+for _ = 1, tonumber(take()) do
+    local key = KEYS[tonumber(take())]
+    local n = tonumber(take())
+    local members = {}
+    for _ = 1, n do members[#members + 1] = take(); members[#members + 1] = '1' end
+    if n > 0 then redis.call('HSET', key, unpack(members)) end
+    redis.call('EXPIREAT', key, take())
+end
+
+for _ = 1, tonumber(take()) do
+    local key = KEYS[tonumber(take())]
+    local kv = pairs_of(tonumber(take()))
+    if #kv > 0 then redis.call('HSET', key, unpack(kv)) end
+    redis.call('EXPIREAT', key, take())
+end
+
+for _ = 1, tonumber(take()) do
+    local key = KEYS[tonumber(take())]
+    local stamp = take()
+    local kv = pairs_of(tonumber(take()))
+    if #kv > 0 then
+        redis.call('HSET', key, unpack(kv))
+        local gone = {}
+        for j = 1, #kv, 2 do gone[#gone + 1] = stamp .. ':' .. kv[j] end
+        redis.call('HDEL', cur, unpack(gone))
     end
-    if n > 0 then redis.call('HSET', KEYS[k], unpack(pairs_)) end
-    redis.call('EXPIREAT', KEYS[k], ARGV[i]); i = i + 1
-    k = k + 1
+    redis.call('EXPIREAT', key, take())
+end
+
+for _ = 1, tonumber(take()) do
+    local key = KEYS[tonumber(take())]
+    local kv = pairs_of(tonumber(take()))
+    for j = 1, #kv, 2 do redis.call('HINCRBY', key, kv[j], kv[j + 1]) end
+    redis.call('EXPIREAT', key, take())
+end
+
+for _ = 1, tonumber(take()) do
+    local set = KEYS[tonumber(take())]
+    local field = take()
+    local count = KEYS[tonumber(take())]
+    local count_field = take()
+    if redis.call('HSETNX', set, field, '1') == 1 then
+        redis.call('HINCRBY', count, count_field, 1)
+    end
+    redis.call('EXPIREAT', set, take())
 end
 return 'OK'

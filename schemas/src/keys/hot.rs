@@ -194,17 +194,22 @@ pub fn window(
     grain: Grain,
     start: DateTime<Utc>,
 ) -> WindowCounters {
+    let counters = |fields: &mut dyn Iterator<Item = (&str, i64)>| -> WindowCounters {
+        fields
+            .filter(|(name, v)| *v != 0 && !name.starts_with("n:") && !name.starts_with("v:"))
+            .map(|(name, v)| (name.to_owned(), v))
+            .collect()
+    };
     let prefix = format!("{}:", stamp(grain, start));
-    let live: WindowCounters = cur
-        .iter()
-        .filter_map(|(f, v)| {
-            let name = f.strip_prefix(&prefix)?;
-            let counter = *v != 0 && !name.starts_with("n:") && !name.starts_with("v:");
-            counter.then(|| (name.to_owned(), *v))
-        })
-        .collect();
+    let live = counters(
+        &mut cur
+            .iter()
+            .filter_map(|(f, v)| Some((f.strip_prefix(&prefix)?, *v))),
+    );
     if live.is_empty() {
-        closed.cloned().unwrap_or_default()
+        closed
+            .map(|c| counters(&mut c.iter().map(|(f, v)| (f.as_str(), *v))))
+            .unwrap_or_default()
     } else {
         live
     }

@@ -126,6 +126,162 @@ fn events_add_up_in_place_and_members_count_once() {
     assert!(a.take_new_members().is_empty(), "known members are not new");
 }
 
+/// What `cur` holds once `snap.lua` has applied `s` to an empty `cur`: its fields set, then
+/// the moved windows' and the gone sessions' fields deleted.
+fn stored_cur(s: &Snapshot) -> WindowCounters {
+    let mut cur = s.cur.clone();
+    for m in &s.moves {
+        let stamp = hot::stamp(m.grain, m.start);
+        for (f, _) in &m.fields {
+            cur.remove(&format!("{stamp}:{f}"));
+        }
+    }
+    for f in &s.cur_gone {
+        cur.remove(f);
+    }
+    cur
+}
+
+#[test]
+fn a_window_moves_to_its_closed_hash_once_and_later_events_add_to_it() {
+    let t = at(2026, 12, 3, 10, 0, 30);
+    let mut a = AccountState::default();
+    a.fold(&event(t, "gpt-4o", "s-1", "u-1"), t);
+    a.fold(&event(t, "gpt-4o", "s-1", "u-2"), t);
+    let first = a.snapshot(t);
+    assert!(first.moves.is_empty() && first.late.is_empty());
+    a.written(t);
+
+    // Three minutes after it started, the minute moves: its whole value, from the snapshot
+    // that sets it in `cur` one last time.
+    let later = at(2026, 12, 3, 10, 3, 0);
+    let s = a.snapshot(later);
+    assert_eq!(
+        s.moves,
+        [Moved {
+            grain: Grain::Minute,
+            start: at(2026, 12, 3, 10, 0, 0),
+            fields: [("cost", 14), ("in", 200), ("out", 20), ("req", 2)]
+                .into_iter()
+                .map(|(f, v)| (f.to_owned(), v))
+                .collect(),
+        }]
+    );
+    assert_eq!(s.cur.get("m:202612031000:req"), Some(&2));
+    assert!(!stored_cur(&s).contains_key("m:202612031000:req"));
+    assert_eq!(
+        stored_cur(&s).get("h:2026120310:req"),
+        Some(&2),
+        "the hour stays"
+    );
+    a.written(later);
+    assert!(a.snapshot(later).moves.is_empty(), "a window moves once");
+
+    // An event for the moved minute opens a late window: the snapshot adds the event alone.
+    a.fold(&event(t, "gpt-4o", "s-1", "u-3"), later);
+    let s = a.snapshot(later);
+    assert_eq!(
+        s.late,
+        [LateWindow {
+            grain: Grain::Minute,
+            start: at(2026, 12, 3, 10, 0, 0),
+            fields: [("cost", 7), ("in", 100), ("out", 10), ("req", 1)]
+                .into_iter()
+                .map(|(f, v)| (f.to_owned(), v))
+                .collect(),
+        }]
+    );
+    assert_eq!(
+        s.cur.get("h:2026120310:req"),
+        Some(&3),
+        "live windows count it whole"
+    );
+    assert_eq!(s.cur.get("M:202612:n:users"), Some(&3));
+    assert!(s.late_members.is_empty(), "minutes count no members");
+    a.written(later);
+    assert!(a.snapshot(later).late.is_empty(), "written once");
+}
+
+#[test]
+fn late_members_go_where_the_closed_window_keeps_them() {
+    // December is closed by January's sixth minute; an event of December 31 23:00 opens a
+    // late month, day, hour and minute (kept two hours).
+    let now = at(2027, 1, 1, 0, 6, 0);
+    let dec = at(2026, 12, 1, 0, 0, 0);
+    let day = at(2026, 12, 31, 0, 0, 0);
+    let mut a = AccountState::default();
+    a.fold(
+        &event(at(2026, 12, 31, 23, 0, 0), "gpt-4o", "s-1", "u-1"),
+        now,
+    );
+    let s = a.snapshot(now);
+    assert!(s.cur.keys().all(|f| f.starts_with("s:")), "{:?}", s.cur);
+    assert_eq!(
+        s.late
+            .iter()
+            .map(|w| (w.grain, w.start))
+            .collect::<Vec<_>>(),
+        [
+            (Grain::Month, dec),
+            (Grain::Day, day),
+            (Grain::Hour, at(2026, 12, 31, 23, 0, 0)),
+            (Grain::Minute, at(2026, 12, 31, 23, 0, 0)),
+        ]
+    );
+    let members: Vec<(MemberSet, &str, Grain, &str)> = s
+        .late_members
+        .iter()
+        .map(|m| (m.set, m.field.as_str(), m.grain, m.count_field.as_str()))
+        .collect();
+    assert_eq!(
+        members,
+        [
+            (MemberSet::Dims(dec), "ds:31:s-1", Grain::Day, "n:sessions"),
+            (
+                MemberSet::ClosedMonth(dec),
+                "v:models:gpt-4o",
+                Grain::Month,
+                "n:models"
+            ),
+            (
+                MemberSet::ClosedMonth(dec),
+                "v:providers:openai",
+                Grain::Month,
+                "n:providers"
+            ),
+            (
+                MemberSet::ClosedMonth(dec),
+                "v:regions:eu-west-1",
+                Grain::Month,
+                "n:regions"
+            ),
+            (
+                MemberSet::ClosedMonth(dec),
+                "v:clouds:aws",
+                Grain::Month,
+                "n:clouds"
+            ),
+            (MemberSet::Dims(dec), "users:u-1", Grain::Month, "n:users"),
+            (
+                MemberSet::Dims(dec),
+                "api_keys:k1",
+                Grain::Month,
+                "n:api_keys"
+            ),
+            (
+                MemberSet::Dims(dec),
+                "sessions:s-1",
+                Grain::Month,
+                "n:sessions"
+            ),
+        ]
+    );
+    assert!(
+        a.new_members().is_empty(),
+        "late members are not counted in memory"
+    );
+}
+
 #[test]
 fn windows_leave_cur_on_time() {
     let t = at(2026, 12, 31, 23, 59, 10);
@@ -286,13 +442,13 @@ mod reload {
                 original.fold(&ev(s, now), now);
             }
             let written = original.snapshot(now);
-            original.members_written();
+            original.written(now);
             let sessions: HashMap<String, WindowCounters> = written
                 .sessions
-                .into_iter()
-                .map(|s| (s.id, s.fields.into_iter().collect()))
+                .iter()
+                .map(|s| (s.id.clone(), s.fields.iter().cloned().collect()))
                 .collect();
-            let mut loaded = AccountState::load(&written.cur, &sessions, &written.dims);
+            let mut loaded = AccountState::load(&stored_cur(&written), &sessions, &written.dims);
             prop_assert_eq!(loaded.cur_fields(now), original.cur_fields(now));
             prop_assert_eq!(loaded.sessions(now), original.sessions(now));
             for s in &second {
@@ -301,6 +457,7 @@ mod reload {
             }
             prop_assert_eq!(loaded.cur_fields(now), original.cur_fields(now));
             prop_assert_eq!(loaded.sessions(now), original.sessions(now));
+            prop_assert_eq!(loaded.snapshot(now), original.snapshot(now));
             prop_assert_eq!(loaded.take_new_members(), original.take_new_members());
         }
     }
