@@ -171,33 +171,6 @@ async fn stored_cur(
         .collect()
 }
 
-/// Deletes the keys under the test's prefix.
-async fn clean_up(redis: &mut redis::aio::ConnectionManager, prefix: &str) {
-    let mut cursor = 0u64;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(redis)
-            .await
-            .unwrap();
-        if !found.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&found)
-                .query_async::<()>(redis)
-                .await
-                .unwrap();
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-}
-
 #[tokio::test]
 async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would() {
     let mut t = Setup::new().await;
@@ -266,7 +239,7 @@ async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_woul
             assert_eq!(stored, s.fields.into_iter().collect(), "{account} {}", s.id);
         }
     }
-    clean_up(&mut redis, &prefix).await;
+    common::remove_redis_keys(&mut redis, &prefix).await;
 }
 
 #[tokio::test]
@@ -391,7 +364,7 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state() {
         .unwrap();
     assert_eq!(queued.len(), 12, "A's and B's changes, once each");
 
-    clean_up(&mut redis, &prefix).await;
+    common::remove_redis_keys(&mut redis, &prefix).await;
 }
 
 #[tokio::test]
@@ -445,5 +418,5 @@ async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere() {
             "{account}"
         );
     }
-    clean_up(&mut redis, &prefix).await;
+    common::remove_redis_keys(&mut redis, &prefix).await;
 }

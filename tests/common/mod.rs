@@ -401,3 +401,30 @@ pub struct Sums {
 }
 
 pub type WindowSums = HashMap<(String, i64), Sums>;
+
+/// Deletes every Redis key under `prefix` (a test's own), in batches.
+pub async fn remove_redis_keys(redis: &mut impl redis::aio::ConnectionLike, prefix: &str) {
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
+            .await
+            .unwrap();
+        if !found.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&found)
+                .query_async::<()>(redis)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}

@@ -1,20 +1,26 @@
 //! The state store of hot-state layout v2 (issue 21; `docs/design/hot-state-v2.md` §3).
 //! **Not wired yet**: the running aggregator still folds into Redis increments
-//! ([`crate::fold`]). What is here is the in-memory part, pure and tested on its own:
+//! ([`crate::fold`]). What is here is tested on its own, in memory and against a real Redis:
 //!
 //! - [`account::AccountState`]: one account's live windows, sessions and distinct members,
-//!   folded in place, event by event, with no Redis call and no key string per event;
-//! - its snapshot: the absolute fields of the account's `cur` hash and session hashes in the
-//!   layout of [`meterline_schemas::keys::hot`], so a write is one `HSET` per hash however many
-//!   events it covers, and writing it twice changes nothing.
-//!
-//! - [`writer::StateWriter`]: the snapshot, the partition's claim and checkpoint written by
-//!   Lua scripts that fence a writer from an older assignment (`tests/hot_state_fencing.rs`).
+//!   folded in place, event by event, with no Redis call and no key string per event. Its
+//!   snapshot holds the absolute fields of the account's `cur` hash and session hashes in the
+//!   layout of [`meterline_schemas::keys::hot`], the windows that leave `cur` (moved whole to
+//!   their closed hashes), and increments for windows already closed (late events), so a write
+//!   is one script call however many events it covers;
+//! - [`writer::StateWriter`]: the snapshot, the partition's claim and checkpoint, and loading an
+//!   account back, written and read by Lua scripts that fence a writer from an older assignment
+//!   (`tests/hot_state_fencing.rs`);
+//! - [`partition::Partition`]: one Kafka partition's accounts, its deduplication (made durable
+//!   by the checkpoint), and its flush policy.
 //!
 //! `aggregator/tests/hot_layout.rs` checks that what the snapshot holds gives the read path the
-//! same answers as today's keys; `benches/fold.rs` (`state store`) measures the fold.
-//! The partition's deduplication and flush policy, loading an account back from Redis, and the
-//! wiring into the consumer follow (design §6, commits 4–7).
+//! same answers as today's keys; `tests/state_store.rs` runs a partition through crashes,
+//! replays, late events and window moves against a real Redis and compares every window with
+//! sums computed from the log; `benches/fold.rs` (`state store`) measures the fold. Wiring it
+//! into the consumer, the readers' switch, eviction and the background claim follow (design §6,
+//! commits 5–7).
 
 pub mod account;
+pub mod partition;
 pub mod writer;

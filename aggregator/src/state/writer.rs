@@ -16,17 +16,17 @@
 //! its checkpoint is refused in the partition's slot, and its snapshots are refused in the slot
 //! of every account the new owner has claimed, written or loaded.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use meterline_schemas::keys::hot::HotKeys;
+use meterline_schemas::keys::hot::{self, HotKeys};
 use meterline_schemas::keys::Grain;
 use meterline_schemas::limits::WindowCounters;
 use redis::aio::ConnectionLike;
 use redis::Script;
 
-use super::account::{AccountState, Snapshot};
+use super::account::{AccountState, MemberSet, Snapshot};
 use crate::SinkError;
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
@@ -48,7 +48,8 @@ pub enum Written {
     Fenced,
 }
 
-/// Writes one partition's accounts and checkpoint.
+/// Writes one partition's accounts and checkpoint. Clones share the connection.
+#[derive(Clone)]
 pub struct StateWriter<C> {
     conn: C,
     keys: HotKeys,
@@ -84,70 +85,80 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         epoch: i64,
         account: &str,
     ) -> Result<Option<i64>, SinkError> {
-        let reply: Vec<String> = CLAIM_ACCOUNT
-            .key(self.keys.cur(account))
-            .arg(epoch)
-            .invoke_async(&mut self.conn)
-            .await?;
-        Ok(match reply.as_slice() {
-            [ok, tp, o] if ok == "OK" => Some(if *tp == self.topic_partition() {
-                o.parse().unwrap_or(-1)
-            } else {
-                -1
-            }),
-            _ => None,
-        })
+        Ok(self
+            .claim_and_read(epoch, account, false)
+            .await?
+            .map(|(o, _)| o))
     }
 
-    /// Claims an account for `epoch` and loads it back ([`AccountState::load`]): its state and
-    /// the offset its snapshot holds in this partition (-1 for none, and then an empty state),
-    /// or `None` if a newer epoch holds it.
+    /// Claims an account for `epoch` and loads it back ([`AccountState::load`]), in one call: its
+    /// state and the offset its snapshot holds in this partition (-1 for none, and then an empty
+    /// state), or `None` if a newer epoch holds it.
     pub async fn load_account(
         &mut self,
         epoch: i64,
         account: &str,
     ) -> Result<Option<(AccountState, i64)>, SinkError> {
-        let Some(o) = self.claim_account(epoch, account).await? else {
-            return Ok(None);
-        };
-        if o < 0 {
-            return Ok(Some((AccountState::default(), -1)));
-        }
-        let cur: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys.cur(account))
-            .query_async(&mut self.conn)
+        Ok(self
+            .claim_and_read(epoch, account, true)
+            .await?
+            .map(|(o, state)| (state, o)))
+    }
+
+    async fn claim_and_read(
+        &mut self,
+        epoch: i64,
+        account: &str,
+        load: bool,
+    ) -> Result<Option<(i64, AccountState)>, SinkError> {
+        type Reply = (
+            String,
+            String,
+            String,
+            Vec<String>,
+            Vec<(String, Vec<String>)>,
+            Vec<(String, Vec<String>)>,
+        );
+        let (status, tp, o, cur, sessions, dims): Reply = CLAIM_ACCOUNT
+            .key(self.keys.cur(account))
+            .arg(epoch)
+            .arg(self.topic_partition())
+            .arg(if load { "1" } else { "0" })
+            .invoke_async(&mut self.conn)
             .await?;
-        let cur: WindowCounters = cur
+        if status != "OK" {
+            return Ok(None);
+        }
+        let o = if tp == self.topic_partition() {
+            o.parse().unwrap_or(-1)
+        } else {
+            -1
+        };
+        if !load || o < 0 {
+            return Ok(Some((o, AccountState::default())));
+        }
+        let counters = |flat: Vec<String>| -> WindowCounters {
+            flat.chunks_exact(2)
+                .filter_map(|kv| Some((kv[0].clone(), kv[1].parse().ok()?)))
+                .collect()
+        };
+        let sessions: HashMap<String, WindowCounters> = sessions
             .into_iter()
-            .filter(|(f, _)| !f.starts_with('_'))
-            .filter_map(|(f, v)| Some((f, v.parse().ok()?)))
+            .map(|(id, flat)| (id, counters(flat)))
             .collect();
-        let mut months = BTreeSet::new();
-        let mut sessions = HashMap::new();
-        for field in cur.keys() {
-            if let Some(session) = field.strip_prefix("s:") {
-                let h: WindowCounters = redis::cmd("HGETALL")
-                    .arg(self.keys.session(account, session))
-                    .query_async(&mut self.conn)
-                    .await?;
-                sessions.insert(session.to_owned(), h);
-            } else if let Some(stamp) = field.strip_prefix("M:").and_then(|r| r.get(..6)) {
-                months.extend(Grain::Month.parse_stamp(stamp));
-            }
-        }
-        let mut dims = BTreeMap::new();
-        for month in months {
-            let fields: Vec<String> = redis::cmd("HKEYS")
-                .arg(self.keys.dims(account, month))
-                .query_async(&mut self.conn)
-                .await?;
-            dims.insert(month, fields);
-        }
-        Ok(Some((AccountState::load(&cur, &sessions, &dims), o)))
+        let dims: BTreeMap<DateTime<Utc>, Vec<String>> = dims
+            .into_iter()
+            .filter_map(|(stamp, fields)| Some((Grain::Month.parse_stamp(&stamp)?, fields)))
+            .collect();
+        Ok(Some((
+            o,
+            AccountState::load(&counters(cur), &sessions, &dims),
+        )))
     }
 
     /// Writes `state`, which continues the snapshot stored at `o_prev` up to the account's
-    /// event at `o_new`, as of `now`. Its new members are marked written once stored.
+    /// event at `o_new`, as of `now`. Once stored (or found stored already), the state forgets
+    /// what the snapshot wrote once ([`AccountState::written`]).
     pub async fn write_account(
         &mut self,
         epoch: i64,
@@ -156,46 +167,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         state: &mut AccountState,
         now: DateTime<Utc>,
     ) -> Result<Written, SinkError> {
-        let month = Grain::Month.window_start(now);
-        let Snapshot {
-            cur,
-            dims,
-            sessions,
-        } = state.snapshot(now);
-        let mut cur: Vec<(String, i64)> = cur.into_iter().collect();
-        cur.sort_unstable();
-
-        let mut call = SNAP.prepare_invoke();
-        call.key(self.keys.cur(account));
-        for m in dims.keys() {
-            call.key(self.keys.dims(account, *m));
-        }
-        for session in &sessions {
-            call.key(self.keys.session(account, &session.id));
-        }
-        call.arg(epoch)
-            .arg(self.topic_partition())
-            .arg(o_prev)
-            .arg(o_new)
-            .arg(Grain::Month.expires_at(month))
-            .arg(cur.len());
-        for (f, v) in &cur {
-            call.arg(f).arg(v);
-        }
-        call.arg(dims.len());
-        for (m, fields) in &dims {
-            call.arg(fields.len())
-                .arg(fields)
-                .arg(Grain::Month.expires_at(*m));
-        }
-        call.arg(sessions.len());
-        for session in &sessions {
-            call.arg(session.fields.len());
-            for (f, v) in &session.fields {
-                call.arg(f).arg(v);
-            }
-            call.arg(session.expires_at);
-        }
+        let call = self.snap_call(epoch, account, (o_prev, o_new), &state.snapshot(now), now);
         let reply: String = call.invoke_async(&mut self.conn).await?;
         let written = match reply.as_str() {
             "OK" => Written::Applied,
@@ -211,9 +183,123 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
             }
         };
         if matches!(written, Written::Applied | Written::Have) {
-            state.members_written();
+            state.written(now);
         }
         Ok(written)
+    }
+
+    /// `snap.lua`'s keys and arguments for `snapshot` (the layout is in the script's header).
+    fn snap_call(
+        &self,
+        epoch: i64,
+        account: &str,
+        (o_prev, o_new): (i64, i64),
+        snapshot: &Snapshot,
+        now: DateTime<Utc>,
+    ) -> redis::ScriptInvocation<'static> {
+        let keys = &self.keys;
+        // KEYS, each once: cur first, then in order of first use.
+        let mut names: Vec<String> = vec![keys.cur(account)];
+        let mut index: HashMap<String, usize> = HashMap::from([(names[0].clone(), 1)]);
+        let mut key = |name: String| -> usize {
+            *index.entry(name.clone()).or_insert_with(|| {
+                names.push(name);
+                names.len()
+            })
+        };
+        let month_expiry = |m: DateTime<Utc>| Grain::Month.expires_at(m);
+
+        let mut a: Vec<Vec<u8>> = Vec::new();
+        fn push(a: &mut Vec<Vec<u8>>, v: impl redis::ToRedisArgs) {
+            a.extend(v.to_redis_args());
+        }
+        push(&mut a, epoch);
+        push(&mut a, self.topic_partition());
+        push(&mut a, o_prev);
+        push(&mut a, o_new);
+        push(&mut a, month_expiry(Grain::Month.window_start(now)));
+
+        push(&mut a, snapshot.cur.len());
+        for (f, v) in &snapshot.cur {
+            push(&mut a, f);
+            push(&mut a, v);
+        }
+        push(&mut a, snapshot.cur_gone.len());
+        for f in &snapshot.cur_gone {
+            push(&mut a, f);
+        }
+        push(&mut a, snapshot.dims.len());
+        for (m, fields) in &snapshot.dims {
+            push(&mut a, key(keys.dims(account, *m)));
+            push(&mut a, fields.len());
+            for f in fields {
+                push(&mut a, f);
+            }
+            push(&mut a, month_expiry(*m));
+        }
+        push(&mut a, snapshot.sessions.len());
+        for session in &snapshot.sessions {
+            push(&mut a, key(keys.session(account, &session.id)));
+            push(&mut a, session.fields.len());
+            for (f, v) in &session.fields {
+                push(&mut a, f);
+                push(&mut a, v);
+            }
+            push(&mut a, session.expires_at);
+        }
+        push(&mut a, snapshot.moves.len());
+        for m in &snapshot.moves {
+            push(&mut a, key(keys.closed(account, m.grain, m.start)));
+            push(&mut a, hot::stamp(m.grain, m.start));
+            push(&mut a, m.fields.len());
+            for (f, v) in &m.fields {
+                push(&mut a, f);
+                push(&mut a, v);
+            }
+            push(&mut a, m.grain.expires_at(m.start));
+        }
+        push(&mut a, snapshot.late.len());
+        for w in &snapshot.late {
+            push(&mut a, key(keys.closed(account, w.grain, w.start)));
+            push(&mut a, w.fields.len());
+            for (f, v) in &w.fields {
+                push(&mut a, f);
+                push(&mut a, v);
+            }
+            push(&mut a, w.grain.expires_at(w.start));
+        }
+        push(&mut a, snapshot.late_members.len());
+        for m in &snapshot.late_members {
+            let (set, expires) = match m.set {
+                MemberSet::ClosedMonth(month) => (
+                    keys.closed(account, Grain::Month, month),
+                    month_expiry(month),
+                ),
+                MemberSet::Dims(month) => (keys.dims(account, month), month_expiry(month)),
+            };
+            push(&mut a, key(set));
+            push(&mut a, &m.field);
+            push(&mut a, key(keys.closed(account, m.grain, m.start)));
+            push(&mut a, &m.count_field);
+            push(&mut a, expires);
+        }
+
+        let mut call = SNAP.prepare_invoke();
+        for name in names {
+            call.key(name);
+        }
+        for v in a {
+            call.arg(v);
+        }
+        call
+    }
+
+    /// The ids the checkpoint holds for events of the day starting `day`.
+    pub async fn seen_ids(&mut self, day: DateTime<Utc>) -> Result<Vec<String>, SinkError> {
+        Ok(redis::cmd("SMEMBERS")
+            .arg(self.keys.seen(self.partition, day))
+            .query_async(&mut self.conn)
+            .await?)
     }
 
     /// Checkpoints the partition at `o_new` with the accounts changed since the last one (for

@@ -1,0 +1,443 @@
+//! One Kafka partition's share of the state store (design §3): its accounts in memory, its
+//! deduplication, and what its next checkpoint carries. **Not wired into the consumer yet.**
+//!
+//! The cycle, for the records of one partition in offset order:
+//! 1. [`Partition::is_new`] decides, once per record, whether its event id is new. The
+//!    decision depends only on the ids counted before it, which the checkpoint stores with its
+//!    offset, so a replay from the checkpoint decides the same.
+//! 2. The new events go to ClickHouse (the caller's business), then [`Partition::fold`] counts
+//!    each in its account, unless the account's stored snapshot already holds its offset.
+//! 3. [`Partition::flush`], when [`Partition::due`]: every changed account's snapshot
+//!    (`snap.lua`, [`FlushPolicy::in_flight`] at a time), then the checkpoint (`ckpt.lua`) with
+//!    the seen ids, the scorer's queue and the account index. Only then may the caller commit
+//!    the offset to Kafka.
+//!
+//! Why a replay counts every event once is the proof of design §4.2: a snapshot holds exactly
+//! its account's new events up to its `_o`, and the checkpoint's offset is at most the lowest
+//! point every account's snapshot has reached.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use meterline_schemas::keys::{Grain, SEEN_RETENTION_AFTER_DAY_SECS};
+use meterline_schemas::UsageEvent;
+use redis::aio::ConnectionLike;
+
+use super::account::AccountState;
+use super::writer::{StateWriter, Written};
+use crate::SinkError;
+
+/// When a partition flushes (design §3.3): the first of these.
+#[derive(Debug, Clone)]
+pub struct FlushPolicy {
+    /// The oldest unflushed change is this old and the consumer is caught up…
+    pub interval: Duration,
+    /// …or it is this old, caught up or not…
+    pub max_interval: Duration,
+    /// …or this many accounts wait to be written…
+    pub max_accounts: usize,
+    /// …or this many seen ids wait for the checkpoint.
+    pub max_seen: usize,
+    /// Snapshots sent at a time.
+    pub in_flight: usize,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(150),
+            max_interval: Duration::from_secs(1),
+            max_accounts: 20_000,
+            max_seen: 100_000,
+            in_flight: 8,
+        }
+    }
+}
+
+/// The event ids a partition has counted, by the day their events occurred on, for as long as
+/// a retry may come (the seen sets' life, 36 days after the day).
+///
+/// Ids are kept as 128-bit fingerprints (two SipHash-1-3 hashes under different domain bytes),
+/// about 20 bytes each instead of about 80 for the string: two ids of one day collide with
+/// probability about n²/2¹²⁹, 1.5·10⁻²⁵ at ten million. The strings are still what the
+/// checkpoint stores, so a reload rebuilds the same fingerprints.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Dedup {
+    days: BTreeMap<DateTime<Utc>, HashSet<u128>>,
+}
+
+fn id_fingerprint(id: &str) -> u128 {
+    let half = |domain: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        domain.hash(&mut h);
+        id.hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
+impl Dedup {
+    /// Whether `id`, of an event that occurred on the day starting `day`, is new; it is
+    /// remembered either way.
+    pub fn insert(&mut self, id: &str, day: DateTime<Utc>) -> bool {
+        self.days.entry(day).or_default().insert(id_fingerprint(id))
+    }
+
+    /// Forgets the days whose seen sets have expired at `now`.
+    pub fn prune(&mut self, now: DateTime<Utc>) {
+        self.days.retain(|day, _| {
+            day.timestamp() + 86_400 + SEEN_RETENTION_AFTER_DAY_SECS > now.timestamp()
+        });
+    }
+
+    /// Ids remembered.
+    pub fn len(&self) -> usize {
+        self.days.values().map(HashSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug)]
+struct Tracked {
+    state: AccountState,
+    /// The offset of the account's last event its stored snapshot holds (-1: none).
+    stored: i64,
+    /// The offset of the last event folded into `state`.
+    last: i64,
+}
+
+/// What a flush came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything up to this offset is durable: commit `through + 1` to Kafka.
+    Through(i64),
+    /// Nothing was due.
+    Nothing,
+    /// A newer assignment owns the partition (or one of its accounts): drop this state without
+    /// writing more, and let the owner replay from the checkpoint.
+    Fenced,
+    /// An account's stored snapshot is not the one this state continued (a concurrent rebuild,
+    /// or a bug): drop this state, claim again and replay from the checkpoint.
+    Conflict,
+}
+
+/// One partition's state; see the module documentation.
+#[derive(Debug)]
+pub struct Partition {
+    epoch: i64,
+    checkpointed: i64,
+    through: i64,
+    dedup: Dedup,
+    accounts: HashMap<Box<str>, Tracked>,
+    seen: BTreeMap<DateTime<Utc>, Vec<String>>,
+    seen_pending: usize,
+    changed: BTreeSet<Box<str>>,
+    oldest_change: Option<Instant>,
+}
+
+impl Partition {
+    /// A partition claimed under `epoch`, checkpointed at `checkpointed` (-1: never), with the
+    /// ids its checkpoint holds.
+    pub fn new(epoch: i64, checkpointed: i64, dedup: Dedup) -> Self {
+        Self {
+            epoch,
+            checkpointed,
+            through: checkpointed,
+            dedup,
+            accounts: HashMap::new(),
+            seen: BTreeMap::new(),
+            seen_pending: 0,
+            changed: BTreeSet::new(),
+            oldest_change: None,
+        }
+    }
+
+    /// Claims the partition for a new owner through `writer`: a higher epoch, the checkpoint,
+    /// and the deduplication read back from the seen sets of the days still kept at `now`.
+    pub async fn claim<C: ConnectionLike + Send>(
+        writer: &mut StateWriter<C>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, SinkError> {
+        let (epoch, checkpointed) = writer.claim().await?;
+        let mut dedup = Dedup::default();
+        let horizon = 86_400 + SEEN_RETENTION_AFTER_DAY_SECS;
+        let mut day = Grain::Day.window_start(now - chrono::Duration::seconds(horizon));
+        let last = Grain::Day.window_start(now + chrono::Duration::days(1));
+        while day <= last {
+            for id in writer.seen_ids(day).await? {
+                dedup.insert(&id, day);
+            }
+            day += chrono::Duration::days(1);
+        }
+        dedup.prune(now);
+        Ok(Self::new(epoch, checkpointed, dedup))
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// The offset the checkpoint holds: records at or below it are done.
+    pub fn checkpointed(&self) -> i64 {
+        self.checkpointed
+    }
+
+    /// The last offset handed to [`Self::advance`].
+    pub fn through(&self) -> i64 {
+        self.through
+    }
+
+    /// Whether the record of `id` (its event occurred on the day starting `day`) is the first
+    /// of its id; if so, the id goes to the next checkpoint.
+    pub fn is_new(&mut self, id: &str, day: DateTime<Utc>) -> bool {
+        let new = self.dedup.insert(id, day);
+        if new {
+            self.seen.entry(day).or_default().push(id.to_owned());
+            self.seen_pending += 1;
+        }
+        new
+    }
+
+    /// Whether the account is in memory.
+    pub fn holds(&self, account: &str) -> bool {
+        self.accounts.contains_key(account)
+    }
+
+    /// Takes an account loaded from Redis, whose snapshot holds its events up to `stored`.
+    pub fn insert_loaded(&mut self, account: &str, state: AccountState, stored: i64) {
+        self.accounts.insert(
+            account.into(),
+            Tracked {
+                state,
+                stored,
+                last: stored,
+            },
+        );
+    }
+
+    /// Loads the accounts of `accounts` that are not in memory, [`FlushPolicy::in_flight`] at
+    /// a time. `false` if a newer epoch holds one of them.
+    pub async fn load<C: ConnectionLike + Clone + Send>(
+        &mut self,
+        writer: &StateWriter<C>,
+        accounts: impl IntoIterator<Item = &str>,
+        in_flight: usize,
+    ) -> Result<bool, SinkError> {
+        let missing: BTreeSet<&str> = accounts.into_iter().filter(|a| !self.holds(a)).collect();
+        let epoch = self.epoch;
+        let mut loads =
+            futures::stream::iter(missing)
+                .map(|account| {
+                    let mut writer = writer.clone();
+                    async move {
+                        Ok::<_, SinkError>((account, writer.load_account(epoch, account).await?))
+                    }
+                })
+                .buffer_unordered(in_flight.max(1));
+        while let Some(loaded) = loads.next().await {
+            match loaded? {
+                (account, Some((state, stored))) => self.insert_loaded(account, state, stored),
+                (_, None) => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Counts a new event of a held account at `offset`, as of `now`, unless the account's
+    /// stored snapshot already holds it. The account goes to the scorer's queue either way.
+    ///
+    /// # Panics
+    /// If the account is not held ([`Self::load`] first).
+    pub fn fold(&mut self, offset: i64, e: &UsageEvent, now: DateTime<Utc>) {
+        let account = e.account_id.as_str();
+        let t = self
+            .accounts
+            .get_mut(account)
+            .expect("accounts are loaded before their events are folded");
+        if offset > t.stored {
+            t.state.fold(e, now);
+            t.last = t.last.max(offset);
+        }
+        if !self.changed.contains(account) {
+            self.changed.insert(account.into());
+        }
+        self.oldest_change.get_or_insert_with(Instant::now);
+    }
+
+    /// Every record up to `offset` is handled (its new events in ClickHouse and folded).
+    pub fn advance(&mut self, offset: i64) {
+        self.through = self.through.max(offset);
+        if self.through > self.checkpointed {
+            self.oldest_change.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Accounts with events their stored snapshot lacks.
+    pub fn unwritten(&self) -> usize {
+        self.accounts.values().filter(|t| t.last > t.stored).count()
+    }
+
+    /// Accounts in memory.
+    pub fn accounts(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Whether a flush is due at `now` under `policy`; `caught_up` when the consumer has
+    /// reached the end of the log.
+    pub fn due(&self, now: Instant, caught_up: bool, policy: &FlushPolicy) -> bool {
+        let Some(oldest) = self.oldest_change else {
+            return false;
+        };
+        let age = now.saturating_duration_since(oldest);
+        (caught_up && age >= policy.interval)
+            || age >= policy.max_interval
+            || self.unwritten() >= policy.max_accounts
+            || self.seen_pending >= policy.max_seen
+    }
+
+    /// Writes every changed account's snapshot as of `now`; see [`Flushed`] for the outcomes
+    /// other than `Ok(None)` (all written).
+    pub async fn write_accounts<C: ConnectionLike + Clone + Send>(
+        &mut self,
+        writer: &StateWriter<C>,
+        now: DateTime<Utc>,
+        in_flight: usize,
+    ) -> Result<Option<Flushed>, SinkError> {
+        let epoch = self.epoch;
+        let mut writes =
+            futures::stream::iter(self.accounts.iter_mut().filter(|(_, t)| t.last > t.stored))
+                .map(|(account, t)| {
+                    let mut writer = writer.clone();
+                    async move {
+                        let written = writer
+                            .write_account(epoch, account, (t.stored, t.last), &mut t.state, now)
+                            .await?;
+                        if matches!(written, Written::Applied | Written::Have) {
+                            t.stored = t.last;
+                        }
+                        Ok::<_, SinkError>(written)
+                    }
+                })
+                .buffer_unordered(in_flight.max(1));
+        let mut outcome = None;
+        while let Some(written) = writes.next().await {
+            match written? {
+                Written::Applied | Written::Have => {}
+                Written::Fenced => outcome = Some(Flushed::Fenced),
+                Written::Conflict => {
+                    outcome = outcome.or(Some(Flushed::Conflict));
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Flushes: the changed accounts' snapshots, then the checkpoint at [`Self::through`].
+    /// Written accounts with nothing left in memory are forgotten. On `Err`, retry: what was
+    /// written stays written (a repeated snapshot answers `HAVE`).
+    pub async fn flush<C: ConnectionLike + Clone + Send>(
+        &mut self,
+        writer: &StateWriter<C>,
+        now: DateTime<Utc>,
+        in_flight: usize,
+    ) -> Result<Flushed, SinkError> {
+        if self.oldest_change.is_none() {
+            return Ok(Flushed::Nothing);
+        }
+        if let Some(stop) = self.write_accounts(writer, now, in_flight).await? {
+            return Ok(stop);
+        }
+        let changed: Vec<&str> = self.changed.iter().map(|a| &**a).collect();
+        let mut writer = writer.clone();
+        if !writer
+            .checkpoint(self.epoch, self.through, &changed, &self.seen)
+            .await?
+        {
+            return Ok(Flushed::Fenced);
+        }
+        self.checkpointed = self.through;
+        self.seen.clear();
+        self.seen_pending = 0;
+        self.changed.clear();
+        self.oldest_change = None;
+        self.accounts.retain(|_, t| !t.state.is_empty());
+        self.dedup.prune(now);
+        Ok(Flushed::Through(self.through))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_new_once_per_day() {
+        let day = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 3, 0, 0, 0).unwrap();
+        let mut p = Partition::new(1, -1, Dedup::default());
+        assert!(p.is_new("e-1", day));
+        assert!(!p.is_new("e-1", day), "a retry is a duplicate");
+        assert!(p.is_new("e-2", day));
+        assert_eq!(
+            p.seen[&day],
+            ["e-1", "e-2"],
+            "new ids go to the checkpoint once"
+        );
+    }
+
+    #[test]
+    fn seen_days_are_forgotten_when_their_sets_expire() {
+        let day = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 1, 0, 0, 0).unwrap();
+        let mut d = Dedup::default();
+        d.insert("e-1", day);
+        let expiry = day + chrono::Duration::seconds(86_400 + SEEN_RETENTION_AFTER_DAY_SECS);
+        d.prune(expiry - chrono::Duration::seconds(1));
+        assert_eq!(d.len(), 1);
+        d.prune(expiry);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn the_flush_policy_waits_less_when_caught_up_and_never_past_its_bounds() {
+        let policy = FlushPolicy {
+            max_accounts: 2,
+            max_seen: 3,
+            ..FlushPolicy::default()
+        };
+        let day = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 3, 0, 0, 0).unwrap();
+        let mut p = Partition::new(1, -1, Dedup::default());
+        let t0 = Instant::now();
+        assert!(
+            !p.due(t0 + Duration::from_secs(5), true, &policy),
+            "nothing to flush"
+        );
+        p.advance(10);
+        let start = p.oldest_change.unwrap();
+        let at = |ms| start + Duration::from_millis(ms);
+        assert!(!p.due(at(149), true, &policy));
+        assert!(p.due(at(150), true, &policy), "caught up: 150 ms");
+        assert!(!p.due(at(999), false, &policy));
+        assert!(p.due(at(1000), false, &policy), "behind: 1 s");
+        for id in ["a", "b"] {
+            p.is_new(id, day);
+        }
+        assert!(!p.due(at(0), false, &policy));
+        p.is_new("c", day);
+        assert!(p.due(at(0), false, &policy), "3 seen ids wait");
+        let mut p = Partition::new(1, -1, Dedup::default());
+        for a in ["a", "b"] {
+            p.insert_loaded(a, AccountState::default(), -1);
+            p.accounts.get_mut(a).unwrap().last = 0;
+        }
+        p.advance(0);
+        assert!(
+            p.due(p.oldest_change.unwrap(), false, &policy),
+            "2 accounts wait"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! The state store written to a real Redis over forty simulated minutes (issue 21, design
+//! §3–4), against a ground truth computed from the log alone.
+//!
+//! One partition's log is built up front: six accounts, mostly fresh events, some late by
+//! minutes (their minute is closed) or by days (their hour is gone, their day closed), and
+//! retried copies of earlier events. Each simulated minute, the records that arrived are
+//! handled the way the aggregator will handle them (deduplicate, load the accounts, fold,
+//! advance), then at random:
+//! - the partition flushes (snapshots, then checkpoint);
+//! - the owner crashes, losing what it had not flushed;
+//! - the owner crashes between its snapshots and its checkpoint;
+//! - nothing happens yet.
+//!
+//! After a crash a new owner claims the partition (a higher epoch), reads the deduplication
+//! back from the seen sets, loads accounts from Redis as their records come, and replays from
+//! the checkpoint. Windows move out of `cur` as they close and late events add to closed
+//! hashes, across all of that.
+//!
+//! At the end, every window (counters and per-model counters), read from `cur` or else from its
+//! closed hash, every distinct count and every session in Redis equals the truth: each event id
+//! counted once, in each window whose key had not expired when it arrived (the log keeps clear
+//! of those boundaries). The checkpoint holds the last offset.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use meterline_aggregator::state::partition::{Flushed, Partition};
+use meterline_aggregator::state::writer::StateWriter;
+use meterline_schemas::keys::hot::{self, HotKeys};
+use meterline_schemas::keys::{Dim, Grain, SESSION_RETENTION_SECS};
+use meterline_schemas::limits::WindowCounters;
+use meterline_schemas::{AccountId, UsageEvent};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TOPIC: &str = "usage";
+const MINUTES: i64 = 40;
+
+/// A record of the log: when it reaches the broker, and its event.
+struct Record {
+    arrives: DateTime<Utc>,
+    event: UsageEvent,
+}
+
+fn build_log(rng: &mut StdRng, t0: DateTime<Utc>) -> Vec<Record> {
+    let mut log: Vec<Record> = Vec::new();
+    let mut n = 0;
+    for minute in 0..MINUTES {
+        for _ in 0..rng.random_range(0..14) {
+            let arrives =
+                t0 + Duration::minutes(minute) + Duration::seconds(rng.random_range(0..60));
+            if !log.is_empty() && rng.random_bool(0.1) {
+                // A gateway's retry: the same event again.
+                let copy = log[rng.random_range(0..log.len())].event.clone();
+                log.push(Record {
+                    arrives,
+                    event: copy,
+                });
+                continue;
+            }
+            let age = match rng.random_range(0..10) {
+                0 => Duration::minutes(rng.random_range(5..55)),
+                1 => {
+                    Duration::days(rng.random_range(3..20))
+                        + Duration::seconds(rng.random_range(0..86_400))
+                }
+                _ => Duration::seconds(rng.random_range(0..20)),
+            };
+            let at = arrives - age;
+            n += 1;
+            log.push(Record {
+                arrives,
+                event: UsageEvent {
+                    event_id: format!("e-{n}"),
+                    occurred_at: at.timestamp_micros(),
+                    received_at: arrives.timestamp_micros(),
+                    account_id: AccountId::parse(&format!("store-{}", rng.random_range(0..6)))
+                        .unwrap(),
+                    api_key_id: format!("k-{}", rng.random_range(0..3)),
+                    gateway_id: "gw".into(),
+                    region: ["eu-west-1", "us-east-1"][rng.random_range(0..2)].into(),
+                    cloud: "aws".into(),
+                    provider: "openai".into(),
+                    model: ["gpt-4o", "gpt-4o-mini", "claude-3-haiku"][rng.random_range(0..3)]
+                        .into(),
+                    input_tokens: rng.random_range(0..500),
+                    output_tokens: rng.random_range(0..100),
+                    cost_micros: Some(rng.random_range(0..50)),
+                    latency_ms: None,
+                    status: Some(if rng.random_bool(0.1) { 500 } else { 200 }),
+                    session_id: rng
+                        .random_bool(0.8)
+                        .then(|| format!("s-{}", rng.random_range(0..5))),
+                    user_id: rng
+                        .random_bool(0.7)
+                        .then(|| format!("u-{}", rng.random_range(0..4))),
+                    plugins: vec![],
+                    pii_detected: false,
+                    client_ip_hash: rng
+                        .random_bool(0.5)
+                        .then(|| format!("ip-{}", rng.random_range(0..3))),
+                    device_id: None,
+                    prompt_hash: None,
+                },
+            });
+        }
+    }
+    log.sort_by_key(|r| r.arrives);
+    log
+}
+
+/// What Redis must hold, computed from the log with no code of the state store.
+#[derive(Default)]
+struct Truth {
+    /// (account, grain, start) → today's window fields.
+    windows: BTreeMap<(String, Grain, DateTime<Utc>), WindowCounters>,
+    /// (account, grain, start, dim) → distinct members.
+    members: BTreeMap<(String, Grain, DateTime<Utc>, Dim), BTreeSet<String>>,
+    /// (account, session) → the session hash's fields.
+    sessions: BTreeMap<(String, String), WindowCounters>,
+}
+
+impl Truth {
+    fn of(log: &[Record]) -> Self {
+        let mut t = Truth::default();
+        let mut ids = BTreeSet::new();
+        for r in log {
+            let e = &r.event;
+            if !ids.insert(e.event_id.clone()) {
+                continue;
+            }
+            let account = e.account_id.as_str().to_owned();
+            let at = DateTime::from_timestamp(e.occurred_at / 1_000_000, 0).unwrap();
+            let err = i64::from(e.is_error());
+            let base = [
+                ("req", 1),
+                ("err", err),
+                ("in", e.input_tokens),
+                ("out", e.output_tokens),
+                ("cost", e.cost_micros.unwrap_or(0)),
+            ];
+            for grain in Grain::ALL {
+                let start = grain.window_start(at);
+                if grain.expires_at(start) <= r.arrives.timestamp() {
+                    continue;
+                }
+                let w = t
+                    .windows
+                    .entry((account.clone(), grain, start))
+                    .or_default();
+                for (f, v) in base {
+                    *w.entry(f.into()).or_default() += v;
+                }
+                if matches!(grain, Grain::Day | Grain::Month) {
+                    for (c, v) in [("req", 1), ("in", e.input_tokens), ("out", e.output_tokens)] {
+                        *w.entry(format!("m:{}:{c}", e.model)).or_default() += v;
+                    }
+                }
+                let mut member = |dim: Dim, m: Option<&str>| {
+                    if let Some(m) = m.filter(|m| !m.is_empty()) {
+                        t.members
+                            .entry((account.clone(), grain, start, dim))
+                            .or_default()
+                            .insert(m.to_owned());
+                    }
+                };
+                match grain {
+                    Grain::Month => {
+                        member(Dim::Models, Some(&e.model));
+                        member(Dim::Providers, Some(&e.provider));
+                        member(Dim::Regions, Some(&e.region));
+                        member(Dim::Clouds, Some(&e.cloud));
+                        member(Dim::Users, e.user_id.as_deref());
+                        member(Dim::ApiKeys, Some(&e.api_key_id));
+                        member(Dim::IpHashes, e.client_ip_hash.as_deref());
+                        member(Dim::Sessions, e.session_id.as_deref());
+                    }
+                    Grain::Day => member(Dim::Sessions, e.session_id.as_deref()),
+                    _ => {}
+                }
+            }
+            if let Some(s) = &e.session_id {
+                if at.timestamp() + SESSION_RETENTION_SECS > r.arrives.timestamp() {
+                    let h = t.sessions.entry((account.clone(), s.clone())).or_default();
+                    for (f, v) in base {
+                        *h.entry(f.into()).or_default() += v;
+                    }
+                    *h.entry(format!("m:{}:in", e.model)).or_default() += e.input_tokens;
+                    *h.entry(format!("m:{}:out", e.model)).or_default() += e.output_tokens;
+                }
+            }
+        }
+        for fields in t.windows.values_mut().chain(t.sessions.values_mut()) {
+            fields.retain(|_, v| *v != 0);
+        }
+        t
+    }
+}
+
+/// The owner of the partition: its writer and its state.
+struct Owner {
+    writer: StateWriter<redis::aio::ConnectionManager>,
+    partition: Partition,
+}
+
+/// What the test's owner did, to show that every path was taken.
+#[derive(Debug, Default)]
+struct Paths {
+    flushes: usize,
+    crashes: usize,
+    torn_flushes: usize,
+    /// Windows found in their closed hash (moved, or only ever late).
+    read_closed: usize,
+}
+
+async fn run_seed(seed: u64, paths: &mut Paths) {
+    let config = common::isolated_config(&common::unique_suffix());
+    let prefix = config.redis.key_prefix.clone();
+    let keys = HotKeys::new(prefix.clone()).unwrap();
+    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
+    let mut redis = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let writer = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0);
+
+    // Simulated time starts at the real minute, so Redis's expiries (real time) keep every key.
+    let t0 = Utc::now().duration_trunc(Duration::minutes(1)).unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let log = build_log(&mut rng, t0);
+    let truth = Truth::of(&log);
+
+    let mut owner: Option<Owner> = None;
+    let mut next = 0usize;
+    let end = t0 + Duration::minutes(MINUTES);
+    let mut now = t0;
+    while now <= end {
+        now += Duration::minutes(1);
+        let mut o = match owner.take() {
+            Some(o) => o,
+            None => {
+                let mut w = writer.clone();
+                let partition = Partition::claim(&mut w, now).await.unwrap();
+                next = usize::try_from(partition.checkpointed() + 1).unwrap();
+                Owner {
+                    writer: w,
+                    partition,
+                }
+            }
+        };
+        let arrived = log[next..].iter().take_while(|r| r.arrives < now).count();
+        let batch: Vec<(i64, &UsageEvent)> = (next..next + arrived)
+            .map(|i| (i as i64, &log[i].event))
+            .collect();
+        next += arrived;
+        let p = &mut o.partition;
+        let new: Vec<(i64, &UsageEvent)> = batch
+            .iter()
+            .copied()
+            .filter(|(_, e)| {
+                let day = Grain::Day
+                    .window_start(DateTime::from_timestamp(e.occurred_at / 1_000_000, 0).unwrap());
+                p.is_new(&e.event_id, day)
+            })
+            .collect();
+        assert!(p
+            .load(&o.writer, new.iter().map(|(_, e)| e.account_id.as_str()), 4)
+            .await
+            .unwrap());
+        for (offset, e) in &new {
+            p.fold(*offset, e, now);
+        }
+        if let Some((last, _)) = batch.last() {
+            p.advance(*last);
+        }
+        let last_minute = now > end;
+        match rng.random_range(0..10) {
+            _ if last_minute => {
+                let through = p.flush(&o.writer, now, 8).await.unwrap();
+                assert!(matches!(through, Flushed::Through(_) | Flushed::Nothing));
+                owner = Some(o);
+            }
+            0 => paths.crashes += 1,
+            1 => {
+                assert_eq!(p.write_accounts(&o.writer, now, 8).await.unwrap(), None);
+                paths.torn_flushes += 1;
+            }
+            2..=4 => owner = Some(o),
+            _ => {
+                assert!(matches!(
+                    p.flush(&o.writer, now, 8).await.unwrap(),
+                    Flushed::Through(_) | Flushed::Nothing
+                ));
+                paths.flushes += 1;
+                owner = Some(o);
+            }
+        }
+    }
+    assert_eq!(next, log.len());
+    let ckpt: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.checkpoint(0, TOPIC))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(ckpt["o"], log.len() as i64 - 1, "seed {seed}");
+
+    // Read every account back.
+    let hash = |key: String| {
+        let mut redis = redis.clone();
+        async move {
+            redis::cmd("HGETALL")
+                .arg(key)
+                .query_async::<HashMap<String, String>>(&mut redis)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|(f, _)| !f.starts_with('_'))
+                .map(|(f, v)| (f, v.parse::<i64>().unwrap()))
+                .collect::<WindowCounters>()
+        }
+    };
+    let accounts: BTreeSet<&str> = log.iter().map(|r| r.event.account_id.as_str()).collect();
+    let mut curs = HashMap::new();
+    for a in &accounts {
+        curs.insert(*a, hash(keys.cur(a)).await);
+    }
+    let mut checked = 0;
+    for ((a, grain, start), want) in &truth.windows {
+        let cur = &curs[a.as_str()];
+        let closed = hash(keys.closed(a, *grain, *start)).await;
+        let got = hot::window(cur, Some(&closed), *grain, *start);
+        assert_eq!(&got, want, "seed {seed}: {a} {grain:?} {start}");
+        checked += 1;
+        if hot::window(cur, None, *grain, *start).is_empty() {
+            paths.read_closed += 1;
+        }
+    }
+    for ((a, grain, start, dim), members) in &truth.members {
+        let name = hot::count_name(*dim);
+        let in_cur = curs[a.as_str()]
+            .get(&hot::field(*grain, *start, &name))
+            .copied();
+        let count = match in_cur {
+            Some(n) => n,
+            None => hash(keys.closed(a, *grain, *start))
+                .await
+                .get(&name)
+                .copied()
+                .unwrap_or(0),
+        };
+        assert_eq!(
+            count,
+            members.len() as i64,
+            "seed {seed}: {a} {grain:?} {start} {dim:?}"
+        );
+    }
+    for ((a, s), want) in &truth.sessions {
+        assert_eq!(
+            &hash(keys.session(a, s)).await,
+            want,
+            "seed {seed}: {a} session {s}"
+        );
+    }
+    assert!(checked > 100, "seed {seed}: only {checked} windows");
+    common::remove_redis_keys(&mut redis, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_state_store_that_crashes_and_replays_leaves_exactly_the_logs_sums_in_redis() {
+    let mut paths = Paths::default();
+    for seed in 1..=6 {
+        run_seed(seed, &mut paths).await;
+    }
+    assert!(
+        paths.flushes > 20 && paths.crashes > 3 && paths.torn_flushes > 3 && paths.read_closed > 50,
+        "{paths:?}"
+    );
+}
