@@ -30,6 +30,8 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Duration, Utc};
 use meterline_aggregator::state::account::AccountState;
 use meterline_aggregator::state::writer::{StateWriter, Written};
+use meterline_infra::redis::HotConn;
+use meterline_infra::RedisConfig;
 use meterline_schemas::keys::hot::HotKeys;
 use meterline_schemas::limits::WindowCounters;
 use meterline_schemas::{AccountId, UsageEvent};
@@ -100,22 +102,20 @@ fn expected_cur(state: &AccountState, epoch: i64, o: i64, now: DateTime<Utc>) ->
 
 /// One test's Redis under its own prefix, the two writers of partition 0, and its clock.
 struct Setup {
-    prefix: String,
     keys: HotKeys,
-    redis: redis::aio::ConnectionManager,
-    a: StateWriter<redis::aio::ConnectionManager>,
-    b: StateWriter<redis::aio::ConnectionManager>,
+    deployment: RedisConfig,
+    redis: HotConn,
+    a: StateWriter<HotConn>,
+    b: StateWriter<HotConn>,
     now: DateTime<Utc>,
 }
 
 impl Setup {
-    async fn new() -> Self {
-        let config = common::isolated_config(&common::unique_suffix());
-        let keys = HotKeys::new(config.redis.key_prefix.clone()).unwrap();
-        let client = redis::Client::open(config.redis.url.as_str()).unwrap();
-        let redis = redis::aio::ConnectionManager::new(client).await.unwrap();
+    async fn new(deployment: RedisConfig) -> Self {
+        let keys = HotKeys::new(deployment.key_prefix.clone()).unwrap();
+        let redis = deployment.connect().await.unwrap();
         Self {
-            prefix: config.redis.key_prefix,
+            deployment,
             a: StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0),
             b: StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0),
             keys,
@@ -155,11 +155,7 @@ impl Setup {
 }
 
 /// An account's `cur` as stored, without the writer's `_e` and `_tp`.
-async fn stored_cur(
-    redis: &mut redis::aio::ConnectionManager,
-    keys: &HotKeys,
-    account: &str,
-) -> WindowCounters {
+async fn stored_cur(redis: &mut HotConn, keys: &HotKeys, account: &str) -> WindowCounters {
     redis::cmd("HGETALL")
         .arg(keys.cur(account))
         .query_async::<HashMap<String, String>>(redis)
@@ -173,10 +169,20 @@ async fn stored_cur(
 
 #[tokio::test]
 async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would() {
-    let mut t = Setup::new().await;
+    let config = common::isolated_config(&common::unique_suffix());
+    for deployment in common::hot_deployments(&config) {
+        a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would_on(deployment)
+            .await;
+    }
+}
+
+async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would_on(
+    deployment: RedisConfig,
+) {
+    let mut t = Setup::new(deployment).await;
     let (_, mem_a, _) = t.a_writes_the_first_hundred().await;
     let Setup {
-        prefix,
+        deployment,
         keys,
         mut redis,
         mut b,
@@ -239,16 +245,25 @@ async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_woul
             assert_eq!(stored, s.fields.into_iter().collect(), "{account} {}", s.id);
         }
     }
-    common::remove_redis_keys(&mut redis, &prefix).await;
+    common::remove_hot_keys(&deployment).await;
 }
 
 #[tokio::test]
 async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state() {
+    let config = common::isolated_config(&common::unique_suffix());
+    for deployment in common::hot_deployments(&config) {
+        a_writer_from_an_older_assignment_cannot_overwrite_newer_state_on(deployment).await;
+    }
+}
+
+async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state_on(
+    deployment: RedisConfig,
+) {
     // 1. A owns the partition.
-    let mut t = Setup::new().await;
+    let mut t = Setup::new(deployment).await;
     let (ea, mut mem_a, _) = t.a_writes_the_first_hundred().await;
     let Setup {
-        prefix,
+        deployment,
         keys,
         mut redis,
         mut a,
@@ -364,15 +379,22 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state() {
         .unwrap();
     assert_eq!(queued.len(), 12, "A's and B's changes, once each");
 
-    common::remove_redis_keys(&mut redis, &prefix).await;
+    common::remove_hot_keys(&deployment).await;
 }
 
 #[tokio::test]
 async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere() {
-    let mut t = Setup::new().await;
+    let config = common::isolated_config(&common::unique_suffix());
+    for deployment in common::hot_deployments(&config) {
+        after_the_new_owners_claim_the_zombie_is_refused_everywhere_on(deployment).await;
+    }
+}
+
+async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere_on(deployment: RedisConfig) {
+    let mut t = Setup::new(deployment).await;
     let (ea, mut mem_a, written) = t.a_writes_the_first_hundred().await;
     let Setup {
-        prefix,
+        deployment,
         keys,
         mut redis,
         mut a,
@@ -418,5 +440,5 @@ async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere() {
             "{account}"
         );
     }
-    common::remove_redis_keys(&mut redis, &prefix).await;
+    common::remove_hot_keys(&deployment).await;
 }

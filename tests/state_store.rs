@@ -20,6 +20,9 @@
 //! closed hash, every distinct count and every session in Redis equals the truth: each event id
 //! counted once, in each window whose key had not expired when it arrived (the log keeps clear
 //! of those boundaries). The checkpoint holds the last offset.
+//!
+//! It runs on the standalone Redis and, under `scripts/test.sh`, on a local three-master Redis
+//! Cluster, where every script must keep to one slot (`common::hot_deployments`).
 
 mod common;
 
@@ -28,6 +31,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use meterline_aggregator::state::partition::{Flushed, Partition};
 use meterline_aggregator::state::writer::StateWriter;
+use meterline_infra::redis::HotConn;
+use meterline_infra::RedisConfig;
 use meterline_schemas::keys::hot::{self, HotKeys};
 use meterline_schemas::keys::{Dim, Grain, SESSION_RETENTION_SECS};
 use meterline_schemas::limits::WindowCounters;
@@ -201,7 +206,7 @@ impl Truth {
 
 /// The owner of the partition: its writer and its state.
 struct Owner {
-    writer: StateWriter<redis::aio::ConnectionManager>,
+    writer: StateWriter<HotConn>,
     partition: Partition,
 }
 
@@ -215,12 +220,9 @@ struct Paths {
     read_closed: usize,
 }
 
-async fn run_seed(seed: u64, paths: &mut Paths) {
-    let config = common::isolated_config(&common::unique_suffix());
-    let prefix = config.redis.key_prefix.clone();
-    let keys = HotKeys::new(prefix.clone()).unwrap();
-    let client = redis::Client::open(config.redis.url.as_str()).unwrap();
-    let mut redis = redis::aio::ConnectionManager::new(client).await.unwrap();
+async fn run_seed(seed: u64, deployment: &RedisConfig, paths: &mut Paths) {
+    let keys = HotKeys::new(deployment.key_prefix.clone()).unwrap();
+    let mut redis = deployment.connect().await.unwrap();
     let writer = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 0);
 
     // Simulated time starts at the real minute, so Redis's expiries (real time) keep every key.
@@ -361,14 +363,17 @@ async fn run_seed(seed: u64, paths: &mut Paths) {
         );
     }
     assert!(checked > 100, "seed {seed}: only {checked} windows");
-    common::remove_redis_keys(&mut redis, &prefix).await;
+    common::remove_hot_keys(deployment).await;
 }
 
 #[tokio::test]
 async fn a_state_store_that_crashes_and_replays_leaves_exactly_the_logs_sums_in_redis() {
+    let config = common::isolated_config(&common::unique_suffix());
     let mut paths = Paths::default();
-    for seed in 1..=6 {
-        run_seed(seed, &mut paths).await;
+    for deployment in common::hot_deployments(&config) {
+        for seed in 1..=6 {
+            run_seed(seed, &deployment, &mut paths).await;
+        }
     }
     assert!(
         paths.flushes > 20 && paths.crashes > 3 && paths.torn_flushes > 3 && paths.read_closed > 50,

@@ -178,6 +178,16 @@ fn bad_values_name_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("`http.listen`"), "{err}");
+    let err = Config::load(
+        None,
+        env(&[("METERLINE_REDIS__CLUSTER_NODES", "redis://127.0.0.1:7000")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`redis.cluster_nodes`") && err.contains("layout v2"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.toml");

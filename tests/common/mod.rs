@@ -402,29 +402,56 @@ pub struct Sums {
 
 pub type WindowSums = HashMap<(String, i64), Sums>;
 
-/// Deletes every Redis key under `prefix` (a test's own), in batches.
-pub async fn remove_redis_keys(redis: &mut impl redis::aio::ConnectionLike, prefix: &str) {
-    let mut cursor = 0u64;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(redis)
+/// The Redis deployments the hot-state v2 tests run on, under `config`'s prefix: the standalone
+/// server, and the local cluster of `scripts/redis-cluster.sh` when
+/// `METERLINE_TEST_REDIS_CLUSTER` names its nodes (`scripts/test.sh` starts it and sets it).
+pub fn hot_deployments(config: &Config) -> Vec<meterline_infra::RedisConfig> {
+    let mut out = vec![config.redis.clone()];
+    match std::env::var("METERLINE_TEST_REDIS_CLUSTER") {
+        Ok(nodes) if !nodes.trim().is_empty() => out.push(meterline_infra::RedisConfig {
+            cluster_nodes: nodes,
+            ..config.redis.clone()
+        }),
+        _ => eprintln!(
+            "METERLINE_TEST_REDIS_CLUSTER is not set: standalone Redis only (scripts/test.sh runs the cluster too)"
+        ),
+    }
+    out
+}
+
+/// Deletes every key under `redis.key_prefix` on every node of `redis` (one server, or each
+/// node of a cluster, one key per command since a cluster refuses commands across slots).
+pub async fn remove_hot_keys(redis: &meterline_infra::RedisConfig) {
+    let nodes = match redis.cluster_node_list() {
+        nodes if nodes.is_empty() => vec![redis.url.clone()],
+        nodes => nodes,
+    };
+    for node in nodes {
+        let mut conn = redis::Client::open(node.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
             .await
             .unwrap();
-        if !found.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&found)
-                .query_async::<()>(redis)
+        let mut cursor = 0u64;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", redis.key_prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
                 .await
                 .unwrap();
+            let mut pipe = redis::pipe();
+            for key in &found {
+                pipe.cmd("UNLINK").arg(key).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await.unwrap();
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
 }
