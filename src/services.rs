@@ -10,6 +10,8 @@ use meterline_aggregator::batch::Sinks;
 use meterline_aggregator::consumer::Topics;
 use meterline_aggregator::decode::Decoder;
 use meterline_aggregator::metrics::AggregatorMetrics;
+use meterline_aggregator::state::partition::FlushPolicy;
+use meterline_aggregator::state::store::HotStore;
 use meterline_aggregator::{
     accounts_sink::AccountsSink, clickhouse_sink::ClickHouseSink, redis_sink::RedisSink, Aggregator,
 };
@@ -24,6 +26,7 @@ use meterline_ingest::read::{
 use meterline_ingest::server::IngestServer;
 use meterline_ingest::{AppState, TokenStore};
 use meterline_notifier::{Notifier, NotifierMetrics, NotifierService};
+use meterline_schemas::keys::hot::HotKeys;
 use meterline_schemas::keys::Keys;
 use meterline_schemas::{avro, IpHasher, UnsubscribeKey};
 use meterline_scorer::load::Stores;
@@ -102,7 +105,11 @@ pub async fn read_path(
         ),
         directory,
         notices,
-        hot: HotState::new(redis, keys),
+        hot: HotState::new(
+            redis,
+            keys,
+            HotKeys::new(config.redis.key_prefix.clone()).context("redis.key_prefix")?,
+        ),
         recorder,
     };
     Ok((read, vec![listener, notice_listener, writer]))
@@ -176,6 +183,18 @@ pub async fn aggregator(
             &config.kafka.usage_topic,
             &config.kafka.account_topic,
         ),
+        hot: Arc::new(tokio::sync::Mutex::new(HotStore::new(
+            config
+                .redis
+                .connect()
+                .await
+                .context("connecting to Redis")?,
+            HotKeys::new(config.redis.key_prefix.clone()).context("redis.key_prefix")?,
+            &config.kafka.usage_topic,
+            // The scorer drains one queue; every partition's changed accounts go to it.
+            Some(redis.keys().dirty()),
+            FlushPolicy::default(),
+        ))),
         redis,
         accounts: AccountsSink::new(pool.clone()),
     };
@@ -229,6 +248,7 @@ pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> R
         stores: Stores {
             clickhouse: config.clickhouse.client(),
             redis,
+            hot: HotKeys::new(config.redis.key_prefix.clone()).context("redis.key_prefix")?,
             keys,
             pg: pool.clone(),
             public_domains: Arc::new(config.public_domains()?),

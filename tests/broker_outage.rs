@@ -135,13 +135,12 @@ async fn broker_down_gives_503_and_the_retry_counts_once() {
         .sum();
     assert_eq!((count, input), (50, expected_input));
     let redis = app.redis().await;
-    let key = format!(
-        "{}u:acct-o:M:{}",
-        app.config.redis.key_prefix,
-        now.format("%Y%m")
-    );
-    // Redis is written just after ClickHouse; give the last batch a moment to land there. The
-    // sentinel counts there too.
+    let key = meterline_schemas::keys::hot::HotKeys::new(app.config.redis.key_prefix.clone())
+        .unwrap()
+        .cur("acct-o");
+    let month = format!("M:{}", now.format("%Y%m"));
+    // Redis is written just after ClickHouse (at the state store's next flush); give the last
+    // batch a moment to land there. The sentinel counts there too.
     let want = (Some(51), Some(expected_input + 7));
     wait_for(
         &format!("{key} at {want:?}"),
@@ -150,8 +149,8 @@ async fn broker_down_gives_503_and_the_retry_counts_once() {
             let mut redis = redis.clone();
             let got: (Option<u64>, Option<u64>) = redis::cmd("HMGET")
                 .arg(&key)
-                .arg("req")
-                .arg("in")
+                .arg(format!("{month}:req"))
+                .arg(format!("{month}:in"))
                 .query_async(&mut redis)
                 .await
                 .unwrap();

@@ -77,10 +77,10 @@ async fn day_requests(
     account: &str,
 ) -> u64 {
     let day = Utc::now().format("%Y%m%d");
-    let v: Option<u64> = redis
-        .hget(format!("{prefix}u:{account}:d:{day}"), "req")
-        .await
-        .unwrap();
+    let cur = meterline_schemas::keys::hot::HotKeys::new(prefix)
+        .unwrap()
+        .cur(account);
+    let v: Option<u64> = redis.hget(cur, format!("d:{day}:req")).await.unwrap();
     v.unwrap_or(0)
 }
 
@@ -295,11 +295,10 @@ async fn wait_for_exact_totals(app: &TestApp, stream: &Stream, acked: u64, timeo
         let mut pipe = redis::pipe();
         for a in 0..stream.accounts {
             pipe.hget(
-                format!(
-                    "{}u:{}-a{a}:M:{month}",
-                    app.config.redis.key_prefix, stream.prefix
-                ),
-                "req",
+                meterline_schemas::keys::hot::HotKeys::new(app.config.redis.key_prefix.clone())
+                    .unwrap()
+                    .cur(&format!("{}-a{a}", stream.prefix)),
+                format!("M:{month}:req"),
             );
         }
         let counts: Vec<Option<u64>> = pipe.query_async(&mut redis).await.unwrap();

@@ -11,6 +11,7 @@ use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Timelike, Utc};
 use clickhouse::Row;
 use common::*;
 use meterline::services::Components;
+use meterline_schemas::keys::{Dim, Grain};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
@@ -291,7 +292,12 @@ async fn assert_totals(app: &TestApp, traffic: &Traffic) {
     .await;
 }
 
-/// Every Redis key whose counters differ from what the traffic adds up to, described.
+/// A counter as the hot state holds it: layout v2 leaves zeros out.
+fn nonzero(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
+}
+
+/// Every Redis window whose counters differ from what the traffic adds up to, described.
 async fn redis_mismatches(app: &TestApp, traffic: &Traffic) -> Vec<String> {
     let mut out = Vec::new();
     // Redis: every hour and day window, the month, and the minute buckets of the last 100
@@ -299,38 +305,30 @@ async fn redis_mismatches(app: &TestApp, traffic: &Traffic) -> Vec<String> {
     let mut redis = app.redis().await;
     let prefix = &app.config.redis.key_prefix;
     let now = Utc::now();
-    for (grain, code, fmt) in [
-        ("hour", "h", "%Y%m%d%H"),
-        ("day", "d", "%Y%m%d"),
-        ("minute", "m", "%Y%m%d%H%M"),
+    for (grain, hot_grain) in [
+        ("hour", Grain::Hour),
+        ("day", Grain::Day),
+        ("minute", Grain::Minute),
     ] {
         for ((account, start), w) in expected(&traffic.unique_valid, grain) {
             let start_t = Utc.timestamp_opt(start, 0).unwrap();
             if grain == "minute" && now - start_t > ChronoDuration::minutes(100) {
                 continue;
             }
-            let key = format!("{prefix}u:{account}:{code}:{}", start_t.format(fmt));
-            let (req, input, output): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
-                .arg(&key)
-                .arg("req")
-                .arg("in")
-                .arg("out")
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            if (req, input, output) != (Some(w.requests), Some(w.input), Some(w.output)) {
+            let (window, ttl) = hot_window(&mut redis, prefix, &account, hot_grain, start_t).await;
+            let get = |f: &str| window.get(f).map(|v| *v as u64);
+            let (req, input, output) = (get("req"), get("in"), get("out"));
+            let want = (Some(w.requests), nonzero(w.input), nonzero(w.output));
+            if (req, input, output) != want {
                 out.push(format!(
-                    "{key}: got {req:?}/{input:?}/{output:?}, want {w:?}"
+                    "{account} {grain} {start_t}: got {req:?}/{input:?}/{output:?}, want {w:?}"
                 ));
                 continue;
             }
-            let ttl: i64 = redis::cmd("TTL")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
             if ttl <= 0 {
-                out.push(format!("{key} has no expiry (TTL {ttl})"));
+                out.push(format!(
+                    "{account} {grain} {start_t} has no expiry (TTL {ttl})"
+                ));
             }
         }
     }
@@ -352,28 +350,22 @@ async fn redis_mismatches(app: &TestApp, traffic: &Traffic) -> Vec<String> {
         s.models.insert(e["model"].as_str().unwrap().to_owned());
     }
     for ((account, month), w) in months {
-        let key = format!("{prefix}u:{account}:M:{month}");
-        let (req, input, output): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("req")
-            .arg("in")
-            .arg("out")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        if (req, input, output) != (Some(w.requests), Some(w.input), Some(w.output)) {
+        let month_t = Grain::Month.parse_stamp(&month).unwrap();
+        let (window, _) = hot_window(&mut redis, prefix, &account, Grain::Month, month_t).await;
+        let get = |f: &str| window.get(f).map(|v| *v as u64);
+        let (req, input, output) = (get("req"), get("in"), get("out"));
+        if (req, input, output) != (Some(w.requests), nonzero(w.input), nonzero(w.output)) {
             out.push(format!(
-                "{key}: got {req:?}/{input:?}/{output:?}, want {w:?}"
+                "{account} month {month}: got {req:?}/{input:?}/{output:?}, want {w:?}"
             ));
             continue;
         }
-        let models: BTreeSet<String> = redis::cmd("SMEMBERS")
-            .arg(format!("{key}:models"))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let models = hot_month_members(&mut redis, prefix, &account, month_t, Dim::Models).await;
         if models != w.models {
-            out.push(format!("{key}:models: got {models:?}, want {:?}", w.models));
+            out.push(format!(
+                "{account} month {month} models: got {models:?}, want {:?}",
+                w.models
+            ));
         }
     }
     out

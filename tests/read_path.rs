@@ -1,8 +1,9 @@
 //! The read path against real Redis and PostgreSQL: every tier and granularity at its
 //! boundaries, with the exact decision body; `/usage`; token scoping; recorded decisions.
 //!
-//! Usage is laid into Redis by the aggregator's own fold and Redis sink (the code that writes
-//! it in production), so these tests exercise the key contract both sides share.
+//! Usage is laid into Redis by the aggregator's own state store and writer (the code that
+//! writes it in production, `common::lay_usage`), so these tests exercise the key contract both
+//! sides share.
 
 mod common;
 
@@ -12,11 +13,9 @@ use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use common::*;
 use meterline::services::{self, Components};
 use meterline::Config;
-use meterline_aggregator::fold::{fold_event, RedisDelta};
-use meterline_aggregator::redis_sink::RedisSink;
 use meterline_ingest::read::directory::set_limit_override;
 use meterline_ingest::Scope;
-use meterline_schemas::keys::{Grain, Keys};
+use meterline_schemas::keys::Grain;
 use meterline_schemas::limits::{QuotaConfig, TierConfig};
 use meterline_schemas::{AccountId, UsageEvent};
 use serde_json::{json, Value};
@@ -97,7 +96,6 @@ fn test_config() -> Config {
 struct ReadApp {
     app: TestApp,
     read_token: String,
-    sink: RedisSink,
     pool: sqlx::PgPool,
     /// When laid-down usage happened: this UTC day, outside the rolling minute.
     at: DateTime<Utc>,
@@ -121,16 +119,9 @@ async fn spawn_read_app() -> ReadApp {
         .create(&format!("reader-{}", unique_suffix()), &[Scope::Read], None)
         .await
         .unwrap();
-    let sink = RedisSink::connect(
-        &app.config.redis.url,
-        Keys::new(app.config.redis.key_prefix.clone()),
-    )
-    .await
-    .unwrap();
     ReadApp {
         app,
         read_token,
-        sink,
         pool,
         at: Utc::now() - ChronoDuration::minutes(3),
     }
@@ -170,13 +161,9 @@ fn event(
 }
 
 impl ReadApp {
-    /// Folds `events` into Redis exactly as the aggregator does.
+    /// Folds `events` into Redis exactly as the aggregator's state store does.
     async fn lay(&self, events: &[UsageEvent]) {
-        let mut delta = RedisDelta::default();
-        for e in events {
-            fold_event(&mut delta, self.sink.keys(), e, Utc::now());
-        }
-        self.sink.apply(&delta).await.unwrap();
+        lay_usage(&self.app.config.redis, events, Utc::now()).await;
     }
 
     /// One request's worth of `tokens` raw input tokens on model `tiny` (weight 1).

@@ -778,6 +778,7 @@ async fn history_queries_bind_account_ids_and_plugin_names() {
             .await
             .unwrap(),
         keys: meterline_schemas::keys::Keys::new(config.redis.key_prefix.clone()),
+        hot: meterline_schemas::keys::hot::HotKeys::new(config.redis.key_prefix.clone()).unwrap(),
         pg: meterline::migrate::connect_postgres(&config).await.unwrap(),
         public_domains: std::sync::Arc::new(config.public_domains().unwrap()),
     };

@@ -380,3 +380,48 @@ async fn a_state_store_that_crashes_and_replays_leaves_exactly_the_logs_sums_in_
         "{paths:?}"
     );
 }
+
+/// Lua's `unpack` takes a few thousand values at most: a flush that checkpoints 20,000 new ids,
+/// of an account with 10,000 new members, still goes through, on every deployment.
+#[tokio::test]
+async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
+    let config = common::isolated_config(&common::unique_suffix());
+    for deployment in common::hot_deployments(&config) {
+        let keys = HotKeys::new(deployment.key_prefix.clone()).unwrap();
+        let mut redis = deployment.connect().await.unwrap();
+        let writer = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 3);
+        let now = Utc::now();
+        let mut p = Partition::claim(&mut writer.clone(), now).await.unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut e = build_log(&mut rng, now)
+            .into_iter()
+            .find(|r| r.event.occurred_at > (now - Duration::minutes(1)).timestamp_micros())
+            .expect("a fresh event")
+            .event;
+        assert!(p.load(&writer, [e.account_id.as_str()], 1).await.unwrap());
+        for i in 0..20_000i64 {
+            e.event_id = format!("big-{i}");
+            e.user_id = (i < 10_000).then(|| format!("user-{i}"));
+            assert!(p.is_new(&e.event_id, Grain::Day.window_start(now)));
+            p.fold(i, &e, now);
+        }
+        p.advance(19_999);
+        assert_eq!(
+            p.flush(&writer, now, 8).await.unwrap(),
+            Flushed::Through(19_999)
+        );
+        let seen: u64 = redis::cmd("SCARD")
+            .arg(keys.seen(3, Grain::Day.window_start(now)))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(seen, 20_000);
+        let dims: u64 = redis::cmd("HLEN")
+            .arg(keys.dims(e.account_id.as_str(), Grain::Month.window_start(now)))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(dims >= 10_000, "{dims}");
+        common::remove_hot_keys(&deployment).await;
+    }
+}

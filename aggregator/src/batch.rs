@@ -1,30 +1,40 @@
 //! Writing one batch, exactly once, across three stores that share no transaction.
 //!
-//! Usage events, per batch:
+//! Usage events, per batch (design §4.1 of `docs/design/hot-state-v2.md`):
 //!
-//! 1. Ask Redis which event ids were already counted (`{p}seen:{day}` sets). An event is *new*
-//!    when Redis has not seen it and no earlier record in this batch carries its id.
-//! 2. Ask ClickHouse for its watermark: the highest offset per partition of this topic it
-//!    already holds.
-//!    New events above the watermark are inserted; those at or below it were inserted by an
-//!    attempt that crashed before Redis was written, and are not inserted again.
-//! 3. Apply the fold of the new events and their "seen" marks to Redis, in small atomic script
-//!    calls (each event's counters and seen mark in the same one).
-//! 4. Only then does the caller commit the offsets.
+//! 1. Drop the records at or below what their partition has handled. The rest are *new* when
+//!    the partition's deduplication ([`crate::state::partition::Partition::is_new`]) has not
+//!    counted their id; the decisions are kept in [`WriteProgress`], so a retry reuses them.
+//! 2. Ask ClickHouse for its watermark (the highest offset per partition it holds) and insert
+//!    the new events above it.
+//! 3. Fold the new events into their accounts in memory, skipping those an account's stored
+//!    snapshot already holds (offset at or below its `_o`).
+//! 4. Later, when the partition flushes (`state::store`): each changed account's snapshot, then
+//!    the checkpoint, which stores the seen ids and the offset together. Only then is the offset
+//!    committed to Kafka.
 //!
-//! Why this is exact: records of one account (so every copy of one event, which carries the
-//! same account id) live in one partition and are processed in offset order by one consumer.
-//! Redis is written after ClickHouse, a few events at a time, atomically, so after a crash Redis
-//! has each event's counters exactly when it has its seen mark, and ClickHouse either has a prefix-closed range of offsets (it is one
-//! INSERT, and the watermark is filled by the same INSERT) or none. Replaying from the last
-//! commit makes the same "new" decisions (Redis has not changed) and skips what ClickHouse
-//! already holds. The horizon is the life of a seen set: 36 days after the event's day, longer
-//! than the oldest event ingest accepts.
+//! Why this is exact. Every copy of an event carries the same account, so all copies land in one
+//! partition, read in offset order by one owner per epoch.
+//! - *Deduplication replays the same.* The checkpoint at offset c holds exactly the ids counted
+//!   up to c, so a new owner resuming at c + 1 starts from the same deduplication and makes the
+//!   same decisions.
+//! - *Snapshots hold a prefix.* An account's stored state is the fold of its new events up to its
+//!   `_o`: `snap.lua` replaces the state stored at `O_prev` by one that continues it, or changes
+//!   nothing, and the increments it carries for closed windows land with it, once.
+//! - *The checkpoint is behind every snapshot.* Every changed account is written before the
+//!   checkpoint that covers its events, and ClickHouse before the fold.
+//! So after a crash anywhere, the replay from c + 1 inserts into ClickHouse only above its
+//! watermark, and folds into an account only above its `_o`: every event counts once in each
+//! store. A writer from an older assignment is refused by the epoch in every script; the only
+//! writes it can still make are continuations of untouched accounts, which are the same fold of
+//! the same log. The horizon is the life of a day's seen ids: 36 days after the day, longer than
+//! the oldest event ingest accepts.
 //!
 //! Account events follow the same pattern with PostgreSQL in Redis's role: the `account_events`
 //! table is the seen-set and the accounts update shares its transaction.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -34,84 +44,29 @@ use tracing::Instrument;
 use crate::accounts_sink::AccountsSink;
 use crate::clickhouse_sink::{ClickHouseSink, Stream};
 use crate::decode::{Decoded, DecodedBatch};
-use crate::fold::{account_deltas, occurred_at, RedisDelta};
 use crate::metrics::AggregatorMetrics;
 use crate::redis_sink::RedisSink;
+use crate::state::store::{HotStore, UsageDecisions};
 use crate::SinkError;
-
-/// Redis calls per script call ([`RedisDelta::redis_calls`]): about 0.3 ms of Redis time
-/// here when most keys are new (a minute window, a session), less when they exist. Redis
-/// serves nobody else while a script runs, so this is how long a gateway's quota check can
-/// wait behind the aggregator (one script is in flight at a time, see
-/// `redis_sink::SCRIPTS_IN_FLIGHT`). At 2,000 checks/s with 5,000 events/s ingested, the
-/// checks' p99 was 0.85–1.4 ms at 120 calls, 1.2–1.9 ms at 150 and 1.3–2.4 ms at 250. Smaller
-/// calls cost aggregation throughput (about 11 % from 250 to 120) and mean more calls per
-/// event (0.07 over 10,000 accounts); see BENCHMARKS.md.
-pub const REDIS_CALLS_PER_SCRIPT: usize = 120;
-
-/// Deltas folded at a time before they are applied: a round of folding off the async workers
-/// for every few dozen script calls, so a batch over many accounts never holds all its deltas.
-const DELTAS_PER_FOLD: usize = 32;
-
-/// Runs CPU-bound work (folding a 20,000-event batch takes about a quarter of a second) without
-/// holding up the runtime's other tasks: in `meterline run` the aggregator shares the runtime
-/// with ingest and the read path, whose quota checks would otherwise wait behind it. On a
-/// multi-threaded runtime the worker hands its queue to another thread first; a
-/// current-thread runtime (unit and integration tests) just runs it.
-fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
-        _ => work(),
-    }
-}
-
-/// Folds `events`, grouped by account, into deltas and applies them to Redis
-/// [`DELTAS_PER_FOLD`] at a time, so a batch over many accounts never holds all its deltas at
-/// once. The fold runs off the async workers. `lap` is told after each fold ("fold") and each
-/// application ("redis_apply"). Returns the Redis commands sent.
-pub(crate) async fn fold_and_apply(
-    redis: &RedisSink,
-    events: &[&UsageEvent],
-    now: DateTime<Utc>,
-    mut lap: impl FnMut(&'static str),
-) -> Result<usize, SinkError> {
-    let mut folded = 0;
-    let mut commands = 0;
-    while folded < events.len() {
-        let group: Vec<RedisDelta> = off_the_async_workers(|| {
-            let mut deltas = account_deltas(
-                events[folded..].iter().copied(),
-                redis.keys(),
-                now,
-                REDIS_CALLS_PER_SCRIPT,
-            );
-            let group = deltas.by_ref().take(DELTAS_PER_FOLD).collect();
-            folded += deltas.consumed();
-            group
-        });
-        lap("fold");
-        commands += redis.apply_all(&group).await?;
-        lap("redis_apply");
-    }
-    Ok(commands)
-}
 
 /// The sinks a batch is written to.
 #[derive(Clone)]
 pub struct Sinks {
     pub clickhouse: ClickHouseSink,
+    /// Account events mark the scorer's queue here.
     pub redis: RedisSink,
     pub accounts: AccountsSink,
+    /// The hot state of the usage partitions this aggregator holds.
+    pub hot: Arc<tokio::sync::Mutex<HotStore>>,
 }
 
 /// What happened to a batch's events.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchOutcome {
-    pub usage_counted: usize,
-    pub usage_duplicates: usize,
+    /// Usage events found new and folded (durable at their partition's next flush).
+    pub usage_new: usize,
     pub account_applied: usize,
     pub account_duplicates: usize,
-    pub redis_commands: usize,
 }
 
 /// Keeps the first record of each id that `already` does not hold, in batch order.
@@ -131,46 +86,41 @@ fn first_unseen<'a, T>(
 }
 
 impl Sinks {
+    /// Usage events (design §4.1): the partitions' deduplication decides what is new (once per
+    /// batch, kept in `done` across retries), the new events above the watermark go to
+    /// ClickHouse, then the state store folds them. Nothing reaches Redis here: the store's
+    /// flush does ([`HotStore::flush_due`]). `last` is each usage partition's last offset in
+    /// the batch, decoded or not. Returns the new events.
     pub async fn write_usage(
         &self,
         usage: &[Decoded<UsageEvent>],
+        last: &BTreeMap<i32, i64>,
+        done: &mut WriteProgress,
         now: DateTime<Utc>,
         metrics: &AggregatorMetrics,
-    ) -> Result<(usize, usize), SinkError> {
-        if usage.is_empty() {
-            return Ok((0, 0));
-        }
+    ) -> Result<usize, SinkError> {
         let mut clock = Instant::now();
-        let ids: Vec<(&str, DateTime<Utc>)> = usage
-            .iter()
-            .map(|d| (d.event.event_id.as_str(), occurred_at(&d.event)))
-            .collect();
-        let seen = self.redis.already_seen(&ids).await?;
-        let new = first_unseen(usage, |e| &e.event_id, &seen);
-        metrics.lap("redis_seen", &mut clock);
-
-        let watermarks = self.clickhouse.watermarks(Stream::Usage).await?;
-        let to_insert: Vec<_> = new
-            .iter()
-            .copied()
-            .filter(|d| watermarks.get(&d.partition).is_none_or(|w| d.offset > *w))
-            .collect();
-        self.clickhouse.insert_usage(&to_insert).await?;
-        metrics.lap("clickhouse", &mut clock);
-
-        // Redis runs a script without serving anyone else, and gateways read the hot state in
-        // the meantime. So the batch goes in as many small atomic deltas, grouped by account
-        // so that an account's events fold together: an event's counters and its seen mark
-        // always travel together, which is all exactly-once needs (a replay skips what is
-        // marked seen).
-        let mut by_account = new.clone();
-        by_account.sort_by(|a, b| a.event.account_id.as_str().cmp(b.event.account_id.as_str()));
-        let events: Vec<&UsageEvent> = by_account.iter().map(|d| &d.event).collect();
-        let commands = 1 + fold_and_apply(&self.redis, &events, now, |stage| {
-            metrics.lap(stage, &mut clock)
-        })
-        .await?;
-        Ok((new.len(), commands))
+        let mut hot = self.hot.lock().await;
+        if done.usage_decisions.is_none() {
+            done.usage_decisions = Some(hot.decide(usage, now).await?);
+        }
+        let decisions = done.usage_decisions.as_ref().expect("decided above");
+        metrics.lap("dedup", &mut clock);
+        if !done.usage_inserted {
+            let watermarks = self.clickhouse.watermarks(Stream::Usage).await?;
+            let to_insert: Vec<&Decoded<UsageEvent>> = decisions
+                .new
+                .iter()
+                .map(|&i| &usage[i])
+                .filter(|d| watermarks.get(&d.partition).is_none_or(|w| d.offset > *w))
+                .collect();
+            self.clickhouse.insert_usage(&to_insert).await?;
+            done.usage_inserted = true;
+            metrics.lap("clickhouse", &mut clock);
+        }
+        hot.fold(usage, decisions, last, now).await?;
+        metrics.lap("fold", &mut clock);
+        Ok(decisions.new.len())
     }
 
     pub async fn write_accounts(
@@ -216,9 +166,11 @@ impl Sinks {
 
     /// Writes the decoded part of a batch. `done` remembers which streams an earlier attempt
     /// already finished, so a retry after a failure does not redo (or double-count) them.
+    /// `last` is each usage partition's last offset in the batch.
     pub async fn write(
         &self,
         batch: &DecodedBatch,
+        last: &BTreeMap<i32, i64>,
         done: &mut WriteProgress,
         metrics: &AggregatorMetrics,
     ) -> Result<BatchOutcome, SinkError> {
@@ -226,7 +178,7 @@ impl Sinks {
         if done.usage.is_none() {
             let span = tracing::debug_span!("write_usage", events = batch.usage.len());
             done.usage = Some(
-                self.write_usage(&batch.usage, now, metrics)
+                self.write_usage(&batch.usage, last, done, now, metrics)
                     .instrument(span)
                     .await?,
             );
@@ -236,24 +188,22 @@ impl Sinks {
             done.account = Some(self.write_accounts(&batch.account).await?);
             metrics.lap("accounts", &mut clock);
         }
-        let (usage_counted, redis_commands) = done.usage.unwrap_or_default();
+        let usage_new = done.usage.unwrap_or_default();
         let account_applied = done.account.unwrap_or_default();
         let outcome = BatchOutcome {
-            usage_counted,
-            usage_duplicates: batch.usage.len() - usage_counted,
+            usage_new,
             account_applied,
             account_duplicates: batch.account.len() - account_applied,
-            redis_commands,
         };
+        // Usage events count once their partition's flush makes them durable (the consumer).
         metrics
             .events
             .with_label_values(&["counted"])
-            .inc_by((usage_counted + account_applied) as u64);
+            .inc_by(account_applied as u64);
         metrics
             .events
             .with_label_values(&["duplicate"])
-            .inc_by((outcome.usage_duplicates + outcome.account_duplicates) as u64);
-        metrics.redis_commands.inc_by(redis_commands as u64);
+            .inc_by(outcome.account_duplicates as u64);
         Ok(outcome)
     }
 }
@@ -262,7 +212,11 @@ impl Sinks {
 #[derive(Debug, Default)]
 pub struct WriteProgress {
     pub dead_letters: bool,
-    pub usage: Option<(usize, usize)>,
+    /// Which usage records are new: decided once, since deciding remembers the ids.
+    pub usage_decisions: Option<UsageDecisions>,
+    pub usage_inserted: bool,
+    /// The usage events found new, once folded.
+    pub usage: Option<usize>,
     pub account: Option<usize>,
 }
 

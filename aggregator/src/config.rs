@@ -23,7 +23,7 @@ impl Default for AggregatorConfig {
             group_id: "meterline-aggregator".into(),
             instance_id: "aggregator-0".into(),
             batch_max_events: 20_000,
-            batch_max_wait_ms: 250,
+            batch_max_wait_ms: 100,
             retry_max_backoff_ms: 5_000,
         }
     }

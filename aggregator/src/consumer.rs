@@ -18,6 +18,7 @@ use crate::config::AggregatorConfig;
 use crate::dead_letter::DeadLetters;
 use crate::decode::{Decoder, RawRecord, Stream};
 use crate::metrics::AggregatorMetrics;
+use crate::state::store::FlushAction;
 use crate::SinkError;
 
 /// How often an aggregator waiting for records looks at its partition assignment (for the
@@ -122,19 +123,101 @@ impl Aggregator {
             let Some(records) = self.collect_batch(max_wait, &shutdown).await else {
                 break;
             };
-            if records.is_empty() {
-                continue;
+            let caught_up = records.len() < self.config.batch_max_events;
+            if !records.is_empty() {
+                self.metrics.lap("collect", &mut clock);
+                if !self.write_with_retry(&records, &shutdown).await {
+                    break;
+                }
+                let mut clock = Instant::now();
+                self.commit_accounts(&records).await;
+                self.metrics.lap("commit", &mut clock);
             }
-            self.metrics.lap("collect", &mut clock);
-            if !self.write_with_retry(&records, &shutdown).await {
+            if !self.flush_with_retry(caught_up, false, &shutdown).await {
                 break;
             }
-            let mut clock = Instant::now();
-            self.commit(&records).await;
-            self.metrics.lap("commit", &mut clock);
         }
+        // Shutting down: what is folded is made durable (and committed) before leaving.
+        self.flush_with_retry(true, true, &CancellationToken::new())
+            .await;
         tracing::info!("aggregator stopped");
         Ok(())
+    }
+
+    /// Flushes the usage partitions that are due (all with changes when `all`), retrying with
+    /// backoff until it succeeds, then commits their checkpoints to Kafka or rewinds the ones
+    /// whose state was dropped. False when shutdown interrupted the retries.
+    async fn flush_with_retry(
+        &self,
+        caught_up: bool,
+        all: bool,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
+        let mut delays = write_backoff(WRITE_RETRY_BASE, max_backoff).build();
+        let mut clock = Instant::now();
+        let actions = loop {
+            let result = self
+                .sinks
+                .hot
+                .lock()
+                .await
+                .flush_due(caught_up, all, chrono::Utc::now())
+                .await;
+            match result {
+                Ok(actions) => break actions,
+                Err(e) => {
+                    self.metrics.batch_failures.inc();
+                    let delay = delays.next().unwrap_or(max_backoff);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "hot state not flushed; retrying, usage offsets not committed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        };
+        if actions.is_empty() {
+            return true;
+        }
+        self.metrics.lap("flush", &mut clock);
+        let mut commits = Vec::new();
+        for (partition, action) in actions {
+            match action {
+                FlushAction::Commit {
+                    offset,
+                    counted,
+                    duplicates,
+                } => {
+                    self.metrics
+                        .events
+                        .with_label_values(&["counted"])
+                        .inc_by(counted);
+                    self.metrics
+                        .events
+                        .with_label_values(&["duplicate"])
+                        .inc_by(duplicates);
+                    commits.push((self.topics.usage.clone(), partition, offset));
+                }
+                FlushAction::Rewind(offset) => {
+                    let consumer = self.consumer.clone();
+                    let topic = self.topics.usage.clone();
+                    let sought = tokio::task::spawn_blocking(move || {
+                        consumer.seek(
+                            &topic,
+                            partition,
+                            Offset::Offset(offset),
+                            Duration::from_secs(10),
+                        )
+                    })
+                    .await;
+                    tracing::warn!(partition, offset, result = ?sought.map(|r| r.map_err(|e| e.to_string())), "usage partition rewound to its checkpoint");
+                }
+            }
+        }
+        self.commit_offsets(commits).await;
+        self.metrics.lap("commit", &mut clock);
+        true
     }
 
     /// Reads up to a batch. `None` once shutdown is requested and nothing is pending.
@@ -154,9 +237,16 @@ impl Aggregator {
             ASSIGNMENT_CHECK,
         );
         assignment_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // With folded events not yet flushed and no record coming, come back empty-handed after
+        // the flush interval so the flush is not held up by a quiet topic.
+        let flush_wait = {
+            let hot = self.sinks.hot.lock().await;
+            hot.has_pending()
+                .then(|| tokio::time::Instant::now() + hot.policy.interval)
+        };
         while records.len() < self.config.batch_max_events {
             let wait = async {
-                match deadline {
+                match deadline.or(flush_wait) {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
@@ -261,21 +351,39 @@ impl Aggregator {
             progress.dead_letters = true;
         }
         self.metrics.lap("decode", &mut clock);
-        let outcome = self.sinks.write(&decoded, progress, &self.metrics).await?;
+        let mut last: std::collections::BTreeMap<i32, i64> = Default::default();
+        for r in records.iter().filter(|r| r.topic == self.topics.usage) {
+            let e = last.entry(r.partition).or_insert(r.offset);
+            *e = (*e).max(r.offset);
+        }
+        let outcome = self
+            .sinks
+            .write(&decoded, &last, progress, &self.metrics)
+            .await?;
         tracing::debug!(?outcome, "batch written");
         Ok(())
     }
 
-    async fn commit(&self, records: &[RawRecord]) {
+    /// Commits the account topic's records of a written batch. Usage offsets are committed by
+    /// the flushes, from their checkpoints.
+    async fn commit_accounts(&self, records: &[RawRecord]) {
         let mut next: HashMap<(String, i32), i64> = HashMap::new();
-        for r in records {
+        for r in records.iter().filter(|r| r.topic == self.topics.account) {
             let e = next
                 .entry((r.topic.clone(), r.partition))
                 .or_insert(r.offset + 1);
             *e = (*e).max(r.offset + 1);
         }
+        self.commit_offsets(next.into_iter().map(|((t, p), o)| (t, p, o)).collect())
+            .await;
+    }
+
+    async fn commit_offsets(&self, offsets: Vec<(String, i32, i64)>) {
+        if offsets.is_empty() {
+            return;
+        }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
+        for (topic, partition, offset) in offsets {
             if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset)) {
                 tracing::error!(error = %e, "building the commit list");
                 return;

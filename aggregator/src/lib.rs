@@ -44,4 +44,6 @@ pub enum SinkError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("schema registry: {0}")]
     Registry(String),
+    #[error("hot state: {0}")]
+    HotState(String),
 }

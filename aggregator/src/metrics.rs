@@ -26,11 +26,11 @@ pub struct AggregatorMetrics {
 pub const STAGES: [&str; 8] = [
     "collect",
     "decode",
-    "redis_seen",
+    "dedup",
     "clickhouse",
     "fold",
-    "redis_apply",
     "accounts",
+    "flush",
     "commit",
 ];
 

@@ -109,10 +109,13 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         let mut e = event(&mut rng, &run, 0);
         e["account_id"] = Value::from(account.clone());
         let (url, token) = (url.clone(), token.clone());
-        let (redis_client, ch, key) = (
+        let (redis_client, ch, month, key) = (
             redis_client.clone(),
             ch.clone(),
-            format!("{}u:{account}:M:{month}", c.redis.key_prefix),
+            month.clone(),
+            meterline_schemas::keys::hot::HotKeys::new(c.redis.key_prefix.clone())
+                .expect("redis.key_prefix")
+                .cur(&account),
         );
         probes.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
@@ -146,7 +149,7 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
             let to_redis = loop {
                 let v: Option<u64> = match redis::cmd("HGET")
                     .arg(&key)
-                    .arg("req")
+                    .arg(format!("M:{month}:req"))
                     .query_async(&mut conn)
                     .await
                 {

@@ -248,6 +248,7 @@ impl RedisProbe {
     async fn start(config: &Config, accounts: usize) -> Result<Self> {
         let client = redis::Client::open(config.redis.url.as_str())?;
         let keys = meterline_schemas::keys::Keys::new(config.redis.key_prefix.clone());
+        let hot_keys = meterline_schemas::keys::hot::HotKeys::new(config.redis.key_prefix.clone())?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -258,7 +259,7 @@ impl RedisProbe {
                     .build()?;
                 runtime.block_on(async move {
                     let conn = redis::aio::ConnectionManager::new(client).await?;
-                    let hot = meterline_ingest::read::HotState::new(conn, keys);
+                    let hot = meterline_ingest::read::HotState::new(conn, keys, hot_keys);
                     let mut pick = StdRng::seed_from_u64(17);
                     let period = Duration::from_secs_f64(1.0 / Self::RATE as f64);
                     let started = Instant::now();

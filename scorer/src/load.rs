@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use meterline_schemas::keys::{field, Dim, Grain, Keys};
+use meterline_schemas::keys::hot::{self, HotKeys};
+use meterline_schemas::keys::{field, Grain, Keys};
 use meterline_schemas::limits::{QuotaConfig, RawUsage, TiersConfig, WindowCounters};
 use meterline_schemas::public_domains::PublicDomains;
 use meterline_schemas::{AccountEventType, AccountId, Plan, SignalKind};
@@ -26,7 +27,10 @@ use crate::ScoreError;
 pub struct Stores {
     pub clickhouse: clickhouse::Client,
     pub redis: ConnectionManager,
+    /// The scorer's queue (`Keys::dirty`).
     pub keys: Keys,
+    /// The hot state, in layout v2, under the same prefix.
+    pub hot: HotKeys,
     pub pg: PgPool,
     /// `[accounts] public_domains`: never rolled up, never worth domain points.
     pub public_domains: Arc<PublicDomains>,
@@ -268,28 +272,25 @@ impl Stores {
     }
 
     async fn load_hot_state(&self, f: &mut AccountFacts) -> Result<(), ScoreError> {
-        let k = &self.keys;
-        let a = f.account_id.as_str();
-        let month = Grain::Month.window_start(f.now);
-        let day = Grain::Day.window_start(f.now);
-        let (m, d, ds, ms, regions): (WindowCounters, WindowCounters, u64, u64, Vec<String>) =
-            redis::pipe()
-                .hgetall(k.window(a, Grain::Month, month))
-                .hgetall(k.window(a, Grain::Day, day))
-                .scard(k.day_sessions(a, day))
-                .scard(k.month_set(a, month, Dim::Sessions))
-                .smembers(k.month_set(a, month, Dim::Regions))
-                .query_async(&mut self.redis.clone())
-                .await?;
-        f.month_raw_tokens = (m.get(field::INPUT_TOKENS).copied().unwrap_or(0)
-            + m.get(field::OUTPUT_TOKENS).copied().unwrap_or(0))
+        let cur: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.hot.cur(f.account_id.as_str()))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let cur: WindowCounters = cur
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with('_'))
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect();
+        let raw = hot::raw_usage(&cur, None, f.now);
+        f.month_raw_tokens = (raw.month.get(field::INPUT_TOKENS).copied().unwrap_or(0)
+            + raw.month.get(field::OUTPUT_TOKENS).copied().unwrap_or(0))
         .max(0) as u64;
-        f.month_regions = regions.into_iter().collect();
+        f.month_regions = hot::month_lists(&cur, f.now).regions.into_iter().collect();
         f.raw = RawUsage {
-            month: m,
-            day: d,
-            day_sessions: ds,
-            month_sessions: ms,
+            month: raw.month,
+            day: raw.day,
+            day_sessions: raw.day_sessions,
+            month_sessions: raw.month_sessions,
             ..RawUsage::default()
         };
         Ok(())

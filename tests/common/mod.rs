@@ -318,6 +318,15 @@ pub async fn prepare(config: &Config) -> String {
 }
 
 pub async fn spawn_with(config: Config, which: Components) -> TestApp {
+    // The components' warnings and errors go to the test's captured output (shown when it
+    // fails); RUST_LOG says otherwise.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     let token = prepare(&config).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = services::start(&config, which, Some(listener), CancellationToken::new())
@@ -454,4 +463,112 @@ pub async fn remove_hot_keys(redis: &meterline_infra::RedisConfig) {
             cursor = next;
         }
     }
+}
+
+/// Writes `events` into the hot state under `redis`'s prefix the way the aggregator's state
+/// store does (layout v2): each account is loaded from Redis (claimed for a fresh epoch of a
+/// `lay` partition), folds its events at `now`, and is written back. For tests that need
+/// usage in Redis without running the pipeline.
+pub async fn lay_usage(
+    redis: &meterline_infra::RedisConfig,
+    events: &[meterline_schemas::UsageEvent],
+    now: DateTime<Utc>,
+) {
+    use meterline_aggregator::state::writer::{StateWriter, Written};
+    let keys = meterline_schemas::keys::hot::HotKeys::new(redis.key_prefix.clone()).unwrap();
+    let mut writer = StateWriter::new(redis.connect().await.unwrap(), keys, "lay", 0);
+    let (epoch, _) = writer.claim().await.unwrap();
+    let mut by_account: std::collections::BTreeMap<&str, Vec<&meterline_schemas::UsageEvent>> =
+        Default::default();
+    for e in events {
+        by_account.entry(e.account_id.as_str()).or_default().push(e);
+    }
+    for (account, events) in by_account {
+        let (mut state, o) = writer.load_account(epoch, account).await.unwrap().unwrap();
+        for e in &events {
+            state.fold(e, now);
+        }
+        let written = writer
+            .write_account(
+                epoch,
+                account,
+                (o, o + events.len() as i64),
+                &mut state,
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(written, Written::Applied, "{account}");
+    }
+}
+
+/// A hash of the hot state as numbers, without the writer's `_` fields.
+pub async fn hot_hash(
+    redis: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+) -> meterline_schemas::limits::WindowCounters {
+    redis::cmd("HGETALL")
+        .arg(key)
+        .query_async::<HashMap<String, String>>(redis)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(f, _)| !f.starts_with('_'))
+        .filter_map(|(f, v)| Some((f, v.parse().ok()?)))
+        .collect()
+}
+
+/// One window of an account in the hot state (layout v2): from `cur` while it is there, else
+/// from its closed hash (`keys::hot::window`), with the TTL of the hash that holds it.
+pub async fn hot_window(
+    redis: &mut impl redis::aio::ConnectionLike,
+    prefix: &str,
+    account: &str,
+    grain: meterline_schemas::keys::Grain,
+    start: DateTime<Utc>,
+) -> (meterline_schemas::limits::WindowCounters, i64) {
+    use meterline_schemas::keys::hot;
+    let keys = hot::HotKeys::new(prefix).unwrap();
+    let cur = hot_hash(redis, &keys.cur(account)).await;
+    let live = hot::window(&cur, None, grain, start);
+    let key = if live.is_empty() {
+        keys.closed(account, grain, start)
+    } else {
+        keys.cur(account)
+    };
+    let closed = hot_hash(redis, &keys.closed(account, grain, start)).await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(redis)
+        .await
+        .unwrap();
+    (hot::window(&cur, Some(&closed), grain, start), ttl)
+}
+
+/// A month's distinct members of a listed dimension (models, providers, regions, clouds) in the
+/// hot state: `v:` fields of `cur` while the month is there, else of its closed hash.
+pub async fn hot_month_members(
+    redis: &mut impl redis::aio::ConnectionLike,
+    prefix: &str,
+    account: &str,
+    month: DateTime<Utc>,
+    dim: meterline_schemas::keys::Dim,
+) -> std::collections::BTreeSet<String> {
+    use meterline_schemas::keys::{hot, Grain};
+    let keys = hot::HotKeys::new(prefix).unwrap();
+    let cur = hot_hash(redis, &keys.cur(account)).await;
+    let in_cur = format!("{}:v:{}:", hot::stamp(Grain::Month, month), dim.as_str());
+    let mut out: std::collections::BTreeSet<String> = cur
+        .keys()
+        .filter_map(|f| f.strip_prefix(&in_cur).map(str::to_owned))
+        .collect();
+    if out.is_empty() {
+        let closed = hot_hash(redis, &keys.closed(account, Grain::Month, month)).await;
+        let prefix = format!("v:{}:", dim.as_str());
+        out = closed
+            .keys()
+            .filter_map(|f| f.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+    }
+    out
 }

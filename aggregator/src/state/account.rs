@@ -169,6 +169,9 @@ pub struct AccountState {
     sessions: HashMap<Box<str>, Session>,
     new_members: Vec<NewMember>,
     late_members: Vec<LateMember>,
+    /// Every window is whole (never late): the state folds all of the account's events, as
+    /// `rebuild-hot-state` does, so closed windows move to their hashes absolute.
+    whole: bool,
 }
 
 /// A member's fingerprint within its window: SipHash-1-3 under fixed keys, the same value for
@@ -227,6 +230,15 @@ impl Window {
 }
 
 impl AccountState {
+    /// A state that will fold every event the account has (see `whole`): what
+    /// `rebuild-hot-state` writes, absolute everywhere, so writing it twice changes nothing.
+    pub fn whole() -> Self {
+        Self {
+            whole: true,
+            ..Self::default()
+        }
+    }
+
     /// Counts `e` as of `now`.
     pub fn fold(&mut self, e: &UsageEvent, now: DateTime<Utc>) {
         let at = Utc
@@ -330,7 +342,7 @@ impl AccountState {
                 counts: [0; 8],
                 members: HashSet::new(),
                 listed: Vec::new(),
-                late: !in_cur(grain, start, now),
+                late: !self.whole && !in_cur(grain, start, now),
             });
             self.windows.len() - 1
         })

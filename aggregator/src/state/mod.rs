@@ -23,4 +23,5 @@
 
 pub mod account;
 pub mod partition;
+pub mod store;
 pub mod writer;

@@ -21,7 +21,8 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use meterline_schemas::keys::{Grain, SEEN_RETENTION_AFTER_DAY_SECS};
 use meterline_schemas::UsageEvent;
 use redis::aio::ConnectionLike;
@@ -231,15 +232,17 @@ impl Partition {
     ) -> Result<bool, SinkError> {
         let missing: BTreeSet<&str> = accounts.into_iter().filter(|a| !self.holds(a)).collect();
         let epoch = self.epoch;
-        let mut loads =
-            futures::stream::iter(missing)
+        // Boxed one by one (not a closure over the stream), which keeps the caller's future
+        // `Send` for every lifetime (rust-lang/rust#102211).
+        let loads: Vec<BoxFuture<'_, Result<(&str, Option<(AccountState, i64)>), SinkError>>> =
+            missing
+                .into_iter()
                 .map(|account| {
                     let mut writer = writer.clone();
-                    async move {
-                        Ok::<_, SinkError>((account, writer.load_account(epoch, account).await?))
-                    }
+                    async move { Ok((account, writer.load_account(epoch, account).await?)) }.boxed()
                 })
-                .buffer_unordered(in_flight.max(1));
+                .collect();
+        let mut loads = futures::stream::iter(loads).buffer_unordered(in_flight.max(1));
         while let Some(loaded) = loads.next().await {
             match loaded? {
                 (account, Some((state, stored))) => self.insert_loaded(account, state, stored),
@@ -310,21 +313,25 @@ impl Partition {
         in_flight: usize,
     ) -> Result<Option<Flushed>, SinkError> {
         let epoch = self.epoch;
-        let mut writes =
-            futures::stream::iter(self.accounts.iter_mut().filter(|(_, t)| t.last > t.stored))
-                .map(|(account, t)| {
-                    let mut writer = writer.clone();
-                    async move {
-                        let written = writer
-                            .write_account(epoch, account, (t.stored, t.last), &mut t.state, now)
-                            .await?;
-                        if matches!(written, Written::Applied | Written::Have) {
-                            t.stored = t.last;
-                        }
-                        Ok::<_, SinkError>(written)
+        let writes: Vec<BoxFuture<'_, Result<Written, SinkError>>> = self
+            .accounts
+            .iter_mut()
+            .filter(|(_, t)| t.last > t.stored)
+            .map(|(account, t)| {
+                let mut writer = writer.clone();
+                async move {
+                    let written = writer
+                        .write_account(epoch, account, (t.stored, t.last), &mut t.state, now)
+                        .await?;
+                    if matches!(written, Written::Applied | Written::Have) {
+                        t.stored = t.last;
                     }
-                })
-                .buffer_unordered(in_flight.max(1));
+                    Ok(written)
+                }
+                .boxed()
+            })
+            .collect();
+        let mut writes = futures::stream::iter(writes).buffer_unordered(in_flight.max(1));
         let mut outcome = None;
         while let Some(written) = writes.next().await {
             match written? {

@@ -1,6 +1,6 @@
 -- Writes one account's snapshot (hot-state layout v2, design §2.4), all keys in its slot.
 -- KEYS: cur first, then every other key the ops name by index (dims, sessions, closed hashes).
--- ARGV: E, TP, O_prev, O_new, cur_expire_at, then the ops, each a count followed by its items:
+-- ARGV: E, TP, O_prev (or 'force'), O_new, cur_expire_at, then the ops, each a count followed by its items:
 --   ncur,      (field, value) x ncur                      HSET cur (absolute)
 --   ngone,     field x ngone                              HDEL cur (sessions past their day)
 --   ndims,     per: key, n, field x n, expire_at          HSET field 1 (new members), EXPIREAT
@@ -27,9 +27,13 @@ local E = tonumber(ARGV[1])
 if e > E then return 'FENCED' end
 local so = -1
 if stored[2] == ARGV[2] then so = tonumber(stored[3]) or -1 end
-local o_prev, o_new = tonumber(ARGV[3]), tonumber(ARGV[4])
-if so >= o_new then return 'HAVE' end
-if so ~= o_prev then return 'CONFLICT' end
+-- O_prev 'force' (rebuild-hot-state, aggregators stopped, every value absolute) skips the
+-- offset guard.
+if ARGV[3] ~= 'force' then
+    local o_prev, o_new = tonumber(ARGV[3]), tonumber(ARGV[4])
+    if so >= o_new then return 'HAVE' end
+    if so ~= o_prev then return 'CONFLICT' end
+end
 
 local i = 6
 local function take()
@@ -40,17 +44,26 @@ local function pairs_of(n)
     for _ = 1, n do out[#out + 1] = take(); out[#out + 1] = take() end
     return out
 end
+-- HSET or HDEL in slices: Lua's unpack takes a few thousand values at most.
+local function sliced(cmd, key, list)
+    local i = 1
+    while i <= #list do
+        local last = math.min(i + 999, #list)
+        redis.call(cmd, key, unpack(list, i, last))
+        i = last + 1
+    end
+end
 
 local fields = {'_e', ARGV[1], '_tp', ARGV[2], '_o', ARGV[4]}
 for _, v in ipairs(pairs_of(tonumber(take()))) do fields[#fields + 1] = v end
-redis.call('HSET', cur, unpack(fields))
+sliced('HSET', cur, fields)
 redis.call('EXPIREAT', cur, ARGV[5])
 
 local ngone = tonumber(take())
 if ngone > 0 then
     local gone = {}
     for _ = 1, ngone do gone[#gone + 1] = take() end
-    redis.call('HDEL', cur, unpack(gone))
+    sliced('HDEL', cur, gone)
 end
 
 for _ = 1, tonumber(take()) do
@@ -58,14 +71,14 @@ for _ = 1, tonumber(take()) do
     local n = tonumber(take())
     local members = {}
     for _ = 1, n do members[#members + 1] = take(); members[#members + 1] = '1' end
-    if n > 0 then redis.call('HSET', key, unpack(members)) end
+    sliced('HSET', key, members)
     redis.call('EXPIREAT', key, take())
 end
 
 for _ = 1, tonumber(take()) do
     local key = KEYS[tonumber(take())]
     local kv = pairs_of(tonumber(take()))
-    if #kv > 0 then redis.call('HSET', key, unpack(kv)) end
+    sliced('HSET', key, kv)
     redis.call('EXPIREAT', key, take())
 end
 
@@ -74,10 +87,10 @@ for _ = 1, tonumber(take()) do
     local stamp = take()
     local kv = pairs_of(tonumber(take()))
     if #kv > 0 then
-        redis.call('HSET', key, unpack(kv))
+        sliced('HSET', key, kv)
         local gone = {}
         for j = 1, #kv, 2 do gone[#gone + 1] = stamp .. ':' .. kv[j] end
-        redis.call('HDEL', cur, unpack(gone))
+        sliced('HDEL', cur, gone)
     end
     redis.call('EXPIREAT', key, take())
 end

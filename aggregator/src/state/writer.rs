@@ -55,16 +55,28 @@ pub struct StateWriter<C> {
     keys: HotKeys,
     topic: String,
     partition: i32,
+    /// The set the checkpoint adds the changed accounts to, for the scorer: the partition's
+    /// own (`{pt:N}dirty`) unless [`Self::with_scorer_queue`] says otherwise.
+    scorer_queue: String,
 }
 
 impl<C: ConnectionLike + Send> StateWriter<C> {
     pub fn new(conn: C, keys: HotKeys, topic: impl Into<String>, partition: i32) -> Self {
         Self {
+            scorer_queue: keys.dirty(partition),
             conn,
             keys,
             topic: topic.into(),
             partition,
         }
+    }
+
+    /// Sends the changed accounts to `key` instead of the partition's own queue: the scorer's
+    /// single queue while it drains no other (standalone Redis only: the key is in another
+    /// slot).
+    pub fn with_scorer_queue(mut self, key: String) -> Self {
+        self.scorer_queue = key;
+        self
     }
 
     /// `_tp` of the snapshots this writer stores.
@@ -167,6 +179,32 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         state: &mut AccountState,
         now: DateTime<Utc>,
     ) -> Result<Written, SinkError> {
+        self.write(epoch, account, (Some(o_prev), o_new), state, now)
+            .await
+    }
+
+    /// Writes a state that holds every event of the account ([`AccountState::whole`]) as
+    /// stored up to `o`, whatever is stored: `rebuild-hot-state`, with the aggregators stopped.
+    /// Only a newer epoch stops it.
+    pub async fn write_whole(
+        &mut self,
+        epoch: i64,
+        account: &str,
+        o: i64,
+        state: &mut AccountState,
+        now: DateTime<Utc>,
+    ) -> Result<Written, SinkError> {
+        self.write(epoch, account, (None, o), state, now).await
+    }
+
+    async fn write(
+        &mut self,
+        epoch: i64,
+        account: &str,
+        (o_prev, o_new): (Option<i64>, i64),
+        state: &mut AccountState,
+        now: DateTime<Utc>,
+    ) -> Result<Written, SinkError> {
         let call = self.snap_call(epoch, account, (o_prev, o_new), &state.snapshot(now), now);
         let reply: String = call.invoke_async(&mut self.conn).await?;
         let written = match reply.as_str() {
@@ -193,7 +231,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         &self,
         epoch: i64,
         account: &str,
-        (o_prev, o_new): (i64, i64),
+        (o_prev, o_new): (Option<i64>, i64),
         snapshot: &Snapshot,
         now: DateTime<Utc>,
     ) -> redis::ScriptInvocation<'static> {
@@ -215,7 +253,10 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         }
         push(&mut a, epoch);
         push(&mut a, self.topic_partition());
-        push(&mut a, o_prev);
+        match o_prev {
+            Some(o) => push(&mut a, o),
+            None => push(&mut a, "force"),
+        }
         push(&mut a, o_new);
         push(&mut a, month_expiry(Grain::Month.window_start(now)));
 
@@ -313,7 +354,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
     ) -> Result<bool, SinkError> {
         let mut call = CKPT.prepare_invoke();
         call.key(self.keys.checkpoint(self.partition, &self.topic))
-            .key(self.keys.dirty(self.partition))
+            .key(&self.scorer_queue)
             .key(self.keys.accounts(self.partition));
         for day in seen.keys() {
             call.key(self.keys.seen(self.partition, *day));

@@ -1,9 +1,11 @@
-//! Reads the aggregator's Redis windows for one account, in one round trip.
+//! Reads the aggregator's Redis windows for one account, in one round trip to its slot.
 //!
-//! Key names come from [`meterline_schemas::keys`], the contract the aggregator writes by.
+//! Key names and fields come from [`meterline_schemas::keys::hot`], the contract the
+//! aggregator's state store writes by (layout v2).
 
-use chrono::{DateTime, Duration, Utc};
-use meterline_schemas::keys::{field, Dim, Grain, Keys};
+use chrono::{DateTime, Utc};
+use meterline_schemas::keys::hot::{self, HotKeys, SessionRead};
+use meterline_schemas::keys::{Dim, Grain, Keys};
 use meterline_schemas::limits::{RawUsage, WindowCounters};
 use redis::aio::ConnectionManager;
 
@@ -11,6 +13,7 @@ use redis::aio::ConnectionManager;
 pub struct HotState {
     redis: ConnectionManager,
     keys: Keys,
+    hot: HotKeys,
 }
 
 /// This month's distinct dimensions, for `/usage`.
@@ -22,8 +25,10 @@ pub struct MonthDimensions {
 }
 
 impl HotState {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
-        Self { redis, keys }
+    /// `keys` names the read path's own quota markers; the hot state is read in layout v2,
+    /// under the same prefix.
+    pub fn new(redis: ConnectionManager, keys: Keys, hot: HotKeys) -> Self {
+        Self { redis, keys, hot }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -34,69 +39,57 @@ impl HotState {
         self.redis.clone()
     }
 
-    /// Everything one decision needs: the month, day and session hashes, the session sets and
-    /// the two latest minutes' request counts. One pipelined round trip.
+    /// The account's `cur` hash (layout v2, `keys::hot`), without the writer's `_` fields.
+    fn counters(raw: std::collections::HashMap<String, String>) -> WindowCounters {
+        raw.into_iter()
+            .filter(|(f, _)| !f.starts_with('_'))
+            .filter_map(|(f, v)| Some((f, v.parse().ok()?)))
+            .collect()
+    }
+
+    /// Everything one decision needs, in one round trip to the account's slot: its `cur` hash,
+    /// and when a session is named, the session's hash and whether this month's and today's
+    /// session lists hold it (`keys::hot::raw_usage`).
     pub async fn usage(
         &self,
         account: &str,
         session_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> redis::RedisResult<RawUsage> {
-        let k = &self.keys;
-        let month = Grain::Month.window_start(now);
-        let day = Grain::Day.window_start(now);
-        let minute = Grain::Minute.window_start(now);
-        let month_sessions = k.month_set(account, month, Dim::Sessions);
-        let day_sessions = k.day_sessions(account, day);
+        let k = &self.hot;
         let mut p = redis::pipe();
-        p.hgetall(k.window(account, Grain::Month, month))
-            .hgetall(k.window(account, Grain::Day, day))
-            .scard(&day_sessions)
-            .scard(&month_sessions)
-            .hget(k.window(account, Grain::Minute, minute), field::REQUESTS)
-            .hget(
-                k.window(account, Grain::Minute, minute - Duration::minutes(1)),
-                field::REQUESTS,
-            );
-        if let Some(s) = session_id {
-            p.hgetall(k.session(account, s))
-                .sismember(&day_sessions, s)
-                .sismember(&month_sessions, s);
-        }
+        p.hgetall(k.cur(account));
         let mut redis = self.redis.clone();
-        type Windows = (
-            WindowCounters,
-            WindowCounters,
-            u64,
-            u64,
-            Option<i64>,
-            Option<i64>,
-        );
-        // The session's hash and whether the day and month already count it.
-        type Session = (WindowCounters, bool, bool);
-        let ((month, day, day_sessions, month_sessions, this, last), session): (
-            Windows,
-            Option<Session>,
-        ) = if session_id.is_some() {
-            let (m, d, ds, ms, this, last, s, in_day, in_month) = p.query_async(&mut redis).await?;
-            ((m, d, ds, ms, this, last), Some((s, in_day, in_month)))
-        } else {
-            (p.query_async(&mut redis).await?, None)
+        let (cur, session) = match session_id {
+            Some(s) => {
+                let month = Grain::Month.window_start(now);
+                let day = Grain::Day.window_start(now);
+                p.hgetall(k.session(account, s))
+                    .cmd("HMGET")
+                    .arg(k.dims(account, month))
+                    .arg(hot::dims_member(Dim::Sessions, s))
+                    .arg(hot::day_session_member(day, s));
+                let (cur, counters, known): (
+                    std::collections::HashMap<String, String>,
+                    WindowCounters,
+                    (Option<String>, Option<String>),
+                ) = p.query_async(&mut redis).await?;
+                (
+                    cur,
+                    Some(SessionRead {
+                        counters,
+                        known_this_month: known.0.is_some(),
+                        known_today: known.1.is_some(),
+                    }),
+                )
+            }
+            None => {
+                let (cur,): (std::collections::HashMap<String, String>,) =
+                    p.query_async(&mut redis).await?;
+                (cur, None)
+            }
         };
-        let (known_today, known_this_month) = session
-            .as_ref()
-            .map_or((false, false), |(_, d, m)| (*d, *m));
-        Ok(RawUsage {
-            month,
-            day,
-            session: session.map(|(s, _, _)| s),
-            day_sessions,
-            month_sessions,
-            session_known_today: known_today,
-            session_known_this_month: known_this_month,
-            requests_this_minute: this.unwrap_or(0),
-            requests_last_minute: last.unwrap_or(0),
-        })
+        Ok(hot::raw_usage(&Self::counters(cur), session, now))
     }
 
     pub async fn month_dimensions(
@@ -104,22 +97,15 @@ impl HotState {
         account: &str,
         now: DateTime<Utc>,
     ) -> redis::RedisResult<MonthDimensions> {
-        let month = Grain::Month.window_start(now);
-        let k = &self.keys;
-        let (mut models, mut providers, mut regions): (Vec<String>, Vec<String>, Vec<String>) =
-            redis::pipe()
-                .smembers(k.month_set(account, month, Dim::Models))
-                .smembers(k.month_set(account, month, Dim::Providers))
-                .smembers(k.month_set(account, month, Dim::Regions))
-                .query_async(&mut self.redis.clone())
-                .await?;
-        models.sort();
-        providers.sort();
-        regions.sort();
+        let cur: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.hot.cur(account))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let lists = hot::month_lists(&Self::counters(cur), now);
         Ok(MonthDimensions {
-            models,
-            providers,
-            regions,
+            models: lists.models,
+            providers: lists.providers,
+            regions: lists.regions,
         })
     }
 }

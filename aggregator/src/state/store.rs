@@ -1,0 +1,277 @@
+//! The state store as the consumer drives it: a [`Partition`] for each usage partition this
+//! aggregator holds, claimed at its first record, and the flushes that make them durable.
+//!
+//! The consumer calls [`HotStore::write`] for each batch's usage records (after deciding nothing
+//! else about them), then [`HotStore::flush_due`] after every batch and whenever it has waited
+//! [`FlushPolicy::interval`] without records. Only a flush's [`Flushed::Through`] lets it commit a
+//! usage partition's offset to Kafka. A partition that a flush finds fenced (a newer owner) or in
+//! conflict (a concurrent rebuild) is dropped and claimed again, and the consumer rewinds it to
+//! the checkpoint ([`Rewind`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use meterline_infra::redis::HotConn;
+use meterline_schemas::keys::hot::HotKeys;
+use meterline_schemas::keys::Grain;
+use meterline_schemas::UsageEvent;
+
+use super::partition::{FlushPolicy, Flushed, Partition};
+use super::writer::StateWriter;
+use crate::decode::Decoded;
+use crate::fold::occurred_at;
+use crate::SinkError;
+
+/// Runs CPU-bound work (folding a 20,000-event batch) without holding up the runtime's other
+/// tasks: in `meterline run` the aggregator shares the runtime with ingest and the read path,
+/// whose quota checks would otherwise wait behind it. On a multi-threaded runtime the worker
+/// hands its queue to another thread first; a current-thread runtime (unit and integration
+/// tests) just runs it.
+fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+/// What a flush asks of the consumer for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushAction {
+    /// Commit this offset (the checkpoint + 1) to Kafka; the usage events counted and found
+    /// duplicate since the last checkpoint are now durable.
+    Commit {
+        offset: i64,
+        counted: u64,
+        duplicates: u64,
+    },
+    /// Read the partition again from this offset (the checkpoint + 1): the state was dropped.
+    Rewind(i64),
+}
+
+/// A batch's decisions, kept across retries of the batch: which records are the first of their
+/// event id (indices into the batch's usage records).
+#[derive(Debug, Default)]
+pub struct UsageDecisions {
+    pub new: Vec<usize>,
+    pub duplicates: usize,
+}
+
+struct Held {
+    partition: Partition,
+    counted: u64,
+    duplicates: u64,
+}
+
+/// Every usage partition's state this aggregator holds; see the module documentation.
+pub struct HotStore {
+    conn: HotConn,
+    keys: HotKeys,
+    topic: String,
+    scorer_queue: Option<String>,
+    pub policy: FlushPolicy,
+    held: BTreeMap<i32, Held>,
+}
+
+impl HotStore {
+    /// `scorer_queue`: the one set every partition's changed accounts go to (see
+    /// [`StateWriter::with_scorer_queue`]); `None` for each partition's own.
+    pub fn new(
+        conn: HotConn,
+        keys: HotKeys,
+        topic: impl Into<String>,
+        scorer_queue: Option<String>,
+        policy: FlushPolicy,
+    ) -> Self {
+        Self {
+            conn,
+            keys,
+            topic: topic.into(),
+            scorer_queue,
+            policy,
+            held: BTreeMap::new(),
+        }
+    }
+
+    fn writer(&self, partition: i32) -> StateWriter<HotConn> {
+        let w = StateWriter::new(self.conn.clone(), self.keys.clone(), &self.topic, partition);
+        match &self.scorer_queue {
+            Some(q) => w.with_scorer_queue(q.clone()),
+            None => w,
+        }
+    }
+
+    /// The partition's state, claimed now if this aggregator does not hold it.
+    async fn claimed(
+        &mut self,
+        partition: i32,
+        now: DateTime<Utc>,
+    ) -> Result<&mut Held, SinkError> {
+        if !self.held.contains_key(&partition) {
+            let mut writer = self.writer(partition);
+            let p = Partition::claim(&mut writer, now).await?;
+            tracing::info!(
+                partition,
+                epoch = p.epoch(),
+                checkpoint = p.checkpointed(),
+                "usage partition claimed"
+            );
+            self.held.insert(
+                partition,
+                Held {
+                    partition: p,
+                    counted: 0,
+                    duplicates: 0,
+                },
+            );
+        }
+        Ok(self.held.get_mut(&partition).expect("just inserted"))
+    }
+
+    /// Decides which of a batch's usage records are new: records at or below what a partition
+    /// has already handled are neither new nor duplicates (they are skipped), the rest are new
+    /// unless their id was counted before.
+    pub async fn decide(
+        &mut self,
+        usage: &[Decoded<UsageEvent>],
+        now: DateTime<Utc>,
+    ) -> Result<UsageDecisions, SinkError> {
+        let mut out = UsageDecisions::default();
+        for (i, d) in usage.iter().enumerate() {
+            let held = self.claimed(d.partition, now).await?;
+            if d.offset <= held.partition.through() {
+                continue;
+            }
+            let day = Grain::Day.window_start(occurred_at(&d.event));
+            if held.partition.is_new(&d.event.event_id, day) {
+                out.new.push(i);
+            } else {
+                out.duplicates += 1;
+                held.duplicates += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Folds the batch's new usage events (already in ClickHouse) into their accounts, loading
+    /// the accounts not in memory, and marks every partition handled up to its last record in
+    /// the batch (`last`, which counts records that did not decode too).
+    pub async fn fold(
+        &mut self,
+        usage: &[Decoded<UsageEvent>],
+        decisions: &UsageDecisions,
+        last: &BTreeMap<i32, i64>,
+        now: DateTime<Utc>,
+    ) -> Result<(), SinkError> {
+        let partitions: BTreeSet<i32> = usage
+            .iter()
+            .map(|d| d.partition)
+            .chain(last.keys().copied())
+            .collect();
+        for partition in partitions {
+            let writer = self.writer(partition);
+            let in_flight = self.policy.in_flight;
+            let held = self.claimed(partition, now).await?;
+            let new: Vec<&Decoded<UsageEvent>> = decisions
+                .new
+                .iter()
+                .map(|&i| &usage[i])
+                .filter(|d| d.partition == partition)
+                .collect();
+            let accounts = new.iter().map(|d| d.event.account_id.as_str());
+            if !held.partition.load(&writer, accounts, in_flight).await? {
+                // A newer owner holds an account: the next flush finds the partition fenced.
+                tracing::warn!(
+                    partition,
+                    "an account of this partition is held by a newer owner"
+                );
+                continue;
+            }
+            let p = &mut held.partition;
+            off_the_async_workers(|| {
+                for d in &new {
+                    p.fold(d.offset, &d.event, now);
+                }
+            });
+            held.counted += new.len() as u64;
+            let decoded_last = usage
+                .iter()
+                .filter(|d| d.partition == partition)
+                .map(|d| d.offset)
+                .max();
+            if let Some(last) = decoded_last.max(last.get(&partition).copied()) {
+                held.partition.advance(last);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any partition has something to flush.
+    pub fn has_pending(&self) -> bool {
+        self.held
+            .values()
+            .any(|h| h.partition.through() > h.partition.checkpointed())
+    }
+
+    /// Accounts held in memory, over every partition.
+    pub fn accounts(&self) -> usize {
+        self.held.values().map(|h| h.partition.accounts()).sum()
+    }
+
+    /// Flushes every partition that is due (every one with changes when `all`), and says what
+    /// the consumer must do for each. A partition found fenced or in conflict is dropped and
+    /// claimed again at once, so the rewind names the checkpoint the next owner state starts
+    /// from.
+    pub async fn flush_due(
+        &mut self,
+        caught_up: bool,
+        all: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(i32, FlushAction)>, SinkError> {
+        let clock = Instant::now();
+        let due: Vec<i32> = self
+            .held
+            .iter()
+            .filter(|(_, h)| {
+                if all {
+                    h.partition.through() > h.partition.checkpointed()
+                } else {
+                    h.partition.due(clock, caught_up, &self.policy)
+                }
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        let mut actions = Vec::new();
+        for partition in due {
+            let writer = self.writer(partition);
+            let in_flight = self.policy.in_flight;
+            let held = self
+                .held
+                .get_mut(&partition)
+                .expect("due partitions are held");
+            match held.partition.flush(&writer, now, in_flight).await? {
+                Flushed::Through(offset) => {
+                    actions.push((
+                        partition,
+                        FlushAction::Commit {
+                            offset: offset + 1,
+                            counted: std::mem::take(&mut held.counted),
+                            duplicates: std::mem::take(&mut held.duplicates),
+                        },
+                    ));
+                }
+                Flushed::Nothing => {}
+                stop @ (Flushed::Fenced | Flushed::Conflict) => {
+                    tracing::warn!(partition, outcome = ?stop, "usage partition state dropped; reading it again from its checkpoint");
+                    self.held.remove(&partition);
+                    let held = self.claimed(partition, now).await?;
+                    actions.push((
+                        partition,
+                        FlushAction::Rewind(held.partition.checkpointed() + 1),
+                    ));
+                }
+            }
+        }
+        Ok(actions)
+    }
+}
