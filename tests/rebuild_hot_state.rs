@@ -4,96 +4,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use common::*;
-use meterline_schemas::keys::Grain;
 use redis::AsyncCommands;
-
-/// The hot state under `prefix` as readers see it, each entry with its content (and, for the
-/// keys whose expiry is a function of their content, the expiry):
-/// - every window of every account, read from `cur` while it is there, else from its closed
-///   hash (a window can sit in `cur` on one side and in its closed hash on the other), with its
-///   counters, distinct counts and listed members; windows whose retention ends before
-///   `live_after` are left out (they may expire between two snapshots);
-/// - each account's `_tp` and `_o` (not `_e`, the writer's epoch) and open-session marks;
-/// - session hashes, `dims` hashes and the partitions' seen sets and account indexes.
-async fn logical(
-    redis: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-    live_after: i64,
-) -> BTreeMap<String, String> {
-    let keys: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
-    let mut out = BTreeMap::new();
-    let mut windows: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
-    for k in keys {
-        let rest = &k[prefix.len()..];
-        let expires: i64 = redis::cmd("EXPIRETIME")
-            .arg(&k)
-            .query_async(redis)
-            .await
-            .unwrap();
-        let kind: String = redis::cmd("TYPE").arg(&k).query_async(redis).await.unwrap();
-        if kind == "set" {
-            if rest.contains("seen:") || rest.ends_with("accounts") {
-                let mut m: Vec<String> = redis.smembers(&k).await.unwrap();
-                m.sort();
-                out.insert(rest.to_owned(), format!("{m:?} expires {expires}"));
-            }
-            continue;
-        }
-        let h: BTreeMap<String, String> = redis.hgetall(&k).await.unwrap();
-        let Some(account_rest) = rest.strip_prefix("u:{") else {
-            continue; // checkpoints: their epoch differs, and their offset is ClickHouse's
-        };
-        let (account, what) = account_rest.split_once("}:").unwrap();
-        if what == "cur" {
-            let mut meta = BTreeMap::new();
-            for (f, v) in h {
-                let parts: Vec<&str> = f.splitn(3, ':').collect();
-                match parts.as_slice() {
-                    ["_e"] => {}
-                    [g, stamp, name] if Grain::from_code(g).is_some() => {
-                        windows
-                            .entry((account.to_owned(), format!("{g}:{stamp}")))
-                            .or_default()
-                            .insert((*name).to_owned(), v);
-                    }
-                    _ => {
-                        meta.insert(f, v);
-                    }
-                }
-            }
-            out.insert(format!("{account} cur"), format!("{meta:?}"));
-        } else if what.starts_with("s:") || what.ends_with(":dims") {
-            out.insert(
-                format!("{account} {what}"),
-                format!("{h:?} expires {expires}"),
-            );
-        } else {
-            // A closed window: `cur`'s fields win when it is also there (it is not).
-            let w = windows
-                .entry((account.to_owned(), what.to_owned()))
-                .or_default();
-            for (f, v) in h {
-                w.entry(f).or_insert(v);
-            }
-        }
-    }
-    for ((account, stamp), fields) in windows {
-        let (g, s) = stamp.split_once(':').unwrap();
-        let grain = Grain::from_code(g).unwrap();
-        if grain.expires_at(grain.parse_stamp(s).unwrap()) <= live_after {
-            continue;
-        }
-        let fields: BTreeMap<String, String> =
-            fields.into_iter().filter(|(_, v)| v != "0").collect();
-        out.insert(format!("{account} {stamp}"), format!("{fields:?}"));
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
@@ -136,7 +51,7 @@ async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
     // passes) is gone either way, and the rebuild rightly does not write it back: compare only
     // what is still live a minute from now, which covers the rebuild's own run.
     let live_after = Utc::now().timestamp() + 60;
-    let before = logical(&mut redis, &prefix, live_after).await;
+    let before = hot_state_as_read(&app.config.redis, live_after).await;
     assert!(
         before.keys().any(|k| k.contains(" s:")),
         "sessions are in the snapshot"
@@ -153,7 +68,9 @@ async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
     // Redis loses everything under the prefix.
     let keys: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
     let _: () = redis.del(&keys).await.unwrap();
-    assert!(logical(&mut redis, &prefix, live_after).await.is_empty());
+    assert!(hot_state_as_read(&app.config.redis, live_after)
+        .await
+        .is_empty());
 
     let config_file = ConfigFile::write(&app.config);
 
@@ -170,7 +87,7 @@ async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("3000 events over 30 accounts"), "{text}");
-    let after = logical(&mut redis, &prefix, live_after).await;
+    let after = hot_state_as_read(&app.config.redis, live_after).await;
     let differing: Vec<_> = before
         .iter()
         .filter(|(k, v)| after.get(*k) != Some(v))
@@ -193,5 +110,8 @@ async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(logical(&mut redis, &prefix, live_after).await, before);
+    assert_eq!(
+        hot_state_as_read(&app.config.redis, live_after).await,
+        before
+    );
 }

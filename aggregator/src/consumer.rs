@@ -177,6 +177,9 @@ impl Aggregator {
                 }
             }
         };
+        self.metrics
+            .redis_commands
+            .inc_by(self.sinks.hot.lock().await.take_calls());
         if actions.is_empty() {
             return true;
         }

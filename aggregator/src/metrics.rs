@@ -67,7 +67,7 @@ impl AggregatorMetrics {
         .expect("metric");
         let redis_commands = IntCounter::new(
             "meterline_aggregator_redis_commands_total",
-            "Redis commands sent by the window fold",
+            "Script calls the hot state store sent to Redis (claims, account loads, snapshots, checkpoints)",
         )
         .expect("metric");
         let last_commit_unix = IntGauge::new(

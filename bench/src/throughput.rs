@@ -278,7 +278,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         .map(|(name, n)| format!("{name} {:.2}", *n as f64 / b.events as f64))
         .collect();
     println!(
-        "Redis commands per event: {:.2} ({all} commands of every kind, sent and run inside scripts, for {} events; the aggregator sent {fold_commands:.0}); per event by command: {}",
+        "Redis commands per event: {:.2} ({all} commands of every kind, sent and run inside scripts, for {} events; the aggregator sent {fold_commands:.0} script calls); per event by command: {}",
         all as f64 / b.events as f64,
         b.events,
         top.join(", ")

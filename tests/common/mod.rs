@@ -9,7 +9,7 @@ pub mod signals;
 pub mod smtp;
 pub mod standin;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -569,6 +569,106 @@ pub async fn hot_month_members(
             .keys()
             .filter_map(|f| f.strip_prefix(&prefix).map(str::to_owned))
             .collect();
+    }
+    out
+}
+
+/// The hot state under `deployment`'s prefix as readers see it, each entry with its content (and, for the
+/// keys whose expiry is a function of their content, the expiry):
+/// - every window of every account, read from `cur` while it is there, else from its closed
+///   hash (a window can sit in `cur` on one side and in its closed hash on the other), with its
+///   counters, distinct counts and listed members; windows whose retention ends before
+///   `live_after` are left out (they may expire between two snapshots);
+/// - each account's `_tp` and `_o` (not `_e`, the writer's epoch) and open-session marks;
+/// - session hashes, `dims` hashes and the partitions' seen sets and account indexes.
+pub async fn hot_state_as_read(
+    deployment: &meterline_infra::RedisConfig,
+    live_after: i64,
+) -> BTreeMap<String, String> {
+    use meterline_schemas::keys::Grain;
+    use redis::AsyncCommands;
+    let prefix = deployment.key_prefix.as_str();
+    let mut keys: Vec<String> = Vec::new();
+    let nodes = match deployment.cluster_node_list() {
+        nodes if nodes.is_empty() => vec![deployment.url.clone()],
+        nodes => nodes,
+    };
+    for node in nodes {
+        let mut conn = redis::Client::open(node.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let found: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
+        keys.extend(found);
+    }
+    let redis = &mut deployment.connect().await.unwrap();
+    let mut out = BTreeMap::new();
+    let mut windows: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
+    keys.sort();
+    for k in keys {
+        let rest = &k[prefix.len()..];
+        let expires: i64 = redis::cmd("EXPIRETIME")
+            .arg(&k)
+            .query_async(redis)
+            .await
+            .unwrap();
+        let kind: String = redis::cmd("TYPE").arg(&k).query_async(redis).await.unwrap();
+        if kind == "set" {
+            if rest.contains("seen:") || rest.ends_with("accounts") {
+                let mut m: Vec<String> = redis.smembers(&k).await.unwrap();
+                m.sort();
+                out.insert(rest.to_owned(), format!("{m:?} expires {expires}"));
+            }
+            continue;
+        }
+        let h: BTreeMap<String, String> = redis.hgetall(&k).await.unwrap();
+        let Some(account_rest) = rest.strip_prefix("u:{") else {
+            continue; // checkpoints: their epoch differs, and their offset is ClickHouse's
+        };
+        let (account, what) = account_rest.split_once("}:").unwrap();
+        if what == "cur" {
+            let mut meta = BTreeMap::new();
+            for (f, v) in h {
+                let parts: Vec<&str> = f.splitn(3, ':').collect();
+                match parts.as_slice() {
+                    ["_e"] => {}
+                    [g, stamp, name] if Grain::from_code(g).is_some() => {
+                        windows
+                            .entry((account.to_owned(), format!("{g}:{stamp}")))
+                            .or_default()
+                            .insert((*name).to_owned(), v);
+                    }
+                    _ => {
+                        meta.insert(f, v);
+                    }
+                }
+            }
+            out.insert(format!("{account} cur"), format!("{meta:?}"));
+        } else if what.starts_with("s:") || what.ends_with(":dims") {
+            out.insert(
+                format!("{account} {what}"),
+                format!("{h:?} expires {expires}"),
+            );
+        } else {
+            // A closed window: `cur`'s fields win when it is also there (it is not).
+            let w = windows
+                .entry((account.to_owned(), what.to_owned()))
+                .or_default();
+            for (f, v) in h {
+                w.entry(f).or_insert(v);
+            }
+        }
+    }
+    for ((account, stamp), fields) in windows {
+        let (g, s) = stamp.split_once(':').unwrap();
+        let grain = Grain::from_code(g).unwrap();
+        if grain.expires_at(grain.parse_stamp(s).unwrap()) <= live_after {
+            continue;
+        }
+        let fields: BTreeMap<String, String> =
+            fields.into_iter().filter(|(_, v)| v != "0").collect();
+        out.insert(format!("{account} {stamp}"), format!("{fields:?}"));
     }
     out
 }

@@ -71,6 +71,8 @@ pub struct HotStore {
     scorer_queue: Option<String>,
     pub policy: FlushPolicy,
     held: BTreeMap<i32, Held>,
+    /// Script calls sent since [`Self::take_calls`] (claims, loads, snapshots, checkpoints).
+    calls: u64,
 }
 
 impl HotStore {
@@ -90,7 +92,13 @@ impl HotStore {
             scorer_queue,
             policy,
             held: BTreeMap::new(),
+            calls: 0,
         }
+    }
+
+    /// Script calls sent since the last call (for `meterline_aggregator_redis_commands_total`).
+    pub fn take_calls(&mut self) -> u64 {
+        std::mem::take(&mut self.calls)
     }
 
     fn writer(&self, partition: i32) -> StateWriter<HotConn> {
@@ -108,6 +116,7 @@ impl HotStore {
         now: DateTime<Utc>,
     ) -> Result<&mut Held, SinkError> {
         if !self.held.contains_key(&partition) {
+            self.calls += 1;
             let mut writer = self.writer(partition);
             let p = Partition::claim(&mut writer, now).await?;
             tracing::info!(
@@ -178,7 +187,11 @@ impl HotStore {
                 .map(|&i| &usage[i])
                 .filter(|d| d.partition == partition)
                 .collect();
-            let accounts = new.iter().map(|d| d.event.account_id.as_str());
+            let accounts: BTreeSet<&str> =
+                new.iter().map(|d| d.event.account_id.as_str()).collect();
+            let missing = accounts.iter().filter(|a| !held.partition.holds(a)).count();
+            self.calls += missing as u64;
+            let held = self.held.get_mut(&partition).expect("claimed above");
             if !held.partition.load(&writer, accounts, in_flight).await? {
                 // A newer owner holds an account: the next flush finds the partition fenced.
                 tracing::warn!(
