@@ -1,6 +1,8 @@
-//! The window fold: a batch of new (already deduplicated) usage events becomes the set of
-//! Redis changes that counts them. Pure and in process: a batch of 20,000 events over a few
-//! thousand accounts turns into one delta per (key, field), sent in a handful of script calls.
+//! The previous hot-state layout's fold ([`meterline_schemas::keys::Keys`]): a batch of new
+//! usage events becomes the Redis increments that count them. **No component runs it since
+//! layout v2** ([`crate::state`]); it stays as the reference `tests/hot_layout.rs` proves layout
+//! v2 against (the same events give every quota check the same answer), with [`occurred_at`],
+//! which both use.
 
 use std::collections::{BTreeMap, BTreeSet};
 

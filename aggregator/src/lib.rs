@@ -3,12 +3,14 @@
 //! It is built like a small vector pipeline:
 //!
 //! * source, [`consumer`]: reads `usage-events` and `account-events` in a consumer group,
-//!   cuts batches by size or time, and commits offsets only after every sink has written the
-//!   batch;
+//!   cuts batches by size or time, and commits offsets only once they are durable (usage
+//!   offsets from the state store's checkpoints, account offsets after their batch);
 //! * transforms, [`decode`] (Confluent-framed Avro to events, or a reason for the
-//!   dead-letter topic) and [`fold`] (events to per-account window deltas, aggregated in
-//!   process so Redis sees one script call per batch, not a command per event);
-//! * sinks, [`clickhouse_sink`], [`redis_sink`], [`accounts_sink`] and [`dead_letter`].
+//!   dead-letter topic) and the state store's fold ([`state`]: each usage partition's accounts
+//!   in memory, folded event by event);
+//! * sinks, [`clickhouse_sink`], the state store's flush (per-account snapshots and
+//!   per-partition checkpoints in Redis), [`accounts_sink`], [`redis_sink`] (the scorer's
+//!   queue) and [`dead_letter`].
 //!
 //! How a batch stays exactly-once across crashes is in [`batch`]; `ARCHITECTURE.md` has the
 //! long version.

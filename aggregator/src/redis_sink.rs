@@ -1,9 +1,14 @@
-//! Writes [`RedisDelta`]s through a Lua script, so that each delta's counters, set members,
+//! The previous hot-state layout's writer, and the scorer's queue. Since layout v2
+//! ([`crate::state`]) the aggregator uses only [`RedisSink::mark_dirty`] (account events add
+//! their accounts to `{p}dirty`); [`RedisSink::apply`] stays with [`crate::fold`] as the
+//! reference of `tests/redis_sink.rs` and `tests/hot_layout.rs`.
+//!
+//! It writes [`RedisDelta`]s through a Lua script, so that each delta's counters, set members,
 //! expiries and "seen" marks land together or not at all.
 //!
 //! Redis serves one command at a time, and a script is one command: while it runs, every
 //! gateway's quota check waits. Two things keep that wait short. The caller keeps each delta to
-//! about a hundred Redis calls (see `batch::REDIS_CALLS_PER_SCRIPT`). And this writer keeps at
+//! about a hundred Redis calls. And this writer keeps at
 //! most [`SCRIPTS_IN_FLIGHT`] script calls outstanding: Redis reads a client's pipelined
 //! commands 16 KB at a time and runs every complete one before it turns to the next client, so
 //! with 32 scripts pipelined a check waited behind several of them on each turn. (At one script

@@ -1,25 +1,21 @@
-//! Redis key names and lifetimes: the hot state's contract. The aggregator writes these keys;
-//! the read path (`ingest`) and the scorer read them. `ARCHITECTURE.md` lists them for gateway
-//! authors; change both together.
-//!
-//! | key | type | holds | expires |
-//! |---|---|---|---|
-//! | `{p}u:{account}:m:{YYYYMMDDHHMM}` | hash | one minute's counters | 2 h after the minute starts |
-//! | `{p}u:{account}:h:{YYYYMMDDHH}` | hash | one hour's counters | 48 h after the hour starts |
-//! | `{p}u:{account}:d:{YYYYMMDD}` | hash | one UTC day's counters | 40 days after the day starts |
-//! | `{p}u:{account}:M:{YYYYMM}` | hash | one calendar month's counters | 100 days after the month ends |
-//! | `{p}u:{account}:M:{YYYYMM}:{dim}` | set | this month's distinct models, providers, regions, clouds, users, api_keys, ip_hashes, sessions | as the month hash |
-//! | `{p}u:{account}:d:{YYYYMMDD}:sessions` | set | that day's distinct session ids | as the day hash |
-//! | `{p}u:{account}:s:{session_id}` | hash | one session's counters | 24 h after its latest event |
-//! | `{p}seen:{YYYYMMDD}` | set | ids of usage events already counted, by their `occurred_at` day | 36 days after the day ends |
-//! | `{p}dirty` | set | accounts the aggregator changed and the scorer has not scored since (written by the aggregator, drained by the scorer with SPOP) | never |
-//! | `{p}q:{account}:{decision}:{limit}:{stage}:{window}` | string | a quota decision already recorded in ClickHouse (written by ingest's read path, after the insert) | when the window resets |
+//! Redis key names, windows and lifetimes. The hot state's layout is [`hot`] (layout v2, issue
+//! 21): the aggregator's state store writes it, the read path (`ingest`) and the scorer read it,
+//! and `ARCHITECTURE.md` lists it for gateway authors; change them together. What stays here:
+//! - the windows ([`Grain`]: stamps, starts, retention) and distinct dimensions ([`Dim`]) both
+//!   layouts share, and the counter field names ([`field`]);
+//! - [`Keys`], the previous layout's names. Two of its keys are still in use: `{p}dirty`, the
+//!   scorer's queue (every checkpoint adds the accounts it covers, account events add theirs,
+//!   the scorer drains it with SPOP), and `{p}q:{account}:{decision}:{limit}:{stage}:{window}`,
+//!   the read path's marker of a quota decision already recorded in ClickHouse. The rest is
+//!   written only by the previous writer (`meterline_aggregator::fold`), kept as the
+//!   reference `aggregator/tests/hot_layout.rs` proves layout v2 against; no component writes
+//!   or reads those keys any more, and what an earlier version left expires on its own.
 //!
 //! Counter hashes have the fields `req`, `err`, `in`, `out`, `cost`. Day and month windows
 //! also have, per model, `m:{model}:req`, `m:{model}:in`, `m:{model}:out` (what weighted-token
 //! budgets need), and session hashes `m:{model}:in`, `m:{model}:out`; minute and hour windows
-//! carry no per-model fields (nothing reads them, and they were a fifth of the aggregator's
-//! Redis work: ClickHouse's `usage_minute` and `usage_hour` have them per model).
+//! carry no per-model fields (nothing reads them: ClickHouse's `usage_minute` and `usage_hour`
+//! have them per model).
 
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 

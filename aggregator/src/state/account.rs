@@ -67,6 +67,8 @@ struct Window {
     /// Opened after the window had left `cur`: it holds increments since the last write, not
     /// the window's value (see the module documentation).
     late: bool,
+    /// Changed since the last write: only changed windows are set in `cur` again.
+    dirty: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -76,6 +78,8 @@ struct Session {
     models: Vec<(Box<str>, [i64; 2])>,
     /// The latest event's time (Unix seconds).
     last_event: i64,
+    /// Changed since the last write: only changed sessions are written again.
+    dirty: bool,
 }
 
 /// A member seen for the first time in a live window, not yet written.
@@ -260,6 +264,7 @@ impl AccountState {
             }
             let i = self.window_index(grain, start, now);
             let w = &mut self.windows[i];
+            w.dirty = true;
             for (total, v) in w.base.iter_mut().zip(base) {
                 *total += v;
             }
@@ -313,6 +318,7 @@ impl AccountState {
                     *total += v;
                 }
                 session.last_event = session.last_event.max(at.timestamp());
+                session.dirty = true;
                 let tokens = [e.input_tokens, e.output_tokens];
                 match session.models.iter_mut().find(|(m, _)| **m == *e.model) {
                     Some((_, t)) => {
@@ -343,6 +349,7 @@ impl AccountState {
                 members: HashSet::new(),
                 listed: Vec::new(),
                 late: !self.whole && !in_cur(grain, start, now),
+                dirty: true,
             });
             self.windows.len() - 1
         })
@@ -393,11 +400,17 @@ impl AccountState {
     /// left out), with the `s:` marks of the open sessions, without the `v:` member fields
     /// ([`Self::take_new_members`] gives those once).
     pub fn cur_fields(&self, now: DateTime<Utc>) -> WindowCounters {
+        self.fields_in_cur(now, false)
+    }
+
+    /// [`Self::cur_fields`], or with `changed`, only those of the windows and sessions changed
+    /// since the last write (what a write must set again: the others are stored as they are).
+    fn fields_in_cur(&self, now: DateTime<Utc>, changed: bool) -> WindowCounters {
         let mut out = WindowCounters::new();
         for w in self
             .windows
             .iter()
-            .filter(|w| !w.late && in_cur(w.grain, w.start, now))
+            .filter(|w| !w.late && in_cur(w.grain, w.start, now) && (w.dirty || !changed))
         {
             let stamp = hot::stamp(w.grain, w.start);
             for (name, v) in w.fields(false) {
@@ -405,7 +418,7 @@ impl AccountState {
             }
         }
         for (id, s) in &self.sessions {
-            if s.last_event + SESSION_RETENTION_SECS > now.timestamp() {
+            if s.last_event + SESSION_RETENTION_SECS > now.timestamp() && (s.dirty || !changed) {
                 out.insert(hot::session_mark(id), s.last_event);
             }
         }
@@ -469,6 +482,7 @@ impl AccountState {
                     members: HashSet::new(),
                     listed: Vec::new(),
                     late: false,
+                    dirty: false,
                 });
                 a.windows.len() - 1
             });
@@ -552,10 +566,11 @@ impl AccountState {
         Some(out)
     }
 
-    /// What a write of the account stores at `now`. It stays pending (the new members, the
-    /// late windows, the windows to move) until [`Self::written`].
+    /// What a write of the account stores at `now`: the windows and sessions changed since the
+    /// last write (the others are stored as they are), the windows leaving `cur`, the late
+    /// increments and the new members. It stays pending until [`Self::written`].
     pub fn snapshot(&self, now: DateTime<Utc>) -> Snapshot {
-        let mut cur = self.cur_fields(now);
+        let mut cur = self.fields_in_cur(now, true);
         let mut dims: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
         for m in &self.new_members {
             match m {
@@ -601,12 +616,14 @@ impl AccountState {
             .map(|(id, _)| hot::session_mark(id))
             .collect();
         cur_gone.sort_unstable();
+        let mut sessions = self.sessions(now);
+        sessions.retain(|s| self.sessions.get(s.id.as_str()).is_some_and(|s| s.dirty));
         Snapshot {
             cur,
             cur_gone,
             moves,
             dims,
-            sessions: self.sessions(now),
+            sessions,
             late,
             late_members: self.late_members.clone(),
         }
@@ -632,6 +649,12 @@ impl AccountState {
             .retain(|w| !w.late && in_cur(w.grain, w.start, now));
         self.sessions
             .retain(|_, s| s.last_event + SESSION_RETENTION_SECS > now.timestamp());
+        for w in &mut self.windows {
+            w.dirty = false;
+        }
+        for s in self.sessions.values_mut() {
+            s.dirty = false;
+        }
     }
 
     /// Whether the state holds nothing (every window moved, every session past its day).

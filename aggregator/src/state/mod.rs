@@ -1,6 +1,5 @@
-//! The state store of hot-state layout v2 (issue 21; `docs/design/hot-state-v2.md` §3).
-//! **Not wired yet**: the running aggregator still folds into Redis increments
-//! ([`crate::fold`]). What is here is tested on its own, in memory and against a real Redis:
+//! The state store of hot-state layout v2 (issue 21; `docs/design/hot-state-v2.md` §3), which
+//! the consumer drives through [`store::HotStore`]:
 //!
 //! - [`account::AccountState`]: one account's live windows, sessions and distinct members,
 //!   folded in place, event by event, with no Redis call and no key string per event. Its
@@ -17,9 +16,8 @@
 //! `aggregator/tests/hot_layout.rs` checks that what the snapshot holds gives the read path the
 //! same answers as today's keys; `tests/state_store.rs` runs a partition through crashes,
 //! replays, late events and window moves against a real Redis and compares every window with
-//! sums computed from the log; `benches/fold.rs` (`state store`) measures the fold. Wiring it
-//! into the consumer, the readers' switch, eviction and the background claim follow (design §6,
-//! commits 5–7).
+//! sums computed from the log; `benches/fold.rs` (`state store`) measures the fold. Eviction and
+//! the background claim follow (design §6, commit 7).
 
 pub mod account;
 pub mod partition;

@@ -1,5 +1,5 @@
 //! One Kafka partition's share of the state store (design §3): its accounts in memory, its
-//! deduplication, and what its next checkpoint carries. **Not wired into the consumer yet.**
+//! deduplication, and what its next checkpoint carries.
 //!
 //! The cycle, for the records of one partition in offset order:
 //! 1. [`Partition::is_new`] decides, once per record, whether its event id is new. The

@@ -262,7 +262,14 @@ impl HotStore {
                 .held
                 .get_mut(&partition)
                 .expect("due partitions are held");
-            match held.partition.flush(&writer, now, in_flight).await? {
+            let calls = held.partition.unwritten() as u64 + 1;
+            let flushed = held.partition.flush(&writer, now, in_flight).await?;
+            self.calls += calls;
+            let held = self
+                .held
+                .get_mut(&partition)
+                .expect("due partitions are held");
+            match flushed {
                 Flushed::Through(offset) => {
                     actions.push((
                         partition,

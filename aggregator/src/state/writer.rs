@@ -1,6 +1,5 @@
-//! Writing the state store to Redis in layout v2, with fencing (design §2.4–2.5). **Not wired
-//! into the running aggregator yet**; `tests/hot_state_fencing.rs` runs two writers against a
-//! real Redis.
+//! Writing the state store to Redis in layout v2, with fencing (design §2.4–2.5);
+//! `tests/hot_state_fencing.rs` runs two writers against a real Redis.
 //!
 //! Four scripts, each touching one slot:
 //! - `claim.lua` raises the partition's epoch (`{pt:N}ckpt:<topic>` field `e`) and returns it

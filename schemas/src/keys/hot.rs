@@ -1,7 +1,7 @@
-//! The hot state's next layout ("v2", issue 21; `docs/design/hot-state-v2.md` §2) as pure
-//! code. **Nothing writes or reads it yet**: today's components use the layout of
-//! [`super::Keys`]. It is here first so that its rules are pinned down, and proved to give the
-//! read path the same [`RawUsage`] as today's keys, before any writer or reader moves to it.
+//! The hot state's layout ("v2", issue 21; `docs/design/hot-state-v2.md` §2) as pure code: the
+//! aggregator's state store writes it, the read path and the scorer read it. It gives the read
+//! path the same [`RawUsage`] as the previous layout ([`super::Keys`]) for the same events
+//! (`aggregator/tests/hot_layout.rs`).
 //!
 //! # Keys
 //!
