@@ -91,6 +91,7 @@ pub async fn account(
         .map(|h| context! { h, at => when(h.occurred_at) })
         .collect();
     let since = detail.review.as_ref().map(|r| when(r.since));
+    let scored_at = super::when_opt(detail.scored_at);
     // Only known words come back from the redirect; anything else is not shown.
     let done = match done.done.as_deref() {
         Some("confirm") => Some("Confirmed: quota checks will answer deny within seconds."),
@@ -109,6 +110,7 @@ pub async fn account(
             title => format!("Review: {}", account.as_str()),
             d => detail,
             since,
+            scored_at,
             keys,
             matches,
             history,
