@@ -461,8 +461,38 @@ async fn the_console_in_headless_chromium() {
     screenshot(&c, "08-experiment").await;
     axe(&c, &axe_js, "experiment").await;
 
-    c.goto(&app.url("/console/health")).await.unwrap();
+    // Pipeline health: the aggregator's lag on each partition of both topics, and a record it
+    // cannot decode counted in the dead-letter topic.
+    let producer: rdkafka::producer::FutureProducer =
+        meterline_infra::kafka::client_config(&config.kafka)
+            .set("acks", "all")
+            .create()
+            .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&config.kafka.usage_topic)
+                .key("poison")
+                .payload(&b"not an avro record"[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("poison produced");
+    wait_for(
+        "the poison record dead-lettered",
+        Duration::from_secs(30),
+        || async {
+            c.goto(&app.url("/console/health")).await.unwrap();
+            check(text(&c, "#health").await, |h| {
+                h.contains("Dead-lettered records 1")
+            })
+        },
+    )
+    .await;
+    let rows = c.find_all(Locator::Css("#lag tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 2 * config.kafka.partitions as usize);
     screenshot(&c, "09-health").await;
+    axe(&c, &axe_js, "health").await;
 
     // Sign out: the console sends to sign-in again.
     click_through(&c, Locator::Css("#sign-out")).await;

@@ -26,6 +26,7 @@ pub mod audit;
 pub mod chart;
 pub mod config;
 pub mod error;
+pub mod kafka;
 pub mod pages;
 pub mod session;
 pub mod templates;
@@ -54,6 +55,8 @@ pub struct ConsoleState {
     pub config: Arc<ConsoleConfig>,
     /// The scorer's thresholds the lists are cut at.
     pub thresholds: pages::lists::Thresholds,
+    /// Where the health page reads consumer lag and dead letters; `None`: it says it cannot.
+    pub kafka: Option<kafka::KafkaProbe>,
 }
 
 /// The console's routes, all under `/console`.

@@ -5,7 +5,7 @@
 //!   unconfirmed row;
 //! * `POST /console/notifications/{id}/retry`: queues it again with fresh attempts
 //!   (`meterline_notifier::outbox::retry`, as `meterline notifications retry ID`);
-//! * `GET /console/health`: pipeline health from what the stores record (see [`health`]).
+//! * `GET /console/health`: pipeline health from the stores and Kafka (see [`health_figures`]).
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{when, when_opt, Fields};
 use crate::audit::{self, Entry};
 use crate::error::{ConsoleError, Result};
+use crate::kafka::PartitionLag;
 use crate::session::Session;
 use crate::templates::{page as render, Page};
 use crate::ConsoleState;
@@ -161,18 +162,21 @@ pub struct Figure {
     pub note: String,
 }
 
-/// What the console can tell about the pipeline from the stores:
+/// What the console can tell about the pipeline:
 ///
 /// * hot-state freshness: the newest usage event in ClickHouse `usage_events` (the aggregator
 ///   writes ClickHouse just before Redis, so Redis is at most one batch behind it);
 /// * events per second: usage events that occurred in the last five whole minutes
 ///   (`usage_minute`), per second;
-/// * dead letters the console can count: the notifier's rejected signals and dead
-///   notifications (PostgreSQL).
+/// * consumer lag per partition and the records in the dead-letter topic, from Kafka
+///   ([`crate::kafka`]);
+/// * the notifier's rejected signals and dead notifications (PostgreSQL).
 ///
-/// Consumer lag per partition and the aggregator's dead-letter topic live in Kafka and in the
-/// aggregator's `/metrics`; the page says so rather than guess.
-pub async fn health_figures(state: &ConsoleState, now: DateTime<Utc>) -> Result<Vec<Figure>> {
+/// A source that cannot be read is shown as such, with the reason, never as zero.
+pub async fn health_figures(
+    state: &ConsoleState,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Figure>, Vec<PartitionLag>)> {
     let minute = now.timestamp() - now.timestamp() % 60;
     let f: Freshness = state
         .clickhouse
@@ -198,16 +202,42 @@ pub async fn health_figures(state: &ConsoleState, now: DateTime<Utc>) -> Result<
         )),
         _ => Some("no usage event yet".into()),
     };
-    Ok(vec![
+    let kafka = match &state.kafka {
+        Some(probe) => probe.read().await,
+        None => Err("no Kafka configured for the console".into()),
+    };
+    let (lag, dlq, partitions) = match kafka {
+        Ok(k) => (
+            Some(k.partitions.iter().map(|p| p.lag).sum::<i64>().to_string()),
+            Some(k.dead_lettered.to_string()),
+            k.partitions,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "health page: Kafka not readable");
+            (None, None, Vec::new())
+        }
+    };
+    let figures = vec![
         Figure {
             name: "Hot-state freshness",
             value: fresh,
-            note: "newest usage event in ClickHouse; the aggregator writes Redis right after it".into(),
+            note: "newest usage event in ClickHouse; the aggregator writes Redis right after it"
+                .into(),
         },
         Figure {
             name: "Events per second",
             value: Some(format!("{:.2}", f.recent as f64 / 300.0)),
             note: "usage events that occurred in the last five whole minutes".into(),
+        },
+        Figure {
+            name: "Consumer lag (all partitions)",
+            value: lag,
+            note: "the aggregator group's uncommitted records; per partition below".into(),
+        },
+        Figure {
+            name: "Dead-lettered records",
+            value: dlq,
+            note: "records the aggregator could not decode, held in the dead-letter topic".into(),
         },
         Figure {
             name: "Rejected signals (notifier)",
@@ -219,24 +249,15 @@ pub async fn health_figures(state: &ConsoleState, now: DateTime<Utc>) -> Result<
             value: Some(dead.to_string()),
             note: "retry them from the notifications page".into(),
         },
-        Figure {
-            name: "Consumer lag per partition",
-            value: None,
-            note: "not shown here: read the aggregator's /metrics or the broker's consumer-group offsets".into(),
-        },
-        Figure {
-            name: "Dead-lettered usage records",
-            value: None,
-            note: "not shown here: the aggregator copies them to the dead-letter topic (kafka.dead_letter_topic)".into(),
-        },
-    ])
+    ];
+    Ok((figures, partitions))
 }
 
 /// `GET /console/health`.
 pub async fn health(State(state): State<ConsoleState>, session: Session) -> Result<Page> {
-    let figures = health_figures(&state, Utc::now()).await?;
+    let (figures, partitions) = health_figures(&state, Utc::now()).await?;
     render(
         "health.html",
-        context! { session, title => "Pipeline health", figures },
+        context! { session, title => "Pipeline health", figures, partitions },
     )
 }
