@@ -300,15 +300,15 @@ pub fn console_state(
             deal_ready_above: config.scorer.deal.ready_above,
             pql_qualified_at: config.scorer.pql.qualified_at,
         },
-        kafka: Some(meterline_console::kafka::KafkaProbe {
-            base: meterline_infra::kafka::client_config(&config.kafka),
-            group_id: config.aggregator.group_id.clone(),
-            topics: vec![
+        kafka: Some(meterline_console::kafka::KafkaProbe::new(
+            meterline_infra::kafka::client_config(&config.kafka),
+            config.aggregator.group_id.clone(),
+            vec![
                 config.kafka.usage_topic.clone(),
                 config.kafka.account_topic.clone(),
             ],
-            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
-        }),
+            config.kafka.dead_letter_topic.clone(),
+        )),
     }
 }
 

@@ -2,10 +2,12 @@
 //! partition's high watermark minus the group's committed offset) and the records waiting in
 //! the dead-letter topic (high minus low watermark, summed over its partitions).
 //!
-//! A short-lived consumer with the aggregator's group id reads the group's committed offsets
-//! (an OffsetFetch; it never joins the group or commits) and the watermarks. librdkafka's calls
-//! block, so they run on the blocking pool, each bounded by [`TIMEOUT`].
+//! One consumer with the aggregator's group id, made at the first look and kept (its broker
+//! connections with it), reads the group's committed offsets (an OffsetFetch; it never
+//! subscribes, joins the group or commits) and the watermarks. librdkafka's calls block, so
+//! they run on the blocking pool, each bounded by [`TIMEOUT`].
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -24,6 +26,7 @@ pub struct KafkaProbe {
     /// The topics it reads.
     pub topics: Vec<String>,
     pub dead_letter_topic: String,
+    consumer: Arc<Mutex<Option<BaseConsumer>>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +48,21 @@ pub struct KafkaHealth {
 }
 
 impl KafkaProbe {
+    pub fn new(
+        base: ClientConfig,
+        group_id: String,
+        topics: Vec<String>,
+        dead_letter_topic: String,
+    ) -> Self {
+        Self {
+            base,
+            group_id,
+            topics,
+            dead_letter_topic,
+            consumer: Default::default(),
+        }
+    }
+
     /// Asks the brokers; the error says what failed.
     pub async fn read(&self) -> Result<KafkaHealth, String> {
         let probe = self.clone();
@@ -54,13 +72,27 @@ impl KafkaProbe {
     }
 
     fn read_blocking(&self) -> Result<KafkaHealth, String> {
-        let consumer: BaseConsumer = self
-            .base
-            .clone()
-            .set("group.id", &self.group_id)
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(|e| format!("kafka: {e}"))?;
+        // One look at a time; a failed look drops the consumer, the next one makes another.
+        let mut slot = self.consumer.lock().expect("poisoned");
+        if slot.is_none() {
+            *slot = Some(
+                self.base
+                    .clone()
+                    .set("group.id", &self.group_id)
+                    .set("enable.auto.commit", "false")
+                    .create()
+                    .map_err(|e| format!("kafka: {e}"))?,
+            );
+        }
+        let consumer = slot.as_ref().expect("made above");
+        let result = Self::look(self, consumer);
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+
+    fn look(&self, consumer: &BaseConsumer) -> Result<KafkaHealth, String> {
         let metadata = consumer
             .fetch_metadata(None, TIMEOUT)
             .map_err(|e| format!("kafka metadata: {e}"))?;

@@ -28,3 +28,17 @@ CREATE TABLE IF NOT EXISTS console_audit (
     outcome    TEXT        NOT NULL
 );
 CREATE INDEX IF NOT EXISTS console_audit_account ON console_audit (account_id, id DESC);
+
+-- The console's lists (console/src/pages/lists.rs) cut the scorer's table by these conditions;
+-- each has a partial index on exactly its expression, so a list and its count read only its
+-- own accounts, not every score (100,000 accounts: BENCHMARKS.md).
+CREATE INDEX IF NOT EXISTS account_scores_pql ON account_scores (pql DESC NULLS LAST, account_id);
+CREATE INDEX IF NOT EXISTS account_scores_deal_id ON account_scores (deal_readiness DESC NULLS LAST, account_id);
+CREATE INDEX IF NOT EXISTS account_scores_near_limit ON account_scores (account_id)
+    WHERE jsonb_path_exists(scores, '$.limits[*] ? (@.stage != null)');
+CREATE INDEX IF NOT EXISTS account_scores_power_user ON account_scores (account_id)
+    WHERE jsonb_path_exists(scores, '$.power_user.rule');
+CREATE INDEX IF NOT EXISTS account_scores_escalation ON account_scores (account_id)
+    WHERE jsonb_path_exists(scores, '$.tags[*]');
+CREATE INDEX IF NOT EXISTS accounts_flagged ON accounts (account_id)
+    WHERE review_state IN ('suspected', 'auto_denied');

@@ -15,12 +15,20 @@ use crate::ConsoleState;
 
 /// `GET /console`.
 pub async fn page(State(state): State<ConsoleState>, session: Session) -> Result<Page> {
-    let mut counts = Vec::new();
-    for list in List::ALL {
-        let req = Request::parse(list.slug(), &ListQuery::default())?;
-        let (_, total) = lists::fetch(&state.pool, state.thresholds, &req, Some(1)).await?;
-        counts.push(context! { slug => list.slug(), title => list.title(), total });
-    }
+    // Each list's size, counted at once on the pool's connections.
+    let totals = futures::future::try_join_all(List::ALL.into_iter().map(|list| {
+        let state = &state;
+        async move {
+            let req = Request::parse(list.slug(), &ListQuery::default())?;
+            lists::count(&state.pool, state.thresholds, &req).await
+        }
+    }))
+    .await?;
+    let counts: Vec<_> = List::ALL
+        .into_iter()
+        .zip(totals)
+        .map(|(list, total)| context! { slug => list.slug(), title => list.title(), total })
+        .collect();
     render(
         "home.html",
         context! { session, title => "Overview", counts },

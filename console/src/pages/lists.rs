@@ -99,16 +99,18 @@ impl List {
             })
     }
 
-    /// The list's condition; `$1` is its threshold when it has one.
+    /// The list's condition; `$1` is its threshold when it has one. The JSON conditions are
+    /// exactly the predicates of the partial indexes of migration 0013, so the planner reads
+    /// only the list's own accounts.
     fn condition(self) -> &'static str {
         match self {
             List::DealReady => "s.deal_readiness > $1",
             List::Pql => "s.pql >= $1",
             List::NearLimit => {
-                "$1 >= 0 AND EXISTS (SELECT 1 FROM jsonb_array_elements(s.scores -> 'limits') l WHERE l ->> 'stage' IS NOT NULL)"
+                "$1 >= 0 AND jsonb_path_exists(s.scores, '$.limits[*] ? (@.stage != null)')"
             }
-            List::PowerUsers => "$1 >= 0 AND jsonb_typeof(s.scores -> 'power_user') = 'object'",
-            List::Escalations => "$1 >= 0 AND jsonb_array_length(s.scores -> 'tags') > 0",
+            List::PowerUsers => "$1 >= 0 AND jsonb_path_exists(s.scores, '$.power_user.rule')",
+            List::Escalations => "$1 >= 0 AND jsonb_path_exists(s.scores, '$.tags[*]')",
             List::Flagged => "$1 >= 0 AND a.review_state IN ('suspected', 'auto_denied')",
         }
     }
@@ -170,7 +172,7 @@ impl Sort {
             Sort::Deal => "s.deal_readiness",
             Sort::Pql => "s.pql",
             Sort::Abuse => "s.abuse",
-            Sort::Account => "a.account_id",
+            Sort::Account => "account_id",
             Sort::Scored => "s.scored_at",
         }
     }
@@ -251,6 +253,38 @@ pub struct Row {
     pub scored_at: Option<DateTime<Utc>>,
 }
 
+/// The score lists start from the scorer's table, the review list from the accounts; the other
+/// side is joined for what the rows show. Without a plan filter the count reads nothing but
+/// the list's own index (PostgreSQL drops a left join on a primary key nothing uses).
+fn from(list: List) -> &'static str {
+    match list {
+        List::Flagged => "FROM accounts a LEFT JOIN account_scores s USING (account_id)",
+        _ => "FROM account_scores s LEFT JOIN accounts a USING (account_id)",
+    }
+}
+
+/// The list's condition, and the plan filter (`$2`) when there is one.
+fn condition(req: &Request) -> String {
+    match req.plan {
+        Some(_) => format!("{} AND a.plan = $2", req.list.condition()),
+        None => req.list.condition().to_owned(),
+    }
+}
+
+/// How many accounts `req.list` holds (with its plan filter).
+pub async fn count(pool: &PgPool, thresholds: Thresholds, req: &Request) -> Result<i64> {
+    let sql = format!(
+        "SELECT count(*) {} WHERE {}",
+        from(req.list),
+        condition(req)
+    );
+    let mut q = sqlx::query_scalar(&sql).bind(req.list.threshold(thresholds));
+    if let Some(plan) = &req.plan {
+        q = q.bind(plan);
+    }
+    Ok(q.fetch_one(pool).await?)
+}
+
 /// One page of `req.list` (`limit` rows, or every row when `limit` is `None`), and the count.
 pub async fn fetch(
     pool: &PgPool,
@@ -258,36 +292,29 @@ pub async fn fetch(
     req: &Request,
     limit: Option<u32>,
 ) -> Result<(Vec<Row>, i64)> {
-    let from = "FROM accounts a LEFT JOIN account_scores s USING (account_id)";
-    let cond = format!(
-        "{} AND ($2::text IS NULL OR a.plan = $2)",
-        req.list.condition()
-    );
-    let dir = if req.ascending { "ASC" } else { "DESC" };
-    let nulls = if req.ascending {
-        "NULLS FIRST"
+    let dir = if req.ascending {
+        "ASC NULLS FIRST"
     } else {
-        "NULLS LAST"
+        "DESC NULLS LAST"
     };
     let limit = limit.map_or(i64::MAX, i64::from);
     let offset = (i64::from(req.page) - 1) * limit.min(1_000_000);
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT a.account_id, a.plan, a.email_domain, s.deal_readiness, s.pql, s.abuse, a.review_state, s.scored_at \
-         {from} WHERE {cond} ORDER BY {} {dir} {nulls}, a.account_id LIMIT $3 OFFSET $4",
-        req.sort.column()
-    ))
-    .bind(req.list.threshold(thresholds))
-    .bind(req.plan.as_deref())
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(pool)
-    .await?;
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) {from} WHERE {cond}"))
-        .bind(req.list.threshold(thresholds))
-        .bind(req.plan.as_deref())
-        .fetch_one(pool)
-        .await?;
-    Ok((rows, total))
+    let next = if req.plan.is_some() { 3 } else { 2 };
+    let sql = format!(
+        "SELECT account_id, COALESCE(a.plan, '') AS plan, a.email_domain, s.deal_readiness, s.pql, s.abuse, a.review_state, s.scored_at \
+         {} WHERE {} ORDER BY {} {dir}, account_id LIMIT ${next} OFFSET ${}",
+        from(req.list),
+        condition(req),
+        req.sort.column(),
+        next + 1
+    );
+    let mut q = sqlx::query_as(&sql).bind(req.list.threshold(thresholds));
+    if let Some(plan) = &req.plan {
+        q = q.bind(plan);
+    }
+    let rows = q.bind(limit).bind(offset).fetch_all(pool);
+    let (rows, total) = tokio::join!(rows, count(pool, thresholds, req));
+    Ok((rows?, total?))
 }
 
 #[derive(Debug, Serialize)]
