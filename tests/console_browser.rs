@@ -461,6 +461,14 @@ async fn the_console_in_headless_chromium() {
     screenshot(&c, "08-experiment").await;
     axe(&c, &axe_js, "experiment").await;
 
+    // The growth report of the simulated population, as `meterline report growth` prints it.
+    click_through(&c, Locator::LinkText("Growth")).await;
+    let report = text(&c, "#growth-report").await;
+    assert!(report.starts_with("growth report: "), "{report}");
+    assert!(report.contains("limit hit → conversion"), "{report}");
+    screenshot(&c, "08b-growth").await;
+    axe(&c, &axe_js, "growth").await;
+
     // Pipeline health: the aggregator's lag on each partition of both topics, and a record it
     // cannot decode counted in the dead-letter topic.
     let producer: rdkafka::producer::FutureProducer =

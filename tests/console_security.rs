@@ -38,6 +38,7 @@ fn routes(dead: i64) -> Vec<(&'static str, String)> {
         ("GET", "/console/health".into()),
         ("GET", "/console/experiments".into()),
         ("GET", "/console/experiments/none".into()),
+        ("GET", "/console/growth".into()),
         ("POST", format!("/console/review/{ACCOUNT}/confirm")),
         ("POST", format!("/console/review/{ACCOUNT}/clear")),
         ("POST", format!("/console/notifications/{dead}/retry")),

@@ -80,5 +80,6 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/console/health", get(ops::health))
         .route("/console/experiments", get(growth::list))
         .route("/console/experiments/{name}", get(growth::report))
+        .route("/console/growth", get(growth::growth_report))
         .with_state(state)
 }

@@ -42,6 +42,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         "experiment.html",
         include_str!("../templates/experiment.html"),
     ),
+    ("growth.html", include_str!("../templates/growth.html")),
     ("macros.html", include_str!("../templates/macros.html")),
 ];
 
@@ -124,6 +125,18 @@ mod tests {
         let t = Templates::new();
         for (name, _) in TEMPLATES {
             t.env.get_template(name).unwrap();
+        }
+    }
+
+    #[test]
+    fn every_template_file_is_compiled_in() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(
+                TEMPLATES.iter().any(|(n, _)| *n == name),
+                "templates/{name} is not in TEMPLATES"
+            );
         }
     }
 

@@ -5,7 +5,11 @@
 //!   `meterline_growth::cohort_report::build` (what `meterline experiments report` prints):
 //!   each variant's rates with 95 % intervals, the two-proportion test against the control on
 //!   limit-hit → conversion, the warnings about the read, and the cumulative conversion chart,
-//!   drawn as inline SVG ([`curves`]).
+//!   drawn as inline SVG ([`curves`]);
+//! * `GET /console/growth[?plan=]`: the growth report of seed 000 (`meterline report growth`,
+//!   `meterline_growth::report`): the tier waterfall, the notice funnel, the deal score's lead
+//!   time, time to close, cost to serve, limit hit → conversion and grace use, over all time,
+//!   for events starting on `plan` when given. It is shown as the command prints it.
 
 use axum::extract::{Path, State};
 use chrono::Utc;
@@ -182,6 +186,40 @@ pub async fn report(
             warnings => report.warnings,
             variants,
             chart => curves(&report),
+        },
+    )
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct GrowthQuery {
+    pub plan: Option<String>,
+}
+
+/// `GET /console/growth`.
+pub async fn growth_report(
+    State(state): State<ConsoleState>,
+    session: Session,
+    axum::extract::Query(q): axum::extract::Query<GrowthQuery>,
+) -> Result<Page> {
+    let plan = q
+        .plan
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            meterline_growth::report::args::parse_plan(p)
+                .map_err(|e| ConsoleError::BadRequest(format!("plan: {e}")))
+        })
+        .transpose()?;
+    let filters = meterline_growth::report::args::Filters::new(None, None, plan)
+        .map_err(|e| ConsoleError::BadRequest(e.to_string()))?;
+    let report = meterline_growth::report::build(&state.clickhouse, &filters, Utc::now()).await?;
+    render(
+        "growth.html",
+        context! {
+            session,
+            title => "Growth report",
+            plan => plan.map(|p| p.as_str()),
+            text => report.text(),
         },
     )
 }
