@@ -213,6 +213,25 @@ async fn sessions_roles_csrf_and_escaping() {
         .find(|c| c.starts_with("meterline_console="))
         .unwrap();
     assert!(tls_cookie.contains("; Secure"), "{tls_cookie}");
+    // The expiry is the server's too: a session past it is no session, whatever the browser
+    // keeps.
+    assert_eq!(tls_user.get("/console").await.status, 200);
+    let value = common::console::pair(tls_cookie)["meterline_console=".len()..].to_owned();
+    let expired = sqlx::query(
+        "UPDATE console_sessions SET expires_at = now() - interval '1 second' \
+         WHERE session_sha256 = sha256(convert_to($1, 'UTF8'))",
+    )
+    .bind(&value)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        expired.rows_affected(),
+        1,
+        "the session is stored by its SHA-256"
+    );
+    let a = tls_user.get("/console").await;
+    assert_eq!(a.status, 303, "an expired session still works");
 
     // 4. A viewer sees every page but cannot act, even with its valid CSRF token.
     for (method, path) in routes(dead) {
