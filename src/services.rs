@@ -278,12 +278,8 @@ pub fn notifier(config: &Config, pool: &PgPool, metrics: NotifierMetrics) -> Res
     Ok(notifier)
 }
 
-/// The web console's routes (`/console`), sharing ingest's token store and producer (review
-/// decisions are account events) and the scorer's thresholds (the lists).
-pub fn console(config: &Config, pool: &PgPool, ingest: &AppState) -> axum::Router {
-    meterline_console::router(console_state(config, pool, ingest))
-}
-
+/// The web console's state: ingest's token store and producer (review decisions are account
+/// events), the scorer's thresholds (the lists), the aggregator's group in Kafka (health).
 pub fn console_state(
     config: &Config,
     pool: &PgPool,
@@ -309,6 +305,7 @@ pub fn console_state(
             ],
             config.kafka.dead_letter_topic.clone(),
         )),
+        metrics: Arc::new(meterline_console::metrics::ConsoleMetrics::new()),
     }
 }
 
@@ -458,7 +455,11 @@ pub async fn start(
         };
         ingest_addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "ingest listening");
-        let console = console(config, &pool, &state);
+        let console_state = console_state(config, &pool, &state);
+        state
+            .extra_registries
+            .push(console_state.metrics.registry.clone());
+        let console = meterline_console::router(console_state);
         parts.push(Box::new(IngestServer {
             state,
             listener,

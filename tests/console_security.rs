@@ -349,6 +349,29 @@ async fn sessions_roles_csrf_and_escaping() {
     assert!(audit
         .iter()
         .any(|(a, act, _, o)| a == &reviewer_name && act == "notification_retry" && o == "done"));
+    // And counted on /metrics, by action and outcome (no account in the labels).
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "meterline_console_actions_total{action=\"review_confirm\",outcome=\"refused\"} 4",
+        "meterline_console_actions_total{action=\"review_confirm\",outcome=\"done\"} 1",
+        "meterline_console_actions_total{action=\"notification_retry\",outcome=\"refused\"} 4",
+        "meterline_console_actions_total{action=\"notification_retry\",outcome=\"done\"} 1",
+        "meterline_console_page_seconds_count{route=\"/console/accounts/{id}\",status=\"200\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
+    assert!(
+        !metrics.contains(ACCOUNT),
+        "an account id in a metric label"
+    );
 
     // 7. Markup is escaped wherever it shows: the reason on the review page (state, history,
     //    audit) and on the account page; an account id in a path and a search in the error

@@ -5,6 +5,8 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::ConsoleState;
+
 /// One action.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Entry<'a> {
@@ -21,7 +23,10 @@ pub struct Entry<'a> {
     pub outcome: &'a str,
 }
 
-pub async fn record(pool: &PgPool, e: Entry<'_>) -> Result<(), sqlx::Error> {
+/// Writes `e` to `console_audit` and counts it (`meterline_console_actions_total`).
+pub async fn record(state: &ConsoleState, e: Entry<'_>) -> Result<(), sqlx::Error> {
+    state.metrics.action(e.action, e.outcome);
+    let pool = &state.pool;
     sqlx::query(
         "INSERT INTO console_audit (actor, action, account_id, target, reason, outcome) \
          VALUES ($1, $2, $3, $4, $5, $6)",

@@ -27,6 +27,7 @@ pub mod chart;
 pub mod config;
 pub mod error;
 pub mod kafka;
+pub mod metrics;
 pub mod pages;
 pub mod session;
 pub mod templates;
@@ -57,6 +58,8 @@ pub struct ConsoleState {
     pub thresholds: pages::lists::Thresholds,
     /// Where the health page reads consumer lag and dead letters; `None`: it says it cannot.
     pub kafka: Option<kafka::KafkaProbe>,
+    /// Served on ingest's `/metrics` (the binary adds the registry).
+    pub metrics: Arc<metrics::ConsoleMetrics>,
 }
 
 /// The console's routes, all under `/console`.
@@ -81,5 +84,9 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/console/experiments", get(growth::list))
         .route("/console/experiments/{name}", get(growth::report))
         .route("/console/growth", get(growth::growth_report))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }

@@ -99,7 +99,7 @@ pub async fn retry(
 ) -> Result<Response> {
     let refused = |e: ConsoleError| async {
         audit::record(
-            &state.pool,
+            &state,
             Entry {
                 actor: &session.name,
                 action: "notification_retry",
@@ -131,7 +131,7 @@ pub async fn retry(
         Err(e) => format!("failed: {e}"),
     };
     audit::record(
-        &state.pool,
+        &state,
         Entry {
             actor: &session.name,
             action: "notification_retry",

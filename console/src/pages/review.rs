@@ -143,7 +143,7 @@ pub async fn decide(
     let account = account_id(&id)?;
     let refused = |e: ConsoleError| async {
         audit::record(
-            &state.pool,
+            &state,
             Entry {
                 actor: &session.name,
                 action,
@@ -177,7 +177,7 @@ pub async fn decide(
         Err(e) => format!("failed: {e}"),
     };
     audit::record(
-        &state.pool,
+        &state,
         Entry {
             actor: &session.name,
             action,

@@ -73,7 +73,7 @@ pub async fn sign_in(
         Ok(p) => p,
         Err(ApiError::Unauthorized(_)) => {
             audit::record(
-                &state.pool,
+                &state,
                 Entry {
                     actor: "-",
                     action: "sign_in",
@@ -96,7 +96,7 @@ pub async fn sign_in(
         Err(e) => {
             if let ConsoleError::Forbidden(why) = &e {
                 audit::record(
-                    &state.pool,
+                    &state,
                     Entry {
                         actor: &principal.name,
                         action: "sign_in",
@@ -110,7 +110,7 @@ pub async fn sign_in(
         }
     };
     audit::record(
-        &state.pool,
+        &state,
         Entry {
             actor: &session.name,
             action: "sign_in",
@@ -147,7 +147,7 @@ pub async fn sign_out(
     session.check_csrf(fields.get("csrf").map(String::as_str))?;
     session.end(&state).await?;
     audit::record(
-        &state.pool,
+        &state,
         Entry {
             actor: &session.name,
             action: "sign_out",
