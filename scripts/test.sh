@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, on real servers: brings the services up (installing what is missing),
-# installs the console's browser-test tools (scripts/console-test-deps.sh), runs every unit and integration test in the workspace, then Schemathesis against the served
+# runs every unit and integration test in the workspace, then Schemathesis against the served
 # /openapi.json (scripts/schemathesis.sh; SCHEMATHESIS_MAX_EXAMPLES examples per operation,
 # 20 by default, which keeps it to a few minutes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The console's browser tests need chromium, chromium-driver and axe-core (installed when missing).
+scripts/console-test-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/services.sh up
-scripts/console-test-deps.sh
 cargo test --workspace --all-targets --locked "$@"
 scripts/schemathesis.sh --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-20}"
