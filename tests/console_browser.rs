@@ -502,6 +502,20 @@ async fn the_console_in_headless_chromium() {
     screenshot(&c, "09-health").await;
     axe(&c, &axe_js, "health").await;
 
+    // The audit trail: the decisions and the retry, with who and why.
+    click_through(&c, Locator::LinkText("Audit")).await;
+    let trail = text(&c, "#audit").await;
+    for needle in [
+        format!("{reviewer_name} review_confirm {flagged}"),
+        format!("{reviewer_name} review_clear {flagged}"),
+        "false positive after a call done".to_owned(),
+        format!("{reviewer_name} notification_retry"),
+    ] {
+        assert!(trail.contains(&needle), "{needle} missing from {trail}");
+    }
+    screenshot(&c, "09b-audit").await;
+    axe(&c, &axe_js, "audit").await;
+
     // Sign out: the console sends to sign-in again.
     click_through(&c, Locator::Css("#sign-out")).await;
     assert_eq!(path_of(&c).await, "/console/login");

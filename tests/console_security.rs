@@ -39,6 +39,7 @@ fn routes(dead: i64) -> Vec<(&'static str, String)> {
         ("GET", "/console/experiments".into()),
         ("GET", "/console/experiments/none".into()),
         ("GET", "/console/growth".into()),
+        ("GET", "/console/audit".into()),
         ("POST", format!("/console/review/{ACCOUNT}/confirm")),
         ("POST", format!("/console/review/{ACCOUNT}/clear")),
         ("POST", format!("/console/notifications/{dead}/retry")),
@@ -380,6 +381,7 @@ async fn sessions_roles_csrf_and_escaping() {
         format!("/console/review/{ACCOUNT}"),
         format!("/console/accounts/{ACCOUNT}"),
         "/console/review".to_owned(),
+        "/console/audit".to_owned(),
     ] {
         let a = wait_for(
             &format!("{path} shows the decision"),

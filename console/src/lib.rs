@@ -81,6 +81,7 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/console/notifications", get(ops::outbox))
         .route("/console/notifications/{id}/retry", post(ops::retry))
         .route("/console/health", get(ops::health))
+        .route("/console/audit", get(ops::audit_trail))
         .route("/console/experiments", get(growth::list))
         .route("/console/experiments/{name}", get(growth::report))
         .route("/console/growth", get(growth::growth_report))

@@ -43,6 +43,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/experiment.html"),
     ),
     ("growth.html", include_str!("../templates/growth.html")),
+    ("audit.html", include_str!("../templates/audit.html")),
     ("macros.html", include_str!("../templates/macros.html")),
 ];
 

@@ -5,7 +5,9 @@
 //!   unconfirmed row;
 //! * `POST /console/notifications/{id}/retry`: queues it again with fresh attempts
 //!   (`meterline_notifier::outbox::retry`, as `meterline notifications retry ID`);
-//! * `GET /console/health`: pipeline health from the stores and Kafka (see [`health_figures`]).
+//! * `GET /console/health`: pipeline health from the stores and Kafka (see [`health_figures`]);
+//! * `GET /console/audit`: the latest console actions, who did what, on what, why, and how it
+//!   ended (`console_audit`).
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -259,5 +261,18 @@ pub async fn health(State(state): State<ConsoleState>, session: Session) -> Resu
     render(
         "health.html",
         context! { session, title => "Pipeline health", figures, partitions },
+    )
+}
+
+/// `GET /console/audit`: the latest 500 console actions, newest first.
+pub async fn audit_trail(State(state): State<ConsoleState>, session: Session) -> Result<Page> {
+    let rows: Vec<_> = audit::recent(&state.pool, None, 500)
+        .await?
+        .into_iter()
+        .map(|a| context! { at => when(a.at), a })
+        .collect();
+    render(
+        "audit.html",
+        context! { session, title => "Audit trail", rows },
     )
 }
