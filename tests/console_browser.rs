@@ -371,7 +371,30 @@ async fn the_console_in_headless_chromium() {
         "deny",
         "{flagged} denied already"
     );
+    // The queue shows the evidence: every account whose scores hold shared keys has its
+    // table of distinct networks, every one with fingerprint matches its linked accounts.
+    let (sharing, linked): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE jsonb_path_exists(scores, '$.shared_keys[*]')), \
+                count(*) FILTER (WHERE jsonb_path_exists(scores, '$.multi_accounts[*]')) FROM account_scores",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        sharing > 0 && linked > 0,
+        "the population shares keys and links accounts"
+    );
     c.goto(&app.url("/console/review")).await.unwrap();
+    let key_tables = c
+        .find_all(Locator::XPath("//table[caption='Shared keys']"))
+        .await
+        .unwrap();
+    assert_eq!(key_tables.len() as i64, sharing);
+    let link_tables = c
+        .find_all(Locator::XPath("//table[caption='Linked accounts']"))
+        .await
+        .unwrap();
+    assert_eq!(link_tables.len() as i64, linked);
     screenshot(&c, "05-review-queue").await;
     axe(&c, &axe_js, "review queue").await;
     c.goto(&app.url(&format!("/console/review/{flagged}")))

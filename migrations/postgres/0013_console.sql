@@ -42,3 +42,7 @@ CREATE INDEX IF NOT EXISTS account_scores_escalation ON account_scores (account_
     WHERE jsonb_path_exists(scores, '$.tags[*]');
 CREATE INDEX IF NOT EXISTS accounts_flagged ON accounts (account_id)
     WHERE review_state IN ('suspected', 'auto_denied');
+-- The review queue's second part: accounts whose scores hold key-sharing or fingerprint
+-- evidence, in review or not.
+CREATE INDEX IF NOT EXISTS account_scores_evidence ON account_scores (abuse DESC, account_id)
+    WHERE jsonb_path_exists(scores, '$.shared_keys[*]') OR jsonb_path_exists(scores, '$.multi_accounts[*]');

@@ -2,7 +2,9 @@
 //!
 //! * `GET /console/review`: the accounts in review, most recent first, each with its abuse
 //!   reasons, its shared keys (distinct client networks in the minute and the day) and the
-//!   accounts matching its signup fingerprints;
+//!   accounts matching its signup fingerprints; then the accounts not in review whose scores
+//!   hold key-sharing or fingerprint evidence (the key-sharing and multi-account signals do
+//!   not put an account in review, a person may);
 //! * `GET /console/review/{id}`: one account's review, evidence, inputs and history, with the
 //!   confirm and clear forms for a person who may act;
 //! * `POST /console/review/{id}/confirm|clear` with a `reason`: the decision, recorded by
@@ -56,9 +58,27 @@ pub async fn queue(State(state): State<ConsoleState>, session: Session) -> Resul
             context! { e, since, keys, matches }
         })
         .collect();
+    // Key sharing and linked accounts: the scorer raises signals for them but does not put
+    // the account in review; a person may, from here.
+    let others: Vec<(String, String, Option<i32>, Value, Value)> = sqlx::query_as(
+        "SELECT account_id, COALESCE(a.plan, ''), s.abuse, s.scores -> 'shared_keys', s.scores -> 'multi_accounts' \
+         FROM account_scores s LEFT JOIN accounts a USING (account_id) \
+         WHERE (jsonb_path_exists(s.scores, '$.shared_keys[*]') OR jsonb_path_exists(s.scores, '$.multi_accounts[*]')) \
+           AND NOT (account_id = ANY($1)) \
+         ORDER BY s.abuse DESC, account_id LIMIT 200",
+    )
+    .bind(&ids)
+    .fetch_all(&state.pool)
+    .await?;
+    let others: Vec<_> = others
+        .into_iter()
+        .map(|(account_id, plan, abuse, keys, matches)| {
+            context! { account_id, plan, abuse, keys, matches }
+        })
+        .collect();
     render(
         "review_queue.html",
-        context! { session, title => "Review queue", rows },
+        context! { session, title => "Review queue", rows, others },
     )
 }
 
