@@ -19,6 +19,10 @@ $BIN tokens revoke local-gateway >/dev/null 2>&1 || true
 TOKEN=$($BIN tokens add local-gateway --scope ingest --scope read 2>/dev/null)
 mkdir -p .local/log
 echo "$TOKEN" > .local/gateway-token
+# And one to sign in to the web console with (review scope: it may confirm, clear and retry).
+$BIN tokens revoke local-console >/dev/null 2>&1 || true
+CONSOLE_TOKEN=$($BIN tokens add local-console --scope review 2>/dev/null)
+echo "$CONSOLE_TOKEN" > .local/console-token
 
 LOG=.local/log/meterline.log
 $BIN run >>"$LOG" 2>&1 &
@@ -43,6 +47,7 @@ cat <<MSG
 
   Meterline is running on http://127.0.0.1:8080 (logs: $LOG)
   Gateway token (also in .local/gateway-token): $TOKEN
+  Web console:       http://127.0.0.1:8080/console  (sign in with the token in .local/console-token)
   Notifications (no Slack webhook or HubSpot token configured): .local/notifications/
 
   Post an event:     see "Try it" in README.md

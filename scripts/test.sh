@@ -6,6 +6,8 @@
 # 20 by default, which keeps it to a few minutes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The console's browser tests need chromium, chromium-driver and axe-core (installed when missing).
+scripts/console-test-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/services.sh up
 # The hot-state v2 tests also run on a local three-master Redis Cluster (tests/common

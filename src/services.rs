@@ -282,7 +282,7 @@ pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> R
 /// Builds the notifier: its outbox, the HTTP clients for Slack and HubSpot, the local sink;
 /// the tiers (the plan each offer names) and the public email domains (no HubSpot company).
 pub fn notifier(config: &Config, pool: &PgPool, metrics: NotifierMetrics) -> Result<Notifier> {
-    Notifier::new(
+    let mut notifier = Notifier::new(
         pool.clone(),
         config.clickhouse.client(),
         registry(config, pool),
@@ -292,7 +292,41 @@ pub fn notifier(config: &Config, pool: &PgPool, metrics: NotifierMetrics) -> Res
         UnsubscribeKey::new(&config.privacy.unsubscribe_key),
         metrics,
     )
-    .context("building the notifier")
+    .context("building the notifier")?;
+    // Deal alerts and deals link to the account's page in the console.
+    notifier.console_base_url = Some(config.console.base_url.clone());
+    Ok(notifier)
+}
+
+/// The web console's state: ingest's token store and producer (review decisions are account
+/// events), the scorer's thresholds (the lists), the aggregator's group in Kafka (health).
+pub fn console_state(
+    config: &Config,
+    pool: &PgPool,
+    ingest: &AppState,
+) -> meterline_console::ConsoleState {
+    meterline_console::ConsoleState {
+        pool: pool.clone(),
+        clickhouse: config.clickhouse.client(),
+        tokens: ingest.tokens.clone(),
+        producer: ingest.producer.clone(),
+        account_topic: ingest.account.clone(),
+        config: Arc::new(config.console.clone()),
+        thresholds: meterline_console::pages::lists::Thresholds {
+            deal_ready_above: config.scorer.deal.ready_above,
+            pql_qualified_at: config.scorer.pql.qualified_at,
+        },
+        kafka: Some(meterline_console::kafka::KafkaProbe::new(
+            meterline_infra::kafka::client_config(&config.kafka),
+            config.aggregator.group_id.clone(),
+            vec![
+                config.kafka.usage_topic.clone(),
+                config.kafka.account_topic.clone(),
+            ],
+            config.kafka.dead_letter_topic.clone(),
+        )),
+        metrics: Arc::new(meterline_console::metrics::ConsoleMetrics::new()),
+    }
 }
 
 /// A running component set.
@@ -441,10 +475,16 @@ pub async fn start(
         };
         ingest_addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "ingest listening");
+        let console_state = console_state(config, &pool, &state);
+        state
+            .extra_registries
+            .push(console_state.metrics.registry.clone());
+        let console = meterline_console::router(console_state);
         parts.push(Box::new(IngestServer {
             state,
             listener,
             header_read_timeout,
+            extra_routes: Some(console),
         }));
     } else if !parts.is_empty() {
         // Without ingest, the aggregator, scorer and notifier serve their own health and metrics.

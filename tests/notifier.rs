@@ -82,6 +82,7 @@ async fn a_child_process_gets_exactly_the_tests_configuration() {
     c.aggregator.instance_id = "aggregator-7".into();
     c.accounts.public_domains.push("campus.example".into());
     c.review.rescore_margin = 25;
+    c.console.base_url = "https://console.example.com/console".into();
     let defaults = config_table(&Config::default());
     let ours = config_table(&c);
     let unchanged: Vec<&String> = defaults
@@ -392,7 +393,12 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
         .collect();
     assert_eq!(
         types,
-        ["header", "section", "section", "section", "section", "context"]
+        ["header", "section", "section", "section", "section", "actions", "context"]
+    );
+    // The account's page in the web console (`console.base_url`).
+    assert_eq!(
+        body["blocks"][5]["elements"][0]["url"],
+        format!("http://127.0.0.1:8080/console/accounts/{acct}")
     );
     assert_eq!(body["blocks"][0]["text"]["type"], "plain_text");
     assert_eq!(
@@ -486,6 +492,12 @@ async fn slack_and_hubspot_get_exactly_the_documented_requests_once() {
         .as_str()
         .unwrap()
         .starts_with("Deal readiness 75/100"));
+    assert!(
+        created["description"].as_str().unwrap().contains(&format!(
+            "Console: http://127.0.0.1:8080/console/accounts/{acct}"
+        )),
+        "{created:?}"
+    );
     assert_eq!(
         hs[4].body,
         Value::Null,

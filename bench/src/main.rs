@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use meterline::config::{Config, CONFIG_PATH_ENV};
 
 mod common;
+mod console;
 mod e2e;
 mod hostile;
 mod http_load;
@@ -105,6 +106,15 @@ enum BenchKind {
         #[arg(long, default_value_t = 0)]
         backlog: usize,
     },
+    /// The web console's page render times with a large customer base in the stores.
+    Console {
+        /// Accounts in the stores.
+        #[arg(long, default_value_t = 100_000)]
+        accounts: usize,
+        /// Timed requests per page.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+    },
     /// Ingest's memory and a gateway's service while slow and hostile clients attack.
     Hostile {
         /// Seconds to run.
@@ -129,6 +139,9 @@ async fn main() -> Result<()> {
     });
     let config = Config::load(path.as_deref(), std::env::vars())?;
     match cli.which {
+        BenchKind::Console { accounts, requests } => {
+            console::console(&config, console::ConsoleBench { accounts, requests }).await?;
+        }
         BenchKind::Hostile {
             duration,
             large_senders,

@@ -23,6 +23,10 @@ pub enum Scope {
     Read,
     /// Manage the system.
     Admin,
+    /// Sign in to the web console and look (a viewer).
+    Console,
+    /// Sign in to the web console and act: review decisions, notification retries.
+    Review,
 }
 
 impl Scope {
@@ -31,6 +35,8 @@ impl Scope {
             Scope::Ingest => "ingest",
             Scope::Read => "read",
             Scope::Admin => "admin",
+            Scope::Console => "console",
+            Scope::Review => "review",
         }
     }
 
@@ -39,6 +45,8 @@ impl Scope {
             "ingest" => Some(Scope::Ingest),
             "read" => Some(Scope::Read),
             "admin" => Some(Scope::Admin),
+            "console" => Some(Scope::Console),
+            "review" => Some(Scope::Review),
             _ => None,
         }
     }

@@ -13,6 +13,8 @@ pub struct IngestServer {
     pub state: AppState,
     pub listener: TcpListener,
     pub header_read_timeout: Duration,
+    /// Routes served beside ingest's own on the same listener (the web console).
+    pub extra_routes: Option<axum::Router>,
 }
 
 impl Component for IngestServer {
@@ -27,7 +29,10 @@ impl Component for IngestServer {
     fn run(self: Box<Self>, shutdown: CancellationToken) -> RunFuture {
         Box::pin(async move {
             let producer = self.state.producer.clone();
-            let app = crate::router(self.state);
+            let mut app = crate::router(self.state);
+            if let Some(extra) = self.extra_routes {
+                app = app.merge(extra);
+            }
             meterline_infra::http_server::serve(
                 self.listener,
                 app,

@@ -248,6 +248,10 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
         SignalKind::Pql => signal.pql,
         _ => signal.deal_readiness,
     };
+    let console_url = n
+        .console_base_url
+        .as_deref()
+        .map(|base| message::console_link(base, &signal.account_id));
     let mut tx = n.pg.begin().await?;
     outbox::lock_account(&mut tx, &signal.account_id).await?;
     let mut results = Vec::new();
@@ -265,14 +269,19 @@ pub async fn accept(n: &Notifier, signal: &AccountSignal) -> Result<Outcome, Not
         let mut skipped = None;
         // Notices, deals and emails sell a plan; routing only lets them through with one to sell.
         let (payload, detail, notice) = match (&d, aim.offer) {
-            (Destination::Slack(_), _) => (
-                message::slack_message(signal, &account, &usage, &aim),
-                expansion,
-                None,
-            ),
+            (Destination::Slack(_), _) => {
+                let mut m = message::slack_message(signal, &account, &usage, &aim);
+                if let Some(url) = &console_url {
+                    message::add_console_button(&mut m, url);
+                }
+                (m, expansion, None)
+            }
             (Destination::HubSpot, Some((plan, offer))) => {
-                let deal =
+                let mut deal =
                     message::deal_request(signal, &account, &usage, plan, offer, &n.public_domains);
+                if let Some(url) = &console_url {
+                    message::add_console_line(&mut deal, url);
+                }
                 let detail = deal.no_company.clone();
                 (
                     serde_json::to_value(deal).expect("serialisable"),

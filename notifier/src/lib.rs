@@ -101,6 +101,9 @@ pub struct Notifier {
     pub unsubscribe: UnsubscribeKey,
     /// The intake wakes the worker when it queued something.
     pub wake: Arc<Notify>,
+    /// The web console's address (`console.base_url`): Slack alerts and HubSpot deals link to
+    /// the account's page there. `None`: no link.
+    pub console_base_url: Option<String>,
 }
 
 impl Notifier {
@@ -136,6 +139,7 @@ impl Notifier {
             public_domains: Arc::new(public_domains),
             metrics,
             wake: Arc::new(Notify::new()),
+            console_base_url: None,
         })
     }
 

@@ -335,6 +335,37 @@ pub fn slack_message(
     })
 }
 
+/// The account's page in the web console: `{base}/accounts/{id}`, the id percent-encoded.
+pub fn console_link(base: &str, account_id: &str) -> String {
+    let mut id = String::with_capacity(account_id.len());
+    for b in account_id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            id.push(b as char);
+        } else {
+            id.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{}/accounts/{id}", base.trim_end_matches('/'))
+}
+
+/// Adds an "Open in console" button linking to `url` to a Slack message, before its context
+/// line.
+pub fn add_console_button(message: &mut Value, url: &str) {
+    if let Some(blocks) = message["blocks"].as_array_mut() {
+        let at = blocks.len().saturating_sub(1);
+        blocks.insert(
+            at,
+            json!({"type": "actions", "elements": [{"type": "button", "action_id": "open_console",
+                "text": {"type": "plain_text", "text": "Open in console"}, "url": url}]}),
+        );
+    }
+}
+
+/// Adds the console link to a deal's description.
+pub fn add_console_line(deal: &mut DealRequest, url: &str) {
+    deal.description.push_str(&format!("Console: {url}\n"));
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();

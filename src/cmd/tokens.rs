@@ -11,7 +11,8 @@ pub enum TokenAction {
     /// Create a token and print it. It is shown only this once.
     Add {
         name: String,
-        /// ingest, read or admin; repeat for several.
+        /// ingest, read, admin, console (the web console, to look) or review (the web console,
+        /// to act); repeat for several.
         #[arg(long = "scope", required = true, value_parser = parse_scope)]
         scopes: Vec<Scope>,
         /// Limit the token to this account: it can never read another.
@@ -23,7 +24,8 @@ pub enum TokenAction {
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {
-    Scope::parse(s).ok_or_else(|| format!("{s:?} is not a scope; use ingest, read or admin"))
+    Scope::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a scope; use ingest, read, admin, console or review"))
 }
 
 #[derive(Subcommand)]

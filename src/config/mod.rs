@@ -10,6 +10,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use meterline_aggregator::AggregatorConfig;
+use meterline_console::ConsoleConfig;
 use meterline_infra::{ClickHouseConfig, KafkaConfig, RedisConfig};
 use meterline_ingest::IngestConfig;
 use meterline_notifier::NotifierConfig;
@@ -122,6 +123,8 @@ pub struct Config {
     pub accounts: PublicDomainsConfig,
     /// A person in the loop before enforcement: suspected accounts, the high-confidence rule.
     pub review: ReviewConfig,
+    /// The web console at `/console`: its address (deal alerts link to it) and sessions.
+    pub console: ConsoleConfig,
 }
 
 impl Config {
@@ -212,6 +215,9 @@ impl Config {
                 self.scorer.sustained_minutes as i64,
             ),
         ];
+        self.console
+            .validate()
+            .map_err(|(key, why)| anyhow!("configuration key `{key}`: {why}"))?;
         for (key, v) in positive {
             if v < 1 {
                 bail!("configuration key `{key}`: must be at least 1, got {v}");

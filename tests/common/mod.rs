@@ -4,6 +4,7 @@
 //! random port.
 #![allow(dead_code)]
 
+pub mod console;
 pub mod proxy;
 pub mod signals;
 pub mod smtp;

@@ -224,3 +224,19 @@ fn counts_read_like_people_write_them() {
     assert_eq!(count(61_234_567), "61.2M");
     assert_eq!(count(2_500_000_000), "2.5B");
 }
+
+#[test]
+fn the_console_link_encodes_the_account_and_sits_before_the_context() {
+    assert_eq!(
+        console_link("https://c.example.com/console/", "acct 1/<b>"),
+        "https://c.example.com/console/accounts/acct%201%2F%3Cb%3E"
+    );
+    let mut m = json!({"text": "t", "blocks": [{"type": "header"}, {"type": "context"}]});
+    add_console_button(&mut m, "https://c.example.com/console/accounts/a");
+    assert_eq!(m["blocks"][1]["type"], "actions");
+    assert_eq!(
+        m["blocks"][1]["elements"][0]["url"],
+        "https://c.example.com/console/accounts/a"
+    );
+    assert_eq!(m["blocks"][2]["type"], "context");
+}
