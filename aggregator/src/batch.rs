@@ -23,6 +23,7 @@
 //!   nothing, and the increments it carries for closed windows land with it, once.
 //! - *The checkpoint is behind every snapshot.* Every changed account is written before the
 //!   checkpoint that covers its events, and ClickHouse before the fold.
+//!
 //! So after a crash anywhere, the replay from c + 1 inserts into ClickHouse only above its
 //! watermark, and folds into an account only above its `_o`: every event counts once in each
 //! store. A writer from an older assignment is refused by the epoch in every script; the only

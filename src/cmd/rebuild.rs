@@ -17,7 +17,7 @@ pub async fn run(config: &Config) -> Result<()> {
             .context("connecting to Redis")?,
         keys: HotKeys::new(config.redis.key_prefix.clone()).context("redis.key_prefix")?,
         topic: config.kafka.usage_topic.clone(),
-        partitions: config.kafka.partitions as i32,
+        partitions: config.kafka.partitions,
         // The scorer drains one queue (see services::aggregator).
         scorer_queue: Some(Keys::new(config.redis.key_prefix.clone()).dirty()),
     };

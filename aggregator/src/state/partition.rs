@@ -234,14 +234,14 @@ impl Partition {
         let epoch = self.epoch;
         // Boxed one by one (not a closure over the stream), which keeps the caller's future
         // `Send` for every lifetime (rust-lang/rust#102211).
-        let loads: Vec<BoxFuture<'_, Result<(&str, Option<(AccountState, i64)>), SinkError>>> =
-            missing
-                .into_iter()
-                .map(|account| {
-                    let mut writer = writer.clone();
-                    async move { Ok((account, writer.load_account(epoch, account).await?)) }.boxed()
-                })
-                .collect();
+        type Load<'a> = BoxFuture<'a, Result<(&'a str, Option<(AccountState, i64)>), SinkError>>;
+        let loads: Vec<Load<'_>> = missing
+            .into_iter()
+            .map(|account| {
+                let mut writer = writer.clone();
+                async move { Ok((account, writer.load_account(epoch, account).await?)) }.boxed()
+            })
+            .collect();
         let mut loads = futures::stream::iter(loads).buffer_unordered(in_flight.max(1));
         while let Some(loaded) = loads.next().await {
             match loaded? {

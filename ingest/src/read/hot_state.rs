@@ -69,11 +69,12 @@ impl HotState {
                     .arg(k.dims(account, month))
                     .arg(hot::dims_member(Dim::Sessions, s))
                     .arg(hot::day_session_member(day, s));
-                let (cur, counters, known): (
+                type Reply = (
                     std::collections::HashMap<String, String>,
                     WindowCounters,
                     (Option<String>, Option<String>),
-                ) = p.query_async(&mut redis).await?;
+                );
+                let (cur, counters, known): Reply = p.query_async(&mut redis).await?;
                 (
                     cur,
                     Some(SessionRead {
