@@ -7,7 +7,7 @@
 #   scripts/redis-cluster.sh up|down|status
 #
 # `up` prints the seed nodes as tests and `redis.cluster_nodes` take them:
-#   METERLINE_TEST_REDIS_CLUSTER=redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002
+#   TEST_REDIS_CLUSTER=redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

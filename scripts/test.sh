@@ -11,8 +11,8 @@ scripts/console-test-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/services.sh up
 # The hot-state v2 tests also run on a local three-master Redis Cluster (tests/common
-# hot_deployments).
-METERLINE_TEST_REDIS_CLUSTER="$(scripts/redis-cluster.sh up)"
-export METERLINE_TEST_REDIS_CLUSTER
+# hot_deployments). Not METERLINE_…: the binary reads every METERLINE_ variable as configuration.
+TEST_REDIS_CLUSTER="$(scripts/redis-cluster.sh up)"
+export TEST_REDIS_CLUSTER
 cargo test --workspace --all-targets --locked "$@"
 scripts/schemathesis.sh --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-20}"

@@ -120,6 +120,7 @@ impl Sinks {
             metrics.lap("clickhouse", &mut clock);
         }
         hot.fold(usage, decisions, last, now).await?;
+        hot.count(usage, decisions);
         metrics.lap("fold", &mut clock);
         Ok(decisions.new.len())
     }

@@ -136,6 +136,7 @@ impl Aggregator {
             if !self.flush_with_retry(caught_up, false, &shutdown).await {
                 break;
             }
+            self.seek_rewinds().await;
         }
         // Shutting down: what is folded is made durable (and committed) before leaving.
         self.flush_with_retry(true, true, &CancellationToken::new())
@@ -156,13 +157,17 @@ impl Aggregator {
         let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
         let mut delays = write_backoff(WRITE_RETRY_BASE, max_backoff).build();
         let mut clock = Instant::now();
+        // One `now` for every attempt: an attempt whose snapshots landed but whose answer was
+        // lost is found stored (`HAVE`) by the next, which must then forget what that snapshot
+        // moved and wrote, as of the same moment.
+        let now = chrono::Utc::now();
         let actions = loop {
             let result = self
                 .sinks
                 .hot
                 .lock()
                 .await
-                .flush_due(caught_up, all, chrono::Utc::now())
+                .flush_due(caught_up, all, now)
                 .await;
             match result {
                 Ok(actions) => break actions,
@@ -202,25 +207,47 @@ impl Aggregator {
                         .inc_by(duplicates);
                     commits.push((self.topics.usage.clone(), partition, offset));
                 }
-                FlushAction::Rewind(offset) => {
-                    let consumer = self.consumer.clone();
-                    let topic = self.topics.usage.clone();
-                    let sought = tokio::task::spawn_blocking(move || {
-                        consumer.seek(
-                            &topic,
-                            partition,
-                            Offset::Offset(offset),
-                            Duration::from_secs(10),
-                        )
-                    })
-                    .await;
-                    tracing::warn!(partition, offset, result = ?sought.map(|r| r.map_err(|e| e.to_string())), "usage partition rewound to its checkpoint");
-                }
+                FlushAction::Rewind(_) => {}
             }
         }
         self.commit_offsets(commits).await;
+        self.seek_rewinds().await;
         self.metrics.lap("commit", &mut clock);
         true
+    }
+
+    /// Seeks the usage partitions whose state was dropped back to their checkpoints. A seek
+    /// that fails is tried again after the next batch; meanwhile the state store holds back
+    /// the partition's records (`HotStore::decide`), so nothing past the checkpoint is skipped.
+    async fn seek_rewinds(&self) {
+        let pending = self.sinks.hot.lock().await.pending_seeks();
+        for (partition, offset) in pending {
+            let consumer = self.consumer.clone();
+            let topic = self.topics.usage.clone();
+            let sought = tokio::task::spawn_blocking(move || {
+                consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(10),
+                )
+            })
+            .await;
+            match sought {
+                Ok(Ok(())) => {
+                    tracing::warn!(
+                        partition,
+                        offset,
+                        "usage partition rewound to its checkpoint"
+                    );
+                    self.sinks.hot.lock().await.sought(partition);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(partition, offset, error = %e, "usage partition not rewound yet; its records are held back")
+                }
+                Err(e) => tracing::error!(error = %e, "seek task failed"),
+            }
+        }
     }
 
     /// Reads up to a batch. `None` once shutdown is requested and nothing is pending.

@@ -98,6 +98,8 @@ impl RawEvent {
 pub struct Rebuilt {
     /// Events read from ClickHouse (duplicate rows counted once).
     pub events: u64,
+    /// Of those, events that no longer parse (an account id that does not), left out.
+    pub skipped: u64,
     pub accounts: u64,
     /// Partitions checkpointed.
     pub partitions: u64,
@@ -128,6 +130,10 @@ impl Target {
 struct PartitionRebuild {
     writer: StateWriter<HotConn>,
     epoch: i64,
+    /// The checkpoint found when claiming: kept by the checkpoints written mid-way, so a rebuild
+    /// that stops half-way leaves the aggregators to resume where they were, not past accounts
+    /// it has not written.
+    claimed_at: i64,
     seen: BTreeMap<DateTime<Utc>, Vec<String>>,
     pending: usize,
     accounts: Vec<String>,
@@ -175,12 +181,13 @@ pub async fn rebuild_hot_state(
             continue;
         }
         let mut writer = target.writer(p);
-        let (epoch, _) = writer.claim().await?;
+        let (epoch, claimed_at) = writer.claim().await?;
         parts.insert(
             p,
             PartitionRebuild {
                 writer,
                 epoch,
+                claimed_at,
                 seen: BTreeMap::new(),
                 pending: 0,
                 accounts: Vec::new(),
@@ -222,7 +229,12 @@ pub async fn rebuild_hot_state(
         let partition = row.kafka_partition as i32;
         let offset = row.kafka_offset as i64;
         let occurred = i64::from(row.occurred_at);
-        let Some(e) = row.into_event() else { continue };
+        let id = row.event_id.clone();
+        let Some(e) = row.into_event() else {
+            out.skipped += 1;
+            tracing::warn!(event_id = %id, "a stored event no longer parses (its account id); not rebuilt");
+            continue;
+        };
         let c = current.as_mut().expect("set above");
         c.1.fold(&e, now);
         if offset >= c.3 {
@@ -236,8 +248,7 @@ pub async fn rebuild_hot_state(
                     .push(e.event_id);
                 part.pending += 1;
                 if part.pending >= CHUNK {
-                    part.checkpoint(watermarks.get(&partition).copied().unwrap_or(-1))
-                        .await?;
+                    part.checkpoint(part.claimed_at).await?;
                 }
             }
         }

@@ -37,10 +37,11 @@ pub async fn run(config: &Config) -> Result<()> {
     .await
     .context("rebuilding the hot state")?;
     println!(
-        "hot state rebuilt in {:.1} s: {} events over {} accounts read from ClickHouse and written to Redis; {} partitions checkpointed at ClickHouse's watermark",
+        "hot state rebuilt in {:.1} s: {} events over {} accounts read from ClickHouse and written to Redis ({} left out: they no longer parse); {} partitions checkpointed at ClickHouse's watermark",
         started.elapsed().as_secs_f64(),
         done.events,
         done.accounts,
+        done.skipped,
         done.partitions
     );
     Ok(())

@@ -251,7 +251,7 @@ impl Config {
             // The components still read and write the untagged layout of `keys::Keys`, whose
             // scripts and pipelines cross hash slots; `keys::hot` (issue 21) lifts this.
             bail!(
-                "configuration key `redis.cluster_nodes`: Redis Cluster needs hot-state layout v2, which the components do not use yet; leave it empty and set redis.url"
+                "configuration key `redis.cluster_nodes`: not yet: the scorer's queue and the read path's quota markers are not tagged for Redis Cluster (the hot state's layout v2 is); leave it empty and set redis.url"
             );
         }
         if !self

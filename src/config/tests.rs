@@ -185,7 +185,7 @@ fn bad_values_name_the_key() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("`redis.cluster_nodes`") && err.contains("layout v2"),
+        err.contains("`redis.cluster_nodes`") && err.contains("not tagged for Redis Cluster"),
         "{err}"
     );
 

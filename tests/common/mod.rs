@@ -414,16 +414,16 @@ pub type WindowSums = HashMap<(String, i64), Sums>;
 
 /// The Redis deployments the hot-state v2 tests run on, under `config`'s prefix: the standalone
 /// server, and the local cluster of `scripts/redis-cluster.sh` when
-/// `METERLINE_TEST_REDIS_CLUSTER` names its nodes (`scripts/test.sh` starts it and sets it).
+/// `TEST_REDIS_CLUSTER` names its nodes (`scripts/test.sh` starts it and sets it).
 pub fn hot_deployments(config: &Config) -> Vec<meterline_infra::RedisConfig> {
     let mut out = vec![config.redis.clone()];
-    match std::env::var("METERLINE_TEST_REDIS_CLUSTER") {
+    match std::env::var("TEST_REDIS_CLUSTER") {
         Ok(nodes) if !nodes.trim().is_empty() => out.push(meterline_infra::RedisConfig {
             cluster_nodes: nodes,
             ..config.redis.clone()
         }),
         _ => eprintln!(
-            "METERLINE_TEST_REDIS_CLUSTER is not set: standalone Redis only (scripts/test.sh runs the cluster too)"
+            "TEST_REDIS_CLUSTER is not set: standalone Redis only (scripts/test.sh runs the cluster too)"
         ),
     }
     out

@@ -12,8 +12,9 @@ local cur = KEYS[1]
 local stored = redis.call('HMGET', cur, '_e', '_tp', '_o')
 local e = tonumber(stored[1]) or 0
 local E = tonumber(ARGV[1])
-if e > E then return {'FENCED', '', '', {}, {}, {}} end
-if e < E then redis.call('HSET', cur, '_e', ARGV[1]) end
+-- Epochs count per partition (see snap.lua): another partition's epoch is replaced.
+if e > E and stored[2] == ARGV[2] then return {'FENCED', '', '', {}, {}, {}} end
+if e ~= E then redis.call('HSET', cur, '_e', ARGV[1]) end
 local tp, o = stored[2] or '', stored[3] or ''
 if ARGV[3] ~= '1' or tp ~= ARGV[2] then return {'OK', tp, o, {}, {}, {}} end
 

@@ -253,7 +253,9 @@ impl Partition {
     }
 
     /// Counts a new event of a held account at `offset`, as of `now`, unless the account's
-    /// stored snapshot already holds it. The account goes to the scorer's queue either way.
+    /// state already holds it: its stored snapshot (a replay), or an earlier attempt to write
+    /// the same batch (a retry after another partition failed). The account goes to the
+    /// scorer's queue either way.
     ///
     /// # Panics
     /// If the account is not held ([`Self::load`] first).
@@ -263,9 +265,9 @@ impl Partition {
             .accounts
             .get_mut(account)
             .expect("accounts are loaded before their events are folded");
-        if offset > t.stored {
+        if offset > t.last {
             t.state.fold(e, now);
-            t.last = t.last.max(offset);
+            t.last = offset;
         }
         if !self.changed.contains(account) {
             self.changed.insert(account.into());
@@ -395,6 +397,44 @@ mod tests {
             ["e-1", "e-2"],
             "new ids go to the checkpoint once"
         );
+    }
+
+    #[test]
+    fn folding_a_batch_again_after_a_failed_attempt_counts_each_event_once() {
+        // A batch over two partitions: the first folded, the second failed, the batch retried.
+        let now = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 3, 10, 0, 0).unwrap();
+        let e = meterline_schemas::UsageEvent {
+            event_id: "e-1".into(),
+            occurred_at: now.timestamp_micros(),
+            received_at: now.timestamp_micros(),
+            account_id: meterline_schemas::AccountId::parse("acct-1").unwrap(),
+            api_key_id: "k".into(),
+            gateway_id: "g".into(),
+            region: "eu-west-1".into(),
+            cloud: "aws".into(),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            input_tokens: 10,
+            output_tokens: 1,
+            cost_micros: None,
+            latency_ms: None,
+            status: Some(200),
+            session_id: None,
+            user_id: None,
+            plugins: vec![],
+            pii_detected: false,
+            client_ip_hash: None,
+            device_id: None,
+            prompt_hash: None,
+        };
+        let mut p = Partition::new(1, -1, Dedup::default());
+        p.insert_loaded("acct-1", AccountState::default(), -1);
+        for _attempt in 0..2 {
+            p.fold(7, &e, now);
+        }
+        let cur = p.accounts["acct-1"].state.cur_fields(now);
+        assert_eq!(cur.get("d:20261203:req"), Some(&1));
+        assert_eq!(p.unwritten(), 1);
     }
 
     #[test]

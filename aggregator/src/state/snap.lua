@@ -13,7 +13,7 @@
 --                                                         HSETNX set field 1; when new,
 --                                                         HINCRBY count count_field 1
 -- The guard (the writer's epoch E, its topic:partition TP, the offset O_prev it loaded):
---   stored _e > E            -> FENCED   a newer assignment owns this account
+--   stored _e > E (same TP)  -> FENCED   a newer assignment of this partition owns it
 --   stored _o >= O_new       -> HAVE     already stored (a repeated call)
 --   stored _o ~= O_prev      -> CONFLICT not the state this writer loaded
 --   otherwise                -> OK       every op applied, with _e, _tp, _o set in cur
@@ -24,7 +24,9 @@ local cur = KEYS[1]
 local stored = redis.call('HMGET', cur, '_e', '_tp', '_o')
 local e = tonumber(stored[1]) or 0
 local E = tonumber(ARGV[1])
-if e > E then return 'FENCED' end
+-- Epochs count per partition: only a newer owner of this writer's partition fences it (an
+-- account written from another partition, before a drained repartition, does not).
+if e > E and stored[2] == ARGV[2] then return 'FENCED' end
 local so = -1
 if stored[2] == ARGV[2] then so = tonumber(stored[3]) or -1 end
 -- O_prev 'force' (rebuild-hot-state, aggregators stopped, every value absolute) skips the

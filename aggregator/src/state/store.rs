@@ -55,6 +55,11 @@ pub enum FlushAction {
 pub struct UsageDecisions {
     pub new: Vec<usize>,
     pub duplicates: usize,
+    /// The last offset decided, per partition.
+    pub handled: BTreeMap<i32, i64>,
+    /// Partitions with records held back while they rewind: they advance only to
+    /// [`Self::handled`], whatever else the batch holds of them.
+    pub held_back: BTreeSet<i32>,
 }
 
 struct Held {
@@ -73,6 +78,17 @@ pub struct HotStore {
     held: BTreeMap<i32, Held>,
     /// Script calls sent since [`Self::take_calls`] (claims, loads, snapshots, checkpoints).
     calls: u64,
+    /// Partitions whose state was dropped, by the offset the consumer must read them from
+    /// again (see [`Self::decide`]).
+    rewinding: BTreeMap<i32, Rewind>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rewind {
+    /// The checkpoint + 1.
+    from: i64,
+    /// Whether the consumer's seek there succeeded.
+    sought: bool,
 }
 
 impl HotStore {
@@ -93,6 +109,7 @@ impl HotStore {
             policy,
             held: BTreeMap::new(),
             calls: 0,
+            rewinding: BTreeMap::new(),
         }
     }
 
@@ -145,12 +162,53 @@ impl HotStore {
         usage: &[Decoded<UsageEvent>],
         now: DateTime<Utc>,
     ) -> Result<UsageDecisions, SinkError> {
+        let partitions: BTreeSet<i32> = usage.iter().map(|d| d.partition).collect();
+        // A held partition whose stored epoch is no longer ours went to another owner (and may
+        // have come back, the consumer reading it again from the committed offset): its state,
+        // deduplication included, is stale. Checked before anything of the batch is decided or
+        // inserted, so a stale owner inserts nothing into ClickHouse.
+        for &partition in &partitions {
+            if let Some(held) = self.held.get(&partition) {
+                let (e, _) = self.writer(partition).stored_checkpoint().await?;
+                if e != held.partition.epoch() {
+                    tracing::warn!(
+                        partition,
+                        ours = held.partition.epoch(),
+                        stored = e,
+                        "usage partition claimed by another owner since; its state is dropped"
+                    );
+                    self.held.remove(&partition);
+                }
+            }
+        }
+        // Claim every partition first: deciding remembers ids, so nothing may fail once it
+        // has started (a retry would find the batch's own ids and call them duplicates).
+        for &partition in &partitions {
+            self.claimed(partition, now).await?;
+        }
         let mut out = UsageDecisions::default();
         for (i, d) in usage.iter().enumerate() {
-            let held = self.claimed(d.partition, now).await?;
+            if let Some(r) = self.rewinding.get(&d.partition).copied() {
+                let resume = d.offset == r.from || (d.offset > r.from && r.sought);
+                if !resume {
+                    // Before the checkpoint (already handled), or read before the seek took
+                    // effect: not handled now, and the partition does not advance past it.
+                    out.held_back.insert(d.partition);
+                    continue;
+                }
+                if d.offset > r.from {
+                    tracing::warn!(partition = d.partition, expected = r.from, got = d.offset, "after the rewind the log resumed past the checkpoint; the records between are no longer in it");
+                }
+                self.rewinding.remove(&d.partition);
+            }
+            let held = self.held.get_mut(&d.partition).expect("claimed above");
             if d.offset <= held.partition.through() {
                 continue;
             }
+            out.handled
+                .entry(d.partition)
+                .and_modify(|o| *o = (*o).max(d.offset))
+                .or_insert(d.offset);
             let day = Grain::Day.window_start(occurred_at(&d.event));
             if held.partition.is_new(&d.event.event_id, day) {
                 out.new.push(i);
@@ -160,6 +218,22 @@ impl HotStore {
             }
         }
         Ok(out)
+    }
+
+    /// Seeks the consumer still has to make: (partition, offset) for each rewind not done yet.
+    pub fn pending_seeks(&self) -> Vec<(i32, i64)> {
+        self.rewinding
+            .iter()
+            .filter(|(_, r)| !r.sought)
+            .map(|(p, r)| (*p, r.from))
+            .collect()
+    }
+
+    /// The consumer's seek of `partition` succeeded.
+    pub fn sought(&mut self, partition: i32) {
+        if let Some(r) = self.rewinding.get_mut(&partition) {
+            r.sought = true;
+        }
     }
 
     /// Folds the batch's new usage events (already in ClickHouse) into their accounts, loading
@@ -178,6 +252,11 @@ impl HotStore {
             .chain(last.keys().copied())
             .collect();
         for partition in partitions {
+            if self.rewinding.contains_key(&partition)
+                && !decisions.handled.contains_key(&partition)
+            {
+                continue;
+            }
             let writer = self.writer(partition);
             let in_flight = self.policy.in_flight;
             let held = self.claimed(partition, now).await?;
@@ -193,11 +272,14 @@ impl HotStore {
             self.calls += missing as u64;
             let held = self.held.get_mut(&partition).expect("claimed above");
             if !held.partition.load(&writer, accounts, in_flight).await? {
-                // A newer owner holds an account: the next flush finds the partition fenced.
+                // A newer owner of this partition holds an account: this aggregator lost the
+                // partition. Its state goes, unflushed and uncommitted; the owner reads these
+                // records again from its checkpoint.
                 tracing::warn!(
                     partition,
-                    "an account of this partition is held by a newer owner"
+                    "a newer owner holds an account of this partition; its state is dropped"
                 );
+                self.held.remove(&partition);
                 continue;
             }
             let p = &mut held.partition;
@@ -206,17 +288,27 @@ impl HotStore {
                     p.fold(d.offset, &d.event, now);
                 }
             });
-            held.counted += new.len() as u64;
-            let decoded_last = usage
-                .iter()
-                .filter(|d| d.partition == partition)
-                .map(|d| d.offset)
-                .max();
-            if let Some(last) = decoded_last.max(last.get(&partition).copied()) {
-                held.partition.advance(last);
+            let handled = decisions.handled.get(&partition).copied();
+            let upto = if decisions.held_back.contains(&partition) {
+                handled
+            } else {
+                handled.max(last.get(&partition).copied())
+            };
+            if let Some(upto) = upto {
+                held.partition.advance(upto);
             }
         }
         Ok(())
+    }
+
+    /// Counts a written batch's new events toward their partitions' next checkpoints (for the
+    /// `counted` metric); once per batch, after its write succeeded.
+    pub fn count(&mut self, usage: &[Decoded<UsageEvent>], decisions: &UsageDecisions) {
+        for &i in &decisions.new {
+            if let Some(held) = self.held.get_mut(&usage[i].partition) {
+                held.counted += 1;
+            }
+        }
     }
 
     /// Whether any partition has something to flush.
@@ -282,13 +374,17 @@ impl HotStore {
                 }
                 Flushed::Nothing => {}
                 stop @ (Flushed::Fenced | Flushed::Conflict) => {
-                    tracing::warn!(partition, outcome = ?stop, "usage partition state dropped; reading it again from its checkpoint");
                     self.held.remove(&partition);
-                    let held = self.claimed(partition, now).await?;
-                    actions.push((
+                    let (_, o) = self.writer(partition).stored_checkpoint().await?;
+                    tracing::warn!(partition, outcome = ?stop, from = o + 1, "usage partition state dropped; reading it again from its checkpoint");
+                    self.rewinding.insert(
                         partition,
-                        FlushAction::Rewind(held.partition.checkpointed() + 1),
-                    ));
+                        Rewind {
+                            from: o + 1,
+                            sought: false,
+                        },
+                    );
+                    actions.push((partition, FlushAction::Rewind(o + 1)));
                 }
             }
         }

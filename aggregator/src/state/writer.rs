@@ -334,6 +334,18 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         call
     }
 
+    /// The partition's epoch and checkpointed offset as stored (0 and -1 when unset), without
+    /// claiming it.
+    pub async fn stored_checkpoint(&mut self) -> Result<(i64, i64), SinkError> {
+        let (e, o): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.keys.checkpoint(self.partition, &self.topic))
+            .arg("e")
+            .arg("o")
+            .query_async(&mut self.conn)
+            .await?;
+        Ok((e.unwrap_or(0), o.unwrap_or(-1)))
+    }
+
     /// The ids the checkpoint holds for events of the day starting `day`.
     pub async fn seen_ids(&mut self, day: DateTime<Utc>) -> Result<Vec<String>, SinkError> {
         Ok(redis::cmd("SMEMBERS")

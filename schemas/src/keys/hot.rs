@@ -7,7 +7,9 @@
 //!
 //! Every key of one account carries the account as its Redis Cluster hash tag (`{account}`), so
 //! a script or a pipeline for one account touches one slot; the keys of one Kafka partition
-//! carry `{pt:<N>}`. Nothing global remains.
+//! carry `{pt:<N>}`. Nothing global is left in the layout; two keys of the running system
+//! still are (the scorer's single queue and the read path's quota markers of [`super::Keys`]),
+//! which is why the configuration does not take a Redis Cluster yet.
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -33,7 +35,8 @@
 //!   ([`session_mark`]).
 //!
 //! A window leaves `cur` for its closed hash once it is over (a minute 3 minutes after it
-//! starts, the others 5 minutes after they end), so a window is in exactly one of the two;
+//! starts, the others 5 minutes after they end; an idle account's closed windows stay in `cur`
+//! until its next write), so a window is in exactly one of the two;
 //! [`window`] reads it from either. The windows a quota check reads (this month, this day, this
 //! minute and the previous one) are always still in `cur`, so [`raw_usage`] needs `cur` alone,
 //! plus the session's hash and two `dims` fields when a check names a session: one round trip to
