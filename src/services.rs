@@ -326,6 +326,7 @@ pub fn console_state(
             config.kafka.dead_letter_topic.clone(),
         )),
         metrics: Arc::new(meterline_console::metrics::ConsoleMetrics::new()),
+        growth_cache: Default::default(),
     }
 }
 

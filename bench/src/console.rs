@@ -229,6 +229,8 @@ pub async fn console(config: &Config, bench: ConsoleBench) -> Result<()> {
         ),
         ("experiments", Box::new(|_| "/console/experiments".into())),
         ("pipeline health", Box::new(|_| "/console/health".into())),
+        ("audit trail", Box::new(|_| "/console/audit".into())),
+        ("growth report", Box::new(|_| "/console/growth".into())),
     ];
     println!(
         "\n{:<28} {:>8} {:>8} {:>8} {:>8}",

@@ -60,6 +60,9 @@ pub struct ConsoleState {
     pub kafka: Option<kafka::KafkaProbe>,
     /// Served on ingest's `/metrics` (the binary adds the registry).
     pub metrics: Arc<metrics::ConsoleMetrics>,
+    /// The growth report, built at most once a minute per plan filter (it reads the whole
+    /// history: seconds, not milliseconds).
+    pub growth_cache: pages::growth::GrowthCache,
 }
 
 /// The console's routes, all under `/console`.

@@ -9,10 +9,12 @@
 //! * `GET /console/growth[?plan=]`: the growth report of seed 000 (`meterline report growth`,
 //!   `meterline_growth::report`): the tier waterfall, the notice funnel, the deal score's lead
 //!   time, time to close, cost to serve, limit hit → conversion and grace use, over all time,
-//!   for events starting on `plan` when given. It is shown as the command prints it.
+//!   for events starting on `plan` when given. It is shown as the command prints it. Building
+//!   it reads the whole history (seconds with 100,000 accounts), so it is kept for
+//!   [`GROWTH_REPORT_TTL`] per plan filter, and one request builds it while the others wait.
 
 use axum::extract::{Path, State};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use meterline_aggregator::experiments::store;
 use meterline_aggregator::experiments::ExperimentError;
 use meterline_growth::cohort_report::{self, Report};
@@ -190,6 +192,19 @@ pub async fn report(
     )
 }
 
+/// How long a built growth report is shown before it is built again.
+pub const GROWTH_REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Built growth reports by plan filter: when, and the text.
+pub type GrowthCache = std::sync::Arc<
+    tokio::sync::Mutex<
+        std::collections::HashMap<
+            Option<&'static str>,
+            (std::time::Instant, DateTime<Utc>, String),
+        >,
+    >,
+>;
+
 #[derive(Debug, serde::Deserialize)]
 pub struct GrowthQuery {
     pub plan: Option<String>,
@@ -212,14 +227,29 @@ pub async fn growth_report(
         .transpose()?;
     let filters = meterline_growth::report::args::Filters::new(None, None, plan)
         .map_err(|e| ConsoleError::BadRequest(e.to_string()))?;
-    let report = meterline_growth::report::build(&state.clickhouse, &filters, Utc::now()).await?;
+    let key = plan.map(|p| p.as_str());
+    // Held while building: a second request waits for this build rather than start its own.
+    let mut cache = state.growth_cache.lock().await;
+    let (built_at, text) = match cache.get(&key) {
+        Some((at, built_at, text)) if at.elapsed() < GROWTH_REPORT_TTL => (*built_at, text.clone()),
+        _ => {
+            let now = Utc::now();
+            let text = meterline_growth::report::build(&state.clickhouse, &filters, now)
+                .await?
+                .text();
+            cache.insert(key, (std::time::Instant::now(), now, text.clone()));
+            (now, text)
+        }
+    };
+    drop(cache);
     render(
         "growth.html",
         context! {
             session,
             title => "Growth report",
-            plan => plan.map(|p| p.as_str()),
-            text => report.text(),
+            plan => key,
+            built_at => when(built_at),
+            text,
         },
     )
 }

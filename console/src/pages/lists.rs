@@ -99,18 +99,15 @@ impl List {
             })
     }
 
-    /// The list's condition; `$1` is its threshold when it has one. The JSON conditions are
-    /// exactly the predicates of the partial indexes of migration 0013, so the planner reads
-    /// only the list's own accounts.
+    /// The list's condition; `$1` is its threshold when it has one. The score conditions are
+    /// `account_scores`' generated columns (migration 0014), each with a partial index.
     fn condition(self) -> &'static str {
         match self {
             List::DealReady => "s.deal_readiness > $1",
             List::Pql => "s.pql >= $1",
-            List::NearLimit => {
-                "$1 >= 0 AND jsonb_path_exists(s.scores, '$.limits[*] ? (@.stage != null)')"
-            }
-            List::PowerUsers => "$1 >= 0 AND jsonb_path_exists(s.scores, '$.power_user.rule')",
-            List::Escalations => "$1 >= 0 AND jsonb_path_exists(s.scores, '$.tags[*]')",
+            List::NearLimit => "$1 >= 0 AND s.near_limit",
+            List::PowerUsers => "$1 >= 0 AND s.power_user",
+            List::Escalations => "$1 >= 0 AND s.escalation",
             List::Flagged => "$1 >= 0 AND a.review_state IN ('suspected', 'auto_denied')",
         }
     }

@@ -63,7 +63,7 @@ pub async fn queue(State(state): State<ConsoleState>, session: Session) -> Resul
     let others: Vec<(String, String, Option<i32>, Value, Value)> = sqlx::query_as(
         "SELECT account_id, COALESCE(a.plan, ''), s.abuse, s.scores -> 'shared_keys', s.scores -> 'multi_accounts' \
          FROM account_scores s LEFT JOIN accounts a USING (account_id) \
-         WHERE (jsonb_path_exists(s.scores, '$.shared_keys[*]') OR jsonb_path_exists(s.scores, '$.multi_accounts[*]')) \
+         WHERE s.abuse_evidence \
            AND NOT (account_id = ANY($1)) \
          ORDER BY s.abuse DESC, account_id LIMIT 200",
     )
