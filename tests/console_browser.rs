@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -30,8 +29,7 @@ use serde_json::{json, Value};
 
 const SLACK_PATH: &str = "/services/T000/B000/console";
 
-/// chromedriver on a free port, in a process group of its own with the Chromium it starts:
-/// the whole group is killed when dropped, so a failed test leaves no browser behind.
+/// chromedriver on a free port, killed when dropped.
 struct Driver {
     child: Child,
     url: String,
@@ -40,10 +38,6 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.child.id()))
-            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -58,7 +52,6 @@ async fn browser() -> (Driver, Client) {
     }
     let port = free_port();
     let child = Command::new("/usr/bin/chromedriver")
-        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
