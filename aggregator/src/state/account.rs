@@ -203,6 +203,20 @@ pub fn in_cur(grain: Grain, start: DateTime<Utc>, now: DateTime<Utc>) -> bool {
 }
 
 impl Window {
+    fn empty(grain: Grain, start: DateTime<Utc>, late: bool, dirty: bool) -> Self {
+        Self {
+            grain,
+            start,
+            base: [0; 5],
+            models: Vec::new(),
+            counts: [0; 8],
+            members: HashSet::new(),
+            listed: Vec::new(),
+            late,
+            dirty,
+        }
+    }
+
     /// The window's fields without its stamp, zeros left out; with `listed`, the month's `v:`
     /// members too (as 1).
     fn fields(&self, listed: bool) -> Vec<(String, i64)> {
@@ -340,17 +354,9 @@ impl AccountState {
     /// The window's index, opened (live or late, by `now`) if the state does not hold it.
     fn window_index(&mut self, grain: Grain, start: DateTime<Utc>, now: DateTime<Utc>) -> usize {
         self.find_window(grain, start).unwrap_or_else(|| {
-            self.windows.push(Window {
-                grain,
-                start,
-                base: [0; 5],
-                models: Vec::new(),
-                counts: [0; 8],
-                members: HashSet::new(),
-                listed: Vec::new(),
-                late: !self.whole && !in_cur(grain, start, now),
-                dirty: true,
-            });
+            let late = !self.whole && !in_cur(grain, start, now);
+            // New, so changed: it is written at the next snapshot.
+            self.windows.push(Window::empty(grain, start, late, true));
             self.windows.len() - 1
         })
     }
@@ -473,17 +479,7 @@ impl AccountState {
             };
             // Loaded windows are live: they are in `cur`, whole.
             let i = a.find_window(grain, start).unwrap_or_else(|| {
-                a.windows.push(Window {
-                    grain,
-                    start,
-                    base: [0; 5],
-                    models: Vec::new(),
-                    counts: [0; 8],
-                    members: HashSet::new(),
-                    listed: Vec::new(),
-                    late: false,
-                    dirty: false,
-                });
+                a.windows.push(Window::empty(grain, start, false, false));
                 a.windows.len() - 1
             });
             let w = &mut a.windows[i];
