@@ -429,19 +429,21 @@ pub fn hot_deployments(config: &Config) -> Vec<meterline_infra::RedisConfig> {
     out
 }
 
-/// Deletes every key under `redis.key_prefix` on every node of `redis` (one server, or each
-/// node of a cluster, one key per command since a cluster refuses commands across slots).
-pub async fn remove_hot_keys(redis: &meterline_infra::RedisConfig) {
+/// Every key under `redis.key_prefix` on every node of `redis` (one server, or each node of a
+/// cluster: `SCAN` walks one node's keys), by node URL.
+pub async fn hot_key_names(redis: &meterline_infra::RedisConfig) -> Vec<(String, Vec<String>)> {
     let nodes = match redis.cluster_node_list() {
         nodes if nodes.is_empty() => vec![redis.url.clone()],
         nodes => nodes,
     };
+    let mut out = Vec::new();
     for node in nodes {
         let mut conn = redis::Client::open(node.as_str())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
             .unwrap();
+        let mut keys = Vec::new();
         let mut cursor = 0u64;
         loop {
             let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -453,16 +455,31 @@ pub async fn remove_hot_keys(redis: &meterline_infra::RedisConfig) {
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            let mut pipe = redis::pipe();
-            for key in &found {
-                pipe.cmd("UNLINK").arg(key).ignore();
-            }
-            pipe.query_async::<()>(&mut conn).await.unwrap();
+            keys.extend(found);
             if next == 0 {
                 break;
             }
             cursor = next;
         }
+        out.push((node, keys));
+    }
+    out
+}
+
+/// Deletes every key under `redis.key_prefix` on every node of `redis`, one key per command
+/// since a cluster refuses commands across slots.
+pub async fn remove_hot_keys(redis: &meterline_infra::RedisConfig) {
+    for (node, keys) in hot_key_names(redis).await {
+        let mut conn = redis::Client::open(node.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("UNLINK").arg(key).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.unwrap();
     }
 }
 
@@ -508,15 +525,13 @@ pub async fn hot_hash(
     redis: &mut impl redis::aio::ConnectionLike,
     key: &str,
 ) -> meterline_schemas::limits::WindowCounters {
-    redis::cmd("HGETALL")
-        .arg(key)
-        .query_async::<HashMap<String, String>>(redis)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|(f, _)| !f.starts_with('_'))
-        .filter_map(|(f, v)| Some((f, v.parse().ok()?)))
-        .collect()
+    meterline_schemas::keys::hot::counters(
+        redis::cmd("HGETALL")
+            .arg(key)
+            .query_async::<HashMap<String, String>>(redis)
+            .await
+            .unwrap(),
+    )
 }
 
 /// One window of an account in the hot state (layout v2): from `cur` while it is there, else
@@ -589,20 +604,11 @@ pub async fn hot_state_as_read(
     use meterline_schemas::keys::Grain;
     use redis::AsyncCommands;
     let prefix = deployment.key_prefix.as_str();
-    let mut keys: Vec<String> = Vec::new();
-    let nodes = match deployment.cluster_node_list() {
-        nodes if nodes.is_empty() => vec![deployment.url.clone()],
-        nodes => nodes,
-    };
-    for node in nodes {
-        let mut conn = redis::Client::open(node.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let found: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
-        keys.extend(found);
-    }
+    let mut keys: Vec<String> = hot_key_names(deployment)
+        .await
+        .into_iter()
+        .flat_map(|(_, keys)| keys)
+        .collect();
     let redis = &mut deployment.connect().await.unwrap();
     let mut out = BTreeMap::new();
     let mut windows: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
