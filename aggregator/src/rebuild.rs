@@ -117,11 +117,8 @@ pub struct Target {
 
 impl Target {
     fn writer(&self, partition: i32) -> StateWriter<HotConn> {
-        let w = StateWriter::new(self.conn.clone(), self.keys.clone(), &self.topic, partition);
-        match &self.scorer_queue {
-            Some(q) => w.with_scorer_queue(q.clone()),
-            None => w,
-        }
+        StateWriter::new(self.conn.clone(), self.keys.clone(), &self.topic, partition)
+            .with_scorer_queue(self.scorer_queue.clone())
     }
 }
 

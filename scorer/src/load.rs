@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use meterline_schemas::keys::hot::{self, HotKeys};
 use meterline_schemas::keys::{field, Grain, Keys};
-use meterline_schemas::limits::{QuotaConfig, RawUsage, TiersConfig, WindowCounters};
+use meterline_schemas::limits::{QuotaConfig, RawUsage, TiersConfig};
 use meterline_schemas::public_domains::PublicDomains;
 use meterline_schemas::{AccountEventType, AccountId, Plan, SignalKind};
 use redis::aio::ConnectionManager;
@@ -276,11 +276,7 @@ impl Stores {
             .arg(self.hot.cur(f.account_id.as_str()))
             .query_async(&mut self.redis.clone())
             .await?;
-        let cur: WindowCounters = cur
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with('_'))
-            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
-            .collect();
+        let cur = hot::counters(cur);
         let raw = hot::raw_usage(&cur, None, f.now);
         f.month_raw_tokens = (raw.month.get(field::INPUT_TOKENS).copied().unwrap_or(0)
             + raw.month.get(field::OUTPUT_TOKENS).copied().unwrap_or(0))

@@ -70,11 +70,13 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         }
     }
 
-    /// Sends the changed accounts to `key` instead of the partition's own queue: the scorer's
-    /// single queue while it drains no other (standalone Redis only: the key is in another
-    /// slot).
-    pub fn with_scorer_queue(mut self, key: String) -> Self {
-        self.scorer_queue = key;
+    /// Sends the changed accounts to `key`, when given, instead of the partition's own queue:
+    /// the scorer's single queue while it drains no other (standalone Redis only: the key is
+    /// in another slot).
+    pub fn with_scorer_queue(mut self, key: Option<String>) -> Self {
+        if let Some(key) = key {
+            self.scorer_queue = key;
+        }
         self
     }
 

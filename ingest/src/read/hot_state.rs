@@ -39,14 +39,6 @@ impl HotState {
         self.redis.clone()
     }
 
-    /// The account's `cur` hash (layout v2, `keys::hot`), without the writer's `_` fields.
-    fn counters(raw: std::collections::HashMap<String, String>) -> WindowCounters {
-        raw.into_iter()
-            .filter(|(f, _)| !f.starts_with('_'))
-            .filter_map(|(f, v)| Some((f, v.parse().ok()?)))
-            .collect()
-    }
-
     /// Everything one decision needs, in one round trip to the account's slot: its `cur` hash,
     /// and when a session is named, the session's hash and whether this month's and today's
     /// session lists hold it (`keys::hot::raw_usage`).
@@ -90,7 +82,7 @@ impl HotState {
                 (cur, None)
             }
         };
-        Ok(hot::raw_usage(&Self::counters(cur), session, now))
+        Ok(hot::raw_usage(&hot::counters(cur), session, now))
     }
 
     pub async fn month_dimensions(
@@ -102,7 +94,7 @@ impl HotState {
             .arg(self.hot.cur(account))
             .query_async(&mut self.redis.clone())
             .await?;
-        let lists = hot::month_lists(&Self::counters(cur), now);
+        let lists = hot::month_lists(&hot::counters(cur), now);
         Ok(MonthDimensions {
             models: lists.models,
             providers: lists.providers,

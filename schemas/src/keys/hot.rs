@@ -218,6 +218,15 @@ pub fn window(
     }
 }
 
+/// A hot-state hash as read (`HGETALL`) into counters: the writer's own fields (`_e`, `_tp`,
+/// `_o`) left out, and so is anything that is not an integer.
+pub fn counters(raw: impl IntoIterator<Item = (String, String)>) -> WindowCounters {
+    raw.into_iter()
+        .filter(|(f, _)| !f.starts_with('_'))
+        .filter_map(|(f, v)| Some((f, v.parse().ok()?)))
+        .collect()
+}
+
 /// What a quota check naming a session reads beside `cur`: the session's hash
 /// (`HGETALL <p>u:{<a>}:s:<session>`) and whether this month's `dims` hold the session and the
 /// day's session (`HMGET <dims> sessions:<s> ds:<DD>:<s>`).
