@@ -13,7 +13,7 @@ use meterline_aggregator::metrics::AggregatorMetrics;
 use meterline_aggregator::state::partition::FlushPolicy;
 use meterline_aggregator::state::store::HotStore;
 use meterline_aggregator::{
-    accounts_sink::AccountsSink, clickhouse_sink::ClickHouseSink, redis_sink::RedisSink, Aggregator,
+    accounts_sink::AccountsSink, clickhouse_sink::ClickHouseSink, Aggregator,
 };
 use meterline_infra::http_server::MetricsServer;
 use meterline_infra::registry::SchemaRegistry;
@@ -27,7 +27,6 @@ use meterline_ingest::server::IngestServer;
 use meterline_ingest::{AppState, TokenStore};
 use meterline_notifier::{Notifier, NotifierMetrics, NotifierService};
 use meterline_schemas::keys::hot::HotKeys;
-use meterline_schemas::keys::Keys;
 use meterline_schemas::{avro, IpHasher, UnsubscribeKey};
 use meterline_scorer::load::Stores;
 use meterline_scorer::metrics::ScorerMetrics;
@@ -79,12 +78,12 @@ pub async fn read_path(
         .start(shutdown.clone())
         .await
         .context("loading dashboard notices from PostgreSQL")?;
-    let redis = redis::Client::open(config.redis.url.as_str())
-        .context("redis.url")?
-        .get_connection_manager()
+    let redis = config
+        .redis
+        .connect()
         .await
         .context("connecting to Redis")?;
-    let keys = Keys::new(config.redis.key_prefix.clone());
+    let keys = HotKeys::new(config.redis.key_prefix.clone()).context("redis.key_prefix")?;
     let (recorder, writer) = DecisionRecorder::start(
         config.clickhouse.client(),
         redis.clone(),
@@ -105,11 +104,7 @@ pub async fn read_path(
         ),
         directory,
         notices,
-        hot: HotState::new(
-            redis,
-            keys,
-            HotKeys::new(config.redis.key_prefix.clone()).context("redis.key_prefix")?,
-        ),
+        hot: HotState::new(redis, keys),
         recorder,
     };
     Ok((read, vec![listener, notice_listener, writer]))
@@ -171,12 +166,6 @@ pub async fn aggregator(
     pool: &PgPool,
     metrics: AggregatorMetrics,
 ) -> Result<Aggregator> {
-    let redis = RedisSink::connect(
-        &config.redis.url,
-        Keys::new(config.redis.key_prefix.clone()),
-    )
-    .await
-    .context("connecting to Redis")?;
     let sinks = Sinks {
         clickhouse: ClickHouseSink::new(
             config.clickhouse.client(),
@@ -191,11 +180,12 @@ pub async fn aggregator(
                 .context("connecting to Redis")?,
             HotKeys::new(config.redis.key_prefix.clone()).context("redis.key_prefix")?,
             &config.kafka.usage_topic,
-            // The scorer drains one queue; every partition's changed accounts go to it.
-            Some(redis.keys().dirty()),
-            FlushPolicy::default(),
+            FlushPolicy {
+                retry_max_backoff: Duration::from_millis(config.aggregator.retry_max_backoff_ms),
+                max_resident: config.aggregator.state_max_accounts,
+                ..FlushPolicy::default()
+            },
         ))),
-        redis,
         accounts: AccountsSink::new(pool.clone()),
     };
     let topics = Topics {
@@ -218,9 +208,9 @@ pub async fn aggregator(
 /// Builds the scorer: its stores, its own idempotent producer for `account-signals`, and the
 /// signal schema registered.
 pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> Result<Scorer> {
-    let redis = redis::Client::open(config.redis.url.as_str())
-        .context("redis.url")?
-        .get_connection_manager()
+    let redis = config
+        .redis
+        .connect()
         .await
         .context("connecting to Redis")?;
     let text = avro::ACCOUNT_SIGNAL_SCHEMA;
@@ -243,13 +233,11 @@ pub async fn scorer(config: &Config, pool: &PgPool, metrics: ScorerMetrics) -> R
         )
         .await
         .context("registering the account-event schema")?;
-    let keys = Keys::new(config.redis.key_prefix.clone());
     Ok(Scorer {
         stores: Stores {
             clickhouse: config.clickhouse.client(),
             redis,
             hot: HotKeys::new(config.redis.key_prefix.clone()).context("redis.key_prefix")?,
-            keys,
             pg: pool.clone(),
             public_domains: Arc::new(config.public_domains()?),
         },

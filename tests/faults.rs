@@ -72,7 +72,7 @@ fn traffic(prefix: &str, n: usize, accounts: usize) -> (Vec<Vec<Value>>, BTreeMa
 }
 
 async fn day_requests(
-    redis: &mut redis::aio::MultiplexedConnection,
+    redis: &mut meterline_infra::redis::HotConn,
     prefix: &str,
     account: &str,
 ) -> u64 {

@@ -371,9 +371,32 @@ async fn redis_mismatches(app: &TestApp, traffic: &Traffic) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_thousand_events_add_up_exactly_in_clickhouse_and_redis() {
-    let mut app = spawn_app().await;
+/// The pipeline's exactly-once tests run on the standalone Redis and, under `scripts/test.sh`,
+/// on a local Redis Cluster (issue 21).
+macro_rules! on_every_redis {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$name(Deployment::Standalone).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name(Deployment::Cluster).await
+            }
+        }
+    };
+}
+
+on_every_redis!(twenty_thousand_events_add_up_exactly_in_clickhouse_and_redis);
+async fn twenty_thousand_events_add_up_exactly_in_clickhouse_and_redis(redis: Deployment) {
+    let Some(config) = redis.apply(isolated_config(&unique_suffix())) else {
+        return;
+    };
+    let mut app = spawn_with(config, Components::none().ingest().aggregator()).await;
     let traffic = generate(7, &unique_suffix());
     post_all(&app, &traffic, 0..traffic.batches.len()).await;
     assert_totals(&app, &traffic).await;
@@ -399,11 +422,15 @@ async fn twenty_thousand_events_add_up_exactly_in_clickhouse_and_redis() {
     app.stop().await;
 }
 
+on_every_redis!(killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twice);
 /// The aggregator runs as its own process and is killed with SIGKILL while events stream in;
 /// a fresh one picks up from the committed offsets and the totals are still exact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twice() {
-    let mut config = isolated_config(&unique_suffix());
+async fn killing_the_aggregator_mid_stream_loses_nothing_and_counts_nothing_twice(
+    redis: Deployment,
+) {
+    let Some(mut config) = redis.apply(isolated_config(&unique_suffix())) else {
+        return;
+    };
     config.http.aggregator_listen = format!("127.0.0.1:{}", free_port());
     // Small batches so the kill lands between many writes.
     config.aggregator.batch_max_events = 700;

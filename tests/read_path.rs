@@ -4,6 +4,9 @@
 //! Usage is laid into Redis by the aggregator's own state store and writer (the code that
 //! writes it in production, `common::lay_usage`), so these tests exercise the key contract both
 //! sides share.
+//!
+//! Every test runs on the standalone Redis and, under `scripts/test.sh`, on a local Redis
+//! Cluster (issue 21), where each quota check must keep to its account's slot.
 
 mod common;
 
@@ -101,7 +104,27 @@ struct ReadApp {
     at: DateTime<Utc>,
 }
 
-async fn spawn_read_app() -> ReadApp {
+/// Each test twice: on the standalone Redis and on the cluster.
+macro_rules! on_every_redis {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$name(Deployment::Standalone).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name(Deployment::Cluster).await
+            }
+        }
+    };
+}
+
+/// The app on `redis`; `None` when that deployment is not available.
+async fn spawn_read_app(redis: Deployment) -> Option<ReadApp> {
     // Usage is laid down a few minutes back, so it lands in today's day window but not in
     // the rolling per-minute rate. In the first minutes of a UTC day, wait for that to be true.
     let now = Utc::now();
@@ -112,19 +135,19 @@ async fn spawn_read_app() -> ReadApp {
             .unwrap();
         tokio::time::sleep(wait).await;
     }
-    let config = test_config();
+    let config = redis.apply(test_config())?;
     let app = spawn_with(config, Components::none().ingest()).await;
     let pool = app.pg().await;
     let read_token = services::token_store(&app.config, &pool)
         .create(&format!("reader-{}", unique_suffix()), &[Scope::Read], None)
         .await
         .unwrap();
-    ReadApp {
+    Some(ReadApp {
         app,
         read_token,
         pool,
         at: Utc::now() - ChronoDuration::minutes(3),
-    }
+    })
 }
 
 fn event(
@@ -265,9 +288,11 @@ fn req(account: &str, model: &str) -> Value {
     json!({"account_id": account, "model": model, "estimated_input_tokens": 0, "estimated_output_tokens": 0})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn free_tier_day_budget_at_every_stage() {
-    let mut r = spawn_read_app().await;
+on_every_redis!(free_tier_day_budget_at_every_stage);
+async fn free_tier_day_budget_at_every_stage(redis: Deployment) {
+    let Some(mut r) = spawn_read_app(redis).await else {
+        return;
+    };
     let id = unique_suffix();
     // (weighted tokens used, expected warning stage)
     let cases: [(i64, Option<u32>); 5] = [
@@ -332,9 +357,11 @@ async fn free_tier_day_budget_at_every_stage() {
     r.app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn month_and_session_granularities_and_counts() {
-    let mut r = spawn_read_app().await;
+on_every_redis!(month_and_session_granularities_and_counts);
+async fn month_and_session_granularities_and_counts(redis: Deployment) {
+    let Some(mut r) = spawn_read_app(redis).await else {
+        return;
+    };
     let id = unique_suffix();
 
     // Month: the day budget is lifted by an override, so only the month speaks.
@@ -415,9 +442,11 @@ async fn month_and_session_granularities_and_counts() {
     r.app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn models_plans_rate_and_abuse() {
-    let mut r = spawn_read_app().await;
+on_every_redis!(models_plans_rate_and_abuse);
+async fn models_plans_rate_and_abuse(redis: Deployment) {
+    let Some(mut r) = spawn_read_app(redis).await else {
+        return;
+    };
     let id = unique_suffix();
 
     // An unknown (not allowed) model is degraded to the fallback.
@@ -555,9 +584,11 @@ async fn models_plans_rate_and_abuse() {
     r.app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn usage_report_and_token_scoping() {
-    let mut r = spawn_read_app().await;
+on_every_redis!(usage_report_and_token_scoping);
+async fn usage_report_and_token_scoping(redis: Deployment) {
+    let Some(mut r) = spawn_read_app(redis).await else {
+        return;
+    };
     let id = unique_suffix();
     let a = format!("{id}-a");
     let b = format!("{id}-b");
@@ -650,9 +681,11 @@ async fn usage_report_and_token_scoping() {
     r.app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn warnings_degradations_and_reached_limits_are_recorded_once_per_window() {
-    let mut r = spawn_read_app().await;
+on_every_redis!(warnings_degradations_and_reached_limits_are_recorded_once_per_window);
+async fn warnings_degradations_and_reached_limits_are_recorded_once_per_window(redis: Deployment) {
+    let Some(mut r) = spawn_read_app(redis).await else {
+        return;
+    };
     let id = unique_suffix();
     let warned = format!("{id}-warned");
     r.lay_tokens(&warned, 7_500).await;
@@ -745,12 +778,14 @@ async fn warnings_degradations_and_reached_limits_are_recorded_once_per_window()
     r.app.stop().await;
 }
 
+on_every_redis!(posted_events_move_an_account_through_every_stage);
 /// End to end: events posted through ingest move an account across every stage of its
 /// monthly budget, and `/usage` and `/quota/check` follow within a second of the aggregator
 /// writing them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn posted_events_move_an_account_through_every_stage() {
-    let mut config = test_config();
+async fn posted_events_move_an_account_through_every_stage(redis: Deployment) {
+    let Some(mut config) = redis.apply(test_config()) else {
+        return;
+    };
     config.tiers.free.limits = [("month_weighted_tokens".to_owned(), 10_000.0)].into();
     let mut app = spawn_with(config, Components::none().ingest().aggregator()).await;
     let pool = app.pg().await;

@@ -142,51 +142,6 @@ async fn read_signals(config: &Config, group: &str) -> Vec<AccountSignal> {
     out
 }
 
-/// Waits until the scorer has nothing left to do, so that every signal it raises is on the
-/// topic: its dirty set is empty, then `quiet` (an account whose scoring raises nothing) is
-/// marked and scored again. A batch is scored, saved and raised whole before the next starts,
-/// so the batch in progress when the set ran empty is done by then.
-async fn wait_until_scorer_idle(app: &TestApp, pool: &sqlx::PgPool, quiet: &str) {
-    let dirty = format!("{}dirty", app.config.redis.key_prefix);
-    let redis = app.redis().await;
-    wait_for(
-        "the scorer's dirty set drained",
-        Duration::from_secs(60),
-        || async {
-            let mut redis = redis.clone();
-            let left: u64 = redis::cmd("SCARD")
-                .arg(&dirty)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            check(left, |left| *left == 0)
-        },
-    )
-    .await;
-    let marked = Utc::now();
-    let mut redis = redis.clone();
-    let _: () = redis::cmd("SADD")
-        .arg(&dirty)
-        .arg(quiet)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    wait_for(
-        &format!("{quiet} scored again"),
-        Duration::from_secs(30),
-        || async {
-            let scored: Option<DateTime<Utc>> =
-                sqlx::query_scalar("SELECT scored_at FROM account_scores WHERE account_id = $1")
-                    .bind(quiet)
-                    .fetch_optional(pool)
-                    .await
-                    .unwrap();
-            check(scored, |s| s.is_some_and(|s| s > marked))
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_kind_of_account_gets_exactly_its_signals_once() {
     // "Today" needs ten minutes behind us for today's sessions.
@@ -772,12 +727,7 @@ async fn history_queries_bind_account_ids_and_plugin_names() {
 
     let stores = meterline_scorer::load::Stores {
         clickhouse: ch.clone(),
-        redis: redis::Client::open(config.redis.url.as_str())
-            .unwrap()
-            .get_connection_manager()
-            .await
-            .unwrap(),
-        keys: meterline_schemas::keys::Keys::new(config.redis.key_prefix.clone()),
+        redis: config.redis.connect().await.unwrap(),
         hot: meterline_schemas::keys::hot::HotKeys::new(config.redis.key_prefix.clone()).unwrap(),
         pg: meterline::migrate::connect_postgres(&config).await.unwrap(),
         public_domains: std::sync::Arc::new(config.public_domains().unwrap()),

@@ -189,49 +189,6 @@ impl Gen {
     }
 }
 
-/// Waits until the scorer has nothing left to do: its dirty set is empty, then `quiet` is
-/// marked and scored again (a batch is scored, saved and raised whole before the next starts).
-async fn wait_until_scorer_idle(app: &TestApp, pool: &sqlx::PgPool, quiet: &str) {
-    let dirty = format!("{}dirty", app.config.redis.key_prefix);
-    let redis = app.redis().await;
-    wait_for(
-        "the scorer's dirty set drained",
-        Duration::from_secs(90),
-        || async {
-            let mut redis = redis.clone();
-            let left: u64 = redis::cmd("SCARD")
-                .arg(&dirty)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            check(left, |left| *left == 0)
-        },
-    )
-    .await;
-    let marked = Utc::now();
-    let mut redis = redis.clone();
-    let _: () = redis::cmd("SADD")
-        .arg(&dirty)
-        .arg(quiet)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    wait_for(
-        &format!("{quiet} scored again"),
-        Duration::from_secs(60),
-        || async {
-            let scored: Option<DateTime<Utc>> =
-                sqlx::query_scalar("SELECT scored_at FROM account_scores WHERE account_id = $1")
-                    .bind(quiet)
-                    .fetch_optional(pool)
-                    .await
-                    .unwrap();
-            check(scored, |s| s.is_some_and(|s| s > marked))
-        },
-    )
-    .await;
-}
-
 /// One misfire or twin: the account, the kinds it must raise and the kinds it must not.
 struct Case<'a> {
     name: &'a str,

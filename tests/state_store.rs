@@ -9,6 +9,9 @@
 //! - the partition flushes (snapshots, then checkpoint);
 //! - the owner crashes, losing what it had not flushed;
 //! - the owner crashes between its snapshots and its checkpoint;
+//! - the partition takes a flush and folds the next minute's records before the flush runs, as
+//!   the aggregator's background flush does (and the owner may crash between that flush's
+//!   snapshots and its checkpoint);
 //! - nothing happens yet.
 //!
 //! After a crash a new owner claims the partition (a higher epoch), reads the deduplication
@@ -32,7 +35,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use meterline_aggregator::state::partition::{Flushed, Partition};
+use meterline_aggregator::state::partition::{FlushJob, Flushed, Partition};
 use meterline_aggregator::state::writer::StateWriter;
 use meterline_infra::redis::HotConn;
 use meterline_infra::RedisConfig;
@@ -211,6 +214,9 @@ impl Truth {
 struct Owner {
     writer: StateWriter<HotConn>,
     partition: Partition,
+    /// A flush taken in an earlier minute and still running, as the aggregator runs it while
+    /// it folds on.
+    running: Option<FlushJob>,
 }
 
 /// What the test's owner did, to show that every path was taken.
@@ -219,6 +225,10 @@ struct Paths {
     flushes: usize,
     crashes: usize,
     torn_flushes: usize,
+    /// Flushes that finished after the next minute's records were folded.
+    overlapped: usize,
+    /// Crashes between the snapshots and the checkpoint of such a flush.
+    torn_overlapped: usize,
     /// Windows found in their closed hash (moved, or only ever late).
     read_closed: usize,
 }
@@ -256,6 +266,7 @@ async fn run_seed(
                 Owner {
                     writer: w,
                     partition,
+                    running: None,
                 }
             }
         };
@@ -285,7 +296,20 @@ async fn run_seed(
             p.advance(*last);
         }
         let last_minute = now > end;
-        match rng.random_range(if crashes { 0 } else { 2 }..10) {
+        if let Some(mut job) = o.running.take() {
+            // The flush ran while this minute's records were folded.
+            if crashes && !last_minute && rng.random_bool(0.25) {
+                assert_eq!(job.write_snapshots(&o.writer, 8).await.unwrap(), None);
+                paths.torn_overlapped += 1;
+                continue;
+            }
+            let outcome = job.run(&o.writer, 8).await.unwrap();
+            assert!(matches!(outcome, Flushed::Through(_)), "{outcome:?}");
+            o.partition.finish(&job, outcome);
+            paths.overlapped += 1;
+        }
+        let p = &mut o.partition;
+        match rng.random_range(if crashes { 0 } else { 2 }..12) {
             _ if last_minute => {
                 let through = p.flush(&o.writer, now, 8).await.unwrap();
                 assert!(matches!(through, Flushed::Through(_) | Flushed::Nothing));
@@ -293,10 +317,16 @@ async fn run_seed(
             }
             0 => paths.crashes += 1,
             1 => {
-                assert_eq!(p.write_accounts(&o.writer, now, 8).await.unwrap(), None);
+                if let Some(mut job) = p.take(now) {
+                    assert_eq!(job.write_snapshots(&o.writer, 8).await.unwrap(), None);
+                }
                 paths.torn_flushes += 1;
             }
             2..=4 => owner = Some(o),
+            10 | 11 => {
+                o.running = p.take(now);
+                owner = Some(o);
+            }
             _ => {
                 assert!(matches!(
                     p.flush(&o.writer, now, 8).await.unwrap(),
@@ -399,7 +429,12 @@ async fn a_state_store_that_crashes_and_replays_leaves_exactly_the_logs_sums_in_
         }
     }
     assert!(
-        paths.flushes > 20 && paths.crashes > 3 && paths.torn_flushes > 3 && paths.read_closed > 50,
+        paths.flushes > 20
+            && paths.crashes > 3
+            && paths.torn_flushes > 3
+            && paths.overlapped > 10
+            && paths.torn_overlapped > 2
+            && paths.read_closed > 50,
         "{paths:?}"
     );
 }

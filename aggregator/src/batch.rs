@@ -46,7 +46,6 @@ use crate::accounts_sink::AccountsSink;
 use crate::clickhouse_sink::{ClickHouseSink, Stream};
 use crate::decode::{Decoded, DecodedBatch};
 use crate::metrics::AggregatorMetrics;
-use crate::redis_sink::RedisSink;
 use crate::state::store::{HotStore, UsageDecisions};
 use crate::SinkError;
 
@@ -54,8 +53,6 @@ use crate::SinkError;
 #[derive(Clone)]
 pub struct Sinks {
     pub clickhouse: ClickHouseSink,
-    /// Account events mark the scorer's queue here.
-    pub redis: RedisSink,
     pub accounts: AccountsSink,
     /// The hot state of the usage partitions this aggregator holds.
     pub hot: Arc<tokio::sync::Mutex<HotStore>>,
@@ -145,8 +142,11 @@ impl Sinks {
         self.accounts.apply(&new).await?;
         self.record_assignments().await?;
         // A plan, seat or signup change changes scores too.
-        let changed: Vec<&str> = new.iter().map(|d| d.event.account_id.as_str()).collect();
-        self.redis.mark_dirty(&changed).await?;
+        let changed: Vec<(i32, &str)> = new
+            .iter()
+            .map(|d| (d.partition, d.event.account_id.as_str()))
+            .collect();
+        self.hot.lock().await.queue_for_scorer(&changed).await?;
         Ok(new.len())
     }
 

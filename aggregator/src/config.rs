@@ -15,6 +15,10 @@ pub struct AggregatorConfig {
     pub batch_max_wait_ms: u64,
     /// Upper bound of the backoff between attempts to write a failed batch.
     pub retry_max_backoff_ms: u64,
+    /// Accounts the hot state store keeps in memory over all its partitions. Past it, after a
+    /// flush, the least recently used accounts whose state is written are forgotten; each is
+    /// loaded again from Redis at its next event (one call).
+    pub state_max_accounts: usize,
 }
 
 impl Default for AggregatorConfig {
@@ -25,6 +29,7 @@ impl Default for AggregatorConfig {
             batch_max_events: 20_000,
             batch_max_wait_ms: 100,
             retry_max_backoff_ms: 5_000,
+            state_max_accounts: 50_000,
         }
     }
 }

@@ -133,60 +133,40 @@ impl Aggregator {
                 self.commit_accounts(&records).await;
                 self.metrics.lap("commit", &mut clock);
             }
-            if !self.flush_with_retry(caught_up, false, &shutdown).await {
-                break;
-            }
+            self.flush(caught_up, false).await;
             self.seek_rewinds().await;
         }
         // Shutting down: what is folded is made durable (and committed) before leaving.
-        self.flush_with_retry(true, true, &CancellationToken::new())
-            .await;
+        self.flush(true, true).await;
         tracing::info!("aggregator stopped");
         Ok(())
     }
 
-    /// Flushes the usage partitions that are due (all with changes when `all`), retrying with
-    /// backoff until it succeeds, then commits their checkpoints to Kafka or rewinds the ones
-    /// whose state was dropped. False when shutdown interrupted the retries.
-    async fn flush_with_retry(
-        &self,
-        caught_up: bool,
-        all: bool,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
-        let mut delays = write_backoff(WRITE_RETRY_BASE, max_backoff).build();
+    /// Starts the flushes of the usage partitions that are due (all with changes when `all`,
+    /// and then waits for them), then commits the checkpoints of the flushes that have finished
+    /// to Kafka and rewinds the partitions whose state was dropped. A flush retries on its own
+    /// task until it finishes (`HotStore::flush_due`).
+    async fn flush(&self, caught_up: bool, all: bool) {
         let mut clock = Instant::now();
-        // One `now` for every attempt: an attempt whose snapshots landed but whose answer was
-        // lost is found stored (`HAVE`) by the next, which must then forget what that snapshot
-        // moved and wrote, as of the same moment.
-        let now = chrono::Utc::now();
-        let actions = loop {
-            let result = self
-                .sinks
-                .hot
-                .lock()
-                .await
-                .flush_due(caught_up, all, now)
-                .await;
-            match result {
-                Ok(actions) => break actions,
-                Err(e) => {
-                    self.metrics.batch_failures.inc();
-                    let delay = delays.next().unwrap_or(max_backoff);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "hot state not flushed; retrying, usage offsets not committed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
+        let actions = {
+            let mut hot = self.sinks.hot.lock().await;
+            let actions = hot.flush_due(caught_up, all, chrono::Utc::now()).await;
+            self.metrics.batch_failures.inc_by(hot.take_failures());
+            self.metrics.state_evictions.inc_by(hot.take_evicted());
+            self.metrics.state_accounts.set(hot.accounts() as i64);
+            for (reason, n) in hot.take_dropped() {
+                self.metrics
+                    .partitions_dropped
+                    .with_label_values(&[reason])
+                    .inc_by(n);
             }
+            actions
         };
         self.metrics
             .redis_commands
             .inc_by(self.sinks.hot.lock().await.take_calls());
         if actions.is_empty() {
-            return true;
+            return;
         }
         self.metrics.lap("flush", &mut clock);
         let mut commits = Vec::new();
@@ -213,7 +193,6 @@ impl Aggregator {
         self.commit_offsets(commits).await;
         self.seek_rewinds().await;
         self.metrics.lap("commit", &mut clock);
-        true
     }
 
     /// Seeks the usage partitions whose state was dropped back to their checkpoints. A seek

@@ -9,8 +9,9 @@
 //!   dead-letter topic) and the state store's fold ([`state`]: each usage partition's accounts
 //!   in memory, folded event by event);
 //! * sinks, [`clickhouse_sink`], the state store's flush (per-account snapshots and
-//!   per-partition checkpoints in Redis), [`accounts_sink`], [`redis_sink`] (the scorer's
-//!   queue) and [`dead_letter`].
+//!   per-partition checkpoints in Redis, run in the background while the consumer reads on),
+//!   [`accounts_sink`] and [`dead_letter`]. [`fold`] and [`redis_sink`] are the previous hot
+//!   state layout's writer, kept as the reference the new layout is tested against.
 //!
 //! How a batch stays exactly-once across crashes is in [`batch`]; `ARCHITECTURE.md` has the
 //! long version.

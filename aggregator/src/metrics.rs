@@ -18,6 +18,9 @@ pub struct AggregatorMetrics {
     /// Partitions the consumer group gave this aggregator, as of its last look (every second
     /// while it waits for records).
     pub assigned_partitions: IntGauge,
+    pub state_accounts: IntGauge,
+    pub state_evictions: IntCounter,
+    pub partitions_dropped: IntCounterVec,
     /// Wall time spent in each stage of the batch loop: where a slow aggregator waits.
     pub stage_seconds: CounterVec,
 }
@@ -80,6 +83,24 @@ impl AggregatorMetrics {
             "Partitions of the event topics assigned to this aggregator by the consumer group",
         )
         .expect("metric");
+        let state_accounts = IntGauge::new(
+            "meterline_aggregator_state_accounts",
+            "Accounts the hot state store holds in memory, over every usage partition",
+        )
+        .expect("metric");
+        let state_evictions = IntCounter::new(
+            "meterline_aggregator_state_evictions_total",
+            "Accounts forgotten after a flush to keep within the store's resident budget (loaded again at their next event)",
+        )
+        .expect("metric");
+        let partitions_dropped = IntCounterVec::new(
+            Opts::new(
+                "meterline_aggregator_partitions_dropped_total",
+                "Usage partitions whose state was dropped and read again from the checkpoint: fenced (a newer owner), conflict (a snapshot that did not continue the stored one), lost (a flush task that failed)",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
         let stage_seconds = CounterVec::new(
             Opts::new(
                 "meterline_aggregator_stage_seconds_total",
@@ -97,6 +118,9 @@ impl AggregatorMetrics {
             Box::new(last_commit_unix.clone()),
             Box::new(stage_seconds.clone()),
             Box::new(assigned_partitions.clone()),
+            Box::new(state_accounts.clone()),
+            Box::new(state_evictions.clone()),
+            Box::new(partitions_dropped.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -109,6 +133,9 @@ impl AggregatorMetrics {
             redis_commands,
             last_commit_unix,
             assigned_partitions,
+            state_accounts,
+            state_evictions,
+            partitions_dropped,
             stage_seconds,
         }
     }

@@ -106,19 +106,17 @@ pub struct Rebuilt {
 }
 
 /// Where the rebuild writes: the hot state's connection and keys, the usage topic and its
-/// partition count, and the scorer's queue (see `StateWriter::with_scorer_queue`).
+/// partition count.
 pub struct Target {
     pub conn: HotConn,
     pub keys: HotKeys,
     pub topic: String,
     pub partitions: i32,
-    pub scorer_queue: Option<String>,
 }
 
 impl Target {
     fn writer(&self, partition: i32) -> StateWriter<HotConn> {
         StateWriter::new(self.conn.clone(), self.keys.clone(), &self.topic, partition)
-            .with_scorer_queue(self.scorer_queue.clone())
     }
 }
 

@@ -1,7 +1,6 @@
-//! The previous hot-state layout's writer, and the scorer's queue. Since layout v2
-//! ([`crate::state`]) the aggregator uses only [`RedisSink::mark_dirty`] (account events add
-//! their accounts to `{p}dirty`); [`RedisSink::apply`] stays with [`crate::fold`] as the
-//! reference of `tests/redis_sink.rs` and `tests/hot_layout.rs`.
+//! The previous hot-state layout's writer. Since layout v2 ([`crate::state`]) no component uses
+//! it: it stays with [`crate::fold`] as the reference of `tests/redis_sink.rs` and
+//! `tests/hot_layout.rs`.
 //!
 //! It writes [`RedisDelta`]s through a Lua script, so that each delta's counters, set members,
 //! expiries and "seen" marks land together or not at all.
@@ -161,19 +160,6 @@ impl RedisSink {
             }
         }
         Ok(seen)
-    }
-
-    /// Adds accounts to the scorer's dirty set.
-    pub async fn mark_dirty(&self, accounts: &[&str]) -> Result<(), SinkError> {
-        if accounts.is_empty() {
-            return Ok(());
-        }
-        redis::cmd("SADD")
-            .arg(self.keys.dirty())
-            .arg(accounts)
-            .query_async::<()>(&mut self.conn.clone())
-            .await?;
-        Ok(())
     }
 
     /// Applies every delta, each atomically. A delta that fits in one script call needs no

@@ -246,8 +246,7 @@ impl RedisProbe {
     const RATE: u64 = 200;
 
     async fn start(config: &Config, accounts: usize) -> Result<Self> {
-        let client = redis::Client::open(config.redis.url.as_str())?;
-        let keys = meterline_schemas::keys::Keys::new(config.redis.key_prefix.clone());
+        let redis = config.redis.clone();
         let hot_keys = meterline_schemas::keys::hot::HotKeys::new(config.redis.key_prefix.clone())?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
@@ -258,8 +257,8 @@ impl RedisProbe {
                     .enable_all()
                     .build()?;
                 runtime.block_on(async move {
-                    let conn = redis::aio::ConnectionManager::new(client).await?;
-                    let hot = meterline_ingest::read::HotState::new(conn, keys, hot_keys);
+                    let conn = redis.connect().await?;
+                    let hot = meterline_ingest::read::HotState::new(conn, hot_keys);
                     let mut pick = StdRng::seed_from_u64(17);
                     let period = Duration::from_secs_f64(1.0 / Self::RATE as f64);
                     let started = Instant::now();

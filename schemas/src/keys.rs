@@ -3,13 +3,11 @@
 //! and `ARCHITECTURE.md` lists it for gateway authors; change them together. What stays here:
 //! - the windows ([`Grain`]: stamps, starts, retention) and distinct dimensions ([`Dim`]) both
 //!   layouts share, and the counter field names ([`field`]);
-//! - [`Keys`], the previous layout's names. Two of its keys are still in use: `{p}dirty`, the
-//!   scorer's queue (every checkpoint adds the accounts it covers, account events add theirs,
-//!   the scorer drains it with SPOP), and `{p}q:{account}:{decision}:{limit}:{stage}:{window}`,
-//!   the read path's marker of a quota decision already recorded in ClickHouse. The rest is
-//!   written only by the previous writer (`meterline_aggregator::fold`), kept as the
-//!   reference `aggregator/tests/hot_layout.rs` proves layout v2 against; no component writes
-//!   or reads those keys any more, and what an earlier version left expires on its own.
+//! - [`Keys`], the previous layout's names, written only by the previous writer
+//!   (`meterline_aggregator::fold`), kept as the reference `aggregator/tests/hot_layout.rs`
+//!   proves layout v2 against. No component writes or reads them any more (the scorer's queue
+//!   and the read path's quota markers moved to [`hot`] too), and what an earlier version
+//!   left expires on its own.
 //!
 //! Counter hashes have the fields `req`, `err`, `in`, `out`, `cost`. Day and month windows
 //! also have, per model, `m:{model}:req`, `m:{model}:in`, `m:{model}:out` (what weighted-token
@@ -276,11 +274,6 @@ impl Keys {
     /// Accounts whose hot state changed since the scorer last looked (a set).
     pub fn dirty(&self) -> String {
         format!("{}dirty", self.prefix)
-    }
-
-    /// Marks one recorded quota decision (see `meterline_ingest::read::recorder`).
-    pub fn quota_marker(&self, dedup_key: &str) -> String {
-        format!("{}q:{}", self.prefix, dedup_key)
     }
 
     pub fn seen(&self, day_start: DateTime<Utc>) -> String {

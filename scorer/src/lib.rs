@@ -12,9 +12,12 @@
 //!   `limit_events`;
 //! * [`reset`]: on a new month, `allowance_reset` for the accounts that hit a limit in the
 //!   month before (seed 002's re-engagement);
-//! * [`worker`]: the loop. The aggregator marks accounts whose hot state changed in the Redis
-//!   set `{p}dirty`; the worker drains it every second, so a change is scored within seconds
-//!   without scanning every account, and a daily full pass catches what time alone changes.
+//! * [`queue`]: the accounts waiting to be scored, in Redis sets kept per partition (the
+//!   aggregator adds the accounts each checkpoint and account event changed) plus the
+//!   scorer's own;
+//! * [`worker`]: the loop. It drains the queue every second, so a change is scored within
+//!   seconds without scanning every account, and a daily full pass catches what time alone
+//!   changes.
 //!   Early in each month it also runs the [`reset`] sweep once.
 
 pub mod config;
@@ -22,6 +25,7 @@ pub mod crossings;
 pub mod facts;
 pub mod load;
 pub mod metrics;
+pub mod queue;
 pub mod reset;
 pub mod rules;
 pub mod score;

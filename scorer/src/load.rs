@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use meterline_infra::redis::HotConn;
 use meterline_schemas::keys::hot::{self, HotKeys};
-use meterline_schemas::keys::{field, Grain, Keys};
+use meterline_schemas::keys::{field, Grain};
 use meterline_schemas::limits::{QuotaConfig, RawUsage, TiersConfig};
 use meterline_schemas::public_domains::PublicDomains;
 use meterline_schemas::{AccountEventType, AccountId, Plan, SignalKind};
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::config::ScorerConfig;
@@ -26,10 +26,9 @@ use crate::ScoreError;
 #[derive(Clone)]
 pub struct Stores {
     pub clickhouse: clickhouse::Client,
-    pub redis: ConnectionManager,
-    /// The scorer's queue (`Keys::dirty`).
-    pub keys: Keys,
-    /// The hot state, in layout v2, under the same prefix.
+    /// The hot state (layout v2) and the scorer's queue ([`crate::queue`]), standalone or
+    /// cluster.
+    pub redis: HotConn,
     pub hot: HotKeys,
     pub pg: PgPool,
     /// `[accounts] public_domains`: never rolled up, never worth domain points.
@@ -64,6 +63,11 @@ mod rows;
 use rows::*;
 
 impl Stores {
+    /// The scorer's queue, on the hot state's connection.
+    pub fn queue(&self) -> crate::queue::Queue {
+        crate::queue::Queue::new(self.redis.clone(), self.hot.clone())
+    }
+
     /// The population's median session length today (seconds), for the power-user rule.
     pub async fn median_session_secs(&self, now: DateTime<Utc>) -> Result<Option<f64>, ScoreError> {
         let day = Grain::Day.window_start(now).timestamp();

@@ -99,25 +99,12 @@ impl Scorer {
     }
 
     async fn take_dirty(&self) -> Result<Vec<String>, ScoreError> {
-        let ids: Vec<String> = redis::cmd("SPOP")
-            .arg(self.stores.keys.dirty())
-            .arg(self.config.batch_size)
-            .query_async(&mut self.stores.redis.clone())
-            .await?;
-        Ok(ids)
+        Ok(self.stores.queue().take(self.config.batch_size).await?)
     }
 
     async fn put_back(&self, ids: &[String]) {
-        if ids.is_empty() {
-            return;
-        }
-        let r: redis::RedisResult<()> = redis::cmd("SADD")
-            .arg(self.stores.keys.dirty())
-            .arg(ids)
-            .query_async(&mut self.stores.redis.clone())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, accounts = ids.len(), "could not mark accounts dirty again; the daily pass will score them");
+        if let Err(e) = self.stores.queue().put_back(ids).await {
+            tracing::error!(error = %e, accounts = ids.len(), "could not queue accounts again; the daily pass will score them");
         }
     }
 

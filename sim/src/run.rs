@@ -445,17 +445,13 @@ async fn settle(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let mut redis = redis::Client::open(env.redis.url.as_str())?
-        .get_multiplexed_async_connection()
-        .await
-        .context("connecting to Redis")?;
-    let dirty = meterline_schemas::keys::Keys::new(env.redis.key_prefix.clone()).dirty();
+    let queue = meterline_scorer::queue::Queue::new(
+        env.redis.connect().await.context("connecting to Redis")?,
+        meterline_schemas::keys::hot::HotKeys::new(env.redis.key_prefix.clone())?,
+    );
     let mut last = (usize::MAX, Instant::now());
     loop {
-        let queued: u64 = redis::cmd("SCARD")
-            .arg(&dirty)
-            .query_async(&mut redis)
-            .await?;
+        let queued = queue.queued().await?;
         let signals = raised_signals(pool, tag).await?.len();
         bar.set_message(format!(
             "waiting for the scorer: {queued} accounts queued, {signals} signals"

@@ -4,7 +4,6 @@ use anyhow::{Context, Result};
 use meterline_aggregator::clickhouse_sink::ClickHouseSink;
 use meterline_aggregator::rebuild::{rebuild_hot_state, Target};
 use meterline_schemas::keys::hot::HotKeys;
-use meterline_schemas::keys::Keys;
 
 use crate::Config;
 
@@ -18,8 +17,6 @@ pub async fn run(config: &Config) -> Result<()> {
         keys: HotKeys::new(config.redis.key_prefix.clone()).context("redis.key_prefix")?,
         topic: config.kafka.usage_topic.clone(),
         partitions: config.kafka.partitions,
-        // The scorer drains one queue (see services::aggregator).
-        scorer_queue: Some(Keys::new(config.redis.key_prefix.clone()).dirty()),
     };
     let clickhouse = ClickHouseSink::new(
         config.clickhouse.client(),

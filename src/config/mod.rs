@@ -197,6 +197,10 @@ impl Config {
                 self.aggregator.batch_max_wait_ms as i64,
             ),
             (
+                "aggregator.state_max_accounts",
+                self.aggregator.state_max_accounts as i64,
+            ),
+            (
                 "postgres.max_connections",
                 self.postgres.max_connections as i64,
             ),
@@ -247,11 +251,17 @@ impl Config {
                 bail!("configuration key `{key}`: must not be empty");
             }
         }
-        if !self.redis.cluster_node_list().is_empty() {
-            // The components still read and write the untagged layout of `keys::Keys`, whose
-            // scripts and pipelines cross hash slots; `keys::hot` (issue 21) lifts this.
+        // Every key the components touch is tagged for Redis Cluster (`keys::hot`), so a
+        // cluster serves them; its nodes must be Redis URLs.
+        for node in self.redis.cluster_node_list() {
+            if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
+                bail!("configuration key `redis.cluster_nodes`: {node:?} is not a redis:// or rediss:// URL");
+            }
+        }
+        if meterline_schemas::keys::hot::HotKeys::new(self.redis.key_prefix.clone()).is_err() {
             bail!(
-                "configuration key `redis.cluster_nodes`: not yet: the scorer's queue and the read path's quota markers are not tagged for Redis Cluster (the hot state's layout v2 is); leave it empty and set redis.url"
+                "configuration key `redis.key_prefix`: {:?} contains a brace, which would put every account in one Redis Cluster slot",
+                self.redis.key_prefix
             );
         }
         if !self

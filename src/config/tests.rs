@@ -180,12 +180,32 @@ fn bad_values_name_the_key() {
     assert!(err.contains("`http.listen`"), "{err}");
     let err = Config::load(
         None,
-        env(&[("METERLINE_REDIS__CLUSTER_NODES", "redis://127.0.0.1:7000")]),
+        env(&[(
+            "METERLINE_REDIS__CLUSTER_NODES",
+            "redis://127.0.0.1:7000, 127.0.0.1:7001",
+        )]),
     )
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("`redis.cluster_nodes`") && err.contains("not tagged for Redis Cluster"),
+        err.contains("`redis.cluster_nodes`")
+            && err.contains("\"127.0.0.1:7001\" is not a redis://"),
+        "{err}"
+    );
+    let cluster = Config::load(
+        None,
+        env(&[(
+            "METERLINE_REDIS__CLUSTER_NODES",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        )]),
+    )
+    .unwrap();
+    assert_eq!(cluster.redis.cluster_node_list().len(), 2);
+    let err = Config::load(None, env(&[("METERLINE_REDIS__KEY_PREFIX", "ml{x}:")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`redis.key_prefix`") && err.contains("brace"),
         "{err}"
     );
 

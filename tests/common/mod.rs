@@ -250,12 +250,18 @@ impl TestApp {
         self.config.clickhouse.client()
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.config.redis.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+    /// The app's Redis: the standalone server, or the cluster when the app runs on one.
+    pub async fn redis(&self) -> meterline_infra::redis::HotConn {
+        self.config.redis.connect().await.unwrap()
+    }
+
+    /// The scorer's queue, over every share (`meterline_scorer::queue`).
+    pub async fn scorer_queue(&self) -> meterline_scorer::queue::Queue {
+        meterline_scorer::queue::Queue::new(
+            self.config.redis.connect().await.unwrap(),
+            meterline_schemas::keys::hot::HotKeys::new(self.config.redis.key_prefix.clone())
+                .unwrap(),
+        )
     }
 
     pub async fn pg(&self) -> sqlx::PgPool {
@@ -415,6 +421,31 @@ pub type WindowSums = HashMap<(String, i64), Sums>;
 /// The Redis deployments the hot-state v2 tests run on, under `config`'s prefix: the standalone
 /// server, and the local cluster of `scripts/redis-cluster.sh` when
 /// `TEST_REDIS_CLUSTER` names its nodes (`scripts/test.sh` starts it and sets it).
+/// Where a test that runs the whole app puts its Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    Standalone,
+    /// The local three-master cluster of `scripts/redis-cluster.sh` (`TEST_REDIS_CLUSTER`).
+    Cluster,
+}
+
+impl Deployment {
+    /// `config` on this deployment. `None` for the cluster when `TEST_REDIS_CLUSTER` is not set
+    /// (`scripts/test.sh` sets it), with a note in the test's output.
+    pub fn apply(self, mut config: Config) -> Option<Config> {
+        if self == Deployment::Cluster {
+            match std::env::var("TEST_REDIS_CLUSTER") {
+                Ok(nodes) if !nodes.trim().is_empty() => config.redis.cluster_nodes = nodes,
+                _ => {
+                    eprintln!("TEST_REDIS_CLUSTER is not set: the cluster run is skipped (scripts/test.sh runs it)");
+                    return None;
+                }
+            }
+        }
+        Some(config)
+    }
+}
+
 pub fn hot_deployments(config: &Config) -> Vec<meterline_infra::RedisConfig> {
     let mut out = vec![config.redis.clone()];
     match std::env::var("TEST_REDIS_CLUSTER") {
@@ -678,4 +709,34 @@ pub async fn hot_state_as_read(
         out.insert(format!("{account} {stamp}"), format!("{fields:?}"));
     }
     out
+}
+
+/// Waits until the scorer has nothing left to do, so that every signal it raises is on the
+/// topic: every share of its queue is empty, then `quiet` (an account whose scoring raises
+/// nothing) is queued and scored again. A batch is scored, saved and raised whole before the
+/// next starts, so the batch in progress when the queue ran empty is done by then.
+pub async fn wait_until_scorer_idle(app: &TestApp, pool: &sqlx::PgPool, quiet: &str) {
+    let queue = app.scorer_queue().await;
+    wait_for(
+        "the scorer's queue drained",
+        Duration::from_secs(90),
+        || async { check(queue.queued().await.unwrap(), |left| *left == 0) },
+    )
+    .await;
+    let marked = Utc::now();
+    queue.put_back(&[quiet.to_owned()]).await.unwrap();
+    wait_for(
+        &format!("{quiet} scored again"),
+        Duration::from_secs(60),
+        || async {
+            let scored: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT scored_at FROM account_scores WHERE account_id = $1")
+                    .bind(quiet)
+                    .fetch_optional(pool)
+                    .await
+                    .unwrap();
+            check(scored, |s| s.is_some_and(|s| s > marked))
+        },
+    )
+    .await;
 }

@@ -49,6 +49,8 @@ struct ModelCounters {
     model: Box<str>,
     /// Requests, input and output tokens.
     values: [i64; 3],
+    /// Changed since the last write.
+    dirty: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,8 +69,12 @@ struct Window {
     /// Opened after the window had left `cur`: it holds increments since the last write, not
     /// the window's value (see the module documentation).
     late: bool,
-    /// Changed since the last write: only changed windows are set in `cur` again.
+    /// Changed since the last write: only changed windows are set in `cur` again, and of
+    /// those only the base counters, the models marked dirty and the counts in
+    /// `dirty_counts` (the other fields are stored as they are).
     dirty: bool,
+    /// The distinct counts changed since the last write, a bit per [`Dim::ALL`] index.
+    dirty_counts: u8,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -214,12 +220,19 @@ impl Window {
             listed: Vec::new(),
             late,
             dirty,
+            dirty_counts: 0,
         }
     }
 
     /// The window's fields without its stamp, zeros left out; with `listed`, the month's `v:`
     /// members too (as 1).
     fn fields(&self, listed: bool) -> Vec<(String, i64)> {
+        self.some_fields(listed, false)
+    }
+
+    /// The fields [`Self::fields`] gives, or with `changed`, only those that may have changed
+    /// since the last write: the base counters, the dirty models and the dirty counts.
+    fn some_fields(&self, listed: bool, changed: bool) -> Vec<(String, i64)> {
         let mut out = Vec::new();
         let mut put = |name: String, v: i64| {
             if v != 0 {
@@ -229,13 +242,15 @@ impl Window {
         for (name, v) in BASE.iter().zip(self.base) {
             put((*name).to_owned(), v);
         }
-        for m in &self.models {
+        for m in self.models.iter().filter(|m| m.dirty || !changed) {
             for (counter, v) in ["req", "in", "out"].iter().zip(m.values) {
                 put(format!("m:{}:{counter}", m.model), v);
             }
         }
-        for (dim, n) in Dim::ALL.iter().zip(self.counts) {
-            put(hot::count_name(*dim), n as i64);
+        for (i, (dim, n)) in Dim::ALL.iter().zip(self.counts).enumerate() {
+            if !changed || self.dirty_counts & (1 << i) != 0 {
+                put(hot::count_name(*dim), n as i64);
+            }
         }
         if listed {
             for (dim, member) in &self.listed {
@@ -289,10 +304,12 @@ impl AccountState {
                         for (total, v) in m.values.iter_mut().zip(values) {
                             *total += v;
                         }
+                        m.dirty = true;
                     }
                     None => w.models.push(ModelCounters {
                         model: e.model.as_str().into(),
                         values,
+                        dirty: true,
                     }),
                 }
             }
@@ -390,6 +407,7 @@ impl AccountState {
             return;
         }
         w.counts[dim_index(dim)] += 1;
+        w.dirty_counts |= 1 << dim_index(dim);
         self.new_members.push(if listed {
             w.listed.push((dim, member.into()));
             NewMember::Listed {
@@ -419,7 +437,7 @@ impl AccountState {
             .filter(|w| !w.late && in_cur(w.grain, w.start, now) && (w.dirty || !changed))
         {
             let stamp = hot::stamp(w.grain, w.start);
-            for (name, v) in w.fields(false) {
+            for (name, v) in w.some_fields(false, changed) {
                 out.insert(format!("{stamp}:{name}"), v);
             }
         }
@@ -510,6 +528,7 @@ impl AccountState {
                         w.models.push(ModelCounters {
                             model: model.into(),
                             values,
+                            dirty: false,
                         });
                     }
                 }
@@ -647,6 +666,10 @@ impl AccountState {
             .retain(|_, s| s.last_event + SESSION_RETENTION_SECS > now.timestamp());
         for w in &mut self.windows {
             w.dirty = false;
+            w.dirty_counts = 0;
+            for m in &mut w.models {
+                m.dirty = false;
+            }
         }
         for s in self.sessions.values_mut() {
             s.dirty = false;

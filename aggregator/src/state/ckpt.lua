@@ -1,5 +1,4 @@
--- Checkpoints a partition (design §2.4), all keys in its slot {pt:N} (but the scorer's queue,
--- KEYS[2], which may be another set; see StateWriter::with_scorer_queue).
+-- Checkpoints a partition (design §2.4), all keys in its slot {pt:N}.
 -- KEYS: ckpt, dirty, accounts, then `nseen` seen-day sets.
 -- ARGV: E, O_new, ndirty, id x ndirty, naccounts, id x naccounts,
 --       nseen, then per seen set: n, id x n, expire_at.

@@ -7,14 +7,26 @@
 //!    offset, so a replay from the checkpoint decides the same.
 //! 2. The new events go to ClickHouse (the caller's business), then [`Partition::fold`] counts
 //!    each in its account, unless the account's stored snapshot already holds its offset.
-//! 3. [`Partition::flush`], when [`Partition::due`]: every changed account's snapshot
-//!    (`snap.lua`, [`FlushPolicy::in_flight`] at a time), then the checkpoint (`ckpt.lua`) with
-//!    the seen ids, the scorer's queue and the account index. Only then may the caller commit
-//!    the offset to Kafka.
+//! 3. When [`Partition::due`], [`Partition::take`] cuts a [`FlushJob`]: every changed
+//!    account's snapshot as of now, the seen ids, the changed accounts and the offset handled.
+//!    The job runs on its own ([`FlushJob::run`]: the snapshots through `snap.lua`,
+//!    [`FlushPolicy::in_flight`] at a time, then the checkpoint through `ckpt.lua`) while the
+//!    partition goes on folding; [`Partition::finish`] takes its outcome. Only then may the
+//!    caller commit the offset to Kafka. [`Partition::flush`] does all three in one go.
 //!
 //! Why a replay counts every event once is the proof of design §4.2: a snapshot holds exactly
 //! its account's new events up to its `_o`, and the checkpoint's offset is at most the lowest
 //! point every account's snapshot has reached.
+//!
+//! Why folding may go on while a job runs: taking the job is what a successful write used to
+//! do to the state ([`AccountState::written`]: late increments, new members and moved windows
+//! are forgotten, every window and session is clean), so what is folded afterwards is exactly
+//! what the next snapshot must add to this one. The next job of the partition is taken only
+//! once this one has finished, so an account's snapshots reach Redis in the order they were
+//! taken, each continuing the one before (`snap.lua` answers `CONFLICT` otherwise). A job that
+//! fails is retried as it is (a snapshot that landed answers `HAVE`); one that cannot finish
+//! (fenced, in conflict, or its task lost) drops the partition, which is read again from its
+//! checkpoint, so nothing the job forgot is needed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -27,7 +39,7 @@ use meterline_schemas::keys::{Grain, SEEN_RETENTION_AFTER_DAY_SECS};
 use meterline_schemas::UsageEvent;
 use redis::aio::ConnectionLike;
 
-use super::account::AccountState;
+use super::account::{AccountState, Snapshot};
 use super::writer::{StateWriter, Written};
 use crate::SinkError;
 
@@ -44,6 +56,10 @@ pub struct FlushPolicy {
     pub max_seen: usize,
     /// Snapshots sent at a time.
     pub in_flight: usize,
+    /// Accounts kept in memory over every partition, after a flush ([`Partition::evict`]).
+    pub max_resident: usize,
+    /// The longest wait between attempts of a failed flush.
+    pub retry_max_backoff: Duration,
 }
 
 impl Default for FlushPolicy {
@@ -54,6 +70,8 @@ impl Default for FlushPolicy {
             max_accounts: 20_000,
             max_seen: 100_000,
             in_flight: 8,
+            max_resident: 50_000,
+            retry_max_backoff: Duration::from_secs(5),
         }
     }
 }
@@ -107,10 +125,14 @@ impl Dedup {
 #[derive(Debug)]
 struct Tracked {
     state: AccountState,
-    /// The offset of the account's last event its stored snapshot holds (-1: none).
+    /// The offset of the account's last event its latest snapshot holds (-1: none): stored, or
+    /// taken into the partition's running [`FlushJob`].
     stored: i64,
     /// The offset of the last event folded into `state`.
     last: i64,
+    /// The partition's [`Partition::taken`] when an event of the account was last folded (or
+    /// it was loaded): how recently it was used, for eviction.
+    used: u64,
 }
 
 /// What a flush came to.
@@ -140,6 +162,106 @@ pub struct Partition {
     seen_pending: usize,
     changed: BTreeSet<Box<str>>,
     oldest_change: Option<Instant>,
+    /// The offset the job taken and not finished checkpoints.
+    flushing: Option<i64>,
+    /// A job [`Self::flush`] started and could not finish, to run again as it is.
+    unfinished: Option<FlushJob>,
+    /// Jobs taken so far: the clock of [`Tracked::used`].
+    taken: u64,
+}
+
+/// One account's snapshot in a [`FlushJob`].
+#[derive(Debug)]
+struct SnapshotWrite {
+    account: String,
+    /// The offsets of the snapshot it continues and of its own last event.
+    range: (i64, i64),
+    snapshot: Snapshot,
+    /// Stored (or found stored) by an earlier attempt.
+    done: bool,
+}
+
+/// A partition's flush, cut by [`Partition::take`] and owning everything it writes, so it can
+/// run while the partition folds on; see the module documentation.
+#[derive(Debug)]
+pub struct FlushJob {
+    epoch: i64,
+    through: i64,
+    now: DateTime<Utc>,
+    writes: Vec<SnapshotWrite>,
+    changed: Vec<String>,
+    seen: BTreeMap<DateTime<Utc>, Vec<String>>,
+}
+
+impl FlushJob {
+    /// The offset the job checkpoints.
+    pub fn through(&self) -> i64 {
+        self.through
+    }
+
+    /// Snapshots not stored yet.
+    pub fn unwritten(&self) -> usize {
+        self.writes.iter().filter(|w| !w.done).count()
+    }
+
+    /// Writes the snapshots not stored yet, [`FlushPolicy::in_flight`] at a time; `Some` if a
+    /// snapshot was refused (see [`Flushed`]).
+    pub async fn write_snapshots<C: ConnectionLike + Clone + Send>(
+        &mut self,
+        writer: &StateWriter<C>,
+        in_flight: usize,
+    ) -> Result<Option<Flushed>, SinkError> {
+        let (epoch, now) = (self.epoch, self.now);
+        let writes: Vec<BoxFuture<'_, Result<Written, SinkError>>> = self
+            .writes
+            .iter_mut()
+            .filter(|w| !w.done)
+            .map(|w| {
+                let mut writer = writer.clone();
+                async move {
+                    let written = writer
+                        .write_snapshot(epoch, &w.account, w.range, &w.snapshot, now)
+                        .await?;
+                    w.done = matches!(written, Written::Applied | Written::Have);
+                    Ok(written)
+                }
+                .boxed()
+            })
+            .collect();
+        let mut writes = futures::stream::iter(writes).buffer_unordered(in_flight.max(1));
+        let mut outcome = None;
+        while let Some(written) = writes.next().await {
+            match written? {
+                Written::Applied | Written::Have => {}
+                Written::Fenced => outcome = Some(Flushed::Fenced),
+                Written::Conflict => {
+                    outcome = outcome.or(Some(Flushed::Conflict));
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Runs the job: the snapshots, then the checkpoint. On `Err`, run it again: what was
+    /// written stays written.
+    pub async fn run<C: ConnectionLike + Clone + Send>(
+        &mut self,
+        writer: &StateWriter<C>,
+        in_flight: usize,
+    ) -> Result<Flushed, SinkError> {
+        if let Some(stop) = self.write_snapshots(writer, in_flight).await? {
+            return Ok(stop);
+        }
+        let changed: Vec<&str> = self.changed.iter().map(String::as_str).collect();
+        let mut writer = writer.clone();
+        if !writer
+            .checkpoint(self.epoch, self.through, &changed, &self.seen)
+            .await?
+        {
+            return Ok(Flushed::Fenced);
+        }
+        Ok(Flushed::Through(self.through))
+    }
 }
 
 impl Partition {
@@ -156,6 +278,9 @@ impl Partition {
             seen_pending: 0,
             changed: BTreeSet::new(),
             oldest_change: None,
+            flushing: None,
+            unfinished: None,
+            taken: 0,
         }
     }
 
@@ -218,6 +343,7 @@ impl Partition {
                 state,
                 stored,
                 last: stored,
+                used: self.taken,
             },
         );
     }
@@ -269,6 +395,7 @@ impl Partition {
             t.state.fold(e, now);
             t.last = offset;
         }
+        t.used = self.taken;
         if !self.changed.contains(account) {
             self.changed.insert(account.into());
         }
@@ -278,12 +405,17 @@ impl Partition {
     /// Every record up to `offset` is handled (its new events in ClickHouse and folded).
     pub fn advance(&mut self, offset: i64) {
         self.through = self.through.max(offset);
-        if self.through > self.checkpointed {
+        if self.through > self.flushing.unwrap_or(self.checkpointed) {
             self.oldest_change.get_or_insert_with(Instant::now);
         }
     }
 
-    /// Accounts with events their stored snapshot lacks.
+    /// Whether a job taken from the partition has not finished.
+    pub fn is_flushing(&self) -> bool {
+        self.flushing.is_some()
+    }
+
+    /// Accounts with events their latest snapshot lacks.
     pub fn unwritten(&self) -> usize {
         self.accounts.values().filter(|t| t.last > t.stored).count()
     }
@@ -302,88 +434,204 @@ impl Partition {
         let age = now.saturating_duration_since(oldest);
         (caught_up && age >= policy.interval)
             || age >= policy.max_interval
-            || self.unwritten() >= policy.max_accounts
-            || self.seen_pending >= policy.max_seen
+            || self.over_bounds(policy)
     }
 
-    /// Writes every changed account's snapshot as of `now`; see [`Flushed`] for the outcomes
-    /// other than `Ok(None)` (all written).
-    pub async fn write_accounts<C: ConnectionLike + Clone + Send>(
-        &mut self,
-        writer: &StateWriter<C>,
-        now: DateTime<Utc>,
-        in_flight: usize,
-    ) -> Result<Option<Flushed>, SinkError> {
-        let epoch = self.epoch;
-        let writes: Vec<BoxFuture<'_, Result<Written, SinkError>>> = self
+    /// Whether more accounts or seen ids wait than `policy` lets wait.
+    pub fn over_bounds(&self, policy: &FlushPolicy) -> bool {
+        self.unwritten() >= policy.max_accounts || self.seen_pending >= policy.max_seen
+    }
+
+    /// Cuts the partition's next flush as of `now`: every changed account's snapshot, the
+    /// seen ids and changed accounts since the last job, and the offset handled. `None` when
+    /// nothing changed or a job taken before has not finished. The partition forgets what the
+    /// snapshots write once and goes on folding; see the module documentation.
+    pub fn take(&mut self, now: DateTime<Utc>) -> Option<FlushJob> {
+        if self.oldest_change.is_none() || self.flushing.is_some() {
+            return None;
+        }
+        let writes = self
             .accounts
             .iter_mut()
             .filter(|(_, t)| t.last > t.stored)
             .map(|(account, t)| {
-                let mut writer = writer.clone();
-                async move {
-                    let written = writer
-                        .write_account(epoch, account, (t.stored, t.last), &mut t.state, now)
-                        .await?;
-                    if matches!(written, Written::Applied | Written::Have) {
-                        t.stored = t.last;
-                    }
-                    Ok(written)
-                }
-                .boxed()
+                let write = SnapshotWrite {
+                    account: account.to_string(),
+                    range: (t.stored, t.last),
+                    snapshot: t.state.snapshot(now),
+                    done: false,
+                };
+                t.state.written(now);
+                t.stored = t.last;
+                write
             })
             .collect();
-        let mut writes = futures::stream::iter(writes).buffer_unordered(in_flight.max(1));
-        let mut outcome = None;
-        while let Some(written) = writes.next().await {
-            match written? {
-                Written::Applied | Written::Have => {}
-                Written::Fenced => outcome = Some(Flushed::Fenced),
-                Written::Conflict => {
-                    outcome = outcome.or(Some(Flushed::Conflict));
-                }
-            }
-        }
-        Ok(outcome)
+        self.flushing = Some(self.through);
+        self.taken += 1;
+        self.oldest_change = None;
+        self.seen_pending = 0;
+        Some(FlushJob {
+            epoch: self.epoch,
+            through: self.through,
+            now,
+            writes,
+            changed: std::mem::take(&mut self.changed)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            seen: std::mem::take(&mut self.seen),
+        })
     }
 
-    /// Flushes: the changed accounts' snapshots, then the checkpoint at [`Self::through`].
-    /// Written accounts with nothing left in memory are forgotten. On `Err`, retry: what was
-    /// written stays written (a repeated snapshot answers `HAVE`).
+    /// Takes the outcome of the job [`Self::take`] cut last. After [`Flushed::Through`] its
+    /// offset is checkpointed, and accounts with nothing left in memory and nothing folded
+    /// since are forgotten. After [`Flushed::Fenced`] or [`Flushed::Conflict`] the caller drops
+    /// the partition.
+    pub fn finish(&mut self, job: &FlushJob, outcome: Flushed) {
+        self.flushing = None;
+        if let Flushed::Through(o) = outcome {
+            self.checkpointed = o;
+            self.accounts
+                .retain(|_, t| t.last > t.stored || !t.state.is_empty());
+            self.dedup.prune(job.now);
+        }
+    }
+
+    /// Forgets accounts whose state is stored (nothing folded since their last snapshot, and no
+    /// flush running), the least recently used first, until at most `keep` are in memory; an
+    /// account forgotten is loaded again at its next event. Returns how many were forgotten.
+    pub fn evict(&mut self, keep: usize) -> usize {
+        if self.accounts.len() <= keep || self.flushing.is_some() {
+            return 0;
+        }
+        let mut idle: Vec<(u64, Box<str>)> = self
+            .accounts
+            .iter()
+            .filter(|(_, t)| t.last == t.stored)
+            .map(|(a, t)| (t.used, a.clone()))
+            .collect();
+        let excess = (self.accounts.len() - keep).min(idle.len());
+        if excess == 0 {
+            return 0;
+        }
+        if excess < idle.len() {
+            idle.select_nth_unstable_by_key(excess, |(used, _)| *used);
+        }
+        for (_, account) in &idle[..excess] {
+            self.accounts.remove(account);
+        }
+        self.accounts.shrink_to(keep.max(self.accounts.len()));
+        excess
+    }
+
+    /// Flushes in one go: [`Self::take`], [`FlushJob::run`], [`Self::finish`]. On `Err`, call
+    /// again: the job that failed runs again as it is.
     pub async fn flush<C: ConnectionLike + Clone + Send>(
         &mut self,
         writer: &StateWriter<C>,
         now: DateTime<Utc>,
         in_flight: usize,
     ) -> Result<Flushed, SinkError> {
-        if self.oldest_change.is_none() {
+        let Some(mut job) = self.unfinished.take().or_else(|| self.take(now)) else {
             return Ok(Flushed::Nothing);
+        };
+        match job.run(writer, in_flight).await {
+            Ok(outcome) => {
+                self.finish(&job, outcome);
+                Ok(outcome)
+            }
+            Err(e) => {
+                self.unfinished = Some(job);
+                Err(e)
+            }
         }
-        if let Some(stop) = self.write_accounts(writer, now, in_flight).await? {
-            return Ok(stop);
-        }
-        let changed: Vec<&str> = self.changed.iter().map(|a| &**a).collect();
-        let mut writer = writer.clone();
-        if !writer
-            .checkpoint(self.epoch, self.through, &changed, &self.seen)
-            .await?
-        {
-            return Ok(Flushed::Fenced);
-        }
-        self.checkpointed = self.through;
-        self.seen.clear();
-        self.seen_pending = 0;
-        self.changed.clear();
-        self.oldest_change = None;
-        self.accounts.retain(|_, t| !t.state.is_empty());
-        self.dedup.prune(now);
-        Ok(Flushed::Through(self.through))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(account: &str, id: &str, at: DateTime<Utc>) -> UsageEvent {
+        UsageEvent {
+            event_id: id.into(),
+            occurred_at: at.timestamp_micros(),
+            received_at: at.timestamp_micros(),
+            account_id: meterline_schemas::AccountId::parse(account).unwrap(),
+            api_key_id: "k".into(),
+            gateway_id: "g".into(),
+            region: "eu-west-1".into(),
+            cloud: "aws".into(),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            input_tokens: 10,
+            output_tokens: 1,
+            cost_micros: None,
+            latency_ms: None,
+            status: Some(200),
+            session_id: None,
+            user_id: None,
+            plugins: vec![],
+            pii_detected: false,
+            client_ip_hash: None,
+            device_id: None,
+            prompt_hash: None,
+        }
+    }
+
+    #[test]
+    fn a_flush_taken_leaves_what_is_folded_after_it_to_the_next() {
+        let now = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 3, 10, 0, 0).unwrap();
+        let mut p = Partition::new(1, -1, Dedup::default());
+        p.insert_loaded("a", AccountState::default(), -1);
+        p.fold(0, &event("a", "e-0", now), now);
+        p.advance(0);
+        let first = p.take(now).expect("a change to flush");
+        assert_eq!((first.through(), first.unwritten()), (0, 1));
+        assert!(p.take(now).is_none(), "one flush at a time");
+        // Folded while the first flush runs: the next flush's, continuing the first.
+        p.fold(1, &event("a", "e-1", now), now);
+        p.advance(1);
+        assert!(p.take(now).is_none(), "still one flush at a time");
+        p.finish(&first, Flushed::Through(0));
+        assert_eq!(p.checkpointed(), 0);
+        let second = p.take(now).expect("the event folded meanwhile");
+        assert_eq!(second.through(), 1);
+        assert_eq!(
+            second.writes[0].range,
+            (0, 1),
+            "continues the first snapshot"
+        );
+        let cur = &second.writes[0].snapshot.cur;
+        assert_eq!(cur.get("d:20261203:req"), Some(&2), "cur is absolute");
+    }
+
+    #[test]
+    fn eviction_forgets_the_least_recently_used_written_accounts_only() {
+        let now = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 3, 10, 0, 0).unwrap();
+        let mut p = Partition::new(1, -1, Dedup::default());
+        let flush = |p: &mut Partition| {
+            let job = p.take(now).unwrap();
+            assert_eq!(p.evict(0), 0, "nothing goes while a flush runs");
+            let through = job.through();
+            p.finish(&job, Flushed::Through(through));
+        };
+        for (o, a) in ["a", "b", "c"].into_iter().enumerate() {
+            p.insert_loaded(a, AccountState::default(), -1);
+            p.fold(o as i64, &event(a, &format!("e-{o}"), now), now);
+        }
+        p.advance(2);
+        flush(&mut p);
+        p.fold(3, &event("b", "e-3", now), now);
+        p.advance(3);
+        flush(&mut p);
+        assert_eq!(p.evict(1), 2, "a and c were used least recently");
+        assert!(p.holds("b") && !p.holds("a") && !p.holds("c"));
+        p.insert_loaded("d", AccountState::default(), 3);
+        p.fold(4, &event("d", "e-4", now), now);
+        assert_eq!(p.evict(0), 1);
+        assert!(p.holds("d"), "an account with events not yet written stays");
+    }
 
     #[test]
     fn an_id_is_new_once_per_day() {
@@ -403,30 +651,7 @@ mod tests {
     fn folding_a_batch_again_after_a_failed_attempt_counts_each_event_once() {
         // A batch over two partitions: the first folded, the second failed, the batch retried.
         let now = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 3, 10, 0, 0).unwrap();
-        let e = meterline_schemas::UsageEvent {
-            event_id: "e-1".into(),
-            occurred_at: now.timestamp_micros(),
-            received_at: now.timestamp_micros(),
-            account_id: meterline_schemas::AccountId::parse("acct-1").unwrap(),
-            api_key_id: "k".into(),
-            gateway_id: "g".into(),
-            region: "eu-west-1".into(),
-            cloud: "aws".into(),
-            provider: "openai".into(),
-            model: "gpt-4o".into(),
-            input_tokens: 10,
-            output_tokens: 1,
-            cost_micros: None,
-            latency_ms: None,
-            status: Some(200),
-            session_id: None,
-            user_id: None,
-            plugins: vec![],
-            pii_detected: false,
-            client_ip_hash: None,
-            device_id: None,
-            prompt_hash: None,
-        };
+        let e = event("acct-1", "e-1", now);
         let mut p = Partition::new(1, -1, Dedup::default());
         p.insert_loaded("acct-1", AccountState::default(), -1);
         for _attempt in 0..2 {

@@ -1,23 +1,31 @@
 //! The state store as the consumer drives it: a [`Partition`] for each usage partition this
 //! aggregator holds, claimed at its first record, and the flushes that make them durable.
 //!
-//! The consumer calls [`HotStore::write`] for each batch's usage records (after deciding nothing
-//! else about them), then [`HotStore::flush_due`] after every batch and whenever it has waited
-//! [`FlushPolicy::interval`] without records. Only a flush's [`Flushed::Through`] lets it commit a
-//! usage partition's offset to Kafka. A partition that a flush finds fenced (a newer owner) or in
-//! conflict (a concurrent rebuild) is dropped and claimed again, and the consumer rewinds it to
-//! the checkpoint ([`Rewind`]).
+//! The consumer calls [`HotStore::decide`] and [`HotStore::fold`] for each batch's usage records,
+//! then [`HotStore::flush_due`] after every batch and whenever it has waited
+//! [`FlushPolicy::interval`] without records. A due partition's flush runs as a task of its own
+//! (a [`FlushJob`], retried with backoff until it finishes) while the consumer reads, inserts
+//! and folds the next batches; a later `flush_due` collects its outcome. Only a finished flush
+//! ([`Flushed::Through`]) lets the consumer commit a usage partition's offset to Kafka. A
+//! partition whose flush is still running when it is due again with more than the policy's
+//! bounds waits for it (backpressure). A partition that a flush finds fenced (a newer owner) or
+//! in conflict (a concurrent rebuild) is dropped and claimed again, and the consumer rewinds it
+//! to the checkpoint ([`Rewind`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use meterline_infra::redis::HotConn;
 use meterline_schemas::keys::hot::HotKeys;
 use meterline_schemas::keys::Grain;
 use meterline_schemas::UsageEvent;
 
-use super::partition::{FlushPolicy, Flushed, Partition};
+use super::partition::{FlushJob, FlushPolicy, Flushed, Partition};
 use super::writer::StateWriter;
 use crate::decode::Decoded;
 use crate::fold::occurred_at;
@@ -62,10 +70,29 @@ pub struct UsageDecisions {
     pub held_back: BTreeSet<i32>,
 }
 
+/// The first delay before running a failed flush again.
+const RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(100);
+
 struct Held {
     partition: Partition,
     counted: u64,
     duplicates: u64,
+    /// The partition's flush, while it runs.
+    flush: Option<Running>,
+}
+
+/// A flush job on its task, with the counts its checkpoint makes durable. Dropping it (the
+/// partition was dropped) stops the task at its next await.
+struct Running {
+    task: JoinHandle<(FlushJob, Flushed, u64)>,
+    counted: u64,
+    duplicates: u64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Every usage partition's state this aggregator holds; see the module documentation.
@@ -73,11 +100,17 @@ pub struct HotStore {
     conn: HotConn,
     keys: HotKeys,
     topic: String,
-    scorer_queue: Option<String>,
     pub policy: FlushPolicy,
     held: BTreeMap<i32, Held>,
     /// Script calls sent since [`Self::take_calls`] (claims, loads, snapshots, checkpoints).
     calls: u64,
+    /// Failed flush attempts since [`Self::take_failures`].
+    failures: u64,
+    /// Accounts forgotten to keep within [`FlushPolicy::max_resident`] since
+    /// [`Self::take_evicted`].
+    evicted: u64,
+    /// Partitions dropped since [`Self::take_dropped`], by reason.
+    dropped: BTreeMap<&'static str, u64>,
     /// Partitions whose state was dropped, by the offset the consumer must read them from
     /// again (see [`Self::decide`]).
     rewinding: BTreeMap<i32, Rewind>,
@@ -85,32 +118,55 @@ pub struct HotStore {
 
 #[derive(Debug, Clone, Copy)]
 struct Rewind {
-    /// The checkpoint + 1.
-    from: i64,
+    /// The checkpoint + 1; `None` until it has been read.
+    from: Option<i64>,
     /// Whether the consumer's seek there succeeded.
     sought: bool,
 }
 
 impl HotStore {
-    /// `scorer_queue`: the one set every partition's changed accounts go to (see
-    /// [`StateWriter::with_scorer_queue`]); `None` for each partition's own.
     pub fn new(
         conn: HotConn,
         keys: HotKeys,
         topic: impl Into<String>,
-        scorer_queue: Option<String>,
         policy: FlushPolicy,
     ) -> Self {
         Self {
             conn,
             keys,
             topic: topic.into(),
-            scorer_queue,
             policy,
             held: BTreeMap::new(),
             calls: 0,
+            failures: 0,
+            evicted: 0,
+            dropped: BTreeMap::new(),
             rewinding: BTreeMap::new(),
         }
+    }
+
+    /// Queues accounts for the scorer, each in the share of the partition its record came from
+    /// (account events: a plan, seat or signup change changes scores too), listing the shares.
+    pub async fn queue_for_scorer(&self, accounts: &[(i32, &str)]) -> Result<(), SinkError> {
+        let mut by_partition: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+        for (partition, account) in accounts {
+            by_partition.entry(*partition).or_default().push(account);
+        }
+        let mut conn = self.conn.clone();
+        for (partition, accounts) in by_partition {
+            let queue = self.keys.dirty(partition);
+            redis::cmd("SADD")
+                .arg(self.keys.scorer_queues())
+                .arg(&queue)
+                .query_async::<()>(&mut conn)
+                .await?;
+            redis::cmd("SADD")
+                .arg(&queue)
+                .arg(accounts)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Script calls sent since the last call (for `meterline_aggregator_redis_commands_total`).
@@ -118,9 +174,23 @@ impl HotStore {
         std::mem::take(&mut self.calls)
     }
 
+    /// Accounts evicted since the last call (`meterline_aggregator_state_evictions_total`).
+    pub fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Partitions dropped since the last call, by reason (fenced, conflict, lost).
+    pub fn take_dropped(&mut self) -> BTreeMap<&'static str, u64> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Failed flush attempts since the last call (for `meterline_aggregator_batch_failures_total`).
+    pub fn take_failures(&mut self) -> u64 {
+        std::mem::take(&mut self.failures)
+    }
+
     fn writer(&self, partition: i32) -> StateWriter<HotConn> {
         StateWriter::new(self.conn.clone(), self.keys.clone(), &self.topic, partition)
-            .with_scorer_queue(self.scorer_queue.clone())
     }
 
     /// The partition's state, claimed now if this aggregator does not hold it.
@@ -145,6 +215,7 @@ impl HotStore {
                     partition: p,
                     counted: 0,
                     duplicates: 0,
+                    flush: None,
                 },
             );
         }
@@ -174,6 +245,7 @@ impl HotStore {
                         stored = e,
                         "usage partition claimed by another owner since; its state is dropped"
                     );
+                    *self.dropped.entry("fenced").or_default() += 1;
                     self.held.remove(&partition);
                 }
             }
@@ -186,15 +258,17 @@ impl HotStore {
         let mut out = UsageDecisions::default();
         for (i, d) in usage.iter().enumerate() {
             if let Some(r) = self.rewinding.get(&d.partition).copied() {
-                let resume = d.offset == r.from || (d.offset > r.from && r.sought);
+                // Until the checkpoint is read, nothing resumes.
+                let from = r.from.unwrap_or(i64::MAX);
+                let resume = d.offset == from || (d.offset > from && r.sought);
                 if !resume {
                     // Before the checkpoint (already handled), or read before the seek took
                     // effect: not handled now, and the partition does not advance past it.
                     out.held_back.insert(d.partition);
                     continue;
                 }
-                if d.offset > r.from {
-                    tracing::warn!(partition = d.partition, expected = r.from, got = d.offset, "after the rewind the log resumed past the checkpoint; the records between are no longer in it");
+                if d.offset > from {
+                    tracing::warn!(partition = d.partition, expected = from, got = d.offset, "after the rewind the log resumed past the checkpoint; the records between are no longer in it");
                 }
                 self.rewinding.remove(&d.partition);
             }
@@ -222,7 +296,7 @@ impl HotStore {
         self.rewinding
             .iter()
             .filter(|(_, r)| !r.sought)
-            .map(|(p, r)| (*p, r.from))
+            .filter_map(|(p, r)| Some((*p, r.from?)))
             .collect()
     }
 
@@ -276,6 +350,7 @@ impl HotStore {
                     partition,
                     "a newer owner holds an account of this partition; its state is dropped"
                 );
+                *self.dropped.entry("fenced").or_default() += 1;
                 self.held.remove(&partition);
                 continue;
             }
@@ -320,71 +395,164 @@ impl HotStore {
         self.held.values().map(|h| h.partition.accounts()).sum()
     }
 
-    /// Flushes every partition that is due (every one with changes when `all`), and says what
-    /// the consumer must do for each. A partition found fenced or in conflict is dropped and
-    /// claimed again at once, so the rewind names the checkpoint the next owner state starts
-    /// from.
+    /// Starts the flush of every partition that is due (every one with changes when `all`) and
+    /// collects the flushes that have finished, saying what the consumer must do for each. With
+    /// `all` it waits for every flush; otherwise only for a partition due again with more than
+    /// the policy's bounds waiting behind its running flush. A partition found fenced or in
+    /// conflict is dropped, and the rewind names its stored checkpoint.
     pub async fn flush_due(
         &mut self,
         caught_up: bool,
         all: bool,
         now: DateTime<Utc>,
-    ) -> Result<Vec<(i32, FlushAction)>, SinkError> {
+    ) -> Vec<(i32, FlushAction)> {
+        let mut actions = Vec::new();
+        self.read_rewinds(&mut actions).await;
+        let partitions: Vec<i32> = self.held.keys().copied().collect();
+        for &partition in &partitions {
+            let held = &self.held[&partition];
+            let Some(running) = &held.flush else {
+                continue;
+            };
+            let behind = held.partition.due(Instant::now(), caught_up, &self.policy)
+                && held.partition.over_bounds(&self.policy);
+            if all || behind || running.task.is_finished() {
+                self.collect(partition, &mut actions).await;
+            }
+        }
         let clock = Instant::now();
-        let due: Vec<i32> = self
-            .held
-            .iter()
-            .filter(|(_, h)| {
-                if all {
-                    h.partition.through() > h.partition.checkpointed()
-                } else {
-                    h.partition.due(clock, caught_up, &self.policy)
+        for &partition in &partitions {
+            let Some(held) = self.held.get_mut(&partition) else {
+                continue;
+            };
+            let due = if all {
+                held.partition.through() > held.partition.checkpointed()
+            } else {
+                held.partition.due(clock, caught_up, &self.policy)
+            };
+            if held.flush.is_some() || !due {
+                continue;
+            }
+            let Some(job) = held.partition.take(now) else {
+                continue;
+            };
+            self.calls += job.unwritten() as u64 + 1;
+            let task = self.spawn(partition, job);
+            let held = self.held.get_mut(&partition).expect("held above");
+            held.flush = Some(Running {
+                task,
+                counted: std::mem::take(&mut held.counted),
+                duplicates: std::mem::take(&mut held.duplicates),
+            });
+        }
+        if all {
+            for partition in partitions {
+                self.collect(partition, &mut actions).await;
+            }
+        }
+        actions
+    }
+
+    /// Runs `job` on a task of its own, retrying it with backoff until it finishes: its outcome
+    /// and the failed attempts.
+    fn spawn(&self, partition: i32, mut job: FlushJob) -> JoinHandle<(FlushJob, Flushed, u64)> {
+        let writer = self.writer(partition);
+        let in_flight = self.policy.in_flight;
+        let max = self.policy.retry_max_backoff;
+        let work = async move {
+            let mut delays = crate::consumer::write_backoff(RETRY_BASE, max).build();
+            let mut failures = 0;
+            loop {
+                match job.run(&writer, in_flight).await {
+                    Ok(outcome) => return (job, outcome, failures),
+                    Err(e) => {
+                        failures += 1;
+                        let delay = delays.next().unwrap_or(max);
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "hot state not flushed; retrying, usage offsets not committed");
+                        tokio::time::sleep(delay).await;
+                    }
                 }
-            })
+            }
+        };
+        tokio::spawn(work.instrument(tracing::info_span!("flush", partition)))
+    }
+
+    /// Waits for the partition's running flush, if any, and takes its outcome.
+    async fn collect(&mut self, partition: i32, actions: &mut Vec<(i32, FlushAction)>) {
+        let Some(held) = self.held.get_mut(&partition) else {
+            return;
+        };
+        let Some(mut running) = held.flush.take() else {
+            return;
+        };
+        let share = self.policy.max_resident / self.held.len().max(1);
+        let held = self.held.get_mut(&partition).expect("held above");
+        let mut lost = false;
+        let outcome = match (&mut running.task).await {
+            Ok((job, outcome, failures)) => {
+                self.failures += failures;
+                held.partition.finish(&job, outcome);
+                self.evicted += held.partition.evict(share) as u64;
+                outcome
+            }
+            Err(e) => {
+                tracing::error!(partition, error = %e, "flush task lost");
+                lost = true;
+                Flushed::Conflict
+            }
+        };
+        match outcome {
+            Flushed::Through(offset) => actions.push((
+                partition,
+                FlushAction::Commit {
+                    offset: offset + 1,
+                    counted: running.counted,
+                    duplicates: running.duplicates,
+                },
+            )),
+            Flushed::Nothing => {}
+            stop @ (Flushed::Fenced | Flushed::Conflict) => {
+                let reason = match stop {
+                    _ if lost => "lost",
+                    Flushed::Fenced => "fenced",
+                    _ => "conflict",
+                };
+                *self.dropped.entry(reason).or_default() += 1;
+                self.held.remove(&partition);
+                tracing::warn!(partition, outcome = ?stop, "usage partition state dropped; reading it again from its checkpoint");
+                self.rewinding.insert(
+                    partition,
+                    Rewind {
+                        from: None,
+                        sought: false,
+                    },
+                );
+                self.read_rewinds(actions).await;
+            }
+        }
+    }
+
+    /// Reads the checkpoint of every dropped partition not read yet; one that cannot be read
+    /// now is tried again at the next flush, its records held back meanwhile.
+    async fn read_rewinds(&mut self, actions: &mut Vec<(i32, FlushAction)>) {
+        let unread: Vec<i32> = self
+            .rewinding
+            .iter()
+            .filter(|(_, r)| r.from.is_none())
             .map(|(p, _)| *p)
             .collect();
-        let mut actions = Vec::new();
-        for partition in due {
-            let writer = self.writer(partition);
-            let in_flight = self.policy.in_flight;
-            let held = self
-                .held
-                .get_mut(&partition)
-                .expect("due partitions are held");
-            let calls = held.partition.unwritten() as u64 + 1;
-            let flushed = held.partition.flush(&writer, now, in_flight).await?;
-            self.calls += calls;
-            let held = self
-                .held
-                .get_mut(&partition)
-                .expect("due partitions are held");
-            match flushed {
-                Flushed::Through(offset) => {
-                    actions.push((
-                        partition,
-                        FlushAction::Commit {
-                            offset: offset + 1,
-                            counted: std::mem::take(&mut held.counted),
-                            duplicates: std::mem::take(&mut held.duplicates),
-                        },
-                    ));
-                }
-                Flushed::Nothing => {}
-                stop @ (Flushed::Fenced | Flushed::Conflict) => {
-                    self.held.remove(&partition);
-                    let (_, o) = self.writer(partition).stored_checkpoint().await?;
-                    tracing::warn!(partition, outcome = ?stop, from = o + 1, "usage partition state dropped; reading it again from its checkpoint");
-                    self.rewinding.insert(
-                        partition,
-                        Rewind {
-                            from: o + 1,
-                            sought: false,
-                        },
-                    );
+        for partition in unread {
+            match self.writer(partition).stored_checkpoint().await {
+                Ok((_, o)) => {
+                    if let Some(r) = self.rewinding.get_mut(&partition) {
+                        r.from = Some(o + 1);
+                    }
                     actions.push((partition, FlushAction::Rewind(o + 1)));
+                }
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "checkpoint of a dropped partition not read yet; its records are held back")
                 }
             }
         }
-        Ok(actions)
     }
 }

@@ -54,30 +54,16 @@ pub struct StateWriter<C> {
     keys: HotKeys,
     topic: String,
     partition: i32,
-    /// The set the checkpoint adds the changed accounts to, for the scorer: the partition's
-    /// own (`{pt:N}dirty`) unless [`Self::with_scorer_queue`] says otherwise.
-    scorer_queue: String,
 }
 
 impl<C: ConnectionLike + Send> StateWriter<C> {
     pub fn new(conn: C, keys: HotKeys, topic: impl Into<String>, partition: i32) -> Self {
         Self {
-            scorer_queue: keys.dirty(partition),
             conn,
             keys,
             topic: topic.into(),
             partition,
         }
-    }
-
-    /// Sends the changed accounts to `key`, when given, instead of the partition's own queue:
-    /// the scorer's single queue while it drains no other (standalone Redis only: the key is
-    /// in another slot).
-    pub fn with_scorer_queue(mut self, key: Option<String>) -> Self {
-        if let Some(key) = key {
-            self.scorer_queue = key;
-        }
-        self
     }
 
     /// `_tp` of the snapshots this writer stores.
@@ -86,7 +72,13 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
     }
 
     /// Takes the partition: its new epoch, and the offset checkpointed so far (-1 for none).
+    /// The partition's share of the scorer's queue is listed for the scorer first.
     pub async fn claim(&mut self) -> Result<(i64, i64), SinkError> {
+        redis::cmd("SADD")
+            .arg(self.keys.scorer_queues())
+            .arg(self.keys.dirty(self.partition))
+            .query_async::<()>(&mut self.conn)
+            .await?;
         let key = self.keys.checkpoint(self.partition, &self.topic);
         Ok(CLAIM.key(key).invoke_async(&mut self.conn).await?)
     }
@@ -206,25 +198,51 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         state: &mut AccountState,
         now: DateTime<Utc>,
     ) -> Result<Written, SinkError> {
-        let call = self.snap_call(epoch, account, (o_prev, o_new), &state.snapshot(now), now);
-        let reply: String = call.invoke_async(&mut self.conn).await?;
-        let written = match reply.as_str() {
-            "OK" => Written::Applied,
-            "HAVE" => Written::Have,
-            "CONFLICT" => Written::Conflict,
-            "FENCED" => Written::Fenced,
-            other => {
-                return Err(SinkError::Redis(redis::RedisError::from((
-                    redis::ErrorKind::TypeError,
-                    "snap.lua answered something unknown",
-                    other.to_owned(),
-                ))))
-            }
-        };
+        let written = self
+            .write_taken(epoch, account, (o_prev, o_new), &state.snapshot(now), now)
+            .await?;
         if matches!(written, Written::Applied | Written::Have) {
             state.written(now);
         }
         Ok(written)
+    }
+
+    /// Writes a snapshot taken at `now` from an account's state (which has already forgotten
+    /// what it writes once: [`AccountState::written`]), continuing the one stored at `o_prev`
+    /// up to the account's event at `o_new`. Writing it again answers `HAVE`.
+    pub async fn write_snapshot(
+        &mut self,
+        epoch: i64,
+        account: &str,
+        (o_prev, o_new): (i64, i64),
+        snapshot: &Snapshot,
+        now: DateTime<Utc>,
+    ) -> Result<Written, SinkError> {
+        self.write_taken(epoch, account, (Some(o_prev), o_new), snapshot, now)
+            .await
+    }
+
+    async fn write_taken(
+        &mut self,
+        epoch: i64,
+        account: &str,
+        (o_prev, o_new): (Option<i64>, i64),
+        snapshot: &Snapshot,
+        now: DateTime<Utc>,
+    ) -> Result<Written, SinkError> {
+        let call = self.snap_call(epoch, account, (o_prev, o_new), snapshot, now);
+        let reply: String = call.invoke_async(&mut self.conn).await?;
+        match reply.as_str() {
+            "OK" => Ok(Written::Applied),
+            "HAVE" => Ok(Written::Have),
+            "CONFLICT" => Ok(Written::Conflict),
+            "FENCED" => Ok(Written::Fenced),
+            other => Err(SinkError::Redis(redis::RedisError::from((
+                redis::ErrorKind::TypeError,
+                "snap.lua answered something unknown",
+                other.to_owned(),
+            )))),
+        }
     }
 
     /// `snap.lua`'s keys and arguments for `snapshot` (the layout is in the script's header).
@@ -367,7 +385,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
     ) -> Result<bool, SinkError> {
         let mut call = CKPT.prepare_invoke();
         call.key(self.keys.checkpoint(self.partition, &self.topic))
-            .key(&self.scorer_queue)
+            .key(self.keys.dirty(self.partition))
             .key(self.keys.accounts(self.partition));
         for day in seen.keys() {
             call.key(self.keys.seen(self.partition, *day));

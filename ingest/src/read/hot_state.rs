@@ -4,15 +4,15 @@
 //! aggregator's state store writes by (layout v2).
 
 use chrono::{DateTime, Utc};
+use meterline_infra::redis::HotConn;
 use meterline_schemas::keys::hot::{self, HotKeys, SessionRead};
-use meterline_schemas::keys::{Dim, Grain, Keys};
+use meterline_schemas::keys::{Dim, Grain};
 use meterline_schemas::limits::{RawUsage, WindowCounters};
-use redis::aio::ConnectionManager;
 
+/// The read path's view of the hot state, on a standalone Redis or a Redis Cluster.
 #[derive(Clone)]
 pub struct HotState {
-    redis: ConnectionManager,
-    keys: Keys,
+    redis: HotConn,
     hot: HotKeys,
 }
 
@@ -25,18 +25,8 @@ pub struct MonthDimensions {
 }
 
 impl HotState {
-    /// `keys` names the read path's own quota markers; the hot state is read in layout v2,
-    /// under the same prefix.
-    pub fn new(redis: ConnectionManager, keys: Keys, hot: HotKeys) -> Self {
-        Self { redis, keys, hot }
-    }
-
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
-    pub fn connection(&self) -> ConnectionManager {
-        self.redis.clone()
+    pub fn new(redis: HotConn, hot: HotKeys) -> Self {
+        Self { redis, hot }
     }
 
     /// Everything one decision needs, in one round trip to the account's slot: its `cur` hash,

@@ -5,9 +5,14 @@
 //! The request path only puts a record on a bounded queue ([`DecisionRecorder::record`] never
 //! waits). A background task drains the queue in batches and, per batch:
 //!
-//! 1. asks Redis which records are already marked as written (`{p}q:{dedup key}`);
+//! 1. asks Redis which records are already marked as written (`{p}q:{<account>}:…`, in the
+//!    account's slot: [`HotKeys::quota_marker`]);
 //! 2. inserts the rest into ClickHouse;
 //! 3. only then sets their markers, expiring when their window resets.
+//!
+//! The markers of a batch are in as many slots as it has accounts, so they are asked and set
+//! one command each, [`MARKERS_IN_FLIGHT`] at a time (a pipeline must keep to one slot in a
+//! Redis Cluster); the connection is multiplexed, so they still share round trips.
 //!
 //! A crash between 2 and 3 inserts the same rows again on a later call; their `event_id` is a
 //! hash of the dedup key, so `ReplacingMergeTree` folds them and `uniqExact(event_id)` never
@@ -20,8 +25,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
-use meterline_schemas::keys::Keys;
-use redis::aio::ConnectionManager;
+use futures::{StreamExt, TryStreamExt};
+use meterline_infra::redis::HotConn;
+use meterline_schemas::keys::hot::HotKeys;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -55,7 +61,21 @@ pub struct DecisionRecord {
     pub row: QuotaEventRow,
 }
 
+/// Marker commands sent at a time.
+const MARKERS_IN_FLIGHT: usize = 64;
+
 impl DecisionRecord {
+    /// The record's marker: its dedup key, in its account's slot.
+    pub fn marker(&self, keys: &HotKeys) -> String {
+        let account = &self.row.account_id;
+        let rest = self
+            .dedup_key
+            .strip_prefix(account.as_str())
+            .and_then(|r| r.strip_prefix(':'))
+            .unwrap_or(&self.dedup_key);
+        keys.quota_marker(account, rest)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         at: DateTime<Utc>,
@@ -125,8 +145,8 @@ impl DecisionRecorder {
     /// Starts the writer task; it drains what is queued and stops on `shutdown`.
     pub fn start(
         clickhouse: clickhouse::Client,
-        redis: ConnectionManager,
-        keys: Keys,
+        redis: HotConn,
+        keys: HotKeys,
         metrics: RecorderMetrics,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -170,8 +190,8 @@ impl DecisionRecorder {
 
 struct Writer {
     clickhouse: clickhouse::Client,
-    redis: ConnectionManager,
-    keys: Keys,
+    redis: HotConn,
+    keys: HotKeys,
     known: Arc<Mutex<Known>>,
     metrics: RecorderMetrics,
 }
@@ -233,17 +253,21 @@ impl Writer {
 
     /// Returns how many rows were inserted.
     async fn try_write(&self, batch: &[DecisionRecord]) -> Result<usize, String> {
-        let mut redis = self.redis.clone();
-        let markers: Vec<String> = batch
-            .iter()
-            .map(|r| self.keys.quota_marker(&r.dedup_key))
-            .collect();
-        let mut exists = redis::pipe();
-        for m in &markers {
-            exists.exists(m);
-        }
-        let present: Vec<bool> = exists
-            .query_async(&mut redis)
+        let markers: Vec<String> = batch.iter().map(|r| r.marker(&self.keys)).collect();
+        // Owned values into each future: a closure over borrowed ones makes the task's future
+        // not `Send` for every lifetime (rust-lang/rust#102211).
+        let present: Vec<bool> = futures::stream::iter(markers.clone())
+            .map(|m| {
+                let mut redis = self.redis.clone();
+                async move {
+                    redis::cmd("EXISTS")
+                        .arg(m)
+                        .query_async::<bool>(&mut redis)
+                        .await
+                }
+            })
+            .buffered(MARKERS_IN_FLIGHT)
+            .try_collect()
             .await
             .map_err(|e| format!("redis: {e}"))?;
         let fresh: Vec<(&DecisionRecord, &String)> = batch
@@ -268,16 +292,25 @@ impl Writer {
                 .map_err(|e| format!("clickhouse: {e}"))?;
         }
         insert.end().await.map_err(|e| format!("clickhouse: {e}"))?;
-        let mut mark = redis::pipe();
-        for (r, m) in &fresh {
-            mark.cmd("SET")
-                .arg(*m)
-                .arg(1)
-                .arg("EXAT")
-                .arg(r.expires_at)
-                .ignore();
-        }
-        mark.query_async::<()>(&mut redis)
+        let marks: Vec<(String, i64)> = fresh
+            .iter()
+            .map(|(r, m)| ((*m).clone(), r.expires_at))
+            .collect();
+        futures::stream::iter(marks)
+            .map(|(m, expires_at)| {
+                let mut redis = self.redis.clone();
+                async move {
+                    redis::cmd("SET")
+                        .arg(m)
+                        .arg(1)
+                        .arg("EXAT")
+                        .arg(expires_at)
+                        .query_async::<()>(&mut redis)
+                        .await
+                }
+            })
+            .buffer_unordered(MARKERS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
             .await
             .map_err(|e| format!("redis: {e}"))?;
         Ok(fresh.len())

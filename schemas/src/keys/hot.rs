@@ -7,9 +7,8 @@
 //!
 //! Every key of one account carries the account as its Redis Cluster hash tag (`{account}`), so
 //! a script or a pipeline for one account touches one slot; the keys of one Kafka partition
-//! carry `{pt:<N>}`. Nothing global is left in the layout; two keys of the running system
-//! still are (the scorer's single queue and the read path's quota markers of [`super::Keys`]),
-//! which is why the configuration does not take a Redis Cluster yet.
+//! carry `{pt:<N>}`. Nothing global is on the hot path: the scorer's queue is kept per partition,
+//! and only the scorer's own share and the list of shares are single keys.
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -20,7 +19,9 @@
 //! | `<p>{pt:<N>}ckpt:<topic>` | hash | `e` (the partition's epoch), `o` (the last offset whose effects are durable) |
 //! | `<p>{pt:<N>}seen:<YYYYMMDD>` | set | ids counted from partition N, by `occurred_at` day |
 //! | `<p>{pt:<N>}accounts` | set | accounts ever flushed from N |
-//! | `<p>{pt:<N>}dirty` | set | accounts changed since the scorer drained this queue |
+//! | `<p>{pt:<N>}dirty` | set | accounts changed since the scorer drained this share of its queue (partition N's checkpoints and account events) |
+//! | `<p>dirty` | set | the scorer's own share: accounts it puts back after a failure, and the daily full pass |
+//! | `<p>queues` | set | the names of the shares above in use |
 //! | `<p>q:{<a>}:…` | string | the read path's quota marker |
 //!
 //! # Fields of `cur`
@@ -121,9 +122,24 @@ impl HotKeys {
         format!("{}accounts", self.partition(partition))
     }
 
-    /// The partition's share of the scorer's work queue.
+    /// The partition's share of the scorer's work queue: the accounts its checkpoints and its
+    /// account events changed.
     pub fn dirty(&self, partition: i32) -> String {
         format!("{}dirty", self.partition(partition))
+    }
+
+    /// The names of every share of the scorer's queue in use (a set): each partition's, added
+    /// when it is first claimed or its account events first queue an account, and the
+    /// scorer's own ([`Self::scorer_own`]). Written once per partition and owner, read by the
+    /// scorer each round: not on the hot path.
+    pub fn scorer_queues(&self) -> String {
+        format!("{}queues", self.prefix)
+    }
+
+    /// The scorer's own share of its queue: what it puts back after a failed round, and the
+    /// daily full pass.
+    pub fn scorer_own(&self) -> String {
+        format!("{}dirty", self.prefix)
     }
 
     /// The read path's marker of one recorded quota decision of `account`; `rest` is the rest of

@@ -54,6 +54,8 @@ fn every_key_of_an_account_shares_its_slot_and_every_key_of_a_partition_its_own(
     for key in &partition_keys {
         assert_eq!(hash_tag(key), "pt:3", "{key}");
     }
+    assert_eq!(k.scorer_queues(), "ml:queues");
+    assert_eq!(k.scorer_own(), "ml:dirty");
 }
 
 #[test]
