@@ -34,7 +34,7 @@ use meterline_infra::redis::HotConn;
 use meterline_infra::RedisConfig;
 use meterline_schemas::keys::hot::HotKeys;
 use meterline_schemas::limits::WindowCounters;
-use meterline_schemas::{AccountId, UsageEvent};
+use meterline_schemas::UsageEvent;
 
 const TOPIC: &str = "usage";
 
@@ -52,28 +52,15 @@ fn account_of(offset: i64) -> String {
 fn record(offset: i64, now: DateTime<Utc>) -> UsageEvent {
     let at = now - Duration::seconds(200 - offset);
     UsageEvent {
-        event_id: format!("e-{offset}"),
-        occurred_at: at.timestamp_micros(),
-        received_at: at.timestamp_micros(),
-        account_id: AccountId::parse(&account_of(offset)).unwrap(),
         api_key_id: format!("k-{}", offset % 3),
-        gateway_id: "gw".into(),
-        region: "eu-west-1".into(),
-        cloud: "aws".into(),
-        provider: "openai".into(),
         model: ["gpt-4o", "gpt-4o-mini"][(offset % 2) as usize].into(),
         input_tokens: 10 + offset,
         output_tokens: 5,
         cost_micros: Some(offset),
-        latency_ms: None,
         status: Some(if offset % 7 == 0 { 500 } else { 200 }),
         session_id: Some(format!("s-{}", offset % 4)),
         user_id: Some(format!("u-{}", offset % 5)),
-        plugins: vec![],
-        pii_detected: false,
-        client_ip_hash: None,
-        device_id: None,
-        prompt_hash: None,
+        ..common::usage_record(format!("e-{offset}"), &account_of(offset), at)
     }
 }
 

@@ -20,7 +20,7 @@ use meterline_ingest::read::directory::set_limit_override;
 use meterline_ingest::Scope;
 use meterline_schemas::keys::Grain;
 use meterline_schemas::limits::{QuotaConfig, TierConfig};
-use meterline_schemas::{AccountId, UsageEvent};
+use meterline_schemas::UsageEvent;
 use serde_json::{json, Value};
 
 /// Round-number tiers, so every boundary is an exact integer.
@@ -158,28 +158,11 @@ fn event(
     session: Option<&str>,
 ) -> UsageEvent {
     UsageEvent {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        occurred_at: at.timestamp_micros(),
-        received_at: at.timestamp_micros(),
-        account_id: AccountId::parse(account).unwrap(),
-        api_key_id: "k1".into(),
-        gateway_id: "g1".into(),
-        region: "eu-west-1".into(),
-        cloud: "aws".into(),
-        provider: "openai".into(),
         model: model.into(),
         input_tokens: input,
-        output_tokens: 0,
         cost_micros: Some(0),
-        latency_ms: None,
-        status: Some(200),
         session_id: session.map(str::to_owned),
-        user_id: None,
-        plugins: vec![],
-        pii_detected: false,
-        client_ip_hash: None,
-        device_id: None,
-        prompt_hash: None,
+        ..usage_record(uuid::Uuid::new_v4().to_string(), account, at)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Redis loses the hot state: `meterline rebuild-hot-state` rebuilds it from ClickHouse's raw
 //! events exactly as readers saw it (every window, distinct count, listed member, session,
-//! `dims` member and seen id, with their expiries), and running it again changes nothing.
+//! `dims` member and seen id, with their expiries), and running it again changes nothing. On the
+//! standalone Redis and, under `scripts/test.sh`, on a local Redis Cluster.
 
 mod common;
 
@@ -8,11 +9,23 @@ use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use common::*;
-use redis::AsyncCommands;
+use meterline::services::Components;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
-    let mut app = spawn_app().await;
+    rebuild(Deployment::Standalone).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse_on_a_redis_cluster() {
+    rebuild(Deployment::Cluster).await
+}
+
+async fn rebuild(redis: Deployment) {
+    let Some(config) = redis.apply(isolated_config(&unique_suffix())) else {
+        return;
+    };
+    let mut app = spawn_with(config, Components::none().ingest().aggregator()).await;
     let now = Utc::now();
     let run = unique_suffix();
     // 3,000 events over 30 accounts, 4 models, sessions and users, spread over 40 hours, with
@@ -39,8 +52,6 @@ async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
         app.wait_for_raw_count(3_000, Duration::from_secs(60)).await,
         3_000
     );
-    let prefix = app.config.redis.key_prefix.clone();
-    let mut redis = app.redis().await;
     // Redis is written after ClickHouse: wait until every record, the retries too, is
     // written whole.
     let records: u64 = batches.iter().map(|b| b.len() as u64).sum();
@@ -66,8 +77,7 @@ async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
     );
 
     // Redis loses everything under the prefix.
-    let keys: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
-    let _: () = redis.del(&keys).await.unwrap();
+    remove_hot_keys(&app.config.redis).await;
     assert!(hot_state_as_read(&app.config.redis, live_after)
         .await
         .is_empty());

@@ -42,7 +42,7 @@ use meterline_infra::RedisConfig;
 use meterline_schemas::keys::hot::{self, HotKeys};
 use meterline_schemas::keys::{Dim, Grain, SESSION_RETENTION_SECS};
 use meterline_schemas::limits::WindowCounters;
-use meterline_schemas::{AccountId, UsageEvent};
+use meterline_schemas::UsageEvent;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -83,37 +83,29 @@ fn build_log(rng: &mut StdRng, t0: DateTime<Utc>) -> Vec<Record> {
             n += 1;
             log.push(Record {
                 arrives,
-                event: UsageEvent {
-                    event_id: format!("e-{n}"),
-                    occurred_at: at.timestamp_micros(),
-                    received_at: arrives.timestamp_micros(),
-                    account_id: AccountId::parse(&format!("store-{}", rng.random_range(0..6)))
-                        .unwrap(),
-                    api_key_id: format!("k-{}", rng.random_range(0..3)),
-                    gateway_id: "gw".into(),
-                    region: ["eu-west-1", "us-east-1"][rng.random_range(0..2)].into(),
-                    cloud: "aws".into(),
-                    provider: "openai".into(),
-                    model: ["gpt-4o", "gpt-4o-mini", "claude-3-haiku"][rng.random_range(0..3)]
-                        .into(),
-                    input_tokens: rng.random_range(0..500),
-                    output_tokens: rng.random_range(0..100),
-                    cost_micros: Some(rng.random_range(0..50)),
-                    latency_ms: None,
-                    status: Some(if rng.random_bool(0.1) { 500 } else { 200 }),
-                    session_id: rng
-                        .random_bool(0.8)
-                        .then(|| format!("s-{}", rng.random_range(0..5))),
-                    user_id: rng
-                        .random_bool(0.7)
-                        .then(|| format!("u-{}", rng.random_range(0..4))),
-                    plugins: vec![],
-                    pii_detected: false,
-                    client_ip_hash: rng
-                        .random_bool(0.5)
-                        .then(|| format!("ip-{}", rng.random_range(0..3))),
-                    device_id: None,
-                    prompt_hash: None,
+                event: {
+                    let account = format!("store-{}", rng.random_range(0..6));
+                    UsageEvent {
+                        received_at: arrives.timestamp_micros(),
+                        api_key_id: format!("k-{}", rng.random_range(0..3)),
+                        region: ["eu-west-1", "us-east-1"][rng.random_range(0..2)].into(),
+                        model: ["gpt-4o", "gpt-4o-mini", "claude-3-haiku"][rng.random_range(0..3)]
+                            .into(),
+                        input_tokens: rng.random_range(0..500),
+                        output_tokens: rng.random_range(0..100),
+                        cost_micros: Some(rng.random_range(0..50)),
+                        status: Some(if rng.random_bool(0.1) { 500 } else { 200 }),
+                        session_id: rng
+                            .random_bool(0.8)
+                            .then(|| format!("s-{}", rng.random_range(0..5))),
+                        user_id: rng
+                            .random_bool(0.7)
+                            .then(|| format!("u-{}", rng.random_range(0..4))),
+                        client_ip_hash: rng
+                            .random_bool(0.5)
+                            .then(|| format!("ip-{}", rng.random_range(0..3))),
+                        ..common::usage_record(format!("e-{n}"), &account, at)
+                    }
                 },
             });
         }

@@ -407,6 +407,39 @@ pub fn usage_event(
     })
 }
 
+/// A usage event as the aggregator decodes it: one request of `account` at `at`, with no tokens
+/// and every optional field empty. Tests set what they need with struct update syntax.
+pub fn usage_record(
+    id: impl Into<String>,
+    account: &str,
+    at: DateTime<Utc>,
+) -> meterline_schemas::UsageEvent {
+    meterline_schemas::UsageEvent {
+        event_id: id.into(),
+        occurred_at: at.timestamp_micros(),
+        received_at: at.timestamp_micros(),
+        account_id: meterline_schemas::AccountId::parse(account).unwrap(),
+        api_key_id: "k1".into(),
+        gateway_id: "g1".into(),
+        region: "eu-west-1".into(),
+        cloud: "aws".into(),
+        provider: "openai".into(),
+        model: "gpt-4o".into(),
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_micros: None,
+        latency_ms: None,
+        status: Some(200),
+        session_id: None,
+        user_id: None,
+        plugins: vec![],
+        pii_detected: false,
+        client_ip_hash: None,
+        device_id: None,
+        prompt_hash: None,
+    }
+}
+
 /// Sums the test computes on its own, independently of the pipeline, per window.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Sums {
@@ -418,9 +451,6 @@ pub struct Sums {
 
 pub type WindowSums = HashMap<(String, i64), Sums>;
 
-/// The Redis deployments the hot-state v2 tests run on, under `config`'s prefix: the standalone
-/// server, and the local cluster of `scripts/redis-cluster.sh` when
-/// `TEST_REDIS_CLUSTER` names its nodes (`scripts/test.sh` starts it and sets it).
 /// Where a test that runs the whole app puts its Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deployment {
@@ -446,6 +476,9 @@ impl Deployment {
     }
 }
 
+/// The Redis deployments the hot-state v2 tests run on, under `config`'s prefix: the standalone
+/// server, and the local cluster of `scripts/redis-cluster.sh` when
+/// `TEST_REDIS_CLUSTER` names its nodes (`scripts/test.sh` starts it and sets it).
 pub fn hot_deployments(config: &Config) -> Vec<meterline_infra::RedisConfig> {
     let mut out = vec![config.redis.clone()];
     match std::env::var("TEST_REDIS_CLUSTER") {

@@ -79,6 +79,9 @@ struct Held {
     duplicates: u64,
     /// The partition's flush, while it runs.
     flush: Option<Running>,
+    /// Whether the first batch since the claim was checked against the checkpoint (design
+    /// §3.2 step 2; [`HotStore::decide`]).
+    positioned: bool,
 }
 
 /// A flush job on its task, with the counts its checkpoint makes durable. Dropping it (the
@@ -216,6 +219,7 @@ impl HotStore {
                     counted: 0,
                     duplicates: 0,
                     flush: None,
+                    positioned: false,
                 },
             );
         }
@@ -254,6 +258,40 @@ impl HotStore {
         // has started (a retry would find the batch's own ids and call them duplicates).
         for &partition in &partitions {
             self.claimed(partition, now).await?;
+        }
+        // Redis decides where a partition resumes, Kafka's commit is advisory (design §3.2 step
+        // 2): a partition whose first records since its claim are past its checkpoint + 1 (the
+        // commit ahead of the checkpoint: a broker fault, a migration, Redis restored from an
+        // older copy, records fetched before the partition went to another owner and came
+        // back) is read again from there.
+        for &partition in &partitions {
+            let held = self.held.get_mut(&partition).expect("claimed above");
+            if std::mem::replace(&mut held.positioned, true)
+                || self.rewinding.contains_key(&partition)
+            {
+                continue;
+            }
+            let from = held.partition.checkpointed() + 1;
+            let first = usage
+                .iter()
+                .filter(|d| d.partition == partition)
+                .map(|d| d.offset)
+                .min();
+            if let Some(first) = first.filter(|f| *f > from) {
+                tracing::warn!(
+                    partition,
+                    from,
+                    first,
+                    "records past the checkpoint; reading the partition again from it"
+                );
+                self.rewinding.insert(
+                    partition,
+                    Rewind {
+                        from: Some(from),
+                        sought: false,
+                    },
+                );
+            }
         }
         let mut out = UsageDecisions::default();
         for (i, d) in usage.iter().enumerate() {

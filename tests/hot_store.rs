@@ -1,0 +1,202 @@
+//! The state store as the consumer drives it (`HotStore`), against a real Redis: what the
+//! consumer is told to commit and to seek, across a Redis outage in the middle of a background
+//! flush and a restart whose Kafka position is past the checkpoint (issue 21, design §3.2–3.3).
+//! The expected hot state is summed from the records the test made, apart from the store.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use meterline_aggregator::decode::Decoded;
+use meterline_aggregator::state::partition::FlushPolicy;
+use meterline_aggregator::state::store::{FlushAction, HotStore};
+use meterline_infra::redis::HotConn;
+use meterline_infra::RedisConfig;
+use meterline_schemas::keys::hot::HotKeys;
+use meterline_schemas::keys::Grain;
+use meterline_schemas::UsageEvent;
+
+const TOPIC: &str = "usage";
+
+/// `n` records of partition 0 from `first`, round-robin over `accounts` accounts.
+fn records(first: i64, n: i64, accounts: i64, now: DateTime<Utc>) -> Vec<Decoded<UsageEvent>> {
+    (first..first + n)
+        .map(|offset| Decoded {
+            partition: 0,
+            offset,
+            event: UsageEvent {
+                input_tokens: 10,
+                ..common::usage_record(
+                    format!("e-{offset}"),
+                    &format!("acct-{}", offset % accounts),
+                    now,
+                )
+            },
+        })
+        .collect()
+}
+
+fn store(conn: HotConn, keys: &HotKeys) -> HotStore {
+    HotStore::new(
+        conn,
+        keys.clone(),
+        TOPIC,
+        FlushPolicy {
+            interval: Duration::ZERO,
+            retry_max_backoff: Duration::from_millis(200),
+            ..FlushPolicy::default()
+        },
+    )
+}
+
+/// One batch as the consumer writes it: decide, (ClickHouse), fold, count.
+async fn write(hot: &mut HotStore, batch: &[Decoded<UsageEvent>], now: DateTime<Utc>) {
+    let decisions = hot.decide(batch, now).await.unwrap();
+    let last: BTreeMap<i32, i64> = batch.iter().map(|d| (d.partition, d.offset)).collect();
+    hot.fold(batch, &decisions, &last, now).await.unwrap();
+    hot.count(batch, &decisions);
+}
+
+/// Each account's requests today in `cur`, as the read path reads them.
+async fn day_requests(
+    conn: &mut HotConn,
+    keys: &HotKeys,
+    accounts: i64,
+    now: DateTime<Utc>,
+) -> BTreeMap<String, i64> {
+    let field = format!("d:{}:req", Grain::Day.stamp(Grain::Day.window_start(now)));
+    let mut out = BTreeMap::new();
+    for a in 0..accounts {
+        let account = format!("acct-{a}");
+        let cur = common::hot_hash(conn, &keys.cur(&account)).await;
+        out.insert(account, cur.get(&field).copied().unwrap_or(0));
+    }
+    out
+}
+
+fn expected(events: i64, accounts: i64) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for offset in 0..events {
+        *out.entry(format!("acct-{}", offset % accounts))
+            .or_insert(0) += 1;
+    }
+    out
+}
+
+/// A flush cut by a Redis outage retries on its own task while the next batch is folded; the
+/// consumer is told to commit nothing until it has landed whole, then each checkpoint once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_cut_by_a_redis_outage_retries_in_the_background_and_commits_once_landed() {
+    let proxy = common::proxy::FaultProxy::start("127.0.0.1:6379").await;
+    let redis = RedisConfig {
+        url: format!("redis://{}", proxy.addr),
+        key_prefix: format!("mlt_{}:", common::unique_suffix()),
+        ..RedisConfig::default()
+    };
+    let keys = HotKeys::new(redis.key_prefix.clone()).unwrap();
+    let mut hot = store(redis.connect().await.unwrap(), &keys);
+    let now = Utc::now();
+    const ACCOUNTS: i64 = 5_000;
+
+    write(&mut hot, &records(0, 10_000, ACCOUNTS, now), now).await;
+    assert!(
+        hot.flush_due(true, false, now).await.is_empty(),
+        "started, not finished"
+    );
+    // Redis goes away while the flush's 5,000 snapshots are on their way.
+    proxy.take_down();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.bring_up();
+    // The next batch is folded while the first flush retries.
+    write(&mut hot, &records(10_000, 2_000, ACCOUNTS, now), now).await;
+    let mut commits = Vec::new();
+    while commits.is_empty() {
+        commits = hot.flush_due(true, false, Utc::now()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        commits,
+        [(
+            0,
+            FlushAction::Commit {
+                offset: 10_000,
+                counted: 10_000,
+                duplicates: 0
+            }
+        )],
+        "the first flush's checkpoint, once it landed"
+    );
+    assert!(hot.take_failures() > 0, "the outage failed an attempt");
+    let last = hot.flush_due(true, true, Utc::now()).await;
+    assert_eq!(
+        last,
+        [(
+            0,
+            FlushAction::Commit {
+                offset: 12_000,
+                counted: 2_000,
+                duplicates: 0
+            }
+        )]
+    );
+    let mut conn = RedisConfig {
+        url: "redis://127.0.0.1:6379".into(),
+        ..redis.clone()
+    }
+    .connect()
+    .await
+    .unwrap();
+    assert_eq!(
+        day_requests(&mut conn, &keys, ACCOUNTS, now).await,
+        expected(12_000, ACCOUNTS),
+        "every event counted once"
+    );
+    let (o,): (i64,) = redis::pipe()
+        .hget(keys.checkpoint(0, TOPIC), "o")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(o, 11_999);
+    common::remove_hot_keys(&redis).await;
+}
+
+/// A restarted store whose first records are past its checkpoint + 1 (Kafka's commit ahead of
+/// Redis) holds them back, asks for a seek to the checkpoint, and counts the records in between
+/// once they come.
+#[tokio::test]
+async fn records_past_the_checkpoint_are_read_again_from_it() {
+    let redis = RedisConfig {
+        key_prefix: format!("mlt_{}:", common::unique_suffix()),
+        ..RedisConfig::default()
+    };
+    let keys = HotKeys::new(redis.key_prefix.clone()).unwrap();
+    let mut conn = redis.connect().await.unwrap();
+    let now = Utc::now();
+    let mut first = store(conn.clone(), &keys);
+    write(&mut first, &records(0, 100, 7, now), now).await;
+    assert!(matches!(
+        first.flush_due(true, true, now).await[..],
+        [(0, FlushAction::Commit { offset: 100, .. })]
+    ));
+    drop(first);
+
+    let mut second = store(conn.clone(), &keys);
+    let ahead = records(150, 50, 7, now);
+    let decisions = second.decide(&ahead, now).await.unwrap();
+    assert!(decisions.new.is_empty(), "held back: {decisions:?}");
+    assert!(decisions.held_back.contains(&0));
+    assert_eq!(second.pending_seeks(), [(0, 100)]);
+    second.sought(0);
+    write(&mut second, &records(100, 100, 7, now), now).await;
+    assert!(matches!(
+        second.flush_due(true, true, now).await[..],
+        [(0, FlushAction::Commit { offset: 200, .. })]
+    ));
+    assert_eq!(
+        day_requests(&mut conn, &keys, 7, now).await,
+        expected(200, 7)
+    );
+    common::remove_hot_keys(&redis).await;
+}
