@@ -29,7 +29,7 @@ impl Default for AggregatorConfig {
             batch_max_events: 20_000,
             batch_max_wait_ms: 100,
             retry_max_backoff_ms: 5_000,
-            state_max_accounts: 50_000,
+            state_max_accounts: 30_000,
         }
     }
 }

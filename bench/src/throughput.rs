@@ -164,12 +164,13 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         c.kafka.usage_topic
     );
 
-    // The ceiling: consume everything and discard it.
-    let consumer: StreamConsumer = meterline_infra::kafka::client_config(&c.kafka)
-        .set("group.id", format!("bench-{run}-raw"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    // The ceiling: consume everything and discard it, with the aggregator's fetch settings.
+    let consumer: StreamConsumer =
+        meterline_infra::kafka::with_fetch_wait(meterline_infra::kafka::client_config(&c.kafka))
+            .set("group.id", format!("bench-{run}-raw"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()?;
     consumer.subscribe(&[&c.kafka.usage_topic])?;
     let started = Instant::now();
     let mut seen = 0usize;

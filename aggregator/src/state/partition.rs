@@ -58,6 +58,9 @@ pub struct FlushPolicy {
     pub in_flight: usize,
     /// Accounts kept in memory over every partition, after a flush ([`Partition::evict`]).
     pub max_resident: usize,
+    /// Snapshots held by running flushes over every partition: a flush that would go past it
+    /// waits for the others (a fresh account's snapshot is a few KB).
+    pub max_snapshots_in_flight: usize,
     /// The longest wait between attempts of a failed flush.
     pub retry_max_backoff: Duration,
 }
@@ -69,8 +72,9 @@ impl Default for FlushPolicy {
             max_interval: Duration::from_secs(1),
             max_accounts: 20_000,
             max_seen: 100_000,
-            in_flight: 8,
-            max_resident: 50_000,
+            in_flight: 32,
+            max_resident: 30_000,
+            max_snapshots_in_flight: 10_000,
             retry_max_backoff: Duration::from_secs(5),
         }
     }

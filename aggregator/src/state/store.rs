@@ -90,6 +90,8 @@ struct Running {
     task: JoinHandle<(FlushJob, Flushed, u64)>,
     counted: u64,
     duplicates: u64,
+    /// The snapshots it holds (see [`FlushPolicy::max_snapshots_in_flight`]).
+    snapshots: usize,
 }
 
 impl Drop for Running {
@@ -471,13 +473,32 @@ impl HotStore {
             if held.flush.is_some() || !due {
                 continue;
             }
-            let Some(job) = held.partition.take(now) else {
+            // Snapshots are built when a flush starts, so the running flushes' snapshots are
+            // memory: past the budget, wait for the others first.
+            let want = held.partition.unwritten();
+            let in_flight: usize = self
+                .held
+                .values()
+                .filter_map(|h| h.flush.as_ref().map(|r| r.snapshots))
+                .sum();
+            if in_flight > 0 && in_flight + want > self.policy.max_snapshots_in_flight {
+                for &other in &partitions {
+                    self.collect(other, &mut actions).await;
+                }
+            }
+            let Some(held) = self.held.get_mut(&partition) else {
                 continue;
             };
-            self.calls += job.unwritten() as u64 + 1;
+            let partition_state = &mut held.partition;
+            let Some(job) = off_the_async_workers(|| partition_state.take(now)) else {
+                continue;
+            };
+            let snapshots = job.unwritten();
+            self.calls += snapshots as u64 + 1;
             let task = self.spawn(partition, job);
             let held = self.held.get_mut(&partition).expect("held above");
             held.flush = Some(Running {
+                snapshots,
                 task,
                 counted: std::mem::take(&mut held.counted),
                 duplicates: std::mem::take(&mut held.duplicates),
