@@ -28,7 +28,7 @@
 //! members are set in Redis only if absent, and counted only then ([`LateMember`]). Increments
 //! are not idempotent by themselves: the writer's offset guard makes each snapshot land once.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -86,6 +86,9 @@ struct Session {
     last_event: i64,
     /// Changed since the last write: only changed sessions are written again.
     dirty: bool,
+    /// The expiry the last write set on the session's hash (0: none yet): set again only when
+    /// it moves.
+    expiry_written: i64,
 }
 
 /// A member seen for the first time in a live window, not yet written.
@@ -109,6 +112,8 @@ pub struct SessionSnapshot {
     pub fields: Vec<(String, i64)>,
     /// When the hash expires (Unix seconds).
     pub expires_at: i64,
+    /// Whether the write sets that expiry (it moved since the last write).
+    pub set_expiry: bool,
 }
 
 /// A window leaving `cur`: its fields (without the stamp) go to its closed hash, absolute, and
@@ -170,6 +175,11 @@ pub struct Snapshot {
     pub late: Vec<LateWindow>,
     /// Members of late windows, counted if new.
     pub late_members: Vec<LateMember>,
+    /// The expiry to set on `cur`, when the last write did not set that one already.
+    pub cur_expires_at: Option<i64>,
+    /// The months of [`Self::dims`] whose hash's expiry the write sets (not set by an earlier
+    /// write).
+    pub dims_expiry: BTreeSet<DateTime<Utc>>,
 }
 
 /// One account's live windows and sessions; see the module documentation.
@@ -182,6 +192,11 @@ pub struct AccountState {
     /// Every window is whole (never late): the state folds all of the account's events, as
     /// `rebuild-hot-state` does, so closed windows move to their hashes absolute.
     whole: bool,
+    /// The expiry the last write set on `cur` (0: none yet). An expiry is a command in Redis for
+    /// every key a snapshot touches; it is sent only when it moves (design: calls per event).
+    cur_expiry_written: i64,
+    /// The months whose `dims` hash's expiry a write has set.
+    dims_expiry_written: Vec<DateTime<Utc>>,
 }
 
 /// A member's fingerprint within its window: SipHash-1-3 under fixed keys, the same value for
@@ -633,6 +648,18 @@ impl AccountState {
         cur_gone.sort_unstable();
         let mut sessions = self.sessions(now);
         sessions.retain(|s| self.sessions.get(s.id.as_str()).is_some_and(|s| s.dirty));
+        for s in &mut sessions {
+            s.set_expiry = self
+                .sessions
+                .get(s.id.as_str())
+                .is_none_or(|state| state.expiry_written != s.expires_at);
+        }
+        let cur_expiry = Grain::Month.expires_at(Grain::Month.window_start(now));
+        let dims_expiry = dims
+            .keys()
+            .filter(|m| !self.dims_expiry_written.contains(m))
+            .copied()
+            .collect();
         Snapshot {
             cur,
             cur_gone,
@@ -641,6 +668,8 @@ impl AccountState {
             sessions,
             late,
             late_members: self.late_members.clone(),
+            cur_expires_at: (cur_expiry != self.cur_expiry_written).then_some(cur_expiry),
+            dims_expiry,
         }
     }
 
@@ -658,6 +687,26 @@ impl AccountState {
     /// windows and their members), the windows it moved out of `cur`, and the sessions past
     /// their day.
     pub fn written(&mut self, now: DateTime<Utc>) {
+        let snapshot_sessions = self.sessions(now);
+        for s in snapshot_sessions {
+            if let Some(state) = self.sessions.get_mut(s.id.as_str()) {
+                if state.dirty {
+                    state.expiry_written = s.expires_at;
+                }
+            }
+        }
+        self.cur_expiry_written = Grain::Month.expires_at(Grain::Month.window_start(now));
+        for m in &self.new_members {
+            if let NewMember::Dims { month, .. } = m {
+                if !self.dims_expiry_written.contains(month) {
+                    self.dims_expiry_written.push(*month);
+                }
+            }
+        }
+        // Only this month's and the last one's `dims` are written to.
+        let oldest =
+            Grain::Month.window_start(Grain::Month.window_start(now) - chrono::Duration::days(1));
+        self.dims_expiry_written.retain(|m| *m >= oldest);
         self.new_members.clear();
         self.late_members.clear();
         self.windows
@@ -701,6 +750,7 @@ impl AccountState {
                     id: id.to_string(),
                     fields,
                     expires_at: expires + (3600 - expires.rem_euclid(3600)) % 3600,
+                    set_expiry: true,
                 }
             })
             .collect();

@@ -215,7 +215,7 @@ impl FlushJob {
         writer: &StateWriter<C>,
         in_flight: usize,
     ) -> Result<Option<Flushed>, SinkError> {
-        let (epoch, now) = (self.epoch, self.now);
+        let epoch = self.epoch;
         let writes: Vec<BoxFuture<'_, Result<Written, SinkError>>> = self
             .writes
             .iter_mut()
@@ -224,7 +224,7 @@ impl FlushJob {
                 let mut writer = writer.clone();
                 async move {
                     let written = writer
-                        .write_snapshot(epoch, &w.account, w.range, &w.snapshot, now)
+                        .write_snapshot(epoch, &w.account, w.range, &w.snapshot)
                         .await?;
                     w.done = matches!(written, Written::Applied | Written::Have);
                     Ok(written)

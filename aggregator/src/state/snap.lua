@@ -1,6 +1,7 @@
 -- Writes one account's snapshot (hot-state layout v2, design §2.4), all keys in its slot.
 -- KEYS: cur first, then every other key the ops name by index (dims, sessions, closed hashes).
--- ARGV: E, TP, O_prev (or 'force'), O_new, cur_expire_at, then the ops, each a count followed by its items:
+-- ARGV: E, TP, O_prev (or 'force'), O_new, cur_expire_at, then the ops, each a count followed by its items
+-- (an expire_at of '' leaves the key's expiry as it is: the writer set that one already):
 --   ncur,      (field, value) x ncur                      HSET cur (absolute)
 --   ngone,     field x ngone                              HDEL cur (sessions past their day)
 --   ndims,     per: key, n, field x n, expire_at          HSET field 1 (new members), EXPIREAT
@@ -59,7 +60,10 @@ end
 local fields = {'_e', ARGV[1], '_tp', ARGV[2], '_o', ARGV[4]}
 for _, v in ipairs(pairs_of(tonumber(take()))) do fields[#fields + 1] = v end
 sliced('HSET', cur, fields)
-redis.call('EXPIREAT', cur, ARGV[5])
+local function expire(key, at)
+    if at ~= '' then redis.call('EXPIREAT', key, at) end
+end
+expire(cur, ARGV[5])
 
 local ngone = tonumber(take())
 if ngone > 0 then
@@ -74,14 +78,14 @@ for _ = 1, tonumber(take()) do
     local members = {}
     for _ = 1, n do members[#members + 1] = take(); members[#members + 1] = '1' end
     sliced('HSET', key, members)
-    redis.call('EXPIREAT', key, take())
+    expire(key, take())
 end
 
 for _ = 1, tonumber(take()) do
     local key = KEYS[tonumber(take())]
     local kv = pairs_of(tonumber(take()))
     sliced('HSET', key, kv)
-    redis.call('EXPIREAT', key, take())
+    expire(key, take())
 end
 
 for _ = 1, tonumber(take()) do

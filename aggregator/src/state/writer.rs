@@ -199,7 +199,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         now: DateTime<Utc>,
     ) -> Result<Written, SinkError> {
         let written = self
-            .write_taken(epoch, account, (o_prev, o_new), &state.snapshot(now), now)
+            .write_taken(epoch, account, (o_prev, o_new), &state.snapshot(now))
             .await?;
         if matches!(written, Written::Applied | Written::Have) {
             state.written(now);
@@ -207,18 +207,17 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         Ok(written)
     }
 
-    /// Writes a snapshot taken at `now` from an account's state (which has already forgotten
-    /// what it writes once: [`AccountState::written`]), continuing the one stored at `o_prev`
-    /// up to the account's event at `o_new`. Writing it again answers `HAVE`.
+    /// Writes a snapshot taken from an account's state (which has already forgotten what it
+    /// writes once: [`AccountState::written`]), continuing the one stored at `o_prev` up to the
+    /// account's event at `o_new`. Writing it again answers `HAVE`.
     pub async fn write_snapshot(
         &mut self,
         epoch: i64,
         account: &str,
         (o_prev, o_new): (i64, i64),
         snapshot: &Snapshot,
-        now: DateTime<Utc>,
     ) -> Result<Written, SinkError> {
-        self.write_taken(epoch, account, (Some(o_prev), o_new), snapshot, now)
+        self.write_taken(epoch, account, (Some(o_prev), o_new), snapshot)
             .await
     }
 
@@ -228,9 +227,8 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         account: &str,
         (o_prev, o_new): (Option<i64>, i64),
         snapshot: &Snapshot,
-        now: DateTime<Utc>,
     ) -> Result<Written, SinkError> {
-        let call = self.snap_call(epoch, account, (o_prev, o_new), snapshot, now);
+        let call = self.snap_call(epoch, account, (o_prev, o_new), snapshot);
         let reply: String = call.invoke_async(&mut self.conn).await?;
         match reply.as_str() {
             "OK" => Ok(Written::Applied),
@@ -252,7 +250,6 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         account: &str,
         (o_prev, o_new): (Option<i64>, i64),
         snapshot: &Snapshot,
-        now: DateTime<Utc>,
     ) -> redis::ScriptInvocation<'static> {
         let keys = &self.keys;
         // KEYS, each once: cur first, then in order of first use.
@@ -277,7 +274,14 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
             None => push(&mut a, "force"),
         }
         push(&mut a, o_new);
-        push(&mut a, month_expiry(Grain::Month.window_start(now)));
+        fn expiry(a: &mut Vec<Vec<u8>>, at: Option<i64>) {
+            match at {
+                Some(at) => push(a, at),
+                // snap.lua leaves the key's expiry as it is.
+                None => push(a, ""),
+            }
+        }
+        expiry(&mut a, snapshot.cur_expires_at);
 
         push(&mut a, snapshot.cur.len());
         for (f, v) in &snapshot.cur {
@@ -295,7 +299,10 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
             for f in fields {
                 push(&mut a, f);
             }
-            push(&mut a, month_expiry(*m));
+            expiry(
+                &mut a,
+                snapshot.dims_expiry.contains(m).then(|| month_expiry(*m)),
+            );
         }
         push(&mut a, snapshot.sessions.len());
         for session in &snapshot.sessions {
@@ -305,7 +312,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
                 push(&mut a, f);
                 push(&mut a, v);
             }
-            push(&mut a, session.expires_at);
+            expiry(&mut a, session.set_expiry.then_some(session.expires_at));
         }
         push(&mut a, snapshot.moves.len());
         for m in &snapshot.moves {
