@@ -182,6 +182,35 @@ pub struct Snapshot {
     pub dims_expiry: BTreeSet<DateTime<Utc>>,
 }
 
+impl Snapshot {
+    /// About how many bytes the snapshot holds on the heap: each string with its allocation
+    /// and map entry (an estimate for the flushes' memory budget, not an exact count).
+    pub fn approx_bytes(&self) -> usize {
+        const ENTRY: usize = 48;
+        let pairs = |v: &[(String, i64)]| v.iter().map(|(f, _)| f.len() + ENTRY).sum::<usize>();
+        self.cur.keys().map(|f| f.len() + ENTRY).sum::<usize>()
+            + self.cur_gone.iter().map(|f| f.len() + ENTRY).sum::<usize>()
+            + self.moves.iter().map(|m| pairs(&m.fields)).sum::<usize>()
+            + self
+                .dims
+                .values()
+                .flatten()
+                .map(|f| f.len() + ENTRY)
+                .sum::<usize>()
+            + self
+                .sessions
+                .iter()
+                .map(|s| s.id.len() + pairs(&s.fields))
+                .sum::<usize>()
+            + self.late.iter().map(|w| pairs(&w.fields)).sum::<usize>()
+            + self
+                .late_members
+                .iter()
+                .map(|m| m.field.len() + m.count_field.len() + ENTRY)
+                .sum::<usize>()
+    }
+}
+
 /// One account's live windows and sessions; see the module documentation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AccountState {

@@ -58,9 +58,10 @@ pub struct FlushPolicy {
     pub in_flight: usize,
     /// Accounts kept in memory over every partition, after a flush ([`Partition::evict`]).
     pub max_resident: usize,
-    /// Snapshots held by running flushes over every partition: a flush that would go past it
-    /// waits for the others (a fresh account's snapshot is a few KB).
-    pub max_snapshots_in_flight: usize,
+    /// About how many bytes the running flushes' snapshots may hold over every partition: a
+    /// flush due once they hold more waits for them (a fresh account's snapshot, with its
+    /// month's members, is several KB).
+    pub max_snapshot_bytes: usize,
     /// The longest wait between attempts of a failed flush.
     pub retry_max_backoff: Duration,
 }
@@ -68,13 +69,13 @@ pub struct FlushPolicy {
 impl Default for FlushPolicy {
     fn default() -> Self {
         Self {
-            interval: Duration::from_millis(150),
+            interval: Duration::from_millis(50),
             max_interval: Duration::from_secs(1),
             max_accounts: 20_000,
             max_seen: 100_000,
             in_flight: 32,
             max_resident: 30_000,
-            max_snapshots_in_flight: 10_000,
+            max_snapshot_bytes: 32 << 20,
             retry_max_backoff: Duration::from_secs(5),
         }
     }
@@ -201,6 +202,14 @@ impl FlushJob {
     /// The offset the job checkpoints.
     pub fn through(&self) -> i64 {
         self.through
+    }
+
+    /// About how many bytes the job's snapshots hold.
+    pub fn bytes(&self) -> usize {
+        self.writes
+            .iter()
+            .map(|w| w.account.len() + w.snapshot.approx_bytes())
+            .sum()
     }
 
     /// Snapshots not stored yet.

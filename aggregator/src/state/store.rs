@@ -90,8 +90,8 @@ struct Running {
     task: JoinHandle<(FlushJob, Flushed, u64)>,
     counted: u64,
     duplicates: u64,
-    /// The snapshots it holds (see [`FlushPolicy::max_snapshots_in_flight`]).
-    snapshots: usize,
+    /// About how many bytes its snapshots hold (see [`FlushPolicy::max_snapshot_bytes`]).
+    bytes: usize,
 }
 
 impl Drop for Running {
@@ -475,13 +475,12 @@ impl HotStore {
             }
             // Snapshots are built when a flush starts, so the running flushes' snapshots are
             // memory: past the budget, wait for the others first.
-            let want = held.partition.unwritten();
             let in_flight: usize = self
                 .held
                 .values()
-                .filter_map(|h| h.flush.as_ref().map(|r| r.snapshots))
+                .filter_map(|h| h.flush.as_ref().map(|r| r.bytes))
                 .sum();
-            if in_flight > 0 && in_flight + want > self.policy.max_snapshots_in_flight {
+            if in_flight >= self.policy.max_snapshot_bytes {
                 for &other in &partitions {
                     self.collect(other, &mut actions).await;
                 }
@@ -493,12 +492,12 @@ impl HotStore {
             let Some(job) = off_the_async_workers(|| partition_state.take(now)) else {
                 continue;
             };
-            let snapshots = job.unwritten();
-            self.calls += snapshots as u64 + 1;
+            let bytes = job.bytes();
+            self.calls += job.unwritten() as u64 + 1;
             let task = self.spawn(partition, job);
             let held = self.held.get_mut(&partition).expect("held above");
             held.flush = Some(Running {
-                snapshots,
+                bytes,
                 task,
                 counted: std::mem::take(&mut held.counted),
                 duplicates: std::mem::take(&mut held.duplicates),
