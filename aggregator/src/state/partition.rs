@@ -73,7 +73,7 @@ impl Default for FlushPolicy {
             max_interval: Duration::from_secs(1),
             max_accounts: 20_000,
             max_seen: 100_000,
-            in_flight: 32,
+            in_flight: 8,
             max_resident: 30_000,
             max_snapshot_bytes: 32 << 20,
             retry_max_backoff: Duration::from_secs(5),
@@ -704,8 +704,8 @@ mod tests {
         p.advance(10);
         let start = p.oldest_change.unwrap();
         let at = |ms| start + Duration::from_millis(ms);
-        assert!(!p.due(at(149), true, &policy));
-        assert!(p.due(at(150), true, &policy), "caught up: 150 ms");
+        assert!(!p.due(at(49), true, &policy));
+        assert!(p.due(at(50), true, &policy), "caught up: 50 ms");
         assert!(!p.due(at(999), false, &policy));
         assert!(p.due(at(1000), false, &policy), "behind: 1 s");
         for id in ["a", "b"] {

@@ -15,15 +15,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use tokio::task::JoinHandle;
-use tracing::Instrument;
-
 use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use meterline_infra::redis::HotConn;
 use meterline_schemas::keys::hot::HotKeys;
 use meterline_schemas::keys::Grain;
 use meterline_schemas::UsageEvent;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::partition::{FlushJob, FlushPolicy, Flushed, Partition};
 use super::writer::StateWriter;
