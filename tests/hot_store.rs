@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use meterline_aggregator::batch::UsageSpan;
 use meterline_aggregator::decode::Decoded;
 use meterline_aggregator::state::partition::FlushPolicy;
 use meterline_aggregator::state::store::{FlushAction, HotStore};
@@ -51,11 +52,15 @@ fn store(conn: HotConn, keys: &HotKeys) -> HotStore {
     )
 }
 
+fn span(batch: &[Decoded<UsageEvent>]) -> UsageSpan {
+    UsageSpan::of(batch.iter().map(|d| (d.partition, d.offset)))
+}
+
 /// One batch as the consumer writes it: decide, (ClickHouse), fold, count.
 async fn write(hot: &mut HotStore, batch: &[Decoded<UsageEvent>], now: DateTime<Utc>) {
-    let decisions = hot.decide(batch, now).await.unwrap();
-    let last: BTreeMap<i32, i64> = batch.iter().map(|d| (d.partition, d.offset)).collect();
-    hot.fold(batch, &decisions, &last, now).await.unwrap();
+    let span = span(batch);
+    let decisions = hot.decide(batch, &span.first, now).await.unwrap();
+    hot.fold(batch, &decisions, &span.last, now).await.unwrap();
     hot.count(batch, &decisions);
 }
 
@@ -164,7 +169,7 @@ async fn a_flush_cut_by_a_redis_outage_retries_in_the_background_and_commits_onc
 
 /// A restarted store whose first records are past its checkpoint + 1 (Kafka's commit ahead of
 /// Redis) holds them back, asks for a seek to the checkpoint, and counts the records in between
-/// once they come.
+/// once they come; so does one whose first batch held only records that did not decode.
 #[tokio::test]
 async fn records_past_the_checkpoint_are_read_again_from_it() {
     let redis = RedisConfig {
@@ -182,9 +187,28 @@ async fn records_past_the_checkpoint_are_read_again_from_it() {
     ));
     drop(first);
 
+    // Only records that did not decode (dead-lettered): nothing to decide, but the partition
+    // is positioned and not advanced.
+    let mut poisoned = store(conn.clone(), &keys);
+    let only_poison = UsageSpan::of([(0, 150), (0, 160)]);
+    let decisions = poisoned.decide(&[], &only_poison.first, now).await.unwrap();
+    poisoned
+        .fold(&[], &decisions, &only_poison.last, now)
+        .await
+        .unwrap();
+    assert_eq!(poisoned.pending_seeks(), [(0, 100)]);
+    assert!(
+        poisoned.flush_due(true, true, now).await.is_empty(),
+        "nothing past the checkpoint is committed"
+    );
+    drop(poisoned);
+
     let mut second = store(conn.clone(), &keys);
     let ahead = records(150, 50, 7, now);
-    let decisions = second.decide(&ahead, now).await.unwrap();
+    let decisions = second
+        .decide(&ahead, &span(&ahead).first, now)
+        .await
+        .unwrap();
     assert!(decisions.new.is_empty(), "held back: {decisions:?}");
     assert!(decisions.held_back.contains(&0));
     assert_eq!(second.pending_seeks(), [(0, 100)]);

@@ -49,6 +49,29 @@ use crate::metrics::AggregatorMetrics;
 use crate::state::store::{HotStore, UsageDecisions};
 use crate::SinkError;
 
+/// Each usage partition's first and last offset in a batch, counting the records that did not
+/// decode: the state store positions a partition by its first record and advances it to its
+/// last, whatever they held.
+#[derive(Debug, Default, Clone)]
+pub struct UsageSpan {
+    pub first: BTreeMap<i32, i64>,
+    pub last: BTreeMap<i32, i64>,
+}
+
+impl UsageSpan {
+    /// The span of `records` (partition, offset) of the usage topic.
+    pub fn of(records: impl IntoIterator<Item = (i32, i64)>) -> Self {
+        let mut span = Self::default();
+        for (partition, offset) in records {
+            let first = span.first.entry(partition).or_insert(offset);
+            *first = (*first).min(offset);
+            let last = span.last.entry(partition).or_insert(offset);
+            *last = (*last).max(offset);
+        }
+        span
+    }
+}
+
 /// The sinks a batch is written to.
 #[derive(Clone)]
 pub struct Sinks {
@@ -87,12 +110,12 @@ impl Sinks {
     /// Usage events (design §4.1): the partitions' deduplication decides what is new (once per
     /// batch, kept in `done` across retries), the new events above the watermark go to
     /// ClickHouse, then the state store folds them. Nothing reaches Redis here: the store's
-    /// flush does ([`HotStore::flush_due`]). `last` is each usage partition's last offset in
-    /// the batch, decoded or not. Returns the new events.
+    /// flush does ([`HotStore::flush_due`]). `span` is each usage partition's first and last
+    /// offset in the batch, decoded or not. Returns the new events.
     pub async fn write_usage(
         &self,
         usage: &[Decoded<UsageEvent>],
-        last: &BTreeMap<i32, i64>,
+        span: &UsageSpan,
         done: &mut WriteProgress,
         now: DateTime<Utc>,
         metrics: &AggregatorMetrics,
@@ -100,7 +123,7 @@ impl Sinks {
         let mut clock = Instant::now();
         let mut hot = self.hot.lock().await;
         if done.usage_decisions.is_none() {
-            done.usage_decisions = Some(hot.decide(usage, now).await?);
+            done.usage_decisions = Some(hot.decide(usage, &span.first, now).await?);
         }
         let decisions = done.usage_decisions.as_ref().expect("decided above");
         metrics.lap("dedup", &mut clock);
@@ -116,7 +139,7 @@ impl Sinks {
             done.usage_inserted = true;
             metrics.lap("clickhouse", &mut clock);
         }
-        hot.fold(usage, decisions, last, now).await?;
+        hot.fold(usage, decisions, &span.last, now).await?;
         hot.count(usage, decisions);
         metrics.lap("fold", &mut clock);
         Ok(decisions.new.len())
@@ -168,20 +191,20 @@ impl Sinks {
 
     /// Writes the decoded part of a batch. `done` remembers which streams an earlier attempt
     /// already finished, so a retry after a failure does not redo (or double-count) them.
-    /// `last` is each usage partition's last offset in the batch.
+    /// `span` is each usage partition's first and last offset in the batch, decoded or not.
     pub async fn write(
         &self,
         batch: &DecodedBatch,
-        last: &BTreeMap<i32, i64>,
+        span: &UsageSpan,
         done: &mut WriteProgress,
         metrics: &AggregatorMetrics,
     ) -> Result<BatchOutcome, SinkError> {
         let now = Utc::now();
         if done.usage.is_none() {
-            let span = tracing::debug_span!("write_usage", events = batch.usage.len());
+            let trace = tracing::debug_span!("write_usage", events = batch.usage.len());
             done.usage = Some(
-                self.write_usage(&batch.usage, last, done, now, metrics)
-                    .instrument(span)
+                self.write_usage(&batch.usage, span, done, now, metrics)
+                    .instrument(trace)
                     .await?,
             );
         }

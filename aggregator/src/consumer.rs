@@ -13,7 +13,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Sinks, WriteProgress};
+use crate::batch::{Sinks, UsageSpan, WriteProgress};
 use crate::config::AggregatorConfig;
 use crate::dead_letter::DeadLetters;
 use crate::decode::{Decoder, RawRecord, Stream};
@@ -122,6 +122,10 @@ impl Aggregator {
         if let Err(e) = self.sinks.record_assignments().await {
             tracing::warn!(error = %e, "experiment assignments not recorded yet; the next account batch retries");
         }
+        // Whether the state store holds only written batches: a batch interrupted by shutdown
+        // has had its ids decided (they are in the partitions' next checkpoints) but not its
+        // events written, so its partitions must not be flushed.
+        let mut whole = true;
         loop {
             let mut clock = Instant::now();
             let Some(records) = self.collect_batch(max_wait, &shutdown).await else {
@@ -131,6 +135,7 @@ impl Aggregator {
             if !records.is_empty() {
                 self.metrics.lap("collect", &mut clock);
                 if !self.write_with_retry(&records, &shutdown).await {
+                    whole = false;
                     break;
                 }
                 let mut clock = Instant::now();
@@ -140,8 +145,13 @@ impl Aggregator {
             self.flush(caught_up, false).await;
             self.seek_rewinds().await;
         }
-        // Shutting down: what is folded is made durable (and committed) before leaving.
-        self.flush(true, true).await;
+        // Shutting down: what is folded is made durable (and committed) before leaving, unless
+        // a batch was left half-done; then every partition resumes from its last checkpoint.
+        if whole {
+            self.flush(true, true).await;
+        } else {
+            tracing::warn!("a batch was not written before shutdown: nothing more is flushed; the partitions resume from their checkpoints");
+        }
         tracing::info!("aggregator stopped");
         Ok(())
     }
@@ -365,14 +375,15 @@ impl Aggregator {
             progress.dead_letters = true;
         }
         self.metrics.lap("decode", &mut clock);
-        let mut last: std::collections::BTreeMap<i32, i64> = Default::default();
-        for r in records.iter().filter(|r| r.topic == self.topics.usage) {
-            let e = last.entry(r.partition).or_insert(r.offset);
-            *e = (*e).max(r.offset);
-        }
+        let span = UsageSpan::of(
+            records
+                .iter()
+                .filter(|r| r.topic == self.topics.usage)
+                .map(|r| (r.partition, r.offset)),
+        );
         let outcome = self
             .sinks
-            .write(&decoded, &last, progress, &self.metrics)
+            .write(&decoded, &span, progress, &self.metrics)
             .await?;
         tracing::debug!(?outcome, "batch written");
         Ok(())

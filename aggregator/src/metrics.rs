@@ -75,7 +75,7 @@ impl AggregatorMetrics {
         .expect("metric");
         let last_commit_unix = IntGauge::new(
             "meterline_aggregator_last_commit_unixtime",
-            "When offsets were last committed",
+            "When offsets were last committed (handed to the client: usage and account offsets are committed in the background, and a failed commit is logged)",
         )
         .expect("metric");
         let assigned_partitions = IntGauge::new(

@@ -40,19 +40,29 @@ impl Queue {
     }
 
     /// Takes up to `n` distinct accounts, share after share. What is taken is gone from the
-    /// queue: [`Self::put_back`] what could not be scored.
+    /// queue: [`Self::put_back`] what could not be scored. If a share cannot be read, what was
+    /// taken from the others goes back first.
     pub async fn take(&self, n: usize) -> RedisResult<Vec<String>> {
         let mut taken = BTreeSet::new();
         for share in self.shares().await? {
             if taken.len() >= n {
                 break;
             }
-            let ids: Vec<String> = redis::cmd("SPOP")
+            let popped: RedisResult<Vec<String>> = redis::cmd("SPOP")
                 .arg(&share)
                 .arg(n - taken.len())
                 .query_async(&mut self.conn.clone())
-                .await?;
-            taken.extend(ids);
+                .await;
+            match popped {
+                Ok(ids) => taken.extend(ids),
+                Err(e) => {
+                    let taken: Vec<String> = taken.into_iter().collect();
+                    if let Err(back) = self.put_back(&taken).await {
+                        tracing::error!(error = %back, accounts = taken.len(), "could not queue accounts again; the daily pass will score them");
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(taken.into_iter().collect())
     }

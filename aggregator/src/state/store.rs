@@ -207,6 +207,9 @@ impl HotStore {
             self.calls += 1;
             let mut writer = self.writer(partition);
             let p = Partition::claim(&mut writer, now).await?;
+            // A rewind recorded for an earlier claim (its seek may have been overtaken by a
+            // rebalance) is void: the new claim's checkpoint decides, in `decide`.
+            self.rewinding.remove(&partition);
             tracing::info!(
                 partition,
                 epoch = p.epoch(),
@@ -230,12 +233,21 @@ impl HotStore {
     /// Decides which of a batch's usage records are new: records at or below what a partition
     /// has already handled are neither new nor duplicates (they are skipped), the rest are new
     /// unless their id was counted before.
+    ///
+    /// `first` is each usage partition's first offset in the batch, counting records that did
+    /// not decode: every partition in it is claimed and positioned here, even one whose records
+    /// all went to the dead-letter topic.
     pub async fn decide(
         &mut self,
         usage: &[Decoded<UsageEvent>],
+        first: &BTreeMap<i32, i64>,
         now: DateTime<Utc>,
     ) -> Result<UsageDecisions, SinkError> {
-        let partitions: BTreeSet<i32> = usage.iter().map(|d| d.partition).collect();
+        let partitions: BTreeSet<i32> = usage
+            .iter()
+            .map(|d| d.partition)
+            .chain(first.keys().copied())
+            .collect();
         // A held partition whose stored epoch is no longer ours went to another owner (and may
         // have come back, the consumer reading it again from the committed offset): its state,
         // deduplication included, is stale. Checked before anything of the batch is decided or
@@ -273,11 +285,13 @@ impl HotStore {
                 continue;
             }
             let from = held.partition.checkpointed() + 1;
-            let first = usage
-                .iter()
-                .filter(|d| d.partition == partition)
-                .map(|d| d.offset)
-                .min();
+            let first = first.get(&partition).copied().or_else(|| {
+                usage
+                    .iter()
+                    .filter(|d| d.partition == partition)
+                    .map(|d| d.offset)
+                    .min()
+            });
             if let Some(first) = first.filter(|f| *f > from) {
                 tracing::warn!(
                     partition,
@@ -348,7 +362,8 @@ impl HotStore {
 
     /// Folds the batch's new usage events (already in ClickHouse) into their accounts, loading
     /// the accounts not in memory, and marks every partition handled up to its last record in
-    /// the batch (`last`, which counts records that did not decode too).
+    /// the batch (`last`, which counts records that did not decode too). `now` is the moment
+    /// the events are folded as of.
     pub async fn fold(
         &mut self,
         usage: &[Decoded<UsageEvent>],
@@ -369,7 +384,12 @@ impl HotStore {
             }
             let writer = self.writer(partition);
             let in_flight = self.policy.in_flight;
-            let held = self.claimed(partition, now).await?;
+            // Claimed in `decide`. One dropped since (by a newer owner, in an earlier attempt at
+            // this batch) is not claimed back here: its records were decided by the dropped
+            // state, and its next batch claims and positions it afresh.
+            let Some(held) = self.held.get_mut(&partition) else {
+                continue;
+            };
             let new: Vec<&Decoded<UsageEvent>> = decisions
                 .new
                 .iter()
