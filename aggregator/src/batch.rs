@@ -11,7 +11,10 @@
 //!    snapshot already holds (offset at or below its `_o`).
 //! 4. Later, when the partition flushes (`state::store`): each changed account's snapshot, then
 //!    the checkpoint, which stores the seen ids and the offset together. Only then is the offset
-//!    committed to Kafka.
+//!    committed to Kafka. A flush is cut from the partition's state between two written batches
+//!    and runs on its own task while the next batches fold; a snapshot it writes may hold events
+//!    past its checkpoint, as a flush torn by a crash may (`_o` says how far). At shutdown after
+//!    a batch that was not written, nothing is cut: its ids are decided, its events are not.
 //!
 //! Why this is exact. Every copy of an event carries the same account, so all copies land in one
 //! partition, read in offset order by one owner per epoch.
