@@ -371,26 +371,6 @@ async fn redis_mismatches(app: &TestApp, traffic: &Traffic) -> Vec<String> {
     out
 }
 
-/// The pipeline's exactly-once tests run on the standalone Redis and, under `scripts/test.sh`,
-/// on a local Redis Cluster (issue 21).
-macro_rules! on_every_redis {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn standalone() {
-                super::$name(Deployment::Standalone).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cluster() {
-                super::$name(Deployment::Cluster).await
-            }
-        }
-    };
-}
-
 on_every_redis!(twenty_thousand_events_add_up_exactly_in_clickhouse_and_redis);
 async fn twenty_thousand_events_add_up_exactly_in_clickhouse_and_redis(redis: Deployment) {
     let Some(config) = redis.apply(isolated_config(&unique_suffix())) else {

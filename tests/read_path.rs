@@ -104,25 +104,6 @@ struct ReadApp {
     at: DateTime<Utc>,
 }
 
-/// Each test twice: on the standalone Redis and on the cluster.
-macro_rules! on_every_redis {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn standalone() {
-                super::$name(Deployment::Standalone).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cluster() {
-                super::$name(Deployment::Cluster).await
-            }
-        }
-    };
-}
-
 /// The app on `redis`; `None` when that deployment is not available.
 async fn spawn_read_app(redis: Deployment) -> Option<ReadApp> {
     // Usage is laid down a few minutes back, so it lands in today's day window but not in

@@ -11,17 +11,8 @@ use chrono::{Duration as ChronoDuration, Utc};
 use common::*;
 use meterline::services::Components;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse() {
-    rebuild(Deployment::Standalone).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse_on_a_redis_cluster() {
-    rebuild(Deployment::Cluster).await
-}
-
-async fn rebuild(redis: Deployment) {
+on_every_redis!(a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse);
+async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse(redis: Deployment) {
     let Some(config) = redis.apply(isolated_config(&unique_suffix())) else {
         return;
     };

@@ -480,18 +480,35 @@ impl Deployment {
 /// server, and the local cluster of `scripts/redis-cluster.sh` when
 /// `TEST_REDIS_CLUSTER` names its nodes (`scripts/test.sh` starts it and sets it).
 pub fn hot_deployments(config: &Config) -> Vec<meterline_infra::RedisConfig> {
-    let mut out = vec![config.redis.clone()];
-    match std::env::var("TEST_REDIS_CLUSTER") {
-        Ok(nodes) if !nodes.trim().is_empty() => out.push(meterline_infra::RedisConfig {
-            cluster_nodes: nodes,
-            ..config.redis.clone()
-        }),
-        _ => eprintln!(
-            "TEST_REDIS_CLUSTER is not set: standalone Redis only (scripts/test.sh runs the cluster too)"
-        ),
-    }
-    out
+    [Deployment::Standalone, Deployment::Cluster]
+        .into_iter()
+        .filter_map(|d| d.apply(config.clone()))
+        .map(|c| c.redis)
+        .collect()
 }
+
+/// Runs the test function `$name(Deployment)` twice, as `$name::standalone` and
+/// `$name::cluster` (the cluster run returns early where `Deployment::apply` says so).
+#[allow(unused_macros)]
+macro_rules! on_every_redis {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$name(Deployment::Standalone).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name(Deployment::Cluster).await
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_every_redis;
 
 /// Every key under `redis.key_prefix` on every node of `redis` (one server, or each node of a
 /// cluster: `SCAN` walks one node's keys), by node URL.

@@ -789,4 +789,4 @@ impl AccountState {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -423,11 +423,6 @@ impl Partition {
         }
     }
 
-    /// Whether a job taken from the partition has not finished.
-    pub fn is_flushing(&self) -> bool {
-        self.flushing.is_some()
-    }
-
     /// Accounts with events their latest snapshot lacks.
     pub fn unwritten(&self) -> usize {
         self.accounts.values().filter(|t| t.last > t.stored).count()
@@ -565,30 +560,14 @@ impl Partition {
 mod tests {
     use super::*;
 
+    /// One request of `account` at `at`, without session or user.
     fn event(account: &str, id: &str, at: DateTime<Utc>) -> UsageEvent {
         UsageEvent {
             event_id: id.into(),
-            occurred_at: at.timestamp_micros(),
-            received_at: at.timestamp_micros(),
             account_id: meterline_schemas::AccountId::parse(account).unwrap(),
-            api_key_id: "k".into(),
-            gateway_id: "g".into(),
-            region: "eu-west-1".into(),
-            cloud: "aws".into(),
-            provider: "openai".into(),
-            model: "gpt-4o".into(),
-            input_tokens: 10,
-            output_tokens: 1,
-            cost_micros: None,
-            latency_ms: None,
-            status: Some(200),
             session_id: None,
             user_id: None,
-            plugins: vec![],
-            pii_detected: false,
-            client_ip_hash: None,
-            device_id: None,
-            prompt_hash: None,
+            ..crate::state::account::tests::event(at, "gpt-4o", "", "")
         }
     }
 
