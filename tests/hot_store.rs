@@ -116,35 +116,36 @@ async fn a_flush_cut_by_a_redis_outage_retries_in_the_background_and_commits_onc
     proxy.bring_up();
     // The next batch is folded while the first flush retries.
     write(&mut hot, &records(10_000, 2_000, ACCOUNTS, now), now).await;
+    // The second batch's flush may start once the first one's snapshots are written, and
+    // finish in the same collection; the checkpoints still come in order, each once.
     let mut commits = Vec::new();
     while commits.is_empty() {
         commits = hot.flush_due(true, false, Utc::now()).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(hot.take_failures() > 0, "the outage failed an attempt");
+    commits.extend(hot.flush_due(true, true, Utc::now()).await);
     assert_eq!(
         commits,
-        [(
-            0,
-            FlushAction::Commit {
-                offset: 10_000,
-                counted: 10_000,
-                duplicates: 0
-            }
-        )],
-        "the first flush's checkpoint, once it landed"
-    );
-    assert!(hot.take_failures() > 0, "the outage failed an attempt");
-    let last = hot.flush_due(true, true, Utc::now()).await;
-    assert_eq!(
-        last,
-        [(
-            0,
-            FlushAction::Commit {
-                offset: 12_000,
-                counted: 2_000,
-                duplicates: 0
-            }
-        )]
+        [
+            (
+                0,
+                FlushAction::Commit {
+                    offset: 10_000,
+                    counted: 10_000,
+                    duplicates: 0
+                }
+            ),
+            (
+                0,
+                FlushAction::Commit {
+                    offset: 12_000,
+                    counted: 2_000,
+                    duplicates: 0
+                }
+            )
+        ],
+        "the first flush's checkpoint once it landed, then the second's"
     );
     let mut conn = RedisConfig {
         url: "redis://127.0.0.1:6379".into(),
@@ -164,6 +165,86 @@ async fn a_flush_cut_by_a_redis_outage_retries_in_the_background_and_commits_onc
         .await
         .unwrap();
     assert_eq!(o, 11_999);
+    common::remove_hot_keys(&redis).await;
+}
+
+/// With the checkpoints gated on ClickHouse, a flush writes its snapshots at once (the read
+/// path sees the events) but its checkpoint only once the insert task says ClickHouse holds the
+/// partition that far; the next flush meanwhile writes its own snapshots, and the checkpoints
+/// come in order. A gate closed at shutdown stops the waiting flushes without a checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_wait_for_clickhouse_and_snapshots_do_not() {
+    let redis = RedisConfig {
+        key_prefix: format!("mlt_{}:", common::unique_suffix()),
+        ..RedisConfig::default()
+    };
+    let keys = HotKeys::new(redis.key_prefix.clone()).unwrap();
+    let mut conn = redis.connect().await.unwrap();
+    let mut hot = store(conn.clone(), &keys);
+    let inserted = hot.gate_on_clickhouse();
+    let now = Utc::now();
+    const ACCOUNTS: i64 = 50;
+    let checkpoint = |conn: HotConn| {
+        let key = keys.checkpoint(0, TOPIC);
+        async move {
+            let mut conn = conn;
+            let (o,): (Option<i64>,) = redis::pipe()
+                .hget(key, "o")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            o
+        }
+    };
+    // How far each batch was handled, as the insert task would raise it.
+    let upto = |o: i64| BTreeMap::from([(0, o)]);
+
+    write(&mut hot, &records(0, 1_000, ACCOUNTS, now), now).await;
+    let mut commits = hot.flush_due(true, false, now).await;
+    // The snapshots land without ClickHouse…
+    while day_requests(&mut conn, &keys, ACCOUNTS, now).await != expected(1_000, ACCOUNTS) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …and the next batch's flush writes its snapshots while the first waits.
+    write(&mut hot, &records(1_000, 500, ACCOUNTS, now), now).await;
+    while day_requests(&mut conn, &keys, ACCOUNTS, now).await != expected(1_500, ACCOUNTS) {
+        commits.extend(hot.flush_due(true, false, Utc::now()).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Both flushes' snapshots are written, and neither could checkpoint: the gate is shut.
+    commits.extend(hot.flush_due(true, false, Utc::now()).await);
+    assert_eq!(commits, [], "nothing to commit before ClickHouse holds it");
+    assert_eq!(checkpoint(conn.clone()).await, None);
+
+    // ClickHouse holds the first batch: its checkpoint, and only its.
+    inserted.raise(&upto(999));
+    while commits.is_empty() {
+        commits = hot.flush_due(true, false, Utc::now()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let commit = |offset, counted| {
+        (
+            0,
+            FlushAction::Commit {
+                offset,
+                counted,
+                duplicates: 0,
+            },
+        )
+    };
+    assert_eq!(commits, [commit(1_000, 1_000)]);
+    assert_eq!(checkpoint(conn.clone()).await, Some(999));
+
+    // A third batch, not in ClickHouse when the insert task stops (shutdown): the second
+    // batch's checkpoint lands, the third's flush stops without one, and the partition goes.
+    write(&mut hot, &records(1_500, 100, ACCOUNTS, now), now).await;
+    inserted.raise(&upto(1_499));
+    drop(inserted);
+    let last = hot.flush_due(true, true, Utc::now()).await;
+    assert_eq!(last, [commit(1_500, 500)]);
+    assert_eq!(checkpoint(conn.clone()).await, Some(1_499));
+    assert_eq!(hot.take_dropped().get("stopped"), Some(&1));
+    assert_eq!(hot.accounts(), 0, "the partition was dropped");
     common::remove_hot_keys(&redis).await;
 }
 

@@ -5,16 +5,18 @@
 //! 1. Drop the records at or below what their partition has handled. The rest are *new* when
 //!    the partition's deduplication ([`crate::state::partition::Partition::is_new`]) has not
 //!    counted their id; the decisions are kept in [`WriteProgress`], so a retry reuses them.
-//! 2. Ask ClickHouse for its watermark (the highest offset per partition it holds) and insert
-//!    the new events above it.
-//! 3. Fold the new events into their accounts in memory, skipping those an account's stored
+//! 2. Fold the new events into their accounts in memory, skipping those an account's stored
 //!    snapshot already holds (offset at or below its `_o`).
-//! 4. Later, when the partition flushes (`state::store`): each changed account's snapshot, then
-//!    the checkpoint, which stores the seen ids and the offset together. Only then is the offset
-//!    committed to Kafka. A flush is cut from the partition's state between two written batches
-//!    and runs on its own task while the next batches fold; a snapshot it writes may hold events
-//!    past its checkpoint, as a flush torn by a crash may (`_o` says how far). At shutdown after
-//!    a batch that was not written, nothing is cut: its ids are decided, its events are not.
+//! 3. Hand the new events to the insert task ([`crate::inserter`]), which inserts them into
+//!    ClickHouse above its watermark (the highest offset per partition it holds), in batch
+//!    order, and then says how far ClickHouse holds each partition.
+//! 4. Later, when the partition flushes (`state::store`): each changed account's snapshot, then,
+//!    once ClickHouse holds the partition that far, the checkpoint, which stores the seen ids
+//!    and the offset together. Only then is the offset committed to Kafka. A flush is cut from
+//!    the partition's state between two batches and runs on its own task while the next
+//!    batches fold; a snapshot it writes may hold events past its checkpoint, as a flush torn
+//!    by a crash may (`_o` says how far). At shutdown after a batch that was not written,
+//!    nothing is cut: its ids are decided, its events are not.
 //!
 //! Why this is exact. Every copy of an event carries the same account, so all copies land in one
 //! partition, read in offset order by one owner per epoch.
@@ -24,8 +26,10 @@
 //! - *Snapshots hold a prefix.* An account's stored state is the fold of its new events up to its
 //!   `_o`: `snap.lua` replaces the state stored at `O_prev` by one that continues it, or changes
 //!   nothing, and the increments it carries for closed windows land with it, once.
-//! - *The checkpoint is behind every snapshot.* Every changed account is written before the
-//!   checkpoint that covers its events, and ClickHouse before the fold.
+//! - *ClickHouse holds a prefix.* Inserts go in offset order per partition, each above the
+//!   watermark, so what ClickHouse holds of a partition ends at its watermark.
+//! - *The checkpoint is behind every store.* Every changed account is written before the
+//!   checkpoint that covers its events, and ClickHouse holds them before it too.
 //!
 //! So after a crash anywhere, the replay from c + 1 inserts into ClickHouse only above its
 //! watermark, and folds into an account only above its `_o`: every event counts once in each
@@ -48,6 +52,7 @@ use tracing::Instrument;
 use crate::accounts_sink::AccountsSink;
 use crate::clickhouse_sink::{ClickHouseSink, Stream};
 use crate::decode::{Decoded, DecodedBatch};
+use crate::inserter::{InsertJob, Inserter};
 use crate::metrics::AggregatorMetrics;
 use crate::state::store::{HotStore, UsageDecisions};
 use crate::SinkError;
@@ -111,15 +116,17 @@ fn first_unseen<'a, T>(
 
 impl Sinks {
     /// Usage events (design §4.1): the partitions' deduplication decides what is new (once per
-    /// batch, kept in `done` across retries), the new events above the watermark go to
-    /// ClickHouse, then the state store folds them. Nothing reaches Redis here: the store's
-    /// flush does ([`HotStore::flush_due`]). `span` is each usage partition's first and last
-    /// offset in the batch, decoded or not. Returns the new events.
+    /// batch, kept in `done` across retries), the state store folds the new events, then they
+    /// go to the insert task for ClickHouse. Nothing reaches Redis here: the store's flush does
+    /// ([`HotStore::flush_due`]). `span` is each usage partition's first and last offset in the
+    /// batch, decoded or not. Takes the events it sends to ClickHouse out of `usage`. Returns
+    /// the new events.
     pub async fn write_usage(
         &self,
-        usage: &[Decoded<UsageEvent>],
+        usage: &mut Vec<Decoded<UsageEvent>>,
         span: &UsageSpan,
         done: &mut WriteProgress,
+        inserter: &Inserter,
         now: DateTime<Utc>,
         metrics: &AggregatorMetrics,
     ) -> Result<usize, SinkError> {
@@ -130,21 +137,23 @@ impl Sinks {
         }
         let decisions = done.usage_decisions.as_ref().expect("decided above");
         metrics.lap("dedup", &mut clock);
-        if !done.usage_inserted {
-            let watermarks = self.clickhouse.watermarks(Stream::Usage).await?;
-            let to_insert: Vec<&Decoded<UsageEvent>> = decisions
-                .new
-                .iter()
-                .map(|&i| &usage[i])
-                .filter(|d| watermarks.get(&d.partition).is_none_or(|w| d.offset > *w))
-                .collect();
-            self.clickhouse.insert_usage(&to_insert).await?;
-            done.usage_inserted = true;
-            metrics.lap("clickhouse", &mut clock);
-        }
-        hot.fold(usage, decisions, &span.last, now).await?;
+        let upto = hot.fold(usage, decisions, &span.last, now).await?;
         hot.count(usage, decisions);
+        drop(hot);
         metrics.lap("fold", &mut clock);
+        // The new events of the partitions folded (one dropped meanwhile is its next owner's
+        // to insert), in batch order.
+        let mut keep = vec![false; usage.len()];
+        for &i in &decisions.new {
+            keep[i] = upto.contains_key(&usage[i].partition);
+        }
+        let events = std::mem::take(usage)
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(d, keep)| keep.then_some(d))
+            .collect();
+        inserter.send(InsertJob { events, upto }).await?;
+        metrics.lap("clickhouse", &mut clock);
         Ok(decisions.new.len())
     }
 
@@ -195,18 +204,20 @@ impl Sinks {
     /// Writes the decoded part of a batch. `done` remembers which streams an earlier attempt
     /// already finished, so a retry after a failure does not redo (or double-count) them.
     /// `span` is each usage partition's first and last offset in the batch, decoded or not.
+    /// The batch's usage events are taken out of it, to the insert task.
     pub async fn write(
         &self,
-        batch: &DecodedBatch,
+        batch: &mut DecodedBatch,
         span: &UsageSpan,
         done: &mut WriteProgress,
+        inserter: &Inserter,
         metrics: &AggregatorMetrics,
     ) -> Result<BatchOutcome, SinkError> {
         let now = Utc::now();
         if done.usage.is_none() {
             let trace = tracing::debug_span!("write_usage", events = batch.usage.len());
             done.usage = Some(
-                self.write_usage(&batch.usage, span, done, now, metrics)
+                self.write_usage(&mut batch.usage, span, done, inserter, now, metrics)
                     .instrument(trace)
                     .await?,
             );
@@ -242,7 +253,6 @@ pub struct WriteProgress {
     pub dead_letters: bool,
     /// Which usage records are new: decided once, since deciding remembers the ids.
     pub usage_decisions: Option<UsageDecisions>,
-    pub usage_inserted: bool,
     /// The usage events found new, once folded.
     pub usage: Option<usize>,
     pub account: Option<usize>,

@@ -17,6 +17,7 @@ use crate::batch::{Sinks, UsageSpan, WriteProgress};
 use crate::config::AggregatorConfig;
 use crate::dead_letter::DeadLetters;
 use crate::decode::{Decoder, RawRecord, Stream};
+use crate::inserter::Inserter;
 use crate::metrics::AggregatorMetrics;
 use crate::state::store::FlushAction;
 use crate::SinkError;
@@ -126,6 +127,14 @@ impl Aggregator {
         // has had its ids decided (they are in the partitions' next checkpoints) but not its
         // events written, so its partitions must not be flushed.
         let mut whole = true;
+        let inserted = self.sinks.hot.lock().await.gate_on_clickhouse();
+        let inserter = Inserter::spawn(
+            self.sinks.clickhouse.clone(),
+            inserted,
+            self.metrics.clone(),
+            Duration::from_millis(self.config.retry_max_backoff_ms),
+            shutdown.clone(),
+        );
         loop {
             let mut clock = Instant::now();
             let Some(records) = self.collect_batch(max_wait, &shutdown).await else {
@@ -134,7 +143,7 @@ impl Aggregator {
             let caught_up = records.len() < self.config.batch_max_events;
             if !records.is_empty() {
                 self.metrics.lap("collect", &mut clock);
-                if !self.write_with_retry(&records, &shutdown).await {
+                if !self.write_with_retry(&records, &inserter, &shutdown).await {
                     whole = false;
                     break;
                 }
@@ -147,6 +156,8 @@ impl Aggregator {
         }
         // Shutting down: what is folded is made durable (and committed) before leaving, unless
         // a batch was left half-done; then every partition resumes from its last checkpoint.
+        // ClickHouse gets what was sent first: the checkpoints wait for it.
+        inserter.close().await;
         if whole {
             self.flush(true, true).await;
         } else {
@@ -333,13 +344,18 @@ impl Aggregator {
 
     /// Writes a batch, retrying with exponential backoff until it succeeds. Returns false
     /// when shutdown interrupted the retries (nothing is committed then).
-    async fn write_with_retry(&self, records: &[RawRecord], shutdown: &CancellationToken) -> bool {
+    async fn write_with_retry(
+        &self,
+        records: &[RawRecord],
+        inserter: &Inserter,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let mut progress = WriteProgress::default();
         let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
         let mut delays = write_backoff(WRITE_RETRY_BASE, max_backoff).build();
         loop {
             let started = Instant::now();
-            match self.write_once(records, &mut progress).await {
+            match self.write_once(records, &mut progress, inserter).await {
                 Ok(()) => {
                     self.metrics
                         .batch_seconds
@@ -363,9 +379,10 @@ impl Aggregator {
         &self,
         records: &[RawRecord],
         progress: &mut WriteProgress,
+        inserter: &Inserter,
     ) -> Result<(), SinkError> {
         let mut clock = Instant::now();
-        let decoded = self.decoder.decode(records, |t| self.stream_of(t)).await?;
+        let mut decoded = self.decoder.decode(records, |t| self.stream_of(t)).await?;
         if !progress.dead_letters {
             self.dead_letters.send(&decoded.poison).await?;
             self.metrics
@@ -383,7 +400,7 @@ impl Aggregator {
         );
         let outcome = self
             .sinks
-            .write(&decoded, &span, progress, &self.metrics)
+            .write(&mut decoded, &span, progress, inserter, &self.metrics)
             .await?;
         tracing::debug!(?outcome, "batch written");
         Ok(())

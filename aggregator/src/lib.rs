@@ -25,6 +25,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod experiments;
 pub mod fold;
+pub mod inserter;
 pub mod metrics;
 pub mod rebuild;
 pub mod redis_sink;

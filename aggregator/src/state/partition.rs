@@ -5,14 +5,16 @@
 //! 1. [`Partition::is_new`] decides, once per record, whether its event id is new. The
 //!    decision depends only on the ids counted before it, which the checkpoint stores with its
 //!    offset, so a replay from the checkpoint decides the same.
-//! 2. The new events go to ClickHouse (the caller's business), then [`Partition::fold`] counts
-//!    each in its account, unless the account's stored snapshot already holds its offset.
+//! 2. [`Partition::fold`] counts each new event in its account, unless the account's stored
+//!    snapshot already holds its offset. The new events go to ClickHouse on the caller's
+//!    insert task, in offset order, which says how far ClickHouse holds each partition.
 //! 3. When [`Partition::due`], [`Partition::take`] cuts a [`FlushJob`]: every changed
 //!    account's snapshot as of now, the seen ids, the changed accounts and the offset handled.
-//!    The job runs on its own ([`FlushJob::run`]: the snapshots through `snap.lua`,
-//!    [`FlushPolicy::in_flight`] at a time, then the checkpoint through `ckpt.lua`) while the
-//!    partition goes on folding; [`Partition::finish`] takes its outcome. Only then may the
-//!    caller commit the offset to Kafka. [`Partition::flush`] does all three in one go.
+//!    The job runs on its own while the partition goes on folding: the snapshots through
+//!    `snap.lua`, [`FlushPolicy::in_flight`] at a time ([`FlushJob::write_snapshots`]), then,
+//!    once ClickHouse holds the partition up to the job's offset, the checkpoint through
+//!    `ckpt.lua` ([`FlushJob::checkpoint`]). [`Partition::finish`] takes its outcome. Only then
+//!    may the caller commit the offset to Kafka. [`Partition::flush`] does all three in one go.
 //!
 //! Why a replay counts every event once is the proof of design §4.2: a snapshot holds exactly
 //! its account's new events up to its `_o`, and the checkpoint's offset is at most the lowest
@@ -22,11 +24,13 @@
 //! do to the state ([`AccountState::written`]: late increments, new members and moved windows
 //! are forgotten, every window and session is clean), so what is folded afterwards is exactly
 //! what the next snapshot must add to this one. The next job of the partition is taken only
-//! once this one has finished, so an account's snapshots reach Redis in the order they were
-//! taken, each continuing the one before (`snap.lua` answers `CONFLICT` otherwise). A job that
+//! once this one's snapshots are written ([`Partition::snapshots_written`]), so an account's
+//! snapshots reach Redis in the order they were taken, each continuing the one before
+//! (`snap.lua` answers `CONFLICT` otherwise); its checkpoint may still be waiting for
+//! ClickHouse, and checkpoints are written in the order their jobs were taken. A job that
 //! fails is retried as it is (a snapshot that landed answers `HAVE`); one that cannot finish
-//! (fenced, in conflict, or its task lost) drops the partition, which is read again from its
-//! checkpoint, so nothing the job forgot is needed.
+//! (fenced, in conflict, stopped at shutdown, or its task lost) drops the partition, which is
+//! read again from its checkpoint, so nothing the job forgot is needed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -56,6 +60,9 @@ pub struct FlushPolicy {
     pub max_seen: usize,
     /// Snapshots sent at a time.
     pub in_flight: usize,
+    /// Jobs of one partition open at a time: one writing its snapshots, the others waiting
+    /// for ClickHouse before their checkpoints.
+    pub max_jobs: usize,
     /// Accounts kept in memory over every partition, after a flush ([`Partition::evict`]).
     pub max_resident: usize,
     /// About how many bytes the running flushes' snapshots may hold over every partition: a
@@ -74,6 +81,7 @@ impl Default for FlushPolicy {
             max_accounts: 20_000,
             max_seen: 100_000,
             in_flight: 8,
+            max_jobs: 4,
             max_resident: 30_000,
             max_snapshot_bytes: 32 << 20,
             retry_max_backoff: Duration::from_secs(5),
@@ -147,6 +155,10 @@ pub enum Flushed {
     Through(i64),
     /// Nothing was due.
     Nothing,
+    /// The snapshots are written but ClickHouse did not confirm the job's events before
+    /// shutdown (or an earlier job of the partition did not finish): nothing is checkpointed,
+    /// and the partition is dropped, to be read again from its checkpoint.
+    Stopped,
     /// A newer assignment owns the partition (or one of its accounts): drop this state without
     /// writing more, and let the owner replay from the checkpoint.
     Fenced,
@@ -167,8 +179,12 @@ pub struct Partition {
     seen_pending: usize,
     changed: BTreeSet<Box<str>>,
     oldest_change: Option<Instant>,
-    /// The offset the job taken and not finished checkpoints.
+    /// The offset the newest job taken and not finished checkpoints.
     flushing: Option<i64>,
+    /// Jobs taken and not finished.
+    open: usize,
+    /// Whether the newest job's snapshots may not be written yet.
+    snapshotting: bool,
     /// A job [`Self::flush`] started and could not finish, to run again as it is.
     unfinished: Option<FlushJob>,
     /// Jobs taken so far: the clock of [`Tracked::used`].
@@ -255,6 +271,30 @@ impl FlushJob {
         Ok(outcome)
     }
 
+    /// Forgets the snapshots once they are written: a retry of the checkpoint does not need
+    /// them, and the job may wait a while for ClickHouse.
+    pub fn release_snapshots(&mut self) {
+        debug_assert!(self.writes.iter().all(|w| w.done));
+        self.writes = Vec::new();
+    }
+
+    /// Writes the checkpoint (the seen ids, the changed accounts for the scorer, the offset);
+    /// every snapshot must be written first. On `Err`, call again.
+    pub async fn checkpoint<C: ConnectionLike + Clone + Send>(
+        &self,
+        writer: &StateWriter<C>,
+    ) -> Result<Flushed, SinkError> {
+        let changed: Vec<&str> = self.changed.iter().map(String::as_str).collect();
+        let mut writer = writer.clone();
+        if !writer
+            .checkpoint(self.epoch, self.through, &changed, &self.seen)
+            .await?
+        {
+            return Ok(Flushed::Fenced);
+        }
+        Ok(Flushed::Through(self.through))
+    }
+
     /// Runs the job: the snapshots, then the checkpoint. On `Err`, run it again: what was
     /// written stays written.
     pub async fn run<C: ConnectionLike + Clone + Send>(
@@ -265,15 +305,7 @@ impl FlushJob {
         if let Some(stop) = self.write_snapshots(writer, in_flight).await? {
             return Ok(stop);
         }
-        let changed: Vec<&str> = self.changed.iter().map(String::as_str).collect();
-        let mut writer = writer.clone();
-        if !writer
-            .checkpoint(self.epoch, self.through, &changed, &self.seen)
-            .await?
-        {
-            return Ok(Flushed::Fenced);
-        }
-        Ok(Flushed::Through(self.through))
+        self.checkpoint(writer).await
     }
 }
 
@@ -292,6 +324,8 @@ impl Partition {
             changed: BTreeSet::new(),
             oldest_change: None,
             flushing: None,
+            open: 0,
+            snapshotting: false,
             unfinished: None,
             taken: 0,
         }
@@ -452,10 +486,11 @@ impl Partition {
 
     /// Cuts the partition's next flush as of `now`: every changed account's snapshot, the
     /// seen ids and changed accounts since the last job, and the offset handled. `None` when
-    /// nothing changed or a job taken before has not finished. The partition forgets what the
-    /// snapshots write once and goes on folding; see the module documentation.
+    /// nothing changed or the snapshots of the job taken before may not be written yet. The
+    /// partition forgets what the snapshots write once and goes on folding; see the module
+    /// documentation.
     pub fn take(&mut self, now: DateTime<Utc>) -> Option<FlushJob> {
-        if self.oldest_change.is_none() || self.flushing.is_some() {
+        if self.oldest_change.is_none() || self.snapshotting {
             return None;
         }
         let writes = self
@@ -475,6 +510,8 @@ impl Partition {
             })
             .collect();
         self.flushing = Some(self.through);
+        self.open += 1;
+        self.snapshotting = true;
         self.taken += 1;
         self.oldest_change = None;
         self.seen_pending = 0;
@@ -491,25 +528,45 @@ impl Partition {
         })
     }
 
-    /// Takes the outcome of the job [`Self::take`] cut last. After [`Flushed::Through`] its
-    /// offset is checkpointed, and accounts with nothing left in memory and nothing folded
-    /// since are forgotten. After [`Flushed::Fenced`] or [`Flushed::Conflict`] the caller drops
-    /// the partition.
+    /// Jobs taken and not finished.
+    pub fn open_jobs(&self) -> usize {
+        self.open
+    }
+
+    /// The newest job's snapshots are written: the next job may be taken.
+    pub fn snapshots_written(&mut self) {
+        self.snapshotting = false;
+    }
+
+    /// Takes the outcome of the oldest job [`Self::take`] cut and not finished (jobs finish in
+    /// the order they were taken). After [`Flushed::Through`] its offset is checkpointed, and,
+    /// unless a newer job's snapshots may still be unwritten, accounts with nothing left in
+    /// memory and nothing folded since are forgotten. After [`Flushed::Fenced`],
+    /// [`Flushed::Conflict`] or [`Flushed::Stopped`] the caller drops the partition.
     pub fn finish(&mut self, job: &FlushJob, outcome: Flushed) {
-        self.flushing = None;
+        self.open = self.open.saturating_sub(1);
+        if self.flushing == Some(job.through) {
+            self.snapshotting = false;
+        }
+        if self.open == 0 {
+            self.flushing = None;
+        }
         if let Flushed::Through(o) = outcome {
-            self.checkpointed = o;
-            self.accounts
-                .retain(|_, t| t.last > t.stored || !t.state.is_empty());
+            self.checkpointed = self.checkpointed.max(o);
+            if !self.snapshotting {
+                self.accounts
+                    .retain(|_, t| t.last > t.stored || !t.state.is_empty());
+            }
             self.dedup.prune(job.now);
         }
     }
 
     /// Forgets accounts whose state is stored (nothing folded since their last snapshot, and no
-    /// flush running), the least recently used first, until at most `keep` are in memory; an
-    /// account forgotten is loaded again at its next event. Returns how many were forgotten.
+    /// snapshot of a running flush left to write), the least recently used first, until at
+    /// most `keep` are in memory; an account forgotten is loaded again at its next event.
+    /// Returns how many were forgotten.
     pub fn evict(&mut self, keep: usize) -> usize {
-        if self.accounts.len() <= keep || self.flushing.is_some() {
+        if self.accounts.len() <= keep || self.snapshotting {
             return 0;
         }
         let mut idle: Vec<(u64, Box<str>)> = self

@@ -11,8 +11,18 @@
 //! bounds waits for it (backpressure). A partition that a flush finds fenced (a newer owner) or
 //! in conflict (a concurrent rebuild) is dropped and claimed again, and the consumer rewinds it
 //! to the checkpoint ([`Rewind`]).
+//!
+//! The events go to ClickHouse on the consumer's insert task, off the path from Kafka to the
+//! snapshots. With [`HotStore::gate_on_clickhouse`], a job writes its snapshots at once but its
+//! checkpoint only once the insert task says ClickHouse holds the partition up to the job's
+//! offset ([`Inserted`]): the checkpoint is what says "every store holds this prefix", and a
+//! snapshot ahead of it is what a torn flush leaves anyway (the replay skips what an
+//! account's `_o` holds, and inserts only above ClickHouse's watermark). While one job waits,
+//! the partition's next job may write its snapshots; the checkpoints go in the order taken.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use backon::BackoffBuilder;
@@ -21,6 +31,7 @@ use meterline_infra::redis::HotConn;
 use meterline_schemas::keys::hot::HotKeys;
 use meterline_schemas::keys::Grain;
 use meterline_schemas::UsageEvent;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -76,8 +87,10 @@ struct Held {
     partition: Partition,
     counted: u64,
     duplicates: u64,
-    /// The partition's flush, while it runs.
-    flush: Option<Running>,
+    /// The partition's flushes taken and not collected, oldest first.
+    flushes: VecDeque<Running>,
+    /// Says whether the newest flush was checkpointed, for the next one to wait on.
+    last_done: Option<oneshot::Receiver<bool>>,
     /// Whether the first batch since the claim was checked against the checkpoint (design
     /// §3.2 step 2; [`HotStore::decide`]).
     positioned: bool,
@@ -91,6 +104,35 @@ struct Running {
     duplicates: u64,
     /// About how many bytes its snapshots hold (see [`FlushPolicy::max_snapshot_bytes`]).
     bytes: usize,
+    /// Set once its snapshots are written (and forgotten).
+    written: Arc<AtomicBool>,
+}
+
+impl Running {
+    fn snapshots_written(&self) -> bool {
+        self.written.load(Ordering::Acquire)
+    }
+}
+
+/// How far ClickHouse holds each usage partition (the highest offset handled whose events are
+/// all inserted), raised by the consumer's insert task after each insert lands, in offset order.
+/// Dropping it (the insert task stopped at shutdown) tells the jobs still waiting that their
+/// checkpoints will not be made ([`Flushed::Stopped`]).
+pub struct Inserted(watch::Sender<BTreeMap<i32, i64>>);
+
+impl Inserted {
+    /// ClickHouse now holds each partition of `upto` up to its offset.
+    pub fn raise(&self, upto: &BTreeMap<i32, i64>) {
+        if upto.is_empty() {
+            return;
+        }
+        self.0.send_modify(|held| {
+            for (&partition, &offset) in upto {
+                let o = held.entry(partition).or_insert(offset);
+                *o = (*o).max(offset);
+            }
+        });
+    }
 }
 
 impl Drop for Running {
@@ -118,6 +160,8 @@ pub struct HotStore {
     /// Partitions whose state was dropped, by the offset the consumer must read them from
     /// again (see [`Self::decide`]).
     rewinding: BTreeMap<i32, Rewind>,
+    /// What the checkpoints wait for, once [`Self::gate_on_clickhouse`] was called.
+    inserted: Option<watch::Receiver<BTreeMap<i32, i64>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,7 +190,17 @@ impl HotStore {
             evicted: 0,
             dropped: BTreeMap::new(),
             rewinding: BTreeMap::new(),
+            inserted: None,
         }
+    }
+
+    /// From now on a flush's checkpoint waits until ClickHouse holds its partition up to its
+    /// offset, as the returned handle says; without this (tests of the store alone) it does
+    /// not wait.
+    pub fn gate_on_clickhouse(&mut self) -> Inserted {
+        let (tx, rx) = watch::channel(BTreeMap::new());
+        self.inserted = Some(rx);
+        Inserted(tx)
     }
 
     /// Queues accounts for the scorer, each in the share of the partition its record came from
@@ -222,7 +276,8 @@ impl HotStore {
                     partition: p,
                     counted: 0,
                     duplicates: 0,
-                    flush: None,
+                    flushes: VecDeque::new(),
+                    last_done: None,
                     positioned: false,
                 },
             );
@@ -360,17 +415,19 @@ impl HotStore {
         }
     }
 
-    /// Folds the batch's new usage events (already in ClickHouse) into their accounts, loading
-    /// the accounts not in memory, and marks every partition handled up to its last record in
-    /// the batch (`last`, which counts records that did not decode too). `now` is the moment
-    /// the events are folded as of.
+    /// Folds the batch's new usage events into their accounts, loading the accounts not in
+    /// memory, and marks every partition handled up to its last record in the batch (`last`,
+    /// which counts records that did not decode too). `now` is the moment the events are
+    /// folded as of. Returns the offset each partition was handled to: its events, and only
+    /// those, go to ClickHouse, and a checkpoint waits for them ([`Inserted::raise`]).
     pub async fn fold(
         &mut self,
         usage: &[Decoded<UsageEvent>],
         decisions: &UsageDecisions,
         last: &BTreeMap<i32, i64>,
         now: DateTime<Utc>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        let mut advanced = BTreeMap::new();
         let partitions: BTreeSet<i32> = usage
             .iter()
             .map(|d| d.partition)
@@ -427,9 +484,10 @@ impl HotStore {
             };
             if let Some(upto) = upto {
                 held.partition.advance(upto);
+                advanced.insert(partition, upto);
             }
         }
-        Ok(())
+        Ok(advanced)
     }
 
     /// Counts a written batch's new events toward their partitions' next checkpoints (for the
@@ -457,7 +515,7 @@ impl HotStore {
     /// Starts the flush of every partition that is due (every one with changes when `all`) and
     /// collects the flushes that have finished, saying what the consumer must do for each. With
     /// `all` it waits for every flush; otherwise only for a partition due again with more than
-    /// the policy's bounds waiting behind its running flush. A partition found fenced or in
+    /// the policy's bounds waiting behind its running flushes. A partition found fenced or in
     /// conflict is dropped, and the rewind names its stored checkpoint.
     pub async fn flush_due(
         &mut self,
@@ -469,14 +527,18 @@ impl HotStore {
         self.read_rewinds(&mut actions).await;
         let partitions: Vec<i32> = self.held.keys().copied().collect();
         for &partition in &partitions {
-            let held = &self.held[&partition];
-            let Some(running) = &held.flush else {
+            let Some(held) = self.held.get(&partition) else {
                 continue;
             };
+            if held.flushes.is_empty() {
+                continue;
+            }
             let behind = held.partition.due(Instant::now(), caught_up, &self.policy)
                 && held.partition.over_bounds(&self.policy);
-            if all || behind || running.task.is_finished() {
-                self.collect(partition, &mut actions).await;
+            if all || behind {
+                self.collect_all(partition, &mut actions).await;
+            } else {
+                self.collect_finished(partition, &mut actions).await;
             }
         }
         let clock = Instant::now();
@@ -484,24 +546,29 @@ impl HotStore {
             let Some(held) = self.held.get_mut(&partition) else {
                 continue;
             };
+            if held.flushes.back().is_some_and(Running::snapshots_written) {
+                held.partition.snapshots_written();
+            }
             let due = if all {
                 held.partition.through() > held.partition.checkpointed()
             } else {
                 held.partition.due(clock, caught_up, &self.policy)
             };
-            if held.flush.is_some() || !due {
+            if !due || held.flushes.len() >= self.policy.max_jobs.max(1) {
                 continue;
             }
-            // Snapshots are built when a flush starts, so the running flushes' snapshots are
-            // memory: past the budget, wait for the others first.
+            // Snapshots are built when a flush starts, so the snapshots not written yet are
+            // memory: past the budget, wait for the flushes first.
             let in_flight: usize = self
                 .held
                 .values()
-                .filter_map(|h| h.flush.as_ref().map(|r| r.bytes))
+                .flat_map(|h| h.flushes.iter())
+                .filter(|r| !r.snapshots_written())
+                .map(|r| r.bytes)
                 .sum();
             if in_flight >= self.policy.max_snapshot_bytes {
                 for &other in &partitions {
-                    self.collect(other, &mut actions).await;
+                    self.collect_all(other, &mut actions).await;
                 }
             }
             let Some(held) = self.held.get_mut(&partition) else {
@@ -513,53 +580,124 @@ impl HotStore {
             };
             let bytes = job.bytes();
             self.calls += job.unwritten() as u64 + 1;
-            let task = self.spawn(partition, job);
+            let written = Arc::new(AtomicBool::new(false));
+            let (done, next) = oneshot::channel();
+            let prev = held.last_done.replace(next);
+            let task = self.spawn(partition, job, written.clone(), prev, done);
             let held = self.held.get_mut(&partition).expect("held above");
-            held.flush = Some(Running {
+            held.flushes.push_back(Running {
                 bytes,
                 task,
+                written,
                 counted: std::mem::take(&mut held.counted),
                 duplicates: std::mem::take(&mut held.duplicates),
             });
         }
         if all {
             for partition in partitions {
-                self.collect(partition, &mut actions).await;
+                self.collect_all(partition, &mut actions).await;
             }
         }
         actions
     }
 
-    /// Runs `job` on a task of its own, retrying it with backoff until it finishes: its outcome
-    /// and the failed attempts.
-    fn spawn(&self, partition: i32, mut job: FlushJob) -> JoinHandle<(FlushJob, Flushed, u64)> {
+    /// Runs `job` on a task of its own: its snapshots, retried with backoff until they are
+    /// written (then `written` is set); then, once the partition's previous job is
+    /// checkpointed (`prev`) and ClickHouse holds the job's offset, its checkpoint, retried the
+    /// same way. Says on `done` whether it was checkpointed. Returns its outcome and the failed
+    /// attempts.
+    fn spawn(
+        &self,
+        partition: i32,
+        mut job: FlushJob,
+        written: Arc<AtomicBool>,
+        prev: Option<oneshot::Receiver<bool>>,
+        done: oneshot::Sender<bool>,
+    ) -> JoinHandle<(FlushJob, Flushed, u64)> {
         let writer = self.writer(partition);
         let in_flight = self.policy.in_flight;
         let max = self.policy.retry_max_backoff;
+        let mut inserted = self.inserted.clone();
         let work = async move {
             let mut delays = crate::consumer::write_backoff(RETRY_BASE, max).build();
             let mut failures = 0;
+            let mut retry = |e: SinkError, failures: &mut u64| {
+                *failures += 1;
+                let delay = delays.next().unwrap_or(max);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "hot state not flushed; retrying, usage offsets not committed");
+                tokio::time::sleep(delay)
+            };
             loop {
-                match job.run(&writer, in_flight).await {
-                    Ok(outcome) => return (job, outcome, failures),
-                    Err(e) => {
-                        failures += 1;
-                        let delay = delays.next().unwrap_or(max);
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "hot state not flushed; retrying, usage offsets not committed");
-                        tokio::time::sleep(delay).await;
+                match job.write_snapshots(&writer, in_flight).await {
+                    Ok(None) => break,
+                    Ok(Some(stop)) => {
+                        let _ = done.send(false);
+                        return (job, stop, failures);
                     }
+                    Err(e) => retry(e, &mut failures).await,
+                }
+            }
+            job.release_snapshots();
+            written.store(true, Ordering::Release);
+            let prev_done = match prev {
+                Some(prev) => prev.await.unwrap_or(false),
+                None => true,
+            };
+            let through = job.through();
+            let held = match inserted.as_mut() {
+                None => true,
+                Some(rx) => rx
+                    .wait_for(|m| m.get(&partition).is_some_and(|&o| o >= through))
+                    .await
+                    .is_ok(),
+            };
+            if !prev_done || !held {
+                let _ = done.send(false);
+                return (job, Flushed::Stopped, failures);
+            }
+            loop {
+                match job.checkpoint(&writer).await {
+                    Ok(outcome) => {
+                        let _ = done.send(matches!(outcome, Flushed::Through(_)));
+                        return (job, outcome, failures);
+                    }
+                    Err(e) => retry(e, &mut failures).await,
                 }
             }
         };
         tokio::spawn(work.instrument(tracing::info_span!("flush", partition)))
     }
 
-    /// Waits for the partition's running flush, if any, and takes its outcome.
+    /// Collects the partition's flushes that have finished, oldest first, up to the first one
+    /// still running.
+    async fn collect_finished(&mut self, partition: i32, actions: &mut Vec<(i32, FlushAction)>) {
+        while self
+            .held
+            .get(&partition)
+            .and_then(|h| h.flushes.front())
+            .is_some_and(|r| r.task.is_finished())
+        {
+            self.collect(partition, actions).await;
+        }
+    }
+
+    /// Waits for every flush of the partition, oldest first.
+    async fn collect_all(&mut self, partition: i32, actions: &mut Vec<(i32, FlushAction)>) {
+        while self
+            .held
+            .get(&partition)
+            .is_some_and(|h| !h.flushes.is_empty())
+        {
+            self.collect(partition, actions).await;
+        }
+    }
+
+    /// Waits for the partition's oldest running flush, if any, and takes its outcome.
     async fn collect(&mut self, partition: i32, actions: &mut Vec<(i32, FlushAction)>) {
         let Some(held) = self.held.get_mut(&partition) else {
             return;
         };
-        let Some(mut running) = held.flush.take() else {
+        let Some(mut running) = held.flushes.pop_front() else {
             return;
         };
         let share = self.policy.max_resident / self.held.len().max(1);
@@ -588,6 +726,16 @@ impl HotStore {
                 },
             )),
             Flushed::Nothing => {}
+            Flushed::Stopped => {
+                // Shutting down before ClickHouse confirmed the job's events: nothing more of
+                // this partition may be checkpointed; the next owner resumes from the last one.
+                *self.dropped.entry("stopped").or_default() += 1;
+                self.held.remove(&partition);
+                tracing::warn!(
+                    partition,
+                    "flush not checkpointed: ClickHouse did not confirm its events before shutdown"
+                );
+            }
             stop @ (Flushed::Fenced | Flushed::Conflict) => {
                 let reason = match stop {
                     _ if lost => "lost",
