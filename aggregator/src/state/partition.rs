@@ -206,6 +206,8 @@ struct SnapshotWrite {
 /// run while the partition folds on; see the module documentation.
 #[derive(Debug)]
 pub struct FlushJob {
+    /// Its place among the partition's jobs ([`Partition::taken`] when it was taken).
+    seq: u64,
     epoch: i64,
     through: i64,
     now: DateTime<Utc>,
@@ -449,7 +451,8 @@ impl Partition {
         self.oldest_change.get_or_insert_with(Instant::now);
     }
 
-    /// Every record up to `offset` is handled (its new events in ClickHouse and folded).
+    /// Every record up to `offset` is handled (its new events folded; ClickHouse holds them by
+    /// the time a checkpoint covers them).
     pub fn advance(&mut self, offset: i64) {
         self.through = self.through.max(offset);
         if self.through > self.flushing.unwrap_or(self.checkpointed) {
@@ -516,6 +519,7 @@ impl Partition {
         self.oldest_change = None;
         self.seen_pending = 0;
         Some(FlushJob {
+            seq: self.taken,
             epoch: self.epoch,
             through: self.through,
             now,
@@ -545,7 +549,7 @@ impl Partition {
     /// [`Flushed::Conflict`] or [`Flushed::Stopped`] the caller drops the partition.
     pub fn finish(&mut self, job: &FlushJob, outcome: Flushed) {
         self.open = self.open.saturating_sub(1);
-        if self.flushing == Some(job.through) {
+        if job.seq == self.taken {
             self.snapshotting = false;
         }
         if self.open == 0 {
@@ -653,6 +657,45 @@ mod tests {
         );
         let cur = &second.writes[0].snapshot.cur;
         assert_eq!(cur.get("d:20261203:req"), Some(&2), "cur is absolute");
+    }
+
+    #[test]
+    fn the_next_flush_is_taken_once_the_last_ones_snapshots_are_written() {
+        let now = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 3, 10, 0, 0).unwrap();
+        let mut p = Partition::new(1, -1, Dedup::default());
+        p.insert_loaded("a", AccountState::default(), -1);
+        p.insert_loaded("b", AccountState::default(), -1);
+        p.fold(0, &event("a", "e-0", now), now);
+        p.advance(0);
+        let first = p.take(now).unwrap();
+        p.fold(1, &event("b", "e-1", now), now);
+        p.advance(1);
+        assert!(
+            p.take(now).is_none(),
+            "the first job's snapshots may not be written"
+        );
+        p.snapshots_written();
+        // The first job waits for its checkpoint (ClickHouse); the second writes meanwhile.
+        let second = p
+            .take(now)
+            .expect("taken while the first waits to checkpoint");
+        assert_eq!((second.through(), second.writes.len()), (1, 1));
+        assert_eq!(p.open_jobs(), 2);
+        assert_eq!(
+            p.evict(0),
+            0,
+            "nothing goes while a job's snapshots may be unwritten"
+        );
+        p.finish(&first, Flushed::Through(0));
+        assert_eq!(p.checkpointed(), 0);
+        assert_eq!(p.accounts(), 2, "nothing forgotten behind an unwritten job");
+        assert!(
+            p.take(now).is_none(),
+            "the second job's snapshots still run"
+        );
+        p.finish(&second, Flushed::Through(1));
+        assert_eq!((p.checkpointed(), p.open_jobs()), (1, 0));
+        assert_eq!(p.evict(0), 2, "both written: both may go");
     }
 
     #[test]
