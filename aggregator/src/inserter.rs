@@ -117,7 +117,7 @@ async fn run(
             match insert(&sink, &job).await {
                 Ok(()) => {
                     let mut clock = started;
-                    metrics.lap("clickhouse_insert", &mut clock);
+                    metrics.lap(crate::metrics::INSERT_STAGE, &mut clock);
                     inserted.raise(&job.upto);
                     break;
                 }

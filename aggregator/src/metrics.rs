@@ -26,6 +26,10 @@ pub struct AggregatorMetrics {
 }
 
 /// The stages of the batch loop, in order, as `stage` label values.
+/// The insert task's time inserting into ClickHouse, in `stage_seconds` beside the loop's
+/// [`STAGES`] but not one of them: the task runs alongside the loop (`crate::inserter`).
+pub const INSERT_STAGE: &str = "clickhouse_insert";
+
 pub const STAGES: [&str; 8] = [
     "collect",
     "decode",

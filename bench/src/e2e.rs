@@ -217,6 +217,10 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         .iter()
         .map(|s| (*s, m.stage_seconds.with_label_values(&[s]).get()))
         .collect();
+    let inserting = m
+        .stage_seconds
+        .with_label_values(&[meterline_aggregator::metrics::INSERT_STAGE])
+        .get();
     shutdown.cancel();
     running.stop().await?;
     remove_run_keys(&c).await?;
@@ -243,6 +247,10 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         "aggregator: {batches} batches, {:.0} records each on average, a write took {batch_mean_ms:.0} ms on average; wall time by stage {}",
         m.records.with_label_values(&["usage"]).get() as f64 / batches.max(1) as f64,
         stage_breakdown(&stages)
+    );
+    println!(
+        "ClickHouse insert task (alongside the loop): busy {inserting:.1} s, {:.0} % of the run",
+        100.0 * inserting / elapsed
     );
     println!("process RSS (ingest + aggregator + load generator): peak {rss_peak:.0} MiB");
     Ok(())

@@ -252,6 +252,10 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
             (*s, sum(&series))
         })
         .collect();
+    let inserting = sum(&format!(
+        "meterline_aggregator_stage_seconds_total{{stage=\"{}\"",
+        meterline_aggregator::metrics::INSERT_STAGE
+    ));
     let split: Vec<String> = scraped
         .iter()
         .map(|t| counter_sum(t, "meterline_aggregator_records_total{stream=\"usage\"").to_string())
@@ -290,5 +294,9 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         100.0 * redis_cpu / wall
     );
     println!("aggregator wall time by stage {}", stage_breakdown(&stages));
+    println!(
+        "ClickHouse insert task (alongside the loop): busy {inserting:.1} s, {:.0} % of the wall time",
+        100.0 * inserting / wall
+    );
     Ok(())
 }
