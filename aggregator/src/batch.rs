@@ -139,8 +139,15 @@ impl Sinks {
         metrics.lap("dedup", &mut clock);
         let upto = hot.fold(usage, decisions, &span.last, now).await?;
         hot.count(usage, decisions);
+        let upto: BTreeMap<_, _> = upto
+            .into_iter()
+            .filter_map(|(p, o)| Some((p, (o, hot.claim_of(p)?))))
+            .collect();
         drop(hot);
         metrics.lap("fold", &mut clock);
+        if upto.is_empty() {
+            return Ok(decisions.new.len());
+        }
         // The new events of the partitions folded (one dropped meanwhile is its next owner's
         // to insert), in batch order.
         let mut keep = vec![false; usage.len()];

@@ -14,6 +14,11 @@
 //! every event it must insert above the watermark, and every event it must not insert at or
 //! below it.
 //!
+//! A partition this aggregator drops (a newer owner fenced it) while its events wait here is
+//! left out of every insert from then on, and its offset is not raised: the new owner inserts
+//! those events above the watermark it finds, and this one, were it to claim the partition
+//! again, would replay them from the checkpoint.
+//!
 //! Backpressure: at most [`DEPTH`] batches wait, after which [`Inserter::send`] waits too, so a
 //! ClickHouse outage stops the consumer after a few batches instead of filling memory. At
 //! shutdown the task inserts what was sent, but gives up at the first failure: the flushes
@@ -21,6 +26,8 @@
 //! and the next owner reads those records again.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -42,19 +49,30 @@ pub const DEPTH: usize = 2;
 /// The first delay before inserting a failed batch again.
 const RETRY_BASE: Duration = Duration::from_millis(100);
 
-/// One batch's part for ClickHouse: its new usage events, and the offset each partition was
-/// handled to (what ClickHouse holds once they are inserted).
+/// One batch's part for ClickHouse: its new usage events, and for each partition the offset it
+/// was handled to (what ClickHouse holds once they are inserted) and whether its claim is still
+/// held ([`crate::state::store::HotStore::claim_of`]).
 #[derive(Debug, Default)]
 pub struct InsertJob {
     pub events: Vec<Decoded<UsageEvent>>,
-    pub upto: BTreeMap<i32, i64>,
+    pub upto: BTreeMap<i32, (i64, Arc<AtomicBool>)>,
+}
+
+impl InsertJob {
+    /// The partitions whose claim is still held, with their offsets.
+    fn held(&self) -> BTreeMap<i32, i64> {
+        self.upto
+            .iter()
+            .filter(|(_, (_, alive))| alive.load(Ordering::Acquire))
+            .map(|(p, (o, _))| (*p, *o))
+            .collect()
+    }
 }
 
 /// The handle of the insert task; see the module documentation.
 pub struct Inserter {
     jobs: mpsc::Sender<InsertJob>,
     task: JoinHandle<()>,
-    shutdown: CancellationToken,
 }
 
 impl Inserter {
@@ -68,28 +86,21 @@ impl Inserter {
         shutdown: CancellationToken,
     ) -> Self {
         let (jobs, rx) = mpsc::channel(DEPTH);
-        let work = run(
-            sink,
-            rx,
-            inserted,
-            metrics,
-            retry_max_backoff,
-            shutdown.clone(),
-        );
+        let work = run(sink, rx, inserted, metrics, retry_max_backoff, shutdown);
         Self {
             jobs,
             task: tokio::spawn(work.instrument(tracing::info_span!("clickhouse_insert"))),
-            shutdown,
         }
     }
 
-    /// Hands a batch to the task, waiting while [`DEPTH`] batches already wait. Fails once
-    /// shutdown is requested while waiting, or if the task has stopped.
+    /// Hands a batch to the task, waiting while [`DEPTH`] batches already wait. Not cut short
+    /// by shutdown (the batch collected when it came is still written): once shutdown is
+    /// requested the task gives up at its first failure, and then this fails.
     pub async fn send(&self, job: InsertJob) -> Result<(), SinkError> {
-        tokio::select! {
-            sent = self.jobs.send(job) => sent.map_err(|_| SinkError::HotState("the ClickHouse insert task has stopped".into())),
-            _ = self.shutdown.cancelled() => Err(SinkError::HotState("shutting down before the batch went to ClickHouse".into())),
-        }
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| SinkError::HotState("the ClickHouse insert task has stopped".into()))
     }
 
     /// Inserts what was sent (giving up at the first failure, as shutdown is requested) and
@@ -114,11 +125,12 @@ async fn run(
         let mut delays = crate::consumer::write_backoff(RETRY_BASE, max).build();
         loop {
             let started = Instant::now();
-            match insert(&sink, &job).await {
+            let held = job.held();
+            match insert(&sink, &job.events, &held).await {
                 Ok(()) => {
                     let mut clock = started;
                     metrics.lap(crate::metrics::INSERT_STAGE, &mut clock);
-                    inserted.raise(&job.upto);
+                    inserted.raise(&held);
                     break;
                 }
                 Err(e) => {
@@ -139,16 +151,20 @@ async fn run(
     }
 }
 
-/// Inserts the job's events above ClickHouse's watermark (an earlier attempt, or an earlier
-/// owner, may have inserted a prefix).
-async fn insert(sink: &ClickHouseSink, job: &InsertJob) -> Result<(), SinkError> {
-    if job.events.is_empty() {
+/// Inserts the events of the partitions still `held` above ClickHouse's watermark (an earlier
+/// attempt, or an earlier owner, may have inserted a prefix).
+async fn insert(
+    sink: &ClickHouseSink,
+    events: &[Decoded<UsageEvent>],
+    held: &BTreeMap<i32, i64>,
+) -> Result<(), SinkError> {
+    if !events.iter().any(|d| held.contains_key(&d.partition)) {
         return Ok(());
     }
     let watermarks = sink.watermarks(Stream::Usage).await?;
-    let to_insert: Vec<&Decoded<UsageEvent>> = job
-        .events
+    let to_insert: Vec<&Decoded<UsageEvent>> = events
         .iter()
+        .filter(|d| held.contains_key(&d.partition))
         .filter(|d| watermarks.get(&d.partition).is_none_or(|w| d.offset > *w))
         .collect();
     sink.insert_usage(&to_insert).await

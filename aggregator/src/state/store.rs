@@ -94,6 +94,15 @@ struct Held {
     /// Whether the first batch since the claim was checked against the checkpoint (design
     /// §3.2 step 2; [`HotStore::decide`]).
     positioned: bool,
+    /// True while this claim is held; the insert task skips the events of a claim dropped
+    /// since it folded them ([`HotStore::claim_of`]).
+    alive: Arc<AtomicBool>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.alive.store(false, Ordering::Release);
+    }
 }
 
 /// A flush job on its task, with the counts its checkpoint makes durable. Dropping it (the
@@ -279,6 +288,7 @@ impl HotStore {
                     flushes: VecDeque::new(),
                     last_done: None,
                     positioned: false,
+                    alive: Arc::new(AtomicBool::new(true)),
                 },
             );
         }
@@ -397,6 +407,13 @@ impl HotStore {
             }
         }
         Ok(out)
+    }
+
+    /// A flag that stays true while this aggregator holds its current claim of `partition`
+    /// (`None` if it holds none): dropping the partition, for whatever reason, clears it, so
+    /// whoever holds the flag stops writing for that claim (the insert task).
+    pub fn claim_of(&self, partition: i32) -> Option<Arc<AtomicBool>> {
+        self.held.get(&partition).map(|h| h.alive.clone())
     }
 
     /// Seeks the consumer still has to make: (partition, offset) for each rewind not done yet.
