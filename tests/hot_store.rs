@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use meterline_aggregator::batch::UsageSpan;
+use meterline_aggregator::clickhouse_sink::ClickHouseSink;
 use meterline_aggregator::decode::Decoded;
+use meterline_aggregator::inserter::{InsertJob, Inserter};
+use meterline_aggregator::metrics::AggregatorMetrics;
 use meterline_aggregator::state::partition::FlushPolicy;
 use meterline_aggregator::state::store::{FlushAction, HotStore};
 use meterline_infra::redis::HotConn;
@@ -246,6 +249,66 @@ async fn checkpoints_wait_for_clickhouse_and_snapshots_do_not() {
     assert_eq!(hot.take_dropped().get("stopped"), Some(&1));
     assert_eq!(hot.accounts(), 0, "the partition was dropped");
     common::remove_hot_keys(&redis).await;
+}
+
+/// The insert task inserts a batch's events in ClickHouse and then says how far it holds each
+/// partition; the events of a partition dropped while they waited (a newer owner fenced it) are
+/// left out, and its offset is not raised.
+#[tokio::test]
+async fn the_insert_task_leaves_out_partitions_dropped_while_their_events_waited() {
+    let config = common::isolated_config(&common::unique_suffix());
+    meterline::migrate::run(&config).await.unwrap();
+    let keys = HotKeys::new(config.redis.key_prefix.clone()).unwrap();
+    let mut hot = store(config.redis.connect().await.unwrap(), &keys);
+    let inserted = hot.gate_on_clickhouse();
+    let now = Utc::now();
+    // Partitions 0 and 1, ten records each, as one batch folded by the store.
+    let batch: Vec<Decoded<UsageEvent>> = [0, 1]
+        .into_iter()
+        .flat_map(|p| {
+            records(0, 10, 3, now).into_iter().map(move |mut d| {
+                d.partition = p;
+                d.event.event_id = format!("p{p}-{}", d.offset);
+                d
+            })
+        })
+        .collect();
+    write(&mut hot, &batch, now).await;
+    let held = |p| (9, hot.claim_of(p).expect("claimed by the write"));
+    let upto = BTreeMap::from([(0, held(0)), (1, held(1))]);
+    // Partition 1 goes to a newer owner before its events are inserted.
+    upto[&1]
+        .1
+        .store(false, std::sync::atomic::Ordering::Release);
+    let ch = config.clickhouse.client();
+    let inserter = Inserter::spawn(
+        ClickHouseSink::new(ch.clone(), TOPIC, "accounts"),
+        inserted,
+        AggregatorMetrics::new(),
+        Duration::from_millis(200),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    inserter
+        .send(InsertJob {
+            events: batch,
+            upto,
+        })
+        .await
+        .unwrap();
+    inserter.close().await;
+    let rows: Vec<(u32, u64)> = ch
+        .query("SELECT kafka_partition, count() FROM usage_events GROUP BY kafka_partition ORDER BY kafka_partition")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(rows, [(0, 10)], "only the partition still held");
+    assert_eq!(hot.inserted_through(0), Some(9));
+    assert_eq!(
+        hot.inserted_through(1),
+        None,
+        "not raised for the dropped one"
+    );
+    common::remove_hot_keys(&config.redis).await;
 }
 
 /// A restarted store whose first records are past its checkpoint + 1 (Kafka's commit ahead of

@@ -409,6 +409,12 @@ impl HotStore {
         Ok(out)
     }
 
+    /// How far ClickHouse holds `partition`, as the insert task last said (`None` before it
+    /// said anything of it, or without [`Self::gate_on_clickhouse`]).
+    pub fn inserted_through(&self, partition: i32) -> Option<i64> {
+        self.inserted.as_ref()?.borrow().get(&partition).copied()
+    }
+
     /// A flag that stays true while this aggregator holds its current claim of `partition`
     /// (`None` if it holds none): dropping the partition, for whatever reason, clears it, so
     /// whoever holds the flag stops writing for that claim (the insert task).
