@@ -113,13 +113,13 @@ struct Running {
     duplicates: u64,
     /// About how many bytes its snapshots hold (see [`FlushPolicy::max_snapshot_bytes`]).
     bytes: usize,
-    /// Set once its snapshots are written (and forgotten).
-    written: Arc<AtomicBool>,
+    /// True once its snapshots are written (and forgotten); closed if the task ended first.
+    written: watch::Receiver<bool>,
 }
 
 impl Running {
     fn snapshots_written(&self) -> bool {
-        self.written.load(Ordering::Acquire)
+        *self.written.borrow()
     }
 }
 
@@ -581,18 +581,17 @@ impl HotStore {
                 continue;
             }
             // Snapshots are built when a flush starts, so the snapshots not written yet are
-            // memory: past the budget, wait for the flushes first.
+            // memory: past the budget, wait for them to be written first (not for the
+            // checkpoints, which may wait for ClickHouse).
             let in_flight: usize = self
                 .held
                 .values()
                 .flat_map(|h| h.flushes.iter())
-                .filter(|r| !r.snapshots_written())
+                .filter(|r| !r.snapshots_written() && !r.task.is_finished())
                 .map(|r| r.bytes)
                 .sum();
             if in_flight >= self.policy.max_snapshot_bytes {
-                for &other in &partitions {
-                    self.collect_all(other, &mut actions).await;
-                }
+                self.wait_for_snapshots().await;
             }
             let Some(held) = self.held.get_mut(&partition) else {
                 continue;
@@ -603,10 +602,10 @@ impl HotStore {
             };
             let bytes = job.bytes();
             self.calls += job.unwritten() as u64 + 1;
-            let written = Arc::new(AtomicBool::new(false));
+            let (written_tx, written) = watch::channel(false);
             let (done, next) = oneshot::channel();
             let prev = held.last_done.replace(next);
-            let task = self.spawn(partition, job, written.clone(), prev, done);
+            let task = self.spawn(partition, job, written_tx, prev, done);
             let held = self.held.get_mut(&partition).expect("held above");
             held.flushes.push_back(Running {
                 bytes,
@@ -633,7 +632,7 @@ impl HotStore {
         &self,
         partition: i32,
         mut job: FlushJob,
-        written: Arc<AtomicBool>,
+        written: watch::Sender<bool>,
         prev: Option<oneshot::Receiver<bool>>,
         done: oneshot::Sender<bool>,
     ) -> JoinHandle<(FlushJob, Flushed, u64)> {
@@ -661,7 +660,7 @@ impl HotStore {
                 }
             }
             job.release_snapshots();
-            written.store(true, Ordering::Release);
+            written.send_replace(true);
             let prev_done = match prev {
                 Some(prev) => prev.await.unwrap_or(false),
                 None => true,
@@ -689,6 +688,17 @@ impl HotStore {
             }
         };
         tokio::spawn(work.instrument(tracing::info_span!("flush", partition)))
+    }
+
+    /// Waits until every running flush has written its snapshots (the memory the budget
+    /// counts); their checkpoints may still wait for ClickHouse.
+    async fn wait_for_snapshots(&mut self) {
+        for held in self.held.values_mut() {
+            for running in held.flushes.iter_mut() {
+                // An error: the task ended without writing them (it stopped, or was fenced).
+                let _ = running.written.wait_for(|w| *w).await;
+            }
+        }
     }
 
     /// Collects the partition's flushes that have finished, oldest first, up to the first one
