@@ -137,7 +137,15 @@ impl Sinks {
         }
         let decisions = done.usage_decisions.as_ref().expect("decided above");
         metrics.lap("dedup", &mut clock);
-        let upto = hot.fold(usage, decisions, &span.last, now).await?;
+        let upto = hot.fold(usage, decisions, &span.last, now).await;
+        // The accounts' loads from Redis apart from the fold itself.
+        let loading = hot.take_loading();
+        metrics
+            .stage_seconds
+            .with_label_values(&["load"])
+            .inc_by(loading.as_secs_f64());
+        clock += loading;
+        let upto = upto?;
         hot.count(usage, decisions);
         let upto: BTreeMap<_, _> = upto
             .into_iter()

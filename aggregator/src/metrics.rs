@@ -30,14 +30,16 @@ pub struct AggregatorMetrics {
 /// [`STAGES`] but not one of them: the task runs alongside the loop (`crate::inserter`).
 pub const INSERT_STAGE: &str = "clickhouse_insert";
 
-pub const STAGES: [&str; 8] = [
+pub const STAGES: [&str; 10] = [
     "collect",
     "decode",
     "dedup",
     "clickhouse",
+    "load",
     "fold",
     "accounts",
     "flush",
+    "flush_wait",
     "commit",
 ];
 

@@ -171,6 +171,11 @@ pub struct HotStore {
     rewinding: BTreeMap<i32, Rewind>,
     /// What the checkpoints wait for, once [`Self::gate_on_clickhouse`] was called.
     inserted: Option<watch::Receiver<BTreeMap<i32, i64>>>,
+    /// Time [`Self::flush_due`] spent waiting for running flushes (backpressure) since
+    /// [`Self::take_waited`].
+    waited: std::time::Duration,
+    /// Time [`Self::fold`] spent loading accounts from Redis since [`Self::take_loading`].
+    loading: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -200,7 +205,20 @@ impl HotStore {
             dropped: BTreeMap::new(),
             rewinding: BTreeMap::new(),
             inserted: None,
+            waited: std::time::Duration::ZERO,
+            loading: std::time::Duration::ZERO,
         }
+    }
+
+    /// Time spent loading accounts since the last call (the consumer's `load` stage).
+    pub fn take_loading(&mut self) -> std::time::Duration {
+        std::mem::take(&mut self.loading)
+    }
+
+    /// Time spent waiting for running flushes since the last call (the consumer's
+    /// `flush_wait` stage).
+    pub fn take_waited(&mut self) -> std::time::Duration {
+        std::mem::take(&mut self.waited)
     }
 
     /// From now on a flush's checkpoint waits until ClickHouse holds its partition up to its
@@ -481,7 +499,11 @@ impl HotStore {
             let missing = accounts.iter().filter(|a| !held.partition.holds(a)).count();
             self.calls += missing as u64;
             let held = self.held.get_mut(&partition).expect("claimed above");
-            if !held.partition.load(&writer, accounts, in_flight).await? {
+            let started = Instant::now();
+            let loaded = held.partition.load(&writer, accounts, in_flight).await;
+            self.loading += started.elapsed();
+            let held = self.held.get_mut(&partition).expect("claimed above");
+            if !loaded? {
                 // A newer owner of this partition holds an account: this aggregator lost the
                 // partition. Its state goes, unflushed and uncommitted; the owner reads these
                 // records again from its checkpoint.
@@ -559,7 +581,9 @@ impl HotStore {
             let behind = held.partition.due(Instant::now(), caught_up, &self.policy)
                 && held.partition.over_bounds(&self.policy);
             if all || behind {
+                let started = Instant::now();
                 self.collect_all(partition, &mut actions).await;
+                self.waited += started.elapsed();
             } else {
                 self.collect_finished(partition, &mut actions).await;
             }
@@ -591,7 +615,9 @@ impl HotStore {
                 .map(|r| r.bytes)
                 .sum();
             if in_flight >= self.policy.max_snapshot_bytes {
+                let started = Instant::now();
                 self.wait_for_snapshots().await;
+                self.waited += started.elapsed();
             }
             let Some(held) = self.held.get_mut(&partition) else {
                 continue;
