@@ -702,6 +702,70 @@ impl AccountState {
         }
     }
 
+    /// What [`Self::snapshot`] at `now` reads, copied: the windows late, leaving `cur` or
+    /// changed (without their members' fingerprints, which a snapshot does not read), the
+    /// sessions changed or past their day, the members not written yet and the expiries
+    /// written. `pending(now).snapshot(now) == snapshot(now)`, held by a property test. A flush
+    /// copies this in the consumer's loop and builds the snapshot on its own task: the copy
+    /// is a few integers and names per changed window, where the snapshot formats every field
+    /// name into a map.
+    pub fn pending(&self, now: DateTime<Utc>) -> AccountState {
+        let windows = self
+            .windows
+            .iter()
+            .filter(|w| w.late || w.dirty || !in_cur(w.grain, w.start, now))
+            .map(|w| Window {
+                grain: w.grain,
+                start: w.start,
+                base: w.base,
+                models: w.models.clone(),
+                counts: w.counts,
+                members: HashSet::new(),
+                listed: w.listed.clone(),
+                late: w.late,
+                dirty: w.dirty,
+                dirty_counts: w.dirty_counts,
+            })
+            .collect();
+        let sessions = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.dirty || s.last_event + SESSION_RETENTION_SECS <= now.timestamp())
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect();
+        AccountState {
+            windows,
+            sessions,
+            new_members: self.new_members.clone(),
+            late_members: self.late_members.clone(),
+            whole: self.whole,
+            cur_expiry_written: self.cur_expiry_written,
+            dims_expiry_written: self.dims_expiry_written.clone(),
+        }
+    }
+
+    /// About how many bytes a copy from [`Self::pending`] holds on the heap (for the flushes'
+    /// memory budget; an estimate, as [`Snapshot::approx_bytes`] is).
+    pub fn approx_pending_bytes(&self) -> usize {
+        const WINDOW: usize = std::mem::size_of::<Window>();
+        let windows: usize = self
+            .windows
+            .iter()
+            .map(|w| WINDOW + w.models.len() * 48 + w.listed.len() * 40)
+            .sum();
+        let members: usize = self
+            .new_members
+            .iter()
+            .map(|m| {
+                48 + match m {
+                    NewMember::Listed { member, .. } => member.len(),
+                    NewMember::Dims { field, .. } => field.len(),
+                }
+            })
+            .sum();
+        windows + self.sessions.len() * 128 + members + self.late_members.len() * 128
+    }
+
     /// The members first seen since the last call, to write with the next snapshot.
     pub fn take_new_members(&mut self) -> Vec<NewMember> {
         std::mem::take(&mut self.new_members)

@@ -23,3 +23,15 @@ pub mod account;
 pub mod partition;
 pub mod store;
 pub mod writer;
+
+/// Runs CPU-bound work (folding a 20,000-event batch, building a flush's snapshots) without
+/// holding up the runtime's other tasks: in `meterline run` the aggregator shares the runtime
+/// with ingest and the read path, whose quota checks would otherwise wait behind it. On a
+/// multi-threaded runtime the worker hands its queue to another thread first; a current-thread
+/// runtime (unit and integration tests) just runs it.
+pub(crate) fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}

@@ -35,23 +35,12 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::off_the_async_workers;
 use super::partition::{FlushJob, FlushPolicy, Flushed, Partition};
 use super::writer::StateWriter;
 use crate::decode::Decoded;
 use crate::fold::occurred_at;
 use crate::SinkError;
-
-/// Runs CPU-bound work (folding a 20,000-event batch) without holding up the runtime's other
-/// tasks: in `meterline run` the aggregator shares the runtime with ingest and the read path,
-/// whose quota checks would otherwise wait behind it. On a multi-threaded runtime the worker
-/// hands its queue to another thread first; a current-thread runtime (unit and integration
-/// tests) just runs it.
-fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
-        _ => work(),
-    }
-}
 
 /// What a flush asks of the consumer for one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

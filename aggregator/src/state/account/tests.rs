@@ -437,6 +437,31 @@ mod reload {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
+        /// A flush copies [`AccountState::pending`] in the consumer's loop and builds the
+        /// snapshot from the copy on its task: the same snapshot as the whole state's, with
+        /// windows changed, leaving `cur` (up to three days later) or late, before and after a
+        /// write.
+        #[test]
+        fn a_snapshot_built_from_the_pending_copy_is_the_whole_states(
+            first in proptest::collection::vec(shape(), 0..40),
+            second in proptest::collection::vec(shape(), 0..40),
+            gap in 0i64..(3 * 86_400),
+            which_now in 0..2usize,
+        ) {
+            let now = [at(2026, 12, 15, 12, 30, 30), at(2027, 1, 1, 0, 1, 0)][which_now];
+            let later = now + Duration::seconds(gap);
+            let mut a = AccountState::default();
+            for s in &first {
+                a.fold(&ev(s, now), now);
+            }
+            prop_assert_eq!(a.pending(now).snapshot(now), a.snapshot(now));
+            a.written(now);
+            for s in &second {
+                a.fold(&ev(s, now), later);
+            }
+            prop_assert_eq!(a.pending(later).snapshot(later), a.snapshot(later));
+        }
+
         /// Design §6 commit 4: "an evicted and reloaded account compared equal". The
         /// snapshot is taken as `StateWriter` writes it; `now` is mid-month or the first
         /// minute of a year, when December's windows are still in `cur`.
