@@ -593,9 +593,10 @@ impl HotStore {
             if !due || held.flushes.len() >= self.policy.max_jobs.max(1) {
                 continue;
             }
-            // Snapshots are built when a flush starts, so the snapshots not written yet are
-            // memory: past the budget, wait for them to be written first (not for the
-            // checkpoints, which may wait for ClickHouse).
+            // A flush holds its accounts' copies, then the snapshots built from them, until they
+            // are written: past the budget, wait for them to be written first (not for the
+            // checkpoints, which may wait for ClickHouse). The budget counts the copies, which
+            // are about two thirds of the snapshots' size.
             let in_flight: usize = self
                 .held
                 .values()
