@@ -67,8 +67,8 @@ pub struct FlushPolicy {
     /// Accounts kept in memory over every partition, after a flush ([`Partition::evict`]).
     pub max_resident: usize,
     /// About how many bytes the running flushes' snapshots may hold over every partition,
-    /// counted on the copies they are built from: a flush due once they hold more waits for them (a fresh account's snapshot, with its
-    /// month's members, is several KB).
+    /// counted on the copies they are built from: a flush due once they hold more waits for
+    /// them (a fresh account's snapshot, with its month's members, is several KB).
     pub max_snapshot_bytes: usize,
     /// The longest wait between attempts of a failed flush.
     pub retry_max_backoff: Duration,
