@@ -55,6 +55,24 @@ fn store(conn: HotConn, keys: &HotKeys) -> HotStore {
     )
 }
 
+/// The local Redis under a key prefix of the test's own.
+fn isolated_redis() -> RedisConfig {
+    RedisConfig {
+        key_prefix: format!("mlt_{}:", common::unique_suffix()),
+        ..RedisConfig::default()
+    }
+}
+
+/// The offset partition 0's stored checkpoint holds (`None`: never checkpointed).
+async fn checkpointed(conn: &mut HotConn, keys: &HotKeys) -> Option<i64> {
+    let (o,): (Option<i64>,) = redis::pipe()
+        .hget(keys.checkpoint(0, TOPIC), "o")
+        .query_async(conn)
+        .await
+        .unwrap();
+    o
+}
+
 fn span(batch: &[Decoded<UsageEvent>]) -> UsageSpan {
     UsageSpan::of(batch.iter().map(|d| (d.partition, d.offset)))
 }
@@ -100,8 +118,7 @@ async fn a_flush_cut_by_a_redis_outage_retries_in_the_background_and_commits_onc
     let proxy = common::proxy::FaultProxy::start("127.0.0.1:6379").await;
     let redis = RedisConfig {
         url: format!("redis://{}", proxy.addr),
-        key_prefix: format!("mlt_{}:", common::unique_suffix()),
-        ..RedisConfig::default()
+        ..isolated_redis()
     };
     let keys = HotKeys::new(redis.key_prefix.clone()).unwrap();
     let mut hot = store(redis.connect().await.unwrap(), &keys);
@@ -162,12 +179,7 @@ async fn a_flush_cut_by_a_redis_outage_retries_in_the_background_and_commits_onc
         expected(12_000, ACCOUNTS),
         "every event counted once"
     );
-    let (o,): (i64,) = redis::pipe()
-        .hget(keys.checkpoint(0, TOPIC), "o")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(o, 11_999);
+    assert_eq!(checkpointed(&mut conn, &keys).await, Some(11_999));
     common::remove_hot_keys(&redis).await;
 }
 
@@ -177,28 +189,13 @@ async fn a_flush_cut_by_a_redis_outage_retries_in_the_background_and_commits_onc
 /// come in order. A gate closed at shutdown stops the waiting flushes without a checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_wait_for_clickhouse_and_snapshots_do_not() {
-    let redis = RedisConfig {
-        key_prefix: format!("mlt_{}:", common::unique_suffix()),
-        ..RedisConfig::default()
-    };
+    let redis = isolated_redis();
     let keys = HotKeys::new(redis.key_prefix.clone()).unwrap();
     let mut conn = redis.connect().await.unwrap();
     let mut hot = store(conn.clone(), &keys);
     let inserted = hot.gate_on_clickhouse();
     let now = Utc::now();
     const ACCOUNTS: i64 = 50;
-    let checkpoint = |conn: HotConn| {
-        let key = keys.checkpoint(0, TOPIC);
-        async move {
-            let mut conn = conn;
-            let (o,): (Option<i64>,) = redis::pipe()
-                .hget(key, "o")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            o
-        }
-    };
     // How far each batch was handled, as the insert task would raise it.
     let upto = |o: i64| BTreeMap::from([(0, o)]);
 
@@ -217,7 +214,7 @@ async fn checkpoints_wait_for_clickhouse_and_snapshots_do_not() {
     // Both flushes' snapshots are written, and neither could checkpoint: the gate is shut.
     commits.extend(hot.flush_due(true, false, Utc::now()).await);
     assert_eq!(commits, [], "nothing to commit before ClickHouse holds it");
-    assert_eq!(checkpoint(conn.clone()).await, None);
+    assert_eq!(checkpointed(&mut conn, &keys).await, None);
 
     // ClickHouse holds the first batch: its checkpoint, and only its.
     inserted.raise(&upto(999));
@@ -236,7 +233,7 @@ async fn checkpoints_wait_for_clickhouse_and_snapshots_do_not() {
         )
     };
     assert_eq!(commits, [commit(1_000, 1_000)]);
-    assert_eq!(checkpoint(conn.clone()).await, Some(999));
+    assert_eq!(checkpointed(&mut conn, &keys).await, Some(999));
 
     // A third batch, not in ClickHouse when the insert task stops (shutdown): the second
     // batch's checkpoint lands, the third's flush stops without one, and the partition goes.
@@ -245,7 +242,7 @@ async fn checkpoints_wait_for_clickhouse_and_snapshots_do_not() {
     drop(inserted);
     let last = hot.flush_due(true, true, Utc::now()).await;
     assert_eq!(last, [commit(1_500, 500)]);
-    assert_eq!(checkpoint(conn.clone()).await, Some(1_499));
+    assert_eq!(checkpointed(&mut conn, &keys).await, Some(1_499));
     assert_eq!(hot.take_dropped().get("stopped"), Some(&1));
     assert_eq!(hot.accounts(), 0, "the partition was dropped");
     common::remove_hot_keys(&redis).await;
@@ -316,10 +313,7 @@ async fn the_insert_task_leaves_out_partitions_dropped_while_their_events_waited
 /// once they come; so does one whose first batch held only records that did not decode.
 #[tokio::test]
 async fn records_past_the_checkpoint_are_read_again_from_it() {
-    let redis = RedisConfig {
-        key_prefix: format!("mlt_{}:", common::unique_suffix()),
-        ..RedisConfig::default()
-    };
+    let redis = isolated_redis();
     let keys = HotKeys::new(redis.key_prefix.clone()).unwrap();
     let mut conn = redis.connect().await.unwrap();
     let now = Utc::now();

@@ -139,12 +139,7 @@ impl Sinks {
         metrics.lap("dedup", &mut clock);
         let upto = hot.fold(usage, decisions, &span.last, now).await;
         // The accounts' loads from Redis apart from the fold itself.
-        let loading = hot.take_loading();
-        metrics
-            .stage_seconds
-            .with_label_values(&["load"])
-            .inc_by(loading.as_secs_f64());
-        clock += loading;
+        metrics.set_apart("load", hot.take_loading(), &mut clock);
         let upto = upto?;
         hot.count(usage, decisions);
         let upto: BTreeMap<_, _> = upto

@@ -177,12 +177,8 @@ impl Aggregator {
             let mut hot = self.sinks.hot.lock().await;
             let actions = hot.flush_due(caught_up, all, chrono::Utc::now()).await;
             // The wait for running flushes (backpressure) apart from the rest of the flush.
-            let waited = hot.take_waited();
             self.metrics
-                .stage_seconds
-                .with_label_values(&["flush_wait"])
-                .inc_by(waited.as_secs_f64());
-            clock += waited;
+                .set_apart("flush_wait", hot.take_waited(), &mut clock);
             self.metrics.batch_failures.inc_by(hot.take_failures());
             self.metrics.state_evictions.inc_by(hot.take_evicted());
             self.metrics.state_accounts.set(hot.accounts() as i64);
