@@ -177,12 +177,10 @@ impl Sinks {
         let ids: Vec<String> = account.iter().map(|d| d.event.event_id.clone()).collect();
         let applied = self.accounts.already_applied(&ids).await?;
         let new = first_unseen(account, |e| &e.event_id, &applied);
-        let watermarks = self.clickhouse.watermarks(Stream::Account).await?;
-        let to_insert: Vec<_> = new
-            .iter()
-            .copied()
-            .filter(|d| watermarks.get(&d.partition).is_none_or(|w| d.offset > *w))
-            .collect();
+        let to_insert = self
+            .clickhouse
+            .above_watermarks(Stream::Account, new.iter().copied())
+            .await?;
         self.clickhouse.insert_accounts(&to_insert).await?;
         self.accounts.apply(&new).await?;
         self.record_assignments().await?;

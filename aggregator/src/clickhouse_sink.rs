@@ -217,6 +217,21 @@ impl ClickHouseSink {
             .collect())
     }
 
+    /// Those of `events` that `stream`'s watermarks leave to insert: each above the highest
+    /// offset ClickHouse holds of its partition (an earlier attempt, or an earlier owner, may
+    /// have inserted a prefix). Both streams' inserts go through this.
+    pub async fn above_watermarks<'a, T: 'a>(
+        &self,
+        stream: Stream,
+        events: impl IntoIterator<Item = &'a Decoded<T>>,
+    ) -> Result<Vec<&'a Decoded<T>>, SinkError> {
+        let watermarks = self.watermarks(stream).await?;
+        Ok(events
+            .into_iter()
+            .filter(|d| watermarks.get(&d.partition).is_none_or(|w| d.offset > *w))
+            .collect())
+    }
+
     pub async fn insert_usage(&self, events: &[&Decoded<UsageEvent>]) -> Result<(), SinkError> {
         if events.is_empty() {
             return Ok(());

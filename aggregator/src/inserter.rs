@@ -161,11 +161,11 @@ async fn insert(
     if !events.iter().any(|d| held.contains_key(&d.partition)) {
         return Ok(());
     }
-    let watermarks = sink.watermarks(Stream::Usage).await?;
-    let to_insert: Vec<&Decoded<UsageEvent>> = events
-        .iter()
-        .filter(|d| held.contains_key(&d.partition))
-        .filter(|d| watermarks.get(&d.partition).is_none_or(|w| d.offset > *w))
-        .collect();
+    let to_insert = sink
+        .above_watermarks(
+            Stream::Usage,
+            events.iter().filter(|d| held.contains_key(&d.partition)),
+        )
+        .await?;
     sink.insert_usage(&to_insert).await
 }
