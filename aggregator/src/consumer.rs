@@ -127,7 +127,11 @@ impl Aggregator {
         // has had its ids decided (they are in the partitions' next checkpoints) but not its
         // events written, so its partitions must not be flushed.
         let mut whole = true;
-        let inserted = self.sinks.hot.lock().await.gate_on_clickhouse();
+        let inserted = {
+            let mut hot = self.sinks.hot.lock().await;
+            hot.time_flushes(self.metrics.flush_seconds.clone());
+            hot.gate_on_clickhouse()
+        };
         let inserter = Inserter::spawn(
             self.sinks.clickhouse.clone(),
             inserted,

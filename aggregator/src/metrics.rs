@@ -1,7 +1,8 @@
 //! Prometheus metrics for the aggregator. No account ids in labels.
 
 use prometheus::{
-    CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 #[derive(Clone)]
@@ -23,6 +24,10 @@ pub struct AggregatorMetrics {
     pub partitions_dropped: IntCounterVec,
     /// Wall time spent in each stage of the batch loop: where a slow aggregator waits.
     pub stage_seconds: CounterVec,
+    /// How long a flush of one partition took from its start, `until` its snapshots were
+    /// written (what the read path sees) and until its checkpoint was (which waits for
+    /// ClickHouse): the hot state's share of freshness after the fold.
+    pub flush_seconds: HistogramVec,
 }
 
 /// The stages of the batch loop, in order, as `stage` label values.
@@ -110,9 +115,20 @@ impl AggregatorMetrics {
         let stage_seconds = CounterVec::new(
             Opts::new(
                 "meterline_aggregator_stage_seconds_total",
-                "Wall time spent per stage of the batch loop: collect, decode, redis_seen, clickhouse, fold, redis_apply, accounts, commit",
+                "Wall time spent per stage of the batch loop (collect, decode, dedup, clickhouse, load, fold, accounts, flush, flush_wait, commit), and by the ClickHouse insert task alongside it (clickhouse_insert)",
             ),
             &["stage"],
+        )
+        .expect("metric");
+        let flush_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "meterline_aggregator_flush_seconds",
+                "Time from the start of a partition's flush until its snapshots were written (until=snapshots) and until its checkpoint was (until=checkpoint)",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,
+            ]),
+            &["until"],
         )
         .expect("metric");
         for m in [
@@ -127,6 +143,7 @@ impl AggregatorMetrics {
             Box::new(state_accounts.clone()),
             Box::new(state_evictions.clone()),
             Box::new(partitions_dropped.clone()),
+            Box::new(flush_seconds.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -143,6 +160,7 @@ impl AggregatorMetrics {
             state_evictions,
             partitions_dropped,
             stage_seconds,
+            flush_seconds,
         }
     }
 

@@ -165,6 +165,8 @@ pub struct HotStore {
     waited: std::time::Duration,
     /// Time [`Self::fold`] spent loading accounts from Redis since [`Self::take_loading`].
     loading: std::time::Duration,
+    /// Where each flush's durations go, once [`Self::time_flushes`] was called.
+    flush_seconds: Option<prometheus::HistogramVec>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -196,7 +198,14 @@ impl HotStore {
             inserted: None,
             waited: std::time::Duration::ZERO,
             loading: std::time::Duration::ZERO,
+            flush_seconds: None,
         }
+    }
+
+    /// From now on each flush observes in `h` how long it took until its snapshots were
+    /// written (`until` = `snapshots`) and until its checkpoint was (`checkpoint`).
+    pub fn time_flushes(&mut self, h: prometheus::HistogramVec) {
+        self.flush_seconds = Some(h);
     }
 
     /// Time spent loading accounts since the last call (the consumer's `load` stage).
@@ -656,6 +665,14 @@ impl HotStore {
         let in_flight = self.policy.in_flight;
         let max = self.policy.retry_max_backoff;
         let mut inserted = self.inserted.clone();
+        let timing = self.flush_seconds.clone();
+        let started = Instant::now();
+        let observe = move |until: &str| {
+            if let Some(h) = &timing {
+                h.with_label_values(&[until])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        };
         let work = async move {
             let mut delays = crate::consumer::write_backoff(RETRY_BASE, max).build();
             let mut failures = 0;
@@ -677,6 +694,7 @@ impl HotStore {
             }
             job.release_snapshots();
             written.send_replace(true);
+            observe("snapshots");
             let prev_done = match prev {
                 Some(prev) => prev.await.unwrap_or(false),
                 None => true,
@@ -696,7 +714,11 @@ impl HotStore {
             loop {
                 match job.checkpoint(&writer).await {
                     Ok(outcome) => {
-                        let _ = done.send(matches!(outcome, Flushed::Through(_)));
+                        let through = matches!(outcome, Flushed::Through(_));
+                        if through {
+                            observe("checkpoint");
+                        }
+                        let _ = done.send(through);
                         return (job, outcome, failures);
                     }
                     Err(e) => retry(e, &mut failures).await,
