@@ -1,8 +1,9 @@
 //! `meterline-bench e2e`: ingest and aggregation together at a fixed rate, with freshness
 //! probes.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -10,11 +11,16 @@ use chrono::Utc;
 use meterline_ingest::Scope;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{percentile, rss_mib, stage_breakdown};
+use crate::common::{
+    cpu_by_process, cpu_shares, histogram_line, percentile, rss_mib, stage_breakdown,
+};
 use crate::pipeline::*;
 use meterline::services::{self, Components};
 use meterline::{migrate, Config};
@@ -28,12 +34,104 @@ pub struct E2eBench {
     pub rate: u64,
     pub duration: Duration,
     pub connections: usize,
+    /// Also time each probe's record at a consumer of its own ([`BrokerWatch`]).
+    pub watch_broker: bool,
+}
+
+/// When each probe's record was first read from the broker, by a consumer of its own group
+/// that reads the usage topic from its start, as the aggregator does: ingest 202 → this is the
+/// broker's share of freshness (with the consumer's fetch settings), the rest is the
+/// aggregator's.
+#[derive(Clone)]
+struct BrokerWatch {
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    /// The broker's request round trips as librdkafka measures them (mostly fetches), p50 and
+    /// p99 in ms, one pair per statistics window.
+    rtt: Arc<Mutex<Vec<(f64, f64)>>>,
+}
+
+/// How often librdkafka reports the watch's statistics: each report's round-trip window covers
+/// this long.
+const WATCH_STATS_MS: &str = "5000";
+
+/// Keeps each statistics window's broker round trips.
+struct WatchContext(Arc<Mutex<Vec<(f64, f64)>>>);
+
+impl ClientContext for WatchContext {
+    fn stats(&self, statistics: Statistics) {
+        for broker in statistics.brokers.values() {
+            if let Some(rtt) = broker.rtt.as_ref().filter(|w| w.cnt > 0) {
+                self.0
+                    .lock()
+                    .expect("not poisoned")
+                    .push((rtt.p50 as f64 / 1000.0, rtt.p99 as f64 / 1000.0));
+            }
+        }
+    }
+}
+
+impl ConsumerContext for WatchContext {}
+
+impl BrokerWatch {
+    /// Reads `c`'s usage topic until `shutdown`, noting the first read of each key that starts
+    /// with `prefix` (the probes' accounts: records are keyed by account).
+    fn spawn(c: &Config, run: &str, prefix: String, shutdown: CancellationToken) -> Result<Self> {
+        let rtt: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
+        let consumer: StreamConsumer<WatchContext> = meterline_infra::kafka::with_fetch_wait(
+            meterline_infra::kafka::client_config(&c.kafka),
+        )
+        .set("group.id", format!("bench-{run}-watch"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", WATCH_STATS_MS)
+        .create_with_context(WatchContext(rtt.clone()))?;
+        consumer.subscribe(&[&c.kafka.usage_topic])?;
+        let watch = Self {
+            seen: Arc::default(),
+            rtt,
+        };
+        let seen = watch.seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let m = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    m = consumer.recv() => m,
+                };
+                match m {
+                    Ok(m) => {
+                        if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                            if key.starts_with(&prefix) {
+                                let mut seen = seen.lock().expect("not poisoned");
+                                seen.entry(key.to_owned()).or_insert_with(Instant::now);
+                            }
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "broker watch: read failed"),
+                }
+            }
+        });
+        Ok(watch)
+    }
+
+    /// When `key`'s record was first read, waiting for it until `limit` after `since`.
+    async fn read_at(&self, key: &str, since: Instant, limit: Duration) -> Option<Instant> {
+        loop {
+            if let Some(at) = self.seen.lock().expect("not poisoned").get(key) {
+                return Some(*at);
+            }
+            if since.elapsed() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }
 
 /// `bench e2e`: gateways post at `rate` events/s through ingest while the aggregator folds
 /// them; probe events (one every 200 ms, each for an account of its own) measure freshness:
 /// from the 202 of the batch that carried it to the counter visible in Redis, and to the
-/// rollup row visible in ClickHouse. Ingest and the aggregator run in this process, so the
+/// rollup row visible in ClickHouse; with `watch_broker`, also to the record read from the
+/// broker ([`BrokerWatch`]). Ingest and the aggregator run in this process, so the
 /// RSS printed is theirs together, with the load generator.
 pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
@@ -56,7 +154,19 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         "http://{}/v1/events",
         running.ingest_addr.context("ingest runs")?
     );
+    let probe_prefix = format!("bench-{run}-probe-");
+    let watch = if b.watch_broker {
+        Some(BrokerWatch::spawn(
+            &c,
+            &run,
+            probe_prefix.clone(),
+            shutdown.clone(),
+        )?)
+    } else {
+        None
+    };
     let accepted = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_by_process();
     let started = Instant::now();
     let deadline = started + b.duration;
     // Open loop: each connection posts a batch of 500 every `interval`, fresh events each time
@@ -106,12 +216,12 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
     let mut p = 0u64;
     let mut rss_peak = 0f64;
     while Instant::now() < deadline {
-        let account = format!("bench-{run}-probe-{p}");
+        let account = format!("{probe_prefix}{p}");
         p += 1;
         let mut rng = StdRng::seed_from_u64(p);
         let mut e = event(&mut rng, &run, 0);
         e["account_id"] = Value::from(account.clone());
-        let (url, token) = (url.clone(), token.clone());
+        let (url, token, watch) = (url.clone(), token.clone(), watch.clone());
         let (redis_client, ch, month, key) = (
             redis_client.clone(),
             ch.clone(),
@@ -189,7 +299,15 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
                 // with hundreds of queries a second, slowing the inserts it measures.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
-            Some((sent, to_redis, to_clickhouse))
+            let to_broker = match &watch {
+                Some(w) => Some(
+                    w.read_at(&account, acked, limit)
+                        .await?
+                        .saturating_duration_since(acked),
+                ),
+                None => None,
+            };
+            Some((sent, to_broker, to_redis, to_clickhouse))
         }));
         rss_peak = rss_peak.max(rss_mib());
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -198,25 +316,38 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         t.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_shares(&cpu_before, &cpu_by_process(), elapsed);
+    let mut to_broker = Vec::new();
     let mut to_redis = Vec::new();
     let mut to_clickhouse = Vec::new();
     // The probes sent after the first 10 s: the aggregator past loading every account once.
     let mut settled = Vec::new();
+    let mut settled_broker = Vec::new();
     let mut lost = 0;
     for probe in probes {
         match probe.await? {
-            Some((sent, r, c)) => {
+            Some((sent, b, r, c)) => {
+                let b = b.map(|b| b.as_micros() as u64);
+                to_broker.extend(b);
                 to_redis.push(r.as_micros() as u64);
                 to_clickhouse.push(c.as_micros() as u64);
                 if sent >= SETTLE {
                     settled.push(r.as_micros() as u64);
+                    settled_broker.extend(b);
                 }
             }
             None => lost += 1,
         }
     }
-    to_redis.sort_unstable();
-    to_clickhouse.sort_unstable();
+    for v in [
+        &mut to_broker,
+        &mut to_redis,
+        &mut to_clickhouse,
+        &mut settled,
+        &mut settled_broker,
+    ] {
+        v.sort_unstable();
+    }
     let ours = accepted.load(Ordering::Relaxed) as f64 / elapsed;
     let m = running.aggregator_metrics.clone();
     let counted = m.events.with_label_values(&["counted"]).get();
@@ -228,13 +359,22 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         .iter()
         .map(|s| (*s, m.stage_seconds.with_label_values(&[s]).get()))
         .collect();
+    let flushes: Vec<String> = ["snapshots", "checkpoint"]
+        .iter()
+        .map(|until| {
+            format!(
+                "until {until} written: {}",
+                histogram_line(&m.flush_seconds.with_label_values(&[until]), "flushes")
+            )
+        })
+        .collect();
     let inserting = m
         .stage_seconds
         .with_label_values(&[meterline_aggregator::metrics::INSERT_STAGE])
         .get();
     shutdown.cancel();
     running.stop().await?;
-    remove_run_keys(&c).await?;
+    clean_up_run(&c).await?;
     services::token_store(&c, &pool).revoke(&name).await.ok();
     println!(
         "e2e: {ours:.0} events/s accepted of {} asked ({} connections, {elapsed:.0} s, {} accounts); the aggregator counted {counted} of them",
@@ -249,8 +389,25 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
             v.len()
         )
     };
+    if let Some(w) = &watch {
+        let rtt: Vec<String> = w
+            .rtt
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(p50, p99)| format!("{p50:.0}/{p99:.0}"))
+            .collect();
+        println!(
+            "broker request round trips at the watch's consumer (librdkafka's rtt, p50/p99 ms per {WATCH_STATS_MS} ms window): {}",
+            rtt.join(", ")
+        );
+        line("record read from the broker", &to_broker);
+        line(
+            "record read from the broker, probes after the first 10 s",
+            &settled_broker,
+        );
+    }
     line("counter in Redis", &to_redis);
-    settled.sort_unstable();
     line("counter in Redis, probes after the first 10 s", &settled);
     line("rollup in ClickHouse", &to_clickhouse);
     if lost > 0 {
@@ -262,9 +419,16 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         stage_breakdown(&stages)
     );
     println!(
+        "a partition's flush, from its start (on its own task, alongside the loop): {}",
+        flushes.join("; ")
+    );
+    println!(
         "ClickHouse insert task (alongside the loop): busy {inserting:.1} s, {:.0} % of the run",
         100.0 * inserting / elapsed
     );
     println!("process RSS (ingest + aggregator + load generator): peak {rss_peak:.0} MiB");
+    println!(
+        "CPU over the load (cores used on average; meterline-bench is ingest, the aggregator and the load generator): {cpu}"
+    );
     Ok(())
 }

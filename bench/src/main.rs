@@ -70,6 +70,11 @@ enum BenchKind {
         duration: u64,
         #[arg(long, default_value_t = 8)]
         connections: usize,
+        /// Also time each probe's record at a consumer of its own (ingest 202 → the record
+        /// read from the broker), to split freshness between the broker and the aggregator.
+        /// That consumer reads every record, so it takes some CPU from the rest.
+        #[arg(long)]
+        watch_broker: bool,
     },
     /// /v1/quota/check latency at a fixed rate while ingest takes events.
     Quota {
@@ -194,6 +199,7 @@ async fn main() -> Result<()> {
             rate,
             duration,
             connections,
+            watch_broker,
         } => {
             e2e::e2e(
                 &config,
@@ -202,6 +208,7 @@ async fn main() -> Result<()> {
                     rate,
                     duration: std::time::Duration::from_secs(duration),
                     connections,
+                    watch_broker,
                 },
             )
             .await?;

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use meterline_schemas::usage::from_json_naming_field;
 use meterline_schemas::{avro, IpHasher, UsageEventInput};
@@ -58,14 +58,17 @@ pub(crate) fn event(rng: &mut StdRng, run: &str, a: usize) -> Value {
 }
 
 /// A configuration whose topics, ClickHouse database, Redis prefix and consumer group belong
-/// to this benchmark run, migrated.
+/// to this benchmark run, migrated. [`clean_up_run`] removes its database and Redis keys.
 pub(crate) async fn bench_config(config: &Config, run: &str) -> Result<Config> {
     let mut c = config.clone();
     c.kafka.usage_topic = format!("bench-{run}-usage");
     c.kafka.account_topic = format!("bench-{run}-account");
     c.kafka.dead_letter_topic = format!("bench-{run}-dlq");
     c.kafka.signal_topic = format!("bench-{run}-signals");
-    c.clickhouse.database = format!("{}_bench", config.clickhouse.database);
+    // A database of the run's own: with one shared by every run, each run's inserts were merged
+    // with the rows of the runs before it (ClickHouse's merges were most of its CPU), so later
+    // runs measured slower.
+    c.clickhouse.database = format!("{}_bench_{run}", config.clickhouse.database);
     c.redis.key_prefix = format!("mlb:{run}:");
     c.aggregator.group_id = format!("bench-{run}");
     c.aggregator.instance_id = String::new();
@@ -188,9 +191,25 @@ pub(crate) async fn committed(c: &Config, group: &str, topic: &str) -> Result<i6
         .sum())
 }
 
+/// Removes what a run of [`bench_config`] left: its ClickHouse database and its Redis keys
+/// (the number it deleted).
+pub(crate) async fn clean_up_run(c: &Config) -> Result<u64> {
+    c.clickhouse
+        .client()
+        .with_database("default")
+        .query(&format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            c.clickhouse.database
+        ))
+        .execute()
+        .await
+        .with_context(|| format!("dropping ClickHouse database {}", c.clickhouse.database))?;
+    remove_run_keys(c).await
+}
+
 /// Deletes this run's Redis keys (its own prefix): left to expire, a day of runs filled Redis
 /// with millions of keys and slowed every later run (see BENCHMARKS.md).
-pub(crate) async fn remove_run_keys(c: &Config) -> Result<u64> {
+async fn remove_run_keys(c: &Config) -> Result<u64> {
     let client = redis::Client::open(c.redis.url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let pattern = format!("{}*", c.redis.key_prefix);

@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    free_port, percentile, proc_status_mib, rss_mib, spawn_child, stage_breakdown, ChildProcesses,
+    cpu_by_process, cpu_shares, free_port, percentile, proc_status_mib, rss_mib, spawn_child,
+    stage_breakdown, ChildProcesses,
 };
 use crate::pipeline::*;
 use crate::scrape::{counter_sum, metrics_text};
@@ -172,17 +173,23 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
             .set("enable.auto.commit", "false")
             .create()?;
     consumer.subscribe(&[&c.kafka.usage_topic])?;
+    let cpu_raw_before = cpu_by_process();
     let started = Instant::now();
     let mut seen = 0usize;
     let mut bytes = 0usize;
+    let mut raw_first = None;
     while seen < b.events {
         let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
             .await
             .context("the raw consumer stalled")??;
+        raw_first.get_or_insert_with(|| started.elapsed().as_secs_f64());
         bytes += m.payload().map_or(0, |p| p.len());
         seen += 1;
     }
-    let ceiling = seen as f64 / started.elapsed().as_secs_f64();
+    let raw_wall = started.elapsed().as_secs_f64();
+    let raw_first = raw_first.unwrap_or(raw_wall);
+    let ceiling = seen as f64 / raw_wall;
+    let cpu_raw = cpu_shares(&cpu_raw_before, &cpu_by_process(), raw_wall);
     drop(consumer);
 
     // Ours: the aggregators from the start of the topic to their last committed offset, each a
@@ -193,6 +200,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     let http = reqwest::Client::new();
     let redis_before = redis_command_counts(&c).await?;
     let redis_cpu_before = redis_cpu_seconds(&c).await?;
+    let cpu_before = cpu_by_process();
     let started = Instant::now();
     let mut members = ChildProcesses(Vec::new());
     let mut metrics_urls = Vec::new();
@@ -210,6 +218,9 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         members.0.push((format!("aggregator {i}"), child));
         metrics_urls.push(format!("http://{listen}/metrics"));
     }
+    // When the first offset was committed, and when half of them were: the start (process,
+    // connections, group join) apart from the steady rate.
+    let (mut first_commit, mut half_commit) = (None, None);
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         for (role, child) in &mut members.0 {
@@ -218,6 +229,12 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
             }
         }
         let done = committed(&c, &c.aggregator.group_id, &c.kafka.usage_topic).await?;
+        if done > 0 {
+            first_commit.get_or_insert_with(|| started.elapsed().as_secs_f64());
+        }
+        if done as usize >= b.events / 2 {
+            half_commit.get_or_insert_with(|| started.elapsed().as_secs_f64());
+        }
         if done as usize >= b.events {
             break;
         }
@@ -230,6 +247,8 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     }
     let wall = started.elapsed().as_secs_f64();
     let ours = b.events as f64 / wall;
+    // Read while the aggregators still run, so their time is in it.
+    let cpu_ours = cpu_shares(&cpu_before, &cpu_by_process(), wall);
     let redis_cpu = redis_cpu_seconds(&c).await? - redis_cpu_before;
     let redis_commands = command_deltas(&redis_before, &redis_command_counts(&c).await?);
     // Peak resident memory, read while the processes still run.
@@ -260,7 +279,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         .iter()
         .map(|t| counter_sum(t, "meterline_aggregator_records_total{stream=\"usage\"").to_string())
         .collect();
-    let removed = remove_run_keys(&c).await?;
+    let removed = clean_up_run(&c).await?;
     println!(
         "aggregate: {ours:.0} events/s from Kafka to ClickHouse + Redis, offsets committed ({} events, {} accounts, {} aggregator(s))",
         b.events, b.accounts, b.aggregators
@@ -270,6 +289,14 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     }
     println!("ceiling: rdkafka consuming the same topic and discarding: {ceiling:.0} events/s ({:.0} bytes/event)", bytes as f64 / seen as f64);
     println!("ratio: {:.2} of the ceiling", ours / ceiling);
+    println!(
+        "start: the raw consumer read its first record {raw_first:.1} s after subscribing ({:.0} events/s from then); the aggregator committed its first offsets {:.1} s after it was started, half of them at {:.1} s, all at {wall:.1} s (offsets are read every 250 ms)",
+        seen as f64 / (raw_wall - raw_first).max(1e-3),
+        first_commit.unwrap_or(f64::NAN),
+        half_commit.unwrap_or(f64::NAN),
+    );
+    println!("CPU while the aggregator ran (cores used on average): {cpu_ours}");
+    println!("CPU while the raw consumer ran: {cpu_raw}");
     let peaks: Vec<String> = peaks.iter().map(|p| format!("{p:.0}")).collect();
     println!(
         "aggregator process peak RSS (VmHWM): {} MiB",
