@@ -10,6 +10,7 @@ use meterline::config::{Config, CONFIG_PATH_ENV};
 use meterline::services::Components;
 use meterline::{migrate, telemetry};
 
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
