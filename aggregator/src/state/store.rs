@@ -602,10 +602,9 @@ impl HotStore {
             if !due || held.flushes.len() >= self.policy.max_jobs.max(1) {
                 continue;
             }
-            // A flush holds its accounts' copies, then the snapshots built from them, until they
-            // are written: past the budget, wait for them to be written first (not for the
-            // checkpoints, which may wait for ClickHouse). The budget counts the copies, which
-            // are about two thirds of the snapshots' size.
+            // A flush holds its accounts' copies until their snapshots are written (each built
+            // just before its write): past the budget, wait for them to be written first (not
+            // for the checkpoints, which may wait for ClickHouse).
             let in_flight: usize = self
                 .held
                 .values()
