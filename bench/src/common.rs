@@ -54,7 +54,7 @@ pub(crate) fn free_port() -> Result<u16> {
 }
 
 /// Runs each child `meterline` under this command, split at spaces (`heaptrack -o /tmp/ht`).
-pub(crate) const CHILD_WRAPPER_ENV: &str = "METERLINE_BENCH_CHILD_WRAPPER";
+pub(crate) const CHILD_WRAPPER_ENV: &str = "BENCH_CHILD_WRAPPER";
 
 /// Starts `meterline <command>` with `env` on top of ours, at CPU niceness `nice` (not under
 /// a [`CHILD_WRAPPER_ENV`] wrapper), logging to `.local/log/bench-<role>.log`.
