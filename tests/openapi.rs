@@ -4,8 +4,10 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use chrono::Utc;
 use common::*;
 use meterline::services::Components;
+use meterline_schemas::{AccountEvent, AccountEventType, AccountId};
 use serde_json::Value;
 
 /// The paths the router holds, read from its `Debug` form (axum lists a router's paths there
@@ -140,4 +142,55 @@ async fn the_openapi_document_matches_the_routes() {
         );
     }
     app.stop().await;
+}
+
+/// The review decision's `actor` and `reason` patterns accept exactly what the server accepts
+/// (`AccountEvent::review`, which trims both): Schemathesis once sent a reason of one tab, which
+/// the pattern allowed and the server refused.
+#[test]
+fn the_review_decision_patterns_accept_what_the_server_accepts() {
+    let (_, doc) = meterline_ingest::app::api(true);
+    let doc = serde_json::to_value(&doc).unwrap();
+    let properties = &doc["components"]["schemas"]["ReviewDecision"]["properties"];
+    let pattern = |field: &str| {
+        regex::Regex::new(properties[field]["pattern"].as_str().expect("a pattern")).unwrap()
+    };
+    let (actor, reason) = (pattern("actor"), pattern("reason"));
+    let server = |actor: &str, reason: &str| {
+        AccountEvent::review(
+            "e-1".into(),
+            Utc::now(),
+            AccountId::parse("acct-1").unwrap(),
+            AccountEventType::ReviewConfirmed,
+            actor,
+            reason,
+            None,
+        )
+        .is_ok()
+    };
+    for text in [
+        "ops@example.com",
+        " padded ",
+        "é",
+        "\u{a0}x",
+        "\u{feff}",
+        "line\nbreak",
+        "tab\there",
+        "",
+        " ",
+        "\t",
+        "\n",
+        "\u{3000}",
+        "\u{2028}",
+        "\u{85}",
+        "x\u{1}y",
+        "x\ry",
+    ] {
+        assert_eq!(actor.is_match(text), server(text, "why"), "actor {text:?}");
+        assert_eq!(
+            reason.is_match(text),
+            server("ops", text),
+            "reason {text:?}"
+        );
+    }
 }

@@ -137,11 +137,13 @@ pub async fn show(
 #[serde(deny_unknown_fields)]
 #[schema(as = ReviewDecision)]
 pub struct DecisionInput {
-    /// Who decides (an email, a handle); 1 to 128 characters, no control characters.
-    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = r"^[^\x00-\x1F\x7F-\x9F]+$")]
+    /// Who decides (an email, a handle); 1 to 128 characters, no control characters, not
+    /// only spaces (it is trimmed).
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$")]
     pub actor: Option<String>,
-    /// Why; 1 to 2,000 characters, no control characters but line breaks and tabs.
-    #[schema(value_type = String, min_length = 1, max_length = 2000, pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]+$")]
+    /// Why; 1 to 2,000 characters, no control characters but line breaks and tabs, not only
+    /// spaces (it is trimmed).
+    #[schema(value_type = String, min_length = 1, max_length = 2000, pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$")]
     pub reason: Option<String>,
 }
 
