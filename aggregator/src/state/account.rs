@@ -507,7 +507,7 @@ impl AccountState {
                                 None => {
                                     let mut t = [0; 2];
                                     t[i] = *n;
-                                    s.models.push((model.into(), t));
+                                    push_exact(&mut s.models, (model.into(), t));
                                 }
                             }
                         }
@@ -524,7 +524,7 @@ impl AccountState {
             };
             // Loaded windows are live: they are in `cur`, whole.
             let i = a.find_window(grain, start).unwrap_or_else(|| {
-                a.windows.push(Window::empty(grain, start, false, false));
+                push_exact(&mut a.windows, Window::empty(grain, start, false, false));
                 a.windows.len() - 1
             });
             let w = &mut a.windows[i];
@@ -552,11 +552,14 @@ impl AccountState {
                     None => {
                         let mut values = [0; 3];
                         values[i] = *v;
-                        w.models.push(ModelCounters {
-                            model: model.into(),
-                            values,
-                            dirty: false,
-                        });
+                        push_exact(
+                            &mut w.models,
+                            ModelCounters {
+                                model: model.into(),
+                                values,
+                                dirty: false,
+                            },
+                        );
                     }
                 }
             }

@@ -24,7 +24,7 @@ pub mod partition;
 pub mod store;
 pub mod writer;
 
-/// Runs CPU-bound work (folding a 20,000-event batch, building a flush's snapshots) without
+/// Runs CPU-bound work (folding a 20,000-event batch, copying what a flush writes) without
 /// holding up the runtime's other tasks: in `meterline run` the aggregator shares the runtime
 /// with ingest and the read path, whose quota checks would otherwise wait behind it. On a
 /// multi-threaded runtime the worker hands its queue to another thread first; a current-thread

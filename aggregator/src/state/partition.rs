@@ -200,10 +200,8 @@ struct SnapshotWrite {
     range: (i64, i64),
     /// What the snapshot is built from, copied in the consumer's loop
     /// ([`AccountState::pending`]); the job builds the snapshot on its task just before writing
-    /// it, and forgets both once it is stored (`None`).
+    /// it, and forgets both once it is stored or found stored: `None` once written.
     pending: Option<AccountState>,
-    /// Stored (or found stored) by an earlier attempt.
-    done: bool,
 }
 
 /// Builds `w`'s snapshot from its copy and writes it; once stored (or found stored), forgets
@@ -226,7 +224,6 @@ fn write_one<'a, C: ConnectionLike + Clone + Send + 'a>(
                 .await?
         };
         if matches!(written, Written::Applied | Written::Have) {
-            w.done = true;
             w.pending = None;
         }
         Ok(written)
@@ -264,7 +261,7 @@ impl FlushJob {
 
     /// Snapshots not stored yet.
     pub fn unwritten(&self) -> usize {
-        self.writes.iter().filter(|w| !w.done).count()
+        self.writes.iter().filter(|w| w.pending.is_some()).count()
     }
 
     /// Writes the snapshots not stored yet, [`FlushPolicy::in_flight`] at a time; `Some` if a
@@ -288,7 +285,7 @@ impl FlushJob {
         let mut unwritten = self
             .writes
             .iter_mut()
-            .filter(|w| !w.done)
+            .filter(|w| w.pending.is_some())
             .collect::<Vec<&mut SnapshotWrite>>()
             .into_iter();
         let mut writes = futures::stream::FuturesUnordered::new();
@@ -311,10 +308,11 @@ impl FlushJob {
         Ok(outcome)
     }
 
-    /// Forgets the snapshots once they are written: a retry of the checkpoint does not need
-    /// them, and the job may wait a while for ClickHouse.
+    /// Forgets the written snapshots' accounts and offsets (their copies went as each was
+    /// written): a retry of the checkpoint does not need them, and the job may wait a while for
+    /// ClickHouse.
     pub fn release_snapshots(&mut self) {
-        debug_assert!(self.writes.iter().all(|w| w.done));
+        debug_assert!(self.writes.iter().all(|w| w.pending.is_none()));
         self.writes = Vec::new();
     }
 
@@ -543,7 +541,6 @@ impl Partition {
                     account: account.to_string(),
                     range: (t.stored, t.last),
                     pending: Some(t.state.pending(now)),
-                    done: false,
                 };
                 t.state.written(now);
                 t.stored = t.last;

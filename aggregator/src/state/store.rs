@@ -100,7 +100,8 @@ struct Running {
     task: JoinHandle<(FlushJob, Flushed, u64)>,
     counted: u64,
     duplicates: u64,
-    /// About how many bytes its snapshots hold (see [`FlushPolicy::max_snapshot_bytes`]).
+    /// About how many bytes the copies its snapshots are built from held when it started (see
+    /// [`FlushPolicy::max_snapshot_bytes`]).
     bytes: usize,
     /// True once its snapshots are written (and forgotten); closed if the task ended first.
     written: watch::Receiver<bool>,
