@@ -176,6 +176,14 @@ pub(crate) fn cpu_by_process() -> std::collections::BTreeMap<String, f64> {
     const TICKS: f64 = 100.0;
     let mut out = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        // Processes only: `self` and `thread-self` are this process again.
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
@@ -197,12 +205,12 @@ pub(crate) fn cpu_by_process() -> std::collections::BTreeMap<String, f64> {
         .ok()
         .and_then(|s| s.lines().next().map(str::to_owned))
     {
-        // `cpu user nice system idle iowait irq softirq steal …`: busy is all but idle and
-        // iowait.
+        // `cpu user nice system idle iowait irq softirq steal …`: busy is user, nice, system,
+        // irq and softirq (steal is time the hypervisor gave another guest).
         let busy: f64 = cpu
             .split_whitespace()
             .skip(1)
-            .take(8)
+            .take(7)
             .enumerate()
             .filter(|(i, _)| *i != 3 && *i != 4)
             .filter_map(|(_, t)| t.parse::<f64>().ok())

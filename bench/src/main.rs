@@ -143,118 +143,132 @@ async fn main() -> Result<()> {
         default.exists().then_some(default)
     });
     let config = Config::load(path.as_deref(), std::env::vars())?;
-    match cli.which {
-        BenchKind::Console { accounts, requests } => {
-            console::console(&config, console::ConsoleBench { accounts, requests }).await?;
-        }
-        BenchKind::Hostile {
-            duration,
-            large_senders,
-            slowloris,
-        } => {
-            hostile::hostile(
-                &config,
-                hostile::HostileBench {
-                    duration: std::time::Duration::from_secs(duration),
-                    large_senders,
-                    slowloris,
-                    config_path: path.clone(),
-                },
-            )
-            .await?;
-        }
-        BenchKind::Ingest {
-            accounts,
-            duration,
-            connections,
-        } => {
-            throughput::ingest(
-                &config,
-                throughput::IngestBench {
-                    accounts,
-                    duration: std::time::Duration::from_secs(duration),
-                    connections,
-                },
-            )
-            .await?;
-        }
-        BenchKind::Aggregate {
-            accounts,
-            events,
-            aggregators,
-        } => {
-            throughput::aggregate(
-                &config,
-                throughput::AggregateBench {
-                    accounts,
-                    events,
-                    aggregators,
-                    config_path: path.clone(),
-                },
-            )
-            .await?;
-        }
-        BenchKind::E2e {
-            accounts,
-            rate,
-            duration,
-            connections,
-            watch_broker,
-        } => {
-            e2e::e2e(
-                &config,
-                e2e::E2eBench {
-                    accounts,
-                    rate,
-                    duration: std::time::Duration::from_secs(duration),
-                    connections,
-                    watch_broker,
-                },
-            )
-            .await?;
-        }
-        BenchKind::Quota {
-            rate,
-            duration,
-            accounts,
-            ingest_rate,
-            layout,
-            write_path_nice,
-            read_path_realtime,
-            notice_share,
-            backlog,
-        } => {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&notice_share),
-                "--notice-share: {notice_share} is not between 0 and 1"
-            );
-            let layout = if layout == "split" {
-                quota::Layout::Split {
-                    write_path_nice,
-                    read_path_realtime,
-                }
-            } else {
+    // Whatever happens in the run, what it set up (`pipeline::bench_config`) is removed after.
+    let result: Result<()> = async {
+        match cli.which {
+            BenchKind::Console { accounts, requests } => {
+                console::console(&config, console::ConsoleBench { accounts, requests }).await?;
+            }
+            BenchKind::Hostile {
+                duration,
+                large_senders,
+                slowloris,
+            } => {
+                hostile::hostile(
+                    &config,
+                    hostile::HostileBench {
+                        duration: std::time::Duration::from_secs(duration),
+                        large_senders,
+                        slowloris,
+                        config_path: path.clone(),
+                    },
+                )
+                .await?;
+            }
+            BenchKind::Ingest {
+                accounts,
+                duration,
+                connections,
+            } => {
+                throughput::ingest(
+                    &config,
+                    throughput::IngestBench {
+                        accounts,
+                        duration: std::time::Duration::from_secs(duration),
+                        connections,
+                    },
+                )
+                .await?;
+            }
+            BenchKind::Aggregate {
+                accounts,
+                events,
+                aggregators,
+            } => {
+                throughput::aggregate(
+                    &config,
+                    throughput::AggregateBench {
+                        accounts,
+                        events,
+                        aggregators,
+                        config_path: path.clone(),
+                    },
+                )
+                .await?;
+            }
+            BenchKind::E2e {
+                accounts,
+                rate,
+                duration,
+                connections,
+                watch_broker,
+            } => {
+                e2e::e2e(
+                    &config,
+                    e2e::E2eBench {
+                        accounts,
+                        rate,
+                        duration: std::time::Duration::from_secs(duration),
+                        connections,
+                        watch_broker,
+                    },
+                )
+                .await?;
+            }
+            BenchKind::Quota {
+                rate,
+                duration,
+                accounts,
+                ingest_rate,
+                layout,
+                write_path_nice,
+                read_path_realtime,
+                notice_share,
+                backlog,
+            } => {
                 anyhow::ensure!(
-                    write_path_nice == 0 && !read_path_realtime,
-                    "--write-path-nice and --read-path-realtime need --layout split"
+                    (0.0..=1.0).contains(&notice_share),
+                    "--notice-share: {notice_share} is not between 0 and 1"
                 );
-                quota::Layout::Shared
-            };
-            quota::quota(
-                &config,
-                quota::QuotaBench {
-                    rate,
-                    duration: std::time::Duration::from_secs(duration),
-                    accounts,
-                    ingest_rate,
-                    layout,
-                    config_path: path.clone(),
-                    notice_share,
-                    backlog,
-                },
-            )
-            .await?;
+                let layout = if layout == "split" {
+                    quota::Layout::Split {
+                        write_path_nice,
+                        read_path_realtime,
+                    }
+                } else {
+                    anyhow::ensure!(
+                        write_path_nice == 0 && !read_path_realtime,
+                        "--write-path-nice and --read-path-realtime need --layout split"
+                    );
+                    quota::Layout::Shared
+                };
+                quota::quota(
+                    &config,
+                    quota::QuotaBench {
+                        rate,
+                        duration: std::time::Duration::from_secs(duration),
+                        accounts,
+                        ingest_rate,
+                        layout,
+                        config_path: path.clone(),
+                        notice_share,
+                        backlog,
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match pipeline::clean_up_runs().await {
+        Ok(0) => {}
+        Ok(removed) => {
+            println!("removed the run's ClickHouse database and its {removed} Redis keys")
+        }
+        Err(e) => {
+            eprintln!("the run's ClickHouse database or Redis keys were not all removed: {e:#}")
         }
     }
-    Ok(())
+    result
 }

@@ -57,8 +57,12 @@ pub(crate) fn event(rng: &mut StdRng, run: &str, a: usize) -> Value {
     })
 }
 
+/// The runs [`bench_config`] set up in this process, for [`clean_up_runs`].
+static RUNS: std::sync::Mutex<Vec<Config>> = std::sync::Mutex::new(Vec::new());
+
 /// A configuration whose topics, ClickHouse database, Redis prefix and consumer group belong
-/// to this benchmark run, migrated. [`clean_up_run`] removes its database and Redis keys.
+/// to this benchmark run, migrated. `main` removes its database and Redis keys after the run,
+/// whether it succeeded or not ([`clean_up_runs`]).
 pub(crate) async fn bench_config(config: &Config, run: &str) -> Result<Config> {
     let mut c = config.clone();
     c.kafka.usage_topic = format!("bench-{run}-usage");
@@ -74,6 +78,7 @@ pub(crate) async fn bench_config(config: &Config, run: &str) -> Result<Config> {
     c.aggregator.instance_id = String::new();
     // One token carries the whole load here: its budget would cap the measurement.
     c.ingest.rate_limit_events_per_sec = 0;
+    RUNS.lock().expect("not poisoned").push(c.clone());
     migrate::run(&c).await?;
     Ok(c)
 }
@@ -191,9 +196,19 @@ pub(crate) async fn committed(c: &Config, group: &str, topic: &str) -> Result<i6
         .sum())
 }
 
-/// Removes what a run of [`bench_config`] left: its ClickHouse database and its Redis keys
-/// (the number it deleted).
-pub(crate) async fn clean_up_run(c: &Config) -> Result<u64> {
+/// Removes what every run of [`bench_config`] in this process left: its ClickHouse database
+/// and its Redis keys (how many it deleted).
+pub(crate) async fn clean_up_runs() -> Result<u64> {
+    let runs = std::mem::take(&mut *RUNS.lock().expect("not poisoned"));
+    let mut removed = 0;
+    for c in &runs {
+        removed += clean_up_run(c).await?;
+    }
+    Ok(removed)
+}
+
+/// Removes one run's ClickHouse database and Redis keys (how many it deleted).
+async fn clean_up_run(c: &Config) -> Result<u64> {
     c.clickhouse
         .client()
         .with_database("default")

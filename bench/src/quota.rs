@@ -597,7 +597,5 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         .await
         .ok();
     notices.remove(&pool).await?;
-    let removed = crate::pipeline::clean_up_run(config).await?;
-    tracing::info!(removed, "deleted the run's Redis keys");
     Ok(())
 }

@@ -279,7 +279,6 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         .iter()
         .map(|t| counter_sum(t, "meterline_aggregator_records_total{stream=\"usage\"").to_string())
         .collect();
-    let removed = clean_up_run(&c).await?;
     println!(
         "aggregate: {ours:.0} events/s from Kafka to ClickHouse + Redis, offsets committed ({} events, {} accounts, {} aggregator(s))",
         b.events, b.accounts, b.aggregators
@@ -302,7 +301,6 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         "aggregator process peak RSS (VmHWM): {} MiB",
         peaks.join(" + ")
     );
-    println!("removed this run's {removed} Redis keys");
     let all: u64 = redis_commands.iter().map(|(_, n)| n).sum();
     let top: Vec<String> = redis_commands
         .iter()
