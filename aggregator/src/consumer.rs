@@ -76,9 +76,12 @@ impl Aggregator {
             .set("heartbeat.interval.ms", "1000")
             .set("max.poll.interval.ms", "600000")
             // librdkafka's prefetch queue, 64 MiB by default: a batch is at most 20,000 records
-            // of about 200 bytes (4 MiB), so 16 MiB keeps several batches ahead for a quarter of
-            // the memory (the aggregator's RSS target, issue 21).
-            .set("queued.max.messages.kbytes", "16384");
+            // of about 200 bytes (4 MiB), so 4 MiB keeps a batch ahead. Behind a backlog the
+            // queue stays full, and librdkafka's bookkeeping per record and the fetch buffers
+            // the records pin come on top of the bytes it counts: at 100,000 accounts the
+            // aggregator's peak was 489 MiB with 16 MiB and 394 MiB with 4 MiB, at the same rate
+            // (BENCHMARKS.md; the aggregator's RSS target, issue 21).
+            .set("queued.max.messages.kbytes", "4096");
         if !config.instance_id.is_empty() {
             cc.set("group.instance.id", &config.instance_id);
         }
