@@ -255,8 +255,12 @@ pub(crate) fn cpu_shares(
 pub(crate) fn histogram_line(h: &prometheus::Histogram, what: &str) -> String {
     use prometheus::core::Collector;
     use prometheus::Encoder;
-    // Read through the text format: the protobuf model behind `collect` differs with the
-    // crate's features, which differ between the benchmark's builds.
+    let (n, sum) = (h.get_sample_count() as f64, h.get_sample_sum());
+    if n == 0.0 {
+        return format!("no {what}");
+    }
+    // The buckets read through the text format: the protobuf model behind `collect` differs
+    // with the crate's features, which differ between the benchmark's builds.
     let mut text = Vec::new();
     if prometheus::TextEncoder::new()
         .encode(&h.collect(), &mut text)
@@ -264,29 +268,14 @@ pub(crate) fn histogram_line(h: &prometheus::Histogram, what: &str) -> String {
     {
         return format!("no {what}");
     }
-    let text = String::from_utf8_lossy(&text);
-    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-    let buckets: Vec<(f64, f64)> = text
+    let buckets: Vec<(f64, f64)> = String::from_utf8_lossy(&text)
         .lines()
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            Some((le.parse::<f64>().ok()?, value(l)?))
+            let count = l.rsplit(' ').next()?;
+            Some((le.parse::<f64>().ok()?, count.parse::<f64>().ok()?))
         })
         .collect();
-    let find = |suffix: &str| {
-        text.lines()
-            .find(|l| {
-                l.split(['{', ' '])
-                    .next()
-                    .is_some_and(|n| n.ends_with(suffix))
-            })
-            .and_then(value)
-            .unwrap_or(0.0)
-    };
-    let (n, sum) = (find("_count"), find("_sum"));
-    if n == 0.0 {
-        return format!("no {what}");
-    }
     let bound = |q: f64| {
         let rank = (q * n).ceil();
         buckets

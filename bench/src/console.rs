@@ -52,15 +52,7 @@ async fn bench_config(config: &Config) -> Result<Config> {
     admin.close().await.ok();
     c.postgres.url = opts.database(&db).to_url_lossy().to_string();
     c.clickhouse.database = format!("{}_console_bench", config.clickhouse.database);
-    c.clickhouse
-        .client()
-        .with_database("default")
-        .query(&format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            c.clickhouse.database
-        ))
-        .execute()
-        .await?;
+    crate::pipeline::drop_clickhouse_database(&c).await?;
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
     c.kafka.usage_topic = format!("bench-{run}-usage");
     c.kafka.account_topic = format!("bench-{run}-account");

@@ -209,6 +209,12 @@ pub(crate) async fn clean_up_runs() -> Result<u64> {
 
 /// Removes one run's ClickHouse database and Redis keys (how many it deleted).
 async fn clean_up_run(c: &Config) -> Result<u64> {
+    drop_clickhouse_database(c).await?;
+    remove_run_keys(c).await
+}
+
+/// Drops `c`'s ClickHouse database, if it exists.
+pub(crate) async fn drop_clickhouse_database(c: &Config) -> Result<()> {
     c.clickhouse
         .client()
         .with_database("default")
@@ -218,8 +224,7 @@ async fn clean_up_run(c: &Config) -> Result<u64> {
         ))
         .execute()
         .await
-        .with_context(|| format!("dropping ClickHouse database {}", c.clickhouse.database))?;
-    remove_run_keys(c).await
+        .with_context(|| format!("dropping ClickHouse database {}", c.clickhouse.database))
 }
 
 /// Deletes this run's Redis keys (its own prefix): left to expire, a day of runs filled Redis
