@@ -228,7 +228,16 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
                 bail!("{role} exited ({status}); see .local/log/bench-aggregate-*.log");
             }
         }
-        let done = committed(&c, &c.aggregator.group_id, &c.kafka.usage_topic).await?;
+        // tansu may answer an offset fetch late while the group forms; the run's deadline
+        // below still bounds the wait.
+        let done = match committed(&c, &c.aggregator.group_id, &c.kafka.usage_topic).await {
+            Ok(done) => done,
+            Err(e) if started.elapsed() < Duration::from_secs(1_800) => {
+                eprintln!("committed offsets not read this time ({e}); asking again");
+                continue;
+            }
+            Err(e) => return Err(e.context("the aggregator's committed offsets")),
+        };
         if done > 0 {
             first_commit.get_or_insert_with(|| started.elapsed().as_secs_f64());
         }
