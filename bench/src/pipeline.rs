@@ -176,24 +176,42 @@ pub(crate) async fn produce_with(
     Ok(records.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Sum of the group's committed offsets on `topic`.
-pub(crate) async fn committed(c: &Config, group: &str, topic: &str) -> Result<i64> {
-    let consumer: StreamConsumer = meterline_infra::kafka::client_config(&c.kafka)
-        .set("group.id", group)
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..c.kafka.partitions {
-        tpl.add_partition(topic, p);
-    }
-    let got = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
-    Ok(got
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
+/// Reads a group's committed offsets; one client for every read, so each poll is one request
+/// and not a new connection with its own metadata fetch.
+pub(crate) struct CommittedOffsets {
+    consumer: StreamConsumer,
+    partitions: TopicPartitionList,
+}
+
+impl CommittedOffsets {
+    pub(crate) fn new(c: &Config, group: &str, topic: &str) -> Result<Self> {
+        let consumer: StreamConsumer = meterline_infra::kafka::client_config(&c.kafka)
+            .set("group.id", group)
+            .create()?;
+        let mut partitions = TopicPartitionList::new();
+        for p in 0..c.kafka.partitions {
+            partitions.add_partition(topic, p);
+        }
+        Ok(Self {
+            consumer,
+            partitions,
         })
-        .sum())
+    }
+
+    /// Sum of the group's committed offsets on the topic.
+    pub(crate) fn sum(&self) -> Result<i64> {
+        let got = self
+            .consumer
+            .committed_offsets(self.partitions.clone(), Duration::from_secs(5))?;
+        Ok(got
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum())
+    }
 }
 
 /// Removes what every run of [`bench_config`] in this process left: its ClickHouse database

@@ -221,6 +221,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     // When the first offset was committed, and when half of them were: the start (process,
     // connections, group join) apart from the steady rate.
     let (mut first_commit, mut half_commit) = (None, None);
+    let offsets = CommittedOffsets::new(&c, &c.aggregator.group_id, &c.kafka.usage_topic)?;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         for (role, child) in &mut members.0 {
@@ -230,7 +231,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         }
         // tansu may answer an offset fetch late while the group forms; the run's deadline
         // below still bounds the wait.
-        let done = match committed(&c, &c.aggregator.group_id, &c.kafka.usage_topic).await {
+        let done = match offsets.sum() {
             Ok(done) => done,
             Err(e) if started.elapsed() < Duration::from_secs(1_800) => {
                 eprintln!("committed offsets not read this time ({e}); asking again");
