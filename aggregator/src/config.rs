@@ -16,8 +16,10 @@ pub struct AggregatorConfig {
     /// Upper bound of the backoff between attempts to write a failed batch.
     pub retry_max_backoff_ms: u64,
     /// Accounts the hot state store keeps in memory over all its partitions. Past it, after a
-    /// flush, the least recently used accounts whose state is written are forgotten; each is
-    /// loaded again from Redis at its next event (one call).
+    /// flush and before a batch's accounts are loaded, the least recently used accounts whose
+    /// state is written are forgotten; each is loaded again from Redis at its next event (one
+    /// call). Accounts with events not yet written stay, so a batch over many accounts may take
+    /// the store past it until they are written.
     pub state_max_accounts: usize,
 }
 
