@@ -53,19 +53,21 @@ struct ModelCounters {
     dirty: bool,
 }
 
+/// A window: the base counters of every grain, and for days and months, what only they count
+/// ([`Detail`], boxed).
+///
+/// Most of an account's windows are minutes and hours, which count the base counters only;
+/// with the day's and month's fields inline, every window took 224 bytes, and the windows were
+/// the largest part of an account held in memory (about 2.4 KB for an account with one event,
+/// of which 900 bytes were its four windows).
 #[derive(Debug, Clone, PartialEq)]
 struct Window {
     grain: Grain,
     start: DateTime<Utc>,
     base: [i64; 5],
-    /// Days and months only.
-    models: Vec<ModelCounters>,
-    /// Distinct counts, by [`Dim::ALL`] index: all eight for a month, sessions for a day.
-    counts: [u64; 8],
-    /// Fingerprints of the distinct members counted ([`fingerprint`]).
-    members: HashSet<u64>,
-    /// A month's members of the listed dimensions ([`hot::LISTED_DIMS`]), which move with it.
-    listed: Vec<(Dim, Box<str>)>,
+    /// Days and months only (made with the window, so two states holding the same windows
+    /// compare equal).
+    detail: Option<Box<Detail>>,
     /// Opened after the window had left `cur`: it holds increments since the last write, not
     /// the window's value (see the module documentation).
     late: bool,
@@ -75,6 +77,18 @@ struct Window {
     dirty: bool,
     /// The distinct counts changed since the last write, a bit per [`Dim::ALL`] index.
     dirty_counts: u8,
+}
+
+/// What a day or a month counts beyond the base counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Detail {
+    models: Vec<ModelCounters>,
+    /// Distinct counts, by [`Dim::ALL`] index: all eight for a month, sessions for a day.
+    counts: [u64; 8],
+    /// Fingerprints of the distinct members counted ([`fingerprint`]).
+    members: HashSet<u64>,
+    /// A month's members of the listed dimensions ([`hot::LISTED_DIMS`]), which move with it.
+    listed: Vec<(Dim, Box<str>)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -186,7 +200,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AccountState {
     windows: Vec<Window>,
-    sessions: HashMap<Box<str>, Session>,
+    /// Boxed: a map of sessions inline took 104 bytes a bucket, and held at least four buckets for
+    /// one session.
+    sessions: HashMap<Box<str>, Box<Session>>,
     new_members: Vec<NewMember>,
     late_members: Vec<LateMember>,
     /// Every window is whole (never late): the state folds all of the account's events, as
@@ -238,14 +254,29 @@ impl Window {
             grain,
             start,
             base: [0; 5],
-            models: Vec::new(),
-            counts: [0; 8],
-            members: HashSet::new(),
-            listed: Vec::new(),
+            detail: grain.has_model_fields().then(Box::default),
             late,
             dirty,
             dirty_counts: 0,
         }
+    }
+
+    /// The window's [`Detail`], made if it has none (a field of a day or month found on
+    /// another grain when loading).
+    fn detail_mut(&mut self) -> &mut Detail {
+        self.detail.get_or_insert_with(Box::default)
+    }
+
+    fn models(&self) -> &[ModelCounters] {
+        self.detail.as_deref().map_or(&[], |d| &d.models)
+    }
+
+    fn listed(&self) -> &[(Dim, Box<str>)] {
+        self.detail.as_deref().map_or(&[], |d| &d.listed)
+    }
+
+    fn counts(&self) -> [u64; 8] {
+        self.detail.as_deref().map_or([0; 8], |d| d.counts)
     }
 
     /// The window's fields without its stamp, zeros left out; with `listed`, the month's `v:`
@@ -266,18 +297,18 @@ impl Window {
         for (name, v) in BASE.iter().zip(self.base) {
             put((*name).to_owned(), v);
         }
-        for m in self.models.iter().filter(|m| m.dirty || !changed) {
+        for m in self.models().iter().filter(|m| m.dirty || !changed) {
             for (counter, v) in ["req", "in", "out"].iter().zip(m.values) {
                 put(format!("m:{}:{counter}", m.model), v);
             }
         }
-        for (i, (dim, n)) in Dim::ALL.iter().zip(self.counts).enumerate() {
+        for (i, (dim, n)) in Dim::ALL.iter().zip(self.counts()).enumerate() {
             if !changed || self.dirty_counts & (1 << i) != 0 {
                 put(hot::count_name(*dim), n as i64);
             }
         }
         if listed {
-            for (dim, member) in &self.listed {
+            for (dim, member) in self.listed() {
                 put(hot::member_name(*dim, member), 1);
             }
         }
@@ -323,7 +354,8 @@ impl AccountState {
             }
             if grain.has_model_fields() {
                 let values = [1, e.input_tokens, e.output_tokens];
-                match w.models.iter_mut().find(|m| *m.model == *e.model) {
+                let models = &mut w.detail_mut().models;
+                match models.iter_mut().find(|m| *m.model == *e.model) {
                     Some(m) => {
                         for (total, v) in m.values.iter_mut().zip(values) {
                             *total += v;
@@ -331,7 +363,7 @@ impl AccountState {
                         m.dirty = true;
                     }
                     None => push_exact(
-                        &mut w.models,
+                        models,
                         ModelCounters {
                             model: e.model.as_str().into(),
                             values,
@@ -408,7 +440,7 @@ impl AccountState {
     /// Counts `member` once in window `i` (a month, or a day's sessions).
     fn distinct(&mut self, i: usize, dim: Dim, member: &str) {
         let w = &mut self.windows[i];
-        if member.is_empty() || !w.members.insert(fingerprint(dim, member)) {
+        if member.is_empty() || !w.detail_mut().members.insert(fingerprint(dim, member)) {
             return;
         }
         let (grain, start) = (w.grain, w.start);
@@ -433,10 +465,11 @@ impl AccountState {
             });
             return;
         }
-        w.counts[dim_index(dim)] += 1;
         w.dirty_counts |= 1 << dim_index(dim);
+        let detail = w.detail_mut();
+        detail.counts[dim_index(dim)] += 1;
         self.new_members.push(if listed {
-            push_exact(&mut w.listed, (dim, member.into()));
+            push_exact(&mut detail.listed, (dim, member.into()));
             NewMember::Listed {
                 month,
                 dim,
@@ -531,8 +564,9 @@ impl AccountState {
             if let Some(member) = name.strip_prefix("v:") {
                 if let Some((dim, member)) = member.split_once(':') {
                     if let Some(dim) = Dim::parse(dim) {
-                        w.members.insert(fingerprint(dim, member));
-                        push_exact(&mut w.listed, (dim, member.into()));
+                        let detail = w.detail_mut();
+                        detail.members.insert(fingerprint(dim, member));
+                        push_exact(&mut detail.listed, (dim, member.into()));
                     }
                 }
                 continue;
@@ -540,20 +574,21 @@ impl AccountState {
             if let Some(i) = BASE.iter().position(|b| *b == name) {
                 w.base[i] = *v;
             } else if let Some(dim) = name.strip_prefix("n:").and_then(Dim::parse) {
-                w.counts[dim_index(dim)] = (*v).max(0) as u64;
+                w.detail_mut().counts[dim_index(dim)] = (*v).max(0) as u64;
             } else if let Some((model, counter)) =
                 name.strip_prefix("m:").and_then(|m| m.rsplit_once(':'))
             {
                 let Some(i) = ["req", "in", "out"].iter().position(|c| *c == counter) else {
                     continue;
                 };
-                match w.models.iter_mut().find(|m| *m.model == *model) {
+                let models = &mut w.detail_mut().models;
+                match models.iter_mut().find(|m| *m.model == *model) {
                     Some(m) => m.values[i] = *v,
                     None => {
                         let mut values = [0; 3];
                         values[i] = *v;
                         push_exact(
-                            &mut w.models,
+                            models,
                             ModelCounters {
                                 model: model.into(),
                                 values,
@@ -564,8 +599,8 @@ impl AccountState {
                 }
             }
         }
-        for w in &mut a.windows {
-            w.listed.sort_unstable();
+        for d in a.windows.iter_mut().filter_map(|w| w.detail.as_deref_mut()) {
+            d.listed.sort_unstable();
         }
         for (month, fields) in dims {
             for f in fields {
@@ -584,7 +619,10 @@ impl AccountState {
                 };
                 // Members of windows not in `cur` are not needed: those windows are closed.
                 if let Some(i) = a.find_window(grain, start) {
-                    a.windows[i].members.insert(fingerprint(dim, member));
+                    a.windows[i]
+                        .detail_mut()
+                        .members
+                        .insert(fingerprint(dim, member));
                 }
             }
         }
@@ -704,10 +742,14 @@ impl AccountState {
                 grain: w.grain,
                 start: w.start,
                 base: w.base,
-                models: w.models.clone(),
-                counts: w.counts,
-                members: HashSet::new(),
-                listed: w.listed.clone(),
+                detail: w.detail.as_deref().map(|d| {
+                    Box::new(Detail {
+                        models: d.models.clone(),
+                        counts: d.counts,
+                        members: HashSet::new(),
+                        listed: d.listed.clone(),
+                    })
+                }),
                 late: w.late,
                 dirty: w.dirty,
                 dirty_counts: w.dirty_counts,
@@ -735,10 +777,16 @@ impl AccountState {
     /// count).
     pub fn approx_pending_bytes(&self) -> usize {
         const WINDOW: usize = std::mem::size_of::<Window>();
+        const DETAIL: usize = std::mem::size_of::<Detail>();
         let windows: usize = self
             .windows
             .iter()
-            .map(|w| WINDOW + w.models.len() * 48 + w.listed.len() * 40)
+            .map(|w| {
+                WINDOW
+                    + w.detail.as_ref().map_or(0, |_| DETAIL)
+                    + w.models().len() * 48
+                    + w.listed().len() * 40
+            })
             .sum();
         let members: usize = self
             .new_members
@@ -799,7 +847,7 @@ impl AccountState {
         for w in &mut self.windows {
             w.dirty = false;
             w.dirty_counts = 0;
-            for m in &mut w.models {
+            for m in w.detail.iter_mut().flat_map(|d| d.models.iter_mut()) {
                 m.dirty = false;
             }
         }
