@@ -335,10 +335,25 @@ fn spawn_aggregator(config: &meterline::Config, instance: &str) -> AggregatorPro
 /// 1,000,000 events and 5 kills (`FAULT_EVENTS`, `FAULT_KILLS`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregator_killed_at_random_moments_loses_nothing_and_counts_nothing_twice() {
+    killed_at_random_moments(None).await;
+}
+
+/// The same with room for only 120 of the 1,000 accounts in memory (20 a partition): the
+/// aggregator forgets accounts and loads them again all the time, and waits for its flushes'
+/// snapshots before a batch's accounts, when it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregator_killed_while_it_evicts_loses_nothing_and_counts_nothing_twice() {
+    killed_at_random_moments(Some(120)).await;
+}
+
+async fn killed_at_random_moments(max_accounts: Option<usize>) {
     use rand::{Rng, SeedableRng};
     let events = env_or("FAULT_EVENTS", 40_000);
     let kills = env_or("FAULT_KILLS", 2);
-    let config = isolated_config(&unique_suffix());
+    let mut config = isolated_config(&unique_suffix());
+    if let Some(n) = max_accounts {
+        config.aggregator.state_max_accounts = n;
+    }
     let mut app = spawn_with(config, Components::none().ingest()).await;
     let mut stream = Stream::new(events, 1_000);
     let mut acked = 0;

@@ -362,3 +362,62 @@ async fn records_past_the_checkpoint_are_read_again_from_it() {
     );
     common::remove_hot_keys(&redis).await;
 }
+
+/// A store over its budget of accounts in memory keeps to the budget plus one batch: before it
+/// loads a batch's accounts, it waits for its running flush to write its snapshots and forgets
+/// those accounts (which a backlog of batches over many accounts otherwise kept in memory, two
+/// batches' worth), and every event still counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_past_its_budget_waits_for_written_snapshots_and_keeps_within_one_batch() {
+    let redis = isolated_redis();
+    let keys = HotKeys::new(redis.key_prefix.clone()).unwrap();
+    let mut conn = redis.connect().await.unwrap();
+    let now = Utc::now();
+    const ACCOUNTS: i64 = 10_000;
+    const BATCH: i64 = 2_000;
+    const BUDGET: usize = 1_000;
+    let mut hot = HotStore::new(
+        conn.clone(),
+        keys.clone(),
+        TOPIC,
+        FlushPolicy {
+            interval: Duration::ZERO,
+            max_resident: BUDGET,
+            retry_max_backoff: Duration::from_millis(200),
+            ..FlushPolicy::default()
+        },
+    );
+    let mut commits = Vec::new();
+    for k in 0..6 {
+        // Each batch is 2,000 accounts the store does not hold (the first 2,000 come back in
+        // the last batch, after they were forgotten).
+        write(&mut hot, &records(k * BATCH, BATCH, ACCOUNTS, now), now).await;
+        assert!(
+            hot.accounts() <= BUDGET + BATCH as usize,
+            "batch {k}: {} accounts in memory",
+            hot.accounts()
+        );
+        // Takes the batch's flush at once: the partition is past its share.
+        commits.extend(hot.flush_due(false, false, now).await);
+    }
+    assert!(hot.take_evicted() > 0);
+    commits.extend(hot.flush_due(true, true, now).await);
+    assert!(
+        matches!(commits.last(), Some((0, FlushAction::Commit { offset, .. })) if *offset == 6 * BATCH),
+        "the last commit is past every record: {commits:?}"
+    );
+    let counted: u64 = commits
+        .iter()
+        .map(|(_, a)| match a {
+            FlushAction::Commit { counted, .. } => *counted,
+            FlushAction::Rewind(_) => panic!("nothing is rewound: {a:?}"),
+        })
+        .sum();
+    assert_eq!(counted, 6 * BATCH as u64);
+    assert_eq!(
+        day_requests(&mut conn, &keys, ACCOUNTS, now).await,
+        expected(6 * BATCH, ACCOUNTS),
+        "every event counted once, the reloaded accounts too"
+    );
+    common::remove_hot_keys(&redis).await;
+}

@@ -533,6 +533,11 @@ impl Partition {
             || self.over_bounds(policy)
     }
 
+    /// Whether events were folded (or records handled) since the last job was taken.
+    pub fn has_changes(&self) -> bool {
+        self.oldest_change.is_some()
+    }
+
     /// Whether more accounts or seen ids wait than `policy` lets wait.
     pub fn over_bounds(&self, policy: &FlushPolicy) -> bool {
         self.unwritten() >= policy.max_accounts || self.seen_pending >= policy.max_seen
@@ -630,10 +635,8 @@ impl Partition {
     /// used first, until at most `keep` are in memory; an account forgotten is loaded again at
     /// its next event. Returns how many were forgotten.
     ///
-    /// Only the newest job can still be writing, so the accounts of every earlier job go too:
-    /// waiting for no job to be writing, as this did, let the accounts in memory grow past
-    /// `keep` while a backlog kept a job writing most of the time (50,000–55,000 against
-    /// 30,000 in `bench aggregate --accounts 100000`).
+    /// Only the newest job can still be writing, so the accounts of every earlier job go too
+    /// (this used to wait for no job to be writing, which a backlog rarely allowed).
     pub fn evict(&mut self, keep: usize) -> usize {
         self.evict_but(keep, &BTreeSet::new())
     }

@@ -496,11 +496,25 @@ impl HotStore {
             let accounts: BTreeSet<&str> =
                 new.iter().map(|d| d.event.account_id.as_str()).collect();
             let missing = accounts.iter().filter(|a| !held.partition.holds(a)).count();
-            // Room for them first, so the accounts in memory stay within the budget while a
-            // backlog brings a batch of new ones (after a flush only, a batch of 20,000 events
-            // over 100,000 accounts took the store to 50,000 against 30,000).
-            let share = self.policy.max_resident / self.held.len().max(1);
+            // Room for them first. Past its share, the partition waits for its running flushes
+            // to write their snapshots, whose accounts may then go: with eviction after flushes
+            // only, the accounts of the batch before stayed in memory with this one's, and a
+            // batch is mostly one partition's records (20,000 events over 100,000 accounts
+            // touched 9,000-12,000 accounts of one partition), which took the store to
+            // 50,000-55,000 accounts against a budget of 30,000.
+            let share = self.share();
             let held = self.held.get_mut(&partition).expect("claimed above");
+            if held.partition.accounts() + missing > share {
+                let started = Instant::now();
+                for running in held.flushes.iter_mut() {
+                    // An error: the task ended without writing them (it stopped, or was fenced).
+                    let _ = running.written.wait_for(|w| *w).await;
+                }
+                if held.flushes.back().is_some_and(Running::snapshots_written) {
+                    held.partition.snapshots_written();
+                }
+                self.waited += started.elapsed();
+            }
             self.evicted +=
                 held.partition
                     .evict_but(share.saturating_sub(missing), &accounts) as u64;
@@ -595,6 +609,7 @@ impl HotStore {
             }
         }
         let clock = Instant::now();
+        let share = self.share();
         for &partition in &partitions {
             let Some(held) = self.held.get_mut(&partition) else {
                 continue;
@@ -602,10 +617,17 @@ impl HotStore {
             if held.flushes.back().is_some_and(Running::snapshots_written) {
                 held.partition.snapshots_written();
             }
+            // Past its share of the budget, a partition forgets what its written snapshots
+            // hold, and flushes its changes now, so that they may go once written.
+            let over_share = held.partition.accounts() > share;
+            if over_share {
+                self.evicted += held.partition.evict(share) as u64;
+            }
             let due = if all {
                 held.partition.through() > held.partition.checkpointed()
             } else {
                 held.partition.due(clock, caught_up, &self.policy)
+                    || (over_share && held.partition.has_changes())
             };
             if !due || held.flushes.len() >= self.policy.max_jobs.max(1) {
                 continue;
@@ -770,6 +792,12 @@ impl HotStore {
         }
     }
 
+    /// The accounts each held partition may keep in memory ([`FlushPolicy::max_resident`]
+    /// shared equally).
+    fn share(&self) -> usize {
+        self.policy.max_resident / self.held.len().max(1)
+    }
+
     /// Waits for the partition's oldest running flush, if any, and takes its outcome.
     async fn collect(&mut self, partition: i32, actions: &mut Vec<(i32, FlushAction)>) {
         let Some(held) = self.held.get_mut(&partition) else {
@@ -778,7 +806,7 @@ impl HotStore {
         let Some(mut running) = held.flushes.pop_front() else {
             return;
         };
-        let share = self.policy.max_resident / self.held.len().max(1);
+        let share = self.share();
         let held = self.held.get_mut(&partition).expect("held above");
         let mut lost = false;
         let outcome = match (&mut running.task).await {
