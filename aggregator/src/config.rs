@@ -18,8 +18,9 @@ pub struct AggregatorConfig {
     /// Accounts the hot state store keeps in memory over all its partitions. Past it, after a
     /// flush and before a batch's accounts are loaded, the least recently used accounts whose
     /// state is written are forgotten; each is loaded again from Redis at its next event (one
-    /// call). Accounts with events not yet written stay, so a batch over many accounts may take
-    /// the store past it until they are written.
+    /// call). Accounts with events not yet written stay; a partition past its share flushes
+    /// them at once and waits for them to be written before loading the next batch's accounts,
+    /// so the store holds at most this and one batch's accounts.
     pub state_max_accounts: usize,
 }
 
