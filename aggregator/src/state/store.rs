@@ -88,6 +88,24 @@ struct Held {
     alive: Arc<AtomicBool>,
 }
 
+impl Held {
+    /// Waits for every running flush of the partition to write its snapshots.
+    async fn wait_for_snapshots(&mut self) {
+        for running in self.flushes.iter_mut() {
+            // An error: the task ended without writing them (it stopped, or was fenced).
+            let _ = running.written.wait_for(|w| *w).await;
+        }
+    }
+
+    /// Tells the partition once its newest flush has written its snapshots, so that the next
+    /// one may be taken and their accounts forgotten.
+    fn note_snapshots_written(&mut self) {
+        if self.flushes.back().is_some_and(Running::snapshots_written) {
+            self.partition.snapshots_written();
+        }
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         self.alive.store(false, Ordering::Release);
@@ -506,13 +524,8 @@ impl HotStore {
             let held = self.held.get_mut(&partition).expect("claimed above");
             if held.partition.accounts() + missing > share {
                 let started = Instant::now();
-                for running in held.flushes.iter_mut() {
-                    // An error: the task ended without writing them (it stopped, or was fenced).
-                    let _ = running.written.wait_for(|w| *w).await;
-                }
-                if held.flushes.back().is_some_and(Running::snapshots_written) {
-                    held.partition.snapshots_written();
-                }
+                held.wait_for_snapshots().await;
+                held.note_snapshots_written();
                 self.waited += started.elapsed();
             }
             self.evicted +=
@@ -614,9 +627,7 @@ impl HotStore {
             let Some(held) = self.held.get_mut(&partition) else {
                 continue;
             };
-            if held.flushes.back().is_some_and(Running::snapshots_written) {
-                held.partition.snapshots_written();
-            }
+            held.note_snapshots_written();
             // Past its share of the budget, a partition forgets what its written snapshots
             // hold, and flushes its changes now, so that they may go once written.
             let over_share = held.partition.accounts() > share;
@@ -761,10 +772,7 @@ impl HotStore {
     /// counts); their checkpoints may still wait for ClickHouse.
     async fn wait_for_snapshots(&mut self) {
         for held in self.held.values_mut() {
-            for running in held.flushes.iter_mut() {
-                // An error: the task ended without writing them (it stopped, or was fenced).
-                let _ = running.written.wait_for(|w| *w).await;
-            }
+            held.wait_for_snapshots().await;
         }
     }
 
