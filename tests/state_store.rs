@@ -452,6 +452,8 @@ async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
         for i in 0..20_000i64 {
             e.event_id = format!("big-{i}");
             e.user_id = (i < 10_000).then(|| format!("user-{i}"));
+            // 400 models: `cur` gets thousands of fields, more than one HSET slice of snap.lua.
+            e.model = format!("model-{}", i % 400);
             assert!(p.is_new(&e.event_id, Grain::Day.window_start(now)));
             p.fold(i, &e, now);
         }
@@ -472,6 +474,18 @@ async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
             .await
             .unwrap();
         assert!(dims >= 10_000, "{dims}");
+        let day = Grain::Day.window_start(DateTime::from_timestamp_micros(e.occurred_at).unwrap());
+        let cur: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.cur(e.account_id.as_str()))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(cur.len() > 1_000, "{}", cur.len());
+        for model in ["model-0", "model-399"] {
+            let req = hot::field(Grain::Day, day, &format!("m:{model}:req"));
+            assert_eq!(cur.get(&req).map(String::as_str), Some("50"), "{req}");
+        }
+        assert_eq!(cur.get("_o").map(String::as_str), Some("19999"));
         common::remove_hot_keys(&deployment).await;
     }
 }

@@ -42,69 +42,81 @@ local i = 6
 local function take()
     local v = ARGV[i]; i = i + 1; return v
 end
-local function pairs_of(n)
-    local out = {}
-    for _ = 1, n do out[#out + 1] = take(); out[#out + 1] = take() end
-    return out
-end
--- HSET or HDEL in slices: Lua's unpack takes a few thousand values at most.
-local function sliced(cmd, key, list)
-    local i = 1
-    while i <= #list do
-        local last = math.min(i + 999, #list)
-        redis.call(cmd, key, unpack(list, i, last))
-        i = last + 1
+-- A command over ARGV[from..to] (after its fixed arguments), in slices of at most 1,000 values:
+-- Lua's unpack takes a few thousand values at most. Straight from ARGV, with no table between.
+local function over_argv(cmd, key, from, to)
+    while from <= to do
+        local last = math.min(from + 999, to)
+        redis.call(cmd, key, unpack(ARGV, from, last))
+        from = last + 1
     end
 end
-
-local fields = {'_e', ARGV[1], '_tp', ARGV[2], '_o', ARGV[4]}
-for _, v in ipairs(pairs_of(tonumber(take()))) do fields[#fields + 1] = v end
-sliced('HSET', cur, fields)
+-- The next n (field, value) pairs of ARGV, written to key.
+local function hset_pairs(key, n)
+    if n > 0 then over_argv('HSET', key, i, i + 2 * n - 1) end
+    i = i + 2 * n
+end
 local function expire(key, at)
     if at ~= '' then redis.call('EXPIREAT', key, at) end
 end
+
+-- cur's guard fields go in the same HSET as the first slice of its own fields (994 values, so
+-- that with the guard's six the call stays within 1,000).
+local ncur = 2 * tonumber(take())
+local head = math.min(ncur, 994)
+redis.call('HSET', cur, '_e', ARGV[1], '_tp', ARGV[2], '_o', ARGV[4], unpack(ARGV, i, i + head - 1))
+over_argv('HSET', cur, i + head, i + ncur - 1)
+i = i + ncur
 expire(cur, ARGV[5])
 
 local ngone = tonumber(take())
-if ngone > 0 then
-    local gone = {}
-    for _ = 1, ngone do gone[#gone + 1] = take() end
-    sliced('HDEL', cur, gone)
-end
+if ngone > 0 then over_argv('HDEL', cur, i, i + ngone - 1) end
+i = i + ngone
 
 for _ = 1, tonumber(take()) do
     local key = KEYS[tonumber(take())]
     local n = tonumber(take())
     local members = {}
     for _ = 1, n do members[#members + 1] = take(); members[#members + 1] = '1' end
-    sliced('HSET', key, members)
+    local j = 1
+    while j <= #members do
+        local last = math.min(j + 999, #members)
+        redis.call('HSET', key, unpack(members, j, last))
+        j = last + 1
+    end
     expire(key, take())
 end
 
 for _ = 1, tonumber(take()) do
     local key = KEYS[tonumber(take())]
-    local kv = pairs_of(tonumber(take()))
-    sliced('HSET', key, kv)
+    hset_pairs(key, tonumber(take()))
     expire(key, take())
 end
 
 for _ = 1, tonumber(take()) do
     local key = KEYS[tonumber(take())]
     local stamp = take()
-    local kv = pairs_of(tonumber(take()))
-    if #kv > 0 then
-        sliced('HSET', key, kv)
+    local n = tonumber(take())
+    if n > 0 then
+        local from = i
+        hset_pairs(key, n)
         local gone = {}
-        for j = 1, #kv, 2 do gone[#gone + 1] = stamp .. ':' .. kv[j] end
-        sliced('HDEL', cur, gone)
+        for j = from, from + 2 * n - 1, 2 do gone[#gone + 1] = stamp .. ':' .. ARGV[j] end
+        local k = 1
+        while k <= #gone do
+            local last = math.min(k + 999, #gone)
+            redis.call('HDEL', cur, unpack(gone, k, last))
+            k = last + 1
+        end
     end
     redis.call('EXPIREAT', key, take())
 end
 
 for _ = 1, tonumber(take()) do
     local key = KEYS[tonumber(take())]
-    local kv = pairs_of(tonumber(take()))
-    for j = 1, #kv, 2 do redis.call('HINCRBY', key, kv[j], kv[j + 1]) end
+    local n = tonumber(take())
+    for j = i, i + 2 * n - 1, 2 do redis.call('HINCRBY', key, ARGV[j], ARGV[j + 1]) end
+    i = i + 2 * n
     redis.call('EXPIREAT', key, take())
 end
 
