@@ -42,18 +42,19 @@ local i = 6
 local function take()
     local v = ARGV[i]; i = i + 1; return v
 end
--- A command over ARGV[from..to] (after its fixed arguments), in slices of at most 1,000 values:
--- Lua's unpack takes a few thousand values at most. Straight from ARGV, with no table between.
-local function over_argv(cmd, key, from, to)
+-- A command on key over list[from..to], in slices of at most 1,000 values: Lua's unpack takes a
+-- few thousand values at most. The list is ARGV itself wherever the values are there as they
+-- go to Redis, so that they are not copied into a table first.
+local function sliced(cmd, key, list, from, to)
     while from <= to do
         local last = math.min(from + 999, to)
-        redis.call(cmd, key, unpack(ARGV, from, last))
+        redis.call(cmd, key, unpack(list, from, last))
         from = last + 1
     end
 end
 -- The next n (field, value) pairs of ARGV, written to key.
 local function hset_pairs(key, n)
-    if n > 0 then over_argv('HSET', key, i, i + 2 * n - 1) end
+    sliced('HSET', key, ARGV, i, i + 2 * n - 1)
     i = i + 2 * n
 end
 local function expire(key, at)
@@ -65,12 +66,12 @@ end
 local ncur = 2 * tonumber(take())
 local head = math.min(ncur, 994)
 redis.call('HSET', cur, '_e', ARGV[1], '_tp', ARGV[2], '_o', ARGV[4], unpack(ARGV, i, i + head - 1))
-over_argv('HSET', cur, i + head, i + ncur - 1)
+sliced('HSET', cur, ARGV, i + head, i + ncur - 1)
 i = i + ncur
 expire(cur, ARGV[5])
 
 local ngone = tonumber(take())
-if ngone > 0 then over_argv('HDEL', cur, i, i + ngone - 1) end
+sliced('HDEL', cur, ARGV, i, i + ngone - 1)
 i = i + ngone
 
 for _ = 1, tonumber(take()) do
@@ -78,12 +79,7 @@ for _ = 1, tonumber(take()) do
     local n = tonumber(take())
     local members = {}
     for _ = 1, n do members[#members + 1] = take(); members[#members + 1] = '1' end
-    local j = 1
-    while j <= #members do
-        local last = math.min(j + 999, #members)
-        redis.call('HSET', key, unpack(members, j, last))
-        j = last + 1
-    end
+    sliced('HSET', key, members, 1, #members)
     expire(key, take())
 end
 
@@ -102,12 +98,7 @@ for _ = 1, tonumber(take()) do
         hset_pairs(key, n)
         local gone = {}
         for j = from, from + 2 * n - 1, 2 do gone[#gone + 1] = stamp .. ':' .. ARGV[j] end
-        local k = 1
-        while k <= #gone do
-            local last = math.min(k + 999, #gone)
-            redis.call('HDEL', cur, unpack(gone, k, last))
-            k = last + 1
-        end
+        sliced('HDEL', cur, gone, 1, #gone)
     end
     redis.call('EXPIREAT', key, take())
 end
