@@ -28,6 +28,9 @@ pub struct AggregatorMetrics {
     /// written (what the read path sees) and until its checkpoint was (which waits for
     /// ClickHouse): the hot state's share of freshness after the fold.
     pub flush_seconds: HistogramVec,
+    /// Usage events per ClickHouse insert: batches that wait while an insert runs go in the next
+    /// one together (`crate::inserter`).
+    pub insert_events: Histogram,
 }
 
 /// The stages of the batch loop, in order, as `stage` label values.
@@ -131,6 +134,16 @@ impl AggregatorMetrics {
             &["until"],
         )
         .expect("metric");
+        let insert_events = Histogram::with_opts(
+            HistogramOpts::new(
+                "meterline_aggregator_clickhouse_insert_events",
+                "Usage events per ClickHouse insert (batches waiting while an insert runs go in the next one together)",
+            )
+            .buckets(vec![
+                100.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0, 60_000.0,
+            ]),
+        )
+        .expect("metric");
         for m in [
             Box::new(records.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events.clone()),
@@ -144,6 +157,7 @@ impl AggregatorMetrics {
             Box::new(state_evictions.clone()),
             Box::new(partitions_dropped.clone()),
             Box::new(flush_seconds.clone()),
+            Box::new(insert_events.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -161,6 +175,7 @@ impl AggregatorMetrics {
             partitions_dropped,
             stage_seconds,
             flush_seconds,
+            insert_events,
         }
     }
 

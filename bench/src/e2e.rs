@@ -383,6 +383,8 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         .stage_seconds
         .with_label_values(&[meterline_aggregator::metrics::INSERT_STAGE])
         .get();
+    let inserts = m.insert_events.get_sample_count();
+    let inserted = m.insert_events.get_sample_sum();
     shutdown.cancel();
     running.stop().await?;
     services::token_store(&c, &pool).revoke(&name).await.ok();
@@ -433,8 +435,9 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         flushes.join("; ")
     );
     println!(
-        "ClickHouse insert task (alongside the loop): busy {inserting:.1} s, {:.0} % of the run",
-        100.0 * inserting / elapsed
+        "ClickHouse insert task (alongside the loop): busy {inserting:.1} s, {:.0} % of the run; {inserts} inserts of {:.0} events on average",
+        100.0 * inserting / elapsed,
+        inserted / inserts.max(1) as f64
     );
     println!("process RSS (ingest + aggregator + load generator): peak {rss_peak:.0} MiB");
     println!(

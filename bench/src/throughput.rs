@@ -285,6 +285,8 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
         "meterline_aggregator_stage_seconds_total{{stage=\"{}\"",
         meterline_aggregator::metrics::INSERT_STAGE
     ));
+    let inserts = sum("meterline_aggregator_clickhouse_insert_events_count");
+    let inserted = sum("meterline_aggregator_clickhouse_insert_events_sum");
     let split: Vec<String> = scraped
         .iter()
         .map(|t| counter_sum(t, "meterline_aggregator_records_total{stream=\"usage\"").to_string())
@@ -330,8 +332,9 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     );
     println!("aggregator wall time by stage {}", stage_breakdown(&stages));
     println!(
-        "ClickHouse insert task (alongside the loop): busy {inserting:.1} s, {:.0} % of the wall time",
-        100.0 * inserting / wall
+        "ClickHouse insert task (alongside the loop): busy {inserting:.1} s, {:.0} % of the wall time; {inserts:.0} inserts of {:.0} events on average",
+        100.0 * inserting / wall,
+        inserted / inserts.max(1.0)
     );
     Ok(())
 }

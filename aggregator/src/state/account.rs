@@ -891,4 +891,4 @@ impl AccountState {
 }
 
 #[cfg(test)]
-pub(super) mod tests;
+pub(crate) mod tests;

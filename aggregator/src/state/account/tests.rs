@@ -7,13 +7,8 @@ fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
 }
 
-/// One request of `acct-1` at `t` (the partition's tests reuse it).
-pub(in crate::state) fn event(
-    t: DateTime<Utc>,
-    model: &str,
-    session: &str,
-    user: &str,
-) -> UsageEvent {
+/// One request of `acct-1` at `t` (the partition's and the inserter's tests reuse it).
+pub(crate) fn event(t: DateTime<Utc>, model: &str, session: &str, user: &str) -> UsageEvent {
     UsageEvent {
         event_id: "e".into(),
         occurred_at: t.timestamp_micros(),
