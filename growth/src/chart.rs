@@ -51,19 +51,8 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
     let fail = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
-    let days = report
-        .conversion_curves
-        .iter()
-        .map(|c| c.by_day.len().saturating_sub(1))
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let top = report
-        .conversion_curves
-        .iter()
-        .flat_map(|c| c.by_day.iter().copied())
-        .fold(0.0_f64, f64::max)
-        * 100.0;
+    let (days, highest) = report.curve_extent();
+    let top = highest * 100.0;
     let y_max = (top * 1.15).max(1.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(

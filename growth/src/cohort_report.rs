@@ -238,6 +238,25 @@ fn rate_cells(r: &Rate) -> (String, String, String) {
 }
 
 impl Report {
+    /// What the conversion chart spans: the most days since signup a curve reaches (at least
+    /// 1), and the highest share converted on any curve (0 when none converted). The console's
+    /// chart and `--chart`'s picture are both scaled by it.
+    pub fn curve_extent(&self) -> (usize, f64) {
+        let days = self
+            .conversion_curves
+            .iter()
+            .map(|c| c.by_day.len().saturating_sub(1))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let highest = self
+            .conversion_curves
+            .iter()
+            .flat_map(|c| c.by_day.iter().copied())
+            .fold(0.0_f64, f64::max);
+        (days, highest)
+    }
+
     /// The text report: warnings first, then a table per variant.
     pub fn text(&self) -> String {
         let mut out = String::new();
@@ -444,6 +463,12 @@ mod tests {
         assert_eq!(curve.by_day[1], 0.01);
         assert_eq!(curve.by_day[2], 0.03);
         assert_eq!(curve.by_day[10], 0.04);
+        assert_eq!(r.curve_extent(), (10, 0.04));
+        let no_curves = Report {
+            conversion_curves: Vec::new(),
+            ..r.clone()
+        };
+        assert_eq!(no_curves.curve_extent(), (1, 0.0));
         let csv = r.csv();
         assert!(csv.contains("generous,false,limit_hit_rate,0.6,"), "{csv}");
         assert!(

@@ -96,19 +96,8 @@ pub struct CurvesChart {
 /// Cumulative conversion by days since signup, one line per variant, scaled to the highest.
 pub fn curves(report: &Report) -> CurvesChart {
     let (width, height, left, top, plot_h) = (720.0, 300.0, 60.0, 20.0, 240.0);
-    let days = report
-        .conversion_curves
-        .iter()
-        .map(|c| c.by_day.len().saturating_sub(1))
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let max = report
-        .conversion_curves
-        .iter()
-        .flat_map(|c| c.by_day.iter().copied())
-        .fold(0.0_f64, f64::max)
-        .max(0.01);
+    let (days, highest) = report.curve_extent();
+    let max = highest.max(0.01);
     let plot_w = width - left - 20.0;
     let curves = report
         .conversion_curves
