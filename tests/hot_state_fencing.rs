@@ -154,6 +154,31 @@ async fn stored_cur(redis: &mut HotConn, keys: &HotKeys, account: &str) -> Windo
         .collect()
 }
 
+/// Asserts that Redis holds `account`'s sessions as `state` has them: each of the four session
+/// ids the records use ([`record`]), one `state` does not have as no hash at all.
+async fn assert_sessions(
+    redis: &mut HotConn,
+    keys: &HotKeys,
+    account: &str,
+    state: &AccountState,
+    now: DateTime<Utc>,
+) {
+    let sessions = state.sessions(now);
+    for s in ["s-0", "s-1", "s-2", "s-3"] {
+        let stored: HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(keys.session(account, s))
+            .query_async(redis)
+            .await
+            .unwrap();
+        let want: HashMap<String, i64> = sessions
+            .iter()
+            .find(|session| session.id == s)
+            .map(|session| session.fields.clone().into_iter().collect())
+            .unwrap_or_default();
+        assert_eq!(stored, want, "{account} {s}");
+    }
+}
+
 #[tokio::test]
 async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would() {
     let config = common::isolated_config(&common::unique_suffix());
@@ -223,14 +248,7 @@ async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_woul
             want,
             "{account}"
         );
-        for s in state.sessions(now) {
-            let stored: HashMap<String, i64> = redis::cmd("HGETALL")
-                .arg(keys.session(account, &s.id))
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            assert_eq!(stored, s.fields.into_iter().collect(), "{account} {}", s.id);
-        }
+        assert_sessions(&mut redis, &keys, account, state, now).await;
     }
     common::remove_hot_keys(&deployment).await;
 }
@@ -337,21 +355,7 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state_on(
         assert_eq!(tp.as_deref(), Some("usage:0"));
         got.retain(|_, v| *v != 0);
         assert_eq!(&got, want, "{account}");
-        let (state, _) = &mem_b.0[account];
-        for s in ["s-0", "s-1", "s-2", "s-3"] {
-            let stored: HashMap<String, i64> = redis::cmd("HGETALL")
-                .arg(keys.session(account, s))
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            let want: HashMap<String, i64> = state
-                .sessions(now)
-                .into_iter()
-                .find(|session| session.id == s)
-                .map(|session| session.fields.into_iter().collect())
-                .unwrap_or_default();
-            assert_eq!(stored, want, "{account} {s}");
-        }
+        assert_sessions(&mut redis, &keys, account, &mem_b.0[account].0, now).await;
     }
     let ckpt: HashMap<String, i64> = redis::cmd("HGETALL")
         .arg(keys.checkpoint(0, TOPIC))
