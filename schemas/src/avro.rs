@@ -276,6 +276,39 @@ pub(crate) mod tests {
         assert_eq!(back, e);
     }
 
+    /// A review decision, with the fields account schema version 3 added.
+    fn sample_review() -> AccountEvent {
+        AccountEvent::review(
+            "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a13".into(),
+            chrono::Utc::now(),
+            AccountId::parse("a").unwrap(),
+            AccountEventType::ReviewCleared,
+            "ana",
+            "CI traffic, checked with the customer",
+            Some(70),
+        )
+        .unwrap()
+    }
+
+    /// Sets the profile fields every account schema version has, as null, in a record written
+    /// by hand as an older writer would.
+    fn null_profile(value: &mut apache_avro::types::Record<'_>) {
+        for f in [
+            "plan",
+            "seats",
+            "email_domain",
+            "company_size",
+            "signup_ip_hash",
+            "device_id",
+            "browser_signature",
+        ] {
+            value.put(
+                f,
+                apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+            );
+        }
+    }
+
     #[test]
     fn account_event_round_trips() {
         let schema = parse_schema(ACCOUNT_EVENT_SCHEMA).unwrap();
@@ -302,16 +335,7 @@ pub(crate) mod tests {
         let back: AccountEvent = decode_body(&schema, &schema, &bytes[5..]).unwrap();
         assert_eq!(back, e);
         // A review decision, with the version-3 fields.
-        let e = AccountEvent::review(
-            "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a13".into(),
-            chrono::Utc::now(),
-            AccountId::parse("a").unwrap(),
-            AccountEventType::ReviewCleared,
-            "ana",
-            "CI traffic, checked with the customer",
-            Some(70),
-        )
-        .unwrap();
+        let e = sample_review();
         let bytes = encode(1, &schema, &e).unwrap();
         let back: AccountEvent = decode_body(&schema, &schema, &bytes[5..]).unwrap();
         assert_eq!(back, e);
@@ -373,16 +397,7 @@ pub(crate) mod tests {
     fn version_3_account_events_read_with_no_contact_email() {
         let v4 = parse_schema(ACCOUNT_EVENT_SCHEMA).unwrap();
         let v3 = older_account_schema(3);
-        let e = AccountEvent::review(
-            "0b6c3b0e-6f59-4a38-9a8e-3d1b2b7b9a13".into(),
-            chrono::Utc::now(),
-            AccountId::parse("a").unwrap(),
-            AccountEventType::ReviewCleared,
-            "ana",
-            "CI traffic",
-            Some(70),
-        )
-        .unwrap();
+        let e = sample_review();
         // Written as a version-3 writer would: the same record without contact_email.
         let mut value = apache_avro::to_value(&e).unwrap();
         if let apache_avro::types::Value::Record(fields) = &mut value {
@@ -409,20 +424,7 @@ pub(crate) mod tests {
             "type",
             apache_avro::types::Value::Enum(5, "notice_clicked".into()),
         );
-        for f in [
-            "plan",
-            "seats",
-            "email_domain",
-            "company_size",
-            "signup_ip_hash",
-            "device_id",
-            "browser_signature",
-        ] {
-            value.put(
-                f,
-                apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
-            );
-        }
+        null_profile(&mut value);
         value.put(
             "notice_id",
             apache_avro::types::Value::Union(
@@ -448,20 +450,7 @@ pub(crate) mod tests {
         value.put("received_at", 2i64);
         value.put("account_id", "a");
         value.put("type", apache_avro::types::Value::Enum(0, "signup".into()));
-        for f in [
-            "plan",
-            "seats",
-            "email_domain",
-            "company_size",
-            "signup_ip_hash",
-            "device_id",
-            "browser_signature",
-        ] {
-            value.put(
-                f,
-                apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
-            );
-        }
+        null_profile(&mut value);
         let body = apache_avro::to_avro_datum(&v1, value).unwrap();
         let e: AccountEvent = decode_body(&v1, &v2, &body).unwrap();
         assert_eq!(e.kind, AccountEventType::Signup);
