@@ -20,6 +20,8 @@
 //! A third test has B load what A wrote instead of replaying it (design §3.2): B claims the
 //! partition, loads each account its records touch from Redis, folds only 100–149 and writes.
 //! Redis then equals what one writer folding 0–149 would have written.
+//! A fourth test runs a zombie's whole flush through the state store: once its first snapshots
+//! come back `FENCED`, it sends no further one.
 //! (tansu never expires a dead consumer-group member, so the end-to-end zombie case waits for a
 //! broker that does; this is the part that does not need one.)
 
@@ -29,6 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use meterline_aggregator::state::account::AccountState;
+use meterline_aggregator::state::partition::{Flushed, Partition};
 use meterline_aggregator::state::writer::{StateWriter, Written};
 use meterline_infra::redis::HotConn;
 use meterline_infra::RedisConfig;
@@ -431,5 +434,152 @@ async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere_on(deployme
             "{account}"
         );
     }
+    common::remove_hot_keys(&deployment).await;
+}
+
+/// A [`HotConn`] that notes the account of every snapshot script call sent through it: the
+/// test's account whose `cur` is the first key of an `EVALSHA` or `EVAL`.
+#[derive(Clone)]
+struct NotingSnapshots {
+    inner: HotConn,
+    keys: HotKeys,
+    accounts: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl NotingSnapshots {
+    fn note(&self, cmd: &redis::Cmd) {
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .filter_map(|a| match a {
+                redis::Arg::Simple(a) => Some(a.to_vec()),
+                redis::Arg::Cursor => None,
+            })
+            .collect();
+        let is_script = args
+            .first()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"EVALSHA") || c.eq_ignore_ascii_case(b"EVAL"));
+        if !is_script {
+            return;
+        }
+        // EVALSHA sha numkeys cur …: the account whose `cur` comes first.
+        let first_key = String::from_utf8(args[3].clone()).unwrap();
+        let account = (0..12)
+            .map(|n| format!("fence-{n}"))
+            .find(|a| self.keys.cur(a) == first_key);
+        if let Some(account) = account {
+            self.accounts.lock().unwrap().insert(account);
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for NotingSnapshots {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.note(cmd);
+        self.inner.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        for c in cmd.cmd_iter() {
+            self.note(c);
+        }
+        self.inner.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+/// Loads the accounts of the records at `offsets` into `partition` and folds them.
+async fn fold_into(
+    partition: &mut Partition,
+    writer: &StateWriter<HotConn>,
+    offsets: std::ops::Range<i64>,
+    now: DateTime<Utc>,
+) {
+    let records: Vec<(i64, UsageEvent)> = offsets.map(|o| (o, record(o, now))).collect();
+    assert!(partition
+        .load(
+            writer,
+            records.iter().map(|(_, e)| e.account_id.as_str()),
+            4
+        )
+        .await
+        .unwrap());
+    for (o, e) in &records {
+        partition.fold(*o, e, now);
+    }
+    partition.advance(records.last().unwrap().0);
+}
+
+/// A flush whose first snapshots are refused stops there. A flushes offsets 0–99 of the
+/// partition through its state store, and folds 100–199; B then takes the partition and
+/// claims every account. A's flush of the twelve accounts, two in flight at a time, ends
+/// `Fenced` after sending only the two it had in flight, and Redis holds what it held before.
+#[tokio::test]
+async fn a_fenced_flush_writes_no_further_snapshot() {
+    let config = common::isolated_config(&common::unique_suffix());
+    for deployment in common::hot_deployments(&config) {
+        a_fenced_flush_writes_no_further_snapshot_on(deployment).await;
+    }
+}
+
+async fn a_fenced_flush_writes_no_further_snapshot_on(deployment: RedisConfig) {
+    let Setup {
+        deployment,
+        keys,
+        mut redis,
+        mut a,
+        mut b,
+        now,
+    } = Setup::new(deployment).await;
+    let accounts: Vec<String> = (0..12).map(|n| format!("fence-{n}")).collect();
+    let mut partition = Partition::claim(&mut a, now).await.unwrap();
+    assert_eq!(partition.epoch(), 1);
+    fold_into(&mut partition, &a, 0..100, now).await;
+    assert_eq!(
+        partition.flush(&a, now, 4).await.unwrap(),
+        Flushed::Through(99)
+    );
+    fold_into(&mut partition, &a, 100..200, now).await;
+    let mut job = partition.take(now).expect("twelve accounts to flush");
+    assert_eq!(job.unwritten(), 12);
+
+    // B takes the partition over and claims every account, as its background claim does.
+    let (eb, from) = b.claim().await.unwrap();
+    assert_eq!((eb, from), (2, 99));
+    let mut before = HashMap::new();
+    for account in &accounts {
+        assert!(b.claim_account(eb, account).await.unwrap().is_some());
+        before.insert(account, stored_cur(&mut redis, &keys, account).await);
+    }
+
+    // A's flush runs through a connection that notes each snapshot it sends.
+    let noting = NotingSnapshots {
+        inner: redis.clone(),
+        keys: keys.clone(),
+        accounts: Default::default(),
+    };
+    let zombie = StateWriter::new(noting.clone(), keys.clone(), TOPIC, 0);
+    assert_eq!(job.run(&zombie, 2).await.unwrap(), Flushed::Fenced);
+    let sent = noting.accounts.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2, "only the two in flight were sent: {sent:?}");
+    assert_eq!(job.unwritten(), 12, "and neither was written");
+    for account in &accounts {
+        assert_eq!(
+            stored_cur(&mut redis, &keys, account).await,
+            before[account],
+            "{account}"
+        );
+    }
+    assert_eq!(b.stored_checkpoint().await.unwrap(), (2, 99));
     common::remove_hot_keys(&deployment).await;
 }

@@ -279,7 +279,7 @@ impl FlushJob {
     }
 
     /// Writes the snapshots not stored yet, [`FlushPolicy::in_flight`] at a time; `Some` if a
-    /// snapshot was refused (see [`Flushed`]).
+    /// snapshot was refused (see [`Flushed`]), after which no further write starts.
     ///
     /// Each snapshot is built from its copy just before it is written (a few microseconds) and
     /// dropped with the copy once stored, so a job holds its copies and at most `in_flight`
@@ -308,14 +308,18 @@ impl FlushJob {
         }
         let mut outcome = None;
         while let Some(written) = writes.next().await {
-            if let Some(w) = unwritten.next() {
-                writes.push(write_one(w, writer.clone(), epoch, now));
-            }
             match written? {
                 Written::Applied | Written::Have => {}
                 Written::Fenced => outcome = Some(Flushed::Fenced),
                 Written::Conflict => {
                     outcome = outcome.or(Some(Flushed::Conflict));
+                }
+            }
+            // Once a snapshot is refused the partition's state is dropped (see [`Flushed`]),
+            // so the rest would be writes for nothing: only those in flight are awaited.
+            if outcome.is_none() {
+                if let Some(w) = unwritten.next() {
+                    writes.push(write_one(w, writer.clone(), epoch, now));
                 }
             }
         }
