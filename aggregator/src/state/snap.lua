@@ -1,4 +1,5 @@
 -- Writes one account's snapshot (hot-state layout v2, design §2.4), all keys in its slot.
+-- Runs after sliced.lua (`sliced`).
 -- KEYS: cur first, then every other key the ops name by index (dims, sessions, closed hashes).
 -- ARGV: E, TP, O_prev (or 'force'), O_new, cur_expire_at, then the ops, each a count followed by its items
 -- (an expire_at of '' leaves the key's expiry as it is: the writer set that one already):
@@ -41,16 +42,6 @@ end
 local i = 6
 local function take()
     local v = ARGV[i]; i = i + 1; return v
-end
--- A command on key over list[from..to], in slices of at most 1,000 values: Lua's unpack takes a
--- few thousand values at most. The list is ARGV itself wherever the values are there as they
--- go to Redis, so that they are not copied into a table first.
-local function sliced(cmd, key, list, from, to)
-    while from <= to do
-        local last = math.min(from + 999, to)
-        redis.call(cmd, key, unpack(list, from, last))
-        from = last + 1
-    end
 end
 -- The next n (field, value) pairs of ARGV, written to key.
 local function hset_pairs(key, n)

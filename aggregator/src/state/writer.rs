@@ -31,8 +31,19 @@ use crate::SinkError;
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
 static CLAIM_ACCOUNT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("claim_account.lua")));
-static SNAP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("snap.lua")));
-static CKPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("ckpt.lua")));
+/// `sliced.lua` is the two writing scripts' shared prelude.
+static SNAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("sliced.lua"),
+        include_str!("snap.lua")
+    ))
+});
+static CKPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("sliced.lua"),
+        include_str!("ckpt.lua")
+    ))
+});
 
 /// What `snap.lua` did with an account's snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
