@@ -5,6 +5,8 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::error::Result;
+use crate::session::Session;
 use crate::ConsoleState;
 
 /// One action.
@@ -47,6 +49,34 @@ pub async fn record(state: &ConsoleState, e: Entry<'_>) -> Result<(), sqlx::Erro
         "console action"
     );
     Ok(())
+}
+
+/// The steps before any action: the form's CSRF token (`csrf`) must be the session's, and
+/// the session must be allowed to act. A refused action is recorded as `entry` by the
+/// session's name with the outcome `refused: <why>`, and the refusal returned; an admitted one
+/// records nothing yet (its handler records how it ended).
+pub async fn admit(
+    state: &ConsoleState,
+    session: &Session,
+    csrf: Option<&str>,
+    entry: Entry<'_>,
+) -> Result<()> {
+    let Err(e) = session
+        .check_csrf(csrf)
+        .and_then(|()| session.require_act())
+    else {
+        return Ok(());
+    };
+    record(
+        state,
+        Entry {
+            actor: &session.name,
+            outcome: &format!("refused: {e}"),
+            ..entry
+        },
+    )
+    .await?;
+    Err(e)
 }
 
 /// A recorded action, as the audit page lists it.

@@ -99,26 +99,17 @@ pub async fn retry(
     Path(id): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Result<Response> {
-    let refused = |e: ConsoleError| async {
-        audit::record(
-            &state,
-            Entry {
-                actor: &session.name,
-                action: "notification_retry",
-                target: Some(&id),
-                outcome: &format!("refused: {e}"),
-                ..Default::default()
-            },
-        )
-        .await?;
-        Err::<Response, _>(e)
-    };
-    if let Err(e) = session.check_csrf(fields.get("csrf").map(String::as_str)) {
-        return refused(e).await;
-    }
-    if let Err(e) = session.require_act() {
-        return refused(e).await;
-    }
+    audit::admit(
+        &state,
+        &session,
+        fields.get("csrf").map(String::as_str),
+        Entry {
+            action: "notification_retry",
+            target: Some(&id),
+            ..Default::default()
+        },
+    )
+    .await?;
     let n: i64 = id
         .parse()
         .map_err(|_| ConsoleError::BadRequest(format!("id: {id:?} is not a notification id")))?;

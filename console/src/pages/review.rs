@@ -161,26 +161,17 @@ pub async fn decide(
         Verdict::Clear => "review_clear",
     };
     let account = account_id(&id)?;
-    let refused = |e: ConsoleError| async {
-        audit::record(
-            &state,
-            Entry {
-                actor: &session.name,
-                action,
-                account_id: Some(account.as_str()),
-                outcome: &format!("refused: {e}"),
-                ..Default::default()
-            },
-        )
-        .await?;
-        Err::<Response, _>(e)
-    };
-    if let Err(e) = session.check_csrf(fields.get("csrf").map(String::as_str)) {
-        return refused(e).await;
-    }
-    if let Err(e) = session.require_act() {
-        return refused(e).await;
-    }
+    audit::admit(
+        &state,
+        &session,
+        fields.get("csrf").map(String::as_str),
+        Entry {
+            action,
+            account_id: Some(account.as_str()),
+            ..Default::default()
+        },
+    )
+    .await?;
     let reason = required(&fields, "reason", 2000)?;
     let result = review::decide(
         &state.pool,
