@@ -59,8 +59,8 @@ async fn a_flushed_hot_state_is_rebuilt_exactly_from_clickhouse(redis: Deploymen
         "sessions are in the snapshot"
     );
     assert!(
-        before.keys().any(|k| k.contains("seen:")),
-        "seen sets are in the snapshot"
+        before.keys().any(|k| k.contains("}ids:")),
+        "counted ids are in the snapshot"
     );
     assert!(
         before.keys().any(|k| k.contains(" m:")) && before.keys().any(|k| k.contains(" h:")),

@@ -432,7 +432,8 @@ async fn a_state_store_that_crashes_and_replays_leaves_exactly_the_logs_sums_in_
 }
 
 /// Lua's `unpack` takes a few thousand values at most: a flush that checkpoints 20,000 new ids,
-/// of an account with 10,000 new members, still goes through, on every deployment.
+/// of an account with 10,000 new members, still goes through, on every deployment, and its ids
+/// read back whole.
 #[tokio::test]
 async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
     let config = common::isolated_config(&common::unique_suffix());
@@ -450,7 +451,12 @@ async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
             .event;
         assert!(p.load(&writer, [e.account_id.as_str()], 1).await.unwrap());
         for i in 0..20_000i64 {
-            e.event_id = format!("big-{i}");
+            // Half canonical UUIDs (stored as 16 bytes), half other ids (stored as text).
+            e.event_id = if i % 2 == 0 {
+                uuid::Uuid::from_u128(i as u128 * 0x9e37_79b9).to_string()
+            } else {
+                format!("big-{i}")
+            };
             e.user_id = (i < 10_000).then(|| format!("user-{i}"));
             // 400 models: `cur` gets thousands of fields, more than one HSET slice of snap.lua.
             e.model = format!("model-{}", i % 400);
@@ -462,12 +468,16 @@ async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
             p.flush(&writer, now, 8).await.unwrap(),
             Flushed::Through(19_999)
         );
-        let seen: u64 = redis::cmd("SCARD")
-            .arg(keys.seen(3, Grain::Day.window_start(now)))
-            .query_async(&mut redis)
+        let seen: BTreeSet<String> = writer
+            .clone()
+            .seen_ids(Grain::Day.window_start(now))
             .await
-            .unwrap();
-        assert_eq!(seen, 20_000);
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(seen.len(), 20_000);
+        assert!(seen.contains(&uuid::Uuid::from_u128(19_998 * 0x9e37_79b9).to_string()));
+        assert!(seen.contains("big-19999"));
         let dims: u64 = redis::cmd("HLEN")
             .arg(keys.dims(e.account_id.as_str(), Grain::Month.window_start(now)))
             .query_async(&mut redis)
@@ -486,6 +496,53 @@ async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
             assert_eq!(cur.get(&req).map(String::as_str), Some("50"), "{req}");
         }
         assert_eq!(cur.get("_o").map(String::as_str), Some("19999"));
+        common::remove_hot_keys(&deployment).await;
+    }
+}
+
+/// A claim reads back the ids of the checkpoints' hashes and of the sets that held them before
+/// (`HotKeys::seen`, no longer written but kept until they expire), so an upgrade counts no
+/// retried event twice.
+#[tokio::test]
+async fn a_claim_deduplicates_with_the_ids_of_both_the_checkpoints_and_the_older_sets() {
+    let config = common::isolated_config(&common::unique_suffix());
+    for deployment in common::hot_deployments(&config) {
+        let keys = HotKeys::new(deployment.key_prefix.clone()).unwrap();
+        let mut redis = deployment.connect().await.unwrap();
+        let mut writer = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 2);
+        let now = Utc::now();
+        let day = Grain::Day.window_start(now);
+        let yesterday = day - Duration::days(1);
+        let old_id = "4b8c1c9e-55b0-4f0e-9a3c-5a1d2f3e4c5b";
+        redis::cmd("SADD")
+            .arg(keys.seen(2, day))
+            .arg(&["old-1", old_id][..])
+            .query_async::<()>(&mut redis)
+            .await
+            .unwrap();
+
+        let mut p = Partition::claim(&mut writer, now).await.unwrap();
+        assert!(!p.is_new("old-1", day) && !p.is_new(old_id, day));
+        let counted = BTreeMap::from([
+            (day, vec!["new-1".to_owned()]),
+            (yesterday, vec!["new-2".to_owned()]),
+        ]);
+        assert!(writer
+            .checkpoint(p.epoch(), 0, &[], &counted)
+            .await
+            .unwrap());
+
+        let mut p = Partition::claim(&mut writer, now).await.unwrap();
+        for (id, day) in [
+            ("old-1", day),
+            (old_id, day),
+            ("new-1", day),
+            ("new-2", yesterday),
+        ] {
+            assert!(!p.is_new(id, day), "{id} was counted");
+        }
+        // The same ids on other days, and other ids, are new.
+        assert!(p.is_new("new-1", yesterday) && p.is_new("new-2", day) && p.is_new("new-3", day));
         common::remove_hot_keys(&deployment).await;
     }
 }

@@ -8,7 +8,7 @@
 //!    [`AccountState`] into a state that holds them all ([`AccountState::whole`]: closed
 //!    windows are written to their hashes whole). It is written with the epoch guard only, as
 //!    stored up to its last offset in its partition.
-//! 3. Each partition's seen sets get the ids of the days still deduplicated, and its
+//! 3. Each partition's counted ids get the ids of the days still deduplicated, and its
 //!    checkpoint the ClickHouse watermark, so the aggregators resume after what ClickHouse
 //!    holds and deduplicate as before.
 //!

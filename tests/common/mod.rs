@@ -710,6 +710,18 @@ pub async fn hot_state_as_read(
             }
             continue;
         }
+        if rest.contains("}ids:") {
+            // The counted ids: which checkpoint stored an id (the fields) is the writer's
+            // business; the ids are what deduplication reads back.
+            let mut ids = Vec::new();
+            for value in redis.hvals::<_, Vec<Vec<u8>>>(&k).await.unwrap() {
+                meterline_aggregator::state::seen::decode_into(&value, &mut ids).unwrap();
+            }
+            ids.sort();
+            ids.dedup();
+            out.insert(rest.to_owned(), format!("{ids:?} expires {expires}"));
+            continue;
+        }
         let h: BTreeMap<String, String> = redis.hgetall(&k).await.unwrap();
         let Some(account_rest) = rest.strip_prefix("u:{") else {
             continue; // checkpoints: their epoch differs, and their offset is ClickHouse's

@@ -11,7 +11,7 @@
 //!   account back, written and read by Lua scripts that fence a writer from an older assignment
 //!   (`tests/hot_state_fencing.rs`);
 //! - [`partition::Partition`]: one Kafka partition's accounts, its deduplication (made durable
-//!   by the checkpoint), and its flush policy.
+//!   by the checkpoint, which stores its ids in the [`seen`] format), and its flush policy.
 //!
 //! `aggregator/tests/hot_layout.rs` checks that what the snapshot holds gives the read path the
 //! same answers as today's keys; `tests/state_store.rs` runs a partition through crashes,
@@ -21,6 +21,7 @@
 
 pub mod account;
 pub mod partition;
+pub mod seen;
 pub mod store;
 pub mod writer;
 

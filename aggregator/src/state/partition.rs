@@ -92,7 +92,7 @@ impl Default for FlushPolicy {
 }
 
 /// The event ids a partition has counted, by the day their events occurred on, for as long as
-/// a retry may come (the seen sets' life, 36 days after the day).
+/// a retry may come (the counted ids' life in Redis, 36 days after the day).
 ///
 /// Ids are kept as 128-bit fingerprints (two SipHash-1-3 hashes under different domain bytes),
 /// about 20 bytes each instead of about 80 for the string: two ids of one day collide with
@@ -120,7 +120,7 @@ impl Dedup {
         self.days.entry(day).or_default().insert(id_fingerprint(id))
     }
 
-    /// Forgets the days whose seen sets have expired at `now`.
+    /// Forgets the days whose counted ids have expired in Redis at `now`.
     pub fn prune(&mut self, now: DateTime<Utc>) {
         self.days.retain(|day, _| {
             day.timestamp() + 86_400 + SEEN_RETENTION_AFTER_DAY_SECS > now.timestamp()
@@ -388,7 +388,7 @@ impl Partition {
     }
 
     /// Claims the partition for a new owner through `writer`: a higher epoch, the checkpoint,
-    /// and the deduplication read back from the seen sets of the days still kept at `now`.
+    /// and the deduplication read back from the counted ids of the days still kept at `now`.
     pub async fn claim<C: ConnectionLike + Send>(
         writer: &mut StateWriter<C>,
         now: DateTime<Utc>,

@@ -384,12 +384,24 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         Ok((e.unwrap_or(0), o.unwrap_or(-1)))
     }
 
-    /// The ids the checkpoint holds for events of the day starting `day`.
+    /// The ids the checkpoints hold for events of the day starting `day` (in no particular
+    /// order, an id possibly more than once), with those of the set that held them before the
+    /// [`super::seen`] format.
     pub async fn seen_ids(&mut self, day: DateTime<Utc>) -> Result<Vec<String>, SinkError> {
-        Ok(redis::cmd("SMEMBERS")
+        let key = self.keys.counted_ids(self.partition, day);
+        let values: Vec<Vec<u8>> = redis::cmd("HVALS")
+            .arg(&key)
+            .query_async(&mut self.conn)
+            .await?;
+        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.seen(self.partition, day))
             .query_async(&mut self.conn)
-            .await?)
+            .await?;
+        for value in values {
+            super::seen::decode_into(&value, &mut ids)
+                .map_err(|e| SinkError::HotState(format!("{key}: {e}")))?;
+        }
+        Ok(ids)
     }
 
     /// Checkpoints the partition at `o_new` with the accounts changed since the last one (for
@@ -406,7 +418,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
             .key(self.keys.dirty(self.partition))
             .key(self.keys.accounts(self.partition));
         for day in seen.keys() {
-            call.key(self.keys.seen(self.partition, *day));
+            call.key(self.keys.counted_ids(self.partition, *day));
         }
         call.arg(epoch)
             .arg(o_new)
@@ -416,7 +428,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
             .arg(changed)
             .arg(seen.len());
         for (day, ids) in seen {
-            call.arg(ids.len()).arg(ids).arg(
+            call.arg(super::seen::encode(ids)).arg(
                 day.timestamp() + 86_400 + meterline_schemas::keys::SEEN_RETENTION_AFTER_DAY_SECS,
             );
         }

@@ -38,6 +38,7 @@ fn every_key_of_an_account_shares_its_slot_and_every_key_of_a_partition_its_own(
     }
     let partition_keys = [
         k.checkpoint(3, "usage-events"),
+        k.counted_ids(3, Grain::Day.window_start(t)),
         k.seen(3, Grain::Day.window_start(t)),
         k.accounts(3),
         k.dirty(3),
@@ -46,6 +47,7 @@ fn every_key_of_an_account_shares_its_slot_and_every_key_of_a_partition_its_own(
         partition_keys,
         [
             "ml:{pt:3}ckpt:usage-events",
+            "ml:{pt:3}ids:20261231",
             "ml:{pt:3}seen:20261231",
             "ml:{pt:3}accounts",
             "ml:{pt:3}dirty",
