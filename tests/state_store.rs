@@ -500,9 +500,9 @@ async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
     }
 }
 
-/// A claim reads back the ids of the checkpoints' hashes and of the sets that held them before
-/// (`HotKeys::seen`, no longer written but kept until they expire), so an upgrade counts no
-/// retried event twice.
+/// A claim reads back the ids of every checkpoint, several at one offset too, and of the sets
+/// that held them before (`HotKeys::seen`, no longer written but kept until they expire), so an
+/// upgrade counts no retried event twice.
 #[tokio::test]
 async fn a_claim_deduplicates_with_the_ids_of_both_the_checkpoints_and_the_older_sets() {
     let config = common::isolated_config(&common::unique_suffix());
@@ -531,6 +531,10 @@ async fn a_claim_deduplicates_with_the_ids_of_both_the_checkpoints_and_the_older
             .checkpoint(p.epoch(), 0, &[], &counted)
             .await
             .unwrap());
+        // A second lot at the same offset, as `rebuild-hot-state` writes its ids in lots of
+        // 5,000 before it moves the offset: it adds to the first.
+        let more = BTreeMap::from([(day, vec!["new-4".to_owned()])]);
+        assert!(writer.checkpoint(p.epoch(), 0, &[], &more).await.unwrap());
 
         let mut p = Partition::claim(&mut writer, now).await.unwrap();
         for (id, day) in [
@@ -538,6 +542,7 @@ async fn a_claim_deduplicates_with_the_ids_of_both_the_checkpoints_and_the_older
             (old_id, day),
             ("new-1", day),
             ("new-2", yesterday),
+            ("new-4", day),
         ] {
             assert!(!p.is_new(id, day), "{id} was counted");
         }

@@ -711,10 +711,10 @@ pub async fn hot_state_as_read(
             continue;
         }
         if rest.contains("}ids:") {
-            // The counted ids: which checkpoint stored an id (the fields) is the writer's
-            // business; the ids are what deduplication reads back.
+            // The counted ids: which checkpoint stored an id is the writer's business; the ids
+            // are what deduplication reads back.
             let mut ids = Vec::new();
-            for value in redis.hvals::<_, Vec<Vec<u8>>>(&k).await.unwrap() {
+            for value in redis.lrange::<_, Vec<Vec<u8>>>(&k, 0, -1).await.unwrap() {
                 meterline_aggregator::state::seen::decode_into(&value, &mut ids).unwrap();
             }
             ids.sort();

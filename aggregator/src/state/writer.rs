@@ -389,8 +389,10 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
     /// [`super::seen`] format.
     pub async fn seen_ids(&mut self, day: DateTime<Utc>) -> Result<Vec<String>, SinkError> {
         let key = self.keys.counted_ids(self.partition, day);
-        let values: Vec<Vec<u8>> = redis::cmd("HVALS")
+        let values: Vec<Vec<u8>> = redis::cmd("LRANGE")
             .arg(&key)
+            .arg(0)
+            .arg(-1)
             .query_async(&mut self.conn)
             .await?;
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")

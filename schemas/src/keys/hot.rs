@@ -17,7 +17,7 @@
 //! | `<p>u:{<a>}:M:<YYYYMM>:dims` | hash | the month's high-cardinality members, field = 1: `users:<u>`, `api_keys:<k>`, `ip_hashes:<h>`, `sessions:<s>`, and the day's sessions as `ds:<DD>:<s>` |
 //! | `<p>u:{<a>}:<g>:<stamp>` | hash | a **closed** window (no longer in `cur`), today's fields |
 //! | `<p>{pt:<N>}ckpt:<topic>` | hash | `e` (the partition's epoch), `o` (the last offset whose effects are durable) |
-//! | `<p>{pt:<N>}ids:<YYYYMMDD>` | hash | ids counted from partition N, by `occurred_at` day: field `<epoch>:<offset>` per checkpoint, its ids in one value |
+//! | `<p>{pt:<N>}ids:<YYYYMMDD>` | list | ids counted from partition N, by `occurred_at` day: one value per checkpoint, holding its ids |
 //! | `<p>{pt:<N>}seen:<YYYYMMDD>` | set | the same ids as members, as written before 2026-12-04: read at a claim, no longer written |
 //! | `<p>{pt:<N>}accounts` | set | accounts ever flushed from N |
 //! | `<p>{pt:<N>}dirty` | set | accounts changed since the scorer drained this share of its queue (partition N's checkpoints and account events) |
@@ -109,9 +109,9 @@ impl HotKeys {
         format!("{}ckpt:{topic}", self.partition(partition))
     }
 
-    /// Ids counted from the partition whose events occurred on the day starting `day_start`:
-    /// one field per checkpoint, `<epoch>:<offset>`, whose value holds that checkpoint's ids
-    /// (the aggregator's `state::seen` format).
+    /// Ids counted from the partition whose events occurred on the day starting `day_start`: a
+    /// list with one value per checkpoint, holding that checkpoint's ids (the aggregator's
+    /// `state::seen` format).
     pub fn counted_ids(&self, partition: i32, day_start: DateTime<Utc>) -> String {
         format!(
             "{}ids:{}",
