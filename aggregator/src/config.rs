@@ -11,7 +11,8 @@ pub struct AggregatorConfig {
     pub instance_id: String,
     /// A batch is written when it holds this many records…
     pub batch_max_events: usize,
-    /// …or when its first record has waited this long.
+    /// …or when its first record has waited this long (or sooner: once no further record is
+    /// ready for 5 ms, the fetch's records are all in).
     pub batch_max_wait_ms: u64,
     /// Upper bound of the backoff between attempts to write a failed batch.
     pub retry_max_backoff_ms: u64,

@@ -30,6 +30,11 @@ const UNASSIGNED_WARNING: Duration = Duration::from_secs(30);
 
 /// The first delay before writing a failed batch again.
 const WRITE_RETRY_BASE: Duration = Duration::from_millis(100);
+/// A batch also ends once no record has followed its last one for this long while none is
+/// ready: librdkafka queues a fetch's records together, so the fetch is drained, and waiting
+/// out `batch_max_wait_ms` for the next fetch (which comes every few hundred ms from a busy
+/// broker) only held the batch's events back from the hot state.
+const BATCH_IDLE_GAP: Duration = Duration::from_millis(5);
 
 /// The delays between attempts to write a failed batch: doubling from `base` up to `max`
 /// (`aggregator.retry_max_backoff_ms`) with equal jitter, and never running out: a batch is
@@ -273,6 +278,8 @@ impl Aggregator {
     ) -> Option<Vec<RawRecord>> {
         let mut records = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
+        // `BATCH_IDLE_GAP` after the latest record.
+        let mut idle: Option<tokio::time::Instant> = None;
         // While idle, check now and then that the group gave this aggregator partitions at all:
         // an aggregator without any looks exactly like one without traffic.
         // Not at once: `assignment()` waits on librdkafka's main thread, which is busy while a
@@ -290,8 +297,8 @@ impl Aggregator {
                 .then(|| tokio::time::Instant::now() + hot.policy.interval)
         };
         while records.len() < self.config.batch_max_events {
-            let wait = async {
-                match deadline.or(flush_wait) {
+            let until = |at: Option<tokio::time::Instant>| async move {
+                match at {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
@@ -301,7 +308,7 @@ impl Aggregator {
                 _ = shutdown.cancelled() => {
                     return if records.is_empty() { None } else { Some(records) };
                 }
-                _ = wait => break,
+                _ = until(deadline.or(flush_wait)) => break,
                 _ = assignment_check.tick() => self.check_assignment(),
                 msg = self.consumer.recv() => match msg {
                     Ok(m) => {
@@ -315,13 +322,17 @@ impl Aggregator {
                             key: m.key().map(<[u8]>::to_vec),
                             payload: m.payload().map(<[u8]>::to_vec),
                         });
-                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
+                        let now = tokio::time::Instant::now();
+                        deadline.get_or_insert(now + max_wait);
+                        idle = Some(now + BATCH_IDLE_GAP);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consumer error");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
+                // Polled after `recv`, so a record ready is always taken first.
+                _ = until(idle) => break,
             }
         }
         Some(records)
