@@ -14,6 +14,31 @@ use meterline::{migrate, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc 3 keeps the pages a program frees for a second before it returns them to the OS
+/// (its purge delay; mimalloc 2's is 10 ms). For the aggregator that second is most of the
+/// peak's spread: at 100,000 accounts its peak RSS was 292-320 MiB with the default and 271-277
+/// MiB with a 10 ms delay, at the same throughput (BENCHMARKS.md, 2026-12-04, third session).
+/// The allocator reads its options from the environment when it starts, before `main`, and
+/// setting one from Rust would take `unsafe` FFI, so the process runs itself again (the same
+/// pid, arguments and environment) with `MIMALLOC_PURGE_DELAY` set, unless it is set already.
+#[cfg(all(unix, not(feature = "system-alloc")))]
+fn with_allocator_options() {
+    use std::os::unix::process::CommandExt;
+    const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
+    if std::env::var_os(PURGE_DELAY).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    // `exec` returns only if it failed; then run on with the allocator's defaults.
+    let e = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(PURGE_DELAY, "10")
+        .exec();
+    eprintln!("meterline: running on with mimalloc's default purge delay: {e}");
+}
+
 #[derive(Parser)]
 #[command(
     name = "meterline",
@@ -95,6 +120,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    #[cfg(all(unix, not(feature = "system-alloc")))]
+    with_allocator_options();
     telemetry::init();
     let cli = Cli::parse();
     let path = cli.config.or_else(|| {
