@@ -16,7 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc 3 keeps the pages a program frees for a second before it returns them to the OS
 /// (its purge delay; mimalloc 2's is 10 ms). For the aggregator that second is most of the
-/// peak's spread: at 100,000 accounts its peak RSS was 292-320 MiB with the default and 271-277
+/// peak's spread: at 100,000 accounts its peak RSS was 292-320 MiB with the default and 271-294
 /// MiB with a 10 ms delay, at the same throughput (BENCHMARKS.md, 2026-12-04, third session).
 /// The allocator reads its options from the environment when it starts, before `main`, and
 /// setting one from Rust would take `unsafe` FFI, so the process runs itself again (the same
