@@ -98,17 +98,17 @@ pub fn decode_into(mut value: &[u8], out: &mut Vec<String>) -> Result<(), Malfor
     Ok(())
 }
 
-/// The ids `value` holds.
-pub fn decode(value: &[u8]) -> Result<Vec<String>, Malformed> {
-    let mut out = Vec::new();
-    decode_into(value, &mut out)?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The ids `value` holds.
+    fn decode(value: &[u8]) -> Result<Vec<String>, Malformed> {
+        let mut out = Vec::new();
+        decode_into(value, &mut out)?;
+        Ok(out)
+    }
 
     #[test]
     fn a_canonical_uuid_takes_seventeen_bytes_and_anything_else_is_kept_as_it_is() {
