@@ -438,15 +438,24 @@ async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere_on(deployme
 }
 
 /// A [`HotConn`] that notes the account of every snapshot script call sent through it: the
-/// test's account whose `cur` is the first key of an `EVALSHA` or `EVAL`.
+/// watched account whose `cur` is the first key of an `EVALSHA` or `EVAL`.
 #[derive(Clone)]
 struct NotingSnapshots {
     inner: HotConn,
-    keys: HotKeys,
+    /// Each watched account by the name of its `cur`.
+    by_cur: HashMap<String, String>,
     accounts: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl NotingSnapshots {
+    fn new(inner: HotConn, keys: &HotKeys, watched: &[String]) -> Self {
+        Self {
+            inner,
+            by_cur: watched.iter().map(|a| (keys.cur(a), a.clone())).collect(),
+            accounts: Default::default(),
+        }
+    }
+
     fn note(&self, cmd: &redis::Cmd) {
         let args: Vec<Vec<u8>> = cmd
             .args_iter()
@@ -463,11 +472,8 @@ impl NotingSnapshots {
         }
         // EVALSHA sha numkeys cur …: the account whose `cur` comes first.
         let first_key = String::from_utf8(args[3].clone()).unwrap();
-        let account = (0..12)
-            .map(|n| format!("fence-{n}"))
-            .find(|a| self.keys.cur(a) == first_key);
-        if let Some(account) = account {
-            self.accounts.lock().unwrap().insert(account);
+        if let Some(account) = self.by_cur.get(&first_key) {
+            self.accounts.lock().unwrap().insert(account.clone());
         }
     }
 }
@@ -541,7 +547,7 @@ async fn a_fenced_flush_writes_no_further_snapshot_on(deployment: RedisConfig) {
         mut b,
         now,
     } = Setup::new(deployment).await;
-    let accounts: Vec<String> = (0..12).map(|n| format!("fence-{n}")).collect();
+    let accounts: Vec<String> = (0..12).map(account_of).collect();
     let mut partition = Partition::claim(&mut a, now).await.unwrap();
     assert_eq!(partition.epoch(), 1);
     fold_into(&mut partition, &a, 0..100, now).await;
@@ -563,11 +569,7 @@ async fn a_fenced_flush_writes_no_further_snapshot_on(deployment: RedisConfig) {
     }
 
     // A's flush runs through a connection that notes each snapshot it sends.
-    let noting = NotingSnapshots {
-        inner: redis.clone(),
-        keys: keys.clone(),
-        accounts: Default::default(),
-    };
+    let noting = NotingSnapshots::new(redis.clone(), &keys, &accounts);
     let zombie = StateWriter::new(noting.clone(), keys.clone(), TOPIC, 0);
     assert_eq!(job.run(&zombie, 2).await.unwrap(), Flushed::Fenced);
     let sent = noting.accounts.lock().unwrap().clone();
