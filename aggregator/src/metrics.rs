@@ -126,7 +126,7 @@ impl AggregatorMetrics {
         let flush_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "meterline_aggregator_flush_seconds",
-                "Time from the start of a partition's flush until its snapshots were written (until=snapshots) and until its checkpoint was (until=checkpoint)",
+                "Time from the start of a partition's flush until its snapshots were written (until=snapshots) and until its checkpoint was (until=checkpoint); and from the oldest change it holds (the first event folded after the partition's previous flush was taken) until its snapshots were written (until=snapshots_since_change), the longest any of its events waited in the aggregator once folded",
             )
             .buckets(vec![
                 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,

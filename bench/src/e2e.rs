@@ -370,15 +370,22 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         .iter()
         .map(|s| (*s, m.stage_seconds.with_label_values(&[s]).get()))
         .collect();
-    let flushes: Vec<String> = ["snapshots", "checkpoint"]
-        .iter()
-        .map(|until| {
-            format!(
-                "until {until} written: {}",
-                histogram_line(&m.flush_seconds.with_label_values(&[until]), "flushes")
-            )
-        })
-        .collect();
+    let flushes: Vec<String> = [
+        ("snapshots", "until its snapshots were written"),
+        ("checkpoint", "until its checkpoint was written"),
+        (
+            "snapshots_since_change",
+            "from its oldest change until its snapshots were written",
+        ),
+    ]
+    .iter()
+    .map(|(until, what)| {
+        format!(
+            "{what}: {}",
+            histogram_line(&m.flush_seconds.with_label_values(&[until]), "flushes")
+        )
+    })
+    .collect();
     let inserting = m
         .stage_seconds
         .with_label_values(&[meterline_aggregator::metrics::INSERT_STAGE])

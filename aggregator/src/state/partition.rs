@@ -254,12 +254,20 @@ pub struct FlushJob {
     epoch: i64,
     through: i64,
     now: DateTime<Utc>,
+    /// When the partition's oldest change this job holds was made: its events have waited in
+    /// the aggregator since then at most.
+    since: Instant,
     writes: Vec<SnapshotWrite>,
     changed: Vec<String>,
     seen: BTreeMap<DateTime<Utc>, Vec<String>>,
 }
 
 impl FlushJob {
+    /// When the oldest change the job holds was made (an event folded or a record handled).
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
     /// The offset the job checkpoints.
     pub fn through(&self) -> i64 {
         self.through
@@ -553,9 +561,7 @@ impl Partition {
     /// partition forgets what the snapshots write once and goes on folding; see the module
     /// documentation.
     pub fn take(&mut self, now: DateTime<Utc>) -> Option<FlushJob> {
-        if self.oldest_change.is_none() || self.snapshotting {
-            return None;
-        }
+        let since = self.oldest_change.filter(|_| !self.snapshotting)?;
         let writes = self
             .accounts
             .iter_mut()
@@ -583,6 +589,7 @@ impl Partition {
             epoch: self.epoch,
             through: self.through,
             now,
+            since,
             writes,
             changed: std::mem::take(&mut self.changed)
                 .into_iter()
@@ -717,17 +724,26 @@ mod tests {
         p.insert_loaded("a", AccountState::default(), -1);
         p.fold(0, &event("a", "e-0", now), now);
         p.advance(0);
+        let changed_at = p.oldest_change.expect("a change");
         let first = p.take(now).expect("a change to flush");
         assert_eq!((first.through(), first.unwritten()), (0, 1));
+        assert_eq!(first.since(), changed_at, "waiting since the fold");
         assert!(p.take(now).is_none(), "one flush at a time");
         // Folded while the first flush runs: the next flush's, continuing the first.
         p.fold(1, &event("a", "e-1", now), now);
         p.advance(1);
+        let changed_again = p.oldest_change.expect("a change since the first was taken");
+        assert!(changed_again >= changed_at);
         assert!(p.take(now).is_none(), "still one flush at a time");
         p.finish(&first, Flushed::Through(0));
         assert_eq!(p.checkpointed(), 0);
         let second = p.take(now).expect("the event folded meanwhile");
         assert_eq!(second.through(), 1);
+        assert_eq!(
+            second.since(),
+            changed_again,
+            "waiting since the fold after the first was taken, not since the first's"
+        );
         assert_eq!(
             second.writes[0].range,
             (0, 1),

@@ -707,10 +707,15 @@ impl HotStore {
         let mut inserted = self.inserted.clone();
         let timing = self.flush_seconds.clone();
         let started = Instant::now();
+        let since = job.since();
         let observe = move |until: &str| {
             if let Some(h) = &timing {
                 h.with_label_values(&[until])
                     .observe(started.elapsed().as_secs_f64());
+                if until == "snapshots" {
+                    h.with_label_values(&["snapshots_since_change"])
+                        .observe(since.elapsed().as_secs_f64());
+                }
             }
         };
         let work = async move {
