@@ -421,3 +421,40 @@ async fn a_store_past_its_budget_waits_for_written_snapshots_and_keeps_within_on
     );
     common::remove_hot_keys(&redis).await;
 }
+
+/// Before a batch is decided, the store reads the stored epoch of every partition it holds
+/// (together, in one round): a partition a newer owner claimed since is dropped as fenced, its
+/// state with it, and claimed afresh; the others keep their claims.
+#[tokio::test]
+async fn a_batch_drops_exactly_the_held_partitions_a_newer_owner_claimed() {
+    let redis = isolated_redis();
+    let keys = HotKeys::new(redis.key_prefix.clone()).unwrap();
+    let now = Utc::now();
+    let of = |partitions: &[i32], first: i64| -> Vec<Decoded<UsageEvent>> {
+        partitions
+            .iter()
+            .flat_map(|&p| {
+                records(first, 3, 2, now).into_iter().map(move |mut d| {
+                    d.partition = p;
+                    d.event.event_id = format!("p{p}-{}", d.offset);
+                    d
+                })
+            })
+            .collect()
+    };
+    let mut old = store(redis.connect().await.unwrap(), &keys);
+    write(&mut old, &of(&[0, 1, 2, 3], 0), now).await;
+    let before: Vec<_> = (0..4).map(|p| old.claim_of(p).expect("held")).collect();
+    // A newer owner claims partitions 1 and 3.
+    let mut new = store(redis.connect().await.unwrap(), &keys);
+    write(&mut new, &of(&[1, 3], 0), now).await;
+    write(&mut old, &of(&[0, 1, 2, 3], 3), now).await;
+    assert_eq!(old.take_dropped().get("fenced"), Some(&2));
+    let alive = |p: usize| before[p].load(std::sync::atomic::Ordering::Acquire);
+    assert_eq!(
+        (alive(0), alive(1), alive(2), alive(3)),
+        (true, false, true, false),
+        "only the partitions claimed by the newer owner were dropped"
+    );
+    common::remove_hot_keys(&redis).await;
+}

@@ -352,9 +352,24 @@ impl HotStore {
         // have come back, the consumer reading it again from the committed offset): its state,
         // deduplication included, is stale. Checked before anything of the batch is decided or
         // inserted, so a stale owner inserts nothing into ClickHouse.
-        for &partition in &partitions {
+        // The held partitions' stored epochs read together: one after the other, a batch
+        // waited for one round trip per partition, each behind the running flushes' snapshots
+        // (BENCHMARKS.md, 2026-12-04, fourth session).
+        let stored = futures::future::try_join_all(
+            partitions
+                .iter()
+                .filter(|p| self.held.contains_key(p))
+                .map(|&partition| {
+                    let mut writer = self.writer(partition);
+                    async move {
+                        let (e, _) = writer.stored_checkpoint().await?;
+                        Ok::<_, SinkError>((partition, e))
+                    }
+                }),
+        )
+        .await?;
+        for (partition, e) in stored {
             if let Some(held) = self.held.get(&partition) {
-                let (e, _) = self.writer(partition).stored_checkpoint().await?;
                 if e != held.partition.epoch() {
                     tracing::warn!(
                         partition,
