@@ -723,14 +723,10 @@ impl HotStore {
         let timing = self.flush_seconds.clone();
         let started = Instant::now();
         let since = job.since();
-        let observe = move |until: &str| {
+        let observe = move |until: &str, from: Instant| {
             if let Some(h) = &timing {
                 h.with_label_values(&[until])
-                    .observe(started.elapsed().as_secs_f64());
-                if until == "snapshots" {
-                    h.with_label_values(&["snapshots_since_change"])
-                        .observe(since.elapsed().as_secs_f64());
-                }
+                    .observe(from.elapsed().as_secs_f64());
             }
         };
         let work = async move {
@@ -754,7 +750,8 @@ impl HotStore {
             }
             job.release_snapshots();
             written.send_replace(true);
-            observe("snapshots");
+            observe("snapshots", started);
+            observe("snapshots_since_change", since);
             let prev_done = match prev {
                 Some(prev) => prev.await.unwrap_or(false),
                 None => true,
@@ -776,7 +773,7 @@ impl HotStore {
                     Ok(outcome) => {
                         let through = matches!(outcome, Flushed::Through(_));
                         if through {
-                            observe("checkpoint");
+                            observe("checkpoint", started);
                         }
                         let _ = done.send(through);
                         return (job, outcome, failures);
