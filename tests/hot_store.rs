@@ -42,6 +42,29 @@ fn records(first: i64, n: i64, accounts: i64, now: DateTime<Utc>) -> Vec<Decoded
         .collect()
 }
 
+/// `n` records from `first` in each of `partitions`, round-robin over `accounts` accounts, with
+/// event ids of their partition's own.
+fn records_in(
+    partitions: &[i32],
+    first: i64,
+    n: i64,
+    accounts: i64,
+    now: DateTime<Utc>,
+) -> Vec<Decoded<UsageEvent>> {
+    partitions
+        .iter()
+        .flat_map(|&p| {
+            records(first, n, accounts, now)
+                .into_iter()
+                .map(move |mut d| {
+                    d.partition = p;
+                    d.event.event_id = format!("p{p}-{}", d.offset);
+                    d
+                })
+        })
+        .collect()
+}
+
 fn store(conn: HotConn, keys: &HotKeys) -> HotStore {
     HotStore::new(
         conn,
@@ -260,16 +283,7 @@ async fn the_insert_task_leaves_out_partitions_dropped_while_their_events_waited
     let inserted = hot.gate_on_clickhouse();
     let now = Utc::now();
     // Partitions 0 and 1, ten records each, as one batch folded by the store.
-    let batch: Vec<Decoded<UsageEvent>> = [0, 1]
-        .into_iter()
-        .flat_map(|p| {
-            records(0, 10, 3, now).into_iter().map(move |mut d| {
-                d.partition = p;
-                d.event.event_id = format!("p{p}-{}", d.offset);
-                d
-            })
-        })
-        .collect();
+    let batch = records_in(&[0, 1], 0, 10, 3, now);
     write(&mut hot, &batch, now).await;
     let held = |p| (9, hot.claim_of(p).expect("claimed by the write"));
     let upto = BTreeMap::from([(0, held(0)), (1, held(1))]);
@@ -430,18 +444,7 @@ async fn a_batch_drops_exactly_the_held_partitions_a_newer_owner_claimed() {
     let redis = isolated_redis();
     let keys = HotKeys::new(redis.key_prefix.clone()).unwrap();
     let now = Utc::now();
-    let of = |partitions: &[i32], first: i64| -> Vec<Decoded<UsageEvent>> {
-        partitions
-            .iter()
-            .flat_map(|&p| {
-                records(first, 3, 2, now).into_iter().map(move |mut d| {
-                    d.partition = p;
-                    d.event.event_id = format!("p{p}-{}", d.offset);
-                    d
-                })
-            })
-            .collect()
-    };
+    let of = |partitions: &[i32], first: i64| records_in(partitions, first, 3, 2, now);
     let mut old = store(redis.connect().await.unwrap(), &keys);
     write(&mut old, &of(&[0, 1, 2, 3], 0), now).await;
     let before: Vec<_> = (0..4).map(|p| old.claim_of(p).expect("held")).collect();
