@@ -135,9 +135,9 @@ async fn broker_down_gives_503_and_the_retry_counts_once() {
         .sum();
     assert_eq!((count, input), (50, expected_input));
     let redis = app.redis().await;
-    let key = meterline_schemas::keys::hot::HotKeys::new(app.config.redis.key_prefix.clone())
-        .unwrap()
-        .cur("acct-o");
+    let keys =
+        meterline_schemas::keys::hot::HotKeys::new(app.config.redis.key_prefix.clone()).unwrap();
+    let key = keys.cur("acct-o");
     let month = format!("M:{}", now.format("%Y%m"));
     // Redis is written just after ClickHouse (at the state store's next flush); give the last
     // batch a moment to land there. The sentinel counts there too.
@@ -147,13 +147,9 @@ async fn broker_down_gives_503_and_the_retry_counts_once() {
         Duration::from_secs(30),
         || async {
             let mut redis = redis.clone();
-            let got: (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-                .arg(&key)
-                .arg(format!("{month}:req"))
-                .arg(format!("{month}:in"))
-                .query_async(&mut redis)
-                .await
-                .unwrap();
+            let cur = common::hot_cur(&mut redis, &keys, "acct-o").await.fields;
+            let field = |name: &str| cur.get(&format!("{month}:{name}")).map(|v| *v as u64);
+            let got = (field("req"), field("in"));
             check(got, |g| *g == want)
         },
     )

@@ -13,7 +13,6 @@ use common::*;
 use meterline::services::Components;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use redis::AsyncCommands;
 use serde_json::Value;
 
 fn outage() -> Duration {
@@ -77,11 +76,11 @@ async fn day_requests(
     account: &str,
 ) -> u64 {
     let day = Utc::now().format("%Y%m%d");
-    let cur = meterline_schemas::keys::hot::HotKeys::new(prefix)
-        .unwrap()
-        .cur(account);
-    let v: Option<u64> = redis.hget(cur, format!("d:{day}:req")).await.unwrap();
-    v.unwrap_or(0)
+    let keys = meterline_schemas::keys::hot::HotKeys::new(prefix).unwrap();
+    let cur = common::hot_cur(redis, &keys, account).await;
+    cur.fields
+        .get(&format!("d:{day}:req"))
+        .map_or(0, |v| *v as u64)
 }
 
 /// ClickHouse stops while events stream in: ingest keeps answering 202, the aggregator backs
@@ -297,15 +296,24 @@ async fn wait_for_exact_totals(app: &TestApp, stream: &Stream, acked: u64, timeo
             .unwrap();
         let mut pipe = redis::pipe();
         for a in 0..stream.accounts {
-            pipe.hget(
+            pipe.get(
                 meterline_schemas::keys::hot::HotKeys::new(app.config.redis.key_prefix.clone())
                     .unwrap()
                     .cur(&format!("{}-a{a}", stream.prefix)),
-                format!("M:{month}:req"),
             );
         }
-        let counts: Vec<Option<u64>> = pipe.query_async(&mut redis).await.unwrap();
-        let in_redis: u64 = counts.into_iter().flatten().sum();
+        let values: Vec<Option<Vec<u8>>> = pipe.query_async(&mut redis).await.unwrap();
+        let field = format!("M:{month}:req");
+        let in_redis: u64 = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                meterline_schemas::keys::hot::decode_cur(&v)
+                    .fields
+                    .get(&field)
+                    .copied()
+            })
+            .sum::<i64>() as u64;
         assert!(
             stored <= acked && in_redis <= acked,
             "counted twice: ClickHouse {stored}, Redis {in_redis}, acknowledged {acked}"

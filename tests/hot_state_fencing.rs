@@ -144,17 +144,13 @@ impl Setup {
     }
 }
 
-/// An account's `cur` as stored, without the writer's `_e` and `_tp`.
+/// An account's `cur` as stored: its fields and, as `_o`, the offset its header holds (not the
+/// writer's epoch or partition).
 async fn stored_cur(redis: &mut HotConn, keys: &HotKeys, account: &str) -> WindowCounters {
-    redis::cmd("HGETALL")
-        .arg(keys.cur(account))
-        .query_async::<HashMap<String, String>>(redis)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|(f, _)| f != "_tp" && f != "_e")
-        .map(|(f, v)| (f, v.parse().unwrap()))
-        .collect()
+    let cur = common::hot_cur(redis, keys, account).await;
+    let mut fields = cur.fields;
+    fields.insert("_o".into(), cur.offset);
+    fields
 }
 
 /// Asserts that Redis holds `account`'s sessions as `state` has them: each of the four session
@@ -186,16 +182,148 @@ async fn assert_sessions(
 async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would() {
     let config = common::isolated_config(&common::unique_suffix());
     for deployment in common::hot_deployments(&config) {
-        a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would_on(deployment)
-            .await;
+        a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would_on(
+            deployment, false,
+        )
+        .await;
+    }
+}
+
+/// The same, from `cur` as the hash written before 2026-12-05 (layout v2's first form): the
+/// read path reads it as it read the value, B's claim moves it into the value with its expiry,
+/// and B then ends where one writer would.
+#[tokio::test]
+async fn an_account_written_as_a_hash_is_read_the_same_and_moved_into_one_value_at_its_claim() {
+    let config = common::isolated_config(&common::unique_suffix());
+    for deployment in common::hot_deployments(&config) {
+        a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would_on(
+            deployment, true,
+        )
+        .await;
+    }
+}
+
+/// Turns each account's `cur` into the hash it was before 2026-12-05: its fields, with the
+/// header as `_e`, `_tp` and `_o`, and the same expiry.
+async fn as_written_before_the_value(
+    redis: &mut HotConn,
+    keys: &HotKeys,
+    accounts: impl Iterator<Item = &String>,
+) {
+    for account in accounts {
+        let cur = common::hot_cur(redis, keys, account).await;
+        let expires: i64 = redis::cmd("EXPIRETIME")
+            .arg(keys.cur(account))
+            .query_async(redis)
+            .await
+            .unwrap();
+        assert!(expires > 0, "{account}: cur has an expiry");
+        let mut hset = redis::cmd("HSET");
+        hset.arg(keys.cur_hash(account))
+            .arg("_e")
+            .arg(cur.epoch)
+            .arg("_tp")
+            .arg(&cur.topic_partition)
+            .arg("_o")
+            .arg(cur.offset);
+        for (f, v) in &cur.fields {
+            hset.arg(f).arg(v);
+        }
+        redis::pipe()
+            .add_command(hset)
+            .cmd("EXPIREAT")
+            .arg(keys.cur_hash(account))
+            .arg(expires)
+            .del(keys.cur(account))
+            .query_async::<()>(redis)
+            .await
+            .unwrap();
     }
 }
 
 async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would_on(
     deployment: RedisConfig,
+    from_hash: bool,
 ) {
     let mut t = Setup::new(deployment).await;
     let (_, mem_a, _) = t.a_writes_the_first_hundred().await;
+    let reader = meterline_ingest::read::hot_state::HotState::new(t.redis.clone(), t.keys.clone());
+    let mut read_before = BTreeMap::new();
+    for account in mem_a.0.keys() {
+        let usage = reader.usage(account, Some("s-1"), t.now).await.unwrap();
+        assert!(usage.month.get("req").is_some_and(|n| *n > 0), "{account}");
+        read_before.insert(account.clone(), usage);
+    }
+    let expiries = |redis: HotConn,
+                    keys: HotKeys,
+                    accounts: Vec<String>,
+                    key_of: fn(&HotKeys, &str) -> String| async move {
+        let mut out = BTreeMap::new();
+        for a in accounts {
+            let at: i64 = redis::cmd("EXPIRETIME")
+                .arg(key_of(&keys, &a))
+                .query_async(&mut redis.clone())
+                .await
+                .unwrap();
+            out.insert(a, at);
+        }
+        out
+    };
+    let accounts: Vec<String> = mem_a.0.keys().cloned().collect();
+    if from_hash {
+        let expired_at = expiries(
+            t.redis.clone(),
+            t.keys.clone(),
+            accounts.clone(),
+            HotKeys::cur,
+        )
+        .await;
+        as_written_before_the_value(&mut t.redis, &t.keys, mem_a.0.keys()).await;
+        for account in mem_a.0.keys() {
+            assert_eq!(
+                reader.usage(account, Some("s-1"), t.now).await.unwrap(),
+                read_before[account],
+                "{account}: the hash reads as the value did"
+            );
+        }
+        // B's claims move each account it loads; fence-10 and fence-11 have no record in
+        // 100-149 and stay a hash, read as before.
+        let mut b = t.b.clone();
+        let (eb, _) = b.claim().await.unwrap();
+        for account in mem_a
+            .0
+            .keys()
+            .filter(|a| !a.ends_with("-10") && !a.ends_with("-11"))
+        {
+            assert!(b.load_account(eb, account).await.unwrap().is_some());
+        }
+        let moved: Vec<String> = accounts
+            .iter()
+            .filter(|a| !a.ends_with("-10") && !a.ends_with("-11"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            expiries(t.redis.clone(), t.keys.clone(), moved.clone(), HotKeys::cur).await,
+            moved.iter().map(|a| (a.clone(), expired_at[a])).collect(),
+            "a moved cur keeps the hash's expiry"
+        );
+        assert_eq!(moved.len(), 10);
+        assert_eq!(
+            expiries(t.redis.clone(), t.keys.clone(), moved, HotKeys::cur_hash)
+                .await
+                .into_values()
+                .collect::<Vec<_>>(),
+            vec![-2; 10],
+            "the hash is gone once moved"
+        );
+        for account in mem_a.0.keys() {
+            assert_eq!(
+                reader.usage(account, Some("s-1"), t.now).await.unwrap(),
+                read_before[account],
+                "{account}: read the same once moved"
+            );
+        }
+    }
     let Setup {
         deployment,
         keys,
@@ -318,12 +446,7 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state_on(
     for (account, (state, last)) in &mut mem_a.0 {
         let o_prev = before.get(account).copied().unwrap_or(-1);
         if account == "fence-10" || account == "fence-11" {
-            let stored: i64 = redis::cmd("HGET")
-                .arg(keys.cur(account))
-                .arg("_o")
-                .query_async(&mut redis)
-                .await
-                .unwrap();
+            let stored = common::hot_cur(&mut redis, &keys, account).await.offset;
             assert_eq!(
                 stored, o_prev,
                 "{account}: only the epoch can refuse this write"
@@ -340,22 +463,11 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state_on(
 
     // Redis holds B's state.
     for (account, want) in &expected {
-        let mut got: WindowCounters = redis::cmd("HGETALL")
-            .arg(keys.cur(account))
-            .query_async::<HashMap<String, String>>(&mut redis)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|(f, _)| f != "_tp")
-            .map(|(f, v)| (f, v.parse().unwrap()))
-            .collect();
-        let tp: Option<String> = redis::cmd("HGET")
-            .arg(keys.cur(account))
-            .arg("_tp")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        assert_eq!(tp.as_deref(), Some("usage:0"));
+        let cur = common::hot_cur(&mut redis, &keys, account).await;
+        assert_eq!(cur.topic_partition, "usage:0");
+        let mut got = cur.fields;
+        got.insert("_e".into(), cur.epoch);
+        got.insert("_o".into(), cur.offset);
         got.retain(|_, v| *v != 0);
         assert_eq!(&got, want, "{account}");
         assert_sessions(&mut redis, &keys, account, &mem_b.0[account].0, now).await;

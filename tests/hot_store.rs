@@ -119,7 +119,7 @@ async fn day_requests(
     let mut out = BTreeMap::new();
     for a in 0..accounts {
         let account = format!("acct-{a}");
-        let cur = common::hot_hash(conn, &keys.cur(&account)).await;
+        let cur = common::hot_cur(conn, keys, &account).await.fields;
         out.insert(account, cur.get(&field).copied().unwrap_or(0));
     }
     out

@@ -355,7 +355,10 @@ async fn run_seed(
     let accounts: BTreeSet<&str> = log.iter().map(|r| r.event.account_id.as_str()).collect();
     let mut curs = HashMap::new();
     for a in &accounts {
-        curs.insert(*a, hash(keys.cur(a)).await);
+        curs.insert(
+            *a,
+            common::hot_cur(&mut redis.clone(), &keys, a).await.fields,
+        );
     }
     let mut checked = 0;
     for ((a, grain, start), want) in &truth.windows {
@@ -485,17 +488,13 @@ async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
             .unwrap();
         assert!(dims >= 10_000, "{dims}");
         let day = Grain::Day.window_start(DateTime::from_timestamp_micros(e.occurred_at).unwrap());
-        let cur: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(keys.cur(e.account_id.as_str()))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        assert!(cur.len() > 1_000, "{}", cur.len());
+        let cur = common::hot_cur(&mut redis, &keys, e.account_id.as_str()).await;
+        assert!(cur.fields.len() > 1_000, "{}", cur.fields.len());
         for model in ["model-0", "model-399"] {
             let req = hot::field(Grain::Day, day, &format!("m:{model}:req"));
-            assert_eq!(cur.get(&req).map(String::as_str), Some("50"), "{req}");
+            assert_eq!(cur.fields.get(&req), Some(&50), "{req}");
         }
-        assert_eq!(cur.get("_o").map(String::as_str), Some("19999"));
+        assert_eq!(cur.offset, 19999);
         common::remove_hot_keys(&deployment).await;
     }
 }

@@ -247,9 +247,16 @@ struct Snapshot {
 impl Snapshot {
     fn of(state: AccountState, now: DateTime<Utc>) -> Self {
         let written = state.snapshot(now);
+        // Through the value Redis holds, as a reader decodes it.
+        let value = hot::encode_cur(
+            1,
+            0,
+            "usage:0",
+            written.cur.iter().map(|(f, v)| (f.as_str(), *v)),
+        );
         Self {
             state,
-            cur: written.cur,
+            cur: hot::decode_cur(&value).fields,
             dims: written.dims,
         }
     }

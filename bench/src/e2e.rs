@@ -268,15 +268,19 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
             };
             let limit = Duration::from_secs(120);
             let to_redis = loop {
-                let v: Option<u64> = match redis::cmd("HGET")
+                let v: Option<i64> = match redis::cmd("GET")
                     .arg(&key)
-                    .arg(format!("M:{month}:req"))
-                    .query_async(&mut conn)
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
                     .await
                 {
-                    Ok(v) => v,
+                    Ok(v) => v.and_then(|v| {
+                        meterline_schemas::keys::hot::decode_cur(&v)
+                            .fields
+                            .get(&format!("M:{month}:req"))
+                            .copied()
+                    }),
                     Err(err) => {
-                        tracing::warn!(error = %err, "probe: HGET failed");
+                        tracing::warn!(error = %err, "probe: GET failed");
                         return None;
                     }
                 };

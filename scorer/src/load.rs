@@ -276,11 +276,13 @@ impl Stores {
     }
 
     async fn load_hot_state(&self, f: &mut AccountFacts) -> Result<(), ScoreError> {
-        let cur: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.hot.cur(f.account_id.as_str()))
+        // `cur`, or the hash an account not written since 2026-12-05 still has.
+        let (cur, hash): (Option<Vec<u8>>, Vec<(String, String)>) = redis::pipe()
+            .get(self.hot.cur(f.account_id.as_str()))
+            .hgetall(self.hot.cur_hash(f.account_id.as_str()))
             .query_async(&mut self.redis.clone())
             .await?;
-        let cur = hot::counters(cur);
+        let cur = hot::read_cur(cur, hash);
         let raw = hot::raw_usage(&cur, None, f.now);
         f.month_raw_tokens = (raw.month.get(field::INPUT_TOKENS).copied().unwrap_or(0)
             + raw.month.get(field::OUTPUT_TOKENS).copied().unwrap_or(0))

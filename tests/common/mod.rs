@@ -615,6 +615,32 @@ pub async fn hot_hash(
     )
 }
 
+/// An account's `cur` as stored (`keys::hot::decode_cur`): its guard and its fields; read, as
+/// the readers do, from the hash written before 2026-12-05 when there is no value (`_e`, `_tp`
+/// and `_o` as the guard); and epoch 0, offset -1 and no fields when there is neither.
+pub async fn hot_cur(
+    redis: &mut impl redis::aio::ConnectionLike,
+    keys: &meterline_schemas::keys::hot::HotKeys,
+    account: &str,
+) -> meterline_schemas::keys::hot::Cur {
+    use meterline_schemas::keys::hot;
+    let (value, hash): (Option<Vec<u8>>, HashMap<String, String>) = redis::pipe()
+        .get(keys.cur(account))
+        .hgetall(keys.cur_hash(account))
+        .query_async(redis)
+        .await
+        .unwrap();
+    if let Some(value) = value {
+        return hot::decode_cur(&value);
+    }
+    hot::Cur {
+        epoch: hash.get("_e").map_or(0, |e| e.parse().unwrap()),
+        offset: hash.get("_o").map_or(-1, |o| o.parse().unwrap()),
+        topic_partition: hash.get("_tp").cloned().unwrap_or_default(),
+        fields: hot::counters(hash),
+    }
+}
+
 /// One window of an account in the hot state (layout v2): from `cur` while it is there, else
 /// from its closed hash (`keys::hot::window`), with the TTL of the hash that holds it.
 pub async fn hot_window(
@@ -626,7 +652,7 @@ pub async fn hot_window(
 ) -> (meterline_schemas::limits::WindowCounters, i64) {
     use meterline_schemas::keys::hot;
     let keys = hot::HotKeys::new(prefix).unwrap();
-    let cur = hot_hash(redis, &keys.cur(account)).await;
+    let cur = hot_cur(redis, &keys, account).await.fields;
     let live = hot::window(&cur, None, grain, start);
     let key = if live.is_empty() {
         keys.closed(account, grain, start)
@@ -653,7 +679,7 @@ pub async fn hot_month_members(
 ) -> std::collections::BTreeSet<String> {
     use meterline_schemas::keys::{hot, Grain};
     let keys = hot::HotKeys::new(prefix).unwrap();
-    let cur = hot_hash(redis, &keys.cur(account)).await;
+    let cur = hot_cur(redis, &keys, account).await.fields;
     let in_cur = format!("{}:v:{}:", hot::stamp(Grain::Month, month), dim.as_str());
     let mut out: std::collections::BTreeSet<String> = cur
         .keys()
@@ -722,17 +748,21 @@ pub async fn hot_state_as_read(
             out.insert(rest.to_owned(), format!("{ids:?} expires {expires}"));
             continue;
         }
-        let h: BTreeMap<String, String> = redis.hgetall(&k).await.unwrap();
         let Some(account_rest) = rest.strip_prefix("u:{") else {
             continue; // checkpoints: their epoch differs, and their offset is ClickHouse's
         };
         let (account, what) = account_rest.split_once("}:").unwrap();
-        if what == "cur" {
-            let mut meta = BTreeMap::new();
-            for (f, v) in h {
+        if what == "live" {
+            let value: Vec<u8> = redis.get(&k).await.unwrap();
+            let cur = meterline_schemas::keys::hot::decode_cur(&value);
+            let mut meta = BTreeMap::from([
+                ("_tp".to_owned(), cur.topic_partition),
+                ("_o".to_owned(), cur.offset.to_string()),
+            ]);
+            for (f, v) in cur.fields {
+                let v = v.to_string();
                 let parts: Vec<&str> = f.splitn(3, ':').collect();
                 match parts.as_slice() {
-                    ["_e"] => {}
                     [g, stamp, name] if Grain::from_code(g).is_some() => {
                         windows
                             .entry((account.to_owned(), format!("{g}:{stamp}")))
@@ -745,7 +775,10 @@ pub async fn hot_state_as_read(
                 }
             }
             out.insert(format!("{account} cur"), format!("{meta:?}"));
-        } else if what.starts_with("s:") || what.ends_with(":dims") {
+            continue;
+        }
+        let h: BTreeMap<String, String> = redis.hgetall(&k).await.unwrap();
+        if what.starts_with("s:") || what.ends_with(":dims") {
             out.insert(
                 format!("{account} {what}"),
                 format!("{h:?} expires {expires}"),

@@ -17,9 +17,10 @@
 //! # A window's life
 //!
 //! A window is **live** while the state holds its whole value: it was created while it was
-//! still in `cur` (design §2.2), or loaded from `cur`. A snapshot writes it to `cur`, absolute.
+//! still in `cur` (design §2.2), or loaded from `cur`. A snapshot writes it to `cur`, absolute
+//! (every snapshot writes the whole of `cur`, one value: `keys::hot::encode_cur`).
 //! Once it is over it **moves**: the snapshot that first finds it out of `cur` writes its
-//! fields to its closed hash and deletes them from `cur` ([`Moved`]), and once that snapshot is
+//! fields to its closed hash and leaves them out of `cur` ([`Moved`]), and once that snapshot is
 //! stored ([`AccountState::written`]) the state forgets it.
 //!
 //! An event for a window the state does not hold and that has left `cur` (a late event, or one
@@ -49,8 +50,6 @@ struct ModelCounters {
     model: Box<str>,
     /// Requests, input and output tokens.
     values: [i64; 3],
-    /// Changed since the last write.
-    dirty: bool,
 }
 
 /// A window: the base counters of every grain, and for days and months, what only they count
@@ -71,12 +70,6 @@ struct Window {
     /// Opened after the window had left `cur`: it holds increments since the last write, not
     /// the window's value (see the module documentation).
     late: bool,
-    /// Changed since the last write: only changed windows are set in `cur` again, and of
-    /// those only the base counters, the models marked dirty and the counts in
-    /// `dirty_counts` (the other fields are stored as they are).
-    dirty: bool,
-    /// The distinct counts changed since the last write, a bit per [`Dim::ALL`] index.
-    dirty_counts: u8,
 }
 
 /// What a day or a month counts beyond the base counters.
@@ -173,12 +166,9 @@ pub struct LateMember {
 /// Everything a write of one account stores, as of one moment: [`AccountState::snapshot`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Fields to set in `cur`: [`AccountState::cur_fields`], the new members' `v:` fields, and
-    /// the fields of the windows moving out now (set, then moved, so the move copies what
-    /// this snapshot holds).
+    /// The whole of `cur`: [`AccountState::cur_fields`] and the months' `v:` member fields
+    /// (the windows moving out now are left out).
     pub cur: WindowCounters,
-    /// Fields to delete from `cur`: the marks of sessions past their day.
-    pub cur_gone: Vec<String>,
     /// Windows leaving `cur` now.
     pub moves: Vec<Moved>,
     /// Month start → the new fields of that month's `dims` hash.
@@ -189,8 +179,8 @@ pub struct Snapshot {
     pub late: Vec<LateWindow>,
     /// Members of late windows, counted if new.
     pub late_members: Vec<LateMember>,
-    /// The expiry to set on `cur`, when the last write did not set that one already.
-    pub cur_expires_at: Option<i64>,
+    /// `cur`'s expiry, set with every write (a `SET` replaces the expiry).
+    pub cur_expires_at: i64,
     /// The months of [`Self::dims`] whose hash's expiry the write sets (not set by an earlier
     /// write).
     pub dims_expiry: BTreeSet<DateTime<Utc>>,
@@ -208,9 +198,6 @@ pub struct AccountState {
     /// Every window is whole (never late): the state folds all of the account's events, as
     /// `rebuild-hot-state` does, so closed windows move to their hashes absolute.
     whole: bool,
-    /// The expiry the last write set on `cur` (0: none yet). An expiry is a command in Redis for
-    /// every key a snapshot touches; it is sent only when it moves (design: calls per event).
-    cur_expiry_written: i64,
     /// The months whose `dims` hash's expiry a write has set.
     dims_expiry_written: Vec<DateTime<Utc>>,
 }
@@ -249,15 +236,13 @@ pub fn in_cur(grain: Grain, start: DateTime<Utc>, now: DateTime<Utc>) -> bool {
 }
 
 impl Window {
-    fn empty(grain: Grain, start: DateTime<Utc>, late: bool, dirty: bool) -> Self {
+    fn empty(grain: Grain, start: DateTime<Utc>, late: bool) -> Self {
         Self {
             grain,
             start,
             base: [0; 5],
             detail: grain.has_model_fields().then(Box::default),
             late,
-            dirty,
-            dirty_counts: 0,
         }
     }
 
@@ -282,12 +267,6 @@ impl Window {
     /// The window's fields without its stamp, zeros left out; with `listed`, the month's `v:`
     /// members too (as 1).
     fn fields(&self, listed: bool) -> Vec<(String, i64)> {
-        self.some_fields(listed, false)
-    }
-
-    /// The fields [`Self::fields`] gives, or with `changed`, only those that may have changed
-    /// since the last write: the base counters, the dirty models and the dirty counts.
-    fn some_fields(&self, listed: bool, changed: bool) -> Vec<(String, i64)> {
         let mut out = Vec::new();
         let mut put = |name: String, v: i64| {
             if v != 0 {
@@ -297,15 +276,13 @@ impl Window {
         for (name, v) in BASE.iter().zip(self.base) {
             put((*name).to_owned(), v);
         }
-        for m in self.models().iter().filter(|m| m.dirty || !changed) {
+        for m in self.models() {
             for (counter, v) in ["req", "in", "out"].iter().zip(m.values) {
                 put(format!("m:{}:{counter}", m.model), v);
             }
         }
-        for (i, (dim, n)) in Dim::ALL.iter().zip(self.counts()).enumerate() {
-            if !changed || self.dirty_counts & (1 << i) != 0 {
-                put(hot::count_name(*dim), n as i64);
-            }
+        for (dim, n) in Dim::ALL.iter().zip(self.counts()) {
+            put(hot::count_name(*dim), n as i64);
         }
         if listed {
             for (dim, member) in self.listed() {
@@ -348,7 +325,6 @@ impl AccountState {
             }
             let i = self.window_index(grain, start, now);
             let w = &mut self.windows[i];
-            w.dirty = true;
             for (total, v) in w.base.iter_mut().zip(base) {
                 *total += v;
             }
@@ -360,14 +336,12 @@ impl AccountState {
                         for (total, v) in m.values.iter_mut().zip(values) {
                             *total += v;
                         }
-                        m.dirty = true;
                     }
                     None => push_exact(
                         models,
                         ModelCounters {
                             model: e.model.as_str().into(),
                             values,
-                            dirty: true,
                         },
                     ),
                 }
@@ -431,8 +405,7 @@ impl AccountState {
     fn window_index(&mut self, grain: Grain, start: DateTime<Utc>, now: DateTime<Utc>) -> usize {
         self.find_window(grain, start).unwrap_or_else(|| {
             let late = !self.whole && !in_cur(grain, start, now);
-            // New, so changed: it is written at the next snapshot.
-            push_exact(&mut self.windows, Window::empty(grain, start, late, true));
+            push_exact(&mut self.windows, Window::empty(grain, start, late));
             self.windows.len() - 1
         })
     }
@@ -465,7 +438,6 @@ impl AccountState {
             });
             return;
         }
-        w.dirty_counts |= 1 << dim_index(dim);
         let detail = w.detail_mut();
         detail.counts[dim_index(dim)] += 1;
         self.new_members.push(if listed {
@@ -487,22 +459,21 @@ impl AccountState {
         self.fields_in_cur(now, false)
     }
 
-    /// [`Self::cur_fields`], or with `changed`, only those of the windows and sessions changed
-    /// since the last write (what a write must set again: the others are stored as they are).
-    fn fields_in_cur(&self, now: DateTime<Utc>, changed: bool) -> WindowCounters {
+    /// [`Self::cur_fields`], with `listed` the `v:` member fields too: the whole of `cur`.
+    fn fields_in_cur(&self, now: DateTime<Utc>, listed: bool) -> WindowCounters {
         let mut out = WindowCounters::new();
         for w in self
             .windows
             .iter()
-            .filter(|w| !w.late && in_cur(w.grain, w.start, now) && (w.dirty || !changed))
+            .filter(|w| !w.late && in_cur(w.grain, w.start, now))
         {
             let stamp = hot::stamp(w.grain, w.start);
-            for (name, v) in w.some_fields(false, changed) {
+            for (name, v) in w.fields(listed) {
                 out.insert(format!("{stamp}:{name}"), v);
             }
         }
         for (id, s) in &self.sessions {
-            if s.last_event + SESSION_RETENTION_SECS > now.timestamp() && (s.dirty || !changed) {
+            if s.last_event + SESSION_RETENTION_SECS > now.timestamp() {
                 out.insert(hot::session_mark(id), s.last_event);
             }
         }
@@ -557,7 +528,7 @@ impl AccountState {
             };
             // Loaded windows are live: they are in `cur`, whole.
             let i = a.find_window(grain, start).unwrap_or_else(|| {
-                push_exact(&mut a.windows, Window::empty(grain, start, false, false));
+                push_exact(&mut a.windows, Window::empty(grain, start, false));
                 a.windows.len() - 1
             });
             let w = &mut a.windows[i];
@@ -592,7 +563,6 @@ impl AccountState {
                             ModelCounters {
                                 model: model.into(),
                                 values,
-                                dirty: false,
                             },
                         );
                     }
@@ -649,23 +619,17 @@ impl AccountState {
         Some(out)
     }
 
-    /// What a write of the account stores at `now`: the windows and sessions changed since the
-    /// last write (the others are stored as they are), the windows leaving `cur`, the late
-    /// increments and the new members. It stays pending until [`Self::written`].
+    /// What a write of the account stores at `now`: the whole of `cur`, the sessions changed
+    /// since the last write (the others are stored as they are), the windows leaving `cur`, the
+    /// late increments and the new members of `dims`. It stays pending until
+    /// [`Self::written`].
     pub fn snapshot(&self, now: DateTime<Utc>) -> Snapshot {
-        let mut cur = self.fields_in_cur(now, true);
+        // The new `v:` members are in their windows' lists already.
+        let cur = self.fields_in_cur(now, true);
         let mut dims: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
         for m in &self.new_members {
-            match m {
-                NewMember::Listed { month, dim, member } => {
-                    cur.insert(
-                        hot::field(Grain::Month, *month, &hot::member_name(*dim, member)),
-                        1,
-                    );
-                }
-                NewMember::Dims { month, field } => {
-                    dims.entry(*month).or_default().push(field.clone())
-                }
+            if let NewMember::Dims { month, field } = m {
+                dims.entry(*month).or_default().push(field.clone())
             }
         }
         let mut moves = Vec::new();
@@ -678,27 +642,15 @@ impl AccountState {
                     fields: w.fields(false),
                 });
             } else if !in_cur(w.grain, w.start, now) {
-                let fields = w.fields(true);
-                let stamp = hot::stamp(w.grain, w.start);
-                for (name, v) in &fields {
-                    cur.insert(format!("{stamp}:{name}"), *v);
-                }
                 moves.push(Moved {
                     grain: w.grain,
                     start: w.start,
-                    fields,
+                    fields: w.fields(true),
                 });
             }
         }
         moves.sort_unstable_by_key(|m| (m.start, m.grain.code()));
         late.sort_unstable_by_key(|m| (m.start, m.grain.code()));
-        let mut cur_gone: Vec<String> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.last_event + SESSION_RETENTION_SECS <= now.timestamp())
-            .map(|(id, _)| hot::session_mark(id))
-            .collect();
-        cur_gone.sort_unstable();
         let mut sessions = self.sessions(now);
         sessions.retain(|s| self.sessions.get(s.id.as_str()).is_some_and(|s| s.dirty));
         for s in &mut sessions {
@@ -707,7 +659,6 @@ impl AccountState {
                 .get(s.id.as_str())
                 .is_none_or(|state| state.expiry_written != s.expires_at);
         }
-        let cur_expiry = Grain::Month.expires_at(Grain::Month.window_start(now));
         let dims_expiry = dims
             .keys()
             .filter(|m| !self.dims_expiry_written.contains(m))
@@ -715,29 +666,26 @@ impl AccountState {
             .collect();
         Snapshot {
             cur,
-            cur_gone,
             moves,
             dims,
             sessions,
             late,
             late_members: self.late_members.clone(),
-            cur_expires_at: (cur_expiry != self.cur_expiry_written).then_some(cur_expiry),
+            cur_expires_at: Grain::Month.expires_at(Grain::Month.window_start(now)),
             dims_expiry,
         }
     }
 
-    /// What [`Self::snapshot`] at `now` reads, copied: the windows late, leaving `cur` or
-    /// changed (without their members' fingerprints, which a snapshot does not read), the
-    /// sessions changed or past their day, the members not written yet and the expiries
-    /// written. `pending(now).snapshot(now) == snapshot(now)`, held by a property test. A flush
-    /// copies this in the consumer's loop and builds the snapshot on its own task: the copy
-    /// is a few integers and names per changed window, where the snapshot formats every field
-    /// name into a map.
-    pub fn pending(&self, now: DateTime<Utc>) -> AccountState {
+    /// What [`Self::snapshot`] reads, copied: the windows (without their members'
+    /// fingerprints, which a snapshot does not read), the sessions, the members not written yet
+    /// and the expiries written. `pending().snapshot(now) == snapshot(now)`, held by a property
+    /// test. A flush copies this in the consumer's loop and builds the snapshot on its own
+    /// task: the copy is a few integers and names per window, where the snapshot formats every
+    /// field name into a map.
+    pub fn pending(&self) -> AccountState {
         let windows = self
             .windows
             .iter()
-            .filter(|w| w.late || w.dirty || !in_cur(w.grain, w.start, now))
             .map(|w| Window {
                 grain: w.grain,
                 start: w.start,
@@ -751,23 +699,15 @@ impl AccountState {
                     })
                 }),
                 late: w.late,
-                dirty: w.dirty,
-                dirty_counts: w.dirty_counts,
             })
             .collect();
-        let sessions = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.dirty || s.last_event + SESSION_RETENTION_SECS <= now.timestamp())
-            .map(|(id, s)| (id.clone(), s.clone()))
-            .collect();
+        let sessions = self.sessions.clone();
         AccountState {
             windows,
             sessions,
             new_members: self.new_members.clone(),
             late_members: self.late_members.clone(),
             whole: self.whole,
-            cur_expiry_written: self.cur_expiry_written,
             dims_expiry_written: self.dims_expiry_written.clone(),
         }
     }
@@ -823,7 +763,6 @@ impl AccountState {
                 }
             }
         }
-        self.cur_expiry_written = Grain::Month.expires_at(Grain::Month.window_start(now));
         for m in &self.new_members {
             if let NewMember::Dims { month, .. } = m {
                 if !self.dims_expiry_written.contains(month) {
@@ -844,13 +783,6 @@ impl AccountState {
         self.windows.shrink_to_fit();
         self.sessions
             .retain(|_, s| s.last_event + SESSION_RETENTION_SECS > now.timestamp());
-        for w in &mut self.windows {
-            w.dirty = false;
-            w.dirty_counts = 0;
-            for m in w.detail.iter_mut().flat_map(|d| d.models.iter_mut()) {
-                m.dirty = false;
-            }
-        }
         for s in self.sessions.values_mut() {
             s.dirty = false;
         }

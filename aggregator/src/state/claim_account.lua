@@ -1,38 +1,83 @@
 -- Claims an account for the writer of epoch E (design §2.5), and with LOAD = 1 reads it back in
 -- the same call (design §3.2 step 4).
--- KEYS: cur. ARGV: E, TP, LOAD.
--- FENCED if a newer epoch holds the account; otherwise raises cur's _e to E and returns
---   {'OK', _tp, _o, cur, sessions, dims} (empty strings and tables where unset), where, when
---   LOAD = 1 and _tp is TP:
---   cur      = cur's fields and values, flat, without _e _tp _o;
+-- KEYS: cur, then cur as the hash written before it (keys::hot::HotKeys::cur_hash).
+-- ARGV: E, TP, LOAD, the most bytes cur's header takes (keys::hot::CUR_HEADER_MAX).
+-- cur is one value: a header of epoch (bytes 1-20), offset (22-41) and topic:partition (from
+-- 43 to the newline), then a line `<field> <value>` per field (keys::hot::encode_cur).
+-- FENCED if a newer epoch holds the account; otherwise raises cur's epoch to E and returns
+--   {'OK', tp, o, cur, sessions, dims} (empty strings and tables where unset), where, when
+--   LOAD = 1 and tp is TP:
+--   cur      = cur's fields and values, flat;
 --   sessions = {{session, its hash flat}, ...} for every s:<session> mark in cur;
 --   dims     = {{YYYYMM, the month's dims fields}, ...} for every month with fields in cur.
--- Session and dims keys are built from cur's name (<p>u:{<a>}:cur), so they share its slot.
-local cur = KEYS[1]
-local stored = redis.call('HMGET', cur, '_e', '_tp', '_o')
-local e = tonumber(stored[1]) or 0
+-- Session and dims keys are built from cur's name (<p>u:{<a>}:live), so they share its slot.
+local cur, hash = KEYS[1], KEYS[2]
 local E = tonumber(ARGV[1])
+local value = redis.call('GETRANGE', cur, 0, tonumber(ARGV[4]) - 1)
+
+-- An account last written as a hash (before 2026-12-05) moves into one value first, with the
+-- hash's guard fields as its header and the hash's expiry.
+if value == '' and redis.call('EXISTS', hash) == 1 then
+    local all = redis.call('HGETALL', hash)
+    local guard, lines = {}, {}
+    for i = 1, #all, 2 do
+        local f = all[i]
+        if string.sub(f, 1, 1) == '_' then
+            guard[f] = all[i + 1]
+        else
+            lines[#lines + 1] = f .. ' ' .. all[i + 1] .. '\n'
+        end
+    end
+    local moved = string.format('%20d %20d %s\n', tonumber(guard['_e']) or 0,
+        tonumber(guard['_o']) or -1, guard['_tp'] or '') .. table.concat(lines)
+    local at = redis.call('EXPIRETIME', hash)
+    if at > 0 then
+        redis.call('SET', cur, moved, 'EXAT', at)
+    else
+        redis.call('SET', cur, moved)
+    end
+    redis.call('DEL', hash)
+    value = redis.call('GETRANGE', cur, 0, tonumber(ARGV[4]) - 1)
+end
+
+local e, tp, o = 0, '', ''
+if value ~= '' then
+    e = tonumber(string.sub(value, 1, 20)) or 0
+    tp = string.match(value, '^([^\n]*)\n', 43) or ''
+    -- As written (tostring of a number would print a large one in exponent form).
+    o = string.match(string.sub(value, 22, 41), '%-?%d+') or '-1'
+end
 -- Epochs count per partition (see snap.lua): another partition's epoch is replaced.
-if e > E and stored[2] == ARGV[2] then return {'FENCED', '', '', {}, {}, {}} end
-if e ~= E then redis.call('HSET', cur, '_e', ARGV[1]) end
-local tp, o = stored[2] or '', stored[3] or ''
+if e > E and tp == ARGV[2] then return {'FENCED', '', '', {}, {}, {}} end
+if value == '' then
+    -- Never written: a header alone, naming this writer's partition, so that an older owner of
+    -- it is fenced here as well.
+    redis.call('SET', cur, string.format('%20d %20d %s\n', E, -1, ARGV[2]))
+    return {'OK', ARGV[2], '-1', {}, {}, {}}
+end
+if e ~= E then redis.call('SETRANGE', cur, 0, string.format('%20d', E)) end
 if ARGV[3] ~= '1' or tp ~= ARGV[2] then return {'OK', tp, o, {}, {}, {}} end
 
-local base = string.sub(cur, 1, #cur - 3)
-local all = redis.call('HGETALL', cur)
+local base = string.sub(cur, 1, #cur - 4)
 local fields, sessions, dims, months = {}, {}, {}, {}
-for i = 1, #all, 2 do
-    local f = all[i]
-    if string.sub(f, 1, 1) ~= '_' then
-        fields[#fields + 1] = f; fields[#fields + 1] = all[i + 1]
-        if string.sub(f, 1, 2) == 's:' then
-            local sid = string.sub(f, 3)
-            sessions[#sessions + 1] = {sid, redis.call('HGETALL', base .. 's:' .. sid)}
-        elseif string.sub(f, 1, 2) == 'M:' then
-            local month = string.sub(f, 3, 8)
-            if not months[month] then
-                months[month] = true
-                dims[#dims + 1] = {month, redis.call('HKEYS', base .. 'M:' .. month .. ':dims')}
+local all = redis.call('GET', cur)
+local first = true
+for line in string.gmatch(all, '[^\n]+') do
+    if first then
+        first = false
+    else
+        local f, v = string.match(line, '^(.*) (%S+)$')
+        if f then
+            fields[#fields + 1] = f; fields[#fields + 1] = v
+            if string.sub(f, 1, 2) == 's:' then
+                local sid = string.sub(f, 3)
+                sessions[#sessions + 1] = {sid, redis.call('HGETALL', base .. 's:' .. sid)}
+            elseif string.sub(f, 1, 2) == 'M:' then
+                local month = string.sub(f, 3, 8)
+                if not months[month] then
+                    months[month] = true
+                    dims[#dims + 1] = {month, redis.call('HKEYS', base .. 'M:' .. month .. ':dims')}
+                end
             end
         end
     end

@@ -570,7 +570,7 @@ impl Partition {
                 let write = SnapshotWrite {
                     account: account.to_string(),
                     range: (t.stored, t.last),
-                    pending: Some(t.state.pending(now)),
+                    pending: Some(t.state.pending()),
                 };
                 t.state.written(now);
                 t.stored = t.last;

@@ -1,36 +1,40 @@
 -- Writes one account's snapshot (hot-state layout v2, design §2.4), all keys in its slot.
 -- Runs after sliced.lua (`sliced`).
--- KEYS: cur first, then every other key the ops name by index (dims, sessions, closed hashes).
--- ARGV: E, TP, O_prev (or 'force'), O_new, cur_expire_at, then the ops, each a count followed by its items
+-- KEYS: cur first, then cur as the hash written before it (keys::hot::HotKeys::cur_hash), then
+-- every other key the ops name by index (dims, sessions, closed hashes).
+-- ARGV: E, TP, O_prev (or 'force'), O_new, cur_expire_at, the most bytes cur's header takes
+-- (keys::hot::CUR_HEADER_MAX), cur's whole value (its header holding E, O_new and TP:
+-- keys::hot::encode_cur), then the ops, each a count followed by its items
 -- (an expire_at of '' leaves the key's expiry as it is: the writer set that one already):
---   ncur,      (field, value) x ncur                      HSET cur (absolute)
---   ngone,     field x ngone                              HDEL cur (sessions past their day)
 --   ndims,     per: key, n, field x n, expire_at          HSET field 1 (new members), EXPIREAT
 --   nsessions, per: key, n, (field, value) x n, expire_at HSET (absolute), EXPIREAT
---   nmoves,    per: key, stamp, n, (field, value) x n, expire_at
---                                                         HSET the closed hash, EXPIREAT, and
---                                                         HDEL stamp:field from cur
+--   nmoves,    per: key, n, (field, value) x n, expire_at HSET the closed hash, EXPIREAT
 --   nlate,     per: key, n, (field, delta) x n, expire_at HINCRBY the closed hash, EXPIREAT
 --   nmembers,  per: set, field, count, count_field, set_expire_at
 --                                                         HSETNX set field 1; when new,
 --                                                         HINCRBY count count_field 1
--- The guard (the writer's epoch E, its topic:partition TP, the offset O_prev it loaded):
---   stored _e > E (same TP)  -> FENCED   a newer assignment of this partition owns it
---   stored _o >= O_new       -> HAVE     already stored (a repeated call)
---   stored _o ~= O_prev      -> CONFLICT not the state this writer loaded
---   otherwise                -> OK       every op applied, with _e, _tp, _o set in cur
--- (_o counts only when _tp is TP: another partition's offsets say nothing about this one.)
+-- The guard (the writer's epoch E, its topic:partition TP, the offset O_prev it loaded), read
+-- from cur's header:
+--   stored epoch > E (same TP) -> FENCED   a newer assignment of this partition owns it
+--   stored offset >= O_new     -> HAVE     already stored (a repeated call)
+--   stored offset ~= O_prev    -> CONFLICT not the state this writer loaded
+--   otherwise                  -> OK       every op applied, and cur set whole
+-- (the offset counts only when the stored TP is TP: another partition's offsets say nothing
+-- about this one.)
 -- The increments (late windows, late members) are not idempotent alone; the guard makes the
 -- whole call land once.
 local cur = KEYS[1]
-local stored = redis.call('HMGET', cur, '_e', '_tp', '_o')
-local e = tonumber(stored[1]) or 0
+local header = redis.call('GETRANGE', cur, 0, tonumber(ARGV[6]) - 1)
+local e, so, tp = 0, -1, nil
+if header ~= '' then
+    e = tonumber(string.sub(header, 1, 20)) or 0
+    tp = string.match(header, '^([^\n]*)\n', 43)
+    if tp == ARGV[2] then so = tonumber(string.sub(header, 22, 41)) or -1 end
+end
 local E = tonumber(ARGV[1])
 -- Epochs count per partition: only a newer owner of this writer's partition fences it (an
 -- account written from another partition, before a drained repartition, does not).
-if e > E and stored[2] == ARGV[2] then return 'FENCED' end
-local so = -1
-if stored[2] == ARGV[2] then so = tonumber(stored[3]) or -1 end
+if e > E and tp == ARGV[2] then return 'FENCED' end
 -- O_prev 'force' (rebuild-hot-state, aggregators stopped, every value absolute) skips the
 -- offset guard.
 if ARGV[3] ~= 'force' then
@@ -39,7 +43,12 @@ if ARGV[3] ~= 'force' then
     if so ~= o_prev then return 'CONFLICT' end
 end
 
-local i = 6
+redis.call('SET', cur, ARGV[7], 'EXAT', ARGV[5])
+-- The first write since the hash layout: the hash goes (a claim moves it, and a rebuild
+-- replaces it).
+if header == '' then redis.call('DEL', KEYS[2]) end
+
+local i = 8
 local function take()
     local v = ARGV[i]; i = i + 1; return v
 end
@@ -51,19 +60,6 @@ end
 local function expire(key, at)
     if at ~= '' then redis.call('EXPIREAT', key, at) end
 end
-
--- cur's guard fields go in the same HSET as the first slice of its own fields (994 values, so
--- that with the guard's six the call stays within 1,000).
-local ncur = 2 * tonumber(take())
-local head = math.min(ncur, 994)
-redis.call('HSET', cur, '_e', ARGV[1], '_tp', ARGV[2], '_o', ARGV[4], unpack(ARGV, i, i + head - 1))
-sliced('HSET', cur, ARGV, i + head, i + ncur - 1)
-i = i + ncur
-expire(cur, ARGV[5])
-
-local ngone = tonumber(take())
-sliced('HDEL', cur, ARGV, i, i + ngone - 1)
-i = i + ngone
 
 for _ = 1, tonumber(take()) do
     local key = KEYS[tonumber(take())]
@@ -82,15 +78,7 @@ end
 
 for _ = 1, tonumber(take()) do
     local key = KEYS[tonumber(take())]
-    local stamp = take()
-    local n = tonumber(take())
-    if n > 0 then
-        local from = i
-        hset_pairs(key, n)
-        local gone = {}
-        for j = from, from + 2 * n - 1, 2 do gone[#gone + 1] = stamp .. ':' .. ARGV[j] end
-        sliced('HDEL', cur, gone, 1, #gone)
-    end
+    hset_pairs(key, tonumber(take()))
     redis.call('EXPIREAT', key, take())
 end
 

@@ -4,7 +4,8 @@
 //! Four scripts, each touching one slot:
 //! - `claim.lua` raises the partition's epoch (`{pt:N}ckpt:<topic>` field `e`) and returns it
 //!   with the checkpointed offset: each new owner of a partition writes under a higher epoch;
-//! - `claim_account.lua` raises an account's `_e` to the writer's epoch, or answers `FENCED`;
+//! - `claim_account.lua` raises the epoch in an account's `cur` header to the writer's, or
+//!   answers `FENCED` (and first moves a `cur` hash written before 2026-12-05 into the value);
 //! - `snap.lua` writes an account's absolute snapshot behind the guard its header describes:
 //!   a lower epoch is `FENCED`, an offset already stored is `HAVE`, a snapshot that does not
 //!   continue the stored one is `CONFLICT`;
@@ -137,9 +138,11 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         );
         let (status, tp, o, cur, sessions, dims): Reply = CLAIM_ACCOUNT
             .key(self.keys.cur(account))
+            .key(self.keys.cur_hash(account))
             .arg(epoch)
             .arg(self.topic_partition())
             .arg(if load { "1" } else { "0" })
+            .arg(hot::CUR_HEADER_MAX)
             .invoke_async(&mut self.conn)
             .await?;
         if status != "OK" {
@@ -263,9 +266,10 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         snapshot: &Snapshot,
     ) -> redis::ScriptInvocation<'static> {
         let keys = &self.keys;
-        // KEYS, each once: cur first, then in order of first use.
-        let mut names: Vec<String> = vec![keys.cur(account)];
-        let mut index: HashMap<String, usize> = HashMap::from([(names[0].clone(), 1)]);
+        // KEYS, each once: cur and its former hash first, then in order of first use.
+        let mut names: Vec<String> = vec![keys.cur(account), keys.cur_hash(account)];
+        let mut index: HashMap<String, usize> =
+            HashMap::from([(names[0].clone(), 1), (names[1].clone(), 2)]);
         let mut key = |name: String| -> usize {
             *index.entry(name.clone()).or_insert_with(|| {
                 names.push(name);
@@ -292,17 +296,15 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
                 None => push(a, ""),
             }
         }
-        expiry(&mut a, snapshot.cur_expires_at);
+        push(&mut a, snapshot.cur_expires_at);
+        push(&mut a, hot::CUR_HEADER_MAX);
+        a.push(hot::encode_cur(
+            epoch,
+            o_new,
+            &self.topic_partition(),
+            snapshot.cur.iter().map(|(f, v)| (f.as_str(), *v)),
+        ));
 
-        push(&mut a, snapshot.cur.len());
-        for (f, v) in &snapshot.cur {
-            push(&mut a, f);
-            push(&mut a, v);
-        }
-        push(&mut a, snapshot.cur_gone.len());
-        for f in &snapshot.cur_gone {
-            push(&mut a, f);
-        }
         push(&mut a, snapshot.dims.len());
         for (m, fields) in &snapshot.dims {
             push(&mut a, key(keys.dims(account, *m)));
@@ -328,7 +330,6 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         push(&mut a, snapshot.moves.len());
         for m in &snapshot.moves {
             push(&mut a, key(keys.closed(account, m.grain, m.start)));
-            push(&mut a, hot::stamp(m.grain, m.start));
             push(&mut a, m.fields.len());
             for (f, v) in &m.fields {
                 push(&mut a, f);

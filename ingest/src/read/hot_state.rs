@@ -29,9 +29,10 @@ impl HotState {
         Self { redis, hot }
     }
 
-    /// Everything one decision needs, in one round trip to the account's slot: its `cur` hash,
-    /// and when a session is named, the session's hash and whether this month's and today's
-    /// session lists hold it (`keys::hot::raw_usage`).
+    /// Everything one decision needs, in one round trip to the account's slot: its `cur` (the
+    /// value, or the hash an account not written since 2026-12-05 still has), and when a
+    /// session is named, the session's hash and whether this month's and today's session lists
+    /// hold it (`keys::hot::raw_usage`).
     pub async fn usage(
         &self,
         account: &str,
@@ -40,7 +41,7 @@ impl HotState {
     ) -> redis::RedisResult<RawUsage> {
         let k = &self.hot;
         let mut p = redis::pipe();
-        p.hgetall(k.cur(account));
+        p.get(k.cur(account)).hgetall(k.cur_hash(account));
         let mut redis = self.redis.clone();
         let (cur, session) = match session_id {
             Some(s) => {
@@ -52,13 +53,14 @@ impl HotState {
                     .arg(hot::dims_member(Dim::Sessions, s))
                     .arg(hot::day_session_member(day, s));
                 type Reply = (
-                    std::collections::HashMap<String, String>,
+                    Option<Vec<u8>>,
+                    Vec<(String, String)>,
                     WindowCounters,
                     (Option<String>, Option<String>),
                 );
-                let (cur, counters, known): Reply = p.query_async(&mut redis).await?;
+                let (cur, hash, counters, known): Reply = p.query_async(&mut redis).await?;
                 (
-                    cur,
+                    hot::read_cur(cur, hash),
                     Some(SessionRead {
                         counters,
                         known_this_month: known.0.is_some(),
@@ -67,12 +69,12 @@ impl HotState {
                 )
             }
             None => {
-                let (cur,): (std::collections::HashMap<String, String>,) =
+                let (cur, hash): (Option<Vec<u8>>, Vec<(String, String)>) =
                     p.query_async(&mut redis).await?;
-                (cur, None)
+                (hot::read_cur(cur, hash), None)
             }
         };
-        Ok(hot::raw_usage(&hot::counters(cur), session, now))
+        Ok(hot::raw_usage(&cur, session, now))
     }
 
     pub async fn month_dimensions(
@@ -80,11 +82,12 @@ impl HotState {
         account: &str,
         now: DateTime<Utc>,
     ) -> redis::RedisResult<MonthDimensions> {
-        let cur: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.hot.cur(account))
+        let (cur, hash): (Option<Vec<u8>>, Vec<(String, String)>) = redis::pipe()
+            .get(self.hot.cur(account))
+            .hgetall(self.hot.cur_hash(account))
             .query_async(&mut self.redis.clone())
             .await?;
-        let lists = hot::month_lists(&hot::counters(cur), now);
+        let lists = hot::month_lists(&hot::read_cur(cur, hash), now);
         Ok(MonthDimensions {
             models: lists.models,
             providers: lists.providers,

@@ -12,7 +12,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `<p>u:{<a>}:cur` | hash | the live windows, as stamped fields (below) |
+//! | `<p>u:{<a>}:live` | string | `cur`: the live windows, as stamped fields (below), in one value ([`encode_cur`]) |
+//! | `<p>u:{<a>}:cur` | hash | `cur` as written before 2026-12-05 (layout v2, one hash field per field): read when `live` is absent, moved into `live` at the account's next claim, expired by 2027-04-11 |
 //! | `<p>u:{<a>}:s:<session>` | hash | one session's counters, as today |
 //! | `<p>u:{<a>}:M:<YYYYMM>:dims` | hash | the month's high-cardinality members, field = 1: `users:<u>`, `api_keys:<k>`, `ip_hashes:<h>`, `sessions:<s>`, and the day's sessions as `ds:<DD>:<s>` |
 //! | `<p>u:{<a>}:<g>:<stamp>` | hash | a **closed** window (no longer in `cur`), today's fields |
@@ -24,6 +25,24 @@
 //! | `<p>dirty` | set | the scorer's own share: accounts it puts back after a failure, and the daily full pass |
 //! | `<p>queues` | set | the names of the shares above in use |
 //! | `<p>q:{<a>}:…` | string | the read path's quota marker |
+//!
+//! # `cur` as one value
+//!
+//! `cur` was a hash until 2026-12-05. A snapshot then cost Redis 36 µs: the guard's `HMGET`,
+//! an `HSET` of every changed field and an `EXPIREAT`, inside a script whose arguments were
+//! every field and value (BENCHMARKS.md, "Where the hot state's freshness goes"). The state
+//! store holds the whole of `cur` in memory, so a snapshot now writes it whole, as one string:
+//!
+//! ```text
+//! <epoch, 20 wide> <offset, 20 wide> <topic:partition>\n
+//! <field> <value>\n   (one line per field)
+//! ```
+//!
+//! The header is the writer's guard (`_e`, `_o`, `_tp` of the hash): a script reads it with one
+//! `GETRANGE` and a claim raises the epoch in place with `SETRANGE` (fixed width, so the rest
+//! does not move). A field is a window's stamped counter or a session mark, never a control
+//! character (labels are refused with one at ingest, `domain::label`), and its value, an
+//! integer, is after the line's last space. A reader `GET`s the value and [`decode_cur`]s it.
 //!
 //! # Fields of `cur`
 //!
@@ -77,8 +96,14 @@ impl HotKeys {
         format!("{}u:{{{account}}}:", self.prefix)
     }
 
-    /// The account's live windows.
+    /// The account's live windows, one value ([`encode_cur`]).
     pub fn cur(&self, account: &str) -> String {
+        format!("{}live", self.account(account))
+    }
+
+    /// The account's live windows as a hash, as written before 2026-12-05: read where
+    /// [`Self::cur`] is absent, until the last of them expires (2027-04-11).
+    pub fn cur_hash(&self, account: &str) -> String {
         format!("{}cur", self.account(account))
     }
 
@@ -254,6 +279,85 @@ pub fn counters(raw: impl IntoIterator<Item = (String, String)>) -> WindowCounte
         .filter(|(f, _)| !f.starts_with('_'))
         .filter_map(|(f, v)| Some((f, v.parse().ok()?)))
         .collect()
+}
+
+/// The width of the epoch and of the offset in `cur`'s header.
+const HEADER_NUMBER: usize = 20;
+
+/// The most bytes `cur`'s header takes: its two numbers and spaces, a topic name (at most 249
+/// bytes in Kafka), `:`, a partition and the newline. A script reads this much to find it.
+pub const CUR_HEADER_MAX: usize = 2 * (HEADER_NUMBER + 1) + 249 + 1 + 11 + 1;
+
+/// `cur` as stored: the guard of the snapshot that wrote it, and its fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cur {
+    /// The epoch of the partition owner that last claimed or wrote the account.
+    pub epoch: i64,
+    /// The offset of the last event the snapshot holds, in `topic_partition` (-1 for none).
+    pub offset: i64,
+    /// `<topic>:<partition>` of the writer (empty when only a claim has written).
+    pub topic_partition: String,
+    pub fields: WindowCounters,
+}
+
+/// `cur`'s value: the header, then `<field> <value>\n` per field.
+pub fn encode_cur<'a>(
+    epoch: i64,
+    offset: i64,
+    topic_partition: &str,
+    fields: impl IntoIterator<Item = (&'a str, i64)>,
+) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(64 + topic_partition.len());
+    let _ = writeln!(
+        out,
+        "{epoch:>w$} {offset:>w$} {topic_partition}",
+        w = HEADER_NUMBER
+    );
+    for (field, value) in fields {
+        let _ = writeln!(out, "{field} {value}");
+    }
+    out
+}
+
+/// Reads a value [`encode_cur`] wrote. A header that does not parse reads as epoch 0, offset -1
+/// and no writer; a line without an integer after its last space is left out, as [`counters`]
+/// leaves out a hash field that is not an integer.
+pub fn decode_cur(value: &[u8]) -> Cur {
+    let text = String::from_utf8_lossy(value);
+    let mut lines = text.split('\n');
+    let header = lines.next().unwrap_or_default();
+    let number =
+        |range: std::ops::Range<usize>| -> Option<i64> { header.get(range)?.trim().parse().ok() };
+    let mut cur = Cur {
+        epoch: number(0..HEADER_NUMBER).unwrap_or(0),
+        offset: number(HEADER_NUMBER + 1..2 * HEADER_NUMBER + 1).unwrap_or(-1),
+        topic_partition: header
+            .get(2 * (HEADER_NUMBER + 1)..)
+            .unwrap_or_default()
+            .to_owned(),
+        fields: WindowCounters::new(),
+    };
+    for line in lines {
+        if let Some((field, v)) = line.rsplit_once(' ') {
+            if let Ok(v) = v.parse() {
+                cur.fields.insert(field.to_owned(), v);
+            }
+        }
+    }
+    cur
+}
+
+/// `cur`'s counters from what a reader fetched: the value of [`HotKeys::cur`] when there is one,
+/// else the hash [`HotKeys::cur_hash`] (an account not written since 2026-12-05).
+pub fn read_cur(
+    value: Option<Vec<u8>>,
+    hash: impl IntoIterator<Item = (String, String)>,
+) -> WindowCounters {
+    match value {
+        Some(v) => decode_cur(&v).fields,
+        None => counters(hash),
+    }
 }
 
 /// What a quota check naming a session reads beside `cur`: the session's hash

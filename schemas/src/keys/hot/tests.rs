@@ -16,6 +16,7 @@ fn every_key_of_an_account_shares_its_slot_and_every_key_of_a_partition_its_own(
     let t = at(2026, 12, 31, 23, 59, 0);
     let account_keys = [
         k.cur("acct-1"),
+        k.cur_hash("acct-1"),
         k.session("acct-1", "s-9"),
         k.dims("acct-1", Grain::Month.window_start(t)),
         k.closed("acct-1", Grain::Minute, t),
@@ -25,6 +26,7 @@ fn every_key_of_an_account_shares_its_slot_and_every_key_of_a_partition_its_own(
     assert_eq!(
         account_keys,
         [
+            "ml:u:{acct-1}:live",
             "ml:u:{acct-1}:cur",
             "ml:u:{acct-1}:s:s-9",
             "ml:u:{acct-1}:M:202612:dims",
@@ -219,4 +221,77 @@ fn the_month_lists_come_sorted_from_this_month_only() {
             clouds: vec![],
         }
     );
+}
+
+#[test]
+fn cur_reads_back_its_guard_and_fields_and_its_header_has_fixed_offsets() {
+    let fields = counters(&[
+        ("M:202612:req", 3),
+        ("M:202612:m:gpt 4 o:in", -7),
+        ("M:202612:v:regions:eu west 1", 1),
+        ("s:sess:1", 1_764_865_200),
+    ]);
+    let value = encode_cur(
+        42,
+        1_234_567,
+        "usage-events:5",
+        fields.iter().map(|(f, v)| (f.as_str(), *v)),
+    );
+    assert_eq!(
+        decode_cur(&value),
+        Cur {
+            epoch: 42,
+            offset: 1_234_567,
+            topic_partition: "usage-events:5".into(),
+            fields: fields.clone(),
+        }
+    );
+    // snap.lua and claim_account.lua read the epoch at bytes 1–20 and the offset at 22–41, and
+    // a claim rewrites the epoch in place.
+    let text = String::from_utf8(value).unwrap();
+    assert_eq!(&text[..20], format!("{:>20}", 42));
+    assert_eq!(&text[21..41], format!("{:>20}", 1_234_567));
+    assert!(text.find('\n').unwrap() < CUR_HEADER_MAX);
+    // A claim's header alone, with no writer yet.
+    let claimed = encode_cur(7, -1, "", std::iter::empty());
+    assert_eq!(
+        decode_cur(&claimed),
+        Cur {
+            epoch: 7,
+            offset: -1,
+            ..Cur::default()
+        }
+    );
+}
+
+#[test]
+fn a_reader_takes_the_value_when_there_is_one_else_the_hash_written_before_it() {
+    let hash = vec![
+        ("_e".to_owned(), "3".to_owned()),
+        ("d:20261204:req".to_owned(), "5".to_owned()),
+    ];
+    assert_eq!(
+        read_cur(None, hash.clone()),
+        counters(&[("d:20261204:req", 5)])
+    );
+    let value = encode_cur(4, 9, "t:0", [("d:20261204:req", 6)]);
+    assert_eq!(
+        read_cur(Some(value), hash),
+        counters(&[("d:20261204:req", 6)])
+    );
+}
+
+proptest::proptest! {
+    /// Any field without a control character, and any value, reads back as written.
+    #[test]
+    fn cur_round_trips(
+        epoch in 0i64..i64::MAX,
+        offset in -1i64..i64::MAX,
+        tp in "[a-zA-Z0-9._-]{1,40}:[0-9]{1,4}",
+        fields in proptest::collection::hash_map("[^\\p{Cc}]{1,40}", proptest::num::i64::ANY, 0..40),
+    ) {
+        let value = encode_cur(epoch, offset, &tp, fields.iter().map(|(f, v)| (f.as_str(), *v)));
+        let cur = decode_cur(&value);
+        proptest::prop_assert_eq!(cur, Cur { epoch, offset, topic_partition: tp, fields });
+    }
 }
