@@ -84,7 +84,7 @@ impl Memory {
 
 /// What `cur` must hold for `state` written by `epoch` up to `o`.
 fn expected_cur(state: &AccountState, epoch: i64, o: i64, now: DateTime<Utc>) -> WindowCounters {
-    let mut cur = state.snapshot(now).cur;
+    let mut cur = state.snapshot(now).cur_fields();
     cur.insert("_e".into(), epoch);
     cur.insert("_o".into(), o);
     cur

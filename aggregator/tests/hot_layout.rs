@@ -248,12 +248,7 @@ impl Snapshot {
     fn of(state: AccountState, now: DateTime<Utc>) -> Self {
         let written = state.snapshot(now);
         // Through the value Redis holds, as a reader decodes it.
-        let value = hot::encode_cur(
-            1,
-            0,
-            "usage:0",
-            written.cur.iter().map(|(f, v)| (f.as_str(), *v)),
-        );
+        let value = hot::cur_value(1, 0, "usage:0", &written.cur);
         Self {
             state,
             cur: hot::decode_cur(&value).fields,

@@ -166,9 +166,10 @@ pub struct LateMember {
 /// Everything a write of one account stores, as of one moment: [`AccountState::snapshot`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// The whole of `cur`: [`AccountState::cur_fields`] and the months' `v:` member fields
-    /// (the windows moving out now are left out).
-    pub cur: WindowCounters,
+    /// The whole of `cur`, as its lines (`keys::hot::CurLines`):
+    /// [`AccountState::cur_fields`] and the months' `v:` member fields (the windows moving out
+    /// now are left out). [`Self::cur_fields`] reads them back.
+    pub cur: Vec<u8>,
     /// Windows leaving `cur` now.
     pub moves: Vec<Moved>,
     /// Month start → the new fields of that month's `dims` hash.
@@ -184,6 +185,13 @@ pub struct Snapshot {
     /// The months of [`Self::dims`] whose hash's expiry the write sets (not set by an earlier
     /// write).
     pub dims_expiry: BTreeSet<DateTime<Utc>>,
+}
+
+impl Snapshot {
+    /// [`Self::cur`] as fields.
+    pub fn cur_fields(&self) -> WindowCounters {
+        hot::decode_cur_lines(&self.cur)
+    }
 }
 
 /// One account's live windows and sessions; see the module documentation.
@@ -262,6 +270,31 @@ impl Window {
 
     fn counts(&self) -> [u64; 8] {
         self.detail.as_deref().map_or([0; 8], |d| d.counts)
+    }
+
+    /// [`Self::fields`] with `listed`, as lines of `cur` behind the window's stamp.
+    fn write_lines(&self, lines: &mut hot::CurLines) {
+        let stamp = hot::stamp(self.grain, self.start);
+        for (name, v) in BASE.iter().zip(self.base) {
+            if v != 0 {
+                lines.counter(&stamp, name, v);
+            }
+        }
+        for m in self.models() {
+            for (counter, v) in ["req", "in", "out"].iter().zip(m.values) {
+                if v != 0 {
+                    lines.model(&stamp, &m.model, counter, v);
+                }
+            }
+        }
+        for (dim, n) in Dim::ALL.iter().zip(self.counts()) {
+            if n != 0 {
+                lines.count(&stamp, *dim, n as i64);
+            }
+        }
+        for (dim, member) in self.listed() {
+            lines.member(&stamp, *dim, member);
+        }
     }
 
     /// The window's fields without its stamp, zeros left out; with `listed`, the month's `v:`
@@ -480,6 +513,25 @@ impl AccountState {
         out
     }
 
+    /// The whole of `cur` at `now` as its lines: the same fields as `fields_in_cur(now, true)`
+    /// (a property test holds them equal), written straight into one buffer.
+    fn cur_lines(&self, now: DateTime<Utc>) -> Vec<u8> {
+        let mut lines = hot::CurLines::default();
+        for w in self
+            .windows
+            .iter()
+            .filter(|w| !w.late && in_cur(w.grain, w.start, now))
+        {
+            w.write_lines(&mut lines);
+        }
+        for (id, s) in &self.sessions {
+            if s.last_event + SESSION_RETENTION_SECS > now.timestamp() {
+                lines.session(id, s.last_event);
+            }
+        }
+        lines.into_bytes()
+    }
+
     /// The account as written: `cur` (with its `v:` members and session marks), the hashes of
     /// the sessions `cur` marks open, and the fields of its months' `dims` hashes. What it
     /// holds for the windows still in `cur` and the open sessions equals the state that wrote
@@ -625,7 +677,7 @@ impl AccountState {
     /// [`Self::written`].
     pub fn snapshot(&self, now: DateTime<Utc>) -> Snapshot {
         // The new `v:` members are in their windows' lists already.
-        let cur = self.fields_in_cur(now, true);
+        let cur = self.cur_lines(now);
         let mut dims: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
         for m in &self.new_members {
             if let NewMember::Dims { month, field } = m {

@@ -751,7 +751,7 @@ mod tests {
         );
         let snapshot = second.writes[0].pending.as_ref().unwrap().snapshot(now);
         assert_eq!(
-            snapshot.cur.get("d:20261203:req"),
+            snapshot.cur_fields().get("d:20261203:req"),
             Some(&2),
             "cur is absolute"
         );

@@ -298,11 +298,11 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         }
         push(&mut a, snapshot.cur_expires_at);
         push(&mut a, hot::CUR_HEADER_MAX);
-        a.push(hot::encode_cur(
+        a.push(hot::cur_value(
             epoch,
             o_new,
             &self.topic_partition(),
-            snapshot.cur.iter().map(|(f, v)| (f.as_str(), *v)),
+            &snapshot.cur,
         ));
 
         push(&mut a, snapshot.dims.len());

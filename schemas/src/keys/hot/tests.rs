@@ -295,3 +295,28 @@ proptest::proptest! {
         proptest::prop_assert_eq!(cur, Cur { epoch, offset, topic_partition: tp, fields });
     }
 }
+
+#[test]
+fn cur_lines_name_each_field_as_the_names_functions_do() {
+    let day = at(2026, 12, 4, 0, 0, 0);
+    let stamp = stamp(Grain::Day, day);
+    let mut lines = CurLines::default();
+    lines.counter(&stamp, "req", 3);
+    lines.model(&stamp, "gpt 4o", "in", 40);
+    lines.count(&stamp, Dim::Sessions, 2);
+    lines.member(&stamp, Dim::Regions, "eu-west-1");
+    lines.session("s:1", 1_764_806_400);
+    let lines = lines.into_bytes();
+    let want = counters(&[
+        (&field(Grain::Day, day, "req"), 3),
+        (&field(Grain::Day, day, "m:gpt 4o:in"), 40),
+        (&field(Grain::Day, day, &count_name(Dim::Sessions)), 2),
+        (
+            &field(Grain::Day, day, &member_name(Dim::Regions, "eu-west-1")),
+            1,
+        ),
+        (&session_mark("s:1"), 1_764_806_400),
+    ]);
+    assert_eq!(decode_cur_lines(&lines), want);
+    assert_eq!(decode_cur(&cur_value(5, 6, "t:1", &lines)).fields, want);
+}
