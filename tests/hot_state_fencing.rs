@@ -21,7 +21,10 @@
 //! partition, loads each account its records touch from Redis, folds only 100–149 and writes.
 //! Redis then equals what one writer folding 0–149 would have written.
 //! A fourth test runs a zombie's whole flush through the state store: once its first snapshots
-//! come back `FENCED`, it sends no further one.
+//! come back `FENCED`, it sends no further one. A fifth has B claim an account nobody has
+//! written yet, and the zombie's first snapshot of it is refused. A sixth repeats the third from
+//! `cur` as the hash written before 2026-12-05: the read path reads it the same, and B's claims
+//! move it into the value.
 //! (tansu never expires a dead consumer-group member, so the end-to-end zombie case waits for a
 //! broker that does; this is the part that does not need one.)
 
@@ -485,6 +488,63 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state_on(
         .unwrap();
     assert_eq!(queued.len(), 12, "A's and B's changes, once each");
 
+    common::remove_hot_keys(&deployment).await;
+}
+
+/// An account nobody has written yet: once the new owner has claimed it, the zombie's first
+/// snapshot of it is refused by the epoch. (Before `cur` was one value, such a claim set only the
+/// epoch and no partition, so the zombie's snapshot passed and the new owner's own write then
+/// met `CONFLICT` and replayed.)
+#[tokio::test]
+async fn a_claim_of_an_account_never_written_fences_the_older_owner_there_too() {
+    let config = common::isolated_config(&common::unique_suffix());
+    for deployment in common::hot_deployments(&config) {
+        a_claim_of_an_account_never_written_fences_the_older_owner_there_too_on(deployment).await;
+    }
+}
+
+async fn a_claim_of_an_account_never_written_fences_the_older_owner_there_too_on(
+    deployment: RedisConfig,
+) {
+    let Setup {
+        deployment,
+        keys,
+        mut redis,
+        mut a,
+        mut b,
+        now,
+    } = Setup::new(deployment).await;
+    let (ea, _) = a.claim().await.unwrap();
+    let mut zombie = AccountState::default();
+    zombie.fold(&common::usage_record("e-z", "never-1", now), now);
+    let (eb, _) = b.claim().await.unwrap();
+    assert_eq!(b.claim_account(eb, "never-1").await.unwrap(), Some(-1));
+    let claimed = common::hot_cur(&mut redis, &keys, "never-1").await;
+    assert_eq!(
+        (
+            claimed.epoch,
+            claimed.offset,
+            claimed.topic_partition.as_str()
+        ),
+        (eb, -1, "usage:0"),
+        "the claim names the partition"
+    );
+    assert!(claimed.fields.is_empty());
+    assert_eq!(
+        a.write_account(ea, "never-1", (-1, 0), &mut zombie, now)
+            .await
+            .unwrap(),
+        Written::Fenced
+    );
+    let mut owner = AccountState::default();
+    owner.fold(&common::usage_record("e-o", "never-1", now), now);
+    assert_eq!(
+        b.write_account(eb, "never-1", (-1, 0), &mut owner, now)
+            .await
+            .unwrap(),
+        Written::Applied,
+        "the new owner continues the claimed account"
+    );
     common::remove_hot_keys(&deployment).await;
 }
 
