@@ -124,7 +124,7 @@ pub struct SessionSnapshot {
 }
 
 /// A window leaving `cur`: its fields (without the stamp) go to its closed hash, absolute, and
-/// the same stamped fields are deleted from `cur`.
+/// `cur` is written without them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Moved {
     pub grain: Grain,
