@@ -315,6 +315,13 @@ impl Aggregator {
                         let topic = m.topic().to_owned();
                         let stream = if topic == self.topics.usage { "usage" } else { "account" };
                         self.metrics.records.with_label_values(&[stream]).inc();
+                        if let Some(produced) = m.timestamp().to_millis() {
+                            let age_ms = chrono::Utc::now().timestamp_millis() - produced;
+                            self.metrics
+                                .record_age_seconds
+                                .with_label_values(&[stream])
+                                .observe(age_ms.max(0) as f64 / 1000.0);
+                        }
                         records.push(RawRecord {
                             topic,
                             partition: m.partition(),

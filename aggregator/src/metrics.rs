@@ -31,6 +31,11 @@ pub struct AggregatorMetrics {
     /// Usage events per ClickHouse insert: batches that wait while an insert runs go in the next
     /// one together (`crate::inserter`).
     pub insert_events: Histogram,
+    /// How old each record was when the consumer received it, by its Kafka timestamp (set by
+    /// its producer, ingest, when it was produced), by stream: the broker's share of the hot
+    /// state's freshness, before the aggregator's (`flush_seconds`). Across hosts it includes
+    /// their clocks' skew.
+    pub record_age_seconds: HistogramVec,
 }
 
 /// The stages of the batch loop, in order, as `stage` label values.
@@ -144,6 +149,17 @@ impl AggregatorMetrics {
             ]),
         )
         .expect("metric");
+        let record_age_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "meterline_aggregator_record_age_seconds",
+                "Age of each record when the consumer received it, from its Kafka timestamp (its producer's clock, ingest's): the broker's share of the hot state's freshness",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["stream"],
+        )
+        .expect("metric");
         for m in [
             Box::new(records.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events.clone()),
@@ -158,6 +174,7 @@ impl AggregatorMetrics {
             Box::new(partitions_dropped.clone()),
             Box::new(flush_seconds.clone()),
             Box::new(insert_events.clone()),
+            Box::new(record_age_seconds.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -176,6 +193,7 @@ impl AggregatorMetrics {
             stage_seconds,
             flush_seconds,
             insert_events,
+            record_age_seconds,
         }
     }
 

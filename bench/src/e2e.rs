@@ -390,6 +390,12 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         )
     })
     .collect();
+    // The broker's part, before the aggregator's: every usage record's age when the consumer
+    // received it, by its Kafka timestamp (ingest's producer set it; one clock here).
+    let record_age = histogram_line(
+        &m.record_age_seconds.with_label_values(&["usage"]),
+        "records",
+    );
     let inserting = m
         .stage_seconds
         .with_label_values(&[meterline_aggregator::metrics::INSERT_STAGE])
@@ -440,6 +446,9 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         "aggregator: {batches} batches, {:.0} records each on average, a write took {batch_mean_ms:.0} ms on average; wall time by stage {}",
         m.records.with_label_values(&["usage"]).get() as f64 / batches.max(1) as f64,
         stage_breakdown(&stages)
+    );
+    println!(
+        "the broker's part, a usage record from its Kafka timestamp (ingest produced it) until the aggregator received it: {record_age}"
     );
     println!(
         "a partition's flush, from its start (on its own task, alongside the loop): {}",
