@@ -395,6 +395,20 @@ async fn twenty_thousand_events_add_up_exactly_in_clickhouse_and_redis(redis: De
         "{metrics}"
     );
     assert!(metrics.contains("meterline_aggregator_events_total{outcome=\"duplicate\"}"));
+    // Every usage record read had its age at the consumer observed (the broker's share of
+    // freshness), by its Kafka timestamp.
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from /metrics"))
+    };
+    let read = value("meterline_aggregator_records_total{stream=\"usage\"}");
+    assert!(read > 0.0);
+    assert_eq!(
+        value("meterline_aggregator_record_age_seconds_count{stream=\"usage\"}"),
+        read
+    );
     assert!(
         !metrics.contains("-acct-"),
         "no account id in metric labels"
