@@ -183,13 +183,10 @@ async fn assert_sessions(
 
 #[tokio::test]
 async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would() {
-    let config = common::isolated_config(&common::unique_suffix());
-    for deployment in common::hot_deployments(&config) {
-        a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would_on(
-            deployment, false,
-        )
-        .await;
-    }
+    common::on_each_hot_deployment(|d| {
+        a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would_on(d, false)
+    })
+    .await;
 }
 
 /// The same, from `cur` as the hash written before 2026-12-05 (layout v2's first form): the
@@ -197,13 +194,10 @@ async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_woul
 /// and B then ends where one writer would.
 #[tokio::test]
 async fn an_account_written_as_a_hash_is_read_the_same_and_moved_into_one_value_at_its_claim() {
-    let config = common::isolated_config(&common::unique_suffix());
-    for deployment in common::hot_deployments(&config) {
-        a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would_on(
-            deployment, true,
-        )
-        .await;
-    }
+    common::on_each_hot_deployment(|d| {
+        a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_would_on(d, true)
+    })
+    .await;
 }
 
 /// Turns each account's `cur` into the hash it was before 2026-12-05: its fields, with the
@@ -389,10 +383,10 @@ async fn a_new_owner_loads_what_the_old_one_wrote_and_ends_where_one_writer_woul
 
 #[tokio::test]
 async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state() {
-    let config = common::isolated_config(&common::unique_suffix());
-    for deployment in common::hot_deployments(&config) {
-        a_writer_from_an_older_assignment_cannot_overwrite_newer_state_on(deployment).await;
-    }
+    common::on_each_hot_deployment(
+        a_writer_from_an_older_assignment_cannot_overwrite_newer_state_on,
+    )
+    .await;
 }
 
 async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state_on(
@@ -497,10 +491,10 @@ async fn a_writer_from_an_older_assignment_cannot_overwrite_newer_state_on(
 /// met `CONFLICT` and replayed.)
 #[tokio::test]
 async fn a_claim_of_an_account_never_written_fences_the_older_owner_there_too() {
-    let config = common::isolated_config(&common::unique_suffix());
-    for deployment in common::hot_deployments(&config) {
-        a_claim_of_an_account_never_written_fences_the_older_owner_there_too_on(deployment).await;
-    }
+    common::on_each_hot_deployment(
+        a_claim_of_an_account_never_written_fences_the_older_owner_there_too_on,
+    )
+    .await;
 }
 
 async fn a_claim_of_an_account_never_written_fences_the_older_owner_there_too_on(
@@ -550,10 +544,8 @@ async fn a_claim_of_an_account_never_written_fences_the_older_owner_there_too_on
 
 #[tokio::test]
 async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere() {
-    let config = common::isolated_config(&common::unique_suffix());
-    for deployment in common::hot_deployments(&config) {
-        after_the_new_owners_claim_the_zombie_is_refused_everywhere_on(deployment).await;
-    }
+    common::on_each_hot_deployment(after_the_new_owners_claim_the_zombie_is_refused_everywhere_on)
+        .await;
 }
 
 async fn after_the_new_owners_claim_the_zombie_is_refused_everywhere_on(deployment: RedisConfig) {
@@ -704,10 +696,7 @@ async fn fold_into(
 /// `Fenced` after sending only the two it had in flight, and Redis holds what it held before.
 #[tokio::test]
 async fn a_fenced_flush_writes_no_further_snapshot() {
-    let config = common::isolated_config(&common::unique_suffix());
-    for deployment in common::hot_deployments(&config) {
-        a_fenced_flush_writes_no_further_snapshot_on(deployment).await;
-    }
+    common::on_each_hot_deployment(a_fenced_flush_writes_no_further_snapshot_on).await;
 }
 
 async fn a_fenced_flush_writes_no_further_snapshot_on(deployment: RedisConfig) {

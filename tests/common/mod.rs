@@ -487,6 +487,18 @@ pub fn hot_deployments(config: &Config) -> Vec<meterline_infra::RedisConfig> {
         .collect()
 }
 
+/// Runs `test` on each Redis of [`hot_deployments`], under a fresh configuration's prefix.
+pub async fn on_each_hot_deployment<F, Fut>(test: F)
+where
+    F: Fn(meterline_infra::RedisConfig) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let config = isolated_config(&unique_suffix());
+    for deployment in hot_deployments(&config) {
+        test(deployment).await;
+    }
+}
+
 /// Runs the test function `$name(Deployment)` twice, as `$name::standalone` and
 /// `$name::cluster` (the cluster run returns early where `Deployment::apply` says so).
 #[allow(unused_macros)]
