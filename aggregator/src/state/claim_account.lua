@@ -1,9 +1,10 @@
 -- Claims an account for the writer of epoch E (design §2.5), and with LOAD = 1 reads it back in
--- the same call (design §3.2 step 4).
+-- the same call (design §3.2 step 4). Runs after cur_header.lua (`read_header`, `header`,
+-- `epoch_field`).
 -- KEYS: cur, then cur as the hash written before it (keys::hot::HotKeys::cur_hash).
 -- ARGV: E, TP, LOAD, the most bytes cur's header takes (keys::hot::CUR_HEADER_MAX).
--- cur is one value: a header of epoch (bytes 1-20), offset (22-41) and topic:partition (from
--- 43 to the newline), then a line `<field> <value>` per field (keys::hot::encode_cur).
+-- cur is one value: its header (cur_header.lua), then a line `<field> <value>` per field
+-- (keys::hot::encode_cur).
 -- FENCED if a newer epoch holds the account; otherwise raises cur's epoch to E and returns
 --   {'OK', tp, o, cur, sessions, dims} (empty strings and tables where unset), where, when
 --   LOAD = 1 and tp is TP:
@@ -12,12 +13,12 @@
 --   dims     = {{YYYYMM, the month's dims fields}, ...} for every month with fields in cur.
 -- Session and dims keys are built from cur's name (<p>u:{<a>}:live), so they share its slot.
 local cur, hash = KEYS[1], KEYS[2]
-local E = tonumber(ARGV[1])
-local value = redis.call('GETRANGE', cur, 0, tonumber(ARGV[4]) - 1)
+local E, max = tonumber(ARGV[1]), tonumber(ARGV[4])
+local found, e, tp, o = read_header(cur, max)
 
 -- An account last written as a hash (before 2026-12-05) moves into one value first, with the
 -- hash's guard fields as its header and the hash's expiry.
-if value == '' and redis.call('EXISTS', hash) == 1 then
+if not found and redis.call('EXISTS', hash) == 1 then
     local all = redis.call('HGETALL', hash)
     local guard, lines = {}, {}
     for i = 1, #all, 2 do
@@ -28,8 +29,8 @@ if value == '' and redis.call('EXISTS', hash) == 1 then
             lines[#lines + 1] = f .. ' ' .. all[i + 1] .. '\n'
         end
     end
-    local moved = string.format('%20d %20d %s\n', tonumber(guard['_e']) or 0,
-        tonumber(guard['_o']) or -1, guard['_tp'] or '') .. table.concat(lines)
+    local moved = header(tonumber(guard['_e']) or 0, tonumber(guard['_o']) or -1,
+        guard['_tp'] or '') .. table.concat(lines)
     local at = redis.call('EXPIRETIME', hash)
     if at > 0 then
         redis.call('SET', cur, moved, 'EXAT', at)
@@ -37,25 +38,18 @@ if value == '' and redis.call('EXISTS', hash) == 1 then
         redis.call('SET', cur, moved)
     end
     redis.call('DEL', hash)
-    value = redis.call('GETRANGE', cur, 0, tonumber(ARGV[4]) - 1)
+    found, e, tp, o = read_header(cur, max)
 end
 
-local e, tp, o = 0, '', ''
-if value ~= '' then
-    e = tonumber(string.sub(value, 1, 20)) or 0
-    tp = string.match(value, '^([^\n]*)\n', 43) or ''
-    -- As written (tostring of a number would print a large one in exponent form).
-    o = string.match(string.sub(value, 22, 41), '%-?%d+') or '-1'
-end
 -- Epochs count per partition (see snap.lua): another partition's epoch is replaced.
 if e > E and tp == ARGV[2] then return {'FENCED', '', '', {}, {}, {}} end
-if value == '' then
+if not found then
     -- Never written: a header alone, naming this writer's partition, so that an older owner of
     -- it is fenced here as well.
-    redis.call('SET', cur, string.format('%20d %20d %s\n', E, -1, ARGV[2]))
+    redis.call('SET', cur, header(E, -1, ARGV[2]))
     return {'OK', ARGV[2], '-1', {}, {}, {}}
 end
-if e ~= E then redis.call('SETRANGE', cur, 0, string.format('%20d', E)) end
+if e ~= E then redis.call('SETRANGE', cur, 0, epoch_field(E)) end
 if ARGV[3] ~= '1' or tp ~= ARGV[2] then return {'OK', tp, o, {}, {}, {}} end
 
 local base = string.sub(cur, 1, #cur - 4)

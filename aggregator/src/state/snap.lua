@@ -1,5 +1,5 @@
 -- Writes one account's snapshot (hot-state layout v2, design §2.4), all keys in its slot.
--- Runs after sliced.lua (`sliced`).
+-- Runs after sliced.lua (`sliced`) and cur_header.lua (`read_header`).
 -- KEYS: cur first, then cur as the hash written before it (keys::hot::HotKeys::cur_hash), then
 -- every other key the ops name by index (dims, sessions, closed hashes).
 -- ARGV: E, TP, O_prev (or 'force'), O_new, cur_expire_at, the most bytes cur's header takes
@@ -24,13 +24,9 @@
 -- The increments (late windows, late members) are not idempotent alone; the guard makes the
 -- whole call land once.
 local cur = KEYS[1]
-local header = redis.call('GETRANGE', cur, 0, tonumber(ARGV[6]) - 1)
-local e, so, tp = 0, -1, nil
-if header ~= '' then
-    e = tonumber(string.sub(header, 1, 20)) or 0
-    tp = string.match(header, '^([^\n]*)\n', 43)
-    if tp == ARGV[2] then so = tonumber(string.sub(header, 22, 41)) or -1 end
-end
+local found, e, tp, o = read_header(cur, tonumber(ARGV[6]))
+local so = -1
+if tp == ARGV[2] then so = tonumber(o) end
 local E = tonumber(ARGV[1])
 -- Epochs count per partition: only a newer owner of this writer's partition fences it (an
 -- account written from another partition, before a drained repartition, does not).
@@ -46,7 +42,7 @@ end
 redis.call('SET', cur, ARGV[7], 'EXAT', ARGV[5])
 -- The first write since the hash layout: the hash goes (a claim moves it, and a rebuild
 -- replaces it).
-if header == '' then redis.call('DEL', KEYS[2]) end
+if not found then redis.call('DEL', KEYS[2]) end
 
 local i = 8
 local function take()

@@ -30,12 +30,18 @@ use super::account::{AccountState, MemberSet, Snapshot};
 use crate::SinkError;
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
-static CLAIM_ACCOUNT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("claim_account.lua")));
+/// `cur_header.lua`, `cur`'s header, is the prelude of the two scripts that read or write it.
+static CLAIM_ACCOUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("cur_header.lua"),
+        include_str!("claim_account.lua")
+    ))
+});
 /// `sliced.lua` is the two writing scripts' shared prelude.
 static SNAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("sliced.lua"),
+        include_str!("cur_header.lua"),
         include_str!("snap.lua")
     ))
 });
