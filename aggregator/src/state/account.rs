@@ -7,9 +7,10 @@
 //! collide with probability about n²/2⁶⁵ (3·10⁻¹² at n = 10,000); a collision would under-count
 //! one distinct count by one (design §3.1).
 //!
-//! Members that first appear are also kept as strings until they are written
-//! ([`AccountState::take_new_members`]): the month's short lists (models, providers, regions,
-//! clouds) go into `cur` as `v:` fields, the rest into the month's `dims` hash.
+//! The month's short lists (models, providers, regions, clouds) are kept with the month as
+//! strings and go into `cur` as `v:` fields with every write. Members of the other dimensions
+//! that first appear are kept as strings until they are written into the month's `dims` hash
+//! ([`AccountState::take_new_members`], which also lists the new short-list members).
 //!
 //! Windows follow the same retention rule as today's fold: an event adds nothing to a window
 //! whose key would already have expired at `now`.
@@ -486,13 +487,17 @@ impl AccountState {
     }
 
     /// The absolute fields of `cur` at `now` for every live window still kept there (zeros
-    /// left out), with the `s:` marks of the open sessions, without the `v:` member fields
-    /// ([`Self::take_new_members`] gives those once).
-    pub fn cur_fields(&self, now: DateTime<Utc>) -> WindowCounters {
+    /// left out), with the `s:` marks of the open sessions, without the `v:` member fields.
+    /// Tests only: a snapshot writes [`Self::cur_lines`].
+    #[cfg(test)]
+    pub(crate) fn cur_fields(&self, now: DateTime<Utc>) -> WindowCounters {
         self.fields_in_cur(now, false)
     }
 
-    /// [`Self::cur_fields`], with `listed` the `v:` member fields too: the whole of `cur`.
+    /// [`Self::cur_fields`], with `listed` the `v:` member fields too: the whole of `cur`, named
+    /// by `keys::hot`'s name functions, the reference a property test holds
+    /// [`Self::cur_lines`] to.
+    #[cfg(test)]
     fn fields_in_cur(&self, now: DateTime<Utc>, listed: bool) -> WindowCounters {
         let mut out = WindowCounters::new();
         for w in self
