@@ -10,7 +10,7 @@
 //! The month's short lists (models, providers, regions, clouds) are kept with the month as
 //! strings and go into `cur` as `v:` fields with every write. Members of the other dimensions
 //! that first appear are kept as strings until they are written into the month's `dims` hash
-//! ([`AccountState::take_new_members`], which also lists the new short-list members).
+//! ([`NewMember`]).
 //!
 //! Windows follow the same retention rule as today's fold: an event adds nothing to a window
 //! whose key would already have expired at `now`.
@@ -99,17 +99,14 @@ struct Session {
     expiry_written: i64,
 }
 
-/// A member seen for the first time in a live window, not yet written.
+/// A member seen for the first time in a live window, not yet written: a field of the month's
+/// `dims` hash ([`hot::dims_member`], [`hot::day_session_member`]). A new member of the month's
+/// short lists needs no entry: it is in its window's list, which every snapshot writes whole
+/// into `cur`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NewMember {
-    /// A `v:` field of `cur`: the month's models, providers, regions or clouds.
-    Listed {
-        month: DateTime<Utc>,
-        dim: Dim,
-        member: String,
-    },
-    /// A field of the month's `dims` hash ([`hot::dims_member`], [`hot::day_session_member`]).
-    Dims { month: DateTime<Utc>, field: String },
+pub struct NewMember {
+    pub month: DateTime<Utc>,
+    pub field: String,
 }
 
 /// A session's hash as a snapshot writes it.
@@ -453,7 +450,7 @@ impl AccountState {
         let (grain, start) = (w.grain, w.start);
         let month = Grain::Month.window_start(start);
         let listed = grain == Grain::Month && hot::LISTED_DIMS.contains(&dim);
-        let field = match (grain, listed) {
+        let field = || match (grain, listed) {
             (Grain::Day, _) => hot::day_session_member(start, member),
             (_, true) => hot::member_name(dim, member),
             (_, false) => hot::dims_member(dim, member),
@@ -465,7 +462,7 @@ impl AccountState {
                 } else {
                     MemberSet::Dims(month)
                 },
-                field,
+                field: field(),
                 grain,
                 start,
                 count_field: hot::count_name(dim),
@@ -474,16 +471,14 @@ impl AccountState {
         }
         let detail = w.detail_mut();
         detail.counts[dim_index(dim)] += 1;
-        self.new_members.push(if listed {
+        if listed {
             push_exact(&mut detail.listed, (dim, member.into()));
-            NewMember::Listed {
-                month,
-                dim,
-                member: member.to_owned(),
-            }
         } else {
-            NewMember::Dims { month, field }
-        });
+            self.new_members.push(NewMember {
+                month,
+                field: field(),
+            });
+        }
     }
 
     /// The absolute fields of `cur` at `now` for every live window still kept there (zeros
@@ -684,10 +679,8 @@ impl AccountState {
         // The new `v:` members are in their windows' lists already.
         let cur = self.cur_lines(now);
         let mut dims: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
-        for m in &self.new_members {
-            if let NewMember::Dims { month, field } = m {
-                dims.entry(*month).or_default().push(field.clone())
-            }
+        for NewMember { month, field } in &self.new_members {
+            dims.entry(*month).or_default().push(field.clone())
         }
         let mut moves = Vec::new();
         let mut late = Vec::new();
@@ -785,25 +778,18 @@ impl AccountState {
                     + w.listed().len() * 40
             })
             .sum();
-        let members: usize = self
-            .new_members
-            .iter()
-            .map(|m| {
-                48 + match m {
-                    NewMember::Listed { member, .. } => member.len(),
-                    NewMember::Dims { field, .. } => field.len(),
-                }
-            })
-            .sum();
+        let members: usize = self.new_members.iter().map(|m| 48 + m.field.len()).sum();
         windows + self.sessions.len() * 128 + members + self.late_members.len() * 128
     }
 
     /// The members first seen since the last call, to write with the next snapshot.
+    #[cfg(test)]
     pub fn take_new_members(&mut self) -> Vec<NewMember> {
         std::mem::take(&mut self.new_members)
     }
 
     /// The members first seen and not yet written.
+    #[cfg(test)]
     pub fn new_members(&self) -> &[NewMember] {
         &self.new_members
     }
@@ -820,11 +806,9 @@ impl AccountState {
                 }
             }
         }
-        for m in &self.new_members {
-            if let NewMember::Dims { month, .. } = m {
-                if !self.dims_expiry_written.contains(month) {
-                    self.dims_expiry_written.push(*month);
-                }
+        for NewMember { month, .. } in &self.new_members {
+            if !self.dims_expiry_written.contains(month) {
+                self.dims_expiry_written.push(*month);
             }
         }
         // Only this month's and the last one's `dims` are written to.
