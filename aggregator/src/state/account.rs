@@ -99,6 +99,51 @@ struct Session {
     expiry_written: i64,
 }
 
+impl Session {
+    /// Whether the session is still kept at `now` (Unix seconds): within a day of its latest
+    /// event.
+    fn kept(&self, now: i64) -> bool {
+        self.last_event + SESSION_RETENTION_SECS > now
+    }
+
+    /// When its hash expires (Unix seconds): 24 hours after its latest event, rounded up to the
+    /// hour, so the expiry moves at most hourly.
+    fn expires_at(&self) -> i64 {
+        let expires = self.last_event + SESSION_RETENTION_SECS;
+        expires + (3600 - expires.rem_euclid(3600)) % 3600
+    }
+
+    /// Its hash's fields, as today's (zeros left out).
+    fn fields(&self) -> WindowCounters {
+        let mut out: WindowCounters = BASE
+            .iter()
+            .zip(self.base)
+            .filter(|(_, v)| *v != 0)
+            .map(|(name, v)| ((*name).to_owned(), v))
+            .collect();
+        for (model, [input, output]) in &self.models {
+            for (counter, v) in [("in", *input), ("out", *output)] {
+                if v != 0 {
+                    out.insert(format!("m:{model}:{counter}"), v);
+                }
+            }
+        }
+        out
+    }
+
+    /// Its hash as a snapshot writes it, fields sorted.
+    fn snapshot(&self, id: &str) -> SessionSnapshot {
+        let mut fields: Vec<(String, i64)> = self.fields().into_iter().collect();
+        fields.sort_unstable();
+        SessionSnapshot {
+            id: id.to_owned(),
+            fields,
+            expires_at: self.expires_at(),
+            set_expiry: true,
+        }
+    }
+}
+
 /// A member seen for the first time in a live window, not yet written: a field of the month's
 /// `dims` hash ([`hot::dims_member`], [`hot::day_session_member`]). A new member of the month's
 /// short lists needs no entry: it is in its window's list, which every snapshot writes whole
@@ -506,7 +551,7 @@ impl AccountState {
             }
         }
         for (id, s) in &self.sessions {
-            if s.last_event + SESSION_RETENTION_SECS > now.timestamp() {
+            if s.kept(now.timestamp()) {
                 out.insert(hot::session_mark(id), s.last_event);
             }
         }
@@ -525,7 +570,7 @@ impl AccountState {
             w.write_lines(&mut lines);
         }
         for (id, s) in &self.sessions {
-            if s.last_event + SESSION_RETENTION_SECS > now.timestamp() {
+            if s.kept(now.timestamp()) {
                 lines.session(id, s.last_event);
             }
         }
@@ -654,21 +699,7 @@ impl AccountState {
     /// A session's hash, as today's (zeros left out); `None` if the account has no such
     /// session in memory.
     pub fn session_fields(&self, session_id: &str) -> Option<WindowCounters> {
-        let s = self.sessions.get(session_id)?;
-        let mut out: WindowCounters = BASE
-            .iter()
-            .zip(s.base)
-            .filter(|(_, v)| *v != 0)
-            .map(|(name, v)| ((*name).to_owned(), v))
-            .collect();
-        for (model, [input, output]) in &s.models {
-            for (counter, v) in [("in", *input), ("out", *output)] {
-                if v != 0 {
-                    out.insert(format!("m:{model}:{counter}"), v);
-                }
-            }
-        }
-        Some(out)
+        self.sessions.get(session_id).map(|s| s.fields())
     }
 
     /// What a write of the account stores at `now`: the whole of `cur`, the sessions changed
@@ -701,14 +732,17 @@ impl AccountState {
         }
         moves.sort_unstable_by_key(|m| (m.start, m.grain.code()));
         late.sort_unstable_by_key(|m| (m.start, m.grain.code()));
-        let mut sessions = self.sessions(now);
-        sessions.retain(|s| self.sessions.get(s.id.as_str()).is_some_and(|s| s.dirty));
-        for s in &mut sessions {
-            s.set_expiry = self
-                .sessions
-                .get(s.id.as_str())
-                .is_none_or(|state| state.expiry_written != s.expires_at);
-        }
+        // Only the sessions changed since the last write are written again.
+        let mut sessions: Vec<SessionSnapshot> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.dirty && s.kept(now.timestamp()))
+            .map(|(id, s)| SessionSnapshot {
+                set_expiry: s.expiry_written != s.expires_at(),
+                ..s.snapshot(id)
+            })
+            .collect();
+        sessions.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         let dims_expiry = dims
             .keys()
             .filter(|m| !self.dims_expiry_written.contains(m))
@@ -798,12 +832,9 @@ impl AccountState {
     /// windows and their members), the windows it moved out of `cur`, and the sessions past
     /// their day.
     pub fn written(&mut self, now: DateTime<Utc>) {
-        let snapshot_sessions = self.sessions(now);
-        for s in snapshot_sessions {
-            if let Some(state) = self.sessions.get_mut(s.id.as_str()) {
-                if state.dirty {
-                    state.expiry_written = s.expires_at;
-                }
+        for s in self.sessions.values_mut() {
+            if s.dirty && s.kept(now.timestamp()) {
+                s.expiry_written = s.expires_at();
             }
         }
         for NewMember { month, .. } in &self.new_members {
@@ -822,8 +853,7 @@ impl AccountState {
         self.windows
             .retain(|w| !w.late && in_cur(w.grain, w.start, now));
         self.windows.shrink_to_fit();
-        self.sessions
-            .retain(|_, s| s.last_event + SESSION_RETENTION_SECS > now.timestamp());
+        self.sessions.retain(|_, s| s.kept(now.timestamp()));
         for s in self.sessions.values_mut() {
             s.dirty = false;
         }
@@ -836,27 +866,14 @@ impl AccountState {
 
     /// Every session still kept at `now`: its id, its hash's fields (as
     /// [`Self::session_fields`]) and when the hash expires (Unix seconds): 24 hours after its
-    /// latest event, rounded up to the hour, so the expiry moves at most hourly.
+    /// latest event, rounded up to the hour, so the expiry moves at most hourly. (A snapshot
+    /// builds only the sessions changed since the last write.)
     pub fn sessions(&self, now: DateTime<Utc>) -> Vec<SessionSnapshot> {
         let mut out: Vec<SessionSnapshot> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.last_event + SESSION_RETENTION_SECS > now.timestamp())
-            .map(|(id, s)| {
-                let mut fields: Vec<(String, i64)> = self
-                    .session_fields(id)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect();
-                fields.sort_unstable();
-                let expires = s.last_event + SESSION_RETENTION_SECS;
-                SessionSnapshot {
-                    id: id.to_string(),
-                    fields,
-                    expires_at: expires + (3600 - expires.rem_euclid(3600)) % 3600,
-                    set_expiry: true,
-                }
-            })
+            .filter(|(_, s)| s.kept(now.timestamp()))
+            .map(|(id, s)| s.snapshot(id))
             .collect();
         out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         out
