@@ -5,14 +5,17 @@
 //!   delta;
 //! - `state store`: the same batch into layout v2's in-memory state (issue 21; target ≥ 500,000
 //!   events/s on one thread), once with the accounts already in memory (steady state) and once
-//!   into an empty store (every account new).
+//!   into an empty store (every account new);
+//! - `flush`: what a flush does for each changed account: copy what its snapshot is built from
+//!   and mark it written (in the consumer's loop, `Partition::take`), then build the snapshot
+//!   (on the flush's task), for the 10,000 accounts of such a batch.
 
 use chrono::Utc;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use meterline_aggregator::fold::{fold_event, RedisDelta};
 use meterline_aggregator::state::account::AccountState;
 use meterline_schemas::keys::Keys;
@@ -85,6 +88,53 @@ fn benches(c: &mut Criterion) {
     g.bench_function("20,000 events over 10,000 new accounts", |b| {
         b.iter(|| fold_all(&mut HashMap::new()))
     });
+    g.finish();
+
+    let mut g = c.benchmark_group("flush");
+    g.throughput(Throughput::Elements(warm.len() as u64));
+    g.sample_size(20);
+    g.bench_function("10,000 changed accounts: copy, mark written, build", |b| {
+        b.iter_batched(
+            || {
+                let mut changed = warm.clone();
+                fold_all(&mut changed);
+                changed
+            },
+            |mut changed| {
+                for account in changed.values_mut() {
+                    let pending = account.pending();
+                    account.written(now);
+                    black_box(pending.snapshot(now));
+                }
+                changed
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function(
+        "10,000 changed accounts: copy, mark written (the loop's part)",
+        |b| {
+            b.iter_batched(
+                || {
+                    let mut changed = warm.clone();
+                    fold_all(&mut changed);
+                    changed
+                },
+                |mut changed| {
+                    let copies: Vec<AccountState> = changed
+                        .values_mut()
+                        .map(|account| {
+                            let pending = account.pending();
+                            account.written(now);
+                            pending
+                        })
+                        .collect();
+                    (changed, copies)
+                },
+                BatchSize::LargeInput,
+            )
+        },
+    );
     g.finish();
 }
 
