@@ -23,20 +23,17 @@ use uuid::Uuid;
 use super::produce_account_event;
 use super::read::{authorize, field, postgres_down, read_path};
 use crate::error::{ApiError, ErrorBody};
+use crate::read::notices::DashboardNotice;
 use crate::routes::openapi::{AuthErrors, BAD_IDS, UNAVAILABLE};
 use crate::AppState;
 
+/// The account's current notice: the fields a quota decision carries, and when it was reported
+/// shown (null until then).
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Notice {
-    pub notice_id: Uuid,
-    /// The signal that suggested it: rate_limit_sustained, plugin_gate or power_user.
-    pub kind: String,
-    pub message: String,
-    pub upgrade_url: String,
-    /// The plan that lifts the limit.
-    pub plan: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub notice: DashboardNotice,
     #[schema(required)]
     pub shown_at: Option<DateTime<Utc>>,
 }
