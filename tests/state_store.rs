@@ -405,24 +405,30 @@ async fn run_seed(
 
 #[tokio::test]
 async fn a_state_store_that_crashes_and_replays_leaves_exactly_the_logs_sums_in_redis() {
-    let config = common::isolated_config(&common::unique_suffix());
-    let mut paths = Paths::default();
-    for deployment in common::hot_deployments(&config) {
-        let calm = RedisConfig {
-            key_prefix: format!("{}calm:", deployment.key_prefix),
-            ..deployment.clone()
-        };
-        for seed in 1..=6 {
-            // Simulated time starts at the real minute, so Redis's expiries (real time) keep
-            // every key; both runs of a seed share it.
-            let t0 = Utc::now().duration_trunc(Duration::minutes(1)).unwrap();
-            let crashed = run_seed(seed, t0, &deployment, true, &mut paths).await;
-            let calm = run_seed(seed, t0, &calm, false, &mut Paths::default()).await;
-            // Design §6 commit 6: the store that crashed and replayed left Redis as the one
-            // that never stopped did, as readers see it.
-            assert_eq!(crashed, calm, "seed {seed}");
+    let paths = std::cell::RefCell::new(Paths::default());
+    common::on_each_hot_deployment(|deployment| {
+        let paths = &paths;
+        async move {
+            let calm = RedisConfig {
+                key_prefix: format!("{}calm:", deployment.key_prefix),
+                ..deployment.clone()
+            };
+            for seed in 1..=6 {
+                // Simulated time starts at the real minute, so Redis's expiries (real time)
+                // keep every key; both runs of a seed share it.
+                let t0 = Utc::now().duration_trunc(Duration::minutes(1)).unwrap();
+                let mut taken = paths.take();
+                let crashed = run_seed(seed, t0, &deployment, true, &mut taken).await;
+                paths.replace(taken);
+                let calm = run_seed(seed, t0, &calm, false, &mut Paths::default()).await;
+                // Design §6 commit 6: the store that crashed and replayed left Redis as the one
+                // that never stopped did, as readers see it.
+                assert_eq!(crashed, calm, "seed {seed}");
+            }
         }
-    }
+    })
+    .await;
+    let paths = paths.into_inner();
     assert!(
         paths.flushes > 20
             && paths.crashes > 3
@@ -439,8 +445,7 @@ async fn a_state_store_that_crashes_and_replays_leaves_exactly_the_logs_sums_in_
 /// read back whole.
 #[tokio::test]
 async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
-    let config = common::isolated_config(&common::unique_suffix());
-    for deployment in common::hot_deployments(&config) {
+    common::on_each_hot_deployment(|deployment| async move {
         let keys = HotKeys::new(deployment.key_prefix.clone()).unwrap();
         let mut redis = deployment.connect().await.unwrap();
         let writer = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 3);
@@ -496,7 +501,8 @@ async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
         }
         assert_eq!(cur.offset, 19999);
         common::remove_hot_keys(&deployment).await;
-    }
+    })
+    .await;
 }
 
 /// A claim reads back the ids of every checkpoint, several at one offset too, and of the sets
@@ -504,8 +510,7 @@ async fn a_flush_of_twenty_thousand_ids_and_ten_thousand_members_lands_whole() {
 /// upgrade counts no retried event twice.
 #[tokio::test]
 async fn a_claim_deduplicates_with_the_ids_of_both_the_checkpoints_and_the_older_sets() {
-    let config = common::isolated_config(&common::unique_suffix());
-    for deployment in common::hot_deployments(&config) {
+    common::on_each_hot_deployment(|deployment| async move {
         let keys = HotKeys::new(deployment.key_prefix.clone()).unwrap();
         let mut redis = deployment.connect().await.unwrap();
         let mut writer = StateWriter::new(redis.clone(), keys.clone(), TOPIC, 2);
@@ -548,5 +553,6 @@ async fn a_claim_deduplicates_with_the_ids_of_both_the_checkpoints_and_the_older
         // The same ids on other days, and other ids, are new.
         assert!(p.is_new("new-1", yesterday) && p.is_new("new-2", day) && p.is_new("new-3", day));
         common::remove_hot_keys(&deployment).await;
-    }
+    })
+    .await;
 }
