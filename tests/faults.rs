@@ -84,8 +84,8 @@ async fn day_requests(
 }
 
 /// ClickHouse stops while events stream in: ingest keeps answering 202, the aggregator backs
-/// off and commits no offset, and once ClickHouse is back every event is counted once, in
-/// ClickHouse and in Redis.
+/// off and commits no offset, the quota counters in Redis still count every event, and once
+/// ClickHouse is back every event is counted once, in ClickHouse and in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
     let proxy = FaultProxy::start("127.0.0.1:8123").await;
@@ -118,13 +118,16 @@ async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
 
     proxy.take_down();
     // The second half goes in while ClickHouse is down, so the aggregator has records to fail
-    // on even if it had written every one of the first half before the proxy went down.
+    // on even if it had written every one of the first half before the proxy went down. A
+    // batch every 250 ms: every partition then has changes to flush many times over while
+    // ClickHouse is down, as under steady traffic.
     for b in &batches[half..] {
         let (status, body) = app.post_events(b).await;
         assert_eq!(
             status, 202,
             "ingest keeps accepting while ClickHouse is down: {body}"
         );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // Once a batch fails, the one before it is committed (commits are synchronous, before the
     // next batch is read) and nothing is committed until ClickHouse is back.
@@ -144,6 +147,26 @@ async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
     let offsets_down = committed(&app.config);
     let failures_down = failures();
     let stored_down = count(ch.clone()).await;
+    // The quota counters follow the events while ClickHouse is down: a flush writes its
+    // snapshots without waiting for ClickHouse; only its checkpoint waits.
+    let mut redis = app.redis().await;
+    let redis_prefix = app.config.redis.key_prefix.clone();
+    wait_for(
+        &format!("{total} events in Redis while ClickHouse is down"),
+        Duration::from_secs(30),
+        || {
+            let mut redis = redis.clone();
+            let (unique, redis_prefix) = (&unique, &redis_prefix);
+            async move {
+                let mut redis_total = 0;
+                for a in unique.keys() {
+                    redis_total += day_requests(&mut redis, redis_prefix, a).await;
+                }
+                check(redis_total, |n| *n == total)
+            }
+        },
+    )
+    .await;
     tokio::time::sleep(outage()).await;
     // The aggregator is still at it, failing, when the offsets are read again.
     wait_for(
@@ -160,8 +183,6 @@ async fn clickhouse_outage_commits_nothing_and_loses_nothing() {
     assert_eq!(count(ch.clone()).await, stored_down);
 
     proxy.bring_up();
-    let mut redis = app.redis().await;
-    let redis_prefix = app.config.redis.key_prefix.clone();
     wait_for(
         &format!("{total} events in ClickHouse and Redis after the outage"),
         Duration::from_secs(60),

@@ -30,7 +30,10 @@
 //!
 //! Backpressure: once [`MAX_WAITING_EVENTS`] events (or [`MAX_WAITING_BATCHES`] batches) are
 //! sent and not yet inserted, [`Inserter::send`] waits too, so a ClickHouse outage stops the
-//! consumer after a few batches instead of filling memory. At shutdown the task inserts what was
+//! consumer after that many events instead of filling memory. Until then the consumer folds
+//! and the flushes write their snapshots, so the quota counters follow the events through a
+//! ClickHouse stall of that many events (about 6 s at 10,000 events/s); only the checkpoints,
+//! and so the offsets committed, wait for ClickHouse. At shutdown the task inserts what was
 //! sent, but gives up at the first failure: the flushes waiting on it then stop without a
 //! checkpoint ([`crate::state::partition::Flushed::Stopped`]), and the next owner reads those
 //! records again.
@@ -59,8 +62,12 @@ use crate::SinkError;
 pub const MAX_WAITING_EVENTS: usize = 60_000;
 
 /// Batches sent and not yet inserted, whatever their events (a batch of account events alone
-/// carries none but its offsets), before [`Inserter::send`] waits.
-pub const MAX_WAITING_BATCHES: usize = 64;
+/// carries none but its offsets), before [`Inserter::send`] waits. Far more than
+/// [`MAX_WAITING_EVENTS`] takes in full batches: while ClickHouse stalls, batches are as small as
+/// the traffic makes them (about 850 events at 10,000 events/s), and 64 of them stopped the
+/// consumer after 5 s of a stall with a third of the events' room unused (BENCHMARKS.md,
+/// 2026-12-04, sixth session). What a batch holds besides its events is a few offsets.
+pub const MAX_WAITING_BATCHES: usize = 1_024;
 
 /// The first delay before inserting a failed batch again.
 const RETRY_BASE: Duration = Duration::from_millis(100);

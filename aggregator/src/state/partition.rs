@@ -62,7 +62,12 @@ pub struct FlushPolicy {
     /// Snapshots sent at a time.
     pub in_flight: usize,
     /// Jobs of one partition open at a time: one writing its snapshots, the others waiting
-    /// for ClickHouse before their checkpoints.
+    /// for ClickHouse before their checkpoints. A partition at this bound takes no flush, so
+    /// its quota counters stop following its events while ClickHouse stalls. A flush is due at
+    /// most every [`Self::interval`], so 256 last at least 12 s of a stall at any rate; under
+    /// load the insert task's own bound (`inserter::MAX_WAITING_EVENTS`, about 6 s at 10,000
+    /// events/s) comes first. What a waiting job holds is its events' ids and changed
+    /// accounts, which that bound limits too.
     pub max_jobs: usize,
     /// Accounts kept in memory over every partition, after a flush and before a batch's
     /// accounts are loaded ([`Partition::evict`]).
@@ -83,7 +88,7 @@ impl Default for FlushPolicy {
             max_accounts: 20_000,
             max_seen: 100_000,
             in_flight: 8,
-            max_jobs: 4,
+            max_jobs: 256,
             max_resident: 30_000,
             max_snapshot_bytes: 32 << 20,
             retry_max_backoff: Duration::from_secs(5),
