@@ -145,6 +145,7 @@ impl Aggregator {
             inserted,
             self.metrics.clone(),
             Duration::from_millis(self.config.retry_max_backoff_ms),
+            self.config.clickhouse_backlog_events,
             shutdown.clone(),
         );
         loop {

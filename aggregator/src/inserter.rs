@@ -28,12 +28,13 @@
 //! batch, so in a joined insert the batches of a lost claim are left out and those of a new claim
 //! of the same partition go in.
 //!
-//! Backpressure: once [`MAX_WAITING_EVENTS`] events (or [`MAX_WAITING_BATCHES`] batches) are
-//! sent and not yet inserted, [`Inserter::send`] waits too, so a ClickHouse outage stops the
-//! consumer after that many events instead of filling memory. Until then the consumer folds
-//! and the flushes write their snapshots, so the quota counters follow the events through a
-//! ClickHouse stall of that many events (about 6 s at 10,000 events/s); only the checkpoints,
-//! and so the offsets committed, wait for ClickHouse. At shutdown the task inserts what was
+//! Backpressure: once `aggregator.clickhouse_backlog_events` events ([`MAX_WAITING_EVENTS`]
+//! unless configured; or [`MAX_WAITING_BATCHES`] batches) are sent and not yet inserted,
+//! [`Inserter::send`] waits too, so a ClickHouse outage stops the consumer after that many
+//! events instead of filling memory. Until then the consumer folds and the flushes write their
+//! snapshots, so the quota counters follow the events through a ClickHouse stall of that many
+//! events (about 6 s at 10,000 events/s by default); only the checkpoints, and so the offsets
+//! committed, wait for ClickHouse. At shutdown the task inserts what was
 //! sent, but gives up at the first failure: the flushes waiting on it then stop without a
 //! checkpoint ([`crate::state::partition::Flushed::Stopped`]), and the next owner reads those
 //! records again.
@@ -56,9 +57,10 @@ use crate::metrics::AggregatorMetrics;
 use crate::state::store::Inserted;
 use crate::SinkError;
 
-/// Usage events sent and not yet inserted, over every batch, before [`Inserter::send`] waits:
-/// three batches of the default largest size (`AggregatorConfig::batch_max_events`), as many as
-/// the task held when it inserted one batch at a time. A larger batch waits until it is alone.
+/// Usage events sent and not yet inserted, over every batch, before [`Inserter::send`] waits,
+/// unless `aggregator.clickhouse_backlog_events` says otherwise: three batches of the default
+/// largest size (`AggregatorConfig::batch_max_events`), as many as the task held when it
+/// inserted one batch at a time. A larger batch waits until it is alone.
 pub const MAX_WAITING_EVENTS: usize = 60_000;
 
 /// Batches sent and not yet inserted, whatever their events (a batch of account events alone
@@ -140,24 +142,30 @@ impl Joined {
 pub struct Inserter {
     jobs: mpsc::Sender<Queued>,
     room: Arc<Semaphore>,
+    /// The events that may wait, over every batch (`aggregator.clickhouse_backlog_events`).
+    backlog: usize,
     task: JoinHandle<()>,
 }
 
 impl Inserter {
     /// Starts the task. `inserted` is raised after each insert lands; `shutdown` makes a
-    /// failed insert the last attempt.
+    /// failed insert the last attempt; `backlog` events may wait, over every batch (at least
+    /// one batch's, whatever its size).
     pub fn spawn(
         sink: ClickHouseSink,
         inserted: Inserted,
         metrics: AggregatorMetrics,
         retry_max_backoff: Duration,
+        backlog: usize,
         shutdown: CancellationToken,
     ) -> Self {
+        let backlog = backlog.max(1);
         let (jobs, rx) = mpsc::channel(MAX_WAITING_BATCHES);
         let work = run(sink, rx, inserted, metrics, retry_max_backoff, shutdown);
         Self {
             jobs,
-            room: Arc::new(Semaphore::new(MAX_WAITING_EVENTS)),
+            room: Arc::new(Semaphore::new(backlog)),
+            backlog,
             task: tokio::spawn(work.instrument(tracing::info_span!("clickhouse_insert"))),
         }
     }
@@ -168,7 +176,7 @@ impl Inserter {
     /// this fails.
     pub async fn send(&self, job: InsertJob) -> Result<(), SinkError> {
         let stopped = || SinkError::HotState("the ClickHouse insert task has stopped".into());
-        let share = job.events.len().min(MAX_WAITING_EVENTS) as u32;
+        let share = job.events.len().min(self.backlog) as u32;
         let room = Arc::clone(&self.room)
             .acquire_many_owned(share)
             .await
@@ -281,6 +289,43 @@ mod tests {
 
     fn claim(held: bool) -> Arc<AtomicBool> {
         Arc::new(AtomicBool::new(held))
+    }
+
+    #[tokio::test]
+    async fn send_waits_once_the_configured_backlog_of_events_waits() {
+        use futures::FutureExt;
+        // A ClickHouse that never answers: nothing sent is ever inserted, so nothing gives its
+        // room back, and whether `send` is ready is decided by the room alone.
+        let sink = ClickHouseSink::new(
+            clickhouse::Client::default().with_url("http://127.0.0.1:1"),
+            "usage",
+            "accounts",
+        );
+        let shutdown = CancellationToken::new();
+        let inserter = Inserter::spawn(
+            sink,
+            Inserted::unwatched(),
+            AggregatorMetrics::new(),
+            Duration::from_millis(100),
+            10,
+            shutdown.clone(),
+        );
+        let p0 = claim(true);
+        let job = |offsets: std::ops::Range<i64>| {
+            let room = Arc::new(Semaphore::new(MAX_WAITING_EVENTS));
+            let events: Vec<(i32, i64)> = offsets.clone().map(|o| (0, o)).collect();
+            batch(&room, &events, &[(0, offsets.end - 1, &p0)]).job
+        };
+        assert!(
+            matches!(inserter.send(job(0..6)).now_or_never(), Some(Ok(()))),
+            "6 events of a backlog of 10 wait at once"
+        );
+        assert!(
+            inserter.send(job(6..12)).now_or_never().is_none(),
+            "6 more do not fit: the consumer waits"
+        );
+        shutdown.cancel();
+        inserter.close().await;
     }
 
     #[tokio::test]

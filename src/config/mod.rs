@@ -201,6 +201,10 @@ impl Config {
                 self.aggregator.state_max_accounts as i64,
             ),
             (
+                "aggregator.clickhouse_backlog_events",
+                self.aggregator.clickhouse_backlog_events as i64,
+            ),
+            (
                 "postgres.max_connections",
                 self.postgres.max_connections as i64,
             ),

@@ -174,6 +174,22 @@ fn bad_values_name_the_key() {
         err.contains("`kafka.partitions`: must be at least 1"),
         "{err}"
     );
+    let err = Config::load(
+        None,
+        env(&[("METERLINE_AGGREGATOR__CLICKHOUSE_BACKLOG_EVENTS", "0")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`aggregator.clickhouse_backlog_events`: must be at least 1"),
+        "{err}"
+    );
+    let c = Config::load(
+        None,
+        env(&[("METERLINE_AGGREGATOR__CLICKHOUSE_BACKLOG_EVENTS", "600000")]),
+    )
+    .unwrap();
+    assert_eq!(c.aggregator.clickhouse_backlog_events, 600_000);
     let err = Config::load(None, env(&[("METERLINE_HTTP__LISTEN", "nowhere")]))
         .unwrap_err()
         .to_string();

@@ -138,6 +138,12 @@ impl Running {
 pub struct Inserted(watch::Sender<BTreeMap<i32, i64>>);
 
 impl Inserted {
+    /// One that no flush waits on, for tests of the insert task alone.
+    #[cfg(test)]
+    pub(crate) fn unwatched() -> Self {
+        Self(watch::channel(BTreeMap::new()).0)
+    }
+
     /// ClickHouse now holds each partition of `upto` up to its offset.
     pub fn raise(&self, upto: &BTreeMap<i32, i64>) {
         if upto.is_empty() {
