@@ -34,10 +34,10 @@
 //! events instead of filling memory. Until then the consumer folds and the flushes write their
 //! snapshots, so the quota counters follow the events through a ClickHouse stall of that many
 //! events (about 6 s at 10,000 events/s by default); only the checkpoints, and so the offsets
-//! committed, wait for ClickHouse. At shutdown the task inserts what was
-//! sent, but gives up at the first failure: the flushes waiting on it then stop without a
-//! checkpoint ([`crate::state::partition::Flushed::Stopped`]), and the next owner reads those
-//! records again.
+//! committed, wait for ClickHouse. At shutdown the task inserts what was sent, but gives up at
+//! the first failure: the flushes waiting on it then stop without a checkpoint
+//! ([`crate::state::partition::Flushed::Stopped`]), and the next owner reads those records
+//! again.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,11 +64,12 @@ use crate::SinkError;
 pub const MAX_WAITING_EVENTS: usize = 60_000;
 
 /// Batches sent and not yet inserted, whatever their events (a batch of account events alone
-/// carries none but its offsets), before [`Inserter::send`] waits. Far more than
-/// [`MAX_WAITING_EVENTS`] takes in full batches: while ClickHouse stalls, batches are as small as
+/// carries none but its offsets), before [`Inserter::send`] waits. Far more than the three
+/// full batches [`MAX_WAITING_EVENTS`] holds: while ClickHouse stalls, batches are as small as
 /// the traffic makes them (about 850 events at 10,000 events/s), and 64 of them stopped the
 /// consumer after 5 s of a stall with a third of the events' room unused (BENCHMARKS.md,
-/// 2026-12-04, sixth session). What a batch holds besides its events is a few offsets.
+/// 2026-12-04, sixth session). 1,024 such batches hold about 870,000 events, so the events'
+/// bound is the one that binds. What a batch holds besides its events is a few offsets.
 pub const MAX_WAITING_BATCHES: usize = 1_024;
 
 /// The first delay before inserting a failed batch again.
