@@ -380,6 +380,21 @@ async fn twenty_thousand_events_add_up_exactly_in_clickhouse_and_redis(redis: De
     let traffic = generate(7, &unique_suffix());
     post_all(&app, &traffic, 0..traffic.batches.len()).await;
     assert_totals(&app, &traffic).await;
+    // Nothing waits for ClickHouse once every event is in it.
+    let waiting = || {
+        app.running
+            .as_ref()
+            .unwrap()
+            .aggregator_metrics
+            .clickhouse_waiting_events
+            .get()
+    };
+    wait_for(
+        "no event waiting for ClickHouse",
+        Duration::from_secs(30),
+        || async { check(waiting(), |n| *n == 0) },
+    )
+    .await;
 
     let metrics = app
         .http
@@ -395,6 +410,7 @@ async fn twenty_thousand_events_add_up_exactly_in_clickhouse_and_redis(redis: De
         "{metrics}"
     );
     assert!(metrics.contains("meterline_aggregator_events_total{outcome=\"duplicate\"}"));
+    assert!(metrics.contains("meterline_aggregator_clickhouse_waiting_events 0"));
     // Every usage record read had its age at the consumer observed (the broker's share of
     // freshness), by its Kafka timestamp.
     let value = |series: &str| -> f64 {

@@ -145,7 +145,24 @@ pub struct Inserter {
     room: Arc<Semaphore>,
     /// The events that may wait, over every batch (`aggregator.clickhouse_backlog_events`).
     backlog: usize,
+    /// How many wait (`meterline_aggregator_clickhouse_waiting_events`).
+    waiting: Waiting,
     task: JoinHandle<()>,
+}
+
+/// The gauge of the events waiting for ClickHouse, read off the room they hold.
+#[derive(Clone)]
+struct Waiting {
+    room: Arc<Semaphore>,
+    backlog: usize,
+    gauge: prometheus::IntGauge,
+}
+
+impl Waiting {
+    fn update(&self) {
+        let free = self.room.available_permits().min(self.backlog);
+        self.gauge.set((self.backlog - free) as i64);
+    }
 }
 
 impl Inserter {
@@ -161,12 +178,27 @@ impl Inserter {
         shutdown: CancellationToken,
     ) -> Self {
         let backlog = backlog.max(1);
+        let room = Arc::new(Semaphore::new(backlog));
+        let waiting = Waiting {
+            room: Arc::clone(&room),
+            backlog,
+            gauge: metrics.clickhouse_waiting_events.clone(),
+        };
         let (jobs, rx) = mpsc::channel(MAX_WAITING_BATCHES);
-        let work = run(sink, rx, inserted, metrics, retry_max_backoff, shutdown);
+        let work = run(
+            sink,
+            rx,
+            inserted,
+            metrics,
+            waiting.clone(),
+            retry_max_backoff,
+            shutdown,
+        );
         Self {
             jobs,
-            room: Arc::new(Semaphore::new(backlog)),
+            room,
             backlog,
+            waiting,
             task: tokio::spawn(work.instrument(tracing::info_span!("clickhouse_insert"))),
         }
     }
@@ -182,6 +214,7 @@ impl Inserter {
             .acquire_many_owned(share)
             .await
             .map_err(|_| stopped())?;
+        self.waiting.update();
         self.jobs
             .send(Queued { job, _room: room })
             .await
@@ -203,6 +236,7 @@ async fn run(
     mut jobs: mpsc::Receiver<Queued>,
     inserted: Inserted,
     metrics: AggregatorMetrics,
+    waiting: Waiting,
     max: Duration,
     shutdown: CancellationToken,
 ) {
@@ -239,6 +273,7 @@ async fn run(
         }
         // Their room goes back to the consumer now.
         drop(joined);
+        waiting.update();
     }
 }
 
@@ -303,10 +338,11 @@ mod tests {
             "accounts",
         );
         let shutdown = CancellationToken::new();
+        let metrics = AggregatorMetrics::new();
         let inserter = Inserter::spawn(
             sink,
             Inserted::unwatched(),
-            AggregatorMetrics::new(),
+            metrics.clone(),
             Duration::from_millis(100),
             10,
             shutdown.clone(),
@@ -321,6 +357,7 @@ mod tests {
             matches!(inserter.send(job(0..6)).now_or_never(), Some(Ok(()))),
             "6 events of a backlog of 10 wait at once"
         );
+        assert_eq!(metrics.clickhouse_waiting_events.get(), 6);
         assert!(
             inserter.send(job(6..12)).now_or_never().is_none(),
             "6 more do not fit: the consumer waits"

@@ -31,6 +31,10 @@ pub struct AggregatorMetrics {
     /// Usage events per ClickHouse insert: batches that wait while an insert runs go in the next
     /// one together (`crate::inserter`).
     pub insert_events: Histogram,
+    /// Usage events handed to the ClickHouse insert task and not yet inserted. While ClickHouse
+    /// stalls it climbs; at `aggregator.clickhouse_backlog_events` the consumer waits, and the
+    /// quota counters stop following the events until ClickHouse is back.
+    pub clickhouse_waiting_events: IntGauge,
     /// How old each record was when the consumer received it, by its Kafka timestamp (set by
     /// its producer, ingest, when it was produced), by stream: the broker's share of the hot
     /// state's freshness, before the aggregator's (`flush_seconds`). Across hosts it includes
@@ -149,6 +153,11 @@ impl AggregatorMetrics {
             ]),
         )
         .expect("metric");
+        let clickhouse_waiting_events = IntGauge::new(
+            "meterline_aggregator_clickhouse_waiting_events",
+            "Usage events handed to the ClickHouse insert task and not yet inserted; at aggregator.clickhouse_backlog_events the consumer waits and the hot state stops following the events",
+        )
+        .expect("metric");
         let record_age_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "meterline_aggregator_record_age_seconds",
@@ -174,6 +183,7 @@ impl AggregatorMetrics {
             Box::new(partitions_dropped.clone()),
             Box::new(flush_seconds.clone()),
             Box::new(insert_events.clone()),
+            Box::new(clickhouse_waiting_events.clone()),
             Box::new(record_age_seconds.clone()),
         ] {
             registry.register(m).expect("unique metric");
@@ -193,6 +203,7 @@ impl AggregatorMetrics {
             stage_seconds,
             flush_seconds,
             insert_events,
+            clickhouse_waiting_events,
             record_age_seconds,
         }
     }
