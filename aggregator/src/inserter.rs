@@ -142,26 +142,25 @@ impl Joined {
 /// The handle of the insert task; see the module documentation.
 pub struct Inserter {
     jobs: mpsc::Sender<Queued>,
-    room: Arc<Semaphore>,
-    /// The events that may wait, over every batch (`aggregator.clickhouse_backlog_events`).
-    backlog: usize,
-    /// How many wait (`meterline_aggregator_clickhouse_waiting_events`).
-    waiting: Waiting,
+    backlog: Backlog,
     task: JoinHandle<()>,
 }
 
-/// The gauge of the events waiting for ClickHouse, read off the room they hold.
+/// The room for events waiting for ClickHouse (`aggregator.clickhouse_backlog_events` of it),
+/// and the gauge of how much of it they hold
+/// (`meterline_aggregator_clickhouse_waiting_events`).
 #[derive(Clone)]
-struct Waiting {
+struct Backlog {
     room: Arc<Semaphore>,
-    backlog: usize,
+    events: usize,
     gauge: prometheus::IntGauge,
 }
 
-impl Waiting {
-    fn update(&self) {
-        let free = self.room.available_permits().min(self.backlog);
-        self.gauge.set((self.backlog - free) as i64);
+impl Backlog {
+    /// Sets the gauge from the room the waiting events hold.
+    fn report(&self) {
+        let free = self.room.available_permits().min(self.events);
+        self.gauge.set((self.events - free) as i64);
     }
 }
 
@@ -177,11 +176,10 @@ impl Inserter {
         backlog: usize,
         shutdown: CancellationToken,
     ) -> Self {
-        let backlog = backlog.max(1);
-        let room = Arc::new(Semaphore::new(backlog));
-        let waiting = Waiting {
-            room: Arc::clone(&room),
-            backlog,
+        let events = backlog.max(1);
+        let backlog = Backlog {
+            room: Arc::new(Semaphore::new(events)),
+            events,
             gauge: metrics.clickhouse_waiting_events.clone(),
         };
         let (jobs, rx) = mpsc::channel(MAX_WAITING_BATCHES);
@@ -190,15 +188,13 @@ impl Inserter {
             rx,
             inserted,
             metrics,
-            waiting.clone(),
+            backlog.clone(),
             retry_max_backoff,
             shutdown,
         );
         Self {
             jobs,
-            room,
             backlog,
-            waiting,
             task: tokio::spawn(work.instrument(tracing::info_span!("clickhouse_insert"))),
         }
     }
@@ -209,12 +205,12 @@ impl Inserter {
     /// this fails.
     pub async fn send(&self, job: InsertJob) -> Result<(), SinkError> {
         let stopped = || SinkError::HotState("the ClickHouse insert task has stopped".into());
-        let share = job.events.len().min(self.backlog) as u32;
-        let room = Arc::clone(&self.room)
+        let share = job.events.len().min(self.backlog.events) as u32;
+        let room = Arc::clone(&self.backlog.room)
             .acquire_many_owned(share)
             .await
             .map_err(|_| stopped())?;
-        self.waiting.update();
+        self.backlog.report();
         self.jobs
             .send(Queued { job, _room: room })
             .await
@@ -236,7 +232,7 @@ async fn run(
     mut jobs: mpsc::Receiver<Queued>,
     inserted: Inserted,
     metrics: AggregatorMetrics,
-    waiting: Waiting,
+    backlog: Backlog,
     max: Duration,
     shutdown: CancellationToken,
 ) {
@@ -273,7 +269,7 @@ async fn run(
         }
         // Their room goes back to the consumer now.
         drop(joined);
-        waiting.update();
+        backlog.report();
     }
 }
 
