@@ -271,6 +271,84 @@ async fn checkpoints_wait_for_clickhouse_and_snapshots_do_not() {
     common::remove_hot_keys(&redis).await;
 }
 
+/// A ClickHouse stall holds up the checkpoints but not the quota counters: while ClickHouse
+/// holds nothing, flush after flush writes its batch's snapshots, far past `max_jobs` flushes,
+/// because only one checkpoint of the partition is open and the flushes behind it write
+/// snapshots only. Once ClickHouse holds everything, the waiting checkpoint lands and one more
+/// carries all the rest, each event counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_stall_holds_up_the_checkpoints_but_not_the_quota_counters() {
+    let redis = isolated_redis();
+    let keys = HotKeys::new(redis.key_prefix.clone()).unwrap();
+    let mut conn = redis.connect().await.unwrap();
+    let mut hot = HotStore::new(
+        conn.clone(),
+        keys.clone(),
+        TOPIC,
+        FlushPolicy {
+            interval: Duration::ZERO,
+            max_jobs: 3,
+            retry_max_backoff: Duration::from_millis(200),
+            ..FlushPolicy::default()
+        },
+    );
+    let inserted = hot.gate_on_clickhouse();
+    let now = Utc::now();
+    const ACCOUNTS: i64 = 20;
+    const BATCHES: i64 = 12;
+    let mut commits = Vec::new();
+    for batch in 0..BATCHES {
+        let first = batch * 100;
+        write(&mut hot, &records(first, 100, ACCOUNTS, now), now).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while day_requests(&mut conn, &keys, ACCOUNTS, now).await != expected(first + 100, ACCOUNTS)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the counters stopped following at batch {batch} of {BATCHES}"
+            );
+            commits.extend(hot.flush_due(true, false, Utc::now()).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    commits.extend(hot.flush_due(true, false, Utc::now()).await);
+    assert_eq!(commits, [], "nothing to commit before ClickHouse holds it");
+    assert_eq!(checkpointed(&mut conn, &keys).await, None);
+
+    let last = BATCHES * 100 - 1;
+    inserted.raise(&BTreeMap::from([(0, last)]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while checkpointed(&mut conn, &keys).await != Some(last) {
+        assert!(std::time::Instant::now() < deadline, "{commits:?}");
+        commits.extend(hot.flush_due(true, false, Utc::now()).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    commits.extend(hot.flush_due(true, true, Utc::now()).await);
+    let commit = |offset, counted| {
+        (
+            0,
+            FlushAction::Commit {
+                offset,
+                counted,
+                duplicates: 0,
+            },
+        )
+    };
+    assert_eq!(
+        commits,
+        [
+            commit(100, 100),
+            commit(last + 1, (BATCHES as u64 - 1) * 100)
+        ],
+        "the first batch's checkpoint, then one for every batch flushed behind it"
+    );
+    assert_eq!(
+        day_requests(&mut conn, &keys, ACCOUNTS, now).await,
+        expected(BATCHES * 100, ACCOUNTS)
+    );
+    common::remove_hot_keys(&redis).await;
+}
+
 /// The insert task inserts a batch's events in ClickHouse and then says how far it holds each
 /// partition; the events of a partition dropped while they waited (a newer owner fenced it) are
 /// left out, and its offset is not raised.

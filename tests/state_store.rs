@@ -221,6 +221,8 @@ struct Paths {
     overlapped: usize,
     /// Crashes between the snapshots and the checkpoint of such a flush.
     torn_overlapped: usize,
+    /// Flushes of snapshots only, taken while such a flush's checkpoint waited (for ClickHouse).
+    snapshots_only: usize,
     /// Windows found in their closed hash (moved, or only ever late).
     read_closed: usize,
 }
@@ -290,6 +292,19 @@ async fn run_seed(
         let last_minute = now > end;
         if let Some(mut job) = o.running.take() {
             // The flush ran while this minute's records were folded.
+            if rng.random_bool(0.4) {
+                // Its snapshots are written and its checkpoint waits (for ClickHouse): this
+                // minute's flush writes its snapshots only, and the next checkpoint carries
+                // its ids and offset. A crash below tears both.
+                assert_eq!(job.write_snapshots(&o.writer, 8).await.unwrap(), None);
+                o.partition.snapshots_written();
+                if let Some(mut later) = o.partition.take(now) {
+                    assert!(!later.checkpoints());
+                    assert_eq!(later.run(&o.writer, 8).await.unwrap(), Flushed::Nothing);
+                    o.partition.finish(&later, Flushed::Nothing);
+                    paths.snapshots_only += 1;
+                }
+            }
             if crashes && !last_minute && rng.random_bool(0.25) {
                 assert_eq!(job.write_snapshots(&o.writer, 8).await.unwrap(), None);
                 paths.torn_overlapped += 1;
@@ -435,6 +450,7 @@ async fn a_state_store_that_crashes_and_replays_leaves_exactly_the_logs_sums_in_
             && paths.torn_flushes > 3
             && paths.overlapped > 10
             && paths.torn_overlapped > 2
+            && paths.snapshots_only > 5
             && paths.read_closed > 50,
         "{paths:?}"
     );

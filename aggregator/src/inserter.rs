@@ -68,9 +68,11 @@ pub const MAX_WAITING_EVENTS: usize = 60_000;
 /// full batches [`MAX_WAITING_EVENTS`] holds: while ClickHouse stalls, batches are as small as
 /// the traffic makes them (about 850 events at 10,000 events/s), and 64 of them stopped the
 /// consumer after 5 s of a stall with a third of the events' room unused (BENCHMARKS.md,
-/// 2026-12-04, sixth session). 1,024 such batches hold about 870,000 events, so the events'
-/// bound is the one that binds. What a batch holds besides its events is a few offsets.
-pub const MAX_WAITING_BATCHES: usize = 1_024;
+/// 2026-12-04, sixth session). At light traffic a batch is what one fetch brings, a few
+/// records: at 100 events/s, 60,000 events last 10 minutes of a stall, and 16,384 batches as
+/// long at 27 batches a second. What a batch holds besides its events is a few offsets, about
+/// 200 bytes.
+pub const MAX_WAITING_BATCHES: usize = 16_384;
 
 /// The first delay before inserting a failed batch again.
 const RETRY_BASE: Duration = Duration::from_millis(100);

@@ -16,6 +16,15 @@
 //!    once ClickHouse holds the partition up to the job's offset, the checkpoint through
 //!    `ckpt.lua` ([`FlushJob::checkpoint`]). [`Partition::finish`] takes its outcome. Only then
 //!    may the caller commit the offset to Kafka. [`Partition::flush`] does all three in one go.
+//! 4. While a job waits for its checkpoint, the jobs taken after it write snapshots only
+//!    ([`FlushJob::checkpoints`] is false): their seen ids, changed accounts and offset stay in
+//!    the partition, and the next job taken once the waiting one has finished checkpoints them
+//!    all at once. So a partition has at most one checkpoint open, whatever ClickHouse does: the
+//!    quota counters follow its events through a ClickHouse stall, and what waits for the
+//!    checkpoint is the ids and accounts since the last one (bounded by
+//!    [`FlushPolicy::max_seen`]), not a job per flush. With one checkpoint per job, a partition
+//!    took no flush past [`FlushPolicy::max_jobs`] of them, which a stall reached in about
+//!    13 s at a flush every 50 ms, whatever the traffic.
 //!
 //! Why a replay counts every event once is the proof of design §4.2: a snapshot holds exactly
 //! its account's new events up to its `_o`, and the checkpoint's offset is at most the lowest
@@ -28,10 +37,16 @@
 //! once this one's snapshots are written ([`Partition::snapshots_written`]), so an account's
 //! snapshots reach Redis in the order they were taken, each continuing the one before
 //! (`snap.lua` answers `CONFLICT` otherwise); its checkpoint may still be waiting for
-//! ClickHouse, and checkpoints are written in the order their jobs were taken. A job that
-//! fails is retried as it is (a snapshot that landed answers `HAVE`); one that cannot finish
-//! (fenced, in conflict, stopped at shutdown, or its task lost) drops the partition, which is
-//! read again from its checkpoint, so nothing the job forgot is needed.
+//! ClickHouse. A job that fails is retried as it is (a snapshot that landed answers `HAVE`);
+//! one that cannot finish (fenced, in conflict, stopped at shutdown, or its task lost) drops
+//! the partition, which is read again from its checkpoint, so nothing the job forgot is needed.
+//!
+//! Why a checkpoint may carry the ids and offset of jobs that wrote snapshots only (step 4):
+//! the checkpointing job is taken only once every earlier job's snapshots are written, and
+//! writes its own before its checkpoint, so when the checkpoint lands every account's snapshot
+//! holds its events up to the checkpoint's offset, as the proof needs. Snapshots past the
+//! checkpoint (those of later jobs, or of a crash before it) are what a torn flush leaves, which
+//! the replay already skips by each account's `_o`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -61,13 +76,9 @@ pub struct FlushPolicy {
     pub max_seen: usize,
     /// Snapshots sent at a time.
     pub in_flight: usize,
-    /// Jobs of one partition open at a time: one writing its snapshots, the others waiting
-    /// for ClickHouse before their checkpoints. A partition at this bound takes no flush, so
-    /// its quota counters stop following its events while ClickHouse stalls. A flush is due at
-    /// most every [`Self::interval`], so 256 last at least 12 s of a stall at any rate; under
-    /// load the insert task's own bound (`inserter::MAX_WAITING_EVENTS`, about 6 s at 10,000
-    /// events/s) comes first. What a waiting job holds is its events' ids and changed
-    /// accounts, which that bound limits too.
+    /// Jobs of one partition open at a time. At most one of them checkpoints (see the module
+    /// documentation), and the jobs that write snapshots only are collected as soon as they
+    /// finish, so a partition holds two or three; a partition at this bound takes no flush.
     pub max_jobs: usize,
     /// Accounts kept in memory over every partition, after a flush and before a batch's
     /// accounts are loaded ([`Partition::evict`]).
@@ -199,7 +210,7 @@ pub struct Partition {
     seen_pending: usize,
     changed: BTreeSet<Box<str>>,
     oldest_change: Option<Instant>,
-    /// The offset the newest job taken and not finished checkpoints.
+    /// The offset the open checkpointing job checkpoints (one at a time).
     flushing: Option<i64>,
     /// Jobs taken and not finished.
     open: usize,
@@ -263,6 +274,10 @@ pub struct FlushJob {
     /// the aggregator since then at most.
     since: Instant,
     writes: Vec<SnapshotWrite>,
+    /// Whether it writes a checkpoint after its snapshots (the seen ids and changed accounts
+    /// since the last checkpointing job), or its snapshots only (step 4 of the module
+    /// documentation).
+    checkpoints: bool,
     changed: Vec<String>,
     seen: BTreeMap<DateTime<Utc>, Vec<String>>,
 }
@@ -273,9 +288,14 @@ impl FlushJob {
         self.since
     }
 
-    /// The offset the job checkpoints.
+    /// The offset the job's snapshots reach, and its checkpoint if it [`Self::checkpoints`].
     pub fn through(&self) -> i64 {
         self.through
+    }
+
+    /// Whether the job writes a checkpoint after its snapshots; see [`FlushJob`].
+    pub fn checkpoints(&self) -> bool {
+        self.checkpoints
     }
 
     /// About how many bytes the copies the job's snapshots are built from hold.
@@ -364,8 +384,8 @@ impl FlushJob {
         Ok(Flushed::Through(self.through))
     }
 
-    /// Runs the job: the snapshots, then the checkpoint. On `Err`, run it again: what was
-    /// written stays written.
+    /// Runs the job: the snapshots, then the checkpoint if it [`Self::checkpoints`]
+    /// ([`Flushed::Nothing`] if not). On `Err`, run it again: what was written stays written.
     pub async fn run<C: ConnectionLike + Clone + Send>(
         &mut self,
         writer: &StateWriter<C>,
@@ -373,6 +393,9 @@ impl FlushJob {
     ) -> Result<Flushed, SinkError> {
         if let Some(stop) = self.write_snapshots(writer, in_flight).await? {
             return Ok(stop);
+        }
+        if !self.checkpoints {
+            return Ok(Flushed::Nothing);
         }
         self.checkpoint(writer).await
     }
@@ -561,12 +584,20 @@ impl Partition {
     }
 
     /// Cuts the partition's next flush as of `now`: every changed account's snapshot, the
-    /// seen ids and changed accounts since the last job, and the offset handled. `None` when
-    /// nothing changed or the snapshots of the job taken before may not be written yet. The
-    /// partition forgets what the snapshots write once and goes on folding; see the module
-    /// documentation.
+    /// offset handled, and, unless a checkpointing job is open, the seen ids and changed
+    /// accounts since the last checkpointing job. `None` when nothing changed, the snapshots
+    /// of the job taken before may not be written yet, or a checkpointing job is open and no
+    /// account has a snapshot to write. The partition forgets what the snapshots write once and
+    /// goes on folding; see the module documentation.
     pub fn take(&mut self, now: DateTime<Utc>) -> Option<FlushJob> {
         let since = self.oldest_change.filter(|_| !self.snapshotting)?;
+        let checkpoints = self.flushing.is_none();
+        if !checkpoints && self.unwritten() == 0 {
+            // Records without new events: the next checkpointing job takes them, and
+            // `finish` makes one due.
+            self.oldest_change = None;
+            return None;
+        }
         let writes = self
             .accounts
             .iter_mut()
@@ -583,12 +614,19 @@ impl Partition {
                 write
             })
             .collect();
-        self.flushing = Some(self.through);
         self.open += 1;
         self.snapshotting = true;
         self.taken += 1;
         self.oldest_change = None;
-        self.seen_pending = 0;
+        let (changed, seen) = if checkpoints {
+            self.flushing = Some(self.through);
+            self.seen_pending = 0;
+            let changed = std::mem::take(&mut self.changed);
+            let changed = changed.into_iter().map(String::from).collect();
+            (changed, std::mem::take(&mut self.seen))
+        } else {
+            (Vec::new(), BTreeMap::new())
+        };
         Some(FlushJob {
             seq: self.taken,
             epoch: self.epoch,
@@ -596,11 +634,9 @@ impl Partition {
             now,
             since,
             writes,
-            changed: std::mem::take(&mut self.changed)
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            seen: std::mem::take(&mut self.seen),
+            checkpoints,
+            changed,
+            seen,
         })
     }
 
@@ -614,17 +650,18 @@ impl Partition {
         self.snapshotting = false;
     }
 
-    /// Takes the outcome of the oldest job [`Self::take`] cut and not finished (jobs finish in
-    /// the order they were taken). After [`Flushed::Through`] its offset is checkpointed, and,
-    /// unless a newer job's snapshots may still be unwritten, accounts with nothing left in
-    /// memory and nothing folded since are forgotten. After [`Flushed::Fenced`],
-    /// [`Flushed::Conflict`] or [`Flushed::Stopped`] the caller drops the partition.
+    /// Takes the outcome of a job [`Self::take`] cut and not finished. After
+    /// [`Flushed::Through`] its offset is checkpointed, and, unless a newer job's snapshots may
+    /// still be unwritten, accounts with nothing left in memory and nothing folded since are
+    /// forgotten; if the partition was handled past it meanwhile, the next checkpointing job
+    /// is due. After [`Flushed::Fenced`], [`Flushed::Conflict`] or [`Flushed::Stopped`] the
+    /// caller drops the partition.
     pub fn finish(&mut self, job: &FlushJob, outcome: Flushed) {
         self.open = self.open.saturating_sub(1);
         if job.seq == self.taken {
             self.snapshotting = false;
         }
-        if self.open == 0 {
+        if job.checkpoints {
             self.flushing = None;
         }
         if let Flushed::Through(o) = outcome {
@@ -633,6 +670,9 @@ impl Partition {
             self.accounts
                 .retain(|_, t| !t.is_stored(written) || !t.state.is_empty());
             self.dedup.prune(job.now);
+            if self.through > self.checkpointed {
+                self.oldest_change.get_or_insert_with(Instant::now);
+            }
         }
     }
 
@@ -783,6 +823,7 @@ mod tests {
             .take(now)
             .expect("taken while the first waits to checkpoint");
         assert_eq!((second.through(), second.writes.len()), (1, 1));
+        assert!(first.checkpoints() && !second.checkpoints());
         assert_eq!(p.open_jobs(), 2);
         assert_eq!(
             p.evict(0),
@@ -797,9 +838,71 @@ mod tests {
             p.take(now).is_none(),
             "the second job's snapshots still run"
         );
-        p.finish(&second, Flushed::Through(1));
+        p.finish(&second, Flushed::Nothing);
+        assert_eq!((p.checkpointed(), p.open_jobs()), (0, 0));
+        let third = p
+            .take(now)
+            .expect("the second's offset is not checkpointed yet");
+        assert!(third.checkpoints());
+        assert_eq!((third.through(), third.unwritten()), (1, 0));
+        p.finish(&third, Flushed::Through(1));
         assert_eq!((p.checkpointed(), p.open_jobs()), (1, 0));
         assert_eq!(p.evict(0), 1, "written: it may go");
+    }
+
+    #[test]
+    fn while_a_checkpoint_waits_later_flushes_write_snapshots_and_the_next_checkpoint_takes_their_ids(
+    ) {
+        let now = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 3, 10, 0, 0).unwrap();
+        let day = Grain::Day.window_start(now);
+        let mut p = Partition::new(1, -1, Dedup::default());
+        p.insert_loaded("a", AccountState::default(), -1);
+        let fold = |p: &mut Partition, o: i64| {
+            assert!(p.is_new(&format!("e-{o}"), day));
+            p.fold(o, &event("a", &format!("e-{o}"), now), now);
+            p.advance(o);
+        };
+        fold(&mut p, 0);
+        let waiting = p.take(now).unwrap();
+        assert!(waiting.checkpoints());
+        assert_eq!(waiting.seen[&day], ["e-0"]);
+        p.snapshots_written();
+        // ClickHouse stalls: the first checkpoint waits, and many flushes come and go meanwhile,
+        // each writing the account's snapshot and none holding a checkpoint of its own.
+        for o in 1..=100 {
+            fold(&mut p, o);
+            let job = p
+                .take(now)
+                .expect("a snapshot to write while the checkpoint waits");
+            assert!(!job.checkpoints());
+            assert_eq!((job.through(), job.unwritten()), (o, 1));
+            assert!(job.seen.is_empty() && job.changed.is_empty());
+            p.snapshots_written();
+            p.finish(&job, Flushed::Nothing);
+            assert_eq!(p.open_jobs(), 1, "only the waiting checkpoint stays open");
+        }
+        // A record without a new event while the checkpoint waits: nothing to write yet.
+        p.advance(101);
+        assert!(p.take(now).is_none());
+        assert!(!p.due(Instant::now(), true, &FlushPolicy::default()));
+        // ClickHouse is back: the first checkpoint lands, and the next takes everything since.
+        p.finish(&waiting, Flushed::Through(0));
+        assert!(
+            p.due(
+                Instant::now() + Duration::from_secs(1),
+                true,
+                &FlushPolicy::default()
+            ),
+            "the rest is due for a checkpoint"
+        );
+        let next = p.take(now).unwrap();
+        assert!(next.checkpoints());
+        assert_eq!((next.through(), next.unwritten()), (101, 0));
+        let ids: Vec<String> = (1..=100).map(|o| format!("e-{o}")).collect();
+        assert_eq!(next.seen[&day], ids);
+        assert_eq!(next.changed, ["a"]);
+        p.finish(&next, Flushed::Through(101));
+        assert_eq!((p.checkpointed(), p.has_changes()), (101, false));
     }
 
     #[test]

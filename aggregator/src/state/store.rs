@@ -18,7 +18,11 @@
 //! offset ([`Inserted`]): the checkpoint is what says "every store holds this prefix", and a
 //! snapshot ahead of it is what a torn flush leaves anyway (the replay skips what an
 //! account's `_o` holds, and inserts only above ClickHouse's watermark). While one job waits,
-//! the partition's next job may write its snapshots; the checkpoints go in the order taken.
+//! the partition's next jobs write their snapshots only, and the next checkpoint, taken once
+//! the waiting one has landed, carries them all ([`Partition::take`]): one checkpoint of a
+//! partition is open at a time, so they land in offset order, and a ClickHouse stall holds up
+//! the checkpoints but not the snapshots. A job that writes snapshots only is collected as soon
+//! as it finishes, even behind a checkpoint still waiting.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +35,7 @@ use meterline_infra::redis::HotConn;
 use meterline_schemas::keys::hot::HotKeys;
 use meterline_schemas::keys::Grain;
 use meterline_schemas::UsageEvent;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -78,8 +82,6 @@ struct Held {
     duplicates: u64,
     /// The partition's flushes taken and not collected, oldest first.
     flushes: VecDeque<Running>,
-    /// Says whether the newest flush was checkpointed, for the next one to wait on.
-    last_done: Option<oneshot::Receiver<bool>>,
     /// Whether the first batch since the claim was checked against the checkpoint (design
     /// §3.2 step 2; [`HotStore::decide`]).
     positioned: bool,
@@ -116,6 +118,9 @@ impl Drop for Held {
 /// partition was dropped) stops the task at its next await.
 struct Running {
     task: JoinHandle<(FlushJob, Flushed, u64)>,
+    /// Whether it writes a checkpoint ([`FlushJob::checkpoints`]); if not, it holds no counts
+    /// and may be collected before the flushes taken ahead of it.
+    checkpoints: bool,
     counted: u64,
     duplicates: u64,
     /// About how many bytes the copies its snapshots are built from held when it started (see
@@ -327,7 +332,6 @@ impl HotStore {
                     counted: 0,
                     duplicates: 0,
                     flushes: VecDeque::new(),
-                    last_done: None,
                     positioned: false,
                     alive: Arc::new(AtomicBool::new(true)),
                 },
@@ -687,18 +691,26 @@ impl HotStore {
                 continue;
             };
             let bytes = job.bytes();
-            self.calls += job.unwritten() as u64 + 1;
+            let checkpoints = job.checkpoints();
+            self.calls += job.unwritten() as u64 + u64::from(checkpoints);
             let (written_tx, written) = watch::channel(false);
-            let (done, next) = oneshot::channel();
-            let prev = held.last_done.replace(next);
-            let task = self.spawn(partition, job, written_tx, prev, done);
+            let task = self.spawn(partition, job, written_tx);
             let held = self.held.get_mut(&partition).expect("held above");
+            let (counted, duplicates) = if checkpoints {
+                (
+                    std::mem::take(&mut held.counted),
+                    std::mem::take(&mut held.duplicates),
+                )
+            } else {
+                (0, 0)
+            };
             held.flushes.push_back(Running {
                 bytes,
                 task,
                 written,
-                counted: std::mem::take(&mut held.counted),
-                duplicates: std::mem::take(&mut held.duplicates),
+                checkpoints,
+                counted,
+                duplicates,
             });
         }
         if all {
@@ -710,17 +722,15 @@ impl HotStore {
     }
 
     /// Runs `job` on a task of its own: its snapshots, retried with backoff until they are
-    /// written (then `written` is set); then, once the partition's previous job is
-    /// checkpointed (`prev`) and ClickHouse holds the job's offset, its checkpoint, retried the
-    /// same way. Says on `done` whether it was checkpointed. Returns its outcome and the failed
-    /// attempts.
+    /// written (then `written` is set); then, if it checkpoints, once ClickHouse holds the
+    /// job's offset, its checkpoint, retried the same way (the partition's checkpoint before
+    /// it has landed: [`Partition::take`] opens one at a time). Returns its outcome and the
+    /// failed attempts.
     fn spawn(
         &self,
         partition: i32,
         mut job: FlushJob,
         written: watch::Sender<bool>,
-        prev: Option<oneshot::Receiver<bool>>,
-        done: oneshot::Sender<bool>,
     ) -> JoinHandle<(FlushJob, Flushed, u64)> {
         let writer = self.writer(partition);
         let in_flight = self.policy.in_flight;
@@ -729,6 +739,8 @@ impl HotStore {
         let timing = self.flush_seconds.clone();
         let started = Instant::now();
         let since = job.since();
+        // A checkpoint taking what jobs of snapshots only left has no snapshot to time.
+        let had_writes = job.unwritten() > 0;
         let observe = move |until: &str, from: Instant| {
             if let Some(h) = &timing {
                 h.with_label_values(&[until])
@@ -747,21 +759,19 @@ impl HotStore {
             loop {
                 match job.write_snapshots(&writer, in_flight).await {
                     Ok(None) => break,
-                    Ok(Some(stop)) => {
-                        let _ = done.send(false);
-                        return (job, stop, failures);
-                    }
+                    Ok(Some(stop)) => return (job, stop, failures),
                     Err(e) => retry(e, &mut failures).await,
                 }
             }
             job.release_snapshots();
             written.send_replace(true);
-            observe("snapshots", started);
-            observe("snapshots_since_change", since);
-            let prev_done = match prev {
-                Some(prev) => prev.await.unwrap_or(false),
-                None => true,
-            };
+            if had_writes {
+                observe("snapshots", started);
+                observe("snapshots_since_change", since);
+            }
+            if !job.checkpoints() {
+                return (job, Flushed::Nothing, failures);
+            }
             let through = job.through();
             let held = match inserted.as_mut() {
                 None => true,
@@ -770,18 +780,15 @@ impl HotStore {
                     .await
                     .is_ok(),
             };
-            if !prev_done || !held {
-                let _ = done.send(false);
+            if !held {
                 return (job, Flushed::Stopped, failures);
             }
             loop {
                 match job.checkpoint(&writer).await {
                     Ok(outcome) => {
-                        let through = matches!(outcome, Flushed::Through(_));
-                        if through {
+                        if matches!(outcome, Flushed::Through(_)) {
                             observe("checkpoint", started);
                         }
-                        let _ = done.send(through);
                         return (job, outcome, failures);
                     }
                     Err(e) => retry(e, &mut failures).await,
@@ -799,16 +806,23 @@ impl HotStore {
         }
     }
 
-    /// Collects the partition's flushes that have finished, oldest first, up to the first one
-    /// still running.
+    /// Collects the partition's flushes that have finished: oldest first, up to the first one
+    /// still running, and then those behind it that write snapshots only (a checkpoint waiting
+    /// for ClickHouse does not hold them up; they carry no offset to commit).
     async fn collect_finished(&mut self, partition: i32, actions: &mut Vec<(i32, FlushAction)>) {
-        while self
-            .held
-            .get(&partition)
-            .and_then(|h| h.flushes.front())
-            .is_some_and(|r| r.task.is_finished())
-        {
-            self.collect(partition, actions).await;
+        loop {
+            let Some(held) = self.held.get(&partition) else {
+                return;
+            };
+            let next = held
+                .flushes
+                .iter()
+                .enumerate()
+                .position(|(i, r)| r.task.is_finished() && (i == 0 || !r.checkpoints));
+            match next {
+                Some(i) => self.collect_at(partition, i, actions).await,
+                None => return,
+            }
         }
     }
 
@@ -831,10 +845,20 @@ impl HotStore {
 
     /// Waits for the partition's oldest running flush, if any, and takes its outcome.
     async fn collect(&mut self, partition: i32, actions: &mut Vec<(i32, FlushAction)>) {
+        self.collect_at(partition, 0, actions).await;
+    }
+
+    /// Waits for the partition's `i`th running flush, if any, and takes its outcome.
+    async fn collect_at(
+        &mut self,
+        partition: i32,
+        i: usize,
+        actions: &mut Vec<(i32, FlushAction)>,
+    ) {
         let Some(held) = self.held.get_mut(&partition) else {
             return;
         };
-        let Some(mut running) = held.flushes.pop_front() else {
+        let Some(mut running) = held.flushes.remove(i) else {
             return;
         };
         let share = self.share();
