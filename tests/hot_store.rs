@@ -376,6 +376,7 @@ async fn the_insert_task_leaves_out_partitions_dropped_while_their_events_waited
         AggregatorMetrics::new(),
         Duration::from_millis(200),
         meterline_aggregator::inserter::MAX_WAITING_EVENTS,
+        None,
         tokio_util::sync::CancellationToken::new(),
     );
     inserter

@@ -23,10 +23,11 @@ pub struct AggregatorConfig {
     /// them at once and waits for them to be written before loading the next batch's accounts,
     /// so the store holds at most this and one batch's accounts.
     pub state_max_accounts: usize,
-    /// Usage events folded and not yet in ClickHouse before the consumer waits for ClickHouse.
-    /// Until then a ClickHouse stall holds back only the checkpoints (and the offsets
-    /// committed): the quota counters keep following the events, for about this many events
-    /// (6 s at 10,000 events/s with the default). Each waiting event takes about 0.5 KB.
+    /// Usage events folded and not yet in ClickHouse kept in memory for the insert task (about
+    /// 0.5 KB each); past them, a stall's events wait as their offsets (bytes each) and are read
+    /// back from Kafka when ClickHouse catches up (`crate::refetch`), at most this many at a
+    /// time. A ClickHouse stall holds back only the checkpoints (and the offsets committed):
+    /// the quota counters keep following the events however long it lasts.
     pub clickhouse_backlog_events: usize,
 }
 

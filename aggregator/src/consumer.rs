@@ -19,6 +19,7 @@ use crate::dead_letter::DeadLetters;
 use crate::decode::{Decoder, RawRecord, Stream};
 use crate::inserter::Inserter;
 use crate::metrics::AggregatorMetrics;
+use crate::refetch::Refetch;
 use crate::state::store::FlushAction;
 use crate::SinkError;
 
@@ -60,6 +61,8 @@ pub struct Aggregator {
     topics: Topics,
     metrics: AggregatorMetrics,
     unassigned_since: std::sync::Mutex<Option<Instant>>,
+    /// How the insert task reads back the events it let go of while ClickHouse was behind.
+    read_back: Refetch,
 }
 
 impl Aggregator {
@@ -95,8 +98,10 @@ impl Aggregator {
         let mut pc = base.clone();
         pc.set("enable.idempotence", "true").set("acks", "all");
         let producer: FutureProducer = pc.create()?;
+        let read_back = Refetch::new(base, &config.group_id, &topics.usage, decoder.clone());
         Ok(Self {
             consumer: Arc::new(consumer),
+            read_back,
             decoder,
             sinks,
             dead_letters: DeadLetters::new(producer, topics.dead_letter.clone()),
@@ -146,6 +151,7 @@ impl Aggregator {
             self.metrics.clone(),
             Duration::from_millis(self.config.retry_max_backoff_ms),
             self.config.clickhouse_backlog_events,
+            Some(self.read_back.clone()),
             shutdown.clone(),
         );
         loop {

@@ -28,25 +28,29 @@
 //! batch, so in a joined insert the batches of a lost claim are left out and those of a new claim
 //! of the same partition go in.
 //!
-//! Backpressure: once `aggregator.clickhouse_backlog_events` events ([`MAX_WAITING_EVENTS`]
-//! unless configured; or [`MAX_WAITING_BATCHES`] batches) are sent and not yet inserted,
-//! [`Inserter::send`] waits too, so a ClickHouse outage stops the consumer after that many
-//! events instead of filling memory. Until then the consumer folds and the flushes write their
-//! snapshots, so the quota counters follow the events through a ClickHouse stall of that many
-//! events (about 6 s at 10,000 events/s by default); only the checkpoints, and so the offsets
-//! committed, wait for ClickHouse. At shutdown the task inserts what was sent, but gives up at
-//! the first failure: the flushes waiting on it then stop without a checkpoint
+//! Memory: at most `aggregator.clickhouse_backlog_events` events ([`MAX_WAITING_EVENTS`]
+//! unless configured) wait decoded, in at most [`MAX_WAITING_BATCHES`] batches. Past that,
+//! with [`Inserter::read_back`], a batch is kept only as where its events are in the log
+//! ([`crate::refetch::Spilled`], bytes per event), and so is every batch after it until the
+//! task has caught up: the channel carries a mark where they begin, and when the task reaches
+//! it, it reads them back from Kafka in order, at most the backlog's worth of events at a time,
+//! and inserts them as it does the others. So the consumer never waits for a ClickHouse stall:
+//! it folds on and the flushes write their snapshots, and the quota counters follow the events
+//! for as long as the stall lasts; only the checkpoints, and so the offsets committed, wait for
+//! ClickHouse. Without `read_back` (tests of the task alone), [`Inserter::send`] waits instead,
+//! and the consumer with it. At shutdown the task inserts what was sent, but gives up at the
+//! first failure: the flushes waiting on it then stop without a checkpoint
 //! ([`crate::state::partition::Flushed::Stopped`]), and the next owner reads those records
 //! again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use meterline_schemas::UsageEvent;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -54,6 +58,7 @@ use tracing::Instrument;
 use crate::clickhouse_sink::{ClickHouseSink, Stream};
 use crate::decode::Decoded;
 use crate::metrics::AggregatorMetrics;
+use crate::refetch::{runs, Reader, Refetch, Spilled};
 use crate::state::store::Inserted;
 use crate::SinkError;
 
@@ -86,11 +91,78 @@ pub struct InsertJob {
     pub upto: BTreeMap<i32, (i64, Arc<AtomicBool>)>,
 }
 
+impl InsertJob {
+    /// Where its events are in the log, per partition it handled.
+    fn spilled(&self) -> Vec<Spilled> {
+        self.upto
+            .iter()
+            .map(|(&partition, (upto, alive))| Spilled {
+                partition,
+                alive: Arc::clone(alive),
+                runs: runs(
+                    self.events
+                        .iter()
+                        .filter(|d| d.partition == partition)
+                        .map(|d| d.offset),
+                ),
+                upto: *upto,
+            })
+            .collect()
+    }
+}
+
 /// A batch waiting for the task, holding its share of [`MAX_WAITING_EVENTS`] until it is
 /// inserted.
 struct Queued {
     job: InsertJob,
     _room: OwnedSemaphorePermit,
+}
+
+/// What the channel to the task carries.
+enum Item {
+    Batch(Queued),
+    /// The batches from here on wait in the [`Overflow`], as where their events are in the log.
+    Overflow,
+}
+
+/// The batches kept as where their events are in the log, in the order sent; see the module
+/// documentation.
+#[derive(Default)]
+struct Overflow {
+    /// Whether batches go here instead of the channel: from the first that found no room
+    /// until the task has inserted every one.
+    active: bool,
+    waiting: VecDeque<Spilled>,
+    /// The usage events `waiting` stands for.
+    events: usize,
+}
+
+impl Overflow {
+    fn push(&mut self, job: &InsertJob) {
+        for s in job.spilled() {
+            self.events += s.events();
+            self.waiting.push_back(s);
+        }
+    }
+
+    /// The oldest waiting, up to `events` events (at least one batch's partition); `None`, and
+    /// no longer active, once nothing waits.
+    fn take(&mut self, events: usize) -> Option<Vec<Spilled>> {
+        if self.waiting.is_empty() {
+            self.active = false;
+            return None;
+        }
+        let mut chunk = Vec::new();
+        let mut n = 0;
+        while let Some(next) = self.waiting.front() {
+            if !chunk.is_empty() && n + next.events() > events {
+                break;
+            }
+            n += next.events();
+            chunk.extend(self.waiting.pop_front());
+        }
+        Some(chunk)
+    }
 }
 
 /// Consecutive batches inserted together, in the order sent; see the module documentation.
@@ -100,15 +172,19 @@ struct Joined {
 }
 
 impl Joined {
-    /// The batch `first` and every batch waiting behind it.
-    fn take(first: Queued, waiting: &mut mpsc::Receiver<Queued>) -> Self {
-        let mut joined = Self::default();
-        let mut next = Some(first);
-        while let Some(batch) = next {
-            joined.batches.push(batch);
-            next = waiting.try_recv().ok();
+    /// The batch `first` and every batch waiting behind it, up to the overflow's mark if one
+    /// comes (then `true`: the overflow is next).
+    fn take(first: Queued, waiting: &mut mpsc::Receiver<Item>) -> (Self, bool) {
+        let mut joined = Self {
+            batches: vec![first],
+        };
+        loop {
+            match waiting.try_recv() {
+                Ok(Item::Batch(batch)) => joined.batches.push(batch),
+                Ok(Item::Overflow) => return (joined, true),
+                Err(_) => return (joined, false),
+            }
         }
-        joined
     }
 
     fn events(&self) -> usize {
@@ -143,78 +219,131 @@ impl Joined {
 
 /// The handle of the insert task; see the module documentation.
 pub struct Inserter {
-    jobs: mpsc::Sender<Queued>,
+    jobs: mpsc::Sender<Item>,
     backlog: Backlog,
+    /// Whether batches past the backlog go to the overflow (the task can read them back).
+    reads_back: bool,
     task: JoinHandle<()>,
 }
 
-/// The room for events waiting for ClickHouse (`aggregator.clickhouse_backlog_events` of it),
-/// and the gauge of how much of it they hold
+/// The room for events waiting decoded for ClickHouse (`aggregator.clickhouse_backlog_events`
+/// of it), the overflow past it, and the gauge of the events waiting in both
 /// (`meterline_aggregator_clickhouse_waiting_events`).
 #[derive(Clone)]
 struct Backlog {
     room: Arc<Semaphore>,
     events: usize,
+    overflow: Arc<Mutex<Overflow>>,
     gauge: prometheus::IntGauge,
 }
 
 impl Backlog {
-    /// Sets the gauge from the room the waiting events hold.
+    /// Sets the gauge from the room the waiting events hold and the overflow.
     fn report(&self) {
         let free = self.room.available_permits().min(self.events);
-        self.gauge.set((self.events - free) as i64);
+        let over = self.overflow.lock().expect("poisoned").events;
+        self.gauge.set((self.events - free + over) as i64);
     }
 }
 
 impl Inserter {
     /// Starts the task. `inserted` is raised after each insert lands; `shutdown` makes a
-    /// failed insert the last attempt; `backlog` events may wait, over every batch (at least
-    /// one batch's, whatever its size).
+    /// failed insert the last attempt; `backlog` events may wait decoded, over every batch (at
+    /// least one batch's, whatever its size); past them, with `read_back`, batches wait as
+    /// where their events are in the log, and without it [`Self::send`] waits.
     pub fn spawn(
         sink: ClickHouseSink,
         inserted: Inserted,
         metrics: AggregatorMetrics,
         retry_max_backoff: Duration,
         backlog: usize,
+        read_back: Option<Refetch>,
         shutdown: CancellationToken,
     ) -> Self {
         let events = backlog.max(1);
         let backlog = Backlog {
             room: Arc::new(Semaphore::new(events)),
             events,
+            overflow: Arc::default(),
             gauge: metrics.clickhouse_waiting_events.clone(),
         };
         let (jobs, rx) = mpsc::channel(MAX_WAITING_BATCHES);
-        let work = run(
+        let reads_back = read_back.is_some();
+        let task = Task {
             sink,
-            rx,
             inserted,
             metrics,
-            backlog.clone(),
-            retry_max_backoff,
+            backlog: backlog.clone(),
+            max: retry_max_backoff,
+            read_back,
             shutdown,
-        );
+        };
         Self {
             jobs,
             backlog,
-            task: tokio::spawn(work.instrument(tracing::info_span!("clickhouse_insert"))),
+            reads_back,
+            task: tokio::spawn(
+                task.run(rx)
+                    .instrument(tracing::info_span!("clickhouse_insert")),
+            ),
         }
     }
 
-    /// Hands a batch to the task, waiting while too much waits already (see the module
-    /// documentation). Not cut short by shutdown (the batch collected when it came is still
-    /// written): once shutdown is requested the task gives up at its first failure, and then
-    /// this fails.
+    /// Hands a batch to the task (see the module documentation): decoded if there is room, as
+    /// where its events are in the log if not (or if batches before it are), and without
+    /// [`Refetch`] waiting for room. Not cut short by shutdown (the batch collected when it
+    /// came is still written): once shutdown is requested the task gives up at its first
+    /// failure, and then this fails.
     pub async fn send(&self, job: InsertJob) -> Result<(), SinkError> {
         let stopped = || SinkError::HotState("the ClickHouse insert task has stopped".into());
         let share = job.events.len().min(self.backlog.events) as u32;
-        let room = Arc::clone(&self.backlog.room)
-            .acquire_many_owned(share)
-            .await
-            .map_err(|_| stopped())?;
+        let room = Arc::clone(&self.backlog.room);
+        let room = if !self.reads_back {
+            room.acquire_many_owned(share)
+                .await
+                .map_err(|_| stopped())?
+        } else {
+            // Decided under the overflow's lock, which is let go before any wait.
+            let overflow_begins = {
+                let mut overflow = self.backlog.overflow.lock().expect("poisoned");
+                let room = match overflow.active {
+                    true => None,
+                    false => match room.try_acquire_many_owned(share) {
+                        Ok(room) => Some(room),
+                        Err(TryAcquireError::NoPermits) => None,
+                        Err(TryAcquireError::Closed) => return Err(stopped()),
+                    },
+                };
+                match room {
+                    Some(room) => Ok(room),
+                    None => {
+                        let begins = !overflow.active;
+                        overflow.active = true;
+                        overflow.push(&job);
+                        Err(begins)
+                    }
+                }
+            };
+            match overflow_begins {
+                Ok(room) => room,
+                Err(begins) => {
+                    self.backlog.report();
+                    if begins {
+                        tracing::info!(
+                            "ClickHouse is behind by the backlog's events; the next ones are read back from Kafka when it catches up"
+                        );
+                        self.jobs
+                            .send(Item::Overflow)
+                            .await
+                            .map_err(|_| stopped())?;
+                    }
+                    return Ok(());
+                }
+            }
+        };
         self.backlog.report();
         self.jobs
-            .send(Queued { job, _room: room })
+            .send(Item::Batch(Queued { job, _room: room }))
             .await
             .map_err(|_| stopped())
     }
@@ -229,50 +358,172 @@ impl Inserter {
     }
 }
 
-async fn run(
+/// The insert task's own part.
+struct Task {
     sink: ClickHouseSink,
-    mut jobs: mpsc::Receiver<Queued>,
     inserted: Inserted,
     metrics: AggregatorMetrics,
     backlog: Backlog,
     max: Duration,
+    read_back: Option<Refetch>,
     shutdown: CancellationToken,
-) {
-    while let Some(first) = jobs.recv().await {
-        let joined = Joined::take(first, &mut jobs);
-        let mut delays = crate::consumer::write_backoff(RETRY_BASE, max).build();
-        loop {
-            let started = Instant::now();
-            let (events, held) = joined.held();
-            match insert(&sink, events).await {
-                Ok(sent) => {
-                    let mut clock = started;
-                    metrics.lap(crate::metrics::INSERT_STAGE, &mut clock);
-                    if sent > 0 {
-                        metrics.insert_events.observe(sent as f64);
+}
+
+impl Task {
+    async fn run(self, mut jobs: mpsc::Receiver<Item>) {
+        while let Some(item) = jobs.recv().await {
+            let overflow_next = match item {
+                Item::Batch(first) => {
+                    let (joined, overflow_next) = Joined::take(first, &mut jobs);
+                    let mut delays = self.delays();
+                    loop {
+                        let started = Instant::now();
+                        let (events, held) = joined.held();
+                        match insert(&self.sink, events).await {
+                            Ok(sent) => {
+                                self.landed(started, sent, &held);
+                                break;
+                            }
+                            Err(e) => {
+                                let (events, batches) = (joined.events(), joined.batches.len());
+                                if !self.failed(e, &mut delays, events, batches).await {
+                                    return;
+                                }
+                            }
+                        }
                     }
-                    inserted.raise(&held);
-                    break;
+                    // Their room goes back to the consumer now.
+                    drop(joined);
+                    self.backlog.report();
+                    overflow_next
                 }
-                Err(e) => {
-                    metrics.batch_failures.inc();
-                    if shutdown.is_cancelled() {
-                        tracing::warn!(error = %e, "usage events not inserted before shutdown; their partitions are not checkpointed past them");
-                        return;
-                    }
-                    let delay = delays.next().unwrap_or(max);
-                    tracing::warn!(error = %e, events = joined.events(), batches = joined.batches.len(), retry_in_ms = delay.as_millis() as u64, "usage events not inserted into ClickHouse; retrying, their checkpoints wait");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
+                Item::Overflow => true,
+            };
+            if overflow_next && !self.read_overflow().await {
+                return;
             }
         }
-        // Their room goes back to the consumer now.
-        drop(joined);
-        backlog.report();
     }
+
+    /// Inserts the overflow, oldest first, until it is empty (then it is no longer active);
+    /// `false` if shutdown stopped it.
+    async fn read_overflow(&self) -> bool {
+        let Some(refetch) = &self.read_back else {
+            return true;
+        };
+        let mut reader = None;
+        loop {
+            let taken = self
+                .backlog
+                .overflow
+                .lock()
+                .expect("poisoned")
+                .take(self.backlog.events);
+            let Some(chunk) = taken else {
+                self.backlog.report();
+                return true;
+            };
+            let events: usize = chunk.iter().map(Spilled::events).sum();
+            let mut delays = self.delays();
+            let inserted = loop {
+                let started = Instant::now();
+                match self.read_back(refetch, &mut reader, &chunk).await {
+                    Ok((sent, held)) => {
+                        self.landed(started, sent, &held);
+                        break true;
+                    }
+                    Err(e) => {
+                        if !self.failed(e, &mut delays, events, chunk.len()).await {
+                            break false;
+                        }
+                    }
+                }
+            };
+            self.backlog.overflow.lock().expect("poisoned").events -= events;
+            self.backlog.report();
+            if !inserted {
+                return false;
+            }
+        }
+    }
+
+    /// Reads `chunk`'s events back from Kafka (those of claims still held) and inserts them;
+    /// says how many were sent and how far ClickHouse then holds each partition.
+    async fn read_back<'a>(
+        &self,
+        refetch: &'a Refetch,
+        reader: &mut Option<Reader<'a>>,
+        chunk: &[Spilled],
+    ) -> Result<(usize, BTreeMap<i32, i64>), SinkError> {
+        let reader = match reader {
+            Some(r) => r,
+            None => reader.insert(refetch.reader()?),
+        };
+        // One read per partition: a stall's batches are many and small, and each read is a
+        // fetch from the broker's side.
+        let mut wanted: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+        let mut held = BTreeMap::new();
+        for s in chunk.iter().filter(|s| s.alive.load(Ordering::Acquire)) {
+            wanted.entry(s.partition).or_default().extend(&s.runs);
+            let o = held.entry(s.partition).or_insert(s.upto);
+            *o = (*o).max(s.upto);
+        }
+        let mut events = Vec::new();
+        for (partition, runs) in wanted {
+            events.extend(reader.read(partition, &merged(runs)).await?);
+        }
+        let sent = insert(&self.sink, events.iter().collect()).await?;
+        Ok((sent, held))
+    }
+
+    fn delays(&self) -> impl Iterator<Item = Duration> {
+        crate::consumer::write_backoff(RETRY_BASE, self.max).build()
+    }
+
+    /// After an insert that landed: times it and raises [`Inserted`].
+    fn landed(&self, started: Instant, sent: usize, held: &BTreeMap<i32, i64>) {
+        let mut clock = started;
+        self.metrics.lap(crate::metrics::INSERT_STAGE, &mut clock);
+        if sent > 0 {
+            self.metrics.insert_events.observe(sent as f64);
+        }
+        self.inserted.raise(held);
+    }
+
+    /// After a failed insert: counts it and waits before the next attempt; `false` if
+    /// shutdown stops the retries.
+    async fn failed(
+        &self,
+        e: SinkError,
+        delays: &mut impl Iterator<Item = Duration>,
+        events: usize,
+        batches: usize,
+    ) -> bool {
+        self.metrics.batch_failures.inc();
+        if self.shutdown.is_cancelled() {
+            tracing::warn!(error = %e, "usage events not inserted before shutdown; their partitions are not checkpointed past them");
+            return false;
+        }
+        let delay = delays.next().unwrap_or(self.max);
+        tracing::warn!(error = %e, events, batches, retry_in_ms = delay.as_millis() as u64, "usage events not inserted into ClickHouse; retrying, their checkpoints wait");
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+/// `runs` sorted, with those that overlap or touch made one.
+fn merged(mut runs: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    runs.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::with_capacity(runs.len());
+    for (start, end) in runs {
+        match out.last_mut() {
+            Some((_, last)) if start <= *last + 1 => *last = (*last).max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out
 }
 
 /// Inserts `events` above ClickHouse's watermarks (an earlier attempt, or an earlier owner, may
@@ -343,6 +594,7 @@ mod tests {
             metrics.clone(),
             Duration::from_millis(100),
             10,
+            None,
             shutdown.clone(),
         );
         let p0 = claim(true);
@@ -365,6 +617,101 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn past_the_backlog_batches_wait_as_offsets_in_the_order_sent_and_send_does_not_wait() {
+        use futures::FutureExt;
+        // As above, a ClickHouse that never answers: the first batch stays in its insert, and
+        // the task never reaches the overflow, which is left as `send` made it.
+        let sink = ClickHouseSink::new(
+            clickhouse::Client::default().with_url("http://127.0.0.1:1"),
+            "usage",
+            "accounts",
+        );
+        let registry = meterline_infra::registry::SchemaRegistry::confluent("http://127.0.0.1:1");
+        let read_back = Refetch::new(
+            &rdkafka::ClientConfig::new(),
+            "aggregator",
+            "usage",
+            crate::decode::Decoder::new(registry),
+        );
+        let shutdown = CancellationToken::new();
+        let metrics = AggregatorMetrics::new();
+        let inserter = Inserter::spawn(
+            sink,
+            Inserted::unwatched(),
+            metrics.clone(),
+            Duration::from_millis(100),
+            10,
+            Some(read_back),
+            shutdown.clone(),
+        );
+        let p0 = claim(true);
+        let p1 = claim(true);
+        let room = Arc::new(Semaphore::new(MAX_WAITING_EVENTS));
+        let send = |events: &[(i32, i64)], upto: &[(i32, i64, &Arc<AtomicBool>)]| {
+            let job = batch(&room, events, upto).job;
+            inserter.send(job).now_or_never()
+        };
+        assert!(matches!(
+            send(
+                &[(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5)],
+                &[(0, 5, &p0)]
+            ),
+            Some(Ok(()))
+        ));
+        // No room for 6 more: they wait as offsets, and `send` returns at once. Offset 8 was a
+        // duplicate, and partition 1 was handled to 40 with no new event.
+        assert!(matches!(
+            send(
+                &[(0, 6), (0, 7), (0, 9), (0, 10), (0, 11)],
+                &[(0, 11, &p0), (1, 40, &p1)]
+            ),
+            Some(Ok(()))
+        ));
+        // There is room for 2, but batches after the overflow's first wait behind it.
+        assert!(matches!(
+            send(&[(0, 12), (0, 13)], &[(0, 13, &p0)]),
+            Some(Ok(()))
+        ));
+        assert_eq!(metrics.clickhouse_waiting_events.get(), 13);
+        {
+            let overflow = inserter.backlog.overflow.lock().unwrap();
+            assert!(overflow.active);
+            assert_eq!(overflow.events, 7);
+            type Waiting = (i32, Vec<(i64, i64)>, i64);
+            let waiting: Vec<Waiting> = overflow
+                .waiting
+                .iter()
+                .map(|s| (s.partition, s.runs.clone(), s.upto))
+                .collect();
+            assert_eq!(
+                waiting,
+                [
+                    (0, vec![(6, 7), (9, 11)], 11),
+                    (1, vec![], 40),
+                    (0, vec![(12, 13)], 13)
+                ]
+            );
+        }
+        let mut overflow = Overflow::default();
+        for s in inserter.backlog.overflow.lock().unwrap().waiting.iter() {
+            overflow.events += s.events();
+            overflow.waiting.push_back(s.clone());
+        }
+        overflow.active = true;
+        let first = overflow.take(5).unwrap();
+        assert_eq!(first.len(), 2, "5 events: the first batch's two partitions");
+        assert_eq!(
+            overflow.take(0).unwrap().len(),
+            1,
+            "at least one, whatever its size"
+        );
+        assert!(overflow.take(5).is_none());
+        assert!(!overflow.active, "emptied: batches go to the channel again");
+        shutdown.cancel();
+        inserter.close().await;
+    }
+
+    #[tokio::test]
     async fn batches_waiting_behind_the_first_join_it_in_the_order_sent() {
         let room = Arc::new(Semaphore::new(MAX_WAITING_EVENTS));
         let (tx, mut rx) = mpsc::channel(MAX_WAITING_BATCHES);
@@ -372,11 +719,12 @@ mod tests {
         let first = batch(&room, &[(0, 1)], &[(0, 1, &p0)]);
         for offsets in [[2, 3], [4, 5]] {
             let events = offsets.map(|o| (0, o));
-            tx.send(batch(&room, &events, &[(0, offsets[1], &p0)]))
+            tx.send(Item::Batch(batch(&room, &events, &[(0, offsets[1], &p0)])))
                 .await
                 .unwrap();
         }
-        let joined = Joined::take(first, &mut rx);
+        let (joined, overflow_next) = Joined::take(first, &mut rx);
+        assert!(!overflow_next);
         let (events, upto) = joined.held();
         let offsets: Vec<i64> = events.iter().map(|d| d.offset).collect();
         assert_eq!(offsets, [1, 2, 3, 4, 5]);
@@ -389,12 +737,30 @@ mod tests {
             "room back once inserted"
         );
 
-        // A batch sent after the join waits for the next insert.
-        tx.send(batch(&room, &[(0, 6)], &[(0, 6, &p0)]))
-            .await
-            .unwrap();
-        let next = rx.recv().await.unwrap();
-        assert_eq!(Joined::take(next, &mut rx).batches.len(), 1);
+        // A batch sent after the join waits for the next insert, and a join stops at the
+        // overflow's mark, which says the overflow is next.
+        for item in [
+            Item::Batch(batch(&room, &[(0, 6)], &[(0, 6, &p0)])),
+            Item::Overflow,
+            Item::Batch(batch(&room, &[(0, 9)], &[(0, 9, &p0)])),
+        ] {
+            tx.send(item).await.unwrap();
+        }
+        let Some(Item::Batch(next)) = rx.recv().await else {
+            panic!("a batch first");
+        };
+        let (joined, overflow_next) = Joined::take(next, &mut rx);
+        assert_eq!((joined.batches.len(), overflow_next), (1, true));
+        assert!(matches!(rx.recv().await, Some(Item::Batch(_))));
+    }
+
+    #[test]
+    fn a_partitions_runs_over_several_batches_are_read_back_as_one() {
+        assert_eq!(
+            merged(vec![(10, 12), (0, 3), (4, 6), (8, 8), (11, 15)]),
+            [(0, 6), (8, 8), (10, 15)]
+        );
+        assert_eq!(merged(vec![]), []);
     }
 
     #[test]

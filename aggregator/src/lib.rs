@@ -29,6 +29,7 @@ pub mod inserter;
 pub mod metrics;
 pub mod rebuild;
 pub mod redis_sink;
+pub mod refetch;
 pub mod state;
 
 pub use config::AggregatorConfig;

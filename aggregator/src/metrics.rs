@@ -32,8 +32,10 @@ pub struct AggregatorMetrics {
     /// one together (`crate::inserter`).
     pub insert_events: Histogram,
     /// Usage events handed to the ClickHouse insert task and not yet inserted. While ClickHouse
-    /// stalls it climbs; at `aggregator.clickhouse_backlog_events` the consumer waits, and the
-    /// quota counters stop following the events until ClickHouse is back.
+    /// stalls it climbs; past `aggregator.clickhouse_backlog_events` the events wait as their
+    /// offsets, to be read back from Kafka (`crate::refetch`), and the consumer goes on. A
+    /// climb that does not stop is a ClickHouse that is down or slower than the traffic; the
+    /// log must keep the events until it catches up (the topic's retention).
     pub clickhouse_waiting_events: IntGauge,
     /// How old each record was when the consumer received it, by its Kafka timestamp (set by
     /// its producer, ingest, when it was produced), by stream: the broker's share of the hot
@@ -155,7 +157,7 @@ impl AggregatorMetrics {
         .expect("metric");
         let clickhouse_waiting_events = IntGauge::new(
             "meterline_aggregator_clickhouse_waiting_events",
-            "Usage events handed to the ClickHouse insert task and not yet inserted; at aggregator.clickhouse_backlog_events the consumer waits and the hot state stops following the events",
+            "Usage events handed to the ClickHouse insert task and not yet inserted; past aggregator.clickhouse_backlog_events they wait as offsets and are read back from Kafka when ClickHouse catches up",
         )
         .expect("metric");
         let record_age_seconds = HistogramVec::new(
