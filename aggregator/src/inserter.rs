@@ -468,10 +468,16 @@ impl Task {
             let o = held.entry(s.partition).or_insert(s.upto);
             *o = (*o).max(s.upto);
         }
+        let started = Instant::now();
         let mut events = Vec::new();
         for (partition, runs) in wanted {
             events.extend(reader.read(partition, &merged(runs)).await?);
         }
+        tracing::info!(
+            events = events.len(),
+            read_ms = started.elapsed().as_millis() as u64,
+            "usage events read back from Kafka; inserting them into ClickHouse"
+        );
         let sent = insert(&self.sink, events.iter().collect()).await?;
         Ok((sent, held))
     }
