@@ -27,7 +27,9 @@ pub struct AggregatorConfig {
     /// 0.5 KB each); past them, a stall's events wait as their offsets (bytes each) and are read
     /// back from Kafka when ClickHouse catches up (`crate::refetch`), at most this many at a
     /// time. A ClickHouse stall holds back only the checkpoints (and the offsets committed):
-    /// the quota counters keep following the events however long it lasts.
+    /// the quota counters keep following the events until a partition has
+    /// `FlushPolicy::max_seen` (100,000) ids waiting for its checkpoint, about 60 s at 10,000
+    /// events/s over 6 partitions and 10 minutes at 1,000.
     pub clickhouse_backlog_events: usize,
 }
 

@@ -30,14 +30,17 @@
 //!
 //! Memory: at most `aggregator.clickhouse_backlog_events` events ([`MAX_WAITING_EVENTS`]
 //! unless configured) wait decoded, in at most [`MAX_WAITING_BATCHES`] batches. Past that,
-//! with [`Inserter::read_back`], a batch is kept only as where its events are in the log
+//! with a [`Refetch`] (`read_back` of [`Inserter::spawn`]), a batch is kept only as where its
+//! events are in the log
 //! ([`crate::refetch::Spilled`], bytes per event), and so is every batch after it until the
 //! task has caught up: the channel carries a mark where they begin, and when the task reaches
 //! it, it reads them back from Kafka in order, at most the backlog's worth of events at a time,
-//! and inserts them as it does the others. So the consumer never waits for a ClickHouse stall:
-//! it folds on and the flushes write their snapshots, and the quota counters follow the events
-//! for as long as the stall lasts; only the checkpoints, and so the offsets committed, wait for
-//! ClickHouse. Without `read_back` (tests of the task alone), [`Inserter::send`] waits instead,
+//! and inserts them as it does the others. So the consumer does not wait for a ClickHouse
+//! stall here: it folds on and the flushes write their snapshots, and the quota counters follow
+//! the events; only the checkpoints, and so the offsets committed, wait for ClickHouse. What
+//! bounds a stall now is the ids waiting for a partition's checkpoint
+//! ([`crate::state::partition::FlushPolicy::max_seen`], about 90 bytes each), past which the
+//! consumer waits for the checkpoint. Without `read_back` (tests of the task alone), [`Inserter::send`] waits instead,
 //! and the consumer with it. At shutdown the task inserts what was sent, but gives up at the
 //! first failure: the flushes waiting on it then stop without a checkpoint
 //! ([`crate::state::partition::Flushed::Stopped`]), and the next owner reads those records

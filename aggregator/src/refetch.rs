@@ -8,8 +8,9 @@
 //! duplicate or did not decode. When their turn comes it reads them back from the usage topic
 //! ([`Reader::read`]) and decodes them again, which gives the same events: a record's bytes do
 //! not change, and decoding depends only on them and the schema registry's ids, which never
-//! change meaning. So the quota counters follow a ClickHouse stall of any length, and memory
-//! grows by bytes per event, not half a kilobyte.
+//! change meaning. So the waiting events cost memory bytes each, not half a kilobyte; what
+//! bounds the stall the quota counters follow is then the ids waiting for each partition's
+//! checkpoint ([`crate::state::partition::FlushPolicy::max_seen`]).
 //!
 //! The log keeps the records at least until their offsets are committed, which waits for
 //! ClickHouse too, unless the topic's retention deletes them first: a stall longer than the
