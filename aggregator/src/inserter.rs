@@ -299,6 +299,10 @@ impl Inserter {
     /// failure, and then this fails.
     pub async fn send(&self, job: InsertJob) -> Result<(), SinkError> {
         let stopped = || SinkError::HotState("the ClickHouse insert task has stopped".into());
+        // The overflow alone would take batches that no task will ever insert.
+        if self.jobs.is_closed() {
+            return Err(stopped());
+        }
         let share = job.events.len().min(self.backlog.events) as u32;
         let room = Arc::clone(&self.backlog.room);
         let room = if !self.reads_back {
