@@ -23,8 +23,8 @@
 //!    quota counters follow its events through a ClickHouse stall, and what waits for the
 //!    checkpoint is the ids and accounts since the last one (bounded by
 //!    [`FlushPolicy::max_seen`]), not a job per flush. With one checkpoint per job, a partition
-//!    took no flush past [`FlushPolicy::max_jobs`] of them, which a stall reached in about
-//!    13 s at a flush every 50 ms, whatever the traffic.
+//!    took no flush past [`FlushPolicy::max_jobs`] (256) of them, which a ClickHouse stall
+//!    reached about 88 s in at 1,000 events/s (BENCHMARKS.md, 2026-12-04, seventh session).
 //!
 //! Why a replay counts every event once is the proof of design §4.2: a snapshot holds exactly
 //! its account's new events up to its `_o`, and the checkpoint's offset is at most the lowest
