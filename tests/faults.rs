@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::{Duration as ChronoDuration, DurationRound, Utc};
 use common::proxy::FaultProxy;
 use common::*;
 use meterline::services::Components;
@@ -46,10 +46,12 @@ fn committed(config: &meterline::Config) -> Vec<i64> {
         .collect()
 }
 
-/// `n` events for `accounts` accounts in the last minutes, every 10th a repeat (a gateway
-/// retry). Returns the batches and the unique count per account.
+/// `n` events for `accounts` accounts in the last minutes (today's only: the checks read
+/// today's counter), every 10th a repeat (a gateway retry). Returns the batches and the unique
+/// count per account.
 fn traffic(prefix: &str, n: usize, accounts: usize) -> (Vec<Vec<Value>>, BTreeMap<String, u64>) {
     let now = Utc::now();
+    let today = now.duration_trunc(ChronoDuration::days(1)).unwrap();
     let mut events: Vec<Value> = Vec::new();
     let mut unique = BTreeMap::new();
     for i in 0..n {
@@ -61,7 +63,7 @@ fn traffic(prefix: &str, n: usize, accounts: usize) -> (Vec<Vec<Value>>, BTreeMa
         *unique.entry(account.clone()).or_insert(0) += 1;
         events.push(usage_event(
             &account,
-            now - ChronoDuration::seconds((i % 240) as i64),
+            (now - ChronoDuration::seconds((i % 240) as i64)).max(today),
             "gpt-4o",
             10,
             5,
