@@ -55,8 +55,13 @@ pub struct Spilled {
 impl Spilled {
     /// The events it stands for.
     pub fn events(&self) -> usize {
-        self.runs.iter().map(|(a, b)| (b - a + 1) as usize).sum()
+        offsets_in(&self.runs)
     }
+}
+
+/// The offsets inclusive `runs` hold.
+fn offsets_in(runs: &[(i64, i64)]) -> usize {
+    runs.iter().map(|(a, b)| (b - a + 1) as usize).sum()
 }
 
 /// Ascending `offsets` as inclusive runs of consecutive ones.
@@ -156,7 +161,7 @@ impl Reader<'_> {
             }
             next = m.offset() + 1;
         }
-        let expected: usize = runs.iter().map(|(a, b)| (b - a + 1) as usize).sum();
+        let expected = offsets_in(runs);
         let decoded = self
             .refetch
             .decoder

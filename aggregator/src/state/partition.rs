@@ -592,13 +592,7 @@ impl Partition {
     pub fn take(&mut self, now: DateTime<Utc>) -> Option<FlushJob> {
         let since = self.oldest_change.filter(|_| !self.snapshotting)?;
         let checkpoints = self.flushing.is_none();
-        if !checkpoints && self.unwritten() == 0 {
-            // Records without new events: the next checkpointing job takes them, and
-            // `finish` makes one due.
-            self.oldest_change = None;
-            return None;
-        }
-        let writes = self
+        let writes: Vec<SnapshotWrite> = self
             .accounts
             .iter_mut()
             .filter(|(_, t)| t.last > t.stored)
@@ -614,6 +608,12 @@ impl Partition {
                 write
             })
             .collect();
+        if !checkpoints && writes.is_empty() {
+            // Records without new events (nothing above was changed): the next checkpointing
+            // job takes them, and `finish` makes one due.
+            self.oldest_change = None;
+            return None;
+        }
         self.open += 1;
         self.snapshotting = true;
         self.taken += 1;
