@@ -65,17 +65,17 @@ fn records_in(
         .collect()
 }
 
+/// The tests' flush policy: a flush whenever one is asked for, retries soon.
+fn policy() -> FlushPolicy {
+    FlushPolicy {
+        interval: Duration::ZERO,
+        retry_max_backoff: Duration::from_millis(200),
+        ..FlushPolicy::default()
+    }
+}
+
 fn store(conn: HotConn, keys: &HotKeys) -> HotStore {
-    HotStore::new(
-        conn,
-        keys.clone(),
-        TOPIC,
-        FlushPolicy {
-            interval: Duration::ZERO,
-            retry_max_backoff: Duration::from_millis(200),
-            ..FlushPolicy::default()
-        },
-    )
+    HotStore::new(conn, keys.clone(), TOPIC, policy())
 }
 
 /// The local Redis under a key prefix of the test's own.
@@ -286,10 +286,8 @@ async fn a_clickhouse_stall_holds_up_the_checkpoints_but_not_the_quota_counters(
         keys.clone(),
         TOPIC,
         FlushPolicy {
-            interval: Duration::ZERO,
             max_jobs: 3,
-            retry_max_backoff: Duration::from_millis(200),
-            ..FlushPolicy::default()
+            ..policy()
         },
     );
     let inserted = hot.gate_on_clickhouse();
@@ -475,10 +473,8 @@ async fn a_store_past_its_budget_waits_for_written_snapshots_and_keeps_within_on
         keys.clone(),
         TOPIC,
         FlushPolicy {
-            interval: Duration::ZERO,
             max_resident: BUDGET,
-            retry_max_backoff: Duration::from_millis(200),
-            ..FlushPolicy::default()
+            ..policy()
         },
     );
     let mut commits = Vec::new();

@@ -589,11 +589,10 @@ mod tests {
         Arc::new(AtomicBool::new(held))
     }
 
-    #[tokio::test]
-    async fn send_waits_once_the_configured_backlog_of_events_waits() {
-        use futures::FutureExt;
-        // A ClickHouse that never answers: nothing sent is ever inserted, so nothing gives its
-        // room back, and whether `send` is ready is decided by the room alone.
+    /// An insert task with a backlog of 10 events in front of a ClickHouse that never answers:
+    /// nothing sent is ever inserted, so the first batch stays in its insert and nothing gives
+    /// its room back.
+    fn stalled(read_back: Option<Refetch>) -> (Inserter, AggregatorMetrics, CancellationToken) {
         let sink = ClickHouseSink::new(
             clickhouse::Client::default().with_url("http://127.0.0.1:1"),
             "usage",
@@ -607,9 +606,17 @@ mod tests {
             metrics.clone(),
             Duration::from_millis(100),
             10,
-            None,
+            read_back,
             shutdown.clone(),
         );
+        (inserter, metrics, shutdown)
+    }
+
+    #[tokio::test]
+    async fn send_waits_once_the_configured_backlog_of_events_waits() {
+        use futures::FutureExt;
+        // Whether `send` is ready is decided by the room alone.
+        let (inserter, metrics, shutdown) = stalled(None);
         let p0 = claim(true);
         let job = |offsets: std::ops::Range<i64>| {
             let room = Arc::new(Semaphore::new(MAX_WAITING_EVENTS));
@@ -632,13 +639,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_backlog_batches_wait_as_offsets_in_the_order_sent_and_send_does_not_wait() {
         use futures::FutureExt;
-        // As above, a ClickHouse that never answers: the first batch stays in its insert, and
-        // the task never reaches the overflow, which is left as `send` made it.
-        let sink = ClickHouseSink::new(
-            clickhouse::Client::default().with_url("http://127.0.0.1:1"),
-            "usage",
-            "accounts",
-        );
+        // The task never reaches the overflow, which is left as `send` made it.
         let registry = meterline_infra::registry::SchemaRegistry::confluent("http://127.0.0.1:1");
         let read_back = Refetch::new(
             &rdkafka::ClientConfig::new(),
@@ -646,17 +647,7 @@ mod tests {
             "usage",
             crate::decode::Decoder::new(registry),
         );
-        let shutdown = CancellationToken::new();
-        let metrics = AggregatorMetrics::new();
-        let inserter = Inserter::spawn(
-            sink,
-            Inserted::unwatched(),
-            metrics.clone(),
-            Duration::from_millis(100),
-            10,
-            Some(read_back),
-            shutdown.clone(),
-        );
+        let (inserter, metrics, shutdown) = stalled(Some(read_back));
         let p0 = claim(true);
         let p1 = claim(true);
         let room = Arc::new(Semaphore::new(MAX_WAITING_EVENTS));
