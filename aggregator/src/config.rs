@@ -28,8 +28,8 @@ pub struct AggregatorConfig {
     /// back from Kafka when ClickHouse catches up (`crate::refetch`), at most this many at a
     /// time. A ClickHouse stall holds back only the checkpoints (and the offsets committed):
     /// the quota counters keep following the events until a partition has
-    /// `FlushPolicy::max_seen` (100,000) ids waiting for its checkpoint, about 60 s at 10,000
-    /// events/s over 6 partitions and 10 minutes at 1,000.
+    /// `FlushPolicy::max_seen` (500,000) ids waiting for its checkpoint, about 5 minutes at
+    /// 10,000 events/s over 6 partitions and 50 minutes at 1,000.
     pub clickhouse_backlog_events: usize,
 }
 

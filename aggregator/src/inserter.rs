@@ -39,7 +39,7 @@
 //! stall here: it folds on and the flushes write their snapshots, and the quota counters follow
 //! the events; only the checkpoints, and so the offsets committed, wait for ClickHouse. What
 //! bounds a stall now is the ids waiting for a partition's checkpoint
-//! ([`crate::state::partition::FlushPolicy::max_seen`], about 90 bytes each), past which the
+//! ([`crate::state::partition::FlushPolicy::max_seen`], 17 bytes each), past which the
 //! consumer waits for the checkpoint. Without `read_back` (tests of the task alone), [`Inserter::send`] waits instead,
 //! and the consumer with it. At shutdown the task inserts what was sent, but gives up at the
 //! first failure: the flushes waiting on it then stop without a checkpoint

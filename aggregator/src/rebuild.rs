@@ -27,6 +27,7 @@ use serde::Deserialize;
 use crate::clickhouse_sink::{ClickHouseSink, Stream};
 use crate::fold::occurred_at;
 use crate::state::account::AccountState;
+use crate::state::seen::Ids;
 use crate::state::writer::{StateWriter, Written};
 use crate::SinkError;
 
@@ -129,7 +130,7 @@ struct PartitionRebuild {
     /// that stops half-way leaves the aggregators to resume where they were, not past accounts
     /// it has not written.
     claimed_at: i64,
-    seen: BTreeMap<DateTime<Utc>, Vec<String>>,
+    seen: BTreeMap<DateTime<Utc>, Ids>,
     pending: usize,
     accounts: Vec<String>,
 }
@@ -240,7 +241,7 @@ pub async fn rebuild_hot_state(
                 part.seen
                     .entry(Grain::Day.window_start(occurred_at(&e)))
                     .or_default()
-                    .push(e.event_id);
+                    .push(&e.event_id);
                 part.pending += 1;
                 if part.pending >= CHUNK {
                     part.checkpoint(part.claimed_at).await?;

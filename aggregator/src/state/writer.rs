@@ -420,7 +420,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         epoch: i64,
         o_new: i64,
         changed: &[&str],
-        seen: &BTreeMap<DateTime<Utc>, Vec<String>>,
+        seen: &BTreeMap<DateTime<Utc>, super::seen::Ids>,
     ) -> Result<bool, SinkError> {
         let mut call = CKPT.prepare_invoke();
         call.key(self.keys.checkpoint(self.partition, &self.topic))
@@ -437,7 +437,7 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
             .arg(changed)
             .arg(seen.len());
         for (day, ids) in seen {
-            call.arg(super::seen::encode(ids)).arg(
+            call.arg(ids.value()).arg(
                 day.timestamp() + 86_400 + meterline_schemas::keys::SEEN_RETENTION_AFTER_DAY_SECS,
             );
         }
