@@ -36,6 +36,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use meterline_aggregator::state::partition::{FlushJob, Flushed, Partition};
+use meterline_aggregator::state::seen::Ids;
 use meterline_aggregator::state::writer::StateWriter;
 use meterline_infra::redis::HotConn;
 use meterline_infra::RedisConfig;
@@ -544,8 +545,8 @@ async fn a_claim_deduplicates_with_the_ids_of_both_the_checkpoints_and_the_older
         let mut p = Partition::claim(&mut writer, now).await.unwrap();
         assert!(!p.is_new("old-1", day) && !p.is_new(old_id, day));
         let counted = BTreeMap::from([
-            (day, vec!["new-1".to_owned()]),
-            (yesterday, vec!["new-2".to_owned()]),
+            (day, Ids::from_iter(["new-1"])),
+            (yesterday, Ids::from_iter(["new-2"])),
         ]);
         assert!(writer
             .checkpoint(p.epoch(), 0, &[], &counted)
@@ -553,7 +554,7 @@ async fn a_claim_deduplicates_with_the_ids_of_both_the_checkpoints_and_the_older
             .unwrap());
         // A second lot at the same offset, as `rebuild-hot-state` writes its ids in lots of
         // 5,000 before it moves the offset: it adds to the first.
-        let more = BTreeMap::from([(day, vec!["new-4".to_owned()])]);
+        let more = BTreeMap::from([(day, Ids::from_iter(["new-4"]))]);
         assert!(writer.checkpoint(p.epoch(), 0, &[], &more).await.unwrap());
 
         let mut p = Partition::claim(&mut writer, now).await.unwrap();
