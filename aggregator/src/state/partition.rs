@@ -211,7 +211,6 @@ pub struct Partition {
     dedup: Dedup,
     accounts: HashMap<Box<str>, Tracked>,
     seen: BTreeMap<DateTime<Utc>, Ids>,
-    seen_pending: usize,
     changed: BTreeSet<Box<str>>,
     oldest_change: Option<Instant>,
     /// The offset the open checkpointing job checkpoints (one at a time).
@@ -416,7 +415,6 @@ impl Partition {
             dedup,
             accounts: HashMap::new(),
             seen: BTreeMap::new(),
-            seen_pending: 0,
             changed: BTreeSet::new(),
             oldest_change: None,
             flushing: None,
@@ -468,7 +466,6 @@ impl Partition {
         let new = self.dedup.insert(id, day);
         if new {
             self.seen.entry(day).or_default().push(id);
-            self.seen_pending += 1;
         }
         new
     }
@@ -584,7 +581,8 @@ impl Partition {
 
     /// Whether more accounts or seen ids wait than `policy` lets wait.
     pub fn over_bounds(&self, policy: &FlushPolicy) -> bool {
-        self.unwritten() >= policy.max_accounts || self.seen_pending >= policy.max_seen
+        self.unwritten() >= policy.max_accounts
+            || self.seen.values().map(Ids::len).sum::<usize>() >= policy.max_seen
     }
 
     /// Cuts the partition's next flush as of `now`: every changed account's snapshot, the
@@ -624,7 +622,6 @@ impl Partition {
         self.oldest_change = None;
         let (changed, seen) = if checkpoints {
             self.flushing = Some(self.through);
-            self.seen_pending = 0;
             let changed = std::mem::take(&mut self.changed);
             let changed = changed.into_iter().map(String::from).collect();
             (changed, std::mem::take(&mut self.seen))
