@@ -41,10 +41,11 @@
 //! bounds a stall now is the ids waiting for a partition's checkpoint
 //! ([`crate::state::partition::FlushPolicy::max_seen`], 17 bytes each), past which the
 //! consumer waits for the checkpoint. Without `read_back` (tests of the task alone), [`Inserter::send`] waits instead,
-//! and the consumer with it. At shutdown the task inserts what was sent, but gives up at the
-//! first failure: the flushes waiting on it then stop without a checkpoint
+//! and the consumer with it. At shutdown the task inserts the batches it holds decoded (at most
+//! the backlog's events), but reads none of the overflow back, and gives up at the first
+//! failure: the flushes waiting on it then stop without a checkpoint
 //! ([`crate::state::partition::Flushed::Stopped`]), and the next owner reads those records
-//! again.
+//! again. So a stop after a long stall takes an insert, not the minutes of reading it back.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -355,8 +356,8 @@ impl Inserter {
             .map_err(|_| stopped())
     }
 
-    /// Inserts what was sent (giving up at the first failure, as shutdown is requested) and
-    /// stops the task.
+    /// Inserts what was sent, but none of the overflow once shutdown is requested (giving up at
+    /// the first failure then too), and stops the task.
     pub async fn close(self) {
         drop(self.jobs);
         if let Err(e) = self.task.await {
@@ -413,13 +414,23 @@ impl Task {
     }
 
     /// Inserts the overflow, oldest first, until it is empty (then it is no longer active);
-    /// `false` if shutdown stopped it.
+    /// `false` if shutdown stopped it. Once shutdown is requested no more of it is read back:
+    /// after a long stall that is minutes of reading, and the partitions' next owner reads
+    /// those records again from their checkpoints in any case.
     async fn read_overflow(&self) -> bool {
         let Some(refetch) = &self.read_back else {
             return true;
         };
         let mut reader = None;
         loop {
+            if self.shutdown.is_cancelled() {
+                let left = self.backlog.overflow.lock().expect("poisoned").events;
+                tracing::info!(
+                    events = left,
+                    "shutting down: the usage events waiting to be read back for ClickHouse are left to the partitions' next owner, which reads them again from their checkpoints"
+                );
+                return false;
+            }
             let taken = self
                 .backlog
                 .overflow
@@ -713,6 +724,55 @@ mod tests {
         assert!(!overflow.active, "emptied: batches go to the channel again");
         shutdown.cancel();
         inserter.close().await;
+    }
+
+    #[tokio::test]
+    async fn once_shutdown_is_requested_the_overflow_is_left_to_the_next_owner() {
+        // A broker that never answers: were the task to read the overflow back, it would take
+        // its first chunk out and wait for the read's timeout.
+        let registry = meterline_infra::registry::SchemaRegistry::confluent("http://127.0.0.1:1");
+        let read_back = Refetch::new(
+            &rdkafka::ClientConfig::new(),
+            "aggregator",
+            "usage",
+            crate::decode::Decoder::new(registry),
+        );
+        let shutdown = CancellationToken::new();
+        let room = Arc::new(Semaphore::new(MAX_WAITING_EVENTS));
+        let p0 = claim(true);
+        let mut overflow = Overflow {
+            active: true,
+            ..Overflow::default()
+        };
+        overflow.push(&batch(&room, &[(0, 6), (0, 7)], &[(0, 7, &p0)]).job);
+        overflow.push(&batch(&room, &[(0, 8)], &[(0, 8, &p0)]).job);
+        let metrics = AggregatorMetrics::new();
+        let task = Task {
+            sink: ClickHouseSink::new(
+                clickhouse::Client::default().with_url("http://127.0.0.1:1"),
+                "usage",
+                "accounts",
+            ),
+            inserted: Inserted::unwatched(),
+            backlog: Backlog {
+                room,
+                events: 10,
+                overflow: Arc::new(Mutex::new(overflow)),
+                gauge: metrics.clickhouse_waiting_events.clone(),
+            },
+            metrics,
+            max: Duration::from_millis(100),
+            read_back: Some(read_back),
+            shutdown: shutdown.clone(),
+        };
+        shutdown.cancel();
+        assert!(!task.read_overflow().await, "stopped by shutdown");
+        let overflow = task.backlog.overflow.lock().unwrap();
+        assert_eq!(
+            (overflow.events, overflow.waiting.len(), overflow.active),
+            (3, 2, true),
+            "nothing taken out to be read back"
+        );
     }
 
     #[tokio::test]
