@@ -3,7 +3,7 @@
 //! §6a). Run it with the aggregators stopped.
 //!
 //! 1. Every usage partition is claimed, so any stray writer is fenced.
-//! 2. `usage_events` of the last [`HORIZON_DAYS`] days are read account by account (a row stored
+//! 2. `usage_events` of the last `HORIZON_DAYS` days are read account by account (a row stored
 //!    twice is skipped), and each account's events are folded by the aggregator's own
 //!    [`AccountState`] into a state that holds them all ([`AccountState::whole`]: closed
 //!    windows are written to their hashes whole). It is written with the epoch guard only, as
@@ -158,7 +158,7 @@ fn fenced() -> SinkError {
     )
 }
 
-/// Rebuilds every account with events in the last [`HORIZON_DAYS`] days; see the module
+/// Rebuilds every account with events in the last `HORIZON_DAYS` days; see the module
 /// documentation. `progress` is called with the events read so far.
 pub async fn rebuild_hot_state(
     ch: &clickhouse::Client,

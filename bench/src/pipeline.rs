@@ -9,7 +9,7 @@
 //!   Redis and PostgreSQL by the aggregator, against rdkafka consuming the same topic and
 //!   discarding the records.
 //!
-//! * e2e: both at once at a fixed rate, with freshness probes (see [`e2e`]).
+//! * e2e: both at once at a fixed rate, with freshness probes (see [`crate::e2e`]).
 //!
 //! All use their own topics, ClickHouse database (`<database>_bench`) and Redis key prefix, so
 //! they never mix with real data; the topics are named after the run.

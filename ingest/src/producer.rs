@@ -26,7 +26,7 @@ pub struct OutgoingRecord {
 }
 
 /// The producer is behind a lock so that it can be replaced after a failed batch (see
-/// [`EventProducer::replace_after_failure`]); requests already under way keep the clone they
+/// `EventProducer::replace_after_failure`); requests already under way keep the clone they
 /// started with.
 #[derive(Clone)]
 pub struct EventProducer {

@@ -2,14 +2,14 @@
 //! population, through ingest, with the gateway client, and a ground truth to check the
 //! pipeline's signals against.
 //!
-//! * [`population`]: the accounts, their behaviours in realistic shares (confounders
+//! * [`population`](mod@population): the accounts, their behaviours in realistic shares (confounders
 //!   included) and the edge pairs around every checked threshold, a pure function of the seed,
 //!   the size and a run tag (so a second run on the same machine has fresh ids and
 //!   fingerprints);
 //! * [`traffic`]: what an account sends on a given day;
-//! * [`truth`]: what the shared rule definitions expect of each account, computed from the
+//! * [`truth`](mod@truth): what the shared rule definitions expect of each account, computed from the
 //!   events it sends (never by the scorer's code), with every rule parameter in one place;
-//! * [`run`]: posting it all through ingest and waiting for the pipeline to settle;
+//! * [`run`](mod@run): posting it all through ingest and waiting for the pipeline to settle;
 //! * [`check`]: the raised signals against the ground truth, and the outcomes that must never
 //!   happen (paying accounts denied, Enterprise accounts prospected, notices naming a plan the
 //!   account already has);

@@ -1,7 +1,7 @@
 //! The simulated population: who the accounts are, in what shares, and how they relate to each
 //! other (shared email domains, a campus NAT, multi-account clusters). What each one sends is
 //! in [`crate::traffic`]; what the rules should make of it is computed from those events in
-//! [`crate::truth`], never decided here.
+//! [`crate::truth`](mod@crate::truth), never decided here.
 //!
 //! # The mix, and why
 //!

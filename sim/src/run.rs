@@ -9,7 +9,7 @@
 //! scorer judges on "today" and "the last hour" (sessions, key sharing, new accounts) happen in
 //! the last hour of event time, so they are current when the scorer sees them.
 //!
-//! The ground truth ([`crate::truth`]) is computed from the same events before anything is
+//! The ground truth ([`crate::truth`](mod@crate::truth)) is computed from the same events before anything is
 //! posted. The accounts' history from before the simulated days (long-standing customers'
 //! signups and plan changes, earlier free signups) is posted first, and the traffic waits until
 //! the aggregator has applied it, as a real customer base exists before this month's requests.

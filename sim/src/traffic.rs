@@ -1,7 +1,7 @@
 //! What each simulated account sends on a given day: its usage and account events.
 //!
 //! Every account's day is a pure function of its seed and the day, so the ground truth
-//! ([`crate::truth`]) folds exactly the events that are posted. Behaviours that the scorer
+//! ([`crate::truth`](mod@crate::truth)) folds exactly the events that are posted. Behaviours that the scorer
 //! judges on "today", "the last hour" or "the last 30 minutes" (sessions, key sharing, request
 //! rates, new accounts) happen shortly before `now`; a value that must stay under a threshold
 //! never passes it on the way (templated prompts come after the distinct ones, counts only

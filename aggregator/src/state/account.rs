@@ -210,7 +210,7 @@ pub struct LateMember {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// The whole of `cur`, as its lines (`keys::hot::CurLines`):
-    /// [`AccountState::cur_fields`] and the months' `v:` member fields (the windows moving out
+    /// `AccountState::cur_fields` and the months' `v:` member fields (the windows moving out
     /// now are left out). [`Self::cur_fields`] reads them back.
     pub cur: Vec<u8>,
     /// Windows leaving `cur` now.

@@ -10,7 +10,7 @@
 //! partition whose flush is still running when it is due again with more than the policy's
 //! bounds waits for it (backpressure). A partition that a flush finds fenced (a newer owner) or
 //! in conflict (a concurrent rebuild) is dropped and claimed again, and the consumer rewinds it
-//! to the checkpoint ([`Rewind`]).
+//! to the checkpoint (`Rewind`).
 //!
 //! The events go to ClickHouse on the consumer's insert task, off the path from Kafka to the
 //! snapshots. With [`HotStore::gate_on_clickhouse`], a job writes its snapshots at once but its

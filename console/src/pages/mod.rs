@@ -1,5 +1,5 @@
 //! One module per page family. Each handler reads what its page shows through the crate that
-//! owns the data, then renders one template with the [`Session`] (for the navigation, the
+//! owns the data, then renders one template with the [`Session`](crate::session::Session) (for the navigation, the
 //! viewer/reviewer role and the CSRF token its forms carry).
 
 pub mod account;

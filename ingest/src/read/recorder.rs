@@ -11,7 +11,7 @@
 //! 3. only then sets their markers, expiring when their window resets.
 //!
 //! The markers of a batch are in as many slots as it has accounts, so they are asked and set
-//! one command each, [`MARKERS_IN_FLIGHT`] at a time (a pipeline must keep to one slot in a
+//! one command each, `MARKERS_IN_FLIGHT` at a time (a pipeline must keep to one slot in a
 //! Redis Cluster); the connection is multiplexed, so they still share round trips.
 //!
 //! A crash between 2 and 3 inserts the same rows again on a later call; their `event_id` is a

@@ -198,7 +198,7 @@ pub async fn usage(
 }
 
 /// `POST /v1/quota/check`'s body, every field optional so a missing one is named. In the
-/// OpenAPI document it is `QuotaCheck`, with the rules [`validate`] applies.
+/// OpenAPI document it is `QuotaCheck`, with the rules `validate` applies.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = QuotaCheck, description = "A request the gateway is about to serve")]
