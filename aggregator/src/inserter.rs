@@ -600,19 +600,34 @@ mod tests {
         Arc::new(AtomicBool::new(held))
     }
 
+    /// A ClickHouse nobody listens on: every insert fails.
+    fn unreachable_clickhouse() -> ClickHouseSink {
+        ClickHouseSink::new(
+            clickhouse::Client::default().with_url("http://127.0.0.1:1"),
+            "usage",
+            "accounts",
+        )
+    }
+
+    /// A read back with no broker to ask (no `bootstrap.servers`): a read only times out.
+    fn silent_read_back() -> Refetch {
+        let registry = meterline_infra::registry::SchemaRegistry::confluent("http://127.0.0.1:1");
+        Refetch::new(
+            &rdkafka::ClientConfig::new(),
+            "aggregator",
+            "usage",
+            crate::decode::Decoder::new(registry),
+        )
+    }
+
     /// An insert task with a backlog of 10 events in front of a ClickHouse that never answers:
     /// nothing sent is ever inserted, so the first batch stays in its insert and nothing gives
     /// its room back.
     fn stalled(read_back: Option<Refetch>) -> (Inserter, AggregatorMetrics, CancellationToken) {
-        let sink = ClickHouseSink::new(
-            clickhouse::Client::default().with_url("http://127.0.0.1:1"),
-            "usage",
-            "accounts",
-        );
         let shutdown = CancellationToken::new();
         let metrics = AggregatorMetrics::new();
         let inserter = Inserter::spawn(
-            sink,
+            unreachable_clickhouse(),
             Inserted::unwatched(),
             metrics.clone(),
             Duration::from_millis(100),
@@ -651,14 +666,7 @@ mod tests {
     async fn past_the_backlog_batches_wait_as_offsets_in_the_order_sent_and_send_does_not_wait() {
         use futures::FutureExt;
         // The task never reaches the overflow, which is left as `send` made it.
-        let registry = meterline_infra::registry::SchemaRegistry::confluent("http://127.0.0.1:1");
-        let read_back = Refetch::new(
-            &rdkafka::ClientConfig::new(),
-            "aggregator",
-            "usage",
-            crate::decode::Decoder::new(registry),
-        );
-        let (inserter, metrics, shutdown) = stalled(Some(read_back));
+        let (inserter, metrics, shutdown) = stalled(Some(silent_read_back()));
         let p0 = claim(true);
         let p1 = claim(true);
         let room = Arc::new(Semaphore::new(MAX_WAITING_EVENTS));
@@ -728,15 +736,8 @@ mod tests {
 
     #[tokio::test]
     async fn once_shutdown_is_requested_the_overflow_is_left_to_the_next_owner() {
-        // A broker that never answers: were the task to read the overflow back, it would take
-        // its first chunk out and wait for the read's timeout.
-        let registry = meterline_infra::registry::SchemaRegistry::confluent("http://127.0.0.1:1");
-        let read_back = Refetch::new(
-            &rdkafka::ClientConfig::new(),
-            "aggregator",
-            "usage",
-            crate::decode::Decoder::new(registry),
-        );
+        // Were the task to read the overflow back, it would take its first chunk out and wait
+        // for the read's timeout.
         let shutdown = CancellationToken::new();
         let room = Arc::new(Semaphore::new(MAX_WAITING_EVENTS));
         let p0 = claim(true);
@@ -748,11 +749,7 @@ mod tests {
         overflow.push(&batch(&room, &[(0, 8)], &[(0, 8, &p0)]).job);
         let metrics = AggregatorMetrics::new();
         let task = Task {
-            sink: ClickHouseSink::new(
-                clickhouse::Client::default().with_url("http://127.0.0.1:1"),
-                "usage",
-                "accounts",
-            ),
+            sink: unreachable_clickhouse(),
             inserted: Inserted::unwatched(),
             backlog: Backlog {
                 room,
@@ -762,7 +759,7 @@ mod tests {
             },
             metrics,
             max: Duration::from_millis(100),
-            read_back: Some(read_back),
+            read_back: Some(silent_read_back()),
             shutdown: shutdown.clone(),
         };
         shutdown.cancel();
