@@ -242,6 +242,16 @@ struct Backlog {
 }
 
 impl Backlog {
+    /// Room for `events` waiting decoded, no overflow, reported on `gauge`.
+    fn new(events: usize, gauge: prometheus::IntGauge) -> Self {
+        Self {
+            room: Arc::new(Semaphore::new(events)),
+            events,
+            overflow: Arc::default(),
+            gauge,
+        }
+    }
+
     /// Sets the gauge from the room the waiting events hold and the overflow.
     fn report(&self) {
         let free = self.room.available_permits().min(self.events);
@@ -265,12 +275,7 @@ impl Inserter {
         shutdown: CancellationToken,
     ) -> Self {
         let events = backlog.max(1);
-        let backlog = Backlog {
-            room: Arc::new(Semaphore::new(events)),
-            events,
-            overflow: Arc::default(),
-            gauge: metrics.clickhouse_waiting_events.clone(),
-        };
+        let backlog = Backlog::new(events, metrics.clickhouse_waiting_events.clone());
         let (jobs, rx) = mpsc::channel(MAX_WAITING_BATCHES);
         let reads_back = read_back.is_some();
         let task = Task {
@@ -748,15 +753,12 @@ mod tests {
         overflow.push(&batch(&room, &[(0, 6), (0, 7)], &[(0, 7, &p0)]).job);
         overflow.push(&batch(&room, &[(0, 8)], &[(0, 8, &p0)]).job);
         let metrics = AggregatorMetrics::new();
+        let backlog = Backlog::new(10, metrics.clickhouse_waiting_events.clone());
+        *backlog.overflow.lock().unwrap() = overflow;
         let task = Task {
             sink: unreachable_clickhouse(),
             inserted: Inserted::unwatched(),
-            backlog: Backlog {
-                room,
-                events: 10,
-                overflow: Arc::new(Mutex::new(overflow)),
-                gauge: metrics.clickhouse_waiting_events.clone(),
-            },
+            backlog,
             metrics,
             max: Duration::from_millis(100),
             read_back: Some(silent_read_back()),
