@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use meterline_aggregator::batch::UsageSpan;
 use meterline_aggregator::clickhouse_sink::ClickHouseSink;
 use meterline_aggregator::decode::Decoded;
-use meterline_aggregator::inserter::{InsertJob, Inserter};
+use meterline_aggregator::inserter::{InsertJob, InsertPolicy, Inserter};
 use meterline_aggregator::metrics::AggregatorMetrics;
 use meterline_aggregator::state::partition::FlushPolicy;
 use meterline_aggregator::state::store::{FlushAction, HotStore};
@@ -372,8 +372,11 @@ async fn the_insert_task_leaves_out_partitions_dropped_while_their_events_waited
         ClickHouseSink::new(ch.clone(), TOPIC, "accounts"),
         inserted,
         AggregatorMetrics::new(),
-        Duration::from_millis(200),
-        meterline_aggregator::inserter::MAX_WAITING_EVENTS,
+        InsertPolicy {
+            backlog: meterline_aggregator::inserter::MAX_WAITING_EVENTS,
+            linger: Duration::ZERO,
+            retry_max_backoff: Duration::from_millis(200),
+        },
         None,
         tokio_util::sync::CancellationToken::new(),
     );

@@ -31,6 +31,11 @@ pub struct AggregatorConfig {
     /// `FlushPolicy::max_seen` (500,000) ids waiting for its checkpoint, about 5 minutes at
     /// 10,000 events/s over 6 partitions and 50 minutes at 1,000.
     pub clickhouse_backlog_events: usize,
+    /// How long an insert into ClickHouse may wait for more batches after its first, until it
+    /// holds half of `clickhouse_backlog_events`. ClickHouse's cost per event falls steeply
+    /// with the insert's size (each insert is a new part in `usage_events` and in every rollup,
+    /// merged later), and only the checkpoints wait for it, not the hot state.
+    pub clickhouse_insert_linger_ms: u64,
 }
 
 impl Default for AggregatorConfig {
@@ -43,6 +48,7 @@ impl Default for AggregatorConfig {
             retry_max_backoff_ms: 5_000,
             state_max_accounts: 30_000,
             clickhouse_backlog_events: crate::inserter::MAX_WAITING_EVENTS,
+            clickhouse_insert_linger_ms: 1_000,
         }
     }
 }

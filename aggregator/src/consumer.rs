@@ -17,7 +17,7 @@ use crate::batch::{Sinks, UsageSpan, WriteProgress};
 use crate::config::AggregatorConfig;
 use crate::dead_letter::DeadLetters;
 use crate::decode::{Decoder, RawRecord, Stream};
-use crate::inserter::Inserter;
+use crate::inserter::{InsertPolicy, Inserter};
 use crate::metrics::AggregatorMetrics;
 use crate::refetch::Refetch;
 use crate::state::store::FlushAction;
@@ -149,8 +149,11 @@ impl Aggregator {
             self.sinks.clickhouse.clone(),
             inserted,
             self.metrics.clone(),
-            Duration::from_millis(self.config.retry_max_backoff_ms),
-            self.config.clickhouse_backlog_events,
+            InsertPolicy {
+                backlog: self.config.clickhouse_backlog_events,
+                linger: Duration::from_millis(self.config.clickhouse_insert_linger_ms),
+                retry_max_backoff: Duration::from_millis(self.config.retry_max_backoff_ms),
+            },
             Some(self.read_back.clone()),
             shutdown.clone(),
         );

@@ -6,11 +6,18 @@
 //! handled to. A flush writes its snapshots without waiting for this, and its checkpoint only
 //! once `Inserted` covers its offset.
 //!
-//! Batches that wait while an insert runs go in the next insert together, in the order sent. An
+//! An insert gathers batches ([`Gather`]): the ones that waited while the insert before it ran,
+//! in the order sent, and then the ones that come, until they hold half the backlog's events or
+//! its first batch was sent `aggregator.clickhouse_insert_linger_ms` ago (1 s by default). An
 //! insert costs ClickHouse a fixed part (a new part in `usage_events` and in each rollup its
-//! views fill, each merged later) besides its rows: at 2,500 events per insert that part was
-//! more than half of ClickHouse's CPU (BENCHMARKS.md). So the busier ClickHouse is, the larger
-//! and fewer the inserts, and an idle one still gets each batch at once.
+//! views fill, each merged later, and the rollups' distinct-count states merged with them)
+//! besides its rows: the same 300,000 events cost ClickHouse about twice the CPU in inserts of
+//! 17,647 as in inserts of 60,000, merges included, and at 10,000 events/s, inserts of one
+//! batch each (2,700–5,300 events) kept it at 0.63–0.67 of a core against 0.42–0.46 for
+//! inserts gathered for a second (BENCHMARKS.md). Only the checkpoints (and so the offsets
+//! committed) wait for an insert, not the hot state, so the linger delays the history and the
+//! commits, not the quota counters. The other half of the backlog is room for the batches sent
+//! while the insert runs, so that gathering does not push them into the overflow.
 //!
 //! Why inserting after the fold keeps every event once in ClickHouse. Inserts run in batch order,
 //! and a batch holds each partition's records in offset order, so what ClickHouse holds of a
@@ -120,6 +127,9 @@ impl InsertJob {
 struct Queued {
     job: InsertJob,
     _room: OwnedSemaphorePermit,
+    /// When it was handed to the task: an insert gathers batches for at most the linger after
+    /// its first one was sent.
+    sent: tokio::time::Instant,
 }
 
 /// What the channel to the task carries.
@@ -175,18 +185,68 @@ struct Joined {
     batches: Vec<Queued>,
 }
 
+/// How much an insert gathers before it is sent: batches are joined until they hold `events`
+/// usage events or the first of them was sent `linger` ago, whichever comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct Gather {
+    pub events: usize,
+    pub linger: Duration,
+}
+
+impl Gather {
+    /// Half the backlog's events (the other half is room for the batches sent while the insert
+    /// runs, so that they do not spill to the overflow), for at most `linger`.
+    pub fn half_of(backlog: usize, linger: Duration) -> Self {
+        Self {
+            events: (backlog / 2).max(1),
+            linger,
+        }
+    }
+
+    /// Sends each batch alone unless others wait behind it.
+    #[cfg(test)]
+    fn at_once() -> Self {
+        Self {
+            events: 1,
+            linger: Duration::ZERO,
+        }
+    }
+}
+
 impl Joined {
-    /// The batch `first` and every batch waiting behind it, up to the overflow's mark if one
+    /// The batch `first` and the batches behind it: every one waiting, and while they hold
+    /// fewer than the gather's events and the linger since `first` was sent has not passed,
+    /// the ones that come (not once shutdown is requested). Up to the overflow's mark if one
     /// comes (then `true`: the overflow is next).
-    fn take(first: Queued, waiting: &mut mpsc::Receiver<Item>) -> (Self, bool) {
+    async fn take(
+        first: Queued,
+        waiting: &mut mpsc::Receiver<Item>,
+        gather: Gather,
+        shutdown: &CancellationToken,
+    ) -> (Self, bool) {
+        let deadline = first.sent + gather.linger;
         let mut joined = Self {
             batches: vec![first],
         };
         loop {
-            match waiting.try_recv() {
-                Ok(Item::Batch(batch)) => joined.batches.push(batch),
-                Ok(Item::Overflow) => return (joined, true),
-                Err(_) => return (joined, false),
+            let item = match waiting.try_recv() {
+                Ok(item) => Some(item),
+                Err(mpsc::error::TryRecvError::Disconnected) => return (joined, false),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if joined.events() >= gather.events || shutdown.is_cancelled() {
+                        return (joined, false);
+                    }
+                    tokio::select! {
+                        item = waiting.recv() => item,
+                        _ = tokio::time::sleep_until(deadline) => return (joined, false),
+                        _ = shutdown.cancelled() => return (joined, false),
+                    }
+                }
+            };
+            match item {
+                Some(Item::Batch(batch)) => joined.batches.push(batch),
+                Some(Item::Overflow) => return (joined, true),
+                None => return (joined, false),
             }
         }
     }
@@ -260,21 +320,32 @@ impl Backlog {
     }
 }
 
+/// What the insert task may hold, and how it paces its inserts.
+#[derive(Debug, Clone, Copy)]
+pub struct InsertPolicy {
+    /// Usage events that may wait decoded, over every batch (at least one batch's, whatever its
+    /// size); past them, batches wait as where their events are in the log, or
+    /// [`Inserter::send`] waits (see [`Inserter::spawn`]).
+    pub backlog: usize,
+    /// The longest an insert gathers batches after its first was sent ([`Gather`]).
+    pub linger: Duration,
+    /// Upper bound of the backoff between attempts of a failed insert.
+    pub retry_max_backoff: Duration,
+}
+
 impl Inserter {
     /// Starts the task. `inserted` is raised after each insert lands; `shutdown` makes a
-    /// failed insert the last attempt; `backlog` events may wait decoded, over every batch (at
-    /// least one batch's, whatever its size); past them, with `read_back`, batches wait as
-    /// where their events are in the log, and without it [`Self::send`] waits.
+    /// failed insert the last attempt; past the policy's backlog, with `read_back`, batches
+    /// wait as where their events are in the log, and without it [`Self::send`] waits.
     pub fn spawn(
         sink: ClickHouseSink,
         inserted: Inserted,
         metrics: AggregatorMetrics,
-        retry_max_backoff: Duration,
-        backlog: usize,
+        policy: InsertPolicy,
         read_back: Option<Refetch>,
         shutdown: CancellationToken,
     ) -> Self {
-        let events = backlog.max(1);
+        let events = policy.backlog.max(1);
         let backlog = Backlog::new(events, metrics.clickhouse_waiting_events.clone());
         let (jobs, rx) = mpsc::channel(MAX_WAITING_BATCHES);
         let reads_back = read_back.is_some();
@@ -283,7 +354,8 @@ impl Inserter {
             inserted,
             metrics,
             backlog: backlog.clone(),
-            max: retry_max_backoff,
+            gather: Gather::half_of(events, policy.linger),
+            max: policy.retry_max_backoff,
             read_back,
             shutdown,
         };
@@ -356,7 +428,11 @@ impl Inserter {
         };
         self.backlog.report();
         self.jobs
-            .send(Item::Batch(Queued { job, _room: room }))
+            .send(Item::Batch(Queued {
+                job,
+                _room: room,
+                sent: tokio::time::Instant::now(),
+            }))
             .await
             .map_err(|_| stopped())
     }
@@ -377,6 +453,7 @@ struct Task {
     inserted: Inserted,
     metrics: AggregatorMetrics,
     backlog: Backlog,
+    gather: Gather,
     max: Duration,
     read_back: Option<Refetch>,
     shutdown: CancellationToken,
@@ -387,7 +464,8 @@ impl Task {
         while let Some(item) = jobs.recv().await {
             let overflow_next = match item {
                 Item::Batch(first) => {
-                    let (joined, overflow_next) = Joined::take(first, &mut jobs);
+                    let (joined, overflow_next) =
+                        Joined::take(first, &mut jobs, self.gather, &self.shutdown).await;
                     let mut delays = self.delays();
                     loop {
                         let started = Instant::now();
@@ -598,7 +676,11 @@ mod tests {
         };
         let share = job.events.len() as u32;
         let room = Arc::clone(room).try_acquire_many_owned(share).unwrap();
-        Queued { job, _room: room }
+        Queued {
+            job,
+            _room: room,
+            sent: tokio::time::Instant::now(),
+        }
     }
 
     fn claim(held: bool) -> Arc<AtomicBool> {
@@ -635,8 +717,11 @@ mod tests {
             unreachable_clickhouse(),
             Inserted::unwatched(),
             metrics.clone(),
-            Duration::from_millis(100),
-            10,
+            InsertPolicy {
+                backlog: 10,
+                linger: Duration::ZERO,
+                retry_max_backoff: Duration::from_millis(100),
+            },
             read_back,
             shutdown.clone(),
         );
@@ -759,6 +844,7 @@ mod tests {
             sink: unreachable_clickhouse(),
             inserted: Inserted::unwatched(),
             backlog,
+            gather: Gather::at_once(),
             metrics,
             max: Duration::from_millis(100),
             read_back: Some(silent_read_back()),
@@ -786,7 +872,8 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let (joined, overflow_next) = Joined::take(first, &mut rx);
+        let (joined, overflow_next) =
+            Joined::take(first, &mut rx, Gather::at_once(), &CancellationToken::new()).await;
         assert!(!overflow_next);
         let (events, upto) = joined.held();
         let offsets: Vec<i64> = events.iter().map(|d| d.offset).collect();
@@ -812,9 +899,114 @@ mod tests {
         let Some(Item::Batch(next)) = rx.recv().await else {
             panic!("a batch first");
         };
-        let (joined, overflow_next) = Joined::take(next, &mut rx);
+        let (joined, overflow_next) =
+            Joined::take(next, &mut rx, Gather::at_once(), &CancellationToken::new()).await;
         assert_eq!((joined.batches.len(), overflow_next), (1, true));
         assert!(matches!(rx.recv().await, Some(Item::Batch(_))));
+    }
+
+    /// A gather of 10 events for at most a second, with a channel and room for its batches.
+    fn gathering() -> (
+        Gather,
+        Arc<Semaphore>,
+        mpsc::Sender<Item>,
+        mpsc::Receiver<Item>,
+    ) {
+        let gather = Gather {
+            events: 10,
+            linger: Duration::from_secs(1),
+        };
+        let (tx, rx) = mpsc::channel(MAX_WAITING_BATCHES);
+        (gather, Arc::new(Semaphore::new(100)), tx, rx)
+    }
+
+    fn offsets(joined: &Joined) -> Vec<i64> {
+        joined.held().0.iter().map(|d| d.offset).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_insert_short_of_its_events_takes_the_batches_sent_within_the_linger() {
+        let (gather, room, tx, mut rx) = gathering();
+        let p0 = claim(true);
+        let first = batch(&room, &[(0, 1), (0, 2)], &[(0, 2, &p0)]);
+        let later = batch(&room, &[(0, 3)], &[(0, 3, &p0)]);
+        let late = batch(&room, &[(0, 4)], &[(0, 4, &p0)]);
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            tx.send(Item::Batch(later)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tx.send(Item::Batch(late)).await.unwrap();
+            tx
+        });
+        let started = tokio::time::Instant::now();
+        let (joined, overflow_next) =
+            Joined::take(first, &mut rx, gather, &CancellationToken::new()).await;
+        assert_eq!(
+            (offsets(&joined), overflow_next),
+            (vec![1, 2, 3], false),
+            "the batch sent 0.9 s after the first joins it, the one at 1.1 s waits"
+        );
+        assert_eq!(
+            started.elapsed(),
+            gather.linger,
+            "sent when the linger ran out"
+        );
+        let _tx = sender.await.unwrap();
+        assert!(matches!(rx.recv().await, Some(Item::Batch(b)) if b.job.events[0].offset == 4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_insert_that_holds_its_events_goes_at_once_and_the_linger_counts_from_the_first_send(
+    ) {
+        let (gather, room, tx, mut rx) = gathering();
+        let p0 = claim(true);
+        let events: Vec<(i32, i64)> = (1..=10).map(|o| (0, o)).collect();
+        let full = batch(&room, &events, &[(0, 10, &p0)]);
+        let started = tokio::time::Instant::now();
+        let (joined, _) = Joined::take(full, &mut rx, gather, &CancellationToken::new()).await;
+        assert_eq!(joined.events(), 10);
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no wait once it holds them"
+        );
+
+        // A batch that waited out the linger behind a slow insert goes with what is there.
+        let waited = batch(&room, &[(0, 11)], &[(0, 11, &p0)]);
+        tokio::time::sleep(gather.linger).await;
+        let started = tokio::time::Instant::now();
+        let (joined, _) = Joined::take(waited, &mut rx, gather, &CancellationToken::new()).await;
+        assert_eq!(offsets(&joined), [11]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_or_the_last_sender_gone_ends_the_gathering_at_once() {
+        let (gather, room, tx, mut rx) = gathering();
+        let p0 = claim(true);
+        let shutdown = CancellationToken::new();
+        let first = batch(&room, &[(0, 1)], &[(0, 1, &p0)]);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stop.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        let (joined, overflow_next) = Joined::take(first, &mut rx, gather, &shutdown).await;
+        assert_eq!((offsets(&joined), overflow_next), (vec![1], false));
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+
+        let second = batch(&room, &[(0, 2)], &[(0, 2, &p0)]);
+        drop(tx);
+        let (joined, overflow_next) =
+            Joined::take(second, &mut rx, gather, &CancellationToken::new()).await;
+        assert_eq!((offsets(&joined), overflow_next), (vec![2], false));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(100),
+            "closed: no wait"
+        );
     }
 
     #[test]
