@@ -32,7 +32,7 @@ pub struct AggregatorConfig {
     /// 10,000 events/s over 6 partitions and 50 minutes at 1,000.
     pub clickhouse_backlog_events: usize,
     /// How long an insert into ClickHouse may wait for more batches after its first, until it
-    /// holds half of `clickhouse_backlog_events`. ClickHouse's cost per event falls steeply
+    /// holds an eighth of `clickhouse_backlog_events`. ClickHouse's cost per event falls steeply
     /// with the insert's size (each insert is a new part in `usage_events` and in every rollup,
     /// merged later), and only the checkpoints wait for it, not the hot state.
     pub clickhouse_insert_linger_ms: u64,

@@ -7,17 +7,23 @@
 //! once `Inserted` covers its offset.
 //!
 //! An insert gathers batches ([`Gather`]): the ones that waited while the insert before it ran,
-//! in the order sent, and then the ones that come, until they hold half the backlog's events or
-//! its first batch was sent `aggregator.clickhouse_insert_linger_ms` ago (1 s by default). An
-//! insert costs ClickHouse a fixed part (a new part in `usage_events` and in each rollup its
-//! views fill, each merged later, and the rollups' distinct-count states merged with them)
-//! besides its rows: the same 300,000 events cost ClickHouse about twice the CPU in inserts of
-//! 17,647 as in inserts of 60,000, merges included, and at 10,000 events/s, inserts of one
-//! batch each (2,700–5,300 events) kept it at 0.63–0.67 of a core against 0.42–0.46 for
-//! inserts gathered for a second (BENCHMARKS.md). Only the checkpoints (and so the offsets
-//! committed) wait for an insert, not the hot state, so the linger delays the history and the
-//! commits, not the quota counters. The other half of the backlog is room for the batches sent
-//! while the insert runs, so that gathering does not push them into the overflow.
+//! in the order sent, and then the ones that come, until they hold an eighth of the backlog's
+//! events (7,500 by default) or its first batch was sent
+//! `aggregator.clickhouse_insert_linger_ms` ago (1 s by default). An insert costs ClickHouse a
+//! fixed part (a new part in `usage_events` and in each rollup its views fill, each merged
+//! later, and the rollups' distinct-count states merged with them) besides its rows. The same
+//! 300,000 events cost ClickHouse 19.1 s of CPU in inserts of 3,000, 8.5 s in inserts of 7,500
+//! and 7.1 s in inserts of 15,000, merges included (`scripts/bench-insert-size.sh`); at 10,000
+//! events/s, inserts of what waited (2,700–5,300 events each) kept ClickHouse at 0.63–0.67 of a
+//! core (BENCHMARKS.md). Only the checkpoints (and so the offsets committed) wait for an
+//! insert, not the hot state, so the linger delays the history and the commits, not the quota
+//! counters.
+//!
+//! Why an eighth: gathered events wait decoded (about 0.5 KB each), and a batch of the default
+//! largest size already holds more. Gathering a quarter (15,000) raised the aggregator's peak
+//! with 100,000 accounts by about 20 MiB (281–310 MiB in five runs against 266–280 MiB),
+//! past its 300 MiB target; and the rest of the backlog is room for the batches sent while the
+//! insert runs, so that gathering does not push them into the overflow.
 //!
 //! Why inserting after the fold keeps every event once in ClickHouse. Inserts run in batch order,
 //! and a batch holds each partition's records in offset order, so what ClickHouse holds of a
@@ -194,11 +200,10 @@ pub struct Gather {
 }
 
 impl Gather {
-    /// Half the backlog's events (the other half is room for the batches sent while the insert
-    /// runs, so that they do not spill to the overflow), for at most `linger`.
-    pub fn half_of(backlog: usize, linger: Duration) -> Self {
+    /// An eighth of the backlog's events, for at most `linger` (see the module documentation).
+    pub fn eighth_of(backlog: usize, linger: Duration) -> Self {
         Self {
-            events: (backlog / 2).max(1),
+            events: (backlog / 8).max(1),
             linger,
         }
     }
@@ -354,7 +359,7 @@ impl Inserter {
             inserted,
             metrics,
             backlog: backlog.clone(),
-            gather: Gather::half_of(events, policy.linger),
+            gather: Gather::eighth_of(events, policy.linger),
             max: policy.retry_max_backoff,
             read_back,
             shutdown,
