@@ -15,5 +15,7 @@ scripts/services.sh up
 # Deployment). Not METERLINE_…: the binary reads every METERLINE_ variable as configuration.
 TEST_REDIS_CLUSTER="$(scripts/redis-cluster.sh up)"
 export TEST_REDIS_CLUSTER
+# What earlier runs' tests left in the services (their databases and keys).
+scripts/clean-test-data.sh "$TEST_REDIS_CLUSTER"
 cargo test --workspace --all-targets --locked "$@"
 scripts/schemathesis.sh --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-20}"
