@@ -25,17 +25,19 @@ for db in $pg_dbs; do
   "${PG[@]}" -c "DROP DATABASE IF EXISTS \"$db\"" 2>/dev/null || pg_left=$((pg_left + 1))
 done
 
-# Each key is unlinked on the node that holds it (scanned there), one command a key.
+# Each key is unlinked on the node that holds it (scanned there), one command a key; says how
+# many keys the node lost.
 unlink_on() {
+  local before
+  before="$(redis-cli -h "$1" -p "$2" dbsize)"
   redis-cli -h "$1" -p "$2" --scan --pattern 'mlt[:_]*' | awk '{ print "UNLINK", $0 }' \
     | redis-cli -h "$1" -p "$2" >/dev/null
+  echo $((before - $(redis-cli -h "$1" -p "$2" dbsize)))
 }
-before="$(redis-cli dbsize)"
-unlink_on 127.0.0.1 6379
-redis_keys=$((before - $(redis-cli dbsize)))
+redis_keys="$(unlink_on 127.0.0.1 6379)"
 for url in ${1//,/ }; do
   node="${url#redis://}"
-  unlink_on "${node%:*}" "${node##*:}"
+  redis_keys=$((redis_keys + $(unlink_on "${node%:*}" "${node##*:}")))
 done
 
 echo "[clean-test-data] removed $(echo "$ch_dbs" | grep -c . || true) ClickHouse and $(( $(echo "$pg_dbs" | grep -c . || true) - pg_left )) PostgreSQL test databases and $redis_keys Redis keys of earlier test runs"

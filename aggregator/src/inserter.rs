@@ -14,10 +14,10 @@
 //! later, and the rollups' distinct-count states merged with them) besides its rows. The same
 //! 300,000 events cost ClickHouse 19.1 s of CPU in inserts of 3,000, 8.5 s in inserts of 7,500
 //! and 7.1 s in inserts of 15,000, merges included (`scripts/bench-insert-size.sh`); at 10,000
-//! events/s, inserts of what waited (2,700–5,300 events each) kept ClickHouse at 0.63–0.67 of a
-//! core (BENCHMARKS.md). Only the checkpoints (and so the offsets committed) wait for an
-//! insert, not the hot state, so the linger delays the history and the commits, not the quota
-//! counters.
+//! events/s, inserts of what waited (1,750–4,700 events each) kept ClickHouse at 0.65–0.78 of a
+//! core, against 0.46–0.52 with inserts gathered (BENCHMARKS.md). Only the checkpoints (and so
+//! the offsets committed) wait for an insert, not the hot state, so the linger delays the
+//! history and the commits, not the quota counters.
 //!
 //! Why an eighth: gathered events wait decoded (about 0.5 KB each), and a batch of the default
 //! largest size already holds more. Gathering a quarter (15,000) raised the aggregator's peak
