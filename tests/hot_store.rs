@@ -374,6 +374,7 @@ async fn the_insert_task_leaves_out_partitions_dropped_while_their_events_waited
         AggregatorMetrics::new(),
         InsertPolicy {
             backlog: meterline_aggregator::inserter::MAX_WAITING_EVENTS,
+            batches: meterline_aggregator::inserter::MAX_WAITING_BATCHES,
             linger: Duration::ZERO,
             retry_max_backoff: Duration::from_millis(200),
         },

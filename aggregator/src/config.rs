@@ -24,15 +24,18 @@ pub struct AggregatorConfig {
     /// so the store holds at most this and one batch's accounts.
     pub state_max_accounts: usize,
     /// Usage events folded and not yet in ClickHouse kept in memory for the insert task (about
-    /// 0.5 KB each); past them, a stall's events wait as their offsets (bytes each) and are read
-    /// back from Kafka when ClickHouse catches up (`crate::refetch`), at most this many at a
-    /// time. A ClickHouse stall holds back only the checkpoints (and the offsets committed):
+    /// 0.5 KB each; 150,000 by default, room for the inserts to grow while ClickHouse is
+    /// behind). Past them, or past `crate::inserter::MAX_WAITING_BATCHES` batches, a stall's
+    /// events wait as their offsets (bytes each) and are read back from Kafka when ClickHouse
+    /// catches up (`crate::refetch`), at most `crate::inserter::READ_BACK_EVENTS` (60,000) at
+    /// a time. A ClickHouse stall holds back only the checkpoints (and the offsets committed):
     /// the quota counters keep following the events until a partition has
     /// `FlushPolicy::max_seen` (500,000) ids waiting for its checkpoint, about 5 minutes at
     /// 10,000 events/s over 6 partitions and 50 minutes at 1,000.
     pub clickhouse_backlog_events: usize,
     /// How long an insert into ClickHouse may wait for more batches after its first, until it
-    /// holds an eighth of `clickhouse_backlog_events`. ClickHouse's cost per event falls steeply
+    /// holds 7,500 events (`crate::inserter::GATHER_EVENTS`; an eighth of a smaller
+    /// `clickhouse_backlog_events`). ClickHouse's cost per event falls steeply
     /// with the insert's size (each insert is a new part in `usage_events` and in every rollup,
     /// merged later), and only the checkpoints wait for it, not the hot state.
     pub clickhouse_insert_linger_ms: u64,

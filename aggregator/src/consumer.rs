@@ -151,6 +151,7 @@ impl Aggregator {
             self.metrics.clone(),
             InsertPolicy {
                 backlog: self.config.clickhouse_backlog_events,
+                batches: crate::inserter::MAX_WAITING_BATCHES,
                 linger: Duration::from_millis(self.config.clickhouse_insert_linger_ms),
                 retry_max_backoff: Duration::from_millis(self.config.retry_max_backoff_ms),
             },

@@ -7,8 +7,8 @@
 //! once `Inserted` covers its offset.
 //!
 //! An insert gathers batches ([`Gather`]): the ones that waited while the insert before it ran,
-//! in the order sent, and then the ones that come, until they hold an eighth of the backlog's
-//! events (7,500 by default) or its first batch was sent
+//! in the order sent, and then the ones that come, until they hold [`GATHER_EVENTS`] (7,500, or
+//! an eighth of a smaller backlog) or its first batch was sent
 //! `aggregator.clickhouse_insert_linger_ms` ago (1 s by default). An insert costs ClickHouse a
 //! fixed part (a new part in `usage_events` and in each rollup its views fill, each merged
 //! later, and the rollups' distinct-count states merged with them) besides its rows. The same
@@ -19,11 +19,11 @@
 //! the offsets committed) wait for an insert, not the hot state, so the linger delays the
 //! history and the commits, not the quota counters.
 //!
-//! Why an eighth: gathered events wait decoded (about 0.5 KB each), and a batch of the default
-//! largest size already holds more. Gathering a quarter (15,000) raised the aggregator's peak
-//! with 100,000 accounts by about 20 MiB (281–310 MiB in five runs against 266–280 MiB),
-//! past its 300 MiB target; and the rest of the backlog is room for the batches sent while the
-//! insert runs, so that gathering does not push them into the overflow.
+//! Why 7,500: gathered events wait decoded (about 0.5 KB each), and a batch of the default
+//! largest size already holds more. Gathering 15,000 raised the aggregator's peak with 100,000
+//! accounts by about 20 MiB (281–310 MiB in five runs against 266–280 MiB), past its 300 MiB
+//! target. Behind, inserts grow anyway: every batch that waited while the insert before it ran
+//! joins the next, up to the backlog.
 //!
 //! Why inserting after the fold keeps every event once in ClickHouse. Inserts run in batch order,
 //! and a batch holds each partition's records in offset order, so what ClickHouse holds of a
@@ -47,8 +47,8 @@
 //! events are in the log
 //! ([`crate::refetch::Spilled`], bytes per event), and so is every batch after it until the
 //! task has caught up: the channel carries a mark where they begin, and when the task reaches
-//! it, it reads them back from Kafka in order, at most the backlog's worth of events at a time,
-//! and inserts them as it does the others. So the consumer does not wait for a ClickHouse
+//! it, it reads them back from Kafka in order, at most [`READ_BACK_EVENTS`] at a time, and
+//! inserts them as it does the others. So the consumer does not wait for a ClickHouse
 //! stall here: it folds on and the flushes write their snapshots, and the quota counters follow
 //! the events; only the checkpoints, and so the offsets committed, wait for ClickHouse. What
 //! bounds a stall now is the ids waiting for a partition's checkpoint
@@ -79,21 +79,40 @@ use crate::refetch::{runs, Reader, Refetch, Spilled};
 use crate::state::store::Inserted;
 use crate::SinkError;
 
-/// Usage events sent and not yet inserted, over every batch, before [`Inserter::send`] waits,
-/// unless `aggregator.clickhouse_backlog_events` says otherwise: three batches of the default
-/// largest size (`AggregatorConfig::batch_max_events`), as many as the task held when it
-/// inserted one batch at a time. A larger batch waits until it is alone.
-pub const MAX_WAITING_EVENTS: usize = 60_000;
+/// Usage events sent and not yet inserted, over every batch, before [`Inserter::send`] waits
+/// (or, with [`Refetch`], before batches wait as where their events are in the log), unless
+/// `aggregator.clickhouse_backlog_events` says otherwise. Room for the inserts to grow while
+/// ClickHouse is behind, which keeps the overflow and its reading back for stalls: at 40,000
+/// events/s on memory storage, with ClickHouse on the same two cores as everything else, every
+/// run with 60,000 went into the overflow (inserts of 44,000–47,000 events), and the events
+/// read back from Kafka left the rollup 9–19 s behind at the median; with 150,000, the two runs
+/// the broker did not spoil read back once and not at all, and the rollup was 1.9 and 2.8 s
+/// behind (BENCHMARKS.md, eleventh session). The room is used only while ClickHouse is behind,
+/// and bounds that memory at about 75 MB (about 0.5 KB an event, decoded). A larger batch waits
+/// until it is alone.
+pub const MAX_WAITING_EVENTS: usize = 150_000;
+
+/// The usage events an insert gathers for at most the linger ([`Gather`]), unless an eighth of
+/// a smaller backlog is fewer; see the module documentation.
+pub const GATHER_EVENTS: usize = 7_500;
+
+/// The most usage events read back from Kafka for one insert (fewer if the backlog is
+/// smaller). They are held twice while read, as records and decoded (about 0.75 KB an event),
+/// beside a backlog that fills again with the batches that come meanwhile: 60,000 of them, the
+/// backlog's size before it grew, keep that near 45 MB, and an insert of 60,000 already costs
+/// ClickHouse half as much an event as one of 7,500 (`scripts/bench-insert-size.sh`).
+pub const READ_BACK_EVENTS: usize = 60_000;
 
 /// Batches sent and not yet inserted, whatever their events (a batch of account events alone
-/// carries none but its offsets), before [`Inserter::send`] waits. Far more than the three
-/// full batches [`MAX_WAITING_EVENTS`] holds: while ClickHouse stalls, batches are as small as
-/// the traffic makes them (about 850 events at 10,000 events/s), and 64 of them stopped the
-/// consumer after 5 s of a stall with a third of the events' room unused (BENCHMARKS.md,
-/// 2026-12-04, sixth session). At light traffic a batch is what one fetch brings, a few
-/// records: at 100 events/s, 60,000 events last 10 minutes of a stall, and 16,384 batches as
-/// long at 27 batches a second. What a batch holds besides its events is a few offsets, about
-/// 200 bytes.
+/// carries none but its offsets), before [`Inserter::send`] waits, or with [`Refetch`], before
+/// batches wait as where their events are in the log, as past the backlog's events. Far more
+/// than the few full batches [`MAX_WAITING_EVENTS`] holds: while ClickHouse stalls, batches
+/// are as small as the traffic makes them (about 850 events at 10,000 events/s), and 64 of them
+/// stopped the consumer after 5 s of a stall with a third of the events' room unused
+/// (BENCHMARKS.md, 2026-12-04, sixth session). At light traffic a batch is what one fetch
+/// brings, a few records: at 100 events/s, 27 batches a second, this many last 10 minutes of a
+/// stall (150,000 events would last 25). What a batch holds besides its events is a few
+/// offsets, about 200 bytes.
 pub const MAX_WAITING_BATCHES: usize = 16_384;
 
 /// The first delay before inserting a failed batch again.
@@ -200,10 +219,11 @@ pub struct Gather {
 }
 
 impl Gather {
-    /// An eighth of the backlog's events, for at most `linger` (see the module documentation).
-    pub fn eighth_of(backlog: usize, linger: Duration) -> Self {
+    /// [`GATHER_EVENTS`], or an eighth of a smaller backlog's events, for at most `linger` (see
+    /// the module documentation).
+    pub fn for_backlog(backlog: usize, linger: Duration) -> Self {
         Self {
-            events: (backlog / 8).max(1),
+            events: (backlog / 8).clamp(1, GATHER_EVENTS),
             linger,
         }
     }
@@ -332,6 +352,9 @@ pub struct InsertPolicy {
     /// size); past them, batches wait as where their events are in the log, or
     /// [`Inserter::send`] waits (see [`Inserter::spawn`]).
     pub backlog: usize,
+    /// Batches that may wait, whatever their events ([`MAX_WAITING_BATCHES`] but in tests); past
+    /// them, as past the backlog's events.
+    pub batches: usize,
     /// The longest an insert gathers batches after its first was sent ([`Gather`]).
     pub linger: Duration,
     /// Upper bound of the backoff between attempts of a failed insert.
@@ -340,8 +363,9 @@ pub struct InsertPolicy {
 
 impl Inserter {
     /// Starts the task. `inserted` is raised after each insert lands; `shutdown` makes a
-    /// failed insert the last attempt; past the policy's backlog, with `read_back`, batches
-    /// wait as where their events are in the log, and without it [`Self::send`] waits.
+    /// failed insert the last attempt; past the policy's backlog (its events or its batches),
+    /// with `read_back`, batches wait as where their events are in the log, and without it
+    /// [`Self::send`] waits.
     pub fn spawn(
         sink: ClickHouseSink,
         inserted: Inserted,
@@ -352,14 +376,14 @@ impl Inserter {
     ) -> Self {
         let events = policy.backlog.max(1);
         let backlog = Backlog::new(events, metrics.clickhouse_waiting_events.clone());
-        let (jobs, rx) = mpsc::channel(MAX_WAITING_BATCHES);
+        let (jobs, rx) = mpsc::channel(policy.batches.max(2));
         let reads_back = read_back.is_some();
         let task = Task {
             sink,
             inserted,
             metrics,
             backlog: backlog.clone(),
-            gather: Gather::eighth_of(events, policy.linger),
+            gather: Gather::for_backlog(events, policy.linger),
             max: policy.retry_max_backoff,
             read_back,
             shutdown,
@@ -377,9 +401,12 @@ impl Inserter {
 
     /// Hands a batch to the task (see the module documentation): decoded if there is room, as
     /// where its events are in the log if not (or if batches before it are), and without
-    /// [`Refetch`] waiting for room. Not cut short by shutdown (the batch collected when it
-    /// came is still written): once shutdown is requested the task gives up at its first
-    /// failure, and then this fails.
+    /// [`Refetch`] waiting for room. Room is for events and for batches alike: with
+    /// [`Refetch`], a batch goes to the overflow when the policy's batches less one wait (the
+    /// last place is the overflow's mark), so a long stall at light traffic, many batches of a
+    /// few events each, does not stop the consumer either. Not cut short by shutdown (the batch
+    /// collected when it came is still written): once shutdown is requested the task gives up
+    /// at its first failure, and then this fails.
     pub async fn send(&self, job: InsertJob) -> Result<(), SinkError> {
         let stopped = || SinkError::HotState("the ClickHouse insert task has stopped".into());
         // The overflow alone would take batches that no task will ever insert.
@@ -398,6 +425,8 @@ impl Inserter {
                 let mut overflow = self.backlog.overflow.lock().expect("poisoned");
                 let room = match overflow.active {
                     true => None,
+                    // The overflow's mark below needs a place: `send` has it at once.
+                    false if self.jobs.capacity() < 2 => None,
                     false => match room.try_acquire_many_owned(share) {
                         Ok(room) => Some(room),
                         Err(TryAcquireError::NoPermits) => None,
@@ -524,7 +553,7 @@ impl Task {
                 .overflow
                 .lock()
                 .expect("poisoned")
-                .take(self.backlog.events);
+                .take(self.backlog.events.min(READ_BACK_EVENTS));
             let Some(chunk) = taken else {
                 self.backlog.report();
                 return true;
@@ -716,6 +745,15 @@ mod tests {
     /// nothing sent is ever inserted, so the first batch stays in its insert and nothing gives
     /// its room back.
     fn stalled(read_back: Option<Refetch>) -> (Inserter, AggregatorMetrics, CancellationToken) {
+        stalled_with(10, MAX_WAITING_BATCHES, read_back)
+    }
+
+    /// [`stalled`] with a backlog of `events` and room for `batches`.
+    fn stalled_with(
+        events: usize,
+        batches: usize,
+        read_back: Option<Refetch>,
+    ) -> (Inserter, AggregatorMetrics, CancellationToken) {
         let shutdown = CancellationToken::new();
         let metrics = AggregatorMetrics::new();
         let inserter = Inserter::spawn(
@@ -723,7 +761,8 @@ mod tests {
             Inserted::unwatched(),
             metrics.clone(),
             InsertPolicy {
-                backlog: 10,
+                backlog: events,
+                batches,
                 linger: Duration::ZERO,
                 retry_max_backoff: Duration::from_millis(100),
             },
@@ -731,6 +770,39 @@ mod tests {
             shutdown.clone(),
         );
         (inserter, metrics, shutdown)
+    }
+
+    #[tokio::test]
+    async fn with_the_batches_room_full_batches_wait_as_offsets_and_send_does_not_wait() {
+        use futures::FutureExt;
+        // A long stall at light traffic: many batches of an event each, far from the backlog's
+        // events. This test's runtime runs the task only when the test waits, which it never
+        // does, so the task takes nothing out of the channel.
+        let (inserter, metrics, shutdown) = stalled_with(1_000, 3, Some(silent_read_back()));
+        let p0 = claim(true);
+        let room = Arc::new(Semaphore::new(MAX_WAITING_EVENTS));
+        for o in 0..5 {
+            let job = batch(&room, &[(0, o)], &[(0, o, &p0)]).job;
+            assert!(
+                matches!(inserter.send(job).now_or_never(), Some(Ok(()))),
+                "batch {o} handed over without waiting"
+            );
+        }
+        assert_eq!(metrics.clickhouse_waiting_events.get(), 5);
+        {
+            let overflow = inserter.backlog.overflow.lock().unwrap();
+            assert!(overflow.active);
+            let runs: Vec<Vec<(i64, i64)>> =
+                overflow.waiting.iter().map(|s| s.runs.clone()).collect();
+            assert_eq!(
+                runs,
+                [vec![(2, 2)], vec![(3, 3)], vec![(4, 4)]],
+                "two batches fill the channel but its last place, the mark's; the rest wait as offsets"
+            );
+        }
+        assert_eq!(inserter.jobs.capacity(), 0, "the mark took the last place");
+        shutdown.cancel();
+        inserter.close().await;
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! While ClickHouse stalls, the events folded into the hot state wait for the insert task
 //! ([`crate::inserter`]). Held decoded, each takes about 0.5 KB, so only
-//! `aggregator.clickhouse_backlog_events` of them are kept. Past that, the insert task keeps of
+//! `aggregator.clickhouse_backlog_events` of them are kept, in at most
+//! [`crate::inserter::MAX_WAITING_BATCHES`] batches. Past that, the insert task keeps of
 //! each further batch only where its new usage events are in the log: per partition, runs of
 //! offsets ([`Spilled`]), about 16 bytes a run, and a run is broken only where a record was a
 //! duplicate or did not decode. When their turn comes it reads them back from the usage topic
