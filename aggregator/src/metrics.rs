@@ -32,8 +32,9 @@ pub struct AggregatorMetrics {
     /// one together (`crate::inserter`).
     pub insert_events: Histogram,
     /// Usage events handed to the ClickHouse insert task and not yet inserted. While ClickHouse
-    /// stalls it climbs; past `aggregator.clickhouse_backlog_events` the events wait as their
-    /// offsets, to be read back from Kafka (`crate::refetch`), and the consumer goes on. A
+    /// stalls it climbs; past `aggregator.clickhouse_backlog_events` (or
+    /// `crate::inserter::MAX_WAITING_BATCHES` batches) the events wait as their offsets, to be
+    /// read back from Kafka (`crate::refetch`), and the consumer goes on. A
     /// climb that does not stop is a ClickHouse that is down or slower than the traffic; the
     /// log must keep the events until it catches up (the topic's retention).
     pub clickhouse_waiting_events: IntGauge,
@@ -157,7 +158,7 @@ impl AggregatorMetrics {
         .expect("metric");
         let clickhouse_waiting_events = IntGauge::new(
             "meterline_aggregator_clickhouse_waiting_events",
-            "Usage events handed to the ClickHouse insert task and not yet inserted; past aggregator.clickhouse_backlog_events they wait as offsets and are read back from Kafka when ClickHouse catches up",
+            "Usage events handed to the ClickHouse insert task and not yet inserted; past aggregator.clickhouse_backlog_events (or 16,384 batches) they wait as offsets and are read back from Kafka when ClickHouse catches up",
         )
         .expect("metric");
         let record_age_seconds = HistogramVec::new(
