@@ -205,8 +205,15 @@ pub async fn usage(
 pub struct QuotaCheckInput {
     #[schema(value_type = AccountId)]
     pub account_id: Option<String>,
-    /// The model the gateway is about to call; at least one non-space character.
-    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = r"\S")]
+    /// The model the gateway is about to call; at least one character that is not white space
+    /// as `str::trim` counts it (Unicode's White_Space). The pattern names those characters:
+    /// JSON Schema's `\S` would let U+0085 through, which Schemathesis found.
+    #[schema(
+        value_type = String,
+        min_length = 1,
+        max_length = 128,
+        pattern = r"[^\x09-\x0D\x20\x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     pub model: Option<String>,
     /// Absent or null: 0.
     #[serde(default, deserialize_with = "token_count")]
@@ -534,6 +541,36 @@ mod tests {
             ))
             .unwrap_err();
             assert_eq!(err.field, "estimated_input_tokens", "{bad}: {err}");
+        }
+    }
+
+    /// The OpenAPI document's `model` pattern accepts exactly the models `validate` accepts:
+    /// Schemathesis once sent a model of U+0085 alone, which `\S` allowed and `trim` removed.
+    #[test]
+    fn the_model_pattern_accepts_what_the_server_accepts() {
+        let (_, doc) = crate::app::api(true);
+        let doc = serde_json::to_value(&doc).unwrap();
+        let pattern = doc["components"]["schemas"]["QuotaCheck"]["properties"]["model"]["pattern"]
+            .as_str()
+            .expect("a pattern");
+        // `\s` and `\S` mean other characters in other engines (U+0085 is white space to Rust's
+        // regex and to `trim`, not to ECMAScript's or Python's), so the pattern names its own.
+        for class in [r"\s", r"\S"] {
+            assert!(!pattern.contains(class), "{pattern} uses {class}");
+        }
+        let pattern = regex::Regex::new(pattern).unwrap();
+        let server = |model: &str| {
+            let body = serde_json::json!({"account_id": "a", "model": model}).to_string();
+            validate(parse(&body).unwrap()).is_ok()
+        };
+        let mut models: Vec<String> = (0..=0x3000_u32)
+            .chain([0xFEFF, 0x1_F600])
+            .filter_map(char::from_u32)
+            .map(String::from)
+            .collect();
+        models.extend(["gpt-4o", " padded ", "\u{85}x", "", " \t\n"].map(String::from));
+        for model in &models {
+            assert_eq!(pattern.is_match(model), server(model), "model {model:?}");
         }
     }
 
