@@ -144,6 +144,41 @@ async fn the_openapi_document_matches_the_routes() {
     app.stop().await;
 }
 
+/// Every pattern in the document names its characters. `\s`, `\d` and `\w` (and their
+/// negations) mean other characters in other engines: U+0085 is white space to Rust's regex and
+/// to `str::trim`, not to ECMAScript's or Python's, so Schemathesis once sent a quota check's
+/// model of U+0085 alone, which the pattern `\S` allowed and the server refused. A test that
+/// holds a pattern to the server with Rust's `regex` cannot see that difference.
+#[test]
+fn no_pattern_uses_a_class_whose_meaning_depends_on_the_engine() {
+    fn patterns<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("pattern", Value::String(p)) => out.push(p),
+                        _ => patterns(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| patterns(v, out)),
+            _ => {}
+        }
+    }
+    // With the read path: every route.
+    let (_, doc) = meterline_ingest::app::api(true);
+    let doc = serde_json::to_value(&doc).unwrap();
+    let mut found = Vec::new();
+    patterns(&doc, &mut found);
+    // The account id's, the review decision's two and the quota check's model at least.
+    assert!(found.len() >= 4, "the document's patterns: {found:?}");
+    for pattern in found {
+        for class in [r"\s", r"\S", r"\d", r"\D", r"\w", r"\W"] {
+            assert!(!pattern.contains(class), "{pattern} uses {class}");
+        }
+    }
+}
+
 /// The review decision's `actor` and `reason` patterns accept exactly what the server accepts
 /// (`AccountEvent::review`, which trims both): Schemathesis once sent a reason of one tab, which
 /// the pattern allowed and the server refused.

@@ -544,8 +544,9 @@ mod tests {
         }
     }
 
-    /// The OpenAPI document's `model` pattern accepts exactly the models `validate` accepts:
-    /// Schemathesis once sent a model of U+0085 alone, which `\S` allowed and `trim` removed.
+    /// The OpenAPI document's `model` pattern accepts exactly the models `validate` accepts.
+    /// Rust's regex reads `\s` as `trim` does, so this cannot catch a class other engines read
+    /// otherwise; `tests/openapi.rs` bars those from every pattern.
     #[test]
     fn the_model_pattern_accepts_what_the_server_accepts() {
         let (_, doc) = crate::app::api(true);
@@ -553,11 +554,6 @@ mod tests {
         let pattern = doc["components"]["schemas"]["QuotaCheck"]["properties"]["model"]["pattern"]
             .as_str()
             .expect("a pattern");
-        // `\s` and `\S` mean other characters in other engines (U+0085 is white space to Rust's
-        // regex and to `trim`, not to ECMAScript's or Python's), so the pattern names its own.
-        for class in [r"\s", r"\S"] {
-            assert!(!pattern.contains(class), "{pattern} uses {class}");
-        }
         let pattern = regex::Regex::new(pattern).unwrap();
         let server = |model: &str| {
             let body = serde_json::json!({"account_id": "a", "model": model}).to_string();
