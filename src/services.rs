@@ -183,6 +183,7 @@ pub async fn aggregator(
             FlushPolicy {
                 retry_max_backoff: Duration::from_millis(config.aggregator.retry_max_backoff_ms),
                 max_resident: config.aggregator.state_max_accounts,
+                in_flight: config.aggregator.state_snapshots_in_flight,
                 ..FlushPolicy::default()
             },
         ))),

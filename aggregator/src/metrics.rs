@@ -153,12 +153,16 @@ impl AggregatorMetrics {
             )
             .buckets(vec![
                 100.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0, 60_000.0,
+                100_000.0, 150_000.0,
             ]),
         )
         .expect("metric");
         let clickhouse_waiting_events = IntGauge::new(
             "meterline_aggregator_clickhouse_waiting_events",
-            "Usage events handed to the ClickHouse insert task and not yet inserted; past aggregator.clickhouse_backlog_events (or 16,384 batches) they wait as offsets and are read back from Kafka when ClickHouse catches up",
+            format!(
+                "Usage events handed to the ClickHouse insert task and not yet inserted; past aggregator.clickhouse_backlog_events (or {} batches) they wait as offsets and are read back from Kafka when ClickHouse catches up",
+                crate::inserter::MAX_WAITING_BATCHES
+            ),
         )
         .expect("metric");
         let record_age_seconds = HistogramVec::new(

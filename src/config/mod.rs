@@ -201,6 +201,10 @@ impl Config {
                 self.aggregator.state_max_accounts as i64,
             ),
             (
+                "aggregator.state_snapshots_in_flight",
+                self.aggregator.state_snapshots_in_flight as i64,
+            ),
+            (
                 "aggregator.clickhouse_backlog_events",
                 self.aggregator.clickhouse_backlog_events as i64,
             ),

@@ -41,6 +41,19 @@
 //! one that cannot finish (fenced, in conflict, stopped at shutdown, or its task lost) drops
 //! the partition, which is read again from its checkpoint, so nothing the job forgot is needed.
 //!
+//! Why the oldest change is written first: a job writes its accounts in the order of their
+//! first event since their last snapshot ([`FlushJob::write_snapshots`] starts them in that
+//! order). Under load a job takes about as long as the interval it collected, `D`, so an event
+//! folded at time `x` into that interval waits `D - x` for the job to be taken, and then its
+//! place in the job. In the map's order that place is anywhere in the job, and the slowest
+//! events waited up to `2D`. In this order only the accounts first changed before `x` go ahead
+//! of it, so an event folded late in the interval, which waits least for the job, is also
+//! written last, and one folded early is written early. The staleness of each account's oldest
+//! unwritten event is then `D - x + F(x)·D`, with `F(x)` the share of the job's accounts
+//! changed before `x`: at most `D` where accounts change rarely, and below `2D` where they
+//! change often (BENCHMARKS.md, twelfth session, measures it). The order costs a sort of the
+//! job's accounts; it changes nothing the proof below relies on, which holds for any order.
+//!
 //! Why a checkpoint may carry the ids and offset of jobs that wrote snapshots only (step 4):
 //! the checkpointing job is taken only once every earlier job's snapshots are written, and
 //! writes its own before its checkpoint, so when the checkpoint lands every account's snapshot
@@ -165,6 +178,9 @@ struct Tracked {
     stored: i64,
     /// The offset of the last event folded into `state`.
     last: i64,
+    /// The offset of the first event folded since the account's latest snapshot was taken
+    /// (meaningful while `last > stored`): the next job writes the accounts in this order.
+    first_unstored: i64,
     /// The partition's [`Partition::taken`] when an event of the account was last folded (or
     /// it was loaded): how recently it was used, for eviction.
     used: u64,
@@ -483,6 +499,7 @@ impl Partition {
                 state,
                 stored,
                 last: stored,
+                first_unstored: stored,
                 used: self.taken,
                 in_job: 0,
             },
@@ -533,6 +550,9 @@ impl Partition {
             .get_mut(account)
             .expect("accounts are loaded before their events are folded");
         if offset > t.last {
+            if t.last == t.stored {
+                t.first_unstored = offset;
+            }
             t.state.fold(e, now);
             t.last = offset;
         }
@@ -594,7 +614,7 @@ impl Partition {
     pub fn take(&mut self, now: DateTime<Utc>) -> Option<FlushJob> {
         let since = self.oldest_change.filter(|_| !self.snapshotting)?;
         let checkpoints = self.flushing.is_none();
-        let writes: Vec<SnapshotWrite> = self
+        let mut writes: Vec<(i64, SnapshotWrite)> = self
             .accounts
             .iter_mut()
             .filter(|(_, t)| t.last > t.stored)
@@ -607,9 +627,13 @@ impl Partition {
                 t.state.written(now);
                 t.stored = t.last;
                 t.in_job = self.taken + 1;
-                write
+                (t.first_unstored, write)
             })
             .collect();
+        // The account whose unwritten events are the oldest goes first (see the module
+        // documentation, "Why the oldest change is written first").
+        writes.sort_unstable_by_key(|(first, _)| *first);
+        let writes: Vec<SnapshotWrite> = writes.into_iter().map(|(_, w)| w).collect();
         if !checkpoints && writes.is_empty() {
             // Records without new events (nothing above was changed): the next checkpointing
             // job takes them, and `finish` makes one due.
@@ -801,6 +825,42 @@ mod tests {
             Some(&2),
             "cur is absolute"
         );
+    }
+
+    #[test]
+    fn a_job_writes_its_accounts_oldest_change_first() {
+        let now = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 3, 10, 0, 0).unwrap();
+        let mut p = Partition::new(1, -1, Dedup::default());
+        let name = |k: usize| format!("acct-{k:02}");
+        for k in 0..40 {
+            p.insert_loaded(&name(k), AccountState::default(), -1);
+        }
+        // First changes in an order unrelated to the names (and so to the map's order).
+        let order: Vec<usize> = (0..40).map(|i| (i * 17 + 5) % 40).collect();
+        for (offset, &k) in order.iter().enumerate() {
+            p.fold(
+                offset as i64,
+                &event(&name(k), &format!("e-{offset}"), now),
+                now,
+            );
+        }
+        // Changed again last: it keeps the place of its first change.
+        p.fold(40, &event(&name(order[0]), "e-40", now), now);
+        p.advance(40);
+        let accounts = |job: &FlushJob| -> Vec<String> {
+            job.writes.iter().map(|w| w.account.clone()).collect()
+        };
+        let first = p.take(now).unwrap();
+        let expected: Vec<String> = order.iter().map(|&k| name(k)).collect();
+        assert_eq!(accounts(&first), expected);
+        assert_eq!(first.writes[0].range, (-1, 40), "the account changed twice");
+        p.finish(&first, Flushed::Through(40));
+        // After a snapshot is taken, the account's place is that of its next change.
+        let (a, b) = (name(order[0]), name(order[39]));
+        p.fold(41, &event(&b, "e-41", now), now);
+        p.fold(42, &event(&a, "e-42", now), now);
+        p.advance(42);
+        assert_eq!(accounts(&p.take(now).unwrap()), [b, a]);
     }
 
     #[test]
