@@ -51,8 +51,11 @@
 //! written last, and one folded early is written early. The staleness of each account's oldest
 //! unwritten event is then `D - x + F(x)·D`, with `F(x)` the share of the job's accounts
 //! changed before `x`: at most `D` where accounts change rarely, and below `2D` where they
-//! change often (BENCHMARKS.md, twelfth session, measures it). The order costs a sort of the
-//! job's accounts; it changes nothing the proof below relies on, which holds for any order.
+//! change often. `scripts/flush-order-model.py` models it: the p99 wait falls from about `1.85D`
+//! to `1.1D`–`1.6D` (BENCHMARKS.md, twelfth session, where the benchmark did not show it
+//! beyond the machine's noise). The price is paid by accounts that change once while most
+//! others change often, which now come late in their job. The order costs a sort of the job's
+//! accounts; it changes nothing the proof below relies on, which holds for any order.
 //!
 //! Why a checkpoint may carry the ids and offset of jobs that wrote snapshots only (step 4):
 //! the checkpointing job is taken only once every earlier job's snapshots are written, and
