@@ -14,7 +14,6 @@ use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message};
-use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -191,15 +190,14 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
             while Instant::now() < deadline {
                 tokio::time::sleep_until(next.into()).await;
                 next += interval;
-                let body = Value::Array(
-                    (0..500)
+                let body = body(
+                    &(0..500)
                         .map(|_| {
                             let a = rng.random_range(0..accounts);
                             event(&mut rng, &run, a)
                         })
-                        .collect(),
-                )
-                .to_string();
+                        .collect::<Vec<_>>(),
+                );
                 if let Ok(r) = http
                     .post(&url)
                     .bearer_auth(&token)
@@ -227,7 +225,7 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         p += 1;
         let mut rng = StdRng::seed_from_u64(p);
         let mut e = event(&mut rng, &run, 0);
-        e["account_id"] = Value::from(account.clone());
+        e.account_id = account.clone();
         let (url, token, watch) = (url.clone(), token.clone(), watch.clone());
         let (redis_client, ch, month, key) = (
             redis_client.clone(),
@@ -245,7 +243,7 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
                 .post(&url)
                 .bearer_auth(&token)
                 .header("content-type", "application/json")
-                .body(Value::Array(vec![e]).to_string())
+                .body(body(&[e]))
                 .send()
                 .await
             {

@@ -11,7 +11,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
-use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -46,15 +45,14 @@ pub async fn ingest(config: &Config, b: IngestBench) -> Result<()> {
     let batches: Arc<Vec<String>> = Arc::new(
         (0..200)
             .map(|_| {
-                Value::Array(
-                    (0..500)
+                body(
+                    &(0..500)
                         .map(|_| {
                             let a = rng.random_range(0..b.accounts);
                             event(&mut rng, &run, a)
                         })
-                        .collect(),
+                        .collect::<Vec<_>>(),
                 )
-                .to_string()
             })
             .collect(),
     );
