@@ -441,8 +441,18 @@ fn tansu_binary() -> std::path::PathBuf {
     }
 }
 
+/// Starts a tansu of the test's own on SQLite storage in `dir`. Its output goes to a log that
+/// outlives the test's directory (its path is printed, so a failed run shows where), appended
+/// to across a restart.
 fn start_tansu(dir: &std::path::Path, port: u16) -> std::process::Child {
     let url = format!("tcp://127.0.0.1:{port}");
+    let log_path = std::env::temp_dir().join(format!("meterline-faults-tansu-{port}.log"));
+    println!("the test's tansu logs to {}", log_path.display());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("the test's tansu log");
     std::process::Command::new(tansu_binary())
         .current_dir(dir)
         .args([
@@ -454,8 +464,8 @@ fn start_tansu(dir: &std::path::Path, port: u16) -> std::process::Child {
             "--storage-engine",
             "sqlite://tansu.db",
         ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("the test's tansu log"))
+        .stderr(log)
         .spawn()
         .expect("start tansu")
 }

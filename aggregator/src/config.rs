@@ -54,8 +54,8 @@ impl Default for AggregatorConfig {
             batch_max_events: 20_000,
             batch_max_wait_ms: 100,
             retry_max_backoff_ms: 5_000,
-            state_max_accounts: 30_000,
-            state_snapshots_in_flight: 8,
+            state_max_accounts: crate::state::partition::FlushPolicy::default().max_resident,
+            state_snapshots_in_flight: crate::state::partition::FlushPolicy::default().in_flight,
             clickhouse_backlog_events: crate::inserter::MAX_WAITING_EVENTS,
             clickhouse_insert_linger_ms: 1_000,
         }
