@@ -34,7 +34,7 @@ pub(crate) const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
 
 /// One realistic usage event (the fields a gateway fills in), as the load generators post it.
 ///
-/// A struct serialized by serde instead of a `serde_json::Value`: building the map of 19
+/// A struct serialized by serde instead of a `serde_json::Value`: building the map of 18
 /// fields for each event was 10 % of `meterline-bench`'s CPU at 40,000 events/s
 /// (BENCHMARKS.md, eleventh session), on the same two cores as what it measures.
 #[derive(Debug, Clone, serde::Serialize)]
