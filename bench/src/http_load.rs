@@ -10,7 +10,11 @@
 //! * a pacing thread wakes when request `i` is due (`start + i / rate`) and hands its index to
 //!   the driver; a plain thread because Tokio's timer ticks in whole milliseconds;
 //! * the driver, a current-thread runtime, gives it to an idle connection (opening one when none
-//!   is idle, up to [`MAX_CONNECTIONS`], queueing beyond) and reads each answer as it comes;
+//!   is idle, up to [`MAX_CONNECTIONS`], queueing beyond) and reads each answer as it comes. A
+//!   connection is opened inside its first request's future, so a connect that takes long (a
+//!   SYN dropped by the server's full accept queue is sent again only after a second) delays
+//!   that request, not every request behind it: gateways do not stop sending while one of
+//!   them connects;
 //! * a request's latency counts from when it was due, not from when it was sent, so a stall
 //!   anywhere shows in the percentiles instead of quietly lowering the rate (no coordinated
 //!   omission).
@@ -20,6 +24,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures::future::Either;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -85,16 +90,23 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(drive(addr, &requests, due_rx));
+    let result = runtime.block_on(drive(addr, &requests, due_rx, TcpStream::connect));
     pacer.join().expect("pacer thread");
     result
 }
 
-async fn drive(
+/// Hands each due request to a connection; `connect` opens one (`TcpStream::connect`, or a
+/// slower one in a test).
+async fn drive<C, F>(
     addr: SocketAddr,
     requests: &[Vec<u8>],
     mut due: tokio::sync::mpsc::UnboundedReceiver<(usize, Instant)>,
-) -> Result<LoadResult> {
+    connect: C,
+) -> Result<LoadResult>
+where
+    C: Fn(SocketAddr) -> F,
+    F: std::future::Future<Output = std::io::Result<TcpStream>>,
+{
     let mut result = LoadResult::default();
     let mut idle: Vec<Connection> = Vec::new();
     let mut waiting: VecDeque<(usize, Instant)> = VecDeque::new();
@@ -112,19 +124,26 @@ async fn drive(
                     other => break other,
                 }
             };
-            let conn = match fresh {
-                Some(c) => c,
+            let exchange = match fresh {
+                Some(c) => Either::Left(c.exchange(&requests[which], at)),
                 None if open < MAX_CONNECTIONS => {
                     open += 1;
                     result.connections += 1;
-                    Connection::open(addr).await?
+                    let opening = connect(addr);
+                    let request = &requests[which];
+                    Either::Right(async move {
+                        match Connection::open(opening).await {
+                            Ok(c) => c.exchange(request, at).await,
+                            Err(e) => (None, Err(e)),
+                        }
+                    })
                 }
                 None => {
                     waiting.push_front((which, at));
                     break;
                 }
             };
-            in_flight.push(conn.exchange(&requests[which], at));
+            in_flight.push(exchange);
         }
         if pacer_done && waiting.is_empty() && in_flight.is_empty() {
             return Ok(result);
@@ -137,7 +156,7 @@ async fn drive(
             Some((conn, outcome)) = in_flight.next(), if !in_flight.is_empty() => match outcome {
                 Ok(elapsed) => {
                     result.latencies_us.push(elapsed.as_micros() as u64);
-                    idle.push(conn);
+                    idle.extend(conn);
                 }
                 Err(e) => {
                     result.errors += 1;
@@ -159,10 +178,10 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(addr: SocketAddr) -> Result<Self> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
+    async fn open(
+        connecting: impl std::future::Future<Output = std::io::Result<TcpStream>>,
+    ) -> Result<Self> {
+        let stream = connecting.await.context("connecting")?;
         stream.set_nodelay(true)?;
         Ok(Self {
             stream: BufReader::new(stream),
@@ -173,8 +192,9 @@ impl Connection {
     }
 
     /// Writes `request`, reads the whole answer and returns the time since `due`; an answer
-    /// other than 200 is an error.
-    async fn exchange(mut self, request: &[u8], due: Instant) -> (Self, Result<Duration>) {
+    /// other than 200 is an error. The connection comes back to be used again (always `Some`;
+    /// `None` is a connection that could not be opened).
+    async fn exchange(mut self, request: &[u8], due: Instant) -> (Option<Self>, Result<Duration>) {
         let outcome = self.round_trip(request).await.and_then(|status| {
             if status == 200 {
                 Ok(due.elapsed())
@@ -183,7 +203,7 @@ impl Connection {
             }
         });
         self.idle_since = Instant::now();
-        (self, outcome)
+        (Some(self), outcome)
     }
 
     async fn round_trip(&mut self, request: &[u8]) -> Result<u16> {
@@ -250,10 +270,8 @@ mod tests {
         assert!(text.ends_with("content-length: 7\r\n\r\n{\"a\":1}"));
     }
 
-    /// Against a local server that answers every request with 200 after reading it: every
-    /// request is answered, at the asked rate, on few connections.
-    #[test]
-    fn every_request_is_sent_and_timed_from_when_it_was_due() {
+    /// A local server that answers every request with 200, `delay` after reading it.
+    fn answering_server(delay: Duration) -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -278,6 +296,7 @@ mod tests {
                         }
                         let mut body = vec![0; length];
                         reader.read_exact(&mut body).unwrap();
+                        std::thread::sleep(delay);
                         stream
                             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                             .unwrap();
@@ -285,6 +304,14 @@ mod tests {
                 });
             }
         });
+        addr
+    }
+
+    /// Against a local server that answers every request with 200 after reading it: every
+    /// request is answered, at the asked rate, on few connections.
+    #[test]
+    fn every_request_is_sent_and_timed_from_when_it_was_due() {
+        let addr = answering_server(Duration::ZERO);
         let requests = vec![
             post_request("x", "/", "t", "{}"),
             post_request("x", "/", "t", "[]"),
@@ -296,5 +323,59 @@ mod tests {
         // 250 requests at 500/s take half a second: the pacer neither bunched nor skipped them.
         assert!(started.elapsed() >= Duration::from_millis(490));
         assert!(result.connections >= 1 && result.connections < 250);
+    }
+
+    /// A connection that takes long to open (here 1.5 s, as a SYN dropped by a full accept
+    /// queue does) delays the one request it was opened for; the requests due meanwhile go on
+    /// the other connections. With the connect awaited in the driver's loop, every request due
+    /// in that time waited for it.
+    #[test]
+    fn a_slow_connect_delays_only_its_own_request() {
+        // Each answer takes 20 ms and a request is due every 5 ms, so several connections are
+        // open at once; the second one opened is the slow one.
+        let addr = answering_server(Duration::from_millis(20));
+        let requests = vec![post_request("x", "/", "t", "{}")];
+        let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+        let started = Instant::now();
+        let pacer = std::thread::spawn(move || {
+            for i in 0..40u32 {
+                let due = started + Duration::from_millis(5) * i;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                due_tx.send((0, due)).unwrap();
+            }
+        });
+        let opened = std::sync::atomic::AtomicUsize::new(0);
+        let connect = |addr: SocketAddr| {
+            let n = opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if n == 1 {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                TcpStream::connect(addr).await
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = runtime
+            .block_on(drive(addr, &requests, due_rx, connect))
+            .unwrap();
+        pacer.join().unwrap();
+        assert_eq!(result.latencies_us.len(), 40, "errors {}", result.errors);
+        let slow: Vec<u64> = result
+            .latencies_us
+            .iter()
+            .copied()
+            .filter(|us| *us >= 900_000)
+            .collect();
+        assert_eq!(
+            slow.len(),
+            1,
+            "only the request the slow connection was opened for waited for it: {slow:?}"
+        );
+        assert!(slow[0] >= 1_500_000, "{slow:?}");
     }
 }
