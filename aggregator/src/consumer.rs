@@ -142,7 +142,10 @@ impl Aggregator {
         let mut whole = true;
         let inserted = {
             let mut hot = self.sinks.hot.lock().await;
-            hot.time_flushes(self.metrics.flush_seconds.clone());
+            hot.time_flushes(
+                self.metrics.flush_seconds.clone(),
+                self.metrics.snapshot_write_seconds.clone(),
+            );
             hot.gate_on_clickhouse()
         };
         let inserter = Inserter::spawn(

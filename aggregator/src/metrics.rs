@@ -28,6 +28,11 @@ pub struct AggregatorMetrics {
     /// written (what the read path sees) and until its checkpoint was (which waits for
     /// ClickHouse): the hot state's share of freshness after the fold.
     pub flush_seconds: HistogramVec,
+    /// How long one snapshot's write took from its call until Redis's answer was read: Redis's
+    /// own time for the script, the calls queued before it on the server and on the connection,
+    /// and the wait of the task that reads the answer for a core. A flush of `n` accounts
+    /// takes about `n / in_flight` of them.
+    pub snapshot_write_seconds: Histogram,
     /// Usage events per ClickHouse insert: batches that wait while an insert runs go in the next
     /// one together (`crate::inserter`).
     pub insert_events: Histogram,
@@ -146,6 +151,16 @@ impl AggregatorMetrics {
             &["until"],
         )
         .expect("metric");
+        let snapshot_write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "meterline_aggregator_snapshot_write_seconds",
+                "Time from one account snapshot's call to Redis until its answer was read (Redis's own time, the calls queued before it, and the wait for a core to read the answer)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("metric");
         let insert_events = Histogram::with_opts(
             HistogramOpts::new(
                 "meterline_aggregator_clickhouse_insert_events",
@@ -189,6 +204,7 @@ impl AggregatorMetrics {
             Box::new(state_evictions.clone()),
             Box::new(partitions_dropped.clone()),
             Box::new(flush_seconds.clone()),
+            Box::new(snapshot_write_seconds.clone()),
             Box::new(insert_events.clone()),
             Box::new(clickhouse_waiting_events.clone()),
             Box::new(record_age_seconds.clone()),
@@ -209,6 +225,7 @@ impl AggregatorMetrics {
             partitions_dropped,
             stage_seconds,
             flush_seconds,
+            snapshot_write_seconds,
             insert_events,
             clickhouse_waiting_events,
             record_age_seconds,

@@ -283,11 +283,20 @@ pub(crate) fn histogram_line(h: &prometheus::Histogram, what: &str) -> String {
             .find(|(_, count)| *count >= rank)
             .map_or(f64::INFINITY, |(le, _)| *le)
     };
+    // Whole milliseconds from 10 up; below, enough decimals for a round trip to Redis.
+    let ms = |secs: f64| {
+        let ms = 1000.0 * secs;
+        match ms {
+            m if m >= 10.0 => format!("{m:.0}"),
+            m if m >= 1.0 => format!("{m:.1}"),
+            m => format!("{m:.2}"),
+        }
+    };
     format!(
-        "{n} {what}, mean {:.0} ms, p50 ≤ {:.0} ms, p99 ≤ {:.0} ms",
-        1000.0 * sum / n,
-        1000.0 * bound(0.5),
-        1000.0 * bound(0.99)
+        "{n} {what}, mean {} ms, p50 ≤ {} ms, p99 ≤ {} ms",
+        ms(sum / n),
+        ms(bound(0.5)),
+        ms(bound(0.99))
     )
 }
 
@@ -332,6 +341,230 @@ mod tests {
         assert_eq!(
             super::histogram_line(&h, "flushes"),
             "100 flushes, mean 61 ms, p50 ≤ 100 ms, p99 ≤ 500 ms"
+        );
+        // A round trip to Redis keeps its decimals.
+        let h = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("h", "h").buckets(vec![0.00025, 0.002]),
+        )
+        .unwrap();
+        h.observe(0.0002);
+        h.observe(0.0012);
+        assert_eq!(
+            super::histogram_line(&h, "snapshots"),
+            "2 snapshots, mean 0.70 ms, p50 ≤ 0.25 ms, p99 ≤ 2.0 ms"
+        );
+    }
+}
+
+/// How long this process's threads and the machine's other processes ran and waited for a
+/// core, and how long the machine had a task waiting for one: what [`cpu_wait_line`] compares
+/// between two readings. Each figure is seconds on a core, seconds runnable but waiting for
+/// one, and times put on a core, from `/proc/<pid>/task/<tid>/schedstat` (the kernel's
+/// scheduler accounting); threads that end between two readings take theirs with them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CpuWaits {
+    /// This process's threads by name (`tokio-rt-worker`, `rdk:broker1`…).
+    pub threads: std::collections::BTreeMap<String, (f64, f64, u64)>,
+    /// Every other process's threads together, by the process's name (`tansu`,
+    /// `clickhouse-serv`, `redis-server`…).
+    pub processes: std::collections::BTreeMap<String, (f64, f64, u64)>,
+    /// `/proc/pressure/cpu`'s `some` total in seconds: time in which at least one task on the
+    /// machine was runnable and waited for a core. NaN where the kernel has no PSI.
+    pub machine_some: f64,
+    /// `/proc/stat`'s steal time in seconds, over every core: time the hypervisor ran something
+    /// else on this machine's virtual cores while they had work. On the development VM it comes
+    /// as a core stopped for about 100 ms at a time, under load.
+    pub steal: f64,
+}
+
+/// Adds the schedstat of every thread under `tasks` (a `/proc/<pid>/task` directory) to
+/// `into`, under the thread's own name or under `name` if given.
+fn add_tasks(
+    tasks: &std::path::Path,
+    name: Option<&str>,
+    into: &mut std::collections::BTreeMap<String, (f64, f64, u64)>,
+) {
+    for entry in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+        let Ok(sched) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        let key = match name {
+            Some(n) => n.to_owned(),
+            None => match std::fs::read_to_string(entry.path().join("comm")) {
+                Ok(comm) => comm.trim().to_owned(),
+                Err(_) => continue,
+            },
+        };
+        if let Some((run, wait, slices)) = parse_schedstat(&sched) {
+            let t = into.entry(key).or_insert((0.0, 0.0, 0));
+            t.0 += run;
+            t.1 += wait;
+            t.2 += slices;
+        }
+    }
+}
+
+/// Reads [`CpuWaits`] now.
+pub(crate) fn cpu_waits() -> CpuWaits {
+    let mut threads = std::collections::BTreeMap::new();
+    add_tasks(std::path::Path::new("/proc/self/task"), None, &mut threads);
+    let me = std::process::id().to_string();
+    let mut processes = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid.to_str() else { continue };
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
+            add_tasks(
+                &entry.path().join("task"),
+                Some(comm.trim()),
+                &mut processes,
+            );
+        }
+    }
+    let machine_some = std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()
+        .and_then(|s| parse_pressure_some(&s))
+        .unwrap_or(f64::NAN);
+    let steal = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| parse_steal(&s))
+        .unwrap_or(f64::NAN);
+    CpuWaits {
+        threads,
+        processes,
+        machine_some,
+        steal,
+    }
+}
+
+/// The steal time of `/proc/stat`'s first line (`cpu user nice system idle iowait irq softirq
+/// steal …`, in `USER_HZ` ticks, 100 a second), in seconds.
+fn parse_steal(s: &str) -> Option<f64> {
+    let line = s.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: f64 = line.split_whitespace().nth(7)?.parse().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// `run_ns wait_ns timeslices` → seconds on a core, seconds waiting, timeslices.
+fn parse_schedstat(s: &str) -> Option<(f64, f64, u64)> {
+    let mut f = s.split_whitespace();
+    let run: f64 = f.next()?.parse().ok()?;
+    let wait: f64 = f.next()?.parse().ok()?;
+    let slices: u64 = f.next()?.parse().ok()?;
+    Some((run / 1e9, wait / 1e9, slices))
+}
+
+/// The `total=` (µs) of `/proc/pressure/cpu`'s `some` line, in seconds.
+fn parse_pressure_some(s: &str) -> Option<f64> {
+    let line = s.lines().find(|l| l.starts_with("some "))?;
+    let total = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?;
+    Some(total.parse::<f64>().ok()? / 1e6)
+}
+
+/// Between two [`cpu_waits`] readings over `wall` seconds: the share of the run in which the
+/// machine had a task waiting for a core; then this process's threads by name and the other
+/// processes by name, the busiest first: cores used, cores' worth of waiting, and the mean
+/// wait each time one was put on a core (`tokio-rt-worker: ran 0.60, waited 0.20 cores, 2.00
+/// ms a wait`). Those under 0.01 of a core in both are left out.
+pub(crate) fn cpu_wait_line(before: &CpuWaits, after: &CpuWaits, wall: f64) -> String {
+    format!(
+        "a task on the machine waited for a core {:.0} % of the run (PSI cpu some); the hypervisor took {:.2} cores (steal); this process's threads by name: {}; the other processes: {}",
+        100.0 * (after.machine_some - before.machine_some) / wall,
+        (after.steal - before.steal) / wall,
+        wait_shares(&before.threads, &after.threads, wall),
+        wait_shares(&before.processes, &after.processes, wall),
+    )
+}
+
+fn wait_shares(
+    before: &std::collections::BTreeMap<String, (f64, f64, u64)>,
+    after: &std::collections::BTreeMap<String, (f64, f64, u64)>,
+    wall: f64,
+) -> String {
+    let mut by: Vec<(&str, f64, f64, f64)> = after
+        .iter()
+        .map(|(name, &(run, wait, slices))| {
+            let (r0, w0, s0) = before.get(name).copied().unwrap_or((0.0, 0.0, 0));
+            let (run, wait) = ((run - r0).max(0.0), (wait - w0).max(0.0));
+            let slices = slices.saturating_sub(s0).max(1) as f64;
+            (
+                name.as_str(),
+                run / wall,
+                wait / wall,
+                1000.0 * wait / slices,
+            )
+        })
+        .filter(|(_, run, wait, _)| *run >= 0.01 || *wait >= 0.01)
+        .collect();
+    by.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+    let by: Vec<String> = by
+        .iter()
+        .map(|(name, run, wait, per)| {
+            format!("{name}: ran {run:.2}, waited {wait:.2} cores, {per:.2} ms a wait")
+        })
+        .collect();
+    if by.is_empty() {
+        "none".into()
+    } else {
+        by.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod cpu_wait_tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_and_pressure_lines_are_read_in_seconds() {
+        assert_eq!(
+            parse_schedstat("2500000000 500000000 1234\n"),
+            Some((2.5, 0.5, 1234))
+        );
+        assert_eq!(parse_schedstat("12 34"), None);
+        let psi = "some avg10=76.87 avg60=33.90 avg300=9.00 total=29455614\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_pressure_some(psi), Some(29.455614));
+        assert_eq!(parse_pressure_some("full total=3\n"), None);
+        let stat =
+            "cpu  7450 12 1030 90000 40 0 60 250 0 0\ncpu0 3700 6 510 45000 20 0 30 125 0 0\n";
+        assert_eq!(parse_steal(stat), Some(2.5));
+        assert_eq!(parse_steal("cpu0 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn the_line_gives_each_threads_share_between_two_readings() {
+        let reading = |run: f64, wait: f64, slices: u64, some: f64| CpuWaits {
+            threads: [("tokio-rt-worker".to_owned(), (run, wait, slices))].into(),
+            processes: [("redis-server".to_owned(), (run / 2.0, wait / 2.0, slices))].into(),
+            machine_some: some,
+            steal: some / 2.0,
+        };
+        let line = cpu_wait_line(
+            &reading(1.0, 1.0, 100, 2.0),
+            &reading(7.0, 3.0, 1100, 2.0),
+            10.0,
+        );
+        assert!(
+            line.starts_with("a task on the machine waited for a core 0 % of the run"),
+            "{line}"
+        );
+        assert!(
+            line.contains("threads by name: tokio-rt-worker: ran 0.60, waited 0.20 cores, 2.00 ms a wait; the other processes: redis-server: ran 0.30, waited 0.10 cores, 1.00 ms a wait"),
+            "{line}"
+        );
+        let line = cpu_wait_line(&reading(0.0, 0.0, 0, 1.0), &reading(0.0, 0.0, 0, 6.0), 10.0);
+        assert!(line.contains("50 % of the run"), "{line}");
+        assert!(
+            line.contains("the hypervisor took 0.25 cores (steal)"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("threads by name: none; the other processes: none"),
+            "an idle thread or process is left out: {line}"
         );
     }
 }

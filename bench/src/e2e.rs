@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    cpu_by_process, cpu_shares, histogram_line, percentile, rss_mib, stage_breakdown,
+    cpu_by_process, cpu_shares, cpu_wait_line, cpu_waits, histogram_line, percentile, rss_mib,
+    stage_breakdown,
 };
 use crate::pipeline::*;
 use meterline::services::{self, Components};
@@ -173,6 +174,8 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
     };
     let accepted = Arc::new(AtomicU64::new(0));
     let cpu_before = cpu_by_process();
+    let waits_before = cpu_waits();
+    let scripts_before = redis_command_time(&c, "evalsha").await?;
     let started = Instant::now();
     let deadline = started + b.duration;
     // Open loop: each connection posts a batch of 500 every `interval`, fresh events each time
@@ -338,6 +341,12 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_shares(&cpu_before, &cpu_by_process(), elapsed);
+    let waits = cpu_wait_line(&waits_before, &cpu_waits(), elapsed);
+    let scripts = redis_command_time(&c, "evalsha").await?;
+    let (script_calls, script_usec) = (
+        scripts.0.saturating_sub(scripts_before.0),
+        scripts.1.saturating_sub(scripts_before.1),
+    );
     let mut to_broker = Vec::new();
     let mut posts = Vec::new();
     let mut to_redis = Vec::new();
@@ -409,6 +418,7 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         &m.record_age_seconds.with_label_values(&["usage"]),
         "records",
     );
+    let snapshot_writes = histogram_line(&m.snapshot_write_seconds, "snapshots");
     let inserting = m
         .stage_seconds
         .with_label_values(&[meterline_aggregator::metrics::INSERT_STAGE])
@@ -479,6 +489,10 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
         flushes.join("; ")
     );
     println!(
+        "a snapshot's write, from its call until its answer was read: {snapshot_writes}; Redis's own time per script call (EVALSHA, snapshots and the rest): {:.0} µs over {script_calls} calls",
+        script_usec as f64 / script_calls.max(1) as f64
+    );
+    println!(
         "ClickHouse insert task (alongside the loop): busy {inserting:.1} s, {:.0} % of the run; {inserts} inserts of {:.0} events on average",
         100.0 * inserting / elapsed,
         inserted / inserts.max(1) as f64
@@ -487,5 +501,6 @@ pub async fn e2e(config: &Config, b: E2eBench) -> Result<()> {
     println!(
         "CPU over the load (cores used on average; meterline-bench is ingest, the aggregator and the load generator): {cpu}"
     );
+    println!("waiting for a core over the load: {waits}");
     Ok(())
 }

@@ -348,6 +348,33 @@ fn parse_command_counts(info: &str) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+/// One command's calls and Redis's own time in it so far (µs), from `INFO commandstats`
+/// (`evalsha`: the scripts, the time inside them included); `(0, 0)` if it has not run.
+pub(crate) async fn redis_command_time(c: &Config, name: &str) -> Result<(u64, u64)> {
+    let client = redis::Client::open(c.redis.url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    Ok(parse_command_time(&info, name))
+}
+
+fn parse_command_time(info: &str, name: &str) -> (u64, u64) {
+    let prefix = format!("cmdstat_{name}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map_or((0, 0), |rest| {
+            let field = |f: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(f))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            (field("calls="), field("usec="))
+        })
+}
+
 /// What ran between two [`redis_command_counts`], most called first.
 pub(crate) fn command_deltas(
     before: &std::collections::BTreeMap<String, u64>,
@@ -365,6 +392,14 @@ pub(crate) fn command_deltas(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commands_calls_and_time_are_read_from_commandstats() {
+        let info = "# Commandstats\r\ncmdstat_evalsha:calls=3065,usec=140990,usec_per_call=46.00,rejected_calls=0,failed_calls=0\r\ncmdstat_get:calls=7,usec=9,usec_per_call=1.29\r\n";
+        assert_eq!(parse_command_time(info, "evalsha"), (3065, 140990));
+        assert_eq!(parse_command_time(info, "get"), (7, 9));
+        assert_eq!(parse_command_time(info, "eval"), (0, 0));
+    }
 
     #[test]
     fn the_load_generators_events_are_ones_ingest_accepts_and_posted_as_an_array() {

@@ -319,8 +319,12 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         Vec::new()
     };
     let (endpoints, deployment) = deploy(config, &run_env, &bench, &http).await?;
-    // Made before this process goes real time, so its librdkafka threads stay at normal
-    // priority: they stand for the gateways' ingest, not for the load generator.
+    // The backlog's producer stands for the gateways' ingest, not for the load generator, but
+    // `chrt --all-tasks` below moves every thread this process has, its librdkafka threads
+    // too, so they run real time with it. A trace of a run (BENCHMARKS.md, thirteenth session)
+    // found this process's threads using about 0.13 of a core in all while the backlog went
+    // out, so they take little from Redis and the read process; promoting only the load
+    // generator's and the probe's threads would be exact.
     let backlog_producer = crate::pipeline::producer(config)?;
     let mut realtime = RealtimeProcesses(Vec::new());
     if let (
@@ -482,6 +486,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     let (rate, accounts) = (bench.rate, bench.accounts);
     let probe = RedisProbe::start(config, accounts).await?;
     tracing::info!(seconds = bench.duration.as_secs(), "measuring");
+    let waits_before = cpu_waits();
     let started = Instant::now();
     // The load generator has a thread of its own (see `http_load`), off this runtime, which
     // keeps posting the ingest load meanwhile.
@@ -494,6 +499,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     .await
     .context("load generator")??;
     let elapsed = started.elapsed().as_secs_f64();
+    let waits = cpu_wait_line(&waits_before, &cpu_waits(), elapsed);
     stop.cancel();
     if let Some(t) = ingest_task {
         let _ = t.await;
@@ -529,6 +535,7 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
         percentile(&probed, 0.99),
         percentile(&probed, 0.999),
     );
+    println!("waiting for a core during the checks: {waits}");
     println!(
         "ingest meanwhile: {:.0} events/s accepted; benchmark process RSS {:.0} MiB",
         ingested.load(Ordering::Relaxed) as f64 / elapsed,

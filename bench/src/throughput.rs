@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    cpu_by_process, cpu_shares, free_port, percentile, proc_status_mib, rss_mib, spawn_child,
-    stage_breakdown, ChildProcesses,
+    cpu_by_process, cpu_shares, cpu_wait_line, cpu_waits, free_port, percentile, proc_status_mib,
+    rss_mib, spawn_child, stage_breakdown, ChildProcesses,
 };
 use crate::pipeline::*;
 use crate::scrape::{counter_sum, metrics_text};
@@ -172,6 +172,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
             .create()?;
     consumer.subscribe(&[&c.kafka.usage_topic])?;
     let cpu_raw_before = cpu_by_process();
+    let waits_raw_before = cpu_waits();
     let started = Instant::now();
     let mut seen = 0usize;
     let mut bytes = 0usize;
@@ -188,6 +189,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     let raw_first = raw_first.unwrap_or(raw_wall);
     let ceiling = seen as f64 / raw_wall;
     let cpu_raw = cpu_shares(&cpu_raw_before, &cpu_by_process(), raw_wall);
+    let waits_raw = cpu_wait_line(&waits_raw_before, &cpu_waits(), raw_wall);
     drop(consumer);
 
     // Ours: the aggregators from the start of the topic to their last committed offset, each a
@@ -199,6 +201,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     let redis_before = redis_command_counts(&c).await?;
     let redis_cpu_before = redis_cpu_seconds(&c).await?;
     let cpu_before = cpu_by_process();
+    let waits_before = cpu_waits();
     let started = Instant::now();
     let mut members = ChildProcesses(Vec::new());
     let mut metrics_urls = Vec::new();
@@ -257,6 +260,7 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     let ours = b.events as f64 / wall;
     // Read while the aggregators still run, so their time is in it.
     let cpu_ours = cpu_shares(&cpu_before, &cpu_by_process(), wall);
+    let waits_ours = cpu_wait_line(&waits_before, &cpu_waits(), wall);
     let redis_cpu = redis_cpu_seconds(&c).await? - redis_cpu_before;
     let redis_commands = command_deltas(&redis_before, &redis_command_counts(&c).await?);
     // Peak resident memory, read while the processes still run.
@@ -306,6 +310,8 @@ pub async fn aggregate(config: &Config, b: AggregateBench) -> Result<()> {
     );
     println!("CPU while the aggregator ran (cores used on average): {cpu_ours}");
     println!("CPU while the raw consumer ran: {cpu_raw}");
+    println!("waiting for a core while the aggregator ran: {waits_ours}");
+    println!("waiting for a core while the raw consumer ran: {waits_raw}");
     let peaks: Vec<String> = peaks.iter().map(|p| format!("{p:.0}")).collect();
     println!(
         "aggregator process peak RSS (VmHWM): {} MiB",

@@ -197,6 +197,8 @@ pub struct HotStore {
     loading: std::time::Duration,
     /// Where each flush's durations go, once [`Self::time_flushes`] was called.
     flush_seconds: Option<prometheus::HistogramVec>,
+    /// Where each snapshot's round trip goes, likewise.
+    snapshot_seconds: Option<prometheus::Histogram>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -229,13 +231,20 @@ impl HotStore {
             waited: std::time::Duration::ZERO,
             loading: std::time::Duration::ZERO,
             flush_seconds: None,
+            snapshot_seconds: None,
         }
     }
 
-    /// From now on each flush observes in `h` how long it took until its snapshots were
-    /// written (`until` = `snapshots`) and until its checkpoint was (`checkpoint`).
-    pub fn time_flushes(&mut self, h: prometheus::HistogramVec) {
-        self.flush_seconds = Some(h);
+    /// From now on each flush observes in `flushes` how long it took until its snapshots were
+    /// written (`until` = `snapshots`) and until its checkpoint was (`checkpoint`), and each
+    /// snapshot in `snapshots` how long its round trip to Redis took.
+    pub fn time_flushes(
+        &mut self,
+        flushes: prometheus::HistogramVec,
+        snapshots: prometheus::Histogram,
+    ) {
+        self.flush_seconds = Some(flushes);
+        self.snapshot_seconds = Some(snapshots);
     }
 
     /// Time spent loading accounts since the last call (the consumer's `load` stage).
@@ -304,6 +313,7 @@ impl HotStore {
 
     fn writer(&self, partition: i32) -> StateWriter<HotConn> {
         StateWriter::new(self.conn.clone(), self.keys.clone(), &self.topic, partition)
+            .timed(self.snapshot_seconds.clone())
     }
 
     /// The partition's state, claimed now if this aggregator does not hold it.

@@ -72,6 +72,8 @@ pub struct StateWriter<C> {
     keys: HotKeys,
     topic: String,
     partition: i32,
+    /// Where each snapshot's round trip goes, once [`Self::timed`] was called.
+    round_trips: Option<prometheus::Histogram>,
 }
 
 impl<C: ConnectionLike + Send> StateWriter<C> {
@@ -81,7 +83,14 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
             keys,
             topic: topic.into(),
             partition,
+            round_trips: None,
         }
+    }
+
+    /// Observes in `h` how long each snapshot took from its call until its answer was read.
+    pub fn timed(mut self, h: Option<prometheus::Histogram>) -> Self {
+        self.round_trips = h;
+        self
     }
 
     /// `_tp` of the snapshots this writer stores.
@@ -249,7 +258,11 @@ impl<C: ConnectionLike + Send> StateWriter<C> {
         snapshot: &Snapshot,
     ) -> Result<Written, SinkError> {
         let call = self.snap_call(epoch, account, (o_prev, o_new), snapshot);
+        let called = std::time::Instant::now();
         let reply: String = call.invoke_async(&mut self.conn).await?;
+        if let Some(h) = &self.round_trips {
+            h.observe(called.elapsed().as_secs_f64());
+        }
         match reply.as_str() {
             "OK" => Ok(Written::Applied),
             "HAVE" => Ok(Written::Have),
