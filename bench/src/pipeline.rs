@@ -329,13 +329,17 @@ pub(crate) async fn redis_cpu_seconds(c: &Config) -> Result<f64> {
 pub(crate) async fn redis_command_counts(
     c: &Config,
 ) -> Result<std::collections::BTreeMap<String, u64>> {
+    Ok(parse_command_counts(&commandstats(c).await?))
+}
+
+/// The Redis server's `INFO commandstats`.
+async fn commandstats(c: &Config) -> Result<String> {
     let client = redis::Client::open(c.redis.url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO")
+    Ok(redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut conn)
-        .await?;
-    Ok(parse_command_counts(&info))
+        .await?)
 }
 
 fn parse_command_counts(info: &str) -> std::collections::BTreeMap<String, u64> {
@@ -351,13 +355,7 @@ fn parse_command_counts(info: &str) -> std::collections::BTreeMap<String, u64> {
 /// One command's calls and Redis's own time in it so far (µs), from `INFO commandstats`
 /// (`evalsha`: the scripts, the time inside them included); `(0, 0)` if it has not run.
 pub(crate) async fn redis_command_time(c: &Config, name: &str) -> Result<(u64, u64)> {
-    let client = redis::Client::open(c.redis.url.as_str())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await?;
-    Ok(parse_command_time(&info, name))
+    Ok(parse_command_time(&commandstats(c).await?, name))
 }
 
 fn parse_command_time(info: &str, name: &str) -> (u64, u64) {
