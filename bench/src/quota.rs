@@ -321,10 +321,11 @@ pub async fn quota(config: &Config, bench: QuotaBench) -> Result<()> {
     let (endpoints, deployment) = deploy(config, &run_env, &bench, &http).await?;
     // The backlog's producer stands for the gateways' ingest, not for the load generator, but
     // `chrt --all-tasks` below moves every thread this process has, its librdkafka threads
-    // too, so they run real time with it. A trace of a run (BENCHMARKS.md, thirteenth session)
-    // found this process's threads using about 0.13 of a core in all while the backlog went
-    // out, so they take little from Redis and the read process; promoting only the load
-    // generator's and the probe's threads would be exact.
+    // too, so they run real time with it (a context-switch trace showed them at its priority).
+    // This run's own waiting line (below) put this process's threads at about 0.13 of a core
+    // in all while the backlog went out (BENCHMARKS.md, thirteenth session), so they take
+    // little from Redis and the read process; promoting only the load generator's and the
+    // probe's threads would be exact.
     let backlog_producer = crate::pipeline::producer(config)?;
     let mut realtime = RealtimeProcesses(Vec::new());
     if let (
