@@ -165,6 +165,21 @@ pub(crate) fn proc_status_mib(pid: &str, field: &str) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Every process's pid and `/proc/<pid>` directory (`self` and `thread-self`, this process
+/// again, left out).
+fn process_dirs() -> impl Iterator<Item = (String, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            pid.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| (pid, entry.path()))
+        })
+}
+
 /// CPU seconds (user + system) so far of every process on the machine, summed by the name the
 /// kernel gives it (`/proc/<pid>/comm`: `tansu`, `clickhouse-serv`, `redis-server`, `meterline`,
 /// `meterline-bench`…), and of the whole machine under `"all"` (`/proc/stat`, busy time of every
@@ -175,16 +190,8 @@ pub(crate) fn cpu_by_process() -> std::collections::BTreeMap<String, f64> {
     // Clock ticks: `USER_HZ`, 100 on every Linux architecture userspace sees here.
     const TICKS: f64 = 100.0;
     let mut out = std::collections::BTreeMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        // Processes only: `self` and `thread-self` are this process again.
-        if !entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+    for (_, dir) in process_dirs() {
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
             continue;
         };
         // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so split at the
@@ -410,18 +417,12 @@ pub(crate) fn cpu_waits() -> CpuWaits {
     add_tasks(std::path::Path::new("/proc/self/task"), None, &mut threads);
     let me = std::process::id().to_string();
     let mut processes = std::collections::BTreeMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let pid = entry.file_name();
-        let Some(pid) = pid.to_str() else { continue };
-        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+    for (pid, dir) in process_dirs() {
+        if pid == me {
             continue;
         }
-        if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
-            add_tasks(
-                &entry.path().join("task"),
-                Some(comm.trim()),
-                &mut processes,
-            );
+        if let Ok(comm) = std::fs::read_to_string(dir.join("comm")) {
+            add_tasks(&dir.join("task"), Some(comm.trim()), &mut processes);
         }
     }
     let machine_some = std::fs::read_to_string("/proc/pressure/cpu")
@@ -533,6 +534,18 @@ mod cpu_wait_tests {
             "cpu  7450 12 1030 90000 40 0 60 250 0 0\ncpu0 3700 6 510 45000 20 0 30 125 0 0\n";
         assert_eq!(parse_steal(stat), Some(2.5));
         assert_eq!(parse_steal("cpu0 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn processes_are_listed_by_pid_with_this_one_among_them_once() {
+        let pids: Vec<String> = process_dirs().map(|(pid, _)| pid).collect();
+        let me = std::process::id().to_string();
+        assert_eq!(pids.iter().filter(|p| **p == me).count(), 1, "{pids:?}");
+        assert!(pids.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit())));
+        // This process's own threads are read under `threads`, the others' under their names.
+        let w = cpu_waits();
+        assert!(!w.threads.is_empty());
+        assert!(!w.processes.is_empty(), "some other process runs");
     }
 
     #[test]
